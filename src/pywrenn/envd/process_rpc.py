@@ -89,6 +89,20 @@ class ProcessService:
     def _follow(
         self, ctx: RequestContext, proc: ManagedProcess, sender: StreamSender, *, cursor: int
     ) -> None:
+        reader = proc.log.attach(cursor)
+        try:
+            self._pump_events(ctx, proc, sender, reader, cursor)
+        finally:
+            proc.log.detach(reader)
+
+    def _pump_events(
+        self,
+        ctx: RequestContext,
+        proc: ManagedProcess,
+        sender: StreamSender,
+        reader: int,
+        cursor: int,
+    ) -> None:
         interval = ctx.keepalive_interval
         last_sent = time.monotonic()
         while True:
@@ -106,7 +120,7 @@ class ProcessService:
                 sender.send({"event": {"data": {chunk.stream: data}}})
             if result.chunks:
                 cursor = result.cursor
-                proc.log.mark_delivered(cursor)
+                proc.log.advance(reader, cursor)
                 last_sent = time.monotonic()
             if result.closed and not result.chunks:
                 info = proc.exit_info

@@ -111,6 +111,12 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         )
         try:
             self._route(ctx)
+        except HTTPError as exc:
+            self.close_connection = self.close_connection or not body.finished
+            if self._head_sent:
+                self.close_connection = True
+            else:
+                self._send_http_error(exc)
         except (ClientGone, BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         except Exception:
@@ -151,21 +157,15 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
             return
         route = router.http.get((ctx.method, path))
         if route is None:
-            if any(m == ctx.method for m, _ in router.http) or not _looks_like_rpc(path):
-                self._send_http_error(HTTPError(404, f"not found: {ctx.method} {path}"))
-            else:
+            if ctx.method == "POST" and _looks_like_rpc(path):
                 self._send_connect_error(ConnectError(Code.UNIMPLEMENTED, f"unknown: {path}"))
+            else:
+                self._send_http_error(HTTPError(404, f"not found: {ctx.method} {path}"))
             return
         if route.token_gate and not self.server.state.token_matches(ctx.header("x-access-token")):
             self._send_http_error(HTTPError(401, _UNAUTHORIZED))
             return
-        try:
-            route.handler(ctx)
-        except HTTPError as exc:
-            if self._head_sent:
-                raise
-            self.close_connection = self.close_connection or not ctx.body.finished
-            self._send_http_error(exc)
+        route.handler(ctx)
 
     # -- RPCs --------------------------------------------------------------------------
     def _handle_rpc(self, ctx: RequestContext) -> None:

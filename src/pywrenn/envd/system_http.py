@@ -165,7 +165,8 @@ def parse_rfc3339(text: str) -> float:
         raise HTTPError(400, f"invalid: timestamp {text!r} is not RFC 3339")
     year, month, day, hour, minute, second, fraction, zone = match.groups()
     try:
-        epoch: float = timegm((int(year), int(month), int(day), int(hour), int(minute), int(second)))
+        fields = (int(year), int(month), int(day), int(hour), int(minute), int(second))
+        epoch: float = timegm(fields)
     except (ValueError, OverflowError):
         raise HTTPError(400, f"invalid: timestamp {text!r}") from None
     if fraction:
