@@ -1,0 +1,99 @@
+"""Network slot allocation with claim files, safe across processes and restarts.
+
+Owns: `WRENN_DIR/slots/{index}`. A slot is claimed by creating its file with
+O_CREAT|O_EXCL, so two agents on one WRENN_DIR, or an agent and its restarted self,
+never hand out one slot twice. A capsule keeps its slot from create, through pause,
+until destroy; its network addresses derive from the index.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from pywrenn.hostagent.errors import HostAgentError, NoCapacity
+from pywrenn.layout import Layout
+
+MAX_SLOT = 32767
+
+
+class SlotTaken(HostAgentError):
+    def __init__(self, index: int) -> None:
+        super().__init__(f"conflict: slot {index} is already claimed")
+        self.index = index
+
+
+class SlotAllocator:
+    def __init__(self, layout: Layout, *, max_slot: int = MAX_SLOT) -> None:
+        self._layout = layout
+        self._max_slot = max_slot
+        self._lock = threading.Lock()
+        layout.slots_dir.mkdir(parents=True, exist_ok=True)
+
+    def allocate(self, owner: str) -> int:
+        """Claim the lowest free slot for `owner` (a capsule id)."""
+        with self._lock:
+            taken = self.claimed()
+            for index in range(1, self._max_slot + 1):
+                if index in taken:
+                    continue
+                try:
+                    self._claim(index, owner)
+                except SlotTaken:
+                    continue  # another process won the race for it; try the next
+                return index
+        raise NoCapacity(f"exhausted: all {self._max_slot} network slots are claimed")
+
+    def reserve(self, index: int, owner: str) -> None:
+        """Claim a specific slot: for a capsule that already had it (resume, recovery).
+
+        A claim file that already names `owner` is adopted; one naming anyone else is a
+        conflict.
+        """
+        with self._lock:
+            try:
+                self._claim(index, owner)
+            except SlotTaken:
+                if self.owner(index) != owner:
+                    raise
+
+    def release(self, index: int) -> None:
+        try:
+            self._layout.slot_claim(index).unlink()
+        except FileNotFoundError:
+            pass
+
+    def owner(self, index: int) -> str | None:
+        try:
+            return self._layout.slot_claim(index).read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def claimed(self) -> dict[int, str]:
+        out: dict[int, str] = {}
+        for path in self._layout.slots_dir.iterdir():
+            if path.name.isdigit():
+                out[int(path.name)] = _read(path)
+        return out
+
+    def _claim(self, index: int, owner: str) -> None:
+        if not 1 <= index <= self._max_slot:
+            raise HostAgentError(f"invalid: slot {index} is outside 1..{self._max_slot}")
+        path = self._layout.slot_claim(index)
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            raise SlotTaken(index) from None
+        try:
+            os.write(fd, owner.encode() + b"\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return ""
