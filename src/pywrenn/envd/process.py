@@ -31,6 +31,8 @@ PTY_READ_SIZE = 16 * 1024
 # After the child exits, keep reading this long for output still in flight; a grandchild
 # that inherited the pipe must not keep the command "running" forever.
 EXIT_DRAIN_S = 0.25
+# How long SendSignal(SIGKILL) waits for the child to be reaped before it answers.
+KILL_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,7 @@ class ManagedProcess:
         self._exit: ExitInfo | None = None
         self.finished_at: float | None = None
         self._done = threading.Event()
+        self._exited = threading.Event()  # the child is reaped (output may still drain)
         self._deadline_timer: threading.Timer | None = None
 
     # -- state -------------------------------------------------------------------------
@@ -111,7 +114,7 @@ class ManagedProcess:
 
     @property
     def running(self) -> bool:
-        return not self._done.is_set()
+        return not self._exited.is_set()
 
     def wait(self, timeout: float | None = None) -> ExitInfo | None:
         self._done.wait(timeout)
@@ -154,7 +157,7 @@ class ManagedProcess:
 
     # -- control -------------------------------------------------------------------------
     def send_signal(self, signum: int) -> None:
-        if not self.running:
+        if self._exited.is_set():
             raise not_found(f"process {self.pid} has already exited")
         try:
             os.killpg(self.pid, signum)
@@ -162,6 +165,10 @@ class ManagedProcess:
             # The child left its own process group; signal it alone.
             with contextlib.suppress(ProcessLookupError):
                 os.kill(self.pid, signum)
+        if signum == signal.SIGKILL:
+            # Return once the kill has taken effect, so a second kill reports not_found
+            # and List no longer shows the process.
+            self._exited.wait(KILL_WAIT_S)
 
     def resize(self, size: PtySize) -> None:
         if self._master_fd is None:
@@ -191,6 +198,7 @@ class ManagedProcess:
 
     def _wait_child(self, wake_w: int) -> None:
         self._popen.wait()
+        self._exited.set()
         with contextlib.suppress(OSError):
             os.write(wake_w, b"x")
         os.close(wake_w)

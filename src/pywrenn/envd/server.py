@@ -111,12 +111,17 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
         )
         try:
             self._route(ctx)
-        except HTTPError as exc:
+        except (HTTPError, ConnectError) as exc:
+            # RPC errors are rendered in _handle_rpc; one raised by a plain-HTTP handler
+            # (an unknown ?username=, say) takes envd's HTTP error form.
+            error = (
+                exc if isinstance(exc, HTTPError) else HTTPError(exc.code.http_status, exc.message)
+            )
             self.close_connection = self.close_connection or not body.finished
             if self._head_sent:
                 self.close_connection = True
             else:
-                self._send_http_error(exc)
+                self._send_http_error(error)
         except (ClientGone, BrokenPipeError, ConnectionResetError, TimeoutError):
             self.close_connection = True
         except Exception:
