@@ -11,8 +11,10 @@ from rich.console import Console
 
 from pywrenn import __version__
 from pywrenn.config import Settings, parse_listen
+from pywrenn.images.cli import image_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="pywrenn: microVM sandboxes.")
+app.add_typer(image_app, name="image")
 console = Console(stderr=True)
 
 
