@@ -1,0 +1,16 @@
+"""A small async client for the guest agent (E2B's envd protocol, Connect + JSON).
+
+Owns: talking to one guest agent over HTTP. Knows nothing of: VMs, QEMU, the host agent.
+"""
+
+from pywrenn.envdclient._client import EnvdClient, ExecResult
+from pywrenn.envdclient._errors import EnvdError, EnvdProtocolError, EnvdTimeout, EnvdUnavailable
+
+__all__ = [
+    "EnvdClient",
+    "EnvdError",
+    "EnvdProtocolError",
+    "EnvdTimeout",
+    "EnvdUnavailable",
+    "ExecResult",
+]

@@ -1,0 +1,163 @@
+"""The seam between the host agent and whatever runs VMs.
+
+Owns: the `Runtime` protocol and the small frozen value types it speaks in. Knows nothing
+of: any particular VMM. Only `vmm/qemu.py` and `vmm/qmp.py` name QEMU; a Firecracker or
+Cloud Hypervisor backend would be one more module that satisfies `Runtime`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+__all__ = [
+    "AGENT_PORT",
+    "BootSpec",
+    "NetworkSpec",
+    "Runtime",
+    "SnapshotKind",
+    "VMHandle",
+    "VMInfo",
+    "VMState",
+]
+
+AGENT_PORT = 49983  # envd's port inside every guest (E2B's number)
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """How the host reaches the guest agent.
+
+    ``user``: user-mode networking with one loopback port forwarded to the agent port. It is
+    always restricted: the guest can reach nothing beyond the forwarded port.
+    ``tap``: a TAP device `ifname` that already exists inside network namespace `netns`;
+    the VMM is started inside that namespace (for the host agent's slots).
+    """
+
+    kind: Literal["user", "tap"]
+    host_port: int = 0
+    ifname: str = ""
+    netns: str = ""
+    guest_ip: str = "10.0.2.15"
+    mac: str = ""
+
+    @classmethod
+    def user(cls, host_port: int) -> NetworkSpec:
+        if not 1 <= host_port <= 65535:
+            raise ValueError(f"invalid: host_port {host_port} is outside 1..65535")
+        return cls(kind="user", host_port=host_port)
+
+    @classmethod
+    def tap(cls, ifname: str, netns: str, *, guest_ip: str = "10.0.2.15") -> NetworkSpec:
+        if not ifname or not netns:
+            raise ValueError(f"invalid: tap needs ifname and netns, got {ifname!r}/{netns!r}")
+        return cls(kind="tap", ifname=ifname, netns=netns, guest_ip=guest_ip)
+
+    def agent_url(self) -> str:
+        """Base URL of the guest agent as seen from the host (tap: from inside `netns`)."""
+        if self.kind == "user":
+            return f"http://127.0.0.1:{self.host_port}"
+        return f"http://{self.guest_ip}:{AGENT_PORT}"
+
+
+@dataclass(frozen=True)
+class BootSpec:
+    """Everything a cold boot needs. `disk` is the read-only base image; the runtime puts a
+    copy-on-write overlay for this VM in `run_dir`. `template_memory` set means "this VM may
+    become a template": its RAM then lives in that file (shared), see `template_snapshot`."""
+
+    kernel: Path
+    initramfs: Path
+    cmdline: str
+    disk: Path
+    run_dir: Path
+    network: NetworkSpec
+    vcpus: int = 1
+    memory_mb: int = 256
+    template_memory: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.vcpus <= 32:
+            raise ValueError(f"invalid: vcpus {self.vcpus} is outside 1..32")
+        if not 64 <= self.memory_mb <= 65536:
+            raise ValueError(f"invalid: memory_mb {self.memory_mb} is outside 64..65536")
+
+
+class VMState(enum.StrEnum):
+    RUNNING = "running"
+    PAUSED = "paused"  # vCPUs stopped, process alive
+    GONE = "gone"  # no process
+
+
+class SnapshotKind(enum.StrEnum):
+    PAUSE = "pause"  # RAM in the stream; one restore consumes it
+    TEMPLATE = "template"  # RAM in a shared file; any number of clones
+
+
+@dataclass(frozen=True)
+class VMHandle:
+    """What identifies one running VM: enough to reach it, kill it, or adopt it later."""
+
+    vm_id: str
+    pid: int
+    run_dir: Path
+    network: NetworkSpec
+    accel: str
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    pid: int
+    state: VMState
+    rss_bytes: int
+    pss_bytes: int
+    vm_status: str = ""  # the VMM's own word (e.g. "running", "paused", "postmigrate")
+    extra: Mapping[str, str] = field(default_factory=dict)
+
+
+class Runtime(Protocol):
+    """A VM backend. Every method that waits has a finite default timeout."""
+
+    async def boot(self, spec: BootSpec, *, timeout: float = 60.0) -> VMHandle:
+        """Cold-boot `spec` and wait until the guest agent is healthy and initialised."""
+        ...
+
+    async def restore(
+        self,
+        snapshot_dir: Path,
+        run_dir: Path,
+        network: NetworkSpec,
+        *,
+        timeout: float = 30.0,
+    ) -> VMHandle:
+        """Start a VM from a pause dir or a template dir; wait for the agent; reseed it."""
+        ...
+
+    async def pause_to_dir(self, vm: VMHandle, staging_dir: Path, *, timeout: float = 60.0) -> Path:
+        """Snapshot `vm` into `staging_dir` (RAM + devices + disk) and stop the VM.
+
+        The caller swaps `staging_dir` into place with `commit_staging`."""
+        ...
+
+    async def template_snapshot(
+        self, vm: VMHandle, staging_dir: Path, *, timeout: float = 60.0
+    ) -> Path:
+        """Freeze `vm` (booted with `template_memory`) into a template in `staging_dir`.
+
+        Consumes the VM: it is killed afterwards."""
+        ...
+
+    async def kill(self, vm: VMHandle, *, timeout: float = 10.0) -> None:
+        """Make sure the VM's process is gone (idempotent)."""
+        ...
+
+    async def info(self, vm: VMHandle) -> VMInfo:
+        """Pid, state and memory (RSS/PSS) of the VM's process; never raises for a dead VM."""
+        ...
+
+    async def adopt(self, run_dir: Path, *, timeout: float = 10.0) -> VMHandle:
+        """Re-attach to a VM left running in `run_dir` by an earlier process."""
+        ...

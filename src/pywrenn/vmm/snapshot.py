@@ -1,0 +1,104 @@
+"""What a snapshot directory holds, and how we know it is whole.
+
+Owns: the meta file (`wrenn-snapshot.json`, written last) and its verification. Knows
+nothing of: how the VMM produced the files.
+
+    <dir>/state.bin          device state (+ RAM for a pause) as the VMM streamed it
+    <dir>/disk.qcow2         the VM's disk overlay, frozen with the RAM
+    <dir>/memory             template only: guest RAM, mapped copy-on-write by clones
+    <dir>/wrenn-snapshot.json  this meta; its presence means "complete"
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from pywrenn.layout import SNAPSHOT_META
+from pywrenn.vmm.errors import SnapshotError
+from pywrenn.vmm.runtime import SnapshotKind
+
+__all__ = ["DISK_FILE", "MEMORY_FILE", "STATE_FILE", "SnapshotMeta", "read_meta", "write_meta"]
+
+STATE_FILE = "state.bin"
+DISK_FILE = "disk.qcow2"
+MEMORY_FILE = "memory"
+FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class SnapshotMeta:
+    kind: SnapshotKind
+    kernel: str
+    initramfs: str
+    cmdline: str  # the full kernel command line the VM booted with
+    vcpus: int
+    memory_mb: int
+    accel: str
+    vmm_version: str
+    state_bytes: int
+    disk_bytes: int
+    memory_bytes: int = 0
+    # A pause of a template clone: the clone's RAM was a private mapping of this file, and the
+    # restored VM must map it the same way so its RAM block matches (the stream has every page).
+    memory_file: str = ""
+    taken_at_ns: int = 0
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> str:
+        data: dict[str, Any] = asdict(self)
+        data["kind"] = self.kind.value
+        return json.dumps(data, indent=2) + "\n"
+
+
+def write_meta(directory: Path, meta: SnapshotMeta) -> None:
+    """Verify the files against `meta`, fsync them, then write the meta last (atomically)."""
+    verify_files(directory, meta)
+    for name in (STATE_FILE, DISK_FILE, MEMORY_FILE):
+        path = directory / name
+        if path.exists():
+            _fsync(path)
+    tmp = directory / f".{SNAPSHOT_META}.tmp"
+    tmp.write_text(meta.to_json())
+    _fsync(tmp)
+    tmp.replace(directory / SNAPSHOT_META)
+
+
+def read_meta(directory: Path) -> SnapshotMeta:
+    """Read and verify a snapshot dir; raise SnapshotError if anything is missing or short."""
+    path = directory / SNAPSHOT_META
+    try:
+        data = json.loads(path.read_text())
+        data["kind"] = SnapshotKind(data["kind"])
+        meta = SnapshotMeta(**data)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SnapshotError(f"unreadable: snapshot meta {path}: {exc}") from exc
+    if meta.format_version != FORMAT_VERSION:
+        raise SnapshotError(f"unsupported: snapshot format {meta.format_version} in {path}")
+    verify_files(directory, meta)
+    return meta
+
+
+def verify_files(directory: Path, meta: SnapshotMeta) -> None:
+    expected = {STATE_FILE: meta.state_bytes, DISK_FILE: meta.disk_bytes}
+    if meta.kind is SnapshotKind.TEMPLATE:
+        expected[MEMORY_FILE] = meta.memory_bytes
+    for name, size in expected.items():
+        path = directory / name
+        try:
+            actual = path.stat().st_size
+        except OSError as exc:
+            raise SnapshotError(f"missing: {path} ({exc.strerror})") from exc
+        if actual != size or size <= 0:
+            raise SnapshotError(f"truncated: {path} is {actual} bytes, meta says {size}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,54 @@
+"""Swapping a finished snapshot directory into place, crash-safely.
+
+Owns: `commit_staging`. Knows nothing of: what is inside the directories.
+
+A pause writes everything into `{id}.staging-{ns}` first. Only a complete, verified
+staging dir is ever renamed to the final name, so a crash at any point leaves either the
+old final dir or the new one, plus leftovers whose names the startup sweep recognises
+(`pywrenn.layout.parse_leftover`): `.staging-` (never taken for a snapshot) and `.trash-`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from pathlib import Path
+
+__all__ = ["commit_staging", "trash_name"]
+
+
+def trash_name(final: Path, stamp_ns: int | None = None) -> Path:
+    # Same naming as layout.Layout.trash_dir, so the startup sweep finds it.
+    stamp = time.time_ns() if stamp_ns is None else stamp_ns
+    return final.with_name(f"{final.name}.trash-{stamp}")
+
+
+def commit_staging(staging: Path, final: Path) -> None:
+    """Make `staging` the new `final`: final → trash, staging → final, remove trash.
+
+    Each step is one rename(2) on one filesystem, so `final` is at every instant either
+    absent (between the two renames), the old dir or the new one, never a mixture. A crash
+    between the renames leaves staging + trash, and the sweep must then prefer staging
+    only if it is complete (it holds a meta file written last).
+    """
+    if not staging.is_dir():
+        raise FileNotFoundError(f"missing: staging dir {staging}")
+    if staging.parent.resolve() != final.parent.resolve():
+        raise ValueError(f"invalid: staging {staging} is not beside final {final}")
+    trash: Path | None = None
+    if final.exists():
+        trash = trash_name(final)
+        final.rename(trash)
+    staging.rename(final)
+    _fsync_dir(final.parent)
+    if trash is not None:
+        shutil.rmtree(trash, ignore_errors=True)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
