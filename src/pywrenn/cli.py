@@ -57,5 +57,14 @@ def envd(
     serve_forever(AgentConfig(host=host, port=port))
 
 
+@app.command()
+def agent() -> None:
+    """Run the host agent (owns this machine's capsule VMs); settings from WRENN_*."""
+    from pywrenn.hostagent.server import serve
+    from pywrenn.hostagent.settings import HostAgentSettings
+
+    serve(HostAgentSettings())
+
+
 def main() -> None:
     app()

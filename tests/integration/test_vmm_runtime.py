@@ -23,7 +23,7 @@ import pytest
 
 from pywrenn.envdclient import EnvdClient
 from pywrenn.images import ImageManifest
-from pywrenn.layout import SNAPSHOT_META, parse_leftover
+from pywrenn.layout import parse_leftover
 from pywrenn.vmm import (
     BootSpec,
     NetworkSpec,
@@ -33,6 +33,7 @@ from pywrenn.vmm import (
     commit_staging,
     read_meta,
 )
+from pywrenn.vmm.snapshot import VM_META
 
 pytestmark = pytest.mark.anyio
 MEMORY_MB = 256
@@ -178,7 +179,7 @@ async def test_boot_run_then_pause_restore_three_times(
         await runtime.pause_to_dir(vm, staging)
         assert read_meta(staging).state_bytes > 0
         commit_staging(staging, final)
-        assert sorted(p.name for p in final.iterdir()) == ["disk.qcow2", "state.bin", SNAPSHOT_META]
+        assert sorted(p.name for p in final.iterdir()) == ["disk.qcow2", "state.bin", VM_META]
         await asyncio.sleep(2)  # the guest clock must not stay where the pause left it
 
         before_restore = datetime.now(UTC)
@@ -288,10 +289,10 @@ async def test_kill_during_pause_leaves_only_a_staging_dir(
 
     # The final dir is untouched (still the running VM's dir, no snapshot meta); the staging
     # dir is recognisable as a leftover and is never taken for a snapshot (H6).
-    assert final.is_dir() and not (final / SNAPSHOT_META).exists()
+    assert final.is_dir() and not (final / VM_META).exists()
     leftover = parse_leftover(staging.name)
     assert leftover is not None and leftover.kind == "staging"
-    assert not (staging / SNAPSHOT_META).exists()
+    assert not (staging / VM_META).exists()
     with pytest.raises(SnapshotError, match="unreadable: snapshot meta"):
         read_meta(staging)
     with pytest.raises(SnapshotError):

@@ -81,7 +81,7 @@ def test_template_source_shares_ram_file_and_clone_maps_it_private() -> None:
 
 
 def test_tap_runs_inside_the_namespace() -> None:
-    argv = build_argv(config(network=NetworkSpec.tap("tap0", "wrenn-3")))
+    argv = build_argv(config(network=NetworkSpec.tap("tap0", "wrenn-3", host_address="10.11.0.3")))
     assert argv[:4] == ["ip", "netns", "exec", "wrenn-3"]
     assert argv[4] == "qemu-system-x86_64"
     assert opt(argv, "-netdev") == ["tap,id=n0,ifname=tap0,script=no,downscript=no"]
@@ -108,4 +108,6 @@ def test_specs_validate_with_value_in_message(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"invalid: vcpus 40 is outside 1\.\.32"):
         BootSpec(tmp_path, tmp_path, "", tmp_path, tmp_path, NetworkSpec.user(1), vcpus=40)
     assert NetworkSpec.user(4000).agent_url() == "http://127.0.0.1:4000"
-    assert NetworkSpec.tap("t", "n", guest_ip="10.9.0.2").agent_url() == "http://10.9.0.2:49983"
+    assert (
+        NetworkSpec.tap("t", "n", host_address="10.11.0.9").agent_url() == "http://10.11.0.9:49983"
+    )

@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 
-from pywrenn.layout import SNAPSHOT_META
 from pywrenn.vmm import (
     BootSpec,
     NetworkSpec,
@@ -29,6 +28,7 @@ from pywrenn.vmm import (
     commit_staging,
     read_meta,
 )
+from pywrenn.vmm.snapshot import VM_META
 from tests.unit.test_vmm_fakeqemu_script import SCRIPT
 
 pytestmark = pytest.mark.anyio
@@ -168,7 +168,7 @@ async def test_pause_then_restore_exact_sequences(fake: Fake) -> None:
         ]
         assert fake.ignore_shared() is False
         # Restored in place: the pause is consumed, so nothing offers it as a snapshot again.
-        assert not (spec.run_dir / SNAPSHOT_META).exists()
+        assert not (spec.run_dir / VM_META).exists()
         assert not (spec.run_dir / "state.bin").exists()
     finally:
         await rt.kill(vm2)
@@ -228,7 +228,7 @@ async def test_failed_migration_resumes_vm_and_leaves_no_meta(fake: Fake) -> Non
         with pytest.raises(SnapshotError, match="migration failed: disk full"):
             await rt.pause_to_dir(vm, staging)
         assert fake.take()[-2:] == ["query-migrate", "cont"]
-        assert not (staging / SNAPSHOT_META).exists()
+        assert not (staging / VM_META).exists()
         assert (await rt.info(vm)).state is VMState.RUNNING
     finally:
         await rt.kill(vm)

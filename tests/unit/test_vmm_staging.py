@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from pywrenn.layout import SNAPSHOT_META, parse_leftover
+from pywrenn.layout import parse_leftover
 from pywrenn.vmm import SnapshotError, SnapshotKind, SnapshotMeta, commit_staging, read_meta
-from pywrenn.vmm.snapshot import write_meta
+from pywrenn.vmm.snapshot import VM_META, write_meta
 
 
 def make_snapshot(directory: Path, state: bytes = b"S" * 100) -> SnapshotMeta:
@@ -98,8 +98,8 @@ def test_truncated_state_fails_verification(tmp_path: Path) -> None:
 
 def test_write_meta_refuses_short_files(tmp_path: Path) -> None:
     meta = make_snapshot(tmp_path / "cap")
-    (tmp_path / "cap" / SNAPSHOT_META).unlink()
+    (tmp_path / "cap" / VM_META).unlink()
     (tmp_path / "cap" / "disk.qcow2").unlink()
     with pytest.raises(SnapshotError, match=r"missing: .*disk\.qcow2"):
         write_meta(tmp_path / "cap", meta)
-    assert not (tmp_path / "cap" / SNAPSHOT_META).exists()
+    assert not (tmp_path / "cap" / VM_META).exists()

@@ -10,6 +10,7 @@ from typing import Any
 import httpx
 
 from pywrenn.envdclient._errors import EnvdProtocolError, EnvdTimeout, EnvdUnavailable
+from pywrenn.envdclient._ops import GuestOps
 from pywrenn.envdclient.envelope import EnvelopeDecoder, encode
 
 __all__ = ["EnvdClient", "ExecResult"]
@@ -26,11 +27,17 @@ class ExecResult:
     pid: int = 0
 
 
-class EnvdClient:
-    """One guest agent at `base_url` (e.g. ``http://127.0.0.1:40123``)."""
+class EnvdClient(GuestOps):
+    """One guest agent at `base_url` (e.g. ``http://127.0.0.1:40123``).
 
-    def __init__(self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    `access_token` is sent as ``X-Access-Token`` on every request once the agent has one.
+    """
+
+    def __init__(
+        self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT, access_token: str | None = None
+    ) -> None:
         self.base_url = base_url
+        self.access_token = access_token
         if not base_url.startswith("http://"):
             raise ValueError(f"invalid: agent URL {base_url!r} must be plain http://")
         # No proxies from the environment: the agent is always on loopback or in a netns.
@@ -45,6 +52,9 @@ class EnvdClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+
+    def _auth_headers(self) -> dict[str, str]:
+        return {"X-Access-Token": self.access_token} if self.access_token else {}
 
     async def __aenter__(self) -> EnvdClient:
         return self
@@ -84,8 +94,17 @@ class EnvdClient:
         body: dict[str, Any] = {**defaults, "timestamp": timestamp}
         if entropy is not None:
             body["entropy"] = base64.b64encode(entropy).decode()
+        await self._post_init(body, timeout)
+
+    async def init_defaults(self, *, timeout: float = 10.0, **fields: Any) -> None:
+        """``POST /init`` with envd fields only (``accessToken``, ``defaultUser``, ...)."""
+        await self._post_init(fields, timeout)
+
+    async def _post_init(self, body: dict[str, Any], timeout: float) -> None:
         try:
-            response = await self._http.post("/init", json=body, timeout=timeout)
+            response = await self._http.post(
+                "/init", json=body, headers=self._auth_headers(), timeout=timeout
+            )
         except httpx.TimeoutException as exc:
             raise EnvdTimeout(f"timeout: POST /init to {self.base_url}") from exc
         except httpx.HTTPError as exc:
@@ -97,6 +116,7 @@ class EnvdClient:
         """Run `cmd` with ``bash -l -c`` in the guest and wait for it to end."""
         request = {"process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd]}, "stdin": False}
         headers = {
+            **self._auth_headers(),
             "Content-Type": CONNECT_JSON,
             "Connect-Timeout-Ms": str(int(timeout * 1000)),
         }

@@ -37,6 +37,11 @@ class SnapshotMeta:
     template_name: str = ""
     versions: dict[str, str] = field(default_factory=dict)
     metadata: dict[str, str] = field(default_factory=dict)
+    # What the guest agent must be told again after a restore.
+    envd_access_token: str = ""
+    egress: bool = True
+    default_user: str = ""
+    default_env: dict[str, str] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -59,6 +64,10 @@ class SnapshotMeta:
                 template_name=str(data.get("template_name", "")),
                 versions=_str_map(data.get("versions")),
                 metadata=_str_map(data.get("metadata")),
+                envd_access_token=str(data.get("envd_access_token", "")),
+                egress=bool(data.get("egress", True)),
+                default_user=str(data.get("default_user", "")),
+                default_env=_str_map(data.get("default_env")),
             )
         except (TypeError, ValueError) as exc:
             raise MetaError(f"invalid: snapshot meta field: {exc}") from exc
@@ -71,14 +80,12 @@ class RunningState:
     capsule_id: str
     meta: SnapshotMeta  # the same facts a pause would record
     vm: dict[str, Any]  # the runtime's own adoption record (pid, sockets, ...)
-    envd_access_token: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "capsule_id": self.capsule_id,
             "meta": self.meta.to_json(),
             "vm": self.vm,
-            "envd_access_token": self.envd_access_token,
         }
 
     @classmethod
@@ -91,7 +98,6 @@ class RunningState:
             capsule_id=str(data.get("capsule_id", "")),
             meta=SnapshotMeta.from_json(meta),
             vm=vm,
-            envd_access_token=str(data.get("envd_access_token", "")),
         )
 
 

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 from pywrenn.envdclient import EnvdClient, EnvdError
-from pywrenn.layout import SNAPSHOT_META
 from pywrenn.vmm import host
 from pywrenn.vmm.accel import HostKey, choose_accel
 from pywrenn.vmm.errors import (
@@ -58,6 +57,7 @@ from pywrenn.vmm.snapshot import (
     DISK_FILE,
     MEMORY_FILE,
     STATE_FILE,
+    VM_META,
     SnapshotMeta,
     read_meta,
     write_meta,
@@ -297,6 +297,7 @@ class QemuRuntime:
         network: NetworkSpec,
         *,
         timeout: float = 30.0,
+        agent_token: str | None = None,
     ) -> VMHandle:
         meta = read_meta(snapshot_dir)
         in_place = run_dir.resolve() == snapshot_dir.resolve()
@@ -339,10 +340,10 @@ class QemuRuntime:
                 if in_place:
                     # From `cont` on, the guest writes the disk: the pause is consumed.
                     # Drop the meta first so a crash can never offer it as a snapshot again.
-                    (snapshot_dir / SNAPSHOT_META).unlink()
+                    (snapshot_dir / VM_META).unlink()
                     (snapshot_dir / STATE_FILE).unlink()
                 await qmp.execute("cont")
-            await _ready_agent(vm, timeout=timeout)
+            await _ready_agent(vm, timeout=timeout, agent_token=agent_token)
         except BaseException as exc:
             await self.kill(vm)
             if isinstance(exc, VMError):
@@ -624,13 +625,13 @@ async def _wait_status(qmp: QMPClient, done: Any, *, timeout: float) -> str:
         await asyncio.sleep(0.005)
 
 
-async def _ready_agent(vm: VMHandle, *, timeout: float) -> None:
+async def _ready_agent(vm: VMHandle, *, timeout: float, agent_token: str | None = None) -> None:
     """Wait for the guest agent, then set its clock and reseed its RNG.
 
     After a restore the guest clock is wherever it was at pause time, and every clone of a
     template starts with the same RNG state: /init with fresh time and entropy fixes both.
     """
-    async with EnvdClient(vm.network.agent_url()) as agent:
+    async with EnvdClient(vm.network.agent_url(), access_token=agent_token) as agent:
         try:
             await agent.wait_health(timeout=timeout)
             await agent.init(timestamp=rfc3339_now(), entropy=secrets.token_bytes(64))

@@ -34,7 +34,8 @@ class NetworkSpec:
     ``user``: user-mode networking with one loopback port forwarded to the agent port. It is
     always restricted: the guest can reach nothing beyond the forwarded port.
     ``tap``: a TAP device `ifname` that already exists inside network namespace `netns`;
-    the VMM is started inside that namespace (for the host agent's slots).
+    the VMM is started inside that namespace (for the host agent's slots). The host reaches
+    the guest agent at `host_address`, an address the namespace forwards to the guest.
     """
 
     kind: Literal["user", "tap"]
@@ -43,6 +44,7 @@ class NetworkSpec:
     netns: str = ""
     guest_ip: str = "10.0.2.15"
     mac: str = ""
+    host_address: str = ""
 
     @classmethod
     def user(cls, host_port: int) -> NetworkSpec:
@@ -51,16 +53,23 @@ class NetworkSpec:
         return cls(kind="user", host_port=host_port)
 
     @classmethod
-    def tap(cls, ifname: str, netns: str, *, guest_ip: str = "10.0.2.15") -> NetworkSpec:
-        if not ifname or not netns:
-            raise ValueError(f"invalid: tap needs ifname and netns, got {ifname!r}/{netns!r}")
-        return cls(kind="tap", ifname=ifname, netns=netns, guest_ip=guest_ip)
+    def tap(
+        cls, ifname: str, netns: str, *, host_address: str, guest_ip: str = "10.0.2.15"
+    ) -> NetworkSpec:
+        if not ifname or not netns or not host_address:
+            raise ValueError(
+                f"invalid: tap needs ifname, netns and host_address, got "
+                f"{ifname!r}/{netns!r}/{host_address!r}"
+            )
+        return cls(
+            kind="tap", ifname=ifname, netns=netns, guest_ip=guest_ip, host_address=host_address
+        )
 
     def agent_url(self) -> str:
-        """Base URL of the guest agent as seen from the host (tap: from inside `netns`)."""
+        """Base URL of the guest agent as seen from the host."""
         if self.kind == "user":
             return f"http://127.0.0.1:{self.host_port}"
-        return f"http://{self.guest_ip}:{AGENT_PORT}"
+        return f"http://{self.host_address}:{AGENT_PORT}"
 
 
 @dataclass(frozen=True)
@@ -132,8 +141,11 @@ class Runtime(Protocol):
         network: NetworkSpec,
         *,
         timeout: float = 30.0,
+        agent_token: str | None = None,
     ) -> VMHandle:
-        """Start a VM from a pause dir or a template dir; wait for the agent; reseed it."""
+        """Start a VM from a pause dir or a template dir; wait for the agent; reseed it.
+
+        `agent_token` is the guest agent's access token, if the snapshot's agent has one."""
         ...
 
     async def pause_to_dir(self, vm: VMHandle, staging_dir: Path, *, timeout: float = 60.0) -> Path:

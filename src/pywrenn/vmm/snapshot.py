@@ -6,7 +6,7 @@ nothing of: how the VMM produced the files.
     <dir>/state.bin          device state (+ RAM for a pause) as the VMM streamed it
     <dir>/disk.qcow2         the VM's disk overlay, frozen with the RAM
     <dir>/memory             template only: guest RAM, mapped copy-on-write by clones
-    <dir>/wrenn-snapshot.json  this meta; its presence means "complete"
+    <dir>/vm-snapshot.json   this meta; its presence means "complete"
 """
 
 from __future__ import annotations
@@ -17,15 +17,25 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pywrenn.layout import SNAPSHOT_META
 from pywrenn.vmm.errors import SnapshotError
 from pywrenn.vmm.runtime import SnapshotKind
 
-__all__ = ["DISK_FILE", "MEMORY_FILE", "STATE_FILE", "SnapshotMeta", "read_meta", "write_meta"]
+__all__ = [
+    "DISK_FILE",
+    "MEMORY_FILE",
+    "STATE_FILE",
+    "VM_META",
+    "SnapshotMeta",
+    "read_meta",
+    "write_meta",
+]
 
 STATE_FILE = "state.bin"
 DISK_FILE = "disk.qcow2"
 MEMORY_FILE = "memory"
+# The runtime's own meta. The host agent writes its capsule facts beside it in
+# `wrenn-snapshot.json` (pywrenn.layout.VM_META).
+VM_META = "vm-snapshot.json"
 FORMAT_VERSION = 1
 
 
@@ -61,15 +71,15 @@ def write_meta(directory: Path, meta: SnapshotMeta) -> None:
         path = directory / name
         if path.exists():
             _fsync(path)
-    tmp = directory / f".{SNAPSHOT_META}.tmp"
+    tmp = directory / f".{VM_META}.tmp"
     tmp.write_text(meta.to_json())
     _fsync(tmp)
-    tmp.replace(directory / SNAPSHOT_META)
+    tmp.replace(directory / VM_META)
 
 
 def read_meta(directory: Path) -> SnapshotMeta:
     """Read and verify a snapshot dir; raise SnapshotError if anything is missing or short."""
-    path = directory / SNAPSHOT_META
+    path = directory / VM_META
     try:
         data = json.loads(path.read_text())
         data["kind"] = SnapshotKind(data["kind"])

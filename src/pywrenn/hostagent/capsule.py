@@ -1,0 +1,86 @@
+"""One capsule as the host agent holds it in memory, and its public view.
+
+Owns: the `Capsule` record (state, meta, VM handle, slot, guest client, activity) and
+`CapsuleInfo`, the frozen snapshot of it the API returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from pywrenn.envdclient import EnvdClient
+from pywrenn.hostagent.meta import SnapshotMeta
+from pywrenn.hostagent.metrics import MetricRings
+from pywrenn.hostagent.network import SlotNetwork
+from pywrenn.hostagent.states import CapsuleState, check_transition
+from pywrenn.vmm import VMHandle
+
+
+@dataclass(frozen=True)
+class CapsuleInfo:
+    capsule_id: str
+    state: CapsuleState
+    team_id: str
+    template_id: str
+    template: str
+    vcpus: int
+    memory_mb: int
+    timeout_sec: int
+    slot_index: int
+    host_ip: str
+    created_at: datetime
+    last_active_at: float  # unix seconds
+    metadata: dict[str, str]
+    versions: dict[str, str]
+
+
+@dataclass
+class Capsule:
+    capsule_id: str
+    state: CapsuleState
+    meta: SnapshotMeta  # includes the guest agent token, egress and defaults
+    vm: VMHandle | None = None
+    envd: EnvdClient | None = None
+    last_active_at: float = field(default_factory=time.time)
+    lifecycle: asyncio.Lock = field(default_factory=asyncio.Lock)
+    metrics: MetricRings = field(default_factory=MetricRings)
+    # For the activity sampler: the VMM's CPU ticks and the veth byte count last seen.
+    cpu_ticks: int | None = None
+    net_bytes: int | None = None
+
+    @property
+    def access_token(self) -> str:
+        return self.meta.envd_access_token
+
+    @property
+    def net(self) -> SlotNetwork:
+        return SlotNetwork(self.meta.slot_index)
+
+    def move_to(self, target: CapsuleState) -> None:
+        check_transition(self.capsule_id, self.state, target)
+        self.state = target
+
+    def touch(self) -> None:
+        self.last_active_at = time.time()
+
+    def info(self) -> CapsuleInfo:
+        m = self.meta
+        return CapsuleInfo(
+            capsule_id=self.capsule_id,
+            state=self.state,
+            team_id=m.team_id,
+            template_id=m.template_id,
+            template=m.template_name,
+            vcpus=m.vcpus,
+            memory_mb=m.memory_mb,
+            timeout_sec=m.timeout_sec,
+            slot_index=m.slot_index,
+            host_ip=self.net.host_ip,
+            created_at=m.created_at,
+            last_active_at=self.last_active_at,
+            metadata=dict(m.metadata),
+            versions=dict(m.versions),
+        )

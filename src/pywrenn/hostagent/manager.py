@@ -1,0 +1,523 @@
+"""The sandbox manager: every capsule on this host, its lifecycle, and startup recovery.
+
+Owns: create, destroy, pause, resume, list, get and ping; the capsule table; the order
+of startup recovery (see `recovery.py` for the paused-capsule rules). Guest operations
+(exec, files, processes, PTY) live in `guest_ops.py`; background loops in `loops.py`.
+
+Every lifecycle operation holds the capsule's own lock, moves its state through the
+table in `states.py`, and undoes what it did when a step fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pywrenn import images
+from pywrenn.envdclient import EnvdClient, EnvdError
+from pywrenn.hostagent import network
+from pywrenn.hostagent.capsule import Capsule, CapsuleInfo
+from pywrenn.hostagent.errors import (
+    CapsuleNotFound,
+    CapsuleStateConflict,
+    GuestError,
+    HostAgentError,
+    HostError,
+    InvalidRequest,
+)
+from pywrenn.hostagent.meta import (
+    RUNNING_STATE,
+    MetaError,
+    RunningState,
+    SnapshotMeta,
+    read_running_state,
+    write_json_atomic,
+)
+from pywrenn.hostagent.network import SlotNetwork
+from pywrenn.hostagent.recovery import (
+    restore_paused,
+    running_state_files,
+    sweep_leftovers,
+    trash_dir,
+)
+from pywrenn.hostagent.settings import HostAgentSettings
+from pywrenn.hostagent.slots import SlotAllocator
+from pywrenn.hostagent.states import CapsuleState
+from pywrenn.ids import IdKind, is_valid_id, new_id
+from pywrenn.layout import SNAPSHOT_META, Layout
+from pywrenn.vmm import (
+    AGENT_PORT,
+    BootSpec,
+    NetworkSpec,
+    Runtime,
+    SnapshotError,
+    SnapshotKind,
+    VMError,
+    VMHandle,
+    commit_staging,
+    read_meta,
+)
+
+log = logging.getLogger("pywrenn.hostagent")
+
+S = CapsuleState
+DEFAULT_TEMPLATE = "minimal"
+NIL_UUID = str(uuid.UUID(int=0))  # "the platform": team/template of the base image
+PREPARE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class CreateRequest:
+    capsule_id: str = ""
+    template: str = DEFAULT_TEMPLATE
+    vcpus: int = 0
+    memory_mb: int = 0
+    timeout_sec: int = 0
+    team_id: str = NIL_UUID
+    template_id: str = NIL_UUID
+    default_user: str = ""
+    default_env: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+    egress: bool | None = None
+
+
+@dataclass
+class RecoveryReport:
+    swept: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)
+    trashed: list[tuple[str, str]] = field(default_factory=list)
+
+
+class SandboxManager:
+    def __init__(self, settings: HostAgentSettings, runtime: Runtime) -> None:
+        self.settings = settings
+        self.layout = Layout(settings.dir)
+        self.layout.ensure()
+        self.runtime = runtime
+        self.slots = SlotAllocator(self.layout)
+        self._capsules: dict[str, Capsule] = {}
+        self._auto_paused: list[str] = []
+        self._draining = False
+
+    # -- queries ---------------------------------------------------------------------------
+    def list_infos(self) -> list[CapsuleInfo]:
+        return [c.info() for c in sorted(self._capsules.values(), key=lambda c: c.capsule_id)]
+
+    def get(self, capsule_id: str) -> CapsuleInfo:
+        return self.capsule(capsule_id).info()
+
+    def capsule(self, capsule_id: str) -> Capsule:
+        try:
+            return self._capsules[capsule_id]
+        except KeyError:
+            raise CapsuleNotFound(capsule_id) from None
+
+    def running(self, capsule_id: str) -> Capsule:
+        """The capsule, if it is running; a conflict naming its state otherwise."""
+        capsule = self.capsule(capsule_id)
+        if capsule.state is not S.RUNNING or capsule.envd is None:
+            raise CapsuleStateConflict(capsule_id, capsule.state.value, "use it")
+        capsule.touch()
+        return capsule
+
+    def capsules(self) -> Iterable[Capsule]:
+        return list(self._capsules.values())
+
+    def drain_auto_paused(self) -> list[str]:
+        drained, self._auto_paused = self._auto_paused, []
+        return drained
+
+    def ping(self, capsule_id: str) -> CapsuleInfo:
+        capsule = self.capsule(capsule_id)
+        capsule.touch()
+        return capsule.info()
+
+    # -- create / destroy ----------------------------------------------------------------
+    async def create(self, request: CreateRequest) -> CapsuleInfo:
+        if self._draining:
+            raise CapsuleStateConflict("-", "draining", "create capsules")
+        capsule_id = request.capsule_id or new_id(IdKind.CAPSULE)
+        if not is_valid_id(capsule_id, IdKind.CAPSULE):
+            raise InvalidRequest(f"invalid: capsule id {capsule_id!r}")
+        if capsule_id in self._capsules or self.layout.sandbox_dir(capsule_id).exists():
+            raise CapsuleStateConflict(capsule_id, "existing", "create it again")
+        vcpus = request.vcpus or self.settings.default_vcpus
+        memory_mb = request.memory_mb or self.settings.default_memory_mb
+        if not 1 <= vcpus <= self.settings.max_vcpus:
+            raise InvalidRequest(f"invalid: vcpus {vcpus} is outside 1..{self.settings.max_vcpus}")
+        if not 128 <= memory_mb <= self.settings.max_memory_mb:
+            raise InvalidRequest(
+                f"invalid: memory_mb {memory_mb} is outside 128..{self.settings.max_memory_mb}"
+            )
+        if request.timeout_sec < 0:
+            raise InvalidRequest(f"invalid: timeout_sec {request.timeout_sec} is negative")
+        source = self._resolve_template(request.template)
+        egress = self.settings.egress_default if request.egress is None else request.egress
+
+        slot = self.slots.allocate(capsule_id)
+        net = SlotNetwork(slot)
+        run_dir = self.layout.sandbox_dir(capsule_id)
+        meta = SnapshotMeta(
+            team_id=request.team_id or NIL_UUID,
+            template_id=request.template_id or NIL_UUID,
+            vcpus=vcpus,
+            memory_mb=memory_mb,
+            timeout_sec=request.timeout_sec,
+            slot_index=slot,
+            base_image=str(source.base_image),
+            disk_overlay=str(run_dir / "disk.qcow2"),
+            created_at=datetime.now(UTC),
+            template_name=request.template,
+            versions=source.versions,
+            metadata=dict(request.metadata),
+            envd_access_token=secrets.token_urlsafe(24),
+            egress=egress,
+            default_user=request.default_user,
+            default_env=dict(request.default_env),
+        )
+        capsule = Capsule(capsule_id=capsule_id, state=S.CREATING, meta=meta)
+        self._capsules[capsule_id] = capsule
+        async with capsule.lifecycle:
+            try:
+                await network.create_network(net, egress=egress)
+                run_dir.mkdir(parents=True)
+                spec = self._network_spec(net)
+                if source.template_dir is not None:
+                    vm = await self.runtime.restore(
+                        source.template_dir,
+                        run_dir,
+                        spec,
+                        timeout=self.settings.restore_timeout_s,
+                    )
+                else:
+                    assert source.manifest is not None
+                    vm = await self.runtime.boot(
+                        BootSpec(
+                            kernel=source.manifest.kernel,
+                            initramfs=source.manifest.initramfs,
+                            cmdline=source.manifest.cmdline,
+                            disk=source.manifest.rootfs,
+                            run_dir=run_dir,
+                            network=spec,
+                            vcpus=vcpus,
+                            memory_mb=memory_mb,
+                        ),
+                        timeout=self.settings.boot_timeout_s,
+                    )
+                capsule.vm = vm
+                await self._attach_guest(capsule, first_init=True)
+                self._write_running_state(capsule)
+                capsule.move_to(S.RUNNING)
+            except BaseException as exc:
+                log.warning("create %s failed: %s", capsule_id, exc)
+                await self._release_everything(capsule)
+                self._capsules.pop(capsule_id, None)
+                if isinstance(exc, VMError | EnvdError):
+                    raise HostError(f"create failed: {exc}") from exc
+                raise
+        log.info("created %s slot=%d template=%s", capsule_id, slot, request.template)
+        return capsule.info()
+
+    async def destroy(self, capsule_id: str) -> None:
+        capsule = self.capsule(capsule_id)
+        async with capsule.lifecycle:
+            if capsule.state is S.STOPPED:
+                return
+            capsule.move_to(S.STOPPING)
+            await self._release_everything(capsule)
+            capsule.move_to(S.STOPPED)
+            self._capsules.pop(capsule_id, None)
+        log.info("destroyed %s", capsule_id)
+
+    # -- pause / resume ------------------------------------------------------------------
+    async def pause(self, capsule_id: str, *, auto: bool = False) -> CapsuleInfo:
+        capsule = self.capsule(capsule_id)
+        async with capsule.lifecycle:
+            if capsule.state is S.PAUSED:
+                return capsule.info()  # pausing a paused capsule is a no-op
+            if capsule.state is not S.RUNNING or capsule.vm is None:
+                raise CapsuleStateConflict(capsule_id, capsule.state.value, "pause")
+            capsule.move_to(S.PAUSING)
+            vm = capsule.vm
+            if capsule.envd is not None:
+                with contextlib.suppress(EnvdError, OSError):
+                    await capsule.envd.snapshot_prepare(timeout=PREPARE_TIMEOUT_S)
+            staging = self.layout.staging_dir(capsule_id)
+            try:
+                await self.runtime.pause_to_dir(vm, staging)
+            except BaseException as exc:
+                # Before the VM is gone nothing is lost: it keeps running (the runtime
+                # resumed it); drop the half-written staging dir and report.
+                shutil.rmtree(staging, ignore_errors=True)
+                alive = await self._vm_alive(vm)
+                capsule.move_to(S.RUNNING if alive else S.FAILED)
+                raise HostError(f"pause failed: {exc}") from exc
+            write_json_atomic(staging / SNAPSHOT_META, capsule.meta.to_json())
+            commit_staging(staging, self.layout.sandbox_dir(capsule_id))
+            await self._close_guest(capsule)
+            capsule.vm = None
+            with contextlib.suppress(HostError):
+                await network.remove_network(capsule.net)  # the slot stays reserved
+            capsule.move_to(S.PAUSED)
+            if auto:
+                self._auto_paused.append(capsule_id)
+        log.info("paused %s%s", capsule_id, " (idle)" if auto else "")
+        return capsule.info()
+
+    async def resume(self, capsule_id: str, *, timeout_sec: int | None = None) -> CapsuleInfo:
+        if self._draining:
+            raise CapsuleStateConflict(capsule_id, "draining", "resume")
+        capsule = self.capsule(capsule_id)
+        async with capsule.lifecycle:
+            if capsule.state is S.RUNNING:
+                return capsule.info()
+            if capsule.state is not S.PAUSED:
+                raise CapsuleStateConflict(capsule_id, capsule.state.value, "resume")
+            capsule.move_to(S.RESUMING)
+            run_dir = self.layout.sandbox_dir(capsule_id)
+            net = capsule.net
+            try:
+                read_meta(run_dir)  # refuse early, and keep the snapshot, if it is not whole
+                await network.create_network(net, egress=capsule.meta.egress)
+                vm = await self.runtime.restore(
+                    run_dir,
+                    run_dir,
+                    self._network_spec(net),
+                    timeout=self.settings.restore_timeout_s,
+                    agent_token=capsule.access_token,
+                )
+            except BaseException as exc:
+                with contextlib.suppress(HostError):
+                    await network.remove_network(net)
+                capsule.move_to(S.PAUSED)
+                if isinstance(exc, VMError | HostAgentError):
+                    raise HostError(f"resume failed, capsule stays paused: {exc}") from exc
+                raise
+            capsule.vm = vm
+            if timeout_sec is not None and timeout_sec >= 0:
+                capsule.meta = replace(capsule.meta, timeout_sec=timeout_sec)
+            try:
+                await self._attach_guest(capsule, first_init=False)
+            except EnvdError as exc:
+                capsule.move_to(S.FAILED)
+                raise GuestError(f"resumed but the guest agent failed: {exc}") from exc
+            # The pause is consumed: from here the running state describes the capsule.
+            self._write_running_state(capsule)
+            (run_dir / SNAPSHOT_META).unlink(missing_ok=True)
+            capsule.touch()
+            capsule.move_to(S.RUNNING)
+        log.info("resumed %s", capsule_id)
+        return capsule.info()
+
+    # -- startup and shutdown -------------------------------------------------------------
+    async def recover(self) -> RecoveryReport:
+        """Bring back what a previous agent left, in order, before the API serves."""
+        report = RecoveryReport()
+        await network.ensure_host_guards()
+        report.swept = sweep_leftovers(self.layout)
+        for state_file in running_state_files(self.layout):
+            capsule_id = state_file.parent.name
+            if await self._adopt(state_file):
+                report.adopted.append(capsule_id)
+            else:
+                report.cleaned.append(capsule_id)
+        paused = restore_paused(self.layout, self.slots, skip=frozenset(report.adopted))
+        report.trashed = paused.trashed
+        for found in paused.restored:
+            self._capsules[found.capsule_id] = Capsule(
+                capsule_id=found.capsule_id,
+                state=S.PAUSED,
+                meta=found.meta,
+                last_active_at=found.meta.created_at.timestamp(),
+            )
+            report.paused.append(found.capsule_id)
+        await self._reap_stray_namespaces()
+        log.info(
+            "recovery: swept=%d adopted=%d paused=%d cleaned=%d trashed=%d",
+            len(report.swept),
+            len(report.adopted),
+            len(report.paused),
+            len(report.cleaned),
+            len(report.trashed),
+        )
+        return report
+
+    async def pause_all(self, *, budget_s: float) -> None:
+        """Pause every running capsule, two at a time, within `budget_s` seconds."""
+        self._draining = True
+        running = [c.capsule_id for c in self._capsules.values() if c.state is S.RUNNING]
+        gate = asyncio.Semaphore(2)
+
+        async def one(capsule_id: str) -> None:
+            async with gate:
+                try:
+                    await self.pause(capsule_id)
+                except HostAgentError as exc:
+                    log.warning("shutdown pause of %s failed: %s", capsule_id, exc)
+
+        try:
+            async with asyncio.timeout(budget_s):
+                async with asyncio.TaskGroup() as group:
+                    for capsule_id in running:
+                        group.create_task(one(capsule_id))
+        except TimeoutError:
+            log.warning("shutdown: pause budget of %.0fs spent; VMs left running", budget_s)
+
+    async def close(self) -> None:
+        for capsule in self._capsules.values():
+            await self._close_guest(capsule)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _network_spec(self, net: SlotNetwork) -> NetworkSpec:
+        return NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip)
+
+    def _resolve_template(self, template: str) -> _Source:
+        try:
+            template_dir = self.layout.image_dir(template)
+        except ValueError as exc:
+            raise InvalidRequest(f"invalid: template {template!r}") from exc
+        with contextlib.suppress(SnapshotError):
+            meta = read_meta(template_dir)
+            if meta.kind is SnapshotKind.TEMPLATE:
+                return _Source(template_dir, template_dir, None, {"vmm": meta.vmm_version})
+        try:
+            manifest = images.load_manifest(self.layout, template)
+        except images.ManifestMissing as exc:
+            raise InvalidRequest(f"not found: template {template!r}: {exc}") from exc
+        except images.ImageError as exc:
+            raise HostError(f"template {template!r} is unusable: {exc}") from exc
+        return _Source(manifest.rootfs, None, manifest, dict(manifest.versions))
+
+    async def _attach_guest(self, capsule: Capsule, *, first_init: bool) -> None:
+        """Tell the guest agent who it serves: token, hostname, default user and env."""
+        assert capsule.vm is not None
+        client = EnvdClient(
+            f"http://{capsule.net.host_ip}:{AGENT_PORT}", access_token=capsule.access_token
+        )
+        defaults: dict[str, Any] = {"hostname": capsule.capsule_id}
+        if first_init:
+            # A fresh guest has no token yet; presenting one it lacks is harmless.
+            defaults["accessToken"] = capsule.access_token
+        if capsule.meta.default_user:
+            defaults["defaultUser"] = capsule.meta.default_user
+        if capsule.meta.default_env:
+            defaults["envVars"] = capsule.meta.default_env
+        try:
+            await client.init_defaults(**defaults)
+        except BaseException:
+            await client.aclose()
+            raise
+        capsule.envd = client
+
+    async def _close_guest(self, capsule: Capsule) -> None:
+        if capsule.envd is not None:
+            with contextlib.suppress(Exception):
+                await capsule.envd.aclose()
+            capsule.envd = None
+
+    def _write_running_state(self, capsule: Capsule) -> None:
+        assert capsule.vm is not None
+        state = RunningState(
+            capsule_id=capsule.capsule_id,
+            meta=capsule.meta,
+            vm={"run_dir": str(capsule.vm.run_dir), "pid": capsule.vm.pid},
+        )
+        path = self.layout.sandbox_dir(capsule.capsule_id) / RUNNING_STATE
+        write_json_atomic(path, state.to_json())
+
+    async def _release_everything(self, capsule: Capsule) -> None:
+        """Kill the VM, tear down the network, free the slot, remove the dir (idempotent)."""
+        await self._close_guest(capsule)
+        vm = capsule.vm
+        if vm is not None:
+            with contextlib.suppress(VMError):
+                await self.runtime.kill(vm)
+            capsule.vm = None
+        with contextlib.suppress(HostError):
+            await network.remove_network(capsule.net)
+        self.slots.release(capsule.meta.slot_index)
+        run_dir = self.layout.sandbox_dir(capsule.capsule_id)
+        if run_dir.exists():
+            trashed = trash_dir(run_dir)
+            if trashed is not None:
+                await asyncio.to_thread(shutil.rmtree, trashed, True)
+
+    async def _vm_alive(self, vm: VMHandle) -> bool:
+        from pywrenn.vmm import VMState
+
+        with contextlib.suppress(Exception):
+            return (await self.runtime.info(vm)).state is not VMState.GONE
+        return False
+
+    async def _adopt(self, state_file: Path) -> bool:
+        """Re-adopt a VM a previous agent left running; clean up when it cannot be."""
+        run_dir = state_file.parent
+        capsule_id = run_dir.name
+        try:
+            state = read_running_state(state_file)
+        except MetaError as exc:
+            log.warning("recovery: %s: %s", capsule_id, exc)
+            state = None
+        if state is not None:
+            try:
+                vm = await self.runtime.adopt(run_dir)
+                self.slots.reserve(state.meta.slot_index, capsule_id)
+                capsule = Capsule(capsule_id=capsule_id, state=S.RUNNING, meta=state.meta, vm=vm)
+                client = EnvdClient(
+                    f"http://{capsule.net.host_ip}:{AGENT_PORT}",
+                    access_token=capsule.access_token,
+                )
+                await client.wait_health(timeout=10.0)
+                capsule.envd = client
+                (run_dir / SNAPSHOT_META).unlink(missing_ok=True)
+                self._capsules[capsule_id] = capsule
+                log.info("recovery: re-adopted running capsule %s (pid %d)", capsule_id, vm.pid)
+                return True
+            except (VMError, EnvdError, HostAgentError, OSError) as exc:
+                log.warning("recovery: cannot re-adopt %s: %s", capsule_id, exc)
+        # Not adoptable: stop whatever is left and keep a pause snapshot if there is one.
+        with contextlib.suppress(VMError, OSError):
+            vm = await self.runtime.adopt(run_dir, timeout=2.0)
+            await self.runtime.kill(vm)
+        if state is not None:
+            with contextlib.suppress(HostError, ValueError):
+                await network.remove_network(SlotNetwork(state.meta.slot_index))
+        state_file.unlink(missing_ok=True)
+        has_snapshot = (run_dir / SNAPSHOT_META).exists()
+        with contextlib.suppress(SnapshotError):
+            read_meta(run_dir)
+            if has_snapshot:
+                return False  # restore_paused takes it from here
+        if state is not None:
+            self.slots.release(state.meta.slot_index)
+        trash_dir(run_dir)
+        return False
+
+    async def _reap_stray_namespaces(self) -> None:
+        """Remove slot namespaces that no known capsule owns (crash leftovers)."""
+        owned = {c.meta.slot_index for c in self._capsules.values() if c.state is S.RUNNING}
+        for name in await asyncio.to_thread(network.list_namespaces):
+            slot = network.parse_netns_slot(name)
+            if slot is not None and slot not in owned:
+                log.info("recovery: removing stray namespace %s", name)
+                with contextlib.suppress(HostError, ValueError):
+                    await network.remove_network(SlotNetwork(slot))
+
+
+@dataclass(frozen=True)
+class _Source:
+    base_image: Path
+    template_dir: Path | None
+    manifest: images.ImageManifest | None
+    versions: dict[str, str]
