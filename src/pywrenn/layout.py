@@ -68,6 +68,10 @@ class Layout:
     def admin_api_key_file(self) -> Path:
         return self.root / "admin-api-key"
 
+    @property
+    def host_token_file(self) -> Path:
+        return self.root / "host-token"
+
     # -- kernels and images ----------------------------------------------------------
     def kernel_dir(self, version: str) -> Path:
         return self.kernels_dir / _safe_name(version)

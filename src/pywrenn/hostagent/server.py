@@ -12,7 +12,6 @@ import logging
 import os
 import secrets
 import signal
-from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -25,14 +24,13 @@ from pywrenn.layout import Layout
 from pywrenn.vmm import QemuRuntime
 
 log = logging.getLogger("pywrenn.hostagent")
-TOKEN_FILE = "host-token"
 
 
 def host_token(settings: HostAgentSettings) -> str:
     """The configured token, else the one in WRENN_DIR/host-token (created once, 0600)."""
     if settings.host_token:
         return settings.host_token
-    path = Path(settings.dir) / TOKEN_FILE
+    path = Layout(settings.dir).host_token_file
     if path.exists():
         return path.read_text().strip()
     path.parent.mkdir(parents=True, exist_ok=True)
