@@ -23,6 +23,8 @@ from pywrenn.envd.users import child_environment, resolve_path
 SERVICE = "/process.Process/"
 # How often a waiting stream wakes to notice a departed client or a passed deadline.
 _TICK_S = 0.5
+# How long a Start stream waits for the end event after its deadline killed the process.
+_KILL_GRACE_S = 5.0
 
 _SIGNALS = {
     "SIGNAL_SIGKILL": signal.SIGKILL,
@@ -78,7 +80,7 @@ class ProcessService:
         if remaining is not None:
             proc.kill_at(remaining)
         sender.send({"event": {"start": {"pid": proc.pid}}})
-        self._follow(ctx, proc, sender, cursor=0)
+        self._follow(ctx, proc, sender, cursor=0, kills_at_deadline=True)
 
     def connect(self, ctx: RequestContext, msg: JSONObject, sender: StreamSender) -> None:
         proc = self._select(msg, finished=True)
@@ -87,11 +89,17 @@ class ProcessService:
         self._follow(ctx, proc, sender, cursor=proc.log.delivered)
 
     def _follow(
-        self, ctx: RequestContext, proc: ManagedProcess, sender: StreamSender, *, cursor: int
+        self,
+        ctx: RequestContext,
+        proc: ManagedProcess,
+        sender: StreamSender,
+        *,
+        cursor: int,
+        kills_at_deadline: bool = False,
     ) -> None:
         reader = proc.log.attach(cursor)
         try:
-            self._pump_events(ctx, proc, sender, reader, cursor)
+            self._pump_events(ctx, proc, sender, reader, cursor, kills_at_deadline)
         finally:
             proc.log.detach(reader)
 
@@ -102,16 +110,21 @@ class ProcessService:
         sender: StreamSender,
         reader: int,
         cursor: int,
+        kills_at_deadline: bool,
     ) -> None:
         interval = ctx.keepalive_interval
         last_sent = time.monotonic()
         while True:
             wait = min(_TICK_S, max(interval - (time.monotonic() - last_sent), 0.0))
             remaining = ctx.remaining()
+            # A Start stream's deadline kills the process: wait (briefly) for its end
+            # event, so the client learns how it ended. Other streams just stop.
+            grace = _KILL_GRACE_S if kills_at_deadline else 0.0
             if remaining is not None:
-                if remaining <= 0 and proc.running:
+                if remaining + grace <= 0 and proc.running:
                     raise ConnectError(Code.DEADLINE_EXCEEDED, "deadline exceeded")
-                wait = min(wait, max(remaining, 0.0))
+                if remaining > 0:
+                    wait = min(wait, remaining)
             result = proc.log.read(cursor, wait)
             if result.chunks and sender.client_gone():
                 return  # detached: keep the output for whoever attaches next

@@ -60,6 +60,7 @@ from pywrenn.hostagent.schemas import (
 log = logging.getLogger("pywrenn.hostagent.app")
 
 MAX_JSON_BODY = 1024 * 1024
+PathQuery = Annotated[str, Query(min_length=1, max_length=4096)]
 NDJSON = "application/x-ndjson"
 
 # The one table from domain errors to HTTP: (status, code). First match by MRO wins.
@@ -290,8 +291,6 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
         await guest.resize(capsule_id, _selector(selector), body.cols, body.rows)
 
     # -- files -----------------------------------------------------------------------------
-    PathQuery = Annotated[str, Query(min_length=1, max_length=4096)]
-
     @app.get("/v1/capsules/{capsule_id}/files", dependencies=auth)
     async def read_file(capsule_id: str, path: PathQuery) -> StreamingResponse:
         chunks = await guest.read_file(capsule_id, path)

@@ -280,8 +280,8 @@ class SandboxManager:
             raise CapsuleStateConflict(capsule_id, "draining", "resume")
         capsule = self.capsule(capsule_id)
         async with capsule.lifecycle:
-            if capsule.state is S.RUNNING:
-                return capsule.info()
+            # Resuming a running capsule is a caller's mistake worth hearing about (unlike
+            # pausing a paused one, which a reaper race makes routine).
             if capsule.state is not S.PAUSED:
                 raise CapsuleStateConflict(capsule_id, capsule.state.value, "resume")
             capsule.move_to(S.RESUMING)
