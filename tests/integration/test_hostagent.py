@@ -55,6 +55,8 @@ class Agent:
             WRENN_HOST_TOKEN=TOKEN,
             WRENN_EGRESS_DEFAULT="false",  # tests never let a guest reach out
             WRENN_SHUTDOWN_BUDGET_S="60",
+            WRENN_REAPER_INTERVAL_S="0.5",
+            WRENN_METRICS_INTERVAL_S="1",
         )
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
@@ -388,6 +390,55 @@ def test_running_capsule_survives_agent_restart(
     assert info["state"] == "running"
     assert qemu_pids_under(agent.dir) == before  # re-adopted: the same process
     assert run(client, capsule, "cat /tmp/alive")["stdout"] == "alive\n"
+
+
+def test_metrics_are_sampled(client: httpx.Client, capsule: str) -> None:
+    deadline = time.monotonic() + 20
+    points: list[dict[str, object]] = []
+    while time.monotonic() < deadline and not points:
+        points = client.get(f"/v1/capsules/{capsule}/metrics", params={"range": "10m"}).json()[
+            "points"
+        ]
+        time.sleep(0.5)
+    assert points, "no metric point within 20 s"
+    assert int(str(points[-1]["mem_bytes"])) > 0
+    assert int(str(points[-1]["disk_bytes"])) > 0
+
+
+def test_graceful_shutdown_pauses_and_restart_resumes(
+    agent: Agent, client: httpx.Client, capsule: str
+) -> None:
+    run(client, capsule, "echo before-shutdown > /root/s.txt")
+    agent.stop()  # SIGTERM: running capsules are paused to disk first
+    assert qemu_pids_under(agent.dir) == set()
+    agent.start()
+    assert client.get(f"/v1/capsules/{capsule}").json()["state"] == "paused"
+    assert client.post(f"/v1/capsules/{capsule}/resume").status_code == 200
+    assert run(client, capsule, "cat /root/s.txt")["stdout"] == "before-shutdown\n"
+
+
+def test_idle_capsule_is_paused_not_destroyed(client: httpx.Client) -> None:
+    created = client.post("/v1/capsules", json={"memory_mb": 256, "timeout_sec": 2})
+    assert created.status_code == 201, created.text
+    capsule_id = created.json()["capsule_id"]
+    try:
+        run(client, capsule_id, "echo kept > /root/idle.txt")
+        deadline = time.monotonic() + 60
+        auto_paused: list[str] = []
+        while time.monotonic() < deadline:
+            listing = client.get("/v1/capsules").json()
+            auto_paused += listing["auto_paused"]
+            state = next(c for c in listing["capsules"] if c["capsule_id"] == capsule_id)["state"]
+            if state == "paused":
+                break
+            time.sleep(0.5)
+        assert state == "paused"
+        auto_paused += client.get("/v1/capsules").json()["auto_paused"]
+        assert capsule_id in auto_paused
+        assert client.post(f"/v1/capsules/{capsule_id}/resume").status_code == 200
+        assert run(client, capsule_id, "cat /root/idle.txt")["stdout"] == "kept\n"
+    finally:
+        client.delete(f"/v1/capsules/{capsule_id}")
 
 
 def test_destroy_leaves_nothing_behind(agent: Agent, client: httpx.Client, capsule: str) -> None:

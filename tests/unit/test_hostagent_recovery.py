@@ -173,7 +173,7 @@ def test_adopted_running_capsules_are_skipped(layout: Layout) -> None:
 def test_running_state_round_trip_and_listing(layout: Layout) -> None:
     path = layout.sandbox_dir("cl-r")
     path.mkdir()
-    state = RunningState("cl-r", meta(3), {"pid": 123}, "tok")
+    state = RunningState("cl-r", meta(3, envd_access_token="tok"), {"pid": 123})
     write_json_atomic(path / RUNNING_STATE, state.to_json())
     assert running_state_files(layout) == [path / RUNNING_STATE]
     assert read_running_state(path / RUNNING_STATE) == state
