@@ -79,8 +79,15 @@ class Layout:
     def image_dir(self, template: str) -> Path:
         return self.images_dir / _safe_name(template)
 
-    def rootfs(self, template: str) -> Path:
-        return self.image_dir(template) / "rootfs.ext4"
+    def rootfs(self, template: str, build_id: str = "") -> Path:
+        # Each build gets its own file: capsule overlays and paused snapshots keep
+        # pointing at the bytes they were made on, whatever is built later.
+        name = f"rootfs-{_safe_name(build_id)}.ext4" if build_id else "rootfs.ext4"
+        return self.image_dir(template) / name
+
+    def initramfs(self, kernel_version: str, build_id: str = "") -> Path:
+        name = f"initramfs-{_safe_name(build_id)}.img" if build_id else "initramfs.img"
+        return self.kernel_dir(kernel_version) / name
 
     # -- sandboxes ---------------------------------------------------------------------
     def sandbox_dir(self, capsule_id: str) -> Path:

@@ -165,14 +165,19 @@ def _build(
         image_dir = layout.image_dir(template)
         kernel_dir.mkdir(parents=True, exist_ok=True)
         image_dir.mkdir(parents=True, exist_ok=True)
+        # Versioned names: a rebuild never changes the bytes under a running or paused
+        # capsule (its overlay and its memory snapshot name these exact files).
+        build_id = inputs.input_hash[:12]
+        initramfs = layout.initramfs(unpacked.release, build_id)
+        rootfs_file = layout.rootfs(template, build_id)
         (out / "vmlinuz").replace(kernel_dir / "vmlinuz")
-        (out / "initramfs.img").replace(kernel_dir / "initramfs.img")
-        (out / "rootfs.ext4").replace(layout.rootfs(template))
+        (out / "initramfs.img").replace(initramfs)
+        (out / "rootfs.ext4").replace(rootfs_file)
         manifest = ImageManifest(
             template=template,
             kernel=kernel_dir / "vmlinuz",
-            initramfs=kernel_dir / "initramfs.img",
-            rootfs=layout.rootfs(template),
+            initramfs=initramfs,
+            rootfs=rootfs_file,
             cmdline=DEFAULT_CMDLINE,
             versions=_versions(inputs, unpacked.release, [m.name for m in modules]),
         )
