@@ -452,6 +452,6 @@ def test_destroy_leaves_nothing_behind(agent: Agent, client: httpx.Client, capsu
     assert not layout.sandbox_dir(capsule).exists()
     assert f"wrenn-ns-{slot}" not in namespaces()
     assert (
-        f"wrenn-veth-{slot}"
+        f"wrn-veth-{slot}"
         not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
     )

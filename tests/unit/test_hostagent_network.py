@@ -9,7 +9,7 @@ from pywrenn.hostagent.network import SlotNetwork, parse_netns_slot
 
 def test_addresses_derive_from_the_slot() -> None:
     net = SlotNetwork(1)
-    assert (net.netns, net.veth_host) == ("wrenn-ns-1", "wrenn-veth-1")
+    assert (net.netns, net.veth_host) == ("wrenn-ns-1", "wrn-veth-1")
     assert (net.veth_host_ip, net.veth_ns_ip, net.host_ip) == (
         "10.12.0.2",
         "10.12.0.3",
@@ -42,3 +42,10 @@ def test_parse_netns_slot() -> None:
     assert parse_netns_slot("wrenn-ns-12") == 12
     assert parse_netns_slot("wrenn-ns-x") is None
     assert parse_netns_slot("other") is None
+
+
+def test_interface_names_fit_the_kernel_limit() -> None:
+    from pywrenn.hostagent.network import MAX_NETWORK_SLOT, TAP_NAME
+
+    for name in (SlotNetwork(MAX_NETWORK_SLOT).veth_host, TAP_NAME):
+        assert len(name) <= 15  # IFNAMSIZ - 1

@@ -3,7 +3,7 @@
 Owns: the addresses derived from a slot index and building/tearing down the plumbing.
 
     host                      netns wrenn-ns-{i}                       VM
-    wrenn-veth-{i} ─────────── eth0 ─┐  DNAT host_ip → guest
+    wrn-veth-{i} ─────────── eth0 ─┐  DNAT host_ip → guest
     10.12.x.(2i)/31           10.12.x.(2i+1)/31
     route host_ip/32 ──────►         └─ tap0 10.0.2.2/24 ─────────── eth0 10.0.2.15
 
@@ -37,7 +37,7 @@ GUEST_GATEWAY = "10.0.2.2"
 GUEST_PREFIX = 24
 TAP_NAME = "tap0"
 NS_PREFIX = "wrenn-ns-"
-VETH_PREFIX = "wrenn-veth-"
+VETH_PREFIX = "wrn-veth-"  # interface names stop at 15 characters
 MAX_NETWORK_SLOT = 32766  # 2i+1 must fit in the veth /16
 
 
@@ -216,6 +216,12 @@ def _ensure_guards_sync() -> None:
     with IPRoute() as ip:
         for network in (HOST_IP_NET, VETH_NET):
             ip.route("replace", dst=str(network), type="unreachable", priority=4000)
+    # Capsules never talk to each other through the host, whatever egress allows.
+    isolate = ["FORWARD", "-i", f"{VETH_PREFIX}+", "-o", f"{VETH_PREFIX}+", "-j", "DROP"]
+    try:
+        _run(["iptables", "-w", "-C", *isolate])
+    except HostError:
+        _run(["iptables", "-w", "-I", *isolate])
 
 
 def _delete_link(name: str) -> None:
