@@ -11,7 +11,6 @@ import httpx
 
 from pywrenn.envdclient._errors import EnvdProtocolError, EnvdTimeout, EnvdUnavailable
 from pywrenn.envdclient._ops import GuestOps
-from pywrenn.envdclient.envelope import EnvelopeDecoder, encode
 
 __all__ = ["EnvdClient", "ExecResult"]
 
@@ -114,59 +113,19 @@ class EnvdClient(GuestOps):
 
     async def run(self, cmd: str, *, timeout: float = 60.0) -> ExecResult:
         """Run `cmd` with ``bash -l -c`` in the guest and wait for it to end."""
-        request = {"process": {"cmd": "/bin/bash", "args": ["-l", "-c", cmd]}, "stdin": False}
-        headers = {
-            **self._auth_headers(),
-            "Content-Type": CONNECT_JSON,
-            "Connect-Timeout-Ms": str(int(timeout * 1000)),
-        }
+        stdout, stderr = bytearray(), bytearray()
+        pid, exit_code = 0, None
         try:
             async with asyncio.timeout(timeout):
-                return await self._start(encode(request), headers)
+                async for event in self.start("/bin/bash", ["-l", "-c", cmd], timeout=timeout):
+                    if event.kind == "start":
+                        pid = event.pid
+                    elif event.kind == "data":
+                        (stdout if event.stream == "stdout" else stderr).extend(event.data)
+                    elif event.kind == "end":
+                        exit_code = event.exit_code
         except TimeoutError as exc:
             raise EnvdTimeout(f"timeout: command {cmd[:60]!r} not done in {timeout}s") from exc
-        except httpx.HTTPError as exc:
-            raise EnvdUnavailable(f"unreachable: Process/Start on {self.base_url}: {exc}") from exc
-
-    async def _start(self, body: bytes, headers: dict[str, str]) -> ExecResult:
-        stdout, stderr = bytearray(), bytearray()
-        pid, exit_code, ended, finished = 0, 0, False, False
-        decoder = EnvelopeDecoder()
-        async with self._http.stream(
-            "POST", "/process.Process/Start", content=body, headers=headers, timeout=None
-        ) as response:
-            if response.status_code != 200:
-                text = (await response.aread())[:200].decode(errors="replace")
-                raise EnvdUnavailable(
-                    f"failed: Process/Start answered {response.status_code}: {text}"
-                )
-            async for chunk in response.aiter_bytes():
-                for envelope in decoder.feed(chunk):
-                    message = envelope.json()
-                    if envelope.end_stream:
-                        error = message.get("error") if isinstance(message, dict) else None
-                        if error:
-                            raise EnvdProtocolError(
-                                f"failed: Process/Start: {error.get('message', error)}",
-                                code=str(error.get("code", "")),
-                            )
-                        finished = True
-                        continue
-                    event = message.get("event", {}) if isinstance(message, dict) else {}
-                    if "start" in event:
-                        pid = int(event["start"].get("pid", 0))
-                    elif "data" in event:
-                        data = event["data"]
-                        if "stdout" in data:
-                            stdout += base64.b64decode(data["stdout"])
-                        if "stderr" in data:
-                            stderr += base64.b64decode(data["stderr"])
-                    elif "end" in event:
-                        exit_code = int(event["end"].get("exitCode", 0))  # omitted when 0
-                        ended = True
-        if decoder.pending or not ended:
-            raise EnvdProtocolError(
-                f"truncated: Process/Start stream ended (end event {ended}, "
-                f"end-stream {finished}, {decoder.pending} bytes left)"
-            )
+        if exit_code is None:
+            raise EnvdProtocolError("truncated: Process/Start stream ended without an end event")
         return ExecResult(exit_code, bytes(stdout), bytes(stderr), pid)

@@ -239,6 +239,10 @@ class GuestOps:
                         event = _event(message) if isinstance(message, dict) else None
                         if event is not None:
                             yield event
+                raise EnvdProtocolError(
+                    f"truncated: {path} ended without an end-stream message "
+                    f"({decoder.pending} bytes left)"
+                )
         except httpx.HTTPError as exc:
             raise EnvdUnavailable(f"unreachable: {path}: {exc}") from exc
 
