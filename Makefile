@@ -43,6 +43,7 @@ e2e: install
 
 bench: install
 	$(BIN)/python bench/envd_calls.py
+	$(BIN)/python bench/vmm.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
