@@ -1,0 +1,209 @@
+"""The control plane's rows (SQLAlchemy 2, typed `Mapped[...]`).
+
+Owns: tables and columns. Rows are intent (what users asked for and what we last heard
+from hosts); the host agents hold reality and the host monitor reconciles the two.
+Primary keys are UUIDs; users see them as prefixed ids through `publicids`. API models
+live in `schemas/`, never these rows.
+Knows nothing of: HTTP, the allowed status moves (`states.py`), key hashing.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from .types import BigIntPK, JSONDict, UTCDateTime
+
+# Explicit constraint names: the migrations spell the same names, and PostgreSQL and
+# SQLite then agree on what to drop or alter later.
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+# The team that owns platform templates: the nil UUID, as in Wrenn and our host agent.
+PLATFORM_TEAM_ID = uuid.UUID(int=0)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+class Team(Base):
+    __tablename__ = "teams"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128))
+    slug: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(String(128))
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active|disabled
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Membership(Base):
+    """A user in a team, with a role (owner|admin|member)."""
+
+    __tablename__ = "memberships"
+
+    user_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("users.id", ondelete="CASCADE"), primary_key=True
+    )
+    team_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), primary_key=True, index=True
+    )
+    role: Mapped[str] = mapped_column(String(16))
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ApiKey(Base):
+    """A team's API key: only its SHA-256 and an 8-character display prefix are kept."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE"), index=True
+    )
+    name: Mapped[str] = mapped_column(String(128))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    prefix: Mapped[str] = mapped_column(String(8))
+    created_by: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("users.id", ondelete="SET NULL")
+    )
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Host(Base):
+    """A machine running a host agent; `status` is online|unreachable|draining."""
+
+    __tablename__ = "hosts"
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    address: Mapped[str] = mapped_column(String(255))  # the agent's base URL
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Template(Base):
+    """A base image or a snapshot; `platform` rows are visible to every team."""
+
+    __tablename__ = "templates"
+    __table_args__ = (UniqueConstraint("team_id", "name"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    type: Mapped[str] = mapped_column(String(16))  # base|snapshot
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    platform: Mapped[bool] = mapped_column(Boolean, default=False)
+    protected: Mapped[bool] = mapped_column(Boolean, default=False)
+    host_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
+    source_capsule_id: Mapped[uuid.UUID | None] = mapped_column()
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONDict, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Capsule(Base):
+    """A capsule as the control plane intends it. `status` moves only through `states.py`."""
+
+    __tablename__ = "capsules"
+    __table_args__ = (
+        Index(None, "team_id", "status"),
+        Index(None, "host_id", "status"),
+    )
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    status: Mapped[str] = mapped_column(String(16))
+    template: Mapped[str] = mapped_column(String(128))  # the name the user asked for
+    template_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("templates.id", ondelete="SET NULL")
+    )
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    timeout_sec: Mapped[int] = mapped_column(Integer, default=0)  # auto-pause TTL, 0 = never
+    disk_size_mb: Mapped[int | None] = mapped_column(Integer)
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONDict, default=dict)
+    # Where it runs, as the host agent reported it.
+    host_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("hosts.id", ondelete="SET NULL"))
+    slot_index: Mapped[int | None] = mapped_column(Integer)
+    host_ip: Mapped[str | None] = mapped_column(String(64))
+    versions: Mapped[dict[str, str]] = mapped_column(JSONDict, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Event(Base):
+    """An audit/lifecycle event; the increasing `id` orders the SSE stream (`Last-Event-ID`)."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index(None, "team_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    team_id: Mapped[uuid.UUID | None] = mapped_column(
+        ForeignKey("teams.id", ondelete="CASCADE")
+    )  # None: a platform event (host.up/down) that admins see
+    event: Mapped[str] = mapped_column(String(48))  # SSE `event` value, e.g. capsule.pause
+    outcome: Mapped[str | None] = mapped_column(String(8))  # success|error for actions
+    resource_type: Mapped[str] = mapped_column(String(16))
+    resource_id: Mapped[str] = mapped_column(String(64))  # API id
+    actor_type: Mapped[str] = mapped_column(String(16))  # user|api_key|system
+    actor_id: Mapped[str | None] = mapped_column(String(64))
+    actor_name: Mapped[str | None] = mapped_column(String(128))
+    metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONDict, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class UsageSample(Base):
+    """A team's reserved resources at one instant; feeds /capsules/stats and usage."""
+
+    __tablename__ = "usage_samples"
+    __table_args__ = (Index(None, "team_id", "sampled_at"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    sampled_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    running_count: Mapped[int] = mapped_column(Integer)
+    vcpus_reserved: Mapped[int] = mapped_column(Integer)
+    memory_mb_reserved: Mapped[int] = mapped_column(Integer)

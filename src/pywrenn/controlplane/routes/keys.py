@@ -1,0 +1,33 @@
+"""`/v1/api-keys`: a team lists, creates and revokes its own keys (the CLI's use).
+
+The `wrenn` 0.3.0 SDK has no key calls (wrenn-api.md §11); these follow Wrenn's paths.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+
+from ..deps import NowDep, SessionDep, TeamDep
+from ..schemas.wrenn import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
+from ..services import keys
+
+router = APIRouter(prefix="/v1/api-keys", tags=["api-keys"])
+
+
+@router.get("")
+async def list_keys(team: TeamDep, session: SessionDep) -> list[ApiKeyPublic]:
+    return [ApiKeyPublic.of(row) for row in await keys.list_keys(session, team_id=team.team_id)]
+
+
+@router.post("", status_code=201)
+async def create_key(
+    body: ApiKeyCreate, team: TeamDep, session: SessionDep, now: NowDep
+) -> ApiKeyCreated:
+    row, plaintext = await keys.create_key(session, team_id=team.team_id, name=body.name, now=now)
+    return ApiKeyCreated(**ApiKeyPublic.of(row).model_dump(), key=plaintext)
+
+
+@router.delete("/{key_id}", status_code=204)
+async def revoke_key(key_id: str, team: TeamDep, session: SessionDep, now: NowDep) -> Response:
+    await keys.revoke_key(session, team_id=team.team_id, key_id=key_id, now=now)
+    return Response(status_code=204)

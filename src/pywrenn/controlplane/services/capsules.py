@@ -1,0 +1,266 @@
+"""The database side of capsules: rows, status moves, placement, destroy bookkeeping.
+
+Owns: creating the `pending` row, reading a team's capsules (another team's id is
+NotFound, never data), every status move (through `states.transition`, as a
+compare-and-set so the event it records names the true `from`), where a capsule runs, and
+activity stamps.
+Knows nothing of: host agents (callers do the HTTP and report back here) or API models.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pywrenn.ids import IdKind
+
+from .. import publicids
+from ..db.models import Capsule
+from ..errors import InvalidInput, NotFound
+from ..states import CapsuleStatus, can_move, sources_of, transition
+from .events import SYSTEM, Actor, EventSpec, record_nocommit
+
+S = CapsuleStatus
+# A move races at most with a few others (request, monitor); after this many lost
+# compare-and-sets something is looping and we report "not moved".
+_CAS_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Change:
+    """A status move that happened."""
+
+    capsule_id: str
+    from_: CapsuleStatus
+    to: CapsuleStatus
+
+
+def api_id(row: Capsule) -> str:
+    return publicids.format_id(row.id, IdKind.CAPSULE)
+
+
+def row_key(capsule_id: str) -> uuid.UUID | None:
+    return publicids.try_parse(capsule_id, IdKind.CAPSULE)
+
+
+async def create_capsule(
+    session: AsyncSession,
+    *,
+    team_id: uuid.UUID,
+    template: str,
+    vcpus: int,
+    memory_mb: int,
+    timeout_sec: int,
+    now: datetime,
+    metadata: dict[str, str] | None = None,
+    template_id: uuid.UUID | None = None,
+    disk_size_mb: int | None = None,
+) -> Capsule:
+    """Insert a `pending` capsule and commit, so a GET right after create finds it."""
+    if not template or len(template) > 128:
+        raise InvalidInput(f"invalid: template {template!r} must be 1..128 characters")
+    if vcpus < 1 or memory_mb < 1 or timeout_sec < 0:
+        raise InvalidInput(
+            f"invalid: vcpus {vcpus}, memory_mb {memory_mb}, timeout_sec {timeout_sec}"
+        )
+    row = Capsule(
+        id=publicids.new_uuid(IdKind.CAPSULE),
+        team_id=team_id,
+        status=S.PENDING.value,
+        template=template,
+        template_id=template_id,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        timeout_sec=timeout_sec,
+        disk_size_mb=disk_size_mb,
+        metadata_=dict(metadata or {}),
+        versions={},
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    await session.commit()
+    return row
+
+
+async def get_capsule(session: AsyncSession, *, team_id: uuid.UUID, capsule_id: str) -> Capsule:
+    """The team's capsule with this API id, freshly read; NotFound otherwise."""
+    key = row_key(capsule_id)
+    row = None
+    if key is not None:
+        row = await session.scalar(
+            select(Capsule)
+            .where(Capsule.id == key, Capsule.team_id == team_id)
+            .execution_options(populate_existing=True)
+        )
+    if row is None:
+        raise NotFound(f"not_found: capsule {capsule_id}")
+    return row
+
+
+async def list_capsules(
+    session: AsyncSession,
+    *,
+    team_id: uuid.UUID,
+    statuses: Iterable[CapsuleStatus] | None = None,
+) -> list[Capsule]:
+    """The team's capsules, newest first, optionally only those in `statuses`."""
+    stmt = select(Capsule).where(Capsule.team_id == team_id)
+    if statuses is not None:
+        stmt = stmt.where(Capsule.status.in_([s.value for s in statuses]))
+    stmt = stmt.order_by(Capsule.created_at.desc(), Capsule.id).execution_options(
+        populate_existing=True
+    )
+    return list(await session.scalars(stmt))
+
+
+async def move(
+    session: AsyncSession,
+    *,
+    capsule_id: uuid.UUID,
+    to: CapsuleStatus,
+    now: datetime,
+    allowed_from: Iterable[CapsuleStatus] | None = None,
+    actor: Actor = SYSTEM,
+    reason: str = "",
+    error: str | None = None,
+    values: dict[str, Any] | None = None,
+) -> Change | None:
+    """Move a capsule to `to` if its current status allows it; record the event; commit.
+
+    Returns the Change, or None if the capsule is gone or its status (at the moment of
+    the UPDATE) is not an allowed source. Never moves a capsule against the table. Reads
+    and writes in one transaction that it commits, so call it with no pending changes.
+    """
+    allowed = sources_of(to) if allowed_from is None else frozenset(allowed_from)
+    extra = dict(values or {})
+    if error is not None:
+        extra["error"] = error
+    for _ in range(_CAS_ATTEMPTS):
+        found = await session.execute(
+            select(Capsule.status, Capsule.team_id).where(Capsule.id == capsule_id)
+        )
+        current = found.first()
+        if current is None:
+            await session.commit()
+            return None
+        status = CapsuleStatus(current.status)
+        if status not in allowed or not can_move(status, to):
+            await session.commit()
+            return None
+        moved = await transition(
+            session, capsule_id=capsule_id, to=to, now=now, allowed_from={status}, values=extra
+        )
+        if moved.changed:
+            change = Change(publicids.format_id(capsule_id, IdKind.CAPSULE), status, to)
+            metadata = {"from": status.value, "to": to.value}
+            if reason:
+                metadata["reason"] = reason
+            spec = EventSpec(
+                event="capsule.state.changed",
+                resource_type="capsule",
+                resource_id=change.capsule_id,
+                metadata=metadata,
+            )
+            record_nocommit(session, team_id=current.team_id, spec=spec, actor=actor, now=now)
+            await session.commit()
+            return change
+        # Someone moved it between our read and our write: look again.
+    await session.commit()
+    return None
+
+
+async def record_placement(
+    session: AsyncSession,
+    *,
+    capsule_id: uuid.UUID,
+    now: datetime,
+    host_id: uuid.UUID | None = None,
+    slot_index: int | None = None,
+    host_ip: str | None = None,
+    versions: dict[str, str] | None = None,
+    disk_size_mb: int | None = None,
+) -> None:
+    """Store what the host agent told us about where and on what the capsule runs."""
+    values: dict[str, Any] = {"updated_at": now}
+    for name, value in (
+        ("host_id", host_id),
+        ("slot_index", slot_index),
+        ("host_ip", host_ip),
+        ("versions", versions),
+        ("disk_size_mb", disk_size_mb),
+    ):
+        if value is not None:
+            values[name] = value
+    await session.execute(
+        update(Capsule)
+        .where(Capsule.id == capsule_id)
+        .values(**values)
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+
+
+async def touch(session: AsyncSession, *, capsule_id: uuid.UUID, now: datetime) -> None:
+    """Stamp activity (exec, ping, file calls) for `last_active_at`."""
+    await session.execute(
+        update(Capsule)
+        .where(Capsule.id == capsule_id)
+        .values(last_active_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+
+
+@dataclass(frozen=True)
+class DestroyStart:
+    """`call_agent` is False when the capsule was already on its way out (a retried DELETE)."""
+
+    capsule: Capsule
+    call_agent: bool
+
+
+async def begin_destroy(
+    session: AsyncSession,
+    *,
+    team_id: uuid.UUID,
+    capsule_id: str,
+    now: datetime,
+    actor: Actor = SYSTEM,
+) -> DestroyStart:
+    """Move a team's capsule to `stopping`; idempotent for stopping/stopped capsules."""
+    row = await get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+    change = await move(session, capsule_id=row.id, to=S.STOPPING, now=now, actor=actor)
+    row = await get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+    return DestroyStart(row, call_agent=change is not None)
+
+
+async def mark_stopped(
+    session: AsyncSession,
+    *,
+    capsule_id: uuid.UUID,
+    now: datetime,
+    actor: Actor = SYSTEM,
+    reason: str = "",
+) -> Change | None:
+    """The host agent confirmed the capsule is gone (or it never reached a host)."""
+    return await move(
+        session, capsule_id=capsule_id, to=S.STOPPED, now=now, actor=actor, reason=reason
+    )
+
+
+async def rows_on_host(
+    session: AsyncSession, *, host_id: uuid.UUID, statuses: Iterable[CapsuleStatus]
+) -> list[tuple[uuid.UUID, CapsuleStatus]]:
+    found = await session.execute(
+        select(Capsule.id, Capsule.status).where(
+            Capsule.host_id == host_id, Capsule.status.in_([s.value for s in statuses])
+        )
+    )
+    return [(key, CapsuleStatus(status)) for key, status in found]

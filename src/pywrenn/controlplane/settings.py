@@ -1,0 +1,89 @@
+"""The control plane's settings, read once from `WRENN_*` at the entry point and passed in.
+
+Owns: the knobs only the control plane reads, and the refusal of bad values with a
+message that names the variable. The shared knobs (`WRENN_DIR`, `WRENN_API_LISTEN`,
+`WRENN_DATABASE_URL`, `WRENN_LOG_LEVEL`) come from `pywrenn.config.Settings`.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from pywrenn.config import Settings, parse_listen
+from pywrenn.layout import Layout
+
+_DRIVER_PREFIXES = {
+    "postgres://": "postgresql+psycopg://",
+    "postgresql://": "postgresql+psycopg://",
+    "postgresql+psycopg://": "postgresql+psycopg://",
+    "sqlite://": "sqlite://",
+}
+
+
+class ControlPlaneSettings(Settings):
+    """Everything `create_app` and the control plane's loops need."""
+
+    proxy_domain: str = Field(
+        default="",
+        description="domain of `{port}-{id}.{domain}` proxy URLs; empty means WRENN_API_LISTEN",
+    )
+    agent_url: str = Field(
+        default="",
+        description="base URL of the local host agent; empty means http://WRENN_AGENT_LISTEN",
+    )
+    host_monitor_interval_s: float = Field(default=10.0, description="host monitor period")
+    host_heartbeat_grace_s: float = Field(
+        default=90.0, description="a host silent this long is unreachable (3 missed beats)"
+    )
+
+    @field_validator("database_url")
+    @classmethod
+    def _check_database_url(cls, value: str) -> str:
+        if not value:
+            return value
+        for prefix, driver in _DRIVER_PREFIXES.items():
+            if value.startswith(prefix):
+                return driver + value[len(prefix) :]
+        scheme = value.split("://", 1)[0] if "://" in value else value
+        raise ValueError(
+            f"invalid: WRENN_DATABASE_URL scheme {scheme!r} is not sqlite:// or postgresql://"
+        )
+
+    @field_validator("proxy_domain")
+    @classmethod
+    def _check_proxy_domain(cls, value: str) -> str:
+        # The SDK builds `{port}-{id}.{domain}`: a scheme or path here can never match a Host.
+        if "/" in value or " " in value:
+            raise ValueError(f"invalid: WRENN_PROXY_DOMAIN {value!r} must be host[:port] only")
+        return value.lower()
+
+    @field_validator("agent_url")
+    @classmethod
+    def _check_agent_url(cls, value: str) -> str:
+        if value and not value.startswith(("http://", "https://")):
+            raise ValueError(f"invalid: WRENN_AGENT_URL {value!r} must start with http(s)://")
+        return value.rstrip("/")
+
+    @field_validator("host_monitor_interval_s", "host_heartbeat_grace_s")
+    @classmethod
+    def _check_positive(cls, value: float) -> float:
+        if not value > 0:
+            raise ValueError(f"invalid: interval {value} must be > 0 seconds")
+        return value
+
+    def effective_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{Layout(self.dir).database_file}"
+
+    def effective_proxy_domain(self) -> str:
+        if self.proxy_domain:
+            return self.proxy_domain
+        host, port = parse_listen(self.api_listen)
+        return f"{host}:{port}"
+
+    def effective_agent_url(self) -> str:
+        if self.agent_url:
+            return self.agent_url
+        host, port = parse_listen(self.agent_listen)
+        return f"http://{host}:{port}"

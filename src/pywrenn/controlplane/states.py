@@ -1,0 +1,124 @@
+"""Capsule statuses, the one table of allowed moves, and the conditional move in SQL.
+
+Owns: `CapsuleStatus`, `ALLOWED` and `transition()`. A move is a single
+`UPDATE capsules SET status=:to WHERE id=:id AND status IN (:from…)`, so two requests, or a
+request and the host monitor, can race freely: at most one wins, and none can move a
+capsule back into a status the table does not allow from where it is now.
+Knows nothing of: hosts, HTTP, why a move is wanted.
+
+    create:   pending → starting → running                 (any failure → error)
+    pause:    running → pausing → paused                   (failed pause: pausing → running)
+    resume:   paused → resuming → running                  (failed resume: resuming → paused)
+    auto:     running → paused                             (the agent's TTL reaper)
+    destroy:  any live status → stopping → stopped
+    monitor:  pending|starting|running → missing (host unreachable);
+              missing → running|paused (host back, capsule alive) | stopped (absent);
+              running → stopped (absent on a reachable host)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import update
+from sqlalchemy.engine import CursorResult
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .db.models import Capsule
+
+
+class CapsuleStatus(StrEnum):
+    PENDING = "pending"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSING = "pausing"
+    PAUSED = "paused"
+    RESUMING = "resuming"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    MISSING = "missing"
+    ERROR = "error"
+
+
+S = CapsuleStatus
+
+ALLOWED: dict[CapsuleStatus, frozenset[CapsuleStatus]] = {
+    S.PENDING: frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.MISSING, S.ERROR}),
+    S.STARTING: frozenset({S.RUNNING, S.STOPPING, S.MISSING, S.ERROR}),
+    S.RUNNING: frozenset({S.PAUSING, S.PAUSED, S.STOPPING, S.STOPPED, S.MISSING, S.ERROR}),
+    S.PAUSING: frozenset({S.PAUSED, S.RUNNING, S.STOPPING, S.ERROR}),
+    S.PAUSED: frozenset({S.RESUMING, S.STOPPING, S.ERROR}),
+    S.RESUMING: frozenset({S.RUNNING, S.PAUSED, S.STOPPING, S.ERROR}),
+    S.STOPPING: frozenset({S.STOPPED, S.ERROR}),
+    S.STOPPED: frozenset(),
+    S.MISSING: frozenset({S.RUNNING, S.PAUSED, S.STOPPING, S.STOPPED, S.ERROR}),
+    S.ERROR: frozenset({S.STOPPING, S.STOPPED}),
+}
+
+# Statuses in which a capsule still holds (or may hold) resources on a host.
+LIVE: frozenset[CapsuleStatus] = frozenset(set(S) - {S.STOPPED, S.ERROR})
+
+# Timestamps a move stamps, beside updated_at.
+_STAMPS = {S.RUNNING: "started_at", S.PAUSED: "paused_at", S.STOPPED: "stopped_at"}
+
+
+def sources_of(to: CapsuleStatus) -> frozenset[CapsuleStatus]:
+    """Every status the table allows a move to `to` from."""
+    return frozenset(src for src, dests in ALLOWED.items() if to in dests)
+
+
+def can_move(src: CapsuleStatus, to: CapsuleStatus) -> bool:
+    return to in ALLOWED[src]
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What `transition` did: `changed` is False if the row was not in a source status."""
+
+    changed: bool
+    to: CapsuleStatus
+
+
+async def transition(
+    session: AsyncSession,
+    *,
+    capsule_id: uuid.UUID,
+    to: CapsuleStatus,
+    now: datetime,
+    allowed_from: Iterable[CapsuleStatus] | None = None,
+    team_id: uuid.UUID | None = None,
+    values: dict[str, Any] | None = None,
+) -> Moved:
+    """Move a capsule to `to` if, at the moment of the UPDATE, its status is a source.
+
+    `allowed_from` narrows the sources (e.g. the one status the caller just read, for a
+    compare-and-set); it may not widen them beyond `ALLOWED`. Does not commit.
+    """
+    sources = sources_of(to)
+    if allowed_from is not None:
+        wanted = frozenset(CapsuleStatus(s) for s in allowed_from)
+        if not wanted <= sources:
+            bad = ", ".join(sorted(wanted - sources))
+            raise ValueError(f"invalid: {bad} → {to} is not in the transition table")
+        sources = wanted
+    if not sources:
+        return Moved(False, to)
+    columns: dict[str, Any] = {"status": to.value, "updated_at": now, **(values or {})}
+    if to in _STAMPS:
+        columns.setdefault(_STAMPS[to], now)
+    stmt = (
+        update(Capsule)
+        .where(Capsule.id == capsule_id, Capsule.status.in_([s.value for s in sources]))
+        .values(**columns)
+        .execution_options(synchronize_session=False)
+    )
+    if team_id is not None:
+        stmt = stmt.where(Capsule.team_id == team_id)
+    result = await session.execute(stmt)
+    assert isinstance(result, CursorResult)
+    return Moved(result.rowcount == 1, to)

@@ -1,0 +1,140 @@
+"""controlplane/services/monitor.py: the reconcile rules (pure) and applying them."""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from sqlalchemy import select
+
+from pywrenn.controlplane.db.models import Event, Host
+from pywrenn.controlplane.services import capsules, hosts, monitor, teams
+from pywrenn.controlplane.services.monitor import HOST_UNREACHABLE, HostCapsules, Planned
+from pywrenn.controlplane.states import CapsuleStatus, can_move
+from tests.controlplane_db import sessions_for
+
+# The database fixtures (db_url over sqlite and postgresql, pg_admin, …).
+pytest_plugins = ["tests.controlplane_pg"]
+
+S = CapsuleStatus
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+EMPTY = HostCapsules(states={})
+
+
+@pytest.mark.parametrize(
+    ("status", "report", "expected"),
+    [
+        # host unreachable
+        (S.RUNNING, HOST_UNREACHABLE, (S.MISSING, "host_failure")),
+        (S.STARTING, HOST_UNREACHABLE, (S.MISSING, "host_failure")),
+        (S.PENDING, HOST_UNREACHABLE, (S.MISSING, "host_failure")),
+        (S.PAUSED, HOST_UNREACHABLE, None),
+        (S.MISSING, HOST_UNREACHABLE, None),
+        (S.STOPPING, HOST_UNREACHABLE, None),
+        # host back
+        (S.MISSING, HostCapsules({"cl-a": "running"}), (S.RUNNING, "host_recovered")),
+        (S.MISSING, HostCapsules({"cl-a": "paused"}), (S.PAUSED, "host_recovered")),
+        (S.MISSING, EMPTY, (S.STOPPED, "confirmed_dead")),
+        (S.MISSING, HostCapsules({"cl-a": "stopped"}), (S.STOPPED, "confirmed_dead")),
+        # running rows
+        (S.RUNNING, HostCapsules({"cl-a": "running"}), None),
+        (S.RUNNING, EMPTY, (S.STOPPED, "orphaned")),
+        (S.RUNNING, HostCapsules({"cl-a": "failed"}), (S.STOPPED, "orphaned")),
+        (S.RUNNING, HostCapsules({}, frozenset({"cl-a"})), (S.PAUSED, "ttl_expired")),
+        (
+            S.RUNNING,
+            HostCapsules({"cl-a": "paused"}, frozenset({"cl-a"})),
+            (S.PAUSED, "ttl_expired"),
+        ),
+        (S.RUNNING, HostCapsules({"cl-a": "paused"}), (S.PAUSED, "host_reported")),
+        # operations in flight belong to their requests
+        (S.PENDING, EMPTY, None),
+        (S.STARTING, EMPTY, None),
+        (S.PAUSING, EMPTY, None),
+        (S.RESUMING, EMPTY, None),
+        (S.STOPPING, EMPTY, None),
+        (S.PAUSED, EMPTY, None),
+    ],
+)
+def test_plan_rules(
+    status: CapsuleStatus,
+    report: monitor.Report,
+    expected: tuple[CapsuleStatus, str] | None,
+) -> None:
+    got = monitor.plan([("cl-a", status)], report)
+    assert got == ([] if expected is None else [Planned("cl-a", status, *expected)])
+    for step in got:
+        assert can_move(step.from_, step.to)
+
+
+def test_heartbeat_expiry() -> None:
+    grace = timedelta(seconds=90)
+    assert monitor.heartbeat_expired(None, now=NOW, grace=grace)
+    assert not monitor.heartbeat_expired(NOW - timedelta(seconds=90), now=NOW, grace=grace)
+    assert monitor.heartbeat_expired(NOW - timedelta(seconds=91), now=NOW, grace=grace)
+
+
+def test_reconcile_host_down_then_up(db_url: str) -> None:
+    async def body() -> None:
+        async with sessions_for(db_url) as sessions, sessions() as session:
+            team = await teams.create_team(session, name="A", now=NOW)
+            host = await hosts.register_host(
+                session, name="h1", address="http://127.0.0.1:1", now=NOW
+            )
+            ids = {}
+            for name, final in (("alive", S.RUNNING), ("dead", S.RUNNING), ("paused", S.PAUSED)):
+                row = await capsules.create_capsule(
+                    session,
+                    team_id=team.id,
+                    template="m",
+                    vcpus=1,
+                    memory_mb=1,
+                    timeout_sec=0,
+                    now=NOW,
+                )
+                await capsules.record_placement(
+                    session, capsule_id=row.id, now=NOW, host_id=host.id
+                )
+                await capsules.move(session, capsule_id=row.id, to=S.RUNNING, now=NOW)
+                if final is S.PAUSED:
+                    await capsules.move(session, capsule_id=row.id, to=S.PAUSING, now=NOW)
+                    await capsules.move(session, capsule_id=row.id, to=S.PAUSED, now=NOW)
+                ids[name] = capsules.api_id(row)
+
+            down = await monitor.reconcile_host(
+                session, host_id=host.id, report=HOST_UNREACHABLE, now=NOW
+            )
+            assert {(c.capsule_id, c.to) for c in down} == {
+                (ids["alive"], S.MISSING),
+                (ids["dead"], S.MISSING),
+            }
+            assert (await hosts.get_host(session, host_id=host.id)).status == "unreachable"
+            # A second unreachable round changes nothing and sends no second host.down.
+            again = await monitor.reconcile_host(
+                session, host_id=host.id, report=HOST_UNREACHABLE, now=NOW
+            )
+            assert again == []
+
+            later = NOW + timedelta(minutes=1)
+            up = await monitor.reconcile_host(
+                session,
+                host_id=host.id,
+                report=HostCapsules({ids["alive"]: "running", ids["paused"]: "paused"}),
+                now=later,
+            )
+            assert {(c.capsule_id, c.to) for c in up} == {
+                (ids["alive"], S.RUNNING),
+                (ids["dead"], S.STOPPED),
+            }
+            row = await session.get(Host, host.id, populate_existing=True)
+            assert row is not None
+            assert (row.status, row.last_heartbeat_at) == ("online", later)
+            host_events = (
+                await session.scalars(
+                    select(Event.event).where(Event.resource_type == "host").order_by(Event.id)
+                )
+            ).all()
+            assert host_events == ["host.down", "host.up"]
+
+    asyncio.run(body())
