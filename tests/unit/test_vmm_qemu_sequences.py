@@ -102,7 +102,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake]:
             pass
 
 
-AGENT_READY = ["GET /health", "POST /init"]
+AGENT_READY = ["POST /init"]  # /init is the readiness probe: no separate /health
 
 
 async def test_boot_waits_for_agent_and_reseeds_it(fake: Fake) -> None:

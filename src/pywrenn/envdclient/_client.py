@@ -109,7 +109,10 @@ class EnvdClient(GuestOps):
         except httpx.HTTPError as exc:
             raise EnvdUnavailable(f"unreachable: POST /init to {self.base_url}: {exc}") from exc
         if not response.is_success:
-            raise EnvdUnavailable(f"failed: POST /init answered {response.status_code}")
+            raise EnvdProtocolError(
+                f"failed: POST /init answered {response.status_code}",
+                code=str(response.status_code),
+            )
 
     async def run(self, cmd: str, *, timeout: float = 60.0) -> ExecResult:
         """Run `cmd` with ``bash -l -c`` in the guest and wait for it to end."""

@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pywrenn.envdclient import EnvdClient, EnvdError
+from pywrenn.envdclient import EnvdClient, EnvdError, EnvdTimeout, EnvdUnavailable
 from pywrenn.vmm import host
 from pywrenn.vmm.accel import HostKey, choose_accel
 from pywrenn.vmm.errors import (
@@ -630,14 +630,28 @@ async def _ready_agent(vm: VMHandle, *, timeout: float, agent_token: str | None 
 
     After a restore the guest clock is wherever it was at pause time, and every clone of a
     template starts with the same RNG state: /init with fresh time and entropy fixes both.
+    /init itself is the readiness probe (retried while nothing listens): under TCG each
+    guest request costs tens of milliseconds, so a separate /health first would be paid
+    on every restore.
     """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
     async with EnvdClient(vm.network.agent_url(), access_token=agent_token) as agent:
-        try:
-            await agent.wait_health(timeout=timeout)
-            await agent.init(timestamp=rfc3339_now(), entropy=secrets.token_bytes(64))
-        except EnvdError as exc:
-            alive = host.pid_alive(vm.pid)
-            raise BootError(f"agent not ready: {vm.vm_id} (vmm alive: {alive}): {exc}") from exc
+        while True:
+            try:
+                await agent.init(
+                    timestamp=rfc3339_now(), entropy=secrets.token_bytes(64), timeout=5.0
+                )
+                return
+            except (EnvdUnavailable, EnvdTimeout) as exc:
+                if loop.time() > deadline or not host.pid_alive(vm.pid):
+                    alive = host.pid_alive(vm.pid)
+                    raise BootError(
+                        f"agent not ready: {vm.vm_id} (vmm alive: {alive}): {exc}"
+                    ) from exc
+                await asyncio.sleep(0.01)
+            except EnvdError as exc:
+                raise BootError(f"agent refused /init: {vm.vm_id}: {exc}") from exc
 
 
 def rfc3339_now() -> str:
