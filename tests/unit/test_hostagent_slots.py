@@ -61,3 +61,8 @@ def test_exhaustion_is_no_capacity(tmp_path: Path) -> None:
     slots.allocate("b")
     with pytest.raises(NoCapacity):
         slots.allocate("c")
+
+
+def test_busy_slots_are_skipped(tmp_path: Path) -> None:
+    slots = SlotAllocator(Layout(tmp_path))
+    assert slots.allocate("a", busy=frozenset({1, 2})) == 3

@@ -16,6 +16,7 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import asdict
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, Query, Request, Response
@@ -48,14 +49,19 @@ from pywrenn.hostagent.schemas import (
     ExecRequest,
     ExecResponse,
     ExecStreamRequest,
+    ForkRequest,
     InputRequest,
     MetricPointPublic,
     MetricsResponse,
     ProcessList,
     ProcessPublic,
     ResizeRequest,
+    SnapshotRequest,
     Started,
+    TemplateList,
+    TemplatePublic,
 )
+from pywrenn.hostagent.templates import TemplateNotFound, TemplateService
 
 log = logging.getLogger("pywrenn.hostagent.app")
 
@@ -67,6 +73,7 @@ NDJSON = "application/x-ndjson"
 ERROR_TABLE: dict[type[Exception], tuple[int, str]] = {
     CapsuleNotFound: (404, "not_found"),
     GuestNotFound: (404, "not_found"),
+    TemplateNotFound: (404, "not_found"),
     CapsuleStateConflict: (409, "conflict"),
     InvalidRequest: (400, "invalid"),
     NoCapacity: (503, "exhausted"),
@@ -108,6 +115,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
 def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -> FastAPI:
     guest = GuestOps(manager)
+    templates = TemplateService(manager)
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -179,7 +187,28 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
 
     @app.delete("/v1/capsules/{capsule_id}", dependencies=auth, status_code=204)
     async def destroy_capsule(capsule_id: str) -> None:
+        template = manager.capsule(capsule_id).meta.template_name
         await manager.destroy(capsule_id)
+        await templates.delete_if_unused(template)  # a fork's template goes with its last child
+
+    # -- templates -------------------------------------------------------------------------
+    @app.post("/v1/capsules/{capsule_id}/snapshot", dependencies=auth, status_code=201)
+    async def snapshot_capsule(capsule_id: str, body: SnapshotRequest) -> TemplatePublic:
+        info = await templates.snapshot(capsule_id, body.name, overwrite=body.overwrite)
+        return TemplatePublic(**asdict(info))
+
+    @app.post("/v1/capsules/{capsule_id}/fork", dependencies=auth, status_code=201)
+    async def fork_capsule(capsule_id: str, body: ForkRequest) -> CapsuleList:
+        children = await templates.fork(capsule_id, body.count)
+        return CapsuleList(capsules=[CapsulePublic.of(c) for c in children], auto_paused=[])
+
+    @app.get("/v1/templates", dependencies=auth)
+    async def list_templates() -> TemplateList:
+        return TemplateList(templates=[TemplatePublic(**asdict(t)) for t in templates.all()])
+
+    @app.delete("/v1/templates/{name}", dependencies=auth, status_code=204)
+    async def delete_template(name: str) -> None:
+        await templates.delete(name)
 
     @app.post("/v1/capsules/{capsule_id}/pause", dependencies=auth)
     async def pause_capsule(capsule_id: str) -> CapsulePublic:

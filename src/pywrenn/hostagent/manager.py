@@ -165,7 +165,7 @@ class SandboxManager:
         source = self._resolve_template(request.template)
         egress = self.settings.egress_default if request.egress is None else request.egress
 
-        slot = self.slots.allocate(capsule_id)
+        slot = await self.allocate_slot(capsule_id)
         net = SlotNetwork(slot)
         run_dir = self.layout.sandbox_dir(capsule_id)
         meta = SnapshotMeta(
@@ -378,6 +378,15 @@ class SandboxManager:
         for capsule in self._capsules.values():
             await self._close_guest(capsule)
 
+    async def allocate_slot(self, owner: str) -> int:
+        """A free slot whose namespace does not exist either: namespaces are host-wide,
+        and another agent (another WRENN_DIR, e.g. a test) may hold some."""
+        names = await asyncio.to_thread(network.list_namespaces)
+        busy = frozenset(
+            slot for slot in (network.parse_netns_slot(n) for n in names) if slot is not None
+        )
+        return self.slots.allocate(owner, busy=busy)
+
     # -- helpers -------------------------------------------------------------------------
     def _network_spec(self, net: SlotNetwork) -> NetworkSpec:
         return NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip)
@@ -505,11 +514,15 @@ class SandboxManager:
         return False
 
     async def _reap_stray_namespaces(self) -> None:
-        """Remove slot namespaces that no known capsule owns (crash leftovers)."""
+        """Remove namespaces of our slots that no running capsule uses (crash leftovers).
+
+        Only slots claimed in this WRENN_DIR: namespaces are host-wide, and those of
+        another agent on the same machine are not ours to remove."""
         owned = {c.meta.slot_index for c in self._capsules.values() if c.state is S.RUNNING}
+        ours = set(self.slots.claimed())
         for name in await asyncio.to_thread(network.list_namespaces):
             slot = network.parse_netns_slot(name)
-            if slot is not None and slot not in owned:
+            if slot is not None and slot in ours and slot not in owned:
                 log.info("recovery: removing stray namespace %s", name)
                 with contextlib.suppress(HostError, ValueError):
                     await network.remove_network(SlotNetwork(slot))

@@ -204,3 +204,27 @@ class MetricPointPublic(BaseModel):
 class MetricsResponse(BaseModel):
     range: str
     points: list[MetricPointPublic]
+
+
+class SnapshotRequest(_Strict):
+    name: str = Field(min_length=1, max_length=63)
+    overwrite: bool = False
+
+
+class ForkRequest(_Strict):
+    count: int = Field(default=1, ge=1, le=16)
+
+
+class TemplatePublic(BaseModel):
+    name: str
+    source_capsule: str
+    team_id: str
+    vcpus: int
+    memory_mb: int
+    created_at: str
+    size_bytes: int
+    ephemeral: bool
+
+
+class TemplateList(BaseModel):
+    templates: list[TemplatePublic]

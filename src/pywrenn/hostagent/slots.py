@@ -31,10 +31,10 @@ class SlotAllocator:
         self._lock = threading.Lock()
         layout.slots_dir.mkdir(parents=True, exist_ok=True)
 
-    def allocate(self, owner: str) -> int:
-        """Claim the lowest free slot for `owner` (a capsule id)."""
+    def allocate(self, owner: str, *, busy: frozenset[int] = frozenset()) -> int:
+        """Claim the lowest free slot for `owner` (a capsule id), skipping `busy` ones."""
         with self._lock:
-            taken = self.claimed()
+            taken = set(self.claimed()) | busy
             for index in range(1, self._max_slot + 1):
                 if index in taken:
                     continue

@@ -298,9 +298,12 @@ class QemuRuntime:
         *,
         timeout: float = 30.0,
         agent_token: str | None = None,
+        template_memory: Path | None = None,
     ) -> VMHandle:
         meta = read_meta(snapshot_dir)
         in_place = run_dir.resolve() == snapshot_dir.resolve()
+        if template_memory is not None and meta.kind is not SnapshotKind.PAUSE:
+            raise SnapshotError(f"unsupported: {snapshot_dir} is a template; clone it instead")
         run_dir.mkdir(parents=True, exist_ok=True)
         disk = run_dir / DISK_FILE
         if meta.kind is SnapshotKind.TEMPLATE:
@@ -322,11 +325,13 @@ class QemuRuntime:
             memory_mb=meta.memory_mb,
             accel=meta.accel,
             memory_file=(
-                snapshot_dir / MEMORY_FILE
-                if template
-                else (Path(meta.memory_file) if meta.memory_file else None)
+                template_memory
+                or (snapshot_dir / MEMORY_FILE if template else None)
+                or (Path(meta.memory_file) if meta.memory_file else None)
             ),
-            memory_shared=False,  # clones map the template RAM copy-on-write
+            # Clones map the template RAM copy-on-write; a VM restored to become a
+            # template owns its RAM file (shared) so template_snapshot can keep it.
+            memory_shared=template_memory is not None,
             incoming=True,
         )
         vm = await self._launch(cfg)

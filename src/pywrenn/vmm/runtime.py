@@ -142,10 +142,13 @@ class Runtime(Protocol):
         *,
         timeout: float = 30.0,
         agent_token: str | None = None,
+        template_memory: Path | None = None,
     ) -> VMHandle:
         """Start a VM from a pause dir or a template dir; wait for the agent; reseed it.
 
-        `agent_token` is the guest agent's access token, if the snapshot's agent has one."""
+        `agent_token` is the guest agent's access token, if the snapshot's agent has one.
+        `template_memory` (pause dirs only): put the VM's RAM in that file, shared, so the
+        restored VM can then be frozen with `template_snapshot`."""
         ...
 
     async def pause_to_dir(self, vm: VMHandle, staging_dir: Path, *, timeout: float = 60.0) -> Path:

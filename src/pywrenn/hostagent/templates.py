@@ -1,0 +1,256 @@
+"""Snapshot templates on this host: making them from capsules, forking, deleting.
+
+Owns: `images/{template}/` dirs that hold a memory snapshot (the runtime's template
+files plus `wrenn-template.json`), who may delete them, and fork. A template is made
+from a capsule's pause snapshot: the snapshot is restored into a builder VM whose RAM
+lives in a shared file, the guest agent's token is cleared (each clone gets its own),
+and the builder is frozen as a template. A running source is paused first and resumed
+after, so its work goes on; a paused source stays paused.
+
+A template with capsules (running or paused) made from it cannot be deleted: their
+disks are overlays on its disk and their RAM maps its memory file. Fork templates are
+ephemeral: removed when their last capsule is destroyed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pywrenn.envdclient import EnvdClient, EnvdError
+from pywrenn.hostagent import network
+from pywrenn.hostagent.capsule import CapsuleInfo
+from pywrenn.hostagent.errors import (
+    CapsuleStateConflict,
+    HostAgentError,
+    HostError,
+    InvalidRequest,
+)
+from pywrenn.hostagent.manager import CreateRequest, SandboxManager
+from pywrenn.hostagent.meta import read_json, write_json_atomic
+from pywrenn.hostagent.network import SlotNetwork
+from pywrenn.hostagent.states import CapsuleState
+from pywrenn.vmm import NetworkSpec, SnapshotError, SnapshotKind, VMError, commit_staging, read_meta
+
+log = logging.getLogger("pywrenn.hostagent.templates")
+
+TEMPLATE_META = "wrenn-template.json"
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+PROTECTED = frozenset({"minimal"})
+MAX_FORK = 16
+
+
+class TemplateNotFound(HostAgentError):
+    pass
+
+
+@dataclass(frozen=True)
+class TemplateInfo:
+    name: str
+    source_capsule: str
+    team_id: str
+    vcpus: int
+    memory_mb: int
+    created_at: str
+    size_bytes: int
+    ephemeral: bool = False
+
+
+class TemplateService:
+    def __init__(self, manager: SandboxManager) -> None:
+        self.manager = manager
+        self.layout = manager.layout
+        self._lock = asyncio.Lock()  # one template build at a time on this host
+
+    # -- queries ---------------------------------------------------------------------------
+    def all(self) -> list[TemplateInfo]:
+        out = []
+        if self.layout.images_dir.is_dir():
+            for path in sorted(self.layout.images_dir.iterdir()):
+                if (path / TEMPLATE_META).exists():
+                    with contextlib.suppress(HostAgentError, ValueError, TypeError):
+                        out.append(self.get(path.name))
+        return out
+
+    def get(self, name: str) -> TemplateInfo:
+        path = self._dir(name)
+        try:
+            data = read_json(path / TEMPLATE_META)
+        except ValueError:
+            raise TemplateNotFound(f"not found: template {name!r}") from None
+        return TemplateInfo(**{k: data[k] for k in TemplateInfo.__dataclass_fields__ if k in data})
+
+    def users(self, name: str) -> list[str]:
+        """Capsules whose disk and memory depend on template `name`."""
+        return sorted(
+            c.capsule_id
+            for c in self.manager.capsules()
+            if c.meta.template_name == name and c.state is not CapsuleState.STOPPED
+        )
+
+    # -- make / delete ---------------------------------------------------------------------
+    async def snapshot(
+        self, capsule_id: str, name: str, *, overwrite: bool = False, ephemeral: bool = False
+    ) -> TemplateInfo:
+        """Make template `name` from a capsule; the capsule ends as it started."""
+        target = self._dir(name, creating=True)
+        if name in PROTECTED:
+            raise CapsuleStateConflict(name, "protected", "be replaced")
+        capsule = self.manager.capsule(capsule_id)
+        if capsule.state not in (CapsuleState.RUNNING, CapsuleState.PAUSED):
+            raise CapsuleStateConflict(capsule_id, capsule.state.value, "snapshot")
+        async with self._lock:
+            if target.exists():
+                if not overwrite:
+                    raise CapsuleStateConflict(name, "existing", "be created again")
+                self._refuse_if_used(name)
+            was_running = capsule.state is CapsuleState.RUNNING
+            if was_running:
+                await self.manager.pause(capsule_id)
+            try:
+                async with capsule.lifecycle:  # nobody resumes it while we read its snapshot
+                    info = await self._build(capsule_id, name, ephemeral=ephemeral)
+            finally:
+                if was_running:
+                    await self.manager.resume(capsule_id)
+        log.info("template %s made from %s", name, capsule_id)
+        return info
+
+    async def delete(self, name: str) -> None:
+        if name in PROTECTED:
+            raise CapsuleStateConflict(name, "protected", "be deleted")
+        path = self._dir(name)
+        if not (path / TEMPLATE_META).exists():
+            raise TemplateNotFound(f"not found: template {name!r}")
+        self._refuse_if_used(name)
+        trash = self.layout.trash_dir(f"tpl-{name}")
+        path.rename(trash)
+        await asyncio.to_thread(shutil.rmtree, trash, True)
+        log.info("template %s deleted", name)
+
+    async def fork(self, capsule_id: str, count: int) -> list[CapsuleInfo]:
+        """N new capsules from a running capsule's current state; it keeps running."""
+        if not 1 <= count <= MAX_FORK:
+            raise InvalidRequest(f"invalid: count {count} is outside 1..{MAX_FORK}")
+        source = self.manager.capsule(capsule_id)
+        if source.state is not CapsuleState.RUNNING:
+            raise CapsuleStateConflict(capsule_id, source.state.value, "fork")
+        name = f"fork-{capsule_id}-{time.time_ns()}"
+        await self.snapshot(capsule_id, name, ephemeral=True)
+        meta = source.meta
+        request = CreateRequest(
+            template=name,
+            team_id=meta.team_id,
+            template_id=meta.template_id,
+            timeout_sec=meta.timeout_sec,
+            default_user=meta.default_user,
+            default_env=dict(meta.default_env),
+            metadata={**meta.metadata, "forked_from": capsule_id},
+            egress=meta.egress,
+        )
+        children: list[CapsuleInfo] = []
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(self.manager.create(request)) for _ in range(count)]
+            children = [t.result() for t in tasks]
+        finally:
+            if not children:
+                with contextlib.suppress(HostAgentError):
+                    await self.delete_if_unused(name)
+        return children
+
+    async def delete_if_unused(self, name: str) -> None:
+        """Remove an ephemeral (fork) template once no capsule depends on it."""
+        with contextlib.suppress(TemplateNotFound):
+            if self.get(name).ephemeral and not self.users(name):
+                await self.delete(name)
+
+    # -- helpers ---------------------------------------------------------------------------
+    async def _build(self, capsule_id: str, name: str, *, ephemeral: bool) -> TemplateInfo:
+        capsule = self.manager.capsule(capsule_id)
+        pause_dir = self.layout.sandbox_dir(capsule_id)
+        # Short on purpose: the VM's QMP socket lives in it, and unix socket paths stop
+        # at 108 bytes. The `.staging-` name lets the startup sweep remove a leftover.
+        builder_dir = self.layout.staging_dir("tpl")
+        staging = self.layout.images_dir / f"{name}.staging-{time.time_ns()}"
+        runtime = self.manager.runtime
+        # The builder needs the same kind of network backend as the capsules that will
+        # restore the template (QEMU saves backend state, e.g. slirp's, in the stream),
+        # so it borrows a slot of its own, with egress off.
+        owner = f"tpl-{name}"
+        slot = await self.manager.allocate_slot(owner)
+        net = SlotNetwork(slot)
+        vm = None
+        try:
+            builder_dir.mkdir(parents=True)
+            await network.create_network(net, egress=False)
+            vm = await runtime.restore(
+                pause_dir,
+                builder_dir,
+                NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip),
+                agent_token=capsule.access_token,
+                template_memory=builder_dir / "memory",
+                timeout=self.manager.settings.restore_timeout_s,
+            )
+            # Clones must not inherit this capsule's token: each is given its own.
+            async with EnvdClient(vm.network.agent_url(), access_token=capsule.access_token) as c:
+                await c.init_defaults(accessToken="")
+                await c.snapshot_prepare()
+            await runtime.template_snapshot(vm, staging)
+            vm = None  # consumed
+            meta = capsule.meta
+            info = TemplateInfo(
+                name=name,
+                source_capsule=capsule_id,
+                team_id=meta.team_id,
+                vcpus=meta.vcpus,
+                memory_mb=meta.memory_mb,
+                created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+                size_bytes=_size(staging),
+                ephemeral=ephemeral,
+            )
+            record: dict[str, Any] = {**asdict(info), "versions": dict(meta.versions)}
+            write_json_atomic(staging / TEMPLATE_META, record)
+            commit_staging(staging, self.layout.image_dir(name))
+            return info
+        except (VMError, EnvdError, OSError) as exc:
+            raise HostError(f"template {name!r} from {capsule_id} failed: {exc}") from exc
+        finally:
+            if vm is not None:
+                with contextlib.suppress(VMError):
+                    await runtime.kill(vm)
+            with contextlib.suppress(HostError):
+                await network.remove_network(net)
+            self.manager.slots.release(slot)
+            shutil.rmtree(builder_dir, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _refuse_if_used(self, name: str) -> None:
+        users = self.users(name)
+        if users:
+            raise CapsuleStateConflict(
+                name, f"used by {len(users)} capsule(s): {', '.join(users[:5])}", "be deleted"
+            )
+
+    def _dir(self, name: str, *, creating: bool = False) -> Path:
+        if not _NAME.match(name) or ".staging-" in name or ".trash-" in name:
+            raise InvalidRequest(f"invalid: template name {name!r}")
+        path = self.layout.image_dir(name)
+        if not creating:
+            with contextlib.suppress(SnapshotError):
+                if read_meta(path).kind is not SnapshotKind.TEMPLATE:
+                    raise TemplateNotFound(f"not found: template {name!r}")
+        return path
+
+
+def _size(path: Path) -> int:
+    # Allocated bytes: the RAM file and the disk are sparse.
+    return sum(p.stat().st_blocks * 512 for p in path.rglob("*") if p.is_file())
