@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
+	# The wrenn SDK is the control plane's contract in e2e tests. It declares Python >= 3.13
+	# but runs on 3.11, hence installed on its own.
+	$(BIN)/pip install -q --ignore-requires-python wrenn==0.3.0
 	@touch $(STAMP)
 
 lint: $(STAMP)

@@ -1,8 +1,10 @@
 """`create_app(settings)`: the control plane's FastAPI app.
 
 Owns: assembling routers (under `/api/v1` as the SDK's default base URL expects, and
-bare `/v1`), the lifespan (migrate, then open the engine; dispose it on the way out),
-`/health`, and the error handlers. OpenAPI is served at `/openapi.json`, docs at `/docs`.
+bare `/v1`), the lifespan (migrate, open the engine, register the local host agent and
+its client, open the TaskGroup that owns background work; undo all of it on the way
+out), `/health`, and the error handlers. OpenAPI is served at `/openapi.json`, docs at
+`/docs`.
 Knows nothing of: what the routes do.
 """
 
@@ -10,25 +12,46 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import APIRouter, FastAPI
 from sqlalchemy import text
 
+from pywrenn.layout import Layout
+
 from . import __doc__ as package_doc
+from .background import Background
 from .clock import Clock, system_clock
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
 from .deps import SessionDep
 from .errors import install_error_handlers
-from .routes import keys
+from .hostclient import HostAgentAPI, HostClient, file_token
+from .hostpool import HostPool
+from .routes import capsules, events, exec, files, keys, pty
 from .schemas.wrenn import Health
+from .services import hosts as host_rows
 from .settings import ControlPlaneSettings
 
-API_ROUTERS = (keys.router,)
+API_ROUTERS = (
+    keys.router,
+    capsules.router,
+    exec.router,
+    pty.router,
+    files.router,
+    events.router,
+)
+LOCAL_HOST_NAME = "local"
 
 
-def create_app(settings: ControlPlaneSettings, *, clock: Clock = system_clock) -> FastAPI:
+def create_app(
+    settings: ControlPlaneSettings,
+    *,
+    clock: Clock = system_clock,
+    host_agent: HostAgentAPI | None = None,
+) -> FastAPI:
+    """The app. `host_agent` replaces the HTTP client of the local agent (tests, `wrenn up`);
+    whoever passes it in also closes it."""
     url = settings.effective_database_url()
 
     @asynccontextmanager
@@ -37,13 +60,36 @@ def create_app(settings: ControlPlaneSettings, *, clock: Clock = system_clock) -
             settings.dir.mkdir(parents=True, exist_ok=True)
         # Alembic is sync; run it off the loop, once, before the first request is served.
         await asyncio.to_thread(upgrade_to_head, url)
-        engine = make_engine(url)
-        app.state.engine = engine
-        app.state.sessions = make_session_factory(engine)
-        try:
-            yield
-        finally:
-            await engine.dispose()
+        async with AsyncExitStack() as stack:
+            engine = make_engine(url)
+            stack.push_async_callback(engine.dispose)
+            app.state.engine = engine
+            app.state.sessions = make_session_factory(engine)
+            app.state.hosts = await _connect_local_host(app, stack, host_agent)
+            # Exiting the group waits for in-flight work (a boot ends within the host
+            # client's create timeout), so no capsule row is left half-moved by a stop.
+            async with asyncio.TaskGroup() as group:
+                app.state.background = Background(group)
+                yield
+
+    async def _connect_local_host(
+        app: FastAPI, stack: AsyncExitStack, given: HostAgentAPI | None
+    ) -> HostPool:
+        address = settings.effective_agent_url()
+        client = given
+        if client is None:
+            token = file_token(Layout(settings.dir).host_token_file)
+            owned = HostClient(address, token)
+            stack.push_async_callback(owned.aclose)
+            client = owned
+        async with app.state.sessions() as session:
+            host = await host_rows.register_host(
+                session, name=LOCAL_HOST_NAME, address=address, now=clock()
+            )
+            await host_rows.mark_online(session, host_id=host.id, now=clock())
+        pool = HostPool()
+        pool.add(host.id, client)
+        return pool
 
     app = FastAPI(
         title="pywrenn control plane",

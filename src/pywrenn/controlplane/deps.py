@@ -1,7 +1,9 @@
 """FastAPI dependencies, as `Annotated` aliases routes can name in their signatures.
 
-Owns: `SessionDep` (one session per request), `ClockDep`, `SettingsDep`, and `TeamDep`,
-the `X-API-Key` check that yields the calling team. Auth lives at this edge.
+Owns: `SessionDep` (one session per request), `NowDep`, `SettingsDep`, `TeamDep` (the
+`X-API-Key` check that yields the calling team), `ws_caller` (the same check on a
+WebSocket upgrade), and the app-wide objects routes hand to services: `HostsDep`,
+`BackgroundDep`, `SessionsDep`, `ClockDep`. Auth lives at this edge.
 Knows nothing of: any route.
 """
 
@@ -11,13 +13,17 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, Request, Security
+from fastapi import Depends, Request, Security, WebSocket
 from fastapi.security import APIKeyHeader
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.requests import HTTPConnection
 
+from .background import Background
 from .clock import Clock
 from .errors import Unauthorized
+from .hostpool import HostPool
 from .services import keys
+from .services.events import Actor
 from .settings import ControlPlaneSettings
 
 # auto_error=False: a missing key must give the Wrenn envelope, not FastAPI's 403 body.
@@ -54,3 +60,48 @@ async def _caller(
 
 
 TeamDep = Annotated[keys.Caller, Depends(_caller)]
+
+
+def actor_of(caller: keys.Caller) -> Actor:
+    """Who to name in events: the API key the request came with."""
+    return Actor("api_key", caller.key_api_id, caller.key_name)
+
+
+async def ws_caller(websocket: WebSocket) -> keys.Caller:
+    """`TeamDep` for a WebSocket upgrade: called inside the route's error guard, so a
+    refusal can still be sent as an HTTP envelope before the socket is accepted."""
+    # FastAPI hands WebSocket routes no `Request`, so the HTTP dependencies above do not
+    # apply; the SDK sends the same X-API-Key header on the upgrade GET.
+    api_key = websocket.headers.get("x-api-key")
+    if not api_key:
+        raise Unauthorized("unauthorized: missing X-API-Key header")
+    factory: async_sessionmaker[AsyncSession] = websocket.app.state.sessions
+    clock: Clock = websocket.app.state.clock
+    async with factory() as session:
+        return await keys.authenticate(session, plaintext=api_key, now=clock())
+
+
+def _hosts(connection: HTTPConnection) -> HostPool:
+    hosts: HostPool = connection.app.state.hosts
+    return hosts
+
+
+def _background(connection: HTTPConnection) -> Background:
+    background: Background = connection.app.state.background
+    return background
+
+
+def _sessions(connection: HTTPConnection) -> async_sessionmaker[AsyncSession]:
+    factory: async_sessionmaker[AsyncSession] = connection.app.state.sessions
+    return factory
+
+
+def _clock(connection: HTTPConnection) -> Clock:
+    clock: Clock = connection.app.state.clock
+    return clock
+
+
+HostsDep = Annotated[HostPool, Depends(_hosts)]
+BackgroundDep = Annotated[Background, Depends(_background)]
+SessionsDep = Annotated[async_sessionmaker[AsyncSession], Depends(_sessions)]
+ClockDep = Annotated[Clock, Depends(_clock)]

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pywrenn.ids import IdKind
 
 from .. import publicids
-from ..db.models import ApiKey, Capsule
+from ..db.models import ApiKey, Capsule, Event
 
 
 class _Strict(BaseModel):
@@ -87,3 +87,134 @@ class CapsulePublic(BaseModel):
 class Health(BaseModel):
     status: str
     database: str
+
+
+# -- capsules ------------------------------------------------------------------------------
+class CapsuleCreate(BaseModel):
+    """POST /v1/capsules. The SDK omits every field it was not given: defaults live here."""
+
+    template: str = Field(default="minimal-ubuntu", min_length=1, max_length=128)
+    vcpus: int = Field(default=1, ge=1, le=64)
+    memory_mb: int = Field(default=512, ge=64, le=1 << 20)
+    timeout_sec: int = Field(default=0, ge=0)
+    metadata: dict[str, str] = Field(default_factory=dict)
+
+
+class MetricPoint(BaseModel):
+    timestamp_unix: int
+    cpu_pct: float
+    mem_bytes: int
+    disk_bytes: int
+
+
+class CapsuleMetrics(BaseModel):
+    sandbox_id: str
+    range: str
+    points: list[MetricPoint]
+
+
+# -- exec and processes --------------------------------------------------------------------
+class ExecBody(BaseModel):
+    """POST …/exec. The SDK always sends `/bin/sh -c <command>`."""
+
+    cmd: str = Field(min_length=1)
+    args: list[str] = Field(default_factory=list)
+    background: bool = False
+    timeout_sec: int | None = Field(default=None, ge=0, le=24 * 3600)
+    envs: dict[str, str] = Field(default_factory=dict)
+    cwd: str | None = None
+    tag: str | None = Field(default=None, max_length=128)
+
+
+class ExecResult(BaseModel):
+    """A foreground command that ran to its end; a non-zero exit is still a 200."""
+
+    sandbox_id: str
+    cmd: str
+    stdout: str
+    stderr: str
+    exit_code: int
+    duration_ms: int
+    encoding: str  # utf-8 | base64 (then stdout and stderr are base64)
+
+
+class BackgroundStarted(BaseModel):
+    sandbox_id: str
+    cmd: str
+    pid: int
+    tag: str
+
+
+class ProcessEntry(BaseModel):
+    pid: int
+    tag: str | None
+    cmd: str
+    args: list[str]
+
+
+class ProcessListing(BaseModel):
+    processes: list[ProcessEntry]
+
+
+# -- files ---------------------------------------------------------------------------------
+class PathBody(BaseModel):
+    path: str = Field(min_length=1, max_length=4096)
+
+
+class ListBody(PathBody):
+    depth: int = Field(default=1, ge=0, le=64)
+
+
+class FileEntry(BaseModel):
+    """The SDK's FileEntry: `name` is the basename, `modified_at` unix seconds."""
+
+    name: str
+    path: str
+    type: str  # file | directory | symlink
+    size: int
+    mode: int
+    permissions: str
+    owner: str
+    group: str
+    modified_at: int
+    symlink_target: str | None = None
+
+
+class ListDirResponse(BaseModel):
+    entries: list[FileEntry]
+
+
+class MakeDirResponse(BaseModel):
+    entry: FileEntry
+
+
+# -- events --------------------------------------------------------------------------------
+class SSEEventPublic(BaseModel):
+    """One SSE `data:` payload; enum values and aware timestamps, as the SDK is strict."""
+
+    event: str
+    outcome: str | None = None
+    resource: dict[str, str] | None = None
+    actor: dict[str, str] | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    error: str | None = None
+    sandbox: CapsulePublic | None = None
+    timestamp: datetime
+
+    @classmethod
+    def of(cls, row: Event, sandbox: Capsule | None) -> SSEEventPublic:
+        actor = {"type": row.actor_type}
+        if row.actor_id:
+            actor["id"] = row.actor_id
+        if row.actor_name:
+            actor["name"] = row.actor_name
+        return cls(
+            event=row.event,
+            outcome=row.outcome,
+            resource={"id": row.resource_id, "type": row.resource_type},
+            actor=actor,
+            metadata=dict(row.metadata_),
+            error=row.error,
+            sandbox=CapsulePublic.of(sandbox) if sandbox is not None else None,
+            timestamp=row.created_at,
+        )

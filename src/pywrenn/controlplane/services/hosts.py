@@ -50,3 +50,11 @@ async def get_host(session: AsyncSession, *, host_id: uuid.UUID) -> Host:
 
 async def list_hosts(session: AsyncSession) -> list[Host]:
     return list(await session.scalars(select(Host).order_by(Host.created_at, Host.name)))
+
+
+async def mark_online(session: AsyncSession, *, host_id: uuid.UUID, now: datetime) -> None:
+    """A host we just connected to is online until the monitor hears otherwise."""
+    host = await get_host(session, host_id=host_id)
+    host.status = "online"
+    host.last_heartbeat_at = now
+    await session.commit()

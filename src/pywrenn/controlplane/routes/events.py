@@ -1,0 +1,84 @@
+"""`GET /v1/events/stream`: the team's lifecycle events as Server-Sent Events (§6).
+
+The stream opens with a `connected` event, then relays each new row of the events table
+(polled: one database serves every listener, and a second apart is soon enough for a
+dashboard), with `:keepalive` comments in quiet spells so proxies keep the socket open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+
+from ..db.models import Capsule
+from ..deps import ClockDep, SessionsDep, TeamDep
+from ..schemas.wrenn import SSEEventPublic
+from ..services import capsules, events
+from ..services.keys import Caller
+
+router = APIRouter(prefix="/v1/events", tags=["events"])
+
+POLL_S = 1.0
+KEEPALIVE_S = 15.0
+# Event kinds the SDK's enum knows; anything else would kill its iterator.
+SDK_EVENTS = frozenset(
+    {
+        "capsule.create",
+        "capsule.pause",
+        "capsule.resume",
+        "capsule.destroy",
+        "capsule.state.changed",
+        "template.snapshot.create",
+        "template.snapshot.delete",
+        "host.up",
+        "host.down",
+    }
+)
+
+
+def frame(kind: str, payload: str) -> bytes:
+    return f"event: {kind}\ndata: {payload}\n\n".encode()
+
+
+@router.get("/stream")
+async def stream(
+    request: Request, team: TeamDep, sessions: SessionsDep, clock: ClockDep
+) -> StreamingResponse:
+    async with sessions() as session:
+        start = await events.latest_id(session, team_id=team.team_id)
+    return StreamingResponse(
+        event_frames(request, team, sessions, clock, after=start),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store"},
+    )
+
+
+async def event_frames(
+    request: Request, team: Caller, sessions: SessionsDep, clock: ClockDep, *, after: int
+) -> AsyncIterator[bytes]:
+    connected = {"event": "connected", "timestamp": clock().isoformat()}
+    yield frame("connected", json.dumps(connected))
+    quiet = 0.0
+    while not await request.is_disconnected():
+        async with sessions() as session:
+            rows = await events.since(session, team_id=team.team_id, after=after)
+            for row in rows:
+                after = row.id
+                if row.event not in SDK_EVENTS:
+                    continue
+                sandbox = None
+                if row.resource_type == "capsule":
+                    key = capsules.row_key(row.resource_id)
+                    sandbox = await session.get(Capsule, key) if key else None
+                yield frame(row.event, SSEEventPublic.of(row, sandbox).model_dump_json())
+        if rows:
+            quiet = 0.0
+        elif quiet >= KEEPALIVE_S:
+            quiet = 0.0
+            yield b":keepalive\n\n"
+        await asyncio.sleep(POLL_S)
+        quiet += POLL_S

@@ -1,0 +1,175 @@
+"""Commands in a capsule: `POST …/exec`, the process list and kill, and the two WebSocket
+streams (`…/exec/stream`, `…/processes/{pid}/stream`), as SDK 0.3.0 drives them (§4).
+
+The streams relay the host agent's NDJSON process events as the SDK's TEXT frames:
+`start{pid}`, `stdout|stderr{data}` (text, not base64), `exit{exit_code}`, `error{data}`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import json
+from collections.abc import AsyncIterator
+
+from fastapi import APIRouter, Response, WebSocket
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from pywrenn.hostagent.schemas import ExecStreamRequest
+
+from ..deps import HostsDep, NowDep, SessionDep, TeamDep, ws_caller
+from ..errors import InvalidInput
+from ..hostclient import AgentEvent
+from ..schemas.wrenn import BackgroundStarted, ExecBody, ExecResult, ProcessListing
+from ..services import guest
+from .wsguard import guarded
+
+router = APIRouter(prefix="/v1/capsules", tags=["commands"])
+
+# A host stream that ends before its process does (the host connection dropped) is
+# picked up again after this pause, so a flapping host cannot spin the loop.
+REATTACH_DELAY_S = 0.2
+
+
+@router.post(
+    "/{capsule_id}/exec",
+    responses={202: {"model": BackgroundStarted}},
+    response_model=ExecResult,
+)
+async def exec_command(
+    capsule_id: str,
+    body: ExecBody,
+    team: TeamDep,
+    session: SessionDep,
+    now: NowDep,
+    hosts: HostsDep,
+) -> Response:
+    t = await guest.target(
+        session, pool=hosts, team_id=team.team_id, capsule_id=capsule_id, now=now, wanted="exec"
+    )
+    if body.background:
+        started = await guest.exec_background(t, body)
+        return JSONResponse(started.model_dump(), status_code=202)
+    result = await guest.exec_foreground(t, body)
+    return JSONResponse(result.model_dump())
+
+
+@router.get("/{capsule_id}/processes")
+async def list_processes(
+    capsule_id: str, team: TeamDep, session: SessionDep, now: NowDep, hosts: HostsDep
+) -> ProcessListing:
+    t = await guest.target(
+        session,
+        pool=hosts,
+        team_id=team.team_id,
+        capsule_id=capsule_id,
+        now=now,
+        wanted="list processes",
+    )
+    return await guest.list_processes(t)
+
+
+@router.delete("/{capsule_id}/processes/{selector}", status_code=204)
+async def kill_process(
+    capsule_id: str,
+    selector: str,
+    team: TeamDep,
+    session: SessionDep,
+    now: NowDep,
+    hosts: HostsDep,
+) -> Response:
+    t = await guest.target(
+        session, pool=hosts, team_id=team.team_id, capsule_id=capsule_id, now=now, wanted="kill"
+    )
+    await t.host.kill(t.capsule_id, guest.selector(selector))
+    return Response(status_code=204)
+
+
+@router.websocket("/{capsule_id}/exec/stream")
+async def exec_stream(websocket: WebSocket, capsule_id: str) -> None:
+    async with guarded(websocket):
+        t = await ws_target(websocket, capsule_id, "exec")
+        await websocket.accept()
+        request = _start_request(await websocket.receive_text())
+        async with t.host.exec_stream(t.capsule_id, request) as events:
+            if not await relay(websocket, events):
+                await _send(websocket, {"type": "error", "data": "host stream ended early"})
+        await websocket.close()
+
+
+@router.websocket("/{capsule_id}/processes/{selector}/stream")
+async def process_stream(websocket: WebSocket, capsule_id: str, selector: str) -> None:
+    async with guarded(websocket):
+        t = await ws_target(websocket, capsule_id, "attach to a process")
+        process = guest.selector(selector)
+        # Attach before accepting: an unknown pid is then a 404 upgrade, not an open socket.
+        async with t.host.attach(t.capsule_id, process) as events:
+            await websocket.accept()
+            ended = await relay(websocket, events)
+        while not ended:
+            # The host stream broke off with the process still running: pick it up again.
+            await asyncio.sleep(REATTACH_DELAY_S)
+            async with t.host.attach(t.capsule_id, process) as events:
+                ended = await relay(websocket, events, send_start=False)
+        await websocket.close()
+
+
+async def ws_target(websocket: WebSocket, capsule_id: str, wanted: str) -> guest.Target:
+    """`guest.target` for a WebSocket route: auth from the upgrade, a short-lived session."""
+    team = await ws_caller(websocket)
+    state = websocket.app.state
+    async with state.sessions() as session:
+        return await guest.target(
+            session,
+            pool=state.hosts,
+            team_id=team.team_id,
+            capsule_id=capsule_id,
+            now=state.clock(),
+            wanted=wanted,
+        )
+
+
+def _start_request(frame: str) -> ExecStreamRequest:
+    try:
+        raw = json.loads(frame)
+        if not isinstance(raw, dict) or raw.get("type") != "start":
+            raise InvalidInput('invalid: the first frame must be {"type": "start", …}')
+        return ExecStreamRequest(
+            cmd=raw.get("cmd") or "", args=list(raw.get("args") or []), envs=raw.get("envs") or {}
+        )
+    except (ValueError, ValidationError) as exc:
+        raise InvalidInput(f"invalid: start frame: {exc}") from exc
+
+
+async def relay(
+    websocket: WebSocket, events: AsyncIterator[AgentEvent], *, send_start: bool = True
+) -> bool:
+    """Send each host event as the SDK's frame; True once the process has ended."""
+    # One decoder per stream: a UTF-8 character may straddle two chunks.
+    decoders = {
+        name: codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for name in ("stdout", "stderr")
+    }
+    async for event in events:
+        if event.kind == "start":
+            if send_start:
+                await _send(websocket, {"type": "start", "pid": event.pid})
+        elif event.kind == "data":
+            name = "stderr" if event.stream == "stderr" else "stdout"
+            if text := decoders[name].decode(event.data):
+                await _send(websocket, {"type": name, "data": text})
+        elif event.kind == "end":
+            for name, decoder in decoders.items():
+                if tail := decoder.decode(b"", final=True):
+                    await _send(websocket, {"type": name, "data": tail})
+            await _send(websocket, {"type": "exit", "exit_code": event.exit_code})
+            return True
+        else:
+            await _send(websocket, {"type": "error", "data": event.error or ""})
+            return True
+    return False
+
+
+async def _send(websocket: WebSocket, frame: dict[str, object]) -> None:
+    await websocket.send_text(json.dumps(frame))

@@ -1,0 +1,310 @@
+"""A capsule's life across the database and its host: create, pause, resume, destroy, ping.
+
+Owns: the order of steps for each lifecycle request: move the row (compare-and-set
+through `capsules.move`), ask the host agent, then move the row to where the host says it
+is, or back where it was if the host refused. Every request records its action event
+(`capsule.create`, `capsule.pause`, …) with its outcome for the SSE stream.
+
+    create:  pending (row, 201) ─ background ─▶ starting ─ host create ─▶ running | error
+    pause:   running ─▶ pausing ─ host pause ─▶ paused        (refused: back to running)
+    resume:  paused ─▶ resuming ─ host resume ─▶ running      (refused: back to paused)
+    destroy: * ─▶ stopping ─ host destroy (gone already is fine) ─▶ stopped
+
+Hosts are reached only through `HostAgentAPI` (the pool hands out one per host); this
+module never builds a URL.
+Knows nothing of: HTTP, or which host implementation is behind the protocol.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from pywrenn.hostagent.schemas import CapsuleCreate as AgentCreate
+from pywrenn.hostagent.schemas import CapsulePublic as AgentCapsule
+
+from ..db.models import Capsule
+from ..errors import Conflict, ControlPlaneError, InvalidState, NotFound
+from ..hostpool import HostPool
+from ..scheduler import pick_host
+from ..states import CapsuleStatus
+from . import capsules
+from .events import Actor, EventSpec, record_nocommit
+
+log = logging.getLogger(__name__)
+S = CapsuleStatus
+
+# The SDK's default template name, and the image our host agents ship under it.
+HOST_TEMPLATES = {"minimal-ubuntu": "minimal"}
+# The API clamps a short auto-pause TTL up to a minute (wrenn-api.md §2); 0 is "never".
+MIN_TIMEOUT_SEC = 60
+
+
+@dataclass(frozen=True)
+class CreateSpec:
+    template: str
+    vcpus: int
+    memory_mb: int
+    timeout_sec: int
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+def clamp_timeout(timeout_sec: int) -> int:
+    return MIN_TIMEOUT_SEC if 0 < timeout_sec < MIN_TIMEOUT_SEC else timeout_sec
+
+
+async def _action(
+    session: AsyncSession,
+    row: Capsule,
+    event: str,
+    *,
+    actor: Actor,
+    now: datetime,
+    error: str | None = None,
+) -> None:
+    """Record a user action's outcome; commits, so call it with no other pending work."""
+    spec = EventSpec(
+        event=event,
+        resource_type="capsule",
+        resource_id=capsules.api_id(row),
+        outcome="error" if error else "success",
+        error=error,
+    )
+    record_nocommit(session, team_id=row.team_id, spec=spec, actor=actor, now=now)
+    await session.commit()
+
+
+async def begin_create(
+    session: AsyncSession,
+    *,
+    pool: HostPool,
+    team_id: uuid.UUID,
+    spec: CreateSpec,
+    now: datetime,
+) -> Capsule:
+    """Choose a host and insert the `pending` row, placed on it; the boot is `finish_create`."""
+    host = await pick_host(
+        session, connected=pool.host_ids(), vcpus=spec.vcpus, memory_mb=spec.memory_mb
+    )
+    row = await capsules.create_capsule(
+        session,
+        team_id=team_id,
+        template=spec.template,
+        vcpus=spec.vcpus,
+        memory_mb=spec.memory_mb,
+        timeout_sec=clamp_timeout(spec.timeout_sec),
+        metadata=spec.metadata,
+        now=now,
+    )
+    await capsules.record_placement(session, capsule_id=row.id, host_id=host.id, now=now)
+    return await capsules.get_capsule(session, team_id=team_id, capsule_id=capsules.api_id(row))
+
+
+async def finish_create(
+    sessions: async_sessionmaker[AsyncSession],
+    *,
+    pool: HostPool,
+    capsule_key: uuid.UUID,
+    clock: Callable[[], datetime],
+    actor: Actor,
+) -> None:
+    """Boot the capsule on its host (runs in the app's background, after the 201)."""
+    async with sessions() as session:
+        started = await capsules.move(
+            session, capsule_id=capsule_key, to=S.STARTING, now=clock(), allowed_from={S.PENDING}
+        )
+        row = await session.get(Capsule, capsule_key, populate_existing=True)
+        if started is None or row is None:
+            return  # destroyed before the boot began: nothing to start
+        try:
+            info = await pool.client(row.host_id).create(_agent_create(row))
+        except Exception as exc:
+            message = exc.message if isinstance(exc, ControlPlaneError) else repr(exc)
+            await capsules.move(
+                session,
+                capsule_id=capsule_key,
+                to=S.ERROR,
+                now=clock(),
+                allowed_from={S.STARTING},
+                actor=actor,
+                error=message,
+            )
+            await _action(session, row, "capsule.create", actor=actor, now=clock(), error=message)
+            if not isinstance(exc, ControlPlaneError):
+                raise
+            return
+        await _placed(session, row, info, now=clock())
+        running = await capsules.move(
+            session, capsule_id=capsule_key, to=S.RUNNING, now=clock(), allowed_from={S.STARTING}
+        )
+        if running is None:
+            # Destroyed while it booted; that request may have found nothing on the host yet.
+            await _destroy_on_host(pool, row)
+            await capsules.mark_stopped(session, capsule_id=capsule_key, now=clock(), actor=actor)
+        await _action(session, row, "capsule.create", actor=actor, now=clock())
+
+
+def _agent_create(row: Capsule) -> AgentCreate:
+    return AgentCreate(
+        capsule_id=capsules.api_id(row),
+        template=HOST_TEMPLATES.get(row.template, row.template),
+        vcpus=row.vcpus,
+        memory_mb=row.memory_mb,
+        timeout_sec=row.timeout_sec,
+        team_id=str(row.team_id),
+        metadata=dict(row.metadata_),
+    )
+
+
+async def _placed(
+    session: AsyncSession, row: Capsule, info: AgentCapsule, *, now: datetime
+) -> None:
+    await capsules.record_placement(
+        session,
+        capsule_id=row.id,
+        now=now,
+        slot_index=info.slot_index,
+        host_ip=info.host_ip,
+        versions=dict(info.versions),
+    )
+
+
+async def _destroy_on_host(pool: HostPool, row: Capsule) -> None:
+    try:
+        await pool.client(row.host_id).destroy(capsules.api_id(row))
+    except NotFound:
+        pass  # never reached the host, or already gone: the outcome we want
+    except ControlPlaneError as exc:
+        log.warning("destroying %s after a cancelled create: %s", capsules.api_id(row), exc)
+
+
+async def pause(
+    session: AsyncSession,
+    *,
+    pool: HostPool,
+    team_id: uuid.UUID,
+    capsule_id: str,
+    now: datetime,
+    actor: Actor,
+) -> Capsule:
+    """Pause a running capsule; a paused one is returned as it is (pause is idempotent)."""
+    row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+    if row.status == S.PAUSED:
+        return row
+    moved = await capsules.move(
+        session, capsule_id=row.id, to=S.PAUSING, now=now, allowed_from={S.RUNNING}, actor=actor
+    )
+    if moved is None:
+        raise await _wrong_state(session, team_id, capsule_id, "pause")
+    try:
+        await pool.client(row.host_id).pause(capsule_id)
+    except ControlPlaneError as exc:
+        await capsules.move(
+            session, capsule_id=row.id, to=S.RUNNING, now=now, allowed_from={S.PAUSING}
+        )
+        await _action(session, row, "capsule.pause", actor=actor, now=now, error=exc.message)
+        raise
+    await capsules.move(
+        session, capsule_id=row.id, to=S.PAUSED, now=now, allowed_from={S.PAUSING}, actor=actor
+    )
+    await _action(session, row, "capsule.pause", actor=actor, now=now)
+    return await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+
+
+async def resume(
+    session: AsyncSession,
+    *,
+    pool: HostPool,
+    team_id: uuid.UUID,
+    capsule_id: str,
+    now: datetime,
+    actor: Actor,
+) -> Capsule:
+    """Resume a paused capsule on its host (same slot, same address)."""
+    row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+    moved = await capsules.move(
+        session, capsule_id=row.id, to=S.RESUMING, now=now, allowed_from={S.PAUSED}, actor=actor
+    )
+    if moved is None:
+        raise await _wrong_state(session, team_id, capsule_id, "resume")
+    try:
+        await pool.client(row.host_id).resume(capsule_id)
+    except ControlPlaneError as exc:
+        await capsules.move(
+            session, capsule_id=row.id, to=S.PAUSED, now=now, allowed_from={S.RESUMING}
+        )
+        await _action(session, row, "capsule.resume", actor=actor, now=now, error=exc.message)
+        raise
+    await capsules.move(
+        session,
+        capsule_id=row.id,
+        to=S.RUNNING,
+        now=now,
+        allowed_from={S.RESUMING},
+        actor=actor,
+        values={"last_active_at": now},
+    )
+    await _action(session, row, "capsule.resume", actor=actor, now=now)
+    return await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+
+
+async def destroy(
+    session: AsyncSession,
+    *,
+    pool: HostPool,
+    team_id: uuid.UUID,
+    capsule_id: str,
+    now: datetime,
+    actor: Actor,
+) -> None:
+    """Stop a capsule for good. Idempotent: the SDK retries DELETE on transport errors.
+
+    A row left `stopping` (its host was unreachable last time) asks the host again.
+    """
+    start = await capsules.begin_destroy(
+        session, team_id=team_id, capsule_id=capsule_id, now=now, actor=actor
+    )
+    row = start.capsule
+    if row.status != S.STOPPING:
+        return  # already stopped
+    if row.host_id is not None:
+        try:
+            await pool.client(row.host_id).destroy(capsule_id)
+        except NotFound:
+            pass  # not (or no longer) on the host
+        except Conflict:
+            return  # another request is destroying it right now and will finish the row
+    changed = await capsules.mark_stopped(session, capsule_id=row.id, now=now, actor=actor)
+    if changed is not None:
+        await _action(session, row, "capsule.destroy", actor=actor, now=now)
+
+
+async def ping(
+    session: AsyncSession, *, pool: HostPool, team_id: uuid.UUID, capsule_id: str, now: datetime
+) -> None:
+    """Count as activity: resets the host's auto-pause timer."""
+    row = await running(session, team_id=team_id, capsule_id=capsule_id, wanted="ping")
+    await pool.client(row.host_id).ping(capsule_id)
+    await capsules.touch(session, capsule_id=row.id, now=now)
+
+
+async def running(
+    session: AsyncSession, *, team_id: uuid.UUID, capsule_id: str, wanted: str
+) -> Capsule:
+    """The team's capsule if it is running; InvalidState (409) naming its status if not."""
+    row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+    if row.status != S.RUNNING:
+        raise InvalidState(capsule_id, row.status, wanted)
+    return row
+
+
+async def _wrong_state(
+    session: AsyncSession, team_id: uuid.UUID, capsule_id: str, wanted: str
+) -> InvalidState:
+    row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+    return InvalidState(capsule_id, row.status, wanted)

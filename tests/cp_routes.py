@@ -1,0 +1,101 @@
+"""A control plane wired to a `FakeHostAgent`, in the test's own event loop.
+
+`harness(db_url, tmp_path)` runs the app's lifespan, bootstraps an admin key and yields a
+`Harness`: an httpx client that already carries the key, the fake, and helpers for a
+running capsule, a second team and WebSockets (httpx-ws over ASGI). Route tests build on
+it; see tests/unit/test_cp_routes_*.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from fastapi import FastAPI
+from httpx_ws import AsyncWebSocketSession, aconnect_ws
+from httpx_ws.transport import ASGIWebSocketTransport
+from starlette.types import Receive, Scope, Send
+
+from pywrenn.controlplane.app import create_app
+from pywrenn.controlplane.bootstrap import bootstrap_admin
+from pywrenn.controlplane.services import keys, teams
+from pywrenn.controlplane.settings import ControlPlaneSettings
+from tests.fake_hostagent import FakeHostAgent
+
+NOW = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def with_denial_extension(app: FastAPI) -> Callable[[Scope, Receive, Send], Awaitable[None]]:
+    """Advertise the WebSocket denial response, as uvicorn does and httpx-ws's ASGI
+    transport (which handles it) does not, so refusals look as they do in production."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":
+            extensions = {**scope.get("extensions", {}), "websocket.http.response": {}}
+            scope = {**scope, "extensions": extensions}
+        await app(scope, receive, send)
+
+    return wrapped
+
+
+@dataclass
+class Harness:
+    app: FastAPI
+    client: httpx.AsyncClient
+    fake: FakeHostAgent
+    key: str
+
+    async def settle(self) -> None:
+        """Let background work (capsule boots) finish."""
+        await self.app.state.background.wait_idle()
+
+    async def capsule(self, **body: Any) -> str:
+        """A capsule, booted and running."""
+        r = await self.client.post("/api/v1/capsules", json=body)
+        assert r.status_code == 201, r.text
+        await self.settle()
+        capsule_id: str = r.json()["id"]
+        assert (await self.client.get(f"/api/v1/capsules/{capsule_id}")).json()["status"] == (
+            "running"
+        )
+        return capsule_id
+
+    async def other_team_key(self) -> str:
+        async with self.app.state.sessions() as session:
+            team = await teams.create_team(session, name="Other", now=NOW)
+            _, plaintext = await keys.create_key(session, team_id=team.id, name="o", now=NOW)
+        return plaintext
+
+    def ws(
+        self, path: str, *, key: str | None = None
+    ) -> AbstractAsyncContextManager[AsyncWebSocketSession]:
+        headers = {"X-API-Key": key if key is not None else self.key}
+        return aconnect_ws(path, self.client, headers=headers)
+
+
+@asynccontextmanager
+async def harness(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
+    fake = FakeHostAgent(now_unix=NOW.timestamp())
+    host = fake.client()
+    settings = ControlPlaneSettings(dir=tmp_path, database_url=db_url)
+    app = create_app(settings, clock=lambda: NOW, host_agent=host)
+    async with app.router.lifespan_context(app):
+        async with app.state.sessions() as session:
+            creds = await bootstrap_admin(session, now=NOW)
+        assert creds is not None
+        transport = ASGIWebSocketTransport(
+            app=with_denial_extension(app), initial_receive_timeout=5.0
+        )
+        async with (
+            transport,
+            httpx.AsyncClient(
+                transport=transport, base_url="http://cp", headers={"X-API-Key": creds.api_key}
+            ) as client,
+        ):
+            yield Harness(app, client, fake, creds.api_key)
+    await host.aclose()

@@ -1,0 +1,256 @@
+"""The unmodified `wrenn` SDK 0.3.0 against a real node: host agent process, real VMs,
+the control plane served by uvicorn in its own process, an API key from `bootstrap`.
+
+One module-scoped node and one shared capsule keep the cold boots to two (TCG: ~10 s
+each). Every process started here is stopped by pid in a `finally`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+import wrenn
+from wrenn import Capsule, WrennClient
+
+from pywrenn.controlplane import publicids
+from pywrenn.controlplane.bootstrap import bootstrap_admin
+from pywrenn.controlplane.db.engine import make_engine, make_session_factory
+from pywrenn.controlplane.services import keys, teams
+from pywrenn.ids import IdKind
+from pywrenn.images import ImageManifest
+from tests.integration.conftest import guest_image  # noqa: F401
+
+CACHE = Path(os.environ.get("WRENN_IMAGE_CACHE", "/var/cache/pywrenn/image-cache"))
+CONTROL_PLANE = (
+    "import uvicorn;"
+    "from pywrenn.controlplane.app import create_app;"
+    "from pywrenn.controlplane.settings import ControlPlaneSettings;"
+    "uvicorn.run(create_app(ControlPlaneSettings()), host='127.0.0.1', port={port},"
+    " log_level='warning', ws='wsproto')"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path, budget_s: float) -> None:
+    deadline = time.monotonic() + budget_s
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, log.read_text()[-3000:]
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise AssertionError(f"{url} did not come up:\n" + log.read_text()[-3000:])
+
+
+def stop(proc: subprocess.Popen[bytes] | None, *, budget_s: float = 120) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=budget_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+@dataclass(frozen=True)
+class Node:
+    base_url: str  # what SDK users pass: the control plane's /api
+    api_key: str
+    other_team_key: str
+    revoked_key: str
+    root: Path
+
+
+async def _keys(database_url: str) -> tuple[str, str, str]:
+    engine = make_engine(database_url)
+    try:
+        async with make_session_factory(engine)() as session:
+            now = datetime.now(UTC)
+            creds = await bootstrap_admin(session, now=now)
+            assert creds is not None
+            other = await teams.create_team(session, name="Other", now=now)
+            _, other_key = await keys.create_key(session, team_id=other.id, name="o", now=now)
+            row, revoked = await keys.create_key(
+                session, team_id=creds.team_id, name="old", now=now
+            )
+            await keys.revoke_key(
+                session,
+                team_id=creds.team_id,
+                key_id=publicids.format_id(row.id, IdKind.API_KEY),
+                now=now,
+            )
+            return creds.api_key, other_key, revoked
+    finally:
+        await engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def node(guest_image: ImageManifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:  # noqa: F811
+    root = tmp_path_factory.mktemp("node")
+    (root / "images").mkdir()
+    (root / "kernels").symlink_to(CACHE / "kernels")
+    (root / "images" / "minimal").symlink_to(CACHE / "images" / "minimal")
+    (root / "cache").mkdir()
+    accel = CACHE / "cache" / "vmm-accel.json"
+    if accel.exists():
+        shutil.copy(accel, root / "cache" / "vmm-accel.json")
+    agent_port, api_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        WRENN_DIR=str(root),
+        WRENN_AGENT_LISTEN=f"127.0.0.1:{agent_port}",
+        WRENN_API_LISTEN=f"127.0.0.1:{api_port}",
+        WRENN_EGRESS_DEFAULT="false",  # no guest may reach out
+        WRENN_SHUTDOWN_BUDGET_S="60",
+    )
+    env.pop("WRENN_HOST_TOKEN", None)  # the agent writes WRENN_DIR/host-token; we read it
+    env.pop("WRENN_DATABASE_URL", None)
+    agent_log, api_log = root / "agent.log", root / "api.log"
+    agent = api = None
+    try:
+        with open(agent_log, "ab") as log:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "pywrenn.hostagent"], env=env, stdout=log, stderr=log
+            )
+        wait_healthy(f"http://127.0.0.1:{agent_port}", agent, agent_log, 120)
+        with open(api_log, "ab") as log:
+            api = subprocess.Popen(
+                [sys.executable, "-c", CONTROL_PLANE.format(port=api_port)],
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+        url = f"http://127.0.0.1:{api_port}"
+        wait_healthy(url, api, api_log, 60)
+        admin, other, revoked = asyncio.run(_keys(f"sqlite:///{root / 'wrenn.db'}"))
+        yield Node(f"{url}/api", admin, other, revoked, root)
+    finally:
+        stop(api, budget_s=30)
+        if agent is not None and agent.poll() is None:
+            with httpx.Client(base_url=f"http://127.0.0.1:{agent_port}", timeout=120) as c:
+                token = (root / "host-token").read_text().strip()
+                headers = {"Authorization": f"Bearer {token}"}
+                try:
+                    for capsule in c.get("/v1/capsules", headers=headers).json()["capsules"]:
+                        c.delete(f"/v1/capsules/{capsule['capsule_id']}", headers=headers)
+                except httpx.HTTPError:
+                    pass
+        stop(agent)
+
+
+@pytest.fixture(scope="module")
+def capsule(node: Node) -> Iterator[Capsule]:
+    # The context manager destroys the capsule and closes the SDK's HTTP client.
+    with Capsule(memory_mb=256, wait=True, api_key=node.api_key, base_url=node.base_url) as box:
+        yield box
+
+
+def test_capsule_is_running_and_listed(node: Node, capsule: Capsule) -> None:
+    info = capsule.get_info()
+    assert info.status is not None and info.status.value == "running"
+    assert info.metadata  # the host reports the image and agent versions
+    with WrennClient(api_key=node.api_key, base_url=node.base_url) as client:
+        assert capsule.capsule_id in [c.id for c in client.capsules.list()]
+
+
+def test_commands(capsule: Capsule) -> None:
+    result = capsule.commands.run("echo out; echo err >&2; exit 3")
+    assert (result.stdout, result.stderr, result.exit_code) == ("out\n", "err\n", 3)
+    env = capsule.commands.run("echo $GREETING; pwd", envs={"GREETING": "hi"}, cwd="/tmp")
+    assert env.stdout == "hi\n/tmp\n"
+    handle = capsule.commands.run("sleep 300", background=True, tag="sleeper")
+    assert handle.pid > 0 and handle.tag == "sleeper"
+    assert "sleeper" in [p.tag for p in capsule.commands.list()]
+    capsule.commands.kill(handle.pid)
+    deadline = time.monotonic() + 10
+    while "sleeper" in [p.tag for p in capsule.commands.list()]:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    events = list(capsule.commands.stream("echo streamed"))
+    assert events[0].type == "start"
+    assert "streamed\n" in [getattr(e, "data", None) for e in events]
+    assert events[-1].type == "exit"
+
+
+def test_files(capsule: Capsule) -> None:
+    capsule.files.write("/tmp/e2e/a.txt", "hello file")
+    assert capsule.files.read("/tmp/e2e/a.txt") == "hello file"
+    names = [e.name for e in capsule.files.list("/tmp/e2e")]
+    assert names == ["a.txt"]
+    assert capsule.files.exists("/tmp/e2e/a.txt")
+    made = capsule.files.make_dir("/tmp/e2e/sub")
+    assert made.type is not None and made.type.value == "directory"
+    big = os.urandom(3 * 1024 * 1024)
+    capsule.files.upload_stream("/tmp/e2e/big.bin", iter([big[:1000], big[1000:]]))
+    assert b"".join(capsule.files.download_stream("/tmp/e2e/big.bin")) == big
+    capsule.files.remove("/tmp/e2e/a.txt")
+    assert not capsule.files.exists("/tmp/e2e/a.txt")
+    with pytest.raises(wrenn.WrennNotFoundError):
+        capsule.files.read("/tmp/e2e/a.txt")
+
+
+def test_pause_resume_keeps_state(capsule: Capsule) -> None:
+    capsule.files.write("/root/state.txt", "kept")
+    capsule.commands.run("sleep 600", background=True, tag="survivor")
+    capsule.pause(wait=True)
+    assert capsule.get_info().status.value == "paused"
+    with pytest.raises(wrenn.WrennConflictError):
+        capsule.commands.run("true")
+    capsule.resume(wait=True)
+    assert capsule.files.read("/root/state.txt") == "kept"
+    assert "survivor" in [p.tag for p in capsule.commands.list()]
+    with pytest.raises(wrenn.WrennConflictError):
+        capsule.resume()
+
+
+def test_bad_input(node: Node, capsule: Capsule) -> None:
+    with (
+        WrennClient(api_key=node.api_key, base_url=node.base_url) as client,
+        pytest.raises(wrenn.WrennNotFoundError),
+    ):
+        client.capsules.get("cl-0000000000000000")
+    for key in (node.revoked_key, "wrn_" + "0" * 32):
+        with (
+            WrennClient(api_key=key, base_url=node.base_url) as client,
+            pytest.raises(wrenn.WrennAuthenticationError),
+        ):
+            client.capsules.list()
+    r = httpx.get(f"{node.base_url}/v1/capsules")
+    assert r.status_code == 401
+    with WrennClient(api_key=node.other_team_key, base_url=node.base_url) as client:
+        with pytest.raises(wrenn.WrennNotFoundError):
+            client.capsules.get(capsule.capsule_id)
+        with pytest.raises(wrenn.WrennNotFoundError):
+            client.capsules.pause(capsule.capsule_id)
+        assert client.capsules.list() == []
+
+
+def test_destroy(node: Node) -> None:
+    with Capsule(memory_mb=256, wait=True, api_key=node.api_key, base_url=node.base_url) as box:
+        try:
+            assert box.commands.run("echo alive").stdout == "alive\n"
+        finally:
+            box.destroy(wait=True)
+        assert box.get_info().status.value == "stopped"
+        box.destroy()  # a second destroy is fine

@@ -1,0 +1,187 @@
+"""routes/capsules.py and services/lifecycle.py against a FakeHostAgent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+
+from tests.cp_routes import Harness, harness
+
+# The database fixtures, and `sqlite_url` for tests where the database does not matter.
+pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
+
+Body = Callable[[Harness], Awaitable[None]]
+
+
+def run(db_url: str, tmp_path: Path, body: Body) -> None:
+    async def main() -> None:
+        async with harness(db_url, tmp_path) as h:
+            await body(h)
+
+    asyncio.run(main())
+
+
+def test_lifecycle_create_pause_resume_destroy(db_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        h.fake.create_gate.clear()  # hold the boot so the pending answer is observable
+        r = await h.client.post("/api/v1/capsules", json={"memory_mb": 256, "timeout_sec": 5})
+        assert r.status_code == 201
+        created = r.json()
+        cid = created["id"]
+        assert created["status"] == "pending"
+        assert created["template"] == "minimal-ubuntu"
+        assert created["timeout_sec"] == 60  # short TTLs are clamped up to a minute
+        assert created["created_at"].endswith("Z") or "+00:00" in created["created_at"]
+        await asyncio.sleep(0.05)
+        assert (await h.client.get(f"/api/v1/capsules/{cid}")).json()["status"] == "starting"
+        h.fake.create_gate.set()
+        await h.settle()
+        got = (await h.client.get(f"/v1/capsules/{cid}")).json()
+        assert got["status"] == "running"
+        assert got["metadata"]["envd_version"] == "0.1.0"
+        # The host got the image name behind the SDK's default template, and our team.
+        assert h.fake.capsules[cid].body["template"] == "minimal"
+        assert [c["id"] for c in (await h.client.get("/api/v1/capsules")).json()] == [cid]
+
+        paused = await h.client.post(f"/api/v1/capsules/{cid}/pause")
+        assert paused.status_code == 200 and paused.json()["status"] == "paused"
+        again = await h.client.post(f"/api/v1/capsules/{cid}/pause")
+        assert again.json()["status"] == "paused"  # pause is idempotent
+        assert h.fake.capsules[cid].state == "paused"
+        conflict = await h.client.post(f"/api/v1/capsules/{cid}/ping")
+        assert conflict.status_code == 409
+        assert conflict.json()["error"]["code"] == "invalid_state"
+
+        resumed = await h.client.post(f"/api/v1/capsules/{cid}/resume")
+        assert resumed.json()["status"] == "running"
+        assert (await h.client.post(f"/api/v1/capsules/{cid}/resume")).status_code == 409
+        assert (await h.client.post(f"/api/v1/capsules/{cid}/ping")).status_code == 204
+
+        assert (await h.client.delete(f"/api/v1/capsules/{cid}")).status_code == 204
+        assert cid not in h.fake.capsules
+        assert (await h.client.delete(f"/api/v1/capsules/{cid}")).status_code == 204  # retried
+        assert (await h.client.get(f"/api/v1/capsules/{cid}")).json()["status"] == "stopped"
+        assert (await h.client.get("/api/v1/capsules")).json() == []
+
+    run(db_url, tmp_path, body)
+
+
+def test_unknown_and_foreign_ids_are_404(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        other = {"X-API-Key": await h.other_team_key()}
+        for method, path in [
+            ("GET", ""),
+            ("DELETE", ""),
+            ("POST", "/pause"),
+            ("POST", "/resume"),
+            ("POST", "/ping"),
+            ("GET", "/metrics"),
+        ]:
+            for capsule_id, headers in [("cl-0000000000000000", {}), ("nope", {}), (cid, other)]:
+                r = await h.client.request(
+                    method, f"/api/v1/capsules/{capsule_id}{path}", headers=headers
+                )
+                assert r.status_code == 404, (method, path, r.text)
+                assert r.json()["error"]["code"] == "not_found"
+        assert (await h.client.get("/api/v1/capsules", headers=other)).json() == []
+        assert cid in h.fake.capsules  # the other team's DELETE touched nothing
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_auth_is_required(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        for headers in ({"X-API-Key": ""}, {"X-API-Key": "wrn_" + "0" * 32}):
+            r = await h.client.get("/api/v1/capsules", headers=headers)
+            assert r.status_code == 401
+            assert r.json()["error"]["code"] == "unauthorized"
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_failed_boot_is_error_and_destroyable(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        h.fake.fail("create", 503, "exhausted", "no free slot")
+        cid = (await h.client.post("/api/v1/capsules", json={})).json()["id"]
+        await h.settle()
+        assert (await h.client.get(f"/api/v1/capsules/{cid}")).json()["status"] == "error"
+        assert (await h.client.post(f"/api/v1/capsules/{cid}/pause")).status_code == 409
+        assert (await h.client.delete(f"/api/v1/capsules/{cid}")).status_code == 204
+        assert (await h.client.get(f"/api/v1/capsules/{cid}")).json()["status"] == "stopped"
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_destroy_during_boot_cleans_the_host(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        h.fake.create_gate.clear()
+        cid = (await h.client.post("/api/v1/capsules", json={})).json()["id"]
+        await asyncio.sleep(0.05)
+        assert (await h.client.delete(f"/api/v1/capsules/{cid}")).status_code == 204
+        h.fake.create_gate.set()
+        await h.settle()
+        assert cid not in h.fake.capsules  # booted after the DELETE, then destroyed
+        assert (await h.client.get(f"/api/v1/capsules/{cid}")).json()["status"] == "stopped"
+
+    run(sqlite_url, tmp_path, body)
+
+
+@pytest.mark.parametrize(
+    ("op", "status", "code", "ours", "our_code", "after"),
+    [
+        ("pause", 502, "agent", 502, "agent_error", "running"),
+        ("pause", 409, "conflict", 409, "conflict", "running"),
+        ("resume", 500, "host", 502, "agent_error", "paused"),
+    ],
+)
+def test_refused_pause_or_resume_rolls_back(
+    sqlite_url: str,
+    tmp_path: Path,
+    op: str,
+    status: int,
+    code: str,
+    ours: int,
+    our_code: str,
+    after: str,
+) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        if op == "resume":
+            await h.client.post(f"/api/v1/capsules/{cid}/pause")
+        h.fake.fail(op, status, code)
+        r = await h.client.post(f"/api/v1/capsules/{cid}/{op}")
+        assert (r.status_code, r.json()["error"]["code"]) == (ours, our_code)
+        assert (await h.client.get(f"/api/v1/capsules/{cid}")).json()["status"] == after
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_metrics_ranges(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        r = await h.client.get(f"/api/v1/capsules/{cid}/metrics")
+        assert r.status_code == 200
+        assert r.json()["range"] == "10m" and len(r.json()["points"]) == 2
+        assert r.json()["sandbox_id"] == cid
+        assert isinstance(r.json()["points"][0]["timestamp_unix"], int)
+        wide = (await h.client.get(f"/api/v1/capsules/{cid}/metrics?range=2h")).json()
+        assert len(wide["points"]) == 3
+        bad = await h.client.get(f"/api/v1/capsules/{cid}/metrics?range=3d")
+        assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_create_validates_and_needs_a_host(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        r = await h.client.post("/api/v1/capsules", json={"vcpus": 0})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_request"
+        h.app.state.hosts._clients.clear()  # the only host is gone
+        r = await h.client.post("/api/v1/capsules", json={})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "host_unavailable"
+
+    run(sqlite_url, tmp_path, body)

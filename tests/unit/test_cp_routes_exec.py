@@ -1,0 +1,180 @@
+"""routes/exec.py and routes/pty.py against a FakeHostAgent: exec, processes, WebSockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import pytest
+from httpx_ws import WebSocketUpgradeError
+from wsproto.events import BytesMessage, TextMessage
+
+from tests.cp_routes import Harness, harness
+
+# The database fixtures, and `sqlite_url` for tests where the database does not matter.
+pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
+
+Body = Callable[[Harness], Awaitable[None]]
+
+
+def run(db_url: str, tmp_path: Path, body: Body) -> None:
+    async def main() -> None:
+        async with harness(db_url, tmp_path) as h:
+            await body(h)
+
+    asyncio.run(main())
+
+
+def test_exec_foreground_and_background(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        h.fake.scripts["echo hi; exit 3"] = (b"hi\n", b"warn\n", 3)
+        h.fake.scripts["binary"] = (b"\xff\xfe", b"", 0)
+        url = f"/api/v1/capsules/{cid}/exec"
+        sent = {
+            "cmd": "/bin/sh",
+            "args": ["-c", "echo hi; exit 3"],
+            "background": False,
+            "timeout_sec": 30,
+            "envs": {"A": "1"},
+            "cwd": "/tmp",
+        }
+        r = await h.client.post(url, json=sent)
+        assert r.status_code == 200
+        assert r.json() == {
+            "sandbox_id": cid,
+            "cmd": "/bin/sh",
+            "stdout": "hi\n",
+            "stderr": "warn\n",
+            "exit_code": 3,
+            "duration_ms": 12,
+            "encoding": "utf-8",
+        }
+        assert h.fake.exec_bodies[-1]["envs"] == {"A": "1"}
+        assert h.fake.exec_bodies[-1]["cwd"] == "/tmp"
+        raw = {"cmd": "/bin/sh", "args": ["-c", "binary"], "background": False}
+        r = await h.client.post(url, json=raw)
+        assert r.json()["encoding"] == "base64" and r.json()["stdout"] == "//4="
+        assert h.fake.exec_bodies[-1]["timeout_sec"] == 30  # the API's default
+
+        bg = {"cmd": "/bin/sh", "args": ["-c", "sleep 100"], "background": True}
+        r = await h.client.post(url, json=bg)
+        assert r.status_code == 202
+        pid, tag = r.json()["pid"], r.json()["tag"]
+        assert tag.startswith("proc-")
+        tagged = await h.client.post(url, json={**bg, "tag": "mine"})
+        assert tagged.json()["tag"] == "mine"
+        listed = (await h.client.get(f"/api/v1/capsules/{cid}/processes")).json()["processes"]
+        assert {p["tag"] for p in listed} == {tag, "mine"}
+        assert listed[0]["args"] == ["-c", "sleep 100"]
+        assert (await h.client.delete(f"/api/v1/capsules/{cid}/processes/{pid}")).status_code == 204
+        gone = await h.client.delete(f"/api/v1/capsules/{cid}/processes/{pid}")
+        assert gone.status_code == 404
+        r = await h.client.post(url, json={"cmd": "", "background": False})
+        assert r.status_code == 400
+        h.fake.fail("exec", 502, "agent", "guest agent unreachable")
+        r = await h.client.post(url, json=raw)
+        assert (r.status_code, r.json()["error"]["code"]) == (502, "agent_error")
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_exec_on_paused_or_foreign_capsule(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        other = {"X-API-Key": await h.other_team_key()}
+        exec_body = {"cmd": "/bin/sh", "args": ["-c", "true"]}
+        r = await h.client.post(f"/api/v1/capsules/{cid}/exec", json=exec_body, headers=other)
+        assert r.status_code == 404
+        await h.client.post(f"/api/v1/capsules/{cid}/pause")
+        r = await h.client.post(f"/api/v1/capsules/{cid}/exec", json=exec_body)
+        assert (r.status_code, r.json()["error"]["code"]) == (409, "invalid_state")
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_exec_stream_and_process_stream(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        h.fake.scripts["echo hello"] = ("héllo\n".encode(), b"oops\n", 4)
+        async with h.ws(f"/api/v1/capsules/{cid}/exec/stream") as ws:
+            start = {"type": "start", "cmd": "/bin/sh", "args": ["-c", "echo hello"]}
+            await ws.send_text(json.dumps(start))
+            frames = [await ws.receive_json() for _ in range(4)]
+        assert frames[0]["type"] == "start" and frames[0]["pid"] > 0
+        assert frames[1:] == [
+            {"type": "stdout", "data": "héllo\n"},
+            {"type": "stderr", "data": "oops\n"},
+            {"type": "exit", "exit_code": 4},
+        ]
+
+        started = await h.client.post(
+            f"/api/v1/capsules/{cid}/exec",
+            json={"cmd": "/bin/sh", "args": ["-c", "sleep 9"], "background": True},
+        )
+        pid = started.json()["pid"]
+        async with h.ws(f"/api/v1/capsules/{cid}/processes/{pid}/stream") as ws:
+            await h.client.delete(f"/api/v1/capsules/{cid}/processes/{pid}")
+            seen: list[dict[str, object]] = []
+            while not seen or seen[-1]["type"] not in ("exit", "error"):
+                seen.append(await ws.receive_json())
+        assert seen[-1] == {"type": "exit", "exit_code": -9}
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_websocket_refusals_are_http_errors(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        cases = [
+            (f"/api/v1/capsules/{cid}/exec/stream", "", 401),
+            (f"/api/v1/capsules/{cid}/exec/stream", await h.other_team_key(), 404),
+            ("/api/v1/capsules/cl-0000000000000000/pty", None, 404),
+            (f"/api/v1/capsules/{cid}/processes/999/stream", None, 404),
+        ]
+        for path, key, status in cases:
+            with pytest.raises(WebSocketUpgradeError) as info:
+                async with h.ws(path, key=key):
+                    pass
+            assert info.value.response.status_code == status
+            assert "error" in info.value.response.json()
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_pty_start_input_resize_reconnect_kill(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        url = f"/api/v1/capsules/{cid}/pty"
+        async with h.ws(url) as ws:
+            start = {"type": "start", "cmd": "/bin/bash", "cols": 100, "rows": 30}
+            await ws.send_text(json.dumps(start))
+            started = await ws.receive_json()
+            assert started["type"] == "started" and started["tag"].startswith("pty-")
+            tag, pid = started["tag"], started["pid"]
+            await ws.send_bytes(b"ls\n")
+            message = await ws.receive()
+            assert isinstance(message, BytesMessage) and message.data == b"ls\n"
+            await ws.send_text(json.dumps({"type": "resize", "cols": 120, "rows": 40}))
+            await ws.send_text(json.dumps({"type": "pong"}))
+        process = h.fake.capsules[cid].processes[pid]
+        assert process.pty and process.exit_code is None  # the socket closed, the PTY lives
+        await asyncio.sleep(0.1)
+        assert process.sizes == [(100, 30), (120, 40)]
+
+        async with h.ws(url) as ws:
+            await ws.send_text(json.dumps({"type": "connect", "tag": tag}))
+            assert await ws.receive_json() == {"type": "started", "pid": pid, "tag": tag}
+            await ws.send_text(json.dumps({"type": "kill"}))
+            message = await ws.receive()
+            assert isinstance(message, TextMessage)
+            assert json.loads(message.data) == {"type": "exit", "exit_code": -9}
+
+        async with h.ws(url) as ws:
+            await ws.send_text(json.dumps({"type": "connect", "tag": "pty-missing"}))
+            error = await ws.receive_json()
+            assert error["type"] == "error" and "not_found" in error["data"]
+
+    run(sqlite_url, tmp_path, body)
