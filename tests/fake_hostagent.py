@@ -172,6 +172,7 @@ class FakeHostAgent:
 
         @app.get("/v1/capsules")
         async def list_capsules() -> dict[str, Any]:
+            self._check("list")
             return {"capsules": [self._public(c) for c in self.capsules], "auto_paused": []}
 
         @app.post("/v1/capsules", status_code=201)

@@ -10,7 +10,6 @@ import typer
 from rich.console import Console
 
 from pywrenn import __version__
-from pywrenn.config import Settings, parse_listen
 from pywrenn.images.cli import image_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="pywrenn: microVM sandboxes.")
@@ -25,24 +24,20 @@ def version() -> None:
 
 
 @app.command()
-def up(
-    envd_listen: str = typer.Option(
-        "127.0.0.1:49983", help="where the guest agent listens until the node is assembled"
-    ),
-) -> None:
-    """Run a single node on this machine.
+def up() -> None:
+    """Run a whole node on this machine: image, host agent, database, control plane.
 
-    The node is assembled issue by issue: today it runs the guest agent on loopback so
-    its protocol can be tried with any envd client.
+    Settings come from WRENN_* (WRENN_DIR, WRENN_API_LISTEN, WRENN_DATABASE_URL, ...).
+    On first start an admin user, a team and an API key are created; the key is printed
+    once and saved to $WRENN_DIR/admin-api-key (mode 0600). Ctrl-C pauses running
+    capsules and stops.
     """
-    settings = Settings()
-    host, port = parse_listen(envd_listen)
-    console.print(f"[bold]pywrenn {__version__}[/] WRENN_DIR={settings.dir}")
-    console.print(f"guest agent (envd) on http://{host}:{port} — Ctrl-C to stop")
-    from pywrenn.envd.config import AgentConfig
-    from pywrenn.envd.server import serve_forever
+    from pywrenn.controlplane.settings import ControlPlaneSettings
+    from pywrenn.node import up as run_node
 
-    serve_forever(AgentConfig(host=host, port=port))
+    settings = ControlPlaneSettings()
+    console.print(f"[bold]pywrenn {__version__}[/] WRENN_DIR={settings.dir}")
+    run_node(settings, console)
 
 
 @app.command()

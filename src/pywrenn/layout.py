@@ -72,6 +72,13 @@ class Layout:
     def host_token_file(self) -> Path:
         return self.root / "host-token"
 
+    @property
+    def logs_dir(self) -> Path:
+        return self.root / "logs"
+
+    def log_file(self, process: str) -> Path:
+        return self.logs_dir / f"{_safe_name(process)}.log"
+
     # -- kernels and images ----------------------------------------------------------
     def kernel_dir(self, version: str) -> Path:
         return self.kernels_dir / _safe_name(version)

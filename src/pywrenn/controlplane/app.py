@@ -28,6 +28,7 @@ from .deps import SessionDep
 from .errors import install_error_handlers
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
+from .monitorloop import HostMonitor
 from .routes import capsules, events, exec, files, keys, pty
 from .schemas.wrenn import Health
 from .services import hosts as host_rows
@@ -68,9 +69,23 @@ def create_app(
             app.state.hosts = await _connect_local_host(app, stack, host_agent)
             # Exiting the group waits for in-flight work (a boot ends within the host
             # client's create timeout), so no capsule row is left half-moved by a stop.
+            monitor = HostMonitor(
+                app.state.sessions,
+                app.state.hosts,
+                clock,
+                grace_s=settings.host_heartbeat_grace_s,
+            )
             async with asyncio.TaskGroup() as group:
                 app.state.background = Background(group)
-                yield
+                # First round before serving: after a restart the rows match the hosts.
+                await monitor.run_once()
+                watcher = group.create_task(
+                    monitor.run_forever(settings.host_monitor_interval_s), name="host-monitor"
+                )
+                try:
+                    yield
+                finally:
+                    watcher.cancel()
 
     async def _connect_local_host(
         app: FastAPI, stack: AsyncExitStack, given: HostAgentAPI | None
