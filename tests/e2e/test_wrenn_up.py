@@ -1,0 +1,128 @@
+"""`wrenn up` as a user runs it: one command, a node, the wrenn SDK, Ctrl-C, and again.
+
+The node gets its own WRENN_DIR (the cached guest image is linked in, so no build) and
+its own ports. A capsule left running and one left paused are both there after a
+restart, with their files.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from wrenn import Capsule, WrennClient
+
+from pywrenn.images import ImageManifest
+from tests.e2e.test_wrenn_sdk import CACHE, free_port, wait_healthy
+from tests.integration.conftest import guest_image  # noqa: F401
+from tests.integration.test_hostagent import qemu_pids_under
+
+
+class Node:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.api_port, self.agent_port = free_port(), free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = root / "up.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    def start(self) -> None:
+        env = dict(
+            os.environ,
+            WRENN_DIR=str(self.root),
+            WRENN_API_LISTEN=f"127.0.0.1:{self.api_port}",
+            WRENN_AGENT_LISTEN=f"127.0.0.1:{self.agent_port}",
+            WRENN_EGRESS_DEFAULT="false",  # no guest may reach out
+            WRENN_HOST_MONITOR_INTERVAL_S="1",
+        )
+        env.pop("WRENN_DATABASE_URL", None)
+        env.pop("WRENN_HOST_TOKEN", None)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", "from pywrenn.cli import main; main()", "up"],
+                env=env,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+            )
+        wait_healthy(self.url, self.proc, self.log, 240)
+
+    def ctrl_c(self) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGINT)
+        return self.proc.wait(timeout=300)
+
+    @property
+    def key(self) -> str:
+        return (self.root / "admin-api-key").read_text().strip()
+
+
+@pytest.fixture(scope="module")
+def node(guest_image: ImageManifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:  # noqa: F811
+    root = tmp_path_factory.mktemp("up")
+    (root / "images").mkdir()
+    (root / "kernels").symlink_to(CACHE / "kernels")
+    (root / "images" / "minimal").symlink_to(CACHE / "images" / "minimal")
+    (root / "cache").mkdir()
+    accel = CACHE / "cache" / "vmm-accel.json"
+    if accel.exists():
+        shutil.copy(accel, root / "cache" / "vmm-accel.json")
+    node = Node(root)
+    node.start()
+    try:
+        yield node
+    finally:
+        if node.proc is not None and node.proc.poll() is None:
+            with WrennClient(api_key=node.key, base_url=f"{node.url}/api") as client:
+                for capsule in client.capsules.list():
+                    client.capsules.destroy(capsule.id)
+            node.ctrl_c()
+        leaked = qemu_pids_under(root)
+        for pid in leaked:
+            os.kill(pid, signal.SIGKILL)
+        assert leaked == set()
+
+
+def test_first_start_creates_an_admin_key_printed_once(node: Node) -> None:
+    key_file = node.root / "admin-api-key"
+    assert stat.S_IMODE(key_file.stat().st_mode) == 0o600
+    assert node.key.startswith("wrn_") and len(node.key) == 36
+    assert node.log.read_text().count(node.key) == 1
+
+
+def test_restart_keeps_running_and_paused_capsules(node: Node) -> None:
+    base = f"{node.url}/api"
+    running = Capsule(memory_mb=256, wait=True, api_key=node.key, base_url=base)
+    paused = Capsule(memory_mb=256, wait=True, api_key=node.key, base_url=base)
+    running.files.write("/root/a.txt", "left running")
+    paused.files.write("/root/b.txt", "left paused")
+    paused.pause()
+    ids = {running.capsule_id, paused.capsule_id}
+
+    assert node.ctrl_c() == 0
+    assert qemu_pids_under(node.root) == set()  # everything was paused to disk
+    node.start()
+    assert "admin API key (shown once)" not in node.log.read_text().split("pywrenn is up")[-1]
+
+    with WrennClient(api_key=node.key, base_url=base) as client:
+        listed = {c.id: c.status.value for c in client.capsules.list()}
+        assert ids <= set(listed)
+        assert listed[paused.capsule_id] == "paused"
+        assert listed[running.capsule_id] == "paused"  # paused by the shutdown, not lost
+    # connect() resumes a paused capsule, as the SDK documents.
+    running_again = Capsule.connect(running.capsule_id, api_key=node.key, base_url=base)
+    paused_again = Capsule.connect(paused.capsule_id, api_key=node.key, base_url=base)
+    assert running_again.files.read("/root/a.txt") == "left running"
+    assert paused_again.files.read("/root/b.txt") == "left paused"
+    for capsule in (running, paused, running_again, paused_again):
+        capsule._client.close()
