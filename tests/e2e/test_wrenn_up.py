@@ -126,3 +126,41 @@ def test_restart_keeps_running_and_paused_capsules(node: Node) -> None:
     assert paused_again.files.read("/root/b.txt") == "left paused"
     for capsule in (running, paused, running_again, paused_again):
         capsule._client.close()
+
+
+def test_cli_for_people(node: Node) -> None:
+    from typer.testing import CliRunner
+
+    from pywrenn.cli import app
+
+    runner = CliRunner()
+    env = {"WRENN_API_URL": node.url, "WRENN_API_KEY": node.key}
+
+    def wrenn(*args: str) -> str:
+        result = runner.invoke(app, list(args), env=env)
+        assert result.exit_code == 0, (args, result.output)
+        return result.output
+
+    import json
+
+    created = json.loads(wrenn("capsule", "create", "--memory-mb", "256", "--json"))
+    capsule_id = created["id"]
+    assert created["status"] == "running"
+    assert capsule_id in [c["id"] for c in json.loads(wrenn("capsule", "list", "--json"))]
+    assert wrenn("capsule", "exec", capsule_id, "echo from-cli") == "from-cli\n"
+    failing = runner.invoke(app, ["capsule", "exec", capsule_id, "exit 3"], env=env)
+    assert failing.exit_code == 3
+    assert json.loads(wrenn("capsule", "pause", capsule_id, "--json"))["status"] == "paused"
+    assert json.loads(wrenn("capsule", "resume", capsule_id, "--json"))["status"] == "running"
+    wrenn("capsule", "destroy", capsule_id)
+    missing = runner.invoke(app, ["capsule", "get", capsule_id, "--json"], env=env)
+    assert missing.exit_code == 0 or "not_found" in missing.output
+
+    key = json.loads(wrenn("key", "create", "ci", "--json"))
+    assert key["key"].startswith("wrn_")
+    assert key["id"] in [k["id"] for k in json.loads(wrenn("key", "list", "--json"))]
+    wrenn("key", "revoke", key["id"])
+    refused = runner.invoke(
+        app, ["capsule", "list"], env={"WRENN_API_URL": node.url, "WRENN_API_KEY": key["key"]}
+    )
+    assert refused.exit_code == 1

@@ -86,7 +86,7 @@ def test_ids_are_prefixed_random_and_dns_safe() -> None:
 
 
 # Lower layers first. A module may import its own layer and any layer before it.
-LAYERS = ["envd", "envdclient", "images", "vmm", "hostagent", "controlplane", "client"]
+LAYERS = ["client", "envd", "envdclient", "images", "vmm", "hostagent", "controlplane"]
 SHARED = {"pywrenn", "pywrenn.config", "pywrenn.layout", "pywrenn.ids"}
 
 

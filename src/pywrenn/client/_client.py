@@ -1,0 +1,98 @@
+"""`WrennAPI`: capsules, exec and API keys over HTTP (synchronous, for people's tools)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from pywrenn.client._errors import APIError
+
+__all__ = ["WrennAPI"]
+
+DEFAULT_TIMEOUT = 60.0
+
+
+class WrennAPI:
+    def __init__(self, base_url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/") + "/api",
+            headers={"X-API-Key": api_key},
+            timeout=timeout,
+            trust_env=False,
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> WrennAPI:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- capsules --------------------------------------------------------------------------
+    def create_capsule(self, *, wait: bool = True, timeout: float = 300.0, **body: Any) -> Any:
+        capsule = self._call("POST", "/v1/capsules", json=body)
+        if wait:
+            capsule = self.wait_status(capsule["id"], {"running"}, timeout=timeout)
+        return capsule
+
+    def list_capsules(self) -> Any:
+        return self._call("GET", "/v1/capsules")
+
+    def get_capsule(self, capsule_id: str) -> Any:
+        return self._call("GET", f"/v1/capsules/{capsule_id}")
+
+    def pause(self, capsule_id: str) -> Any:
+        return self._call("POST", f"/v1/capsules/{capsule_id}/pause")
+
+    def resume(self, capsule_id: str) -> Any:
+        return self._call("POST", f"/v1/capsules/{capsule_id}/resume")
+
+    def destroy(self, capsule_id: str) -> None:
+        self._call("DELETE", f"/v1/capsules/{capsule_id}")
+
+    def exec(self, capsule_id: str, command: str, *, timeout_sec: int | None = None) -> Any:
+        body: dict[str, Any] = {"cmd": "/bin/sh", "args": ["-c", command]}
+        if timeout_sec is not None:
+            body["timeout_sec"] = timeout_sec
+        return self._call("POST", f"/v1/capsules/{capsule_id}/exec", json=body)
+
+    def wait_status(self, capsule_id: str, wanted: set[str], *, timeout: float) -> Any:
+        deadline = time.monotonic() + timeout
+        while True:
+            capsule = self.get_capsule(capsule_id)
+            if capsule["status"] in wanted:
+                return capsule
+            if capsule["status"] in {"error", "stopped"} or time.monotonic() > deadline:
+                raise APIError(0, "timeout", f"capsule {capsule_id} is {capsule['status']}")
+            time.sleep(0.25)
+
+    # -- keys ------------------------------------------------------------------------------
+    def create_key(self, name: str) -> Any:
+        return self._call("POST", "/v1/api-keys", json={"name": name})
+
+    def list_keys(self) -> Any:
+        return self._call("GET", "/v1/api-keys")
+
+    def revoke_key(self, key_id: str) -> None:
+        self._call("DELETE", f"/v1/api-keys/{key_id}")
+
+    # -- transport -------------------------------------------------------------------------
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise APIError(0, "unreachable", f"{method} {path}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                code, message = str(error.get("code")), str(error.get("message"))
+            except (ValueError, KeyError, TypeError):
+                code, message = "http_error", response.text[:200]
+            raise APIError(response.status_code, code, message)
+        if response.status_code == 204 or not response.content:
+            return None
+        return response.json()
