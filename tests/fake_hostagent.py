@@ -78,6 +78,7 @@ class FakeHostAgent:
 
     def __init__(self, *, now_unix: float = 0.0) -> None:
         self.capsules: dict[str, FakeCapsule] = {}
+        self.templates: dict[str, str] = {"minimal": ""}  # host name -> source capsule
         self.calls: list[str] = []
         self.exec_bodies: list[dict[str, Any]] = []
         self.scripts: dict[str, tuple[bytes, bytes, int]] = {}
@@ -180,8 +181,37 @@ class FakeHostAgent:
             body = await request.json()
             await self.create_gate.wait()
             self._check("create")
+            if body.get("template", "minimal") not in self.templates:
+                raise _Failure(400, "invalid", f"not found: template {body['template']!r}")
             self.capsules[body["capsule_id"]] = FakeCapsule(body=body)
             return self._public(body["capsule_id"])
+
+        @app.post("/v1/capsules/{cid}/snapshot", status_code=201)
+        async def snapshot(cid: str, request: Request) -> dict[str, Any]:
+            body = await request.json()
+            self._check("snapshot")
+            capsule = self._capsule(cid, running=False)
+            if body["name"] in self.templates and not body.get("overwrite"):
+                raise _Failure(409, "conflict", f"conflict: template {body['name']} exists")
+            self.templates[body["name"]] = cid
+            return {
+                "name": body["name"],
+                "source_capsule": cid,
+                "team_id": capsule.body.get("team_id", ""),
+                "vcpus": capsule.body.get("vcpus", 1),
+                "memory_mb": capsule.body.get("memory_mb", 512),
+                "created_at": "2026-01-01T00:00:00Z",
+                "size_bytes": 4096,
+                "ephemeral": False,
+            }
+
+        @app.delete("/v1/templates/{name}", status_code=204)
+        async def delete_template(name: str) -> None:
+            if name not in self.templates:
+                raise _Failure(404, "not_found", f"not found: template {name!r}")
+            if any(c.body.get("template") == name for c in self.capsules.values()):
+                raise _Failure(409, "conflict", f"conflict: template {name} is in use")
+            del self.templates[name]
 
         @app.get("/v1/capsules/{cid}")
         async def get(cid: str) -> dict[str, Any]:

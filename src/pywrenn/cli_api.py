@@ -22,6 +22,7 @@ from pywrenn.layout import Layout
 
 capsule_app = typer.Typer(no_args_is_help=True, help="Capsules: create, run, pause, resume.")
 key_app = typer.Typer(no_args_is_help=True, help="API keys of your team.")
+snapshot_app = typer.Typer(no_args_is_help=True, help="Snapshot templates made from capsules.")
 out = Console()
 err = Console(stderr=True)
 
@@ -146,6 +147,39 @@ def capsule_destroy(capsule_id: str, url: str = URL, api_key: str = KEY) -> None
     with _api(url, api_key) as api:
         _run(lambda: api.destroy(capsule_id))
     err.print(f"destroyed {capsule_id}")
+
+
+SNAPSHOT_COLUMNS = ["name", "type", "vcpus", "memory_mb", "size_bytes", "created_at", "protected"]
+
+
+@snapshot_app.command("create")
+def snapshot_create(
+    capsule_id: str,
+    name: str = typer.Option("", help="template name (default: derived from the capsule)"),
+    overwrite: bool = typer.Option(False, help="replace a template of the same name"),
+    url: str = URL,
+    api_key: str = KEY,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Make a template from a capsule; a running capsule keeps running."""
+    with _api(url, api_key) as api, err.status("snapshotting"):
+        made = _run(lambda: api.create_snapshot(capsule_id, name or None, overwrite=overwrite))
+    _show(made, as_json, SNAPSHOT_COLUMNS)
+
+
+@snapshot_app.command("list")
+def snapshot_list(url: str = URL, api_key: str = KEY, as_json: bool = AS_JSON) -> None:
+    """List the templates your team can create capsules from."""
+    with _api(url, api_key) as api:
+        _show(_run(api.list_snapshots), as_json, SNAPSHOT_COLUMNS, "templates")
+
+
+@snapshot_app.command("delete")
+def snapshot_delete(name: str, url: str = URL, api_key: str = KEY) -> None:
+    """Delete a snapshot template (refused while capsules use it)."""
+    with _api(url, api_key) as api:
+        _run(lambda: api.delete_snapshot(name))
+    err.print(f"deleted {name}")
 
 
 KEY_COLUMNS = ["id", "name", "prefix", "created_at", "last_used_at"]

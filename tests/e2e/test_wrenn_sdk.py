@@ -224,6 +224,26 @@ def test_pause_resume_keeps_state(capsule: Capsule) -> None:
         capsule.resume()
 
 
+def test_snapshot_into_template_and_create_from_it(node: Node, capsule: Capsule) -> None:
+    capsule.files.write("/root/from-snapshot.txt", "baked in")
+    template = capsule.create_snapshot(name="baked")
+    assert template.name == "baked"
+    assert capsule.get_info().status.value == "running"  # the source keeps running
+    with WrennClient(api_key=node.api_key, base_url=node.base_url) as client:
+        names = {t.name for t in client.snapshots.list()}
+        assert {"baked", "minimal-ubuntu"} <= names
+        with Capsule(
+            template="baked", wait=True, api_key=node.api_key, base_url=node.base_url
+        ) as child:
+            assert child.files.read("/root/from-snapshot.txt") == "baked in"
+            child.files.write("/root/only-child.txt", "mine")
+            assert not capsule.files.exists("/root/only-child.txt")
+            with pytest.raises(wrenn.WrennConflictError):
+                client.snapshots.delete("baked")  # in use by the child
+        client.snapshots.delete("baked")
+        assert "baked" not in {t.name for t in client.snapshots.list()}
+
+
 def test_bad_input(node: Node, capsule: Capsule) -> None:
     with (
         WrennClient(api_key=node.api_key, base_url=node.base_url) as client,

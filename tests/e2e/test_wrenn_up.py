@@ -150,6 +150,10 @@ def test_cli_for_people(node: Node) -> None:
     assert wrenn("capsule", "exec", capsule_id, "echo from-cli") == "from-cli\n"
     failing = runner.invoke(app, ["capsule", "exec", capsule_id, "exit 3"], env=env)
     assert failing.exit_code == 3
+    made = json.loads(wrenn("snapshot", "create", capsule_id, "--name", "cli-tpl", "--json"))
+    assert made["name"] == "cli-tpl"
+    assert "cli-tpl" in [t["name"] for t in json.loads(wrenn("snapshot", "list", "--json"))]
+    wrenn("snapshot", "delete", "cli-tpl")
     assert json.loads(wrenn("capsule", "pause", capsule_id, "--json"))["status"] == "paused"
     assert json.loads(wrenn("capsule", "resume", capsule_id, "--json"))["status"] == "running"
     wrenn("capsule", "destroy", capsule_id)

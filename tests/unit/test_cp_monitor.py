@@ -138,3 +138,20 @@ def test_reconcile_host_down_then_up(db_url: str) -> None:
             assert host_events == ["host.down", "host.up"]
 
     asyncio.run(body())
+
+
+def test_paused_row_follows_a_host_that_resumed_it() -> None:
+    from pywrenn.controlplane.services.monitor import HostCapsules, plan
+    from pywrenn.controlplane.states import CapsuleStatus as St
+
+    steps = plan([("cl-a", St.PAUSED)], HostCapsules(states={"cl-a": "running"}))
+    assert [(s.capsule_id, s.to) for s in steps] == [("cl-a", St.RUNNING)]
+
+
+def test_transitional_host_states_move_nothing() -> None:
+    from pywrenn.controlplane.services.monitor import HostCapsules, plan
+    from pywrenn.controlplane.states import CapsuleStatus as St
+
+    rows = [("cl-a", St.RUNNING), ("cl-b", St.PAUSED)]
+    report = HostCapsules(states={"cl-a": "pausing", "cl-b": "resuming"})
+    assert plan(rows, report) == []

@@ -70,6 +70,20 @@ class WrennAPI:
                 raise APIError(0, "timeout", f"capsule {capsule_id} is {capsule['status']}")
             time.sleep(0.25)
 
+    # -- snapshots -------------------------------------------------------------------------
+    def create_snapshot(self, capsule_id: str, name: str | None, *, overwrite: bool) -> Any:
+        body: dict[str, Any] = {"sandbox_id": capsule_id}
+        if name:
+            body["name"] = name
+        params = {"overwrite": "true"} if overwrite else None
+        return self._call("POST", "/v1/snapshots", json=body, params=params)
+
+    def list_snapshots(self) -> Any:
+        return self._call("GET", "/v1/snapshots")
+
+    def delete_snapshot(self, name: str) -> None:
+        self._call("DELETE", f"/v1/snapshots/{name}")
+
     # -- keys ------------------------------------------------------------------------------
     def create_key(self, name: str) -> Any:
         return self._call("POST", "/v1/api-keys", json={"name": name})

@@ -29,7 +29,7 @@ from .errors import install_error_handlers
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
 from .monitorloop import HostMonitor
-from .routes import capsules, events, exec, files, keys, pty
+from .routes import capsules, events, exec, files, keys, pty, snapshots
 from .schemas.wrenn import Health
 from .services import hosts as host_rows
 from .settings import ControlPlaneSettings
@@ -41,6 +41,7 @@ API_ROUTERS = (
     pty.router,
     files.router,
     events.router,
+    snapshots.router,
 )
 LOCAL_HOST_NAME = "local"
 

@@ -35,7 +35,9 @@ from pywrenn.hostagent.schemas import (
     ExecStreamRequest,
     MetricsResponse,
     ProcessList,
+    SnapshotRequest,
     Started,
+    TemplatePublic,
 )
 
 from .errors import AgentError, Conflict, ControlPlaneError, HostUnavailable, InvalidInput, NotFound
@@ -124,6 +126,8 @@ class HostAgentAPI(Protocol):
     async def stat(self, capsule_id: str, path: str) -> EntryPublic: ...
     async def make_dir(self, capsule_id: str, path: str) -> bool: ...
     async def remove(self, capsule_id: str, path: str) -> None: ...
+    async def snapshot(self, capsule_id: str, body: SnapshotRequest) -> TemplatePublic: ...
+    async def delete_template(self, name: str) -> None: ...
     async def aclose(self) -> None: ...
 
 
@@ -253,6 +257,18 @@ class HostClient:
             "POST", "/v1/capsules", json_body=body.model_dump(), timeout=CREATE_TIMEOUT
         )
         return CapsulePublic.model_validate_json(r.content)
+
+    async def snapshot(self, capsule_id: str, body: SnapshotRequest) -> TemplatePublic:
+        r = await self._call(
+            "POST",
+            f"/v1/capsules/{capsule_id}/snapshot",
+            json_body=body.model_dump(),
+            timeout=CREATE_TIMEOUT,
+        )
+        return TemplatePublic.model_validate_json(r.content)
+
+    async def delete_template(self, name: str) -> None:
+        await self._call("DELETE", f"/v1/templates/{name}")
 
     async def get(self, capsule_id: str) -> CapsulePublic:
         r = await self._call("GET", f"/v1/capsules/{capsule_id}")

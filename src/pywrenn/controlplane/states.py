@@ -13,7 +13,8 @@ Knows nothing of: hosts, HTTP, why a move is wanted.
     destroy:  any live status → stopping → stopped
     monitor:  pending|starting|running → missing (host unreachable);
               missing → running|paused (host back, capsule alive) | stopped (absent);
-              running → stopped (absent on a reachable host)
+              running → stopped (absent on a reachable host);
+              paused → running (the host reports it running: it resumed it itself)
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ ALLOWED: dict[CapsuleStatus, frozenset[CapsuleStatus]] = {
     S.STARTING: frozenset({S.RUNNING, S.STOPPING, S.MISSING, S.ERROR}),
     S.RUNNING: frozenset({S.PAUSING, S.PAUSED, S.STOPPING, S.STOPPED, S.MISSING, S.ERROR}),
     S.PAUSING: frozenset({S.PAUSED, S.RUNNING, S.STOPPING, S.ERROR}),
-    S.PAUSED: frozenset({S.RESUMING, S.STOPPING, S.ERROR}),
+    # paused → running: the host resumed it on its own (after making a template from it).
+    S.PAUSED: frozenset({S.RESUMING, S.RUNNING, S.STOPPING, S.ERROR}),
     S.RESUMING: frozenset({S.RUNNING, S.PAUSED, S.STOPPING, S.ERROR}),
     S.STOPPING: frozenset({S.STOPPED, S.ERROR}),
     S.STOPPED: frozenset(),

@@ -50,6 +50,8 @@ class Capsule:
     # For the activity sampler: the VMM's CPU ticks and the veth byte count last seen.
     cpu_ticks: int | None = None
     net_bytes: int | None = None
+    # Set while a template is made from this (running) capsule; see CapsuleState.SNAPSHOTTING.
+    snapshotting: bool = False
 
     @property
     def access_token(self) -> str:
@@ -70,7 +72,7 @@ class Capsule:
         m = self.meta
         return CapsuleInfo(
             capsule_id=self.capsule_id,
-            state=self.state,
+            state=CapsuleState.SNAPSHOTTING if self.snapshotting else self.state,
             team_id=m.team_id,
             template_id=m.template_id,
             template=m.template_name,

@@ -20,6 +20,9 @@ class CapsuleState(StrEnum):
     STOPPING = "stopping"
     STOPPED = "stopped"
     FAILED = "failed"
+    # Reported, never entered: a running capsule a template is being made from passes
+    # through pausing/paused/resuming, which watchers must not take for a user's pause.
+    SNAPSHOTTING = "snapshotting"
 
 
 S = CapsuleState
@@ -34,6 +37,7 @@ ALLOWED: dict[CapsuleState, frozenset[CapsuleState]] = {
     S.STOPPING: frozenset({S.STOPPED, S.FAILED}),
     S.STOPPED: frozenset(),
     S.FAILED: frozenset({S.STOPPING}),
+    S.SNAPSHOTTING: frozenset(),
 }
 
 

@@ -113,14 +113,18 @@ class TemplateService:
                     raise CapsuleStateConflict(name, "existing", "be created again")
                 self._refuse_if_used(name)
             was_running = capsule.state is CapsuleState.RUNNING
-            if was_running:
-                await self.manager.pause(capsule_id)
+            capsule.snapshotting = was_running
             try:
-                async with capsule.lifecycle:  # nobody resumes it while we read its snapshot
-                    info = await self._build(capsule_id, name, ephemeral=ephemeral)
-            finally:
                 if was_running:
-                    await self.manager.resume(capsule_id)
+                    await self.manager.pause(capsule_id)
+                try:
+                    async with capsule.lifecycle:  # nobody resumes it while we read it
+                        info = await self._build(capsule_id, name, ephemeral=ephemeral)
+                finally:
+                    if was_running:
+                        await self.manager.resume(capsule_id)
+            finally:
+                capsule.snapshotting = False
         log.info("template %s made from %s", name, capsule_id)
         return info
 

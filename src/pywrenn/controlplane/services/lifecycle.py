@@ -33,14 +33,12 @@ from ..errors import Conflict, ControlPlaneError, InvalidState, NotFound
 from ..hostpool import HostPool
 from ..scheduler import pick_host
 from ..states import CapsuleStatus
-from . import capsules
+from . import capsules, templates
 from .events import Actor, EventSpec, record_nocommit
 
 log = logging.getLogger(__name__)
 S = CapsuleStatus
 
-# The SDK's default template name, and the image our host agents ship under it.
-HOST_TEMPLATES = {"minimal-ubuntu": "minimal"}
 # The API clamps a short auto-pause TTL up to a minute (wrenn-api.md §2); 0 is "never".
 MIN_TIMEOUT_SEC = 60
 
@@ -88,6 +86,8 @@ async def begin_create(
     now: datetime,
 ) -> Capsule:
     """Choose a host and insert the `pending` row, placed on it; the boot is `finish_create`."""
+    # An unknown template is the caller's mistake: refuse before any row exists.
+    await templates.resolve_for_host(session, team_id=team_id, name=spec.template)
     host = await pick_host(
         session, connected=pool.host_ids(), vcpus=spec.vcpus, memory_mb=spec.memory_mb
     )
@@ -122,7 +122,10 @@ async def finish_create(
         if started is None or row is None:
             return  # destroyed before the boot began: nothing to start
         try:
-            info = await pool.client(row.host_id).create(_agent_create(row))
+            host_template = await templates.resolve_for_host(
+                session, team_id=row.team_id, name=row.template
+            )
+            info = await pool.client(row.host_id).create(_agent_create(row, host_template))
         except Exception as exc:
             message = exc.message if isinstance(exc, ControlPlaneError) else repr(exc)
             await capsules.move(
@@ -149,10 +152,10 @@ async def finish_create(
         await _action(session, row, "capsule.create", actor=actor, now=clock())
 
 
-def _agent_create(row: Capsule) -> AgentCreate:
+def _agent_create(row: Capsule, host_template: str) -> AgentCreate:
     return AgentCreate(
         capsule_id=capsules.api_id(row),
-        template=HOST_TEMPLATES.get(row.template, row.template),
+        template=host_template,
         vcpus=row.vcpus,
         memory_mb=row.memory_mb,
         timeout_sec=row.timeout_sec,

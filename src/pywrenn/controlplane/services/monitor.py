@@ -38,7 +38,10 @@ from .events import SYSTEM, EventSpec, record_nocommit
 S = CapsuleStatus
 
 # Host-agent states (hostagent/states.py) that mean "this capsule exists there".
-_HOST_PAUSED = frozenset({"paused", "pausing"})
+# Only settled states count: a host pausing or resuming a capsule (a template being made
+# from it, say) reports it in passing, and the rows must not flap with it.
+_HOST_PAUSED = frozenset({"paused"})
+_HOST_RUNNING = frozenset({"running"})
 _HOST_GONE = frozenset({"stopped", "failed"})
 
 
@@ -55,6 +58,9 @@ class HostCapsules:
 
     def paused(self, capsule_id: str) -> bool:
         return self.states.get(capsule_id) in _HOST_PAUSED
+
+    def running(self, capsule_id: str) -> bool:
+        return self.states.get(capsule_id) in _HOST_RUNNING
 
 
 @dataclass(frozen=True)
@@ -74,7 +80,7 @@ class Planned:
     reason: str
 
 
-WATCHED = frozenset({S.PENDING, S.STARTING, S.RUNNING, S.MISSING})
+WATCHED = frozenset({S.PENDING, S.STARTING, S.RUNNING, S.PAUSED, S.MISSING})
 
 
 def plan(rows: Iterable[tuple[str, CapsuleStatus]], report: Report) -> list[Planned]:
@@ -105,6 +111,8 @@ def _plan_one(
                 return S.PAUSED, "ttl_expired" if auto else "host_reported"
             return None
         return (S.PAUSED, "ttl_expired") if auto else (S.STOPPED, "orphaned")
+    if status is S.PAUSED and report.running(capsule_id):
+        return S.RUNNING, "host_reported"
     return None
 
 

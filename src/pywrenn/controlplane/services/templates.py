@@ -1,0 +1,176 @@
+"""Templates a team can create capsules from: the platform's base images and its snapshots.
+
+Owns: template rows (names are unique per team; platform names are reserved for all),
+making a snapshot template from a capsule on its host, deleting one, and resolving a
+template name to what the host agent calls it. A snapshot's name on the host is its
+`tpl-…` id, so two teams' "web" never collide there.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import or_, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pywrenn.hostagent.schemas import SnapshotRequest
+from pywrenn.ids import IdKind
+
+from .. import publicids
+from ..db.models import Template
+from ..errors import Conflict, InvalidInput, InvalidState, NotFound
+from ..hostpool import HostPool
+from . import capsules
+from .events import Actor, EventSpec, record_nocommit
+
+PLATFORM_TEAM = uuid.UUID(int=0)
+# Platform base templates: the name users ask for → the image the host agents ship.
+BASE_TEMPLATES = {"minimal-ubuntu": "minimal"}
+_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+
+@dataclass(frozen=True)
+class TemplateView:
+    name: str
+    type: str
+    vcpus: int
+    memory_mb: int
+    size_bytes: int
+    created_at: datetime
+    platform: bool
+    protected: bool
+    metadata: dict[str, str]
+
+
+def host_name(row: Template) -> str:
+    return publicids.format_id(row.id, IdKind.TEMPLATE)
+
+
+def view(row: Template) -> TemplateView:
+    return TemplateView(
+        name=row.name,
+        type=row.type,
+        vcpus=row.vcpus,
+        memory_mb=row.memory_mb,
+        size_bytes=row.size_bytes,
+        created_at=row.created_at,
+        platform=row.platform,
+        protected=row.protected,
+        metadata={str(k): str(v) for k, v in row.metadata_.items()},
+    )
+
+
+def base_views(now: datetime) -> list[TemplateView]:
+    return [TemplateView(name, "base", 1, 512, 0, now, True, True, {}) for name in BASE_TEMPLATES]
+
+
+async def list_templates(
+    session: AsyncSession, *, team_id: uuid.UUID, type_: str | None, now: datetime
+) -> list[TemplateView]:
+    rows = (
+        await session.scalars(
+            select(Template)
+            .where(or_(Template.team_id == team_id, Template.platform.is_(True)))
+            .order_by(Template.created_at, Template.name)
+        )
+    ).all()
+    out = base_views(now) + [view(r) for r in rows]
+    return [t for t in out if type_ is None or t.type == type_]
+
+
+async def find(session: AsyncSession, *, team_id: uuid.UUID, name: str) -> Template | None:
+    return (
+        await session.scalars(
+            select(Template).where(Template.team_id == team_id, Template.name == name)
+        )
+    ).one_or_none()
+
+
+async def resolve_for_host(session: AsyncSession, *, team_id: uuid.UUID, name: str) -> str:
+    """What the host agent calls template `name` for this team; NotFound if none."""
+    if name in BASE_TEMPLATES:
+        return BASE_TEMPLATES[name]
+    row = await find(session, team_id=team_id, name=name)
+    if row is None:
+        raise NotFound(f"not_found: template {name!r}")
+    return host_name(row)
+
+
+async def create_snapshot(
+    session: AsyncSession,
+    *,
+    pool: HostPool,
+    team_id: uuid.UUID,
+    capsule_id: str,
+    name: str | None,
+    overwrite: bool,
+    now: datetime,
+    actor: Actor,
+) -> TemplateView:
+    capsule = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+    if capsule.status not in ("running", "paused"):
+        raise InvalidState(capsule_id, capsule.status, "snapshot")
+    name = name or f"{capsule_id}-{now.strftime('%Y%m%d%H%M%S')}"
+    if not _NAME.match(name):
+        raise InvalidInput(f"invalid_request: template name {name!r}")
+    if name in BASE_TEMPLATES:
+        raise Conflict(f"conflict: {name!r} is a platform template")
+    existing = await find(session, team_id=team_id, name=name)
+    host = pool.client(capsule.host_id)
+    if existing is not None:
+        if not overwrite:
+            raise Conflict(f"conflict: template {name!r} exists; pass overwrite=true")
+        await host.delete_template(host_name(existing))  # 409 while capsules use it
+        await session.delete(existing)
+        await session.flush()
+    row = Template(
+        id=publicids.new_uuid(IdKind.TEMPLATE),
+        team_id=team_id,
+        name=name,
+        type="snapshot",
+        vcpus=capsule.vcpus,
+        memory_mb=capsule.memory_mb,
+        size_bytes=0,
+        platform=False,
+        protected=False,
+        host_id=capsule.host_id,
+        source_capsule_id=capsule.id,
+        metadata_={"source_capsule": capsule_id},
+        created_at=now,
+    )
+    made = await host.snapshot(capsule_id, SnapshotRequest(name=host_name(row)))
+    row.size_bytes = made.size_bytes
+    session.add(row)
+    spec = EventSpec("template.snapshot.create", "template", name, outcome="success")
+    record_nocommit(session, team_id=team_id, spec=spec, actor=actor, now=now)
+    await session.commit()
+    return view(row)
+
+
+async def delete_snapshot(
+    session: AsyncSession,
+    *,
+    pool: HostPool,
+    team_id: uuid.UUID,
+    name: str,
+    now: datetime,
+    actor: Actor,
+) -> None:
+    if name in BASE_TEMPLATES:
+        raise Conflict(f"conflict: {name!r} is a protected platform template")
+    row = await find(session, team_id=team_id, name=name)
+    if row is None:
+        raise NotFound(f"not_found: template {name!r}")
+    with_host = pool.host_ids()
+    if row.host_id in with_host:
+        try:
+            await pool.client(row.host_id).delete_template(host_name(row))
+        except NotFound:
+            pass  # already gone on the host: the row is all that is left
+    await session.delete(row)
+    spec = EventSpec("template.snapshot.delete", "template", name, outcome="success")
+    record_nocommit(session, team_id=team_id, spec=spec, actor=actor, now=now)
+    await session.commit()

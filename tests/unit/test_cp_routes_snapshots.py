@@ -1,0 +1,96 @@
+"""routes/snapshots.py and services/templates.py against a FakeHostAgent."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from tests.cp_routes import Harness, harness
+
+pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
+
+Body = Callable[[Harness], Awaitable[None]]
+
+
+def run(db_url: str, tmp_path: Path, body: Body) -> None:
+    async def main() -> None:
+        async with harness(db_url, tmp_path) as h:
+            await body(h)
+
+    asyncio.run(main())
+
+
+def test_snapshot_list_create_from_and_delete(db_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        r = await h.client.post("/api/v1/snapshots", json={"sandbox_id": cid, "name": "web"})
+        assert r.status_code == 201, r.text
+        made = r.json()
+        assert (made["name"], made["type"], made["platform"], made["protected"]) == (
+            "web",
+            "snapshot",
+            False,
+            False,
+        )
+        listed = (await h.client.get("/api/v1/snapshots")).json()
+        assert {t["name"] for t in listed} == {"minimal-ubuntu", "web"}
+        bases = (await h.client.get("/api/v1/snapshots", params={"type": "base"})).json()
+        assert [t["name"] for t in bases] == ["minimal-ubuntu"]
+        assert bases[0]["protected"] is True
+
+        # A capsule from the snapshot is created on the host from the snapshot's host name.
+        r = await h.client.post("/api/v1/capsules", json={"template": "web"})
+        assert r.status_code == 201, r.text
+        await h.settle()
+        child = r.json()["id"]
+        assert h.fake.capsules[child].body["template"].startswith("tpl-")
+
+        # In use: the host refuses, and the row stays.
+        r = await h.client.delete("/api/v1/snapshots/web")
+        assert r.status_code == 409
+        assert "web" in {t["name"] for t in (await h.client.get("/api/v1/snapshots")).json()}
+        assert (await h.client.delete(f"/api/v1/capsules/{child}")).status_code == 204
+        await h.settle()
+        assert (await h.client.delete("/api/v1/snapshots/web")).status_code == 204
+        assert (await h.client.delete("/api/v1/snapshots/web")).status_code == 404
+
+    run(db_url, tmp_path, body)
+
+
+def test_snapshot_errors(db_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        r = await h.client.post("/api/v1/snapshots", json={"sandbox_id": cid, "name": "a"})
+        assert r.status_code == 201
+        again = await h.client.post("/api/v1/snapshots", json={"sandbox_id": cid, "name": "a"})
+        assert again.status_code == 409
+        over = await h.client.post(
+            "/api/v1/snapshots", params={"overwrite": "true"}, json={"sandbox_id": cid, "name": "a"}
+        )
+        assert over.status_code == 201, over.text
+        cases = [
+            ({"sandbox_id": cid, "name": "minimal-ubuntu"}, 409),
+            ({"sandbox_id": cid, "name": "../x"}, 400),
+            ({"sandbox_id": "cl-0000000000000000"}, 404),
+            ({"name": "x"}, 400),
+        ]
+        for payload, status in cases:
+            r = await h.client.post("/api/v1/snapshots", json=payload)
+            assert r.status_code == status, (payload, r.text)
+            assert "error" in r.json()
+        assert (await h.client.delete("/api/v1/snapshots/minimal-ubuntu")).status_code == 409
+        unknown = await h.client.post("/api/v1/capsules", json={"template": "nope"})
+        assert unknown.status_code == 404
+        # Another team sees neither the snapshot nor the capsule.
+        other = {"X-API-Key": await h.other_team_key()}
+        theirs = (await h.client.get("/api/v1/snapshots", headers=other)).json()
+        assert {t["name"] for t in theirs} == {"minimal-ubuntu"}
+        r = await h.client.post(
+            "/api/v1/snapshots", json={"sandbox_id": cid, "name": "steal"}, headers=other
+        )
+        assert r.status_code == 404
+        r = await h.client.delete("/api/v1/snapshots/a", headers=other)
+        assert r.status_code == 404
+
+    run(db_url, tmp_path, body)
