@@ -210,6 +210,50 @@ def test_files(capsule: Capsule) -> None:
         capsule.files.read("/tmp/e2e/a.txt")
 
 
+def test_fifty_megabytes_stream_both_ways(capsule: Capsule) -> None:
+    import hashlib
+
+    chunk = os.urandom(1024 * 1024)
+    digest = hashlib.sha256()
+    for _ in range(50):
+        digest.update(chunk)
+    capsule.files.upload_stream("/root/big.bin", (chunk for _ in range(50)))
+    back = hashlib.sha256()
+    size = 0
+    for part in capsule.files.download_stream("/root/big.bin"):
+        back.update(part)
+        size += len(part)
+    assert size == 50 * 1024 * 1024
+    assert back.hexdigest() == digest.hexdigest()
+    capsule.files.remove("/root/big.bin")
+
+
+def test_pty_resize_and_reconnect(capsule: Capsule) -> None:
+    def read_until(session: object, marker: bytes) -> bytes:
+        seen = b""
+        for event in session:  # type: ignore[attr-defined]
+            if event.type.value == "output" and isinstance(event.data, bytes):
+                seen += event.data
+                if marker in seen:
+                    return seen
+        raise AssertionError(f"no {marker!r} in {seen!r}")
+
+    with capsule.pty(cols=80, rows=24) as term:
+        read_until_started = next(iter(term))
+        assert read_until_started.type.value == "started"
+        tag = term.tag
+        assert tag
+        term.resize(120, 40)
+        term.write(b"stty size; echo M$((40+2))\n")
+        assert b"40 120" in read_until(term, b"M42")
+        term.write(b"export KEPT=yes\n")
+    # The socket is gone; the shell is not. Reconnect by tag and find it as it was.
+    with capsule.pty_connect(tag) as again:
+        again.write(b"echo K-$KEPT\n")
+        assert b"K-yes" in read_until(again, b"K-yes")
+        again.kill()
+
+
 def test_pause_resume_keeps_state(capsule: Capsule) -> None:
     capsule.files.write("/root/state.txt", "kept")
     capsule.commands.run("sleep 600", background=True, tag="survivor")

@@ -1,0 +1,247 @@
+"""Control-plane overhead: exec round trip and create → first output, printed as JSON.
+
+Starts a node like `wrenn up` does (host agent + control plane, SQLite) in a temporary
+WRENN_DIR that links the cached guest image, then measures, in the same run:
+- exec round trip of `true`: through the control plane's REST API, through the host
+  agent's API, and straight to the guest agent (Connect `Process/Start`), p50/p95;
+- capsule create → first command output: through the control plane, and through the host
+  agent directly.
+Target: the control plane adds < 5 ms p50 to an exec (vs the host agent path).
+
+Usage: python bench/controlplane.py [--runs 30] [--creates 3] [--image-cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import socket
+import statistics
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from pywrenn.controlplane.bootstrap import bootstrap_admin  # noqa: E402
+from pywrenn.controlplane.db.engine import make_engine, make_session_factory  # noqa: E402
+from pywrenn.controlplane.db.migrate import upgrade_to_head  # noqa: E402
+
+CONTROL_PLANE = (
+    "import uvicorn;"
+    "from pywrenn.controlplane.app import create_app;"
+    "from pywrenn.controlplane.settings import ControlPlaneSettings;"
+    "uvicorn.run(create_app(ControlPlaneSettings()), host='127.0.0.1', port={port},"
+    " log_level='warning', ws='wsproto')"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_up(url: str, proc: subprocess.Popen[bytes], budget: float) -> None:
+    deadline = time.monotonic() + budget
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: process exited {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not come up")
+
+
+def stats(samples: list[float]) -> dict[str, float]:
+    ordered = sorted(samples)
+    return {
+        "p50_ms": round(statistics.median(ordered) * 1000, 2),
+        "p95_ms": round(ordered[max(int(len(ordered) * 0.95) - 1, 0)] * 1000, 2),
+        "n": len(ordered),
+    }
+
+
+def timed(call: object, runs: int) -> list[float]:
+    out = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        call()  # type: ignore[operator]
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def envd_exec(url: str, token: str) -> None:
+    payload = json.dumps({"process": {"cmd": "/bin/true"}, "stdin": False}).encode()
+    body = struct.pack(">BI", 0, len(payload)) + payload
+    response = httpx.post(
+        f"{url}/process.Process/Start",
+        content=body,
+        headers={"Content-Type": "application/connect+json", "X-Access-Token": token},
+        timeout=60,
+    )
+    assert response.status_code == 200 and b'"end"' in response.content
+
+
+async def admin_key(db_url: str) -> str:
+    upgrade_to_head(db_url)
+    engine = make_engine(db_url)
+    try:
+        async with make_session_factory(engine)() as session:
+            creds = await bootstrap_admin(session, now=datetime.now(UTC))
+            assert creds is not None
+            return creds.api_key
+    finally:
+        await engine.dispose()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--creates", type=int, default=3)
+    parser.add_argument(
+        "--image-cache",
+        default=os.environ.get("WRENN_IMAGE_CACHE", "/var/cache/pywrenn/image-cache"),
+    )
+    args = parser.parse_args()
+    cache = Path(args.image_cache)
+    root = Path(tempfile.mkdtemp(prefix="wrenn-bench-cp-"))
+    (root / "images").mkdir()
+    (root / "kernels").symlink_to(cache / "kernels")
+    (root / "images" / "minimal").symlink_to(cache / "images" / "minimal")
+    (root / "cache").mkdir()
+    if (cache / "cache" / "vmm-accel.json").exists():
+        shutil.copy(cache / "cache" / "vmm-accel.json", root / "cache" / "vmm-accel.json")
+    agent_port, api_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        WRENN_DIR=str(root),
+        WRENN_AGENT_LISTEN=f"127.0.0.1:{agent_port}",
+        WRENN_API_LISTEN=f"127.0.0.1:{api_port}",
+        WRENN_EGRESS_DEFAULT="false",
+        PYTHONPATH=str(ROOT / "src"),
+    )
+    env.pop("WRENN_DATABASE_URL", None)
+    env.pop("WRENN_HOST_TOKEN", None)
+    logs = open(root / "bench.log", "ab")  # noqa: SIM115 - closed in finally
+    procs: list[subprocess.Popen[bytes]] = []
+    agent_url, api_url = f"http://127.0.0.1:{agent_port}", f"http://127.0.0.1:{api_port}"
+    try:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "pywrenn.hostagent"], env=env, stdout=logs, stderr=logs
+        )
+        procs.append(agent)
+        wait_up(agent_url, agent, 180)
+        key = asyncio.run(admin_key(f"sqlite:///{root / 'wrenn.db'}"))
+        api = subprocess.Popen(
+            [sys.executable, "-c", CONTROL_PLANE.format(port=api_port)],
+            env=env,
+            stdout=logs,
+            stderr=logs,
+        )
+        procs.append(api)
+        wait_up(api_url, api, 60)
+        token = (root / "host-token").read_text().strip()
+        cp = httpx.Client(base_url=f"{api_url}/api", headers={"X-API-Key": key}, timeout=300)
+        ha = httpx.Client(
+            base_url=agent_url, headers={"Authorization": f"Bearer {token}"}, timeout=300
+        )
+
+        def cp_create_and_run() -> str:
+            created = cp.post("/v1/capsules", json={"memory_mb": 256}).json()
+            while cp.get(f"/v1/capsules/{created['id']}").json()["status"] != "running":
+                time.sleep(0.02)
+            out = cp.post(
+                f"/v1/capsules/{created['id']}/exec", json={"cmd": "/bin/echo", "args": ["hi"]}
+            ).json()
+            assert out["stdout"] == "hi\n", out
+            return str(created["id"])
+
+        def ha_create_and_run() -> str:
+            created = ha.post("/v1/capsules", json={"memory_mb": 256}).json()
+            out = ha.post(
+                f"/v1/capsules/{created['capsule_id']}/exec",
+                json={"cmd": "/bin/echo", "args": ["hi"]},
+            ).json()
+            assert out["stdout"] == "hi\n", out
+            return str(created["capsule_id"])
+
+        create_cp, create_ha = [], []
+        for _ in range(args.creates):
+            t0 = time.perf_counter()
+            cid = cp_create_and_run()
+            create_cp.append(time.perf_counter() - t0)
+            cp.delete(f"/v1/capsules/{cid}")
+            t0 = time.perf_counter()
+            hid = ha_create_and_run()
+            create_ha.append(time.perf_counter() - t0)
+            ha.delete(f"/v1/capsules/{hid}")
+
+        capsule = cp_create_and_run()
+        running = json.loads((root / "sandboxes" / capsule / "running.json").read_text())
+        envd_token = running["meta"]["envd_access_token"]
+        host_ip = ha.get(f"/v1/capsules/{capsule}").json()["host_ip"]
+        envd_url = f"http://{host_ip}:49983"
+
+        def via_cp() -> None:
+            r = cp.post(f"/v1/capsules/{capsule}/exec", json={"cmd": "/bin/true"})
+            assert r.status_code == 200, r.text
+
+        def via_ha() -> None:
+            r = ha.post(f"/v1/capsules/{capsule}/exec", json={"cmd": "/bin/true"})
+            assert r.status_code == 200, r.text
+
+        def direct() -> None:
+            envd_exec(envd_url, envd_token)
+
+        for warm in (via_cp, via_ha, direct):
+            timed(warm, 3)
+        samples: dict[str, list[float]] = {"control_plane": [], "host_agent": [], "envd": []}
+        for _ in range(args.runs):  # interleaved, so all three see the same host load
+            samples["control_plane"] += timed(via_cp, 1)
+            samples["host_agent"] += timed(via_ha, 1)
+            samples["envd"] += timed(direct, 1)
+        cp.delete(f"/v1/capsules/{capsule}")
+        exec_stats = {k: stats(v) for k, v in samples.items()}
+        added = exec_stats["control_plane"]["p50_ms"] - exec_stats["host_agent"]["p50_ms"]
+        report = {
+            "bench": "controlplane",
+            "machine": {"cpus": os.cpu_count(), "accel": "see host agent log"},
+            "exec_true_round_trip": exec_stats,
+            "control_plane_adds_p50_ms": round(added, 2),
+            "create_to_first_output": {
+                "control_plane": stats(create_cp),
+                "host_agent_direct": stats(create_ha),
+            },
+            "target": "control plane adds < 5 ms p50 to an exec",
+            "target_met": added < 5.0,
+        }
+        print(json.dumps(report, indent=2))
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        logs.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
