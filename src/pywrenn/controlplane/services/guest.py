@@ -76,9 +76,16 @@ async def target(
     """
     row = await running(session, team_id=team_id, capsule_id=capsule_id, wanted=wanted)
     client = pool.client(row.host_id)
-    if active:
+    # Activity is stamped at most every few seconds: a write (and commit) per exec would
+    # be most of the control plane's cost on the exec path. The host agent keeps exact
+    # activity for its own idle reaper; this column is for people and the API.
+    last = row.last_active_at
+    if active and (last is None or (now - last).total_seconds() >= TOUCH_EVERY_S):
         await capsules.touch(session, capsule_id=row.id, now=now)
     return Target(capsule_id, client)
+
+
+TOUCH_EVERY_S = 5.0
 
 
 def new_tag(kind: str) -> str:
