@@ -288,6 +288,39 @@ def test_snapshot_into_template_and_create_from_it(node: Node, capsule: Capsule)
         assert "baked" not in {t.name for t in client.snapshots.list()}
 
 
+def test_events_arrive_on_the_sse_stream(node: Node, capsule: Capsule) -> None:
+    import threading
+
+    seen: list[tuple[str, str | None]] = []
+    failure: list[BaseException] = []
+    done = threading.Event()
+
+    def listen() -> None:
+        # The SDK validates every event strictly: a malformed one would raise here.
+        try:
+            with WrennClient(api_key=node.api_key, base_url=node.base_url) as client:
+                for event in client.events.stream():
+                    resource = event.resource.id if event.resource else None
+                    seen.append((event.event.value, resource))
+                    if (event.event.value, resource) == ("capsule.resume", capsule.capsule_id):
+                        break
+        except BaseException as exc:
+            failure.append(exc)
+        finally:
+            done.set()
+
+    listener = threading.Thread(target=listen, daemon=True)
+    listener.start()
+    time.sleep(1.0)  # let the stream connect before the actions it should see
+    capsule.pause()
+    capsule.resume()
+    assert done.wait(timeout=60), f"events so far: {seen}"
+    assert not failure, failure
+    kinds = [kind for kind, resource in seen if resource == capsule.capsule_id]
+    assert "capsule.pause" in kinds and "capsule.resume" in kinds
+    assert seen[0][0] == "connected"
+
+
 def test_bad_input(node: Node, capsule: Capsule) -> None:
     with (
         WrennClient(api_key=node.api_key, base_url=node.base_url) as client,
