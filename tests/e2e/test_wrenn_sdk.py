@@ -321,6 +321,14 @@ def test_events_arrive_on_the_sse_stream(node: Node, capsule: Capsule) -> None:
     assert seen[0][0] == "connected"
 
 
+def test_stats_and_usage_parse_in_the_sdk(node: Node, capsule: Capsule) -> None:
+    with WrennClient(api_key=node.api_key, base_url=node.base_url) as client:
+        stats = client.capsules.stats()
+        assert stats.current is not None and (stats.current.running_count or 0) >= 1
+        usage = client.capsules.usage()
+        assert usage.points is not None and len(usage.points) == 31
+
+
 def test_bad_input(node: Node, capsule: Capsule) -> None:
     with (
         WrennClient(api_key=node.api_key, base_url=node.base_url) as client,

@@ -29,13 +29,14 @@ from .errors import install_error_handlers
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
 from .monitorloop import HostMonitor
-from .routes import capsules, events, exec, files, keys, pty, snapshots
+from .routes import capsules, events, exec, files, keys, pty, snapshots, stats
 from .schemas.wrenn import Health
 from .services import hosts as host_rows
 from .settings import ControlPlaneSettings
 
 API_ROUTERS = (
     keys.router,
+    stats.router,  # /v1/capsules/stats and /usage must match before /v1/capsules/{id}
     capsules.router,
     exec.router,
     pty.router,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, Field
@@ -63,7 +64,7 @@ async def list_snapshots(
     team: TeamDep,
     session: SessionDep,
     now: NowDep,
-    type_: str | None = Query(default=None, alias="type", pattern="^(base|snapshot)$"),
+    type_: Annotated[str | None, Query(alias="type", pattern="^(base|snapshot)$")] = None,
 ) -> list[TemplatePublic]:
     found = await templates.list_templates(session, team_id=team.team_id, type_=type_, now=now)
     return [TemplatePublic.of(t) for t in found]

@@ -1,0 +1,127 @@
+"""Capsule statistics and usage, derived from the lifecycle events already recorded.
+
+Owns: turning `capsule.state.changed` events into running intervals per capsule, and those
+into the SDK's `CapsuleStats` (current, 30-day peaks, a series) and `UsageResponse`
+(daily cpu-minutes and RAM-MB-minutes). Pure functions over intervals do the arithmetic;
+one query per request fetches the events. No sampler table is needed: every move into or
+out of `running` is an event with its time.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pywrenn.ids import IdKind
+
+from .. import publicids
+from ..db.models import Capsule, Event
+
+RANGES: dict[str, timedelta] = {
+    "5m": timedelta(minutes=5),
+    "1h": timedelta(hours=1),
+    "6h": timedelta(hours=6),
+    "24h": timedelta(hours=24),
+    "30d": timedelta(days=30),
+}
+SERIES_POINTS = 30
+PEAK_WINDOW = timedelta(days=30)
+
+
+@dataclass(frozen=True)
+class Interval:
+    capsule_id: str
+    start: datetime
+    end: datetime | None  # None: still running
+    vcpus: int
+    memory_mb: int
+
+
+def intervals_from(
+    events: Iterable[tuple[str, str, str, datetime]], sizes: dict[str, tuple[int, int]]
+) -> list[Interval]:
+    """(capsule id, from, to, time) state changes, in time order → running intervals."""
+    open_since: dict[str, datetime] = {}
+    out: list[Interval] = []
+    for capsule_id, from_, to, at in events:
+        vcpus, memory_mb = sizes.get(capsule_id, (1, 512))
+        if to == "running" and capsule_id not in open_since:
+            open_since[capsule_id] = at
+        elif from_ == "running" and capsule_id in open_since:
+            out.append(Interval(capsule_id, open_since.pop(capsule_id), at, vcpus, memory_mb))
+    for capsule_id, start in open_since.items():
+        vcpus, memory_mb = sizes.get(capsule_id, (1, 512))
+        out.append(Interval(capsule_id, start, None, vcpus, memory_mb))
+    return out
+
+
+def running_at(intervals: list[Interval], at: datetime) -> tuple[int, int, int]:
+    live = [i for i in intervals if i.start <= at and (i.end is None or i.end > at)]
+    return len(live), sum(i.vcpus for i in live), sum(i.memory_mb for i in live)
+
+
+def peaks(intervals: list[Interval], since: datetime, now: datetime) -> tuple[int, int, int]:
+    """Exact maxima of concurrent running/vCPUs/MB since `since` (sweep over the edges)."""
+    moments = {since, now} | {i.start for i in intervals if since <= i.start <= now}
+    best = (0, 0, 0)
+    for moment in moments:
+        count, vcpus, memory = running_at(intervals, moment)
+        best = (max(best[0], count), max(best[1], vcpus), max(best[2], memory))
+    return best
+
+
+def series(
+    intervals: list[Interval], *, span: timedelta, now: datetime
+) -> tuple[list[datetime], list[int], list[int], list[int]]:
+    step = span / SERIES_POINTS
+    labels = [now - span + step * (k + 1) for k in range(SERIES_POINTS)]
+    points = [running_at(intervals, label) for label in labels]
+    return labels, [p[0] for p in points], [p[1] for p in points], [p[2] for p in points]
+
+
+def daily_usage(
+    intervals: list[Interval], *, first: date, last: date, now: datetime
+) -> list[tuple[date, float, float]]:
+    """(day, cpu-minutes, RAM-MB-minutes) for each UTC day from `first` to `last`."""
+    out = []
+    day = first
+    while day <= last:
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        end = start + timedelta(days=1)
+        cpu = ram = 0.0
+        for i in intervals:
+            overlap = min(end, i.end or now, now) - max(start, i.start)
+            minutes = max(overlap.total_seconds(), 0.0) / 60.0
+            cpu += minutes * i.vcpus
+            ram += minutes * i.memory_mb
+        out.append((day, round(cpu, 3), round(ram, 3)))
+        day += timedelta(days=1)
+    return out
+
+
+async def team_intervals(
+    session: AsyncSession, *, team_id: uuid.UUID, since: datetime
+) -> list[Interval]:
+    """Running intervals of the team's capsules that may overlap [since, now]."""
+    rows = (
+        await session.execute(
+            select(Event.resource_id, Event.metadata_, Event.created_at)
+            .where(Event.team_id == team_id, Event.event == "capsule.state.changed")
+            .order_by(Event.id)
+        )
+    ).all()
+    capsules = (
+        await session.execute(
+            select(Capsule.id, Capsule.vcpus, Capsule.memory_mb).where(Capsule.team_id == team_id)
+        )
+    ).all()
+    sizes = {publicids.format_id(c.id, IdKind.CAPSULE): (c.vcpus, c.memory_mb) for c in capsules}
+    changes = [
+        (rid, str(meta.get("from", "")), str(meta.get("to", "")), at) for rid, meta, at in rows
+    ]
+    return [i for i in intervals_from(changes, sizes) if i.end is None or i.end >= since]
