@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from pywrenn.client import APIError, WrennAPI
+from pywrenn.client import APIError, WrennAPI, run_shell
 from pywrenn.config import DEFAULT_WRENN_DIR
 from pywrenn.layout import Layout
 
@@ -121,6 +121,20 @@ def capsule_exec(
         typer.echo(result["stdout"], nl=False)
         typer.echo(result["stderr"], nl=False, err=True)
     raise typer.Exit(int(result["exit_code"]) & 0xFF)
+
+
+@capsule_app.command("shell")
+def capsule_shell(
+    capsule_id: str,
+    cmd: str = typer.Option("/bin/bash", help="program to run on the terminal"),
+    url: str = URL,
+    api_key: str = KEY,
+) -> None:
+    """Open an interactive terminal in a capsule (exit the shell to leave)."""
+    with _api(url, api_key) as api:
+        key = api.api_key
+    code = _run(lambda: run_shell(url, key, capsule_id, cmd=cmd))
+    raise typer.Exit(int(code) & 0xFF)
 
 
 @capsule_app.command("pause")

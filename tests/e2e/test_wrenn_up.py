@@ -156,6 +156,22 @@ def test_cli_for_people(node: Node) -> None:
     wrenn("snapshot", "delete", "cli-tpl")
     assert json.loads(wrenn("capsule", "pause", capsule_id, "--json"))["status"] == "paused"
     assert json.loads(wrenn("capsule", "resume", capsule_id, "--json"))["status"] == "running"
+    shell = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from pywrenn.cli import main; main()",
+            "capsule",
+            "shell",
+            capsule_id,
+        ],
+        input=b"echo SHELL-$((1+1))\nexit 7\n",
+        capture_output=True,
+        env={**os.environ, **env},
+        timeout=120,
+    )
+    assert b"SHELL-2" in shell.stdout, shell.stderr
+    assert shell.returncode == 7
     wrenn("capsule", "destroy", capsule_id)
     missing = runner.invoke(app, ["capsule", "get", capsule_id, "--json"], env=env)
     assert missing.exit_code == 0 or "not_found" in missing.output

@@ -16,6 +16,7 @@ DEFAULT_TIMEOUT = 60.0
 
 class WrennAPI:
     def __init__(self, base_url: str, api_key: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        self.api_key = api_key
         self._http = httpx.Client(
             base_url=base_url.rstrip("/") + "/api",
             headers={"X-API-Key": api_key},
