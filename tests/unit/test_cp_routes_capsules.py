@@ -185,3 +185,14 @@ def test_create_validates_and_needs_a_host(sqlite_url: str, tmp_path: Path) -> N
         assert r.status_code == 503 and r.json()["error"]["code"] == "host_unavailable"
 
     run(sqlite_url, tmp_path, body)
+
+
+def test_a_key_revoked_through_the_api_is_refused_at_once(db_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        made = (await h.client.post("/api/v1/api-keys", json={"name": "short"})).json()
+        headers = {"X-API-Key": made["key"]}
+        assert (await h.client.get("/api/v1/capsules", headers=headers)).status_code == 200
+        assert (await h.client.delete(f"/api/v1/api-keys/{made['id']}")).status_code == 204
+        assert (await h.client.get("/api/v1/capsules", headers=headers)).status_code == 401
+
+    run(db_url, tmp_path, body)

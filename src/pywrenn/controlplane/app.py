@@ -20,6 +20,7 @@ from sqlalchemy import text
 from pywrenn.layout import Layout
 
 from . import __doc__ as package_doc
+from .authcache import AuthCache
 from .background import Background
 from .clock import Clock, system_clock
 from .db.engine import make_engine, make_session_factory
@@ -116,6 +117,7 @@ def create_app(
     )
     app.state.settings = settings
     app.state.clock = clock
+    app.state.auth_cache = AuthCache()
     install_error_handlers(app)
 
     @app.get("/health", tags=["health"])

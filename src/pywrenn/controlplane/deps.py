@@ -18,6 +18,7 @@ from fastapi.security import APIKeyHeader
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
+from .authcache import AuthCache
 from .background import Background
 from .clock import Clock
 from .errors import Unauthorized
@@ -52,11 +53,20 @@ SessionDep = Annotated[AsyncSession, Depends(_session)]
 
 
 async def _caller(
-    session: SessionDep, now: NowDep, api_key: Annotated[str | None, Security(_api_key_header)]
+    request: Request,
+    session: SessionDep,
+    now: NowDep,
+    api_key: Annotated[str | None, Security(_api_key_header)],
 ) -> keys.Caller:
     if not api_key:
         raise Unauthorized("unauthorized: missing X-API-Key header")
-    return await keys.authenticate(session, plaintext=api_key, now=now)
+    cache: AuthCache = request.app.state.auth_cache
+    cached = cache.get(api_key)
+    if cached is not None:
+        return cached
+    caller = await keys.authenticate(session, plaintext=api_key, now=now)
+    cache.put(api_key, caller)
+    return caller
 
 
 TeamDep = Annotated[keys.Caller, Depends(_caller)]

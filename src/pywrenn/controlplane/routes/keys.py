@@ -5,7 +5,7 @@ The `wrenn` 0.3.0 SDK has no key calls (wrenn-api.md §11); these follow Wrenn's
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from ..deps import NowDep, SessionDep, TeamDep
 from ..schemas.wrenn import ApiKeyCreate, ApiKeyCreated, ApiKeyPublic
@@ -28,6 +28,9 @@ async def create_key(
 
 
 @router.delete("/{key_id}", status_code=204)
-async def revoke_key(key_id: str, team: TeamDep, session: SessionDep, now: NowDep) -> Response:
+async def revoke_key(
+    key_id: str, team: TeamDep, session: SessionDep, now: NowDep, request: Request
+) -> Response:
     await keys.revoke_key(session, team_id=team.team_id, key_id=key_id, now=now)
+    request.app.state.auth_cache.clear()  # revoked here means refused here, at once
     return Response(status_code=204)
