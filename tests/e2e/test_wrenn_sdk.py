@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -31,9 +30,11 @@ from pywrenn.controlplane.db.engine import make_engine, make_session_factory
 from pywrenn.controlplane.services import keys, teams
 from pywrenn.ids import IdKind
 from pywrenn.images import ImageManifest
-from tests.integration.conftest import guest_image  # noqa: F401
+from tests.integration.conftest import (
+    guest_image,  # noqa: F401
+    wrenn_dir_with_cached_image,
+)
 
-CACHE = Path(os.environ.get("WRENN_IMAGE_CACHE", "/var/cache/pywrenn/image-cache"))
 CONTROL_PLANE = (
     "import uvicorn;"
     "from pywrenn.controlplane.app import create_app;"
@@ -107,14 +108,7 @@ async def _keys(database_url: str) -> tuple[str, str, str]:
 
 @pytest.fixture(scope="module")
 def node(guest_image: ImageManifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:  # noqa: F811
-    root = tmp_path_factory.mktemp("node")
-    (root / "images").mkdir()
-    (root / "kernels").symlink_to(CACHE / "kernels")
-    (root / "images" / "minimal").symlink_to(CACHE / "images" / "minimal")
-    (root / "cache").mkdir()
-    accel = CACHE / "cache" / "vmm-accel.json"
-    if accel.exists():
-        shutil.copy(accel, root / "cache" / "vmm-accel.json")
+    root = wrenn_dir_with_cached_image(tmp_path_factory.mktemp("node"))
     agent_port, api_port = free_port(), free_port()
     env = dict(
         os.environ,

@@ -8,7 +8,6 @@ restart, with their files.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -20,8 +19,11 @@ import pytest
 from wrenn import Capsule, WrennClient
 
 from pywrenn.images import ImageManifest
-from tests.e2e.test_wrenn_sdk import CACHE, free_port, wait_healthy
-from tests.integration.conftest import guest_image  # noqa: F401
+from tests.e2e.test_wrenn_sdk import free_port, wait_healthy
+from tests.integration.conftest import (
+    guest_image,  # noqa: F401
+    wrenn_dir_with_cached_image,
+)
 from tests.integration.test_hostagent import qemu_pids_under
 
 
@@ -69,14 +71,7 @@ class Node:
 
 @pytest.fixture(scope="module")
 def node(guest_image: ImageManifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:  # noqa: F811
-    root = tmp_path_factory.mktemp("up")
-    (root / "images").mkdir()
-    (root / "kernels").symlink_to(CACHE / "kernels")
-    (root / "images" / "minimal").symlink_to(CACHE / "images" / "minimal")
-    (root / "cache").mkdir()
-    accel = CACHE / "cache" / "vmm-accel.json"
-    if accel.exists():
-        shutil.copy(accel, root / "cache" / "vmm-accel.json")
+    root = wrenn_dir_with_cached_image(tmp_path_factory.mktemp("up"))
     node = Node(root)
     node.start()
     try:

@@ -9,6 +9,7 @@ the tests: skipping would let a broken machine look green.
 from __future__ import annotations
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -32,3 +33,24 @@ def guest_image() -> ImageManifest:
     manifest = build_image(Layout(root), progress=report)
     print(f"guest image ready in {time.monotonic() - started:.1f}s at {root}")
     return manifest
+
+
+def image_cache_root() -> Path:
+    return Path(os.environ.get("WRENN_IMAGE_CACHE", str(DEFAULT_IMAGE_CACHE)))
+
+
+def wrenn_dir_with_cached_image(root: Path) -> Path:
+    """Make `root` a WRENN_DIR that shares the cached guest image and accelerator answer.
+
+    Everything else (capsules, slots, database) is the test's own. Linking, not copying:
+    the image is large and read-only to its users.
+    """
+    cache = image_cache_root()
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "kernels").symlink_to(cache / "kernels")
+    (root / "images" / "minimal").symlink_to(cache / "images" / "minimal")
+    (root / "cache").mkdir(exist_ok=True)
+    accel = cache / "cache" / "vmm-accel.json"
+    if accel.exists():
+        shutil.copy(accel, root / "cache" / "vmm-accel.json")
+    return root

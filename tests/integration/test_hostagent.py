@@ -24,6 +24,7 @@ import pytest
 
 from pywrenn.images import ImageManifest
 from pywrenn.layout import Layout
+from tests.integration.conftest import image_cache_root, wrenn_dir_with_cached_image
 
 TOKEN = "test-host-token"
 
@@ -114,16 +115,8 @@ def namespaces() -> set[str]:
 
 @pytest.fixture(scope="module")
 def agent(guest_image: ImageManifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
-    root = tmp_path_factory.mktemp("hostagent")
-    cache = Path(os.environ.get("WRENN_IMAGE_CACHE", "/var/cache/pywrenn/image-cache"))
-    # Share the built image and the accelerator answer; everything else is this test's own.
-    (root / "images").mkdir()
-    (root / "kernels").symlink_to(cache / "kernels")
-    (root / "images" / "minimal").symlink_to(cache / "images" / "minimal")
-    (root / "cache").mkdir()
-    accel = cache / "cache" / "vmm-accel.json"
-    if accel.exists():
-        shutil.copy(accel, root / "cache" / "vmm-accel.json")
+    root = wrenn_dir_with_cached_image(tmp_path_factory.mktemp("hostagent"))
+    accel = image_cache_root() / "cache" / "vmm-accel.json"
     namespaces_before = namespaces()
     agent = Agent(root)
     agent.start()

@@ -7,30 +7,21 @@ WRENN_DIR. Cold boots are slow under TCG, so one source capsule serves every tes
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
 
 from pywrenn.images import ImageManifest
+from tests.integration.conftest import wrenn_dir_with_cached_image
 from tests.integration.test_hostagent import Agent, namespaces, qemu_pids_under, run
 
 
 @pytest.fixture(scope="module")
 def agent(guest_image: ImageManifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Agent]:
-    root = tmp_path_factory.mktemp("templates")
-    cache = Path(os.environ.get("WRENN_IMAGE_CACHE", "/var/cache/pywrenn/image-cache"))
-    (root / "images").mkdir()
-    (root / "kernels").symlink_to(cache / "kernels")
-    (root / "images" / "minimal").symlink_to(cache / "images" / "minimal")
-    (root / "cache").mkdir()
-    accel = cache / "cache" / "vmm-accel.json"
-    if accel.exists():
-        shutil.copy(accel, root / "cache" / "vmm-accel.json")
+    root = wrenn_dir_with_cached_image(tmp_path_factory.mktemp("templates"))
     before = namespaces()
     agent = Agent(root)
     agent.start()
