@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -199,24 +199,17 @@ async def pause(
     row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
     if row.status == S.PAUSED:
         return row
-    moved = await capsules.move(
-        session, capsule_id=row.id, to=S.PAUSING, now=now, allowed_from={S.RUNNING}, actor=actor
+    host = pool.client(row.host_id)
+    return await _through_host(
+        session,
+        row,
+        team_id=team_id,
+        action="pause",
+        path=(S.RUNNING, S.PAUSING, S.PAUSED),
+        call=lambda: host.pause(capsule_id),
+        now=now,
+        actor=actor,
     )
-    if moved is None:
-        raise await _wrong_state(session, team_id, capsule_id, "pause")
-    try:
-        await pool.client(row.host_id).pause(capsule_id)
-    except ControlPlaneError as exc:
-        await capsules.move(
-            session, capsule_id=row.id, to=S.RUNNING, now=now, allowed_from={S.PAUSING}
-        )
-        await _action(session, row, "capsule.pause", actor=actor, now=now, error=exc.message)
-        raise
-    await capsules.move(
-        session, capsule_id=row.id, to=S.PAUSED, now=now, allowed_from={S.PAUSING}, actor=actor
-    )
-    await _action(session, row, "capsule.pause", actor=actor, now=now)
-    return await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
 
 
 async def resume(
@@ -230,29 +223,57 @@ async def resume(
 ) -> Capsule:
     """Resume a paused capsule on its host (same slot, same address)."""
     row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+    host = pool.client(row.host_id)
+    return await _through_host(
+        session,
+        row,
+        team_id=team_id,
+        action="resume",
+        path=(S.PAUSED, S.RESUMING, S.RUNNING),
+        call=lambda: host.resume(capsule_id),
+        now=now,
+        actor=actor,
+        settle_values={"last_active_at": now},
+    )
+
+
+async def _through_host(
+    session: AsyncSession,
+    row: Capsule,
+    *,
+    team_id: uuid.UUID,
+    action: str,
+    path: tuple[CapsuleStatus, CapsuleStatus, CapsuleStatus],
+    call: Callable[[], Awaitable[object]],
+    now: datetime,
+    actor: Actor,
+    settle_values: dict[str, object] | None = None,
+) -> Capsule:
+    """source → via (claims the capsule), the host call, then via → target; on a host
+    failure via → source, so the row never claims what the host did not do."""
+    source, via, target = path
+    capsule_id = capsules.api_id(row)
     moved = await capsules.move(
-        session, capsule_id=row.id, to=S.RESUMING, now=now, allowed_from={S.PAUSED}, actor=actor
+        session, capsule_id=row.id, to=via, now=now, allowed_from={source}, actor=actor
     )
     if moved is None:
-        raise await _wrong_state(session, team_id, capsule_id, "resume")
+        raise await _wrong_state(session, team_id, capsule_id, action)
     try:
-        await pool.client(row.host_id).resume(capsule_id)
+        await call()
     except ControlPlaneError as exc:
-        await capsules.move(
-            session, capsule_id=row.id, to=S.PAUSED, now=now, allowed_from={S.RESUMING}
-        )
-        await _action(session, row, "capsule.resume", actor=actor, now=now, error=exc.message)
+        await capsules.move(session, capsule_id=row.id, to=source, now=now, allowed_from={via})
+        await _action(session, row, f"capsule.{action}", actor=actor, now=now, error=exc.message)
         raise
     await capsules.move(
         session,
         capsule_id=row.id,
-        to=S.RUNNING,
+        to=target,
         now=now,
-        allowed_from={S.RESUMING},
+        allowed_from={via},
         actor=actor,
-        values={"last_active_at": now},
+        values=settle_values,
     )
-    await _action(session, row, "capsule.resume", actor=actor, now=now)
+    await _action(session, row, f"capsule.{action}", actor=actor, now=now)
     return await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
 
 
