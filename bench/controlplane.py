@@ -100,6 +100,12 @@ def envd_exec(envd: httpx.Client, url: str, token: str) -> None:
     assert response.status_code == 200 and b'"end"' in response.content
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (from /proc, in clock ticks)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def admin_key(db_url: str) -> str:
     upgrade_to_head(db_url)
     engine = make_engine(db_url)
@@ -216,10 +222,17 @@ def main() -> None:
         for warm in (via_cp, via_ha, direct):
             timed(warm, 3)
         samples: dict[str, list[float]] = {"control_plane": [], "host_agent": [], "envd": []}
+        cpu_before = {"control_plane": cpu_seconds(api.pid), "host_agent": cpu_seconds(agent.pid)}
         for _ in range(args.runs):  # interleaved, so all three see the same host load
             samples["control_plane"] += timed(via_cp, 1)
             samples["host_agent"] += timed(via_ha, 1)
             samples["envd"] += timed(direct, 1)
+        # CPU each service spent per exec: the control plane serves only the `via_cp`
+        # calls; the host agent serves both those and its own, hence the halving.
+        cpu_ms_per_exec = {
+            "control_plane": (cpu_seconds(api.pid) - cpu_before["control_plane"]) / args.runs,
+            "host_agent": (cpu_seconds(agent.pid) - cpu_before["host_agent"]) / (2 * args.runs),
+        }
         cp.delete(f"/v1/capsules/{capsule}")
         exec_stats = {k: stats(v) for k, v in samples.items()}
         # The guest's own time (TCG) varies far more than the control plane's cost, so the
@@ -236,6 +249,7 @@ def main() -> None:
             "p50_difference_of_medians_ms": round(
                 exec_stats["control_plane"]["p50_ms"] - exec_stats["host_agent"]["p50_ms"], 2
             ),
+            "cpu_ms_per_exec": {k: round(v * 1000, 2) for k, v in cpu_ms_per_exec.items()},
             "create_to_first_output": {
                 "control_plane": stats(create_cp),
                 "host_agent_direct": stats(create_ha),

@@ -31,12 +31,14 @@ from .settings import ControlPlaneSettings
 _api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
 
 
-def _settings(request: Request) -> ControlPlaneSettings:
+# Every dependency is `async def`, even the trivial ones: FastAPI runs a plain `def`
+# dependency in a worker thread, one thread hop per request each.
+async def _settings(request: Request) -> ControlPlaneSettings:
     settings: ControlPlaneSettings = request.app.state.settings
     return settings
 
 
-def _now(request: Request) -> datetime:
+async def _now(request: Request) -> datetime:
     clock: Clock = request.app.state.clock
     return clock()
 
@@ -91,22 +93,22 @@ async def ws_caller(websocket: WebSocket) -> keys.Caller:
         return await keys.authenticate(session, plaintext=api_key, now=clock())
 
 
-def _hosts(connection: HTTPConnection) -> HostPool:
+async def _hosts(connection: HTTPConnection) -> HostPool:
     hosts: HostPool = connection.app.state.hosts
     return hosts
 
 
-def _background(connection: HTTPConnection) -> Background:
+async def _background(connection: HTTPConnection) -> Background:
     background: Background = connection.app.state.background
     return background
 
 
-def _sessions(connection: HTTPConnection) -> async_sessionmaker[AsyncSession]:
+async def _sessions(connection: HTTPConnection) -> async_sessionmaker[AsyncSession]:
     factory: async_sessionmaker[AsyncSession] = connection.app.state.sessions
     return factory
 
 
-def _clock(connection: HTTPConnection) -> Clock:
+async def _clock(connection: HTTPConnection) -> Clock:
     clock: Clock = connection.app.state.clock
     return clock
 

@@ -12,11 +12,14 @@ import uuid
 
 from .errors import HostUnavailable
 from .hostclient import HostAgentAPI
+from .placements import RunningPlacements
 
 
 class HostPool:
     def __init__(self) -> None:
         self._clients: dict[uuid.UUID, HostAgentAPI] = {}
+        # Lifecycle calls forget a capsule here before they change it.
+        self.running = RunningPlacements()
 
     def add(self, host_id: uuid.UUID, client: HostAgentAPI) -> None:
         self._clients[host_id] = client

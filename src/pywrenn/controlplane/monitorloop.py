@@ -54,6 +54,7 @@ class HostMonitor:
                         session, host_id=host_id, report=report, now=self._clock()
                     )
                 for change in changes:
+                    self._hosts.running.forget(change.capsule_id)
                     log.info("monitor: %s %s -> %s", change.capsule_id, change.from_, change.to)
             except Exception:  # one bad round must not stop the monitor
                 log.exception("monitor: round for host %s failed", host_id)

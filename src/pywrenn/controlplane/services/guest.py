@@ -74,14 +74,27 @@ async def target(
     `active` stamps `last_active_at`: commands and file calls are use, reading metrics
     is not.
     """
-    row = await running(session, team_id=team_id, capsule_id=capsule_id, wanted=wanted)
-    client = pool.client(row.host_id)
+    cached = pool.running.get(team_id, capsule_id)
+    if cached is None:
+        row = await running(session, team_id=team_id, capsule_id=capsule_id, wanted=wanted)
+        assert row.host_id is not None  # a running capsule is placed
+        pool.running.put(
+            team_id,
+            capsule_id,
+            row_id=row.id,
+            host_id=row.host_id,
+            last_active_at=row.last_active_at,
+        )
+        cached = pool.running.get(team_id, capsule_id)
+        assert cached is not None
+    client = pool.client(cached.host_id)
     # Activity is stamped at most every few seconds: a write (and commit) per exec would
     # be most of the control plane's cost on the exec path. The host agent keeps exact
     # activity for its own idle reaper; this column is for people and the API.
-    last = row.last_active_at
+    last = cached.last_active_at
     if active and (last is None or (now - last).total_seconds() >= TOUCH_EVERY_S):
-        await capsules.touch(session, capsule_id=row.id, now=now)
+        await capsules.touch(session, capsule_id=cached.row_id, now=now)
+        cached.last_active_at = now
     return Target(capsule_id, client)
 
 

@@ -196,6 +196,7 @@ async def pause(
     actor: Actor,
 ) -> Capsule:
     """Pause a running capsule; a paused one is returned as it is (pause is idempotent)."""
+    pool.running.forget(capsule_id)
     row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
     if row.status == S.PAUSED:
         return row
@@ -222,6 +223,7 @@ async def resume(
     actor: Actor,
 ) -> Capsule:
     """Resume a paused capsule on its host (same slot, same address)."""
+    pool.running.forget(capsule_id)
     row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
     host = pool.client(row.host_id)
     return await _through_host(
@@ -290,6 +292,7 @@ async def destroy(
 
     A row left `stopping` (its host was unreachable last time) asks the host again.
     """
+    pool.running.forget(capsule_id)
     start = await capsules.begin_destroy(
         session, team_id=team_id, capsule_id=capsule_id, now=now, actor=actor
     )
