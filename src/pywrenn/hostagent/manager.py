@@ -25,6 +25,7 @@ from typing import Any
 from pywrenn import images
 from pywrenn.envdclient import EnvdClient, EnvdError
 from pywrenn.hostagent import network
+from pywrenn.hostagent.basesnapshot import BaseSnapshots, discard
 from pywrenn.hostagent.capsule import Capsule, CapsuleInfo
 from pywrenn.hostagent.errors import (
     CapsuleNotFound,
@@ -36,9 +37,11 @@ from pywrenn.hostagent.errors import (
 )
 from pywrenn.hostagent.meta import (
     RUNNING_STATE,
+    TEMPLATE_META,
     MetaError,
     RunningState,
     SnapshotMeta,
+    read_json,
     read_running_state,
     write_json_atomic,
 )
@@ -109,6 +112,8 @@ class SandboxManager:
         self._capsules: dict[str, Capsule] = {}
         self._auto_paused: list[str] = []
         self._draining = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.base = BaseSnapshots(self)
 
     # -- queries ---------------------------------------------------------------------------
     def list_infos(self) -> list[CapsuleInfo]:
@@ -162,7 +167,7 @@ class SandboxManager:
             )
         if request.timeout_sec < 0:
             raise InvalidRequest(f"invalid: timeout_sec {request.timeout_sec} is negative")
-        source = self._resolve_template(request.template)
+        source = self._resolve_template(request.template, vcpus, memory_mb)
         egress = self.settings.egress_default if request.egress is None else request.egress
 
         slot = await self.allocate_slot(capsule_id)
@@ -193,14 +198,22 @@ class SandboxManager:
                 await network.create_network(net, egress=egress)
                 run_dir.mkdir(parents=True)
                 spec = self._network_spec(net)
+                vm = None
                 if source.template_dir is not None:
-                    vm = await self.runtime.restore(
-                        source.template_dir,
-                        run_dir,
-                        spec,
-                        timeout=self.settings.restore_timeout_s,
-                    )
-                else:
+                    try:
+                        vm = await self.runtime.restore(
+                            source.template_dir,
+                            run_dir,
+                            spec,
+                            timeout=self.settings.restore_timeout_s,
+                        )
+                    except SnapshotError:
+                        if source.manifest is None:
+                            raise
+                        # A base snapshot this runtime cannot load (e.g. after a VMM
+                        # upgrade): set it aside and boot; the next create bakes anew.
+                        discard(source.template_dir)
+                if vm is None:
                     assert source.manifest is not None
                     vm = await self.runtime.boot(
                         BootSpec(
@@ -215,6 +228,7 @@ class SandboxManager:
                         ),
                         timeout=self.settings.boot_timeout_s,
                     )
+                    self.base.bake_later(request.template, vcpus, memory_mb)
                 capsule.vm = vm
                 await self._attach_guest(capsule, first_init=True)
                 self._write_running_state(capsule)
@@ -353,6 +367,19 @@ class SandboxManager:
         )
         return report
 
+    async def ensure_base_snapshot(self) -> None:
+        """Bake the base template's snapshot at the default size if there is none, so
+        creates restore instead of booting. A failure is logged: creates then boot."""
+        vcpus, memory_mb = self.settings.default_vcpus, self.settings.default_memory_mb
+        try:
+            path = await self.base.ensure(DEFAULT_TEMPLATE, vcpus, memory_mb)
+        except images.ManifestMissing:
+            log.warning("no image for template %s yet; creates will fail", DEFAULT_TEMPLATE)
+        except (HostAgentError, images.ImageError) as exc:
+            log.warning("no base snapshot (%s); creates will boot", exc)
+        else:
+            log.info("base snapshot ready: %s", path)
+
     async def pause_all(self, *, budget_s: float) -> None:
         """Pause every running capsule, two at a time, within `budget_s` seconds."""
         self._draining = True
@@ -375,6 +402,10 @@ class SandboxManager:
             log.warning("shutdown: pause budget of %.0fs spent; VMs left running", budget_s)
 
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        # A cancelled bake cleans up its VM, slot and namespace before it ends.
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         for capsule in self._capsules.values():
             await self._close_guest(capsule)
 
@@ -391,7 +422,9 @@ class SandboxManager:
     def _network_spec(self, net: SlotNetwork) -> NetworkSpec:
         return NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip)
 
-    def _resolve_template(self, template: str) -> _Source:
+    def _resolve_template(self, template: str, vcpus: int, memory_mb: int) -> _Source:
+        """A snapshot template (a user's, or an image's base snapshot of this size) to
+        restore, or an image to boot when no base snapshot exists yet."""
         try:
             template_dir = self.layout.image_dir(template)
         except ValueError as exc:
@@ -399,14 +432,25 @@ class SandboxManager:
         with contextlib.suppress(SnapshotError):
             meta = read_meta(template_dir)
             if meta.kind is SnapshotKind.TEMPLATE:
-                return _Source(template_dir, template_dir, None, {"vmm": meta.vmm_version})
+                versions = {**_template_versions(template_dir), "vmm": meta.vmm_version}
+                return _Source(template_dir, template_dir, None, versions)
         try:
             manifest = images.load_manifest(self.layout, template)
         except images.ManifestMissing as exc:
             raise InvalidRequest(f"not found: template {template!r}: {exc}") from exc
         except images.ImageError as exc:
             raise HostError(f"template {template!r} is unusable: {exc}") from exc
-        return _Source(manifest.rootfs, None, manifest, dict(manifest.versions))
+        versions = dict(manifest.versions)
+        base = self.base.find(manifest, vcpus, memory_mb)
+        if base is not None:
+            versions["vmm"] = read_meta(base).vmm_version
+            return _Source(base, base, manifest, versions)
+        return _Source(manifest.rootfs, None, manifest, versions)
+
+    def keep(self, task: asyncio.Task[None]) -> None:
+        """Hold a background task until it ends (the loop keeps only weak references)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _attach_guest(self, capsule: Capsule, *, first_init: bool) -> None:
         """Tell the guest agent who it serves: token, hostname, default user and env."""
@@ -534,3 +578,12 @@ class _Source:
     template_dir: Path | None
     manifest: images.ImageManifest | None
     versions: dict[str, str]
+
+
+def _template_versions(template_dir: Path) -> dict[str, str]:
+    """The versions a snapshot template recorded from its source capsule, if any."""
+    try:
+        data = read_json(template_dir / TEMPLATE_META)
+        return {str(k): str(v) for k, v in dict(data.get("versions") or {}).items()}
+    except (MetaError, ValueError, TypeError, AttributeError):
+        return {}

@@ -16,6 +16,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+# What a snapshot template records about itself (templates.py writes it).
+TEMPLATE_META = "wrenn-template.json"
 RUNNING_STATE = "running.json"
 
 

@@ -35,14 +35,13 @@ from pywrenn.hostagent.errors import (
     InvalidRequest,
 )
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
-from pywrenn.hostagent.meta import read_json, write_json_atomic
+from pywrenn.hostagent.meta import TEMPLATE_META, read_json, write_json_atomic
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.states import CapsuleState
 from pywrenn.vmm import NetworkSpec, SnapshotError, SnapshotKind, VMError, commit_staging, read_meta
 
 log = logging.getLogger("pywrenn.hostagent.templates")
 
-TEMPLATE_META = "wrenn-template.json"
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 PROTECTED = frozenset({"minimal"})
 MAX_FORK = 16

@@ -1,0 +1,185 @@
+"""Base template snapshots: an image booted once and frozen, so a create is a restore.
+
+Owns: `images/{template}/snapshots/{key}/`, one memory snapshot per image build and
+capsule size (vCPUs, MB of RAM: a restore keeps the size the snapshot was taken at). The
+key names the image build, so a rebuilt image gets new snapshots and old ones stay valid
+for the capsules that map them. Baking boots the image in a slot of its own (the clones
+use the same kind of network backend, which QEMU saves in the stream), waits for the
+guest agent, lets it drop caches, and freezes the VM as a template. The guest leaves every
+restore with a fresh clock, entropy, token and hostname (`/init`), so one snapshot serves
+every capsule.
+
+Knows nothing of: the control plane, or which template a user asked for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from pywrenn import images
+from pywrenn.envdclient import EnvdClient, EnvdError
+from pywrenn.hostagent import network
+from pywrenn.hostagent.errors import HostError
+from pywrenn.hostagent.network import SlotNetwork
+from pywrenn.layout import Layout
+from pywrenn.vmm import BootSpec, NetworkSpec, SnapshotError, SnapshotKind, VMError, commit_staging
+from pywrenn.vmm import read_meta as read_vm_meta
+
+if TYPE_CHECKING:
+    from pywrenn.hostagent.manager import SandboxManager
+
+log = logging.getLogger("pywrenn.hostagent.base")
+
+SNAPSHOTS_DIR = "snapshots"
+BASE_META = "wrenn-base.json"
+
+
+def snapshot_key(manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> str:
+    build = f"{manifest.versions.get('input', '')}:{manifest.versions.get('rootfs', '')}"
+    digest = hashlib.sha256(f"{build}:{manifest.rootfs}".encode()).hexdigest()[:12]
+    return f"{vcpus}c{memory_mb}m-{digest}"
+
+
+def snapshot_dir(
+    layout: Layout, manifest: images.ImageManifest, vcpus: int, memory_mb: int
+) -> Path:
+    key = snapshot_key(manifest, vcpus, memory_mb)
+    return layout.image_dir(manifest.template) / SNAPSHOTS_DIR / key
+
+
+def usable(path: Path) -> bool:
+    try:
+        return read_vm_meta(path).kind is SnapshotKind.TEMPLATE
+    except SnapshotError:
+        return False
+
+
+def find(layout: Layout, manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> Path | None:
+    path = snapshot_dir(layout, manifest, vcpus, memory_mb)
+    return path if usable(path) else None
+
+
+def discard(path: Path) -> None:
+    """Set a snapshot aside that failed to restore (e.g. after a VMM upgrade), so the
+    next create boots and bakes a new one. Capsules already mapping it keep their files."""
+    with contextlib.suppress(OSError):
+        path.rename(path.with_name(f"{path.name}.stale-{time.time_ns()}"))
+    log.warning("base snapshot %s set aside; the next create bakes a new one", path)
+
+
+class BaseSnapshots:
+    """Bakes base snapshots for one host agent; at most one bake per key at a time."""
+
+    def __init__(self, manager: SandboxManager) -> None:
+        self.manager = manager
+        self.layout = manager.layout
+        self._baking: dict[str, asyncio.Task[Path]] = {}
+
+    def find(self, manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> Path | None:
+        return find(self.layout, manifest, vcpus, memory_mb)
+
+    async def ensure(self, template: str, vcpus: int, memory_mb: int) -> Path:
+        """The snapshot for this image and size, baking it first if there is none."""
+        manifest = images.load_manifest(self.layout, template)
+        found = self.find(manifest, vcpus, memory_mb)
+        if found is not None:
+            return found
+        key = f"{template}/{snapshot_key(manifest, vcpus, memory_mb)}"
+        task = self._baking.get(key)
+        if task is None or task.done():
+            task = asyncio.create_task(self._bake(manifest, vcpus, memory_mb), name=f"bake {key}")
+            self._baking[key] = task
+        return await asyncio.shield(task)
+
+    def bake_later(self, template: str, vcpus: int, memory_mb: int) -> None:
+        """Start a bake in the background (a create just booted the slow way)."""
+
+        async def run() -> None:
+            try:
+                await self.ensure(template, vcpus, memory_mb)
+            except Exception as exc:  # logged: a failed bake only means slower creates
+                log.warning("baking %s %dc/%dMB failed: %s", template, vcpus, memory_mb, exc)
+
+        task = asyncio.create_task(run(), name=f"bake-later {template}")
+        self.manager.keep(task)
+
+    async def _bake(self, manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> Path:
+        target = snapshot_dir(self.layout, manifest, vcpus, memory_mb)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        async with _bake_lock(target.parent / f".{target.name}.lock"):
+            if usable(target):
+                return target  # another agent on this WRENN_DIR baked it meanwhile
+            started = time.monotonic()
+            await self._boot_and_freeze(manifest, vcpus, memory_mb, target)
+            log.info("base snapshot %s baked in %.1fs", target.name, time.monotonic() - started)
+            return target
+
+    async def _boot_and_freeze(
+        self, manifest: images.ImageManifest, vcpus: int, memory_mb: int, target: Path
+    ) -> None:
+        manager = self.manager
+        runtime = manager.runtime
+        # Short: the VM's QMP socket lives in it (unix socket paths stop at 108 bytes).
+        builder_dir = self.layout.staging_dir("base")
+        staging = target.with_name(f"{target.name}.staging-{time.time_ns()}")
+        slot = await manager.allocate_slot(f"base-{manifest.template}")
+        net = SlotNetwork(slot)
+        vm = None
+        try:
+            builder_dir.mkdir(parents=True)
+            await network.create_network(net, egress=False)
+            vm = await runtime.boot(
+                BootSpec(
+                    kernel=manifest.kernel,
+                    initramfs=manifest.initramfs,
+                    cmdline=manifest.cmdline,
+                    disk=manifest.rootfs,
+                    run_dir=builder_dir,
+                    network=NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip),
+                    vcpus=vcpus,
+                    memory_mb=memory_mb,
+                    template_memory=builder_dir / "memory",
+                ),
+                timeout=manager.settings.boot_timeout_s,
+            )
+            async with EnvdClient(vm.network.agent_url()) as client:
+                await client.snapshot_prepare()
+            await runtime.template_snapshot(vm, staging)
+            vm = None  # consumed
+            record = {"template": manifest.template, "versions": manifest.versions}
+            (staging / BASE_META).write_text(json.dumps(record, indent=2) + "\n")
+            commit_staging(staging, target)
+        except (VMError, EnvdError, OSError) as exc:
+            raise HostError(f"baking base snapshot {target.name} failed: {exc}") from exc
+        finally:
+            if vm is not None:
+                with contextlib.suppress(VMError):
+                    await runtime.kill(vm)
+            with contextlib.suppress(HostError):
+                await network.remove_network(net)
+            manager.slots.release(slot)
+            shutil.rmtree(builder_dir, ignore_errors=True)
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+@asynccontextmanager
+async def _bake_lock(path: Path) -> AsyncIterator[None]:
+    # Two agents sharing a WRENN_DIR's images (tests link one image cache) bake in turn;
+    # the wait happens off the event loop, which goes on serving meanwhile.
+    with open(path, "a") as lock:
+        await asyncio.to_thread(fcntl.flock, lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
