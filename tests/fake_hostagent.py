@@ -186,6 +186,20 @@ class FakeHostAgent:
             self.capsules[body["capsule_id"]] = FakeCapsule(body=body)
             return self._public(body["capsule_id"])
 
+        @app.post("/v1/capsules/{cid}/fork", status_code=201)
+        async def fork(cid: str, request: Request) -> dict[str, Any]:
+            body = await request.json()
+            self._check("fork")
+            source = self._capsule(cid)
+            children = []
+            for child in body["capsule_ids"]:
+                copied = FakeCapsule(body={**source.body, "capsule_id": child})
+                copied.files = dict(source.files)
+                copied.dirs = set(source.dirs)
+                self.capsules[child] = copied
+                children.append(self._public(child))
+            return {"capsules": children, "auto_paused": []}
+
         @app.post("/v1/capsules/{cid}/snapshot", status_code=201)
         async def snapshot(cid: str, request: Request) -> dict[str, Any]:
             body = await request.json()

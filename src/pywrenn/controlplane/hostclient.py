@@ -33,6 +33,7 @@ from pywrenn.hostagent.schemas import (
     ExecRequest,
     ExecResponse,
     ExecStreamRequest,
+    ForkRequest,
     MetricsResponse,
     ProcessList,
     SnapshotRequest,
@@ -127,6 +128,7 @@ class HostAgentAPI(Protocol):
     async def make_dir(self, capsule_id: str, path: str) -> bool: ...
     async def remove(self, capsule_id: str, path: str) -> None: ...
     async def snapshot(self, capsule_id: str, body: SnapshotRequest) -> TemplatePublic: ...
+    async def fork(self, capsule_id: str, body: ForkRequest) -> CapsuleList: ...
     async def delete_template(self, name: str) -> None: ...
     async def aclose(self) -> None: ...
 
@@ -266,6 +268,15 @@ class HostClient:
             timeout=CREATE_TIMEOUT,
         )
         return TemplatePublic.model_validate_json(r.content)
+
+    async def fork(self, capsule_id: str, body: ForkRequest) -> CapsuleList:
+        r = await self._call(
+            "POST",
+            f"/v1/capsules/{capsule_id}/fork",
+            json_body=body.model_dump(),
+            timeout=CREATE_TIMEOUT,
+        )
+        return CapsuleList.model_validate_json(r.content)
 
     async def delete_template(self, name: str) -> None:
         await self._call("DELETE", f"/v1/templates/{name}")

@@ -200,7 +200,7 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
 
     @app.post("/v1/capsules/{capsule_id}/fork", dependencies=auth, status_code=201)
     async def fork_capsule(capsule_id: str, body: ForkRequest) -> CapsuleList:
-        children = await templates.fork(capsule_id, body.count)
+        children = await templates.fork(capsule_id, body.count, body.capsule_ids)
         return CapsuleList(capsules=[CapsulePublic.of(c) for c in children], auto_paused=[])
 
     @app.get("/v1/templates", dependencies=auth)

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pywrenn import images
+from pywrenn import __version__, images
 from pywrenn.envdclient import EnvdClient, EnvdError
 from pywrenn.hostagent import network
 from pywrenn.hostagent.basesnapshot import BaseSnapshots, discard
@@ -230,6 +230,10 @@ class SandboxManager:
                     )
                     self.base.bake_later(request.template, vcpus, memory_mb)
                 capsule.vm = vm
+                versions = capsule_versions(
+                    source.versions, vmm=await self.runtime.version(), accel=vm.accel
+                )
+                capsule.meta = replace(capsule.meta, versions=versions)
                 await self._attach_guest(capsule, first_init=True)
                 self._write_running_state(capsule)
                 capsule.move_to(S.RUNNING)
@@ -432,8 +436,7 @@ class SandboxManager:
         with contextlib.suppress(SnapshotError):
             meta = read_meta(template_dir)
             if meta.kind is SnapshotKind.TEMPLATE:
-                versions = {**_template_versions(template_dir), "vmm": meta.vmm_version}
-                return _Source(template_dir, template_dir, None, versions)
+                return _Source(template_dir, template_dir, None, _template_versions(template_dir))
         try:
             manifest = images.load_manifest(self.layout, template)
         except images.ManifestMissing as exc:
@@ -443,7 +446,6 @@ class SandboxManager:
         versions = dict(manifest.versions)
         base = self.base.find(manifest, vcpus, memory_mb)
         if base is not None:
-            versions["vmm"] = read_meta(base).vmm_version
             return _Source(base, base, manifest, versions)
         return _Source(manifest.rootfs, None, manifest, versions)
 
@@ -587,3 +589,19 @@ def _template_versions(template_dir: Path) -> dict[str, str]:
         return {str(k): str(v) for k, v in dict(data.get("versions") or {}).items()}
     except (MetaError, ValueError, TypeError, AttributeError):
         return {}
+
+
+def capsule_versions(source: dict[str, str], *, vmm: str, accel: str) -> dict[str, str]:
+    """What a capsule runs on, as its metadata reports it.
+
+    `source` is an image manifest's versions, or a snapshot template's record of its
+    source capsule's (already in this shape: guest-side versions are carried over).
+    """
+    return {
+        "kernel_version": source.get("kernel_version") or source.get("kernel_release", ""),
+        "envd_version": source.get("envd_version") or source.get("agent", "")[:12],
+        "rootfs_version": source.get("rootfs_version") or source.get("rootfs", ""),
+        "vmm_version": vmm,
+        "vmm_accel": accel,
+        "agent_version": __version__,
+    }

@@ -213,6 +213,8 @@ class SnapshotRequest(_Strict):
 
 class ForkRequest(_Strict):
     count: int = Field(default=1, ge=1, le=16)
+    # The children's ids, when the caller (the control plane) chose them; else made here.
+    capsule_ids: list[str] = Field(default_factory=list, max_length=16)
 
 
 class TemplatePublic(BaseModel):

@@ -20,7 +20,8 @@ import logging
 import re
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -139,10 +140,17 @@ class TemplateService:
         await asyncio.to_thread(shutil.rmtree, trash, True)
         log.info("template %s deleted", name)
 
-    async def fork(self, capsule_id: str, count: int) -> list[CapsuleInfo]:
-        """N new capsules from a running capsule's current state; it keeps running."""
+    async def fork(
+        self, capsule_id: str, count: int, capsule_ids: Sequence[str] = ()
+    ) -> list[CapsuleInfo]:
+        """N new capsules from a running capsule's current state; it keeps running.
+
+        `capsule_ids` names the children (the control plane picks them); empty: made here.
+        """
         if not 1 <= count <= MAX_FORK:
             raise InvalidRequest(f"invalid: count {count} is outside 1..{MAX_FORK}")
+        if capsule_ids and len(capsule_ids) != count:
+            raise InvalidRequest(f"invalid: {len(capsule_ids)} capsule ids for count {count}")
         source = self.manager.capsule(capsule_id)
         if source.state is not CapsuleState.RUNNING:
             raise CapsuleStateConflict(capsule_id, source.state.value, "fork")
@@ -159,15 +167,24 @@ class TemplateService:
             metadata={**meta.metadata, "forked_from": capsule_id},
             egress=meta.egress,
         )
-        children: list[CapsuleInfo] = []
-        try:
-            async with asyncio.TaskGroup() as group:
-                tasks = [group.create_task(self.manager.create(request)) for _ in range(count)]
-            children = [t.result() for t in tasks]
-        finally:
-            if not children:
+        # All or nothing: a fork that made only some children undoes those it made, so no
+        # capsule runs that the caller was never told about.
+        results = await asyncio.gather(
+            *(
+                self.manager.create(replace(request, capsule_id=child))
+                for child in (capsule_ids or [""] * count)
+            ),
+            return_exceptions=True,
+        )
+        children = [r for r in results if isinstance(r, CapsuleInfo)]
+        failure = next((r for r in results if isinstance(r, BaseException)), None)
+        if failure is not None:
+            for child in children:
                 with contextlib.suppress(HostAgentError):
-                    await self.delete_if_unused(name)
+                    await self.manager.destroy(child.capsule_id)
+            with contextlib.suppress(HostAgentError):
+                await self.delete_if_unused(name)
+            raise failure
         return children
 
     async def delete_if_unused(self, name: str) -> None:

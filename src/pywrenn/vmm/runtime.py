@@ -130,6 +130,10 @@ class VMInfo:
 class Runtime(Protocol):
     """A VM backend. Every method that waits has a finite default timeout."""
 
+    async def version(self) -> str:
+        """The VMM's own version line, reported in capsule metadata."""
+        ...
+
     async def boot(self, spec: BootSpec, *, timeout: float = 60.0) -> VMHandle:
         """Cold-boot `spec` and wait until the guest agent is healthy and initialised."""
         ...

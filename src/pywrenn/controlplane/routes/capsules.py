@@ -8,6 +8,7 @@ team's capsule id is 404, exactly like one that never existed.
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
+from pydantic import BaseModel, Field
 
 from ..deps import (
     BackgroundDep,
@@ -20,7 +21,7 @@ from ..deps import (
     actor_of,
 )
 from ..schemas.wrenn import CapsuleCreate, CapsuleMetrics, CapsulePublic
-from ..services import capsules, guest, lifecycle
+from ..services import capsules, fork, guest, lifecycle
 from ..states import CapsuleStatus
 
 router = APIRouter(prefix="/v1/capsules", tags=["capsules"])
@@ -58,6 +59,32 @@ async def create_capsule(
         name=f"create {capsules.api_id(row)}",
     )
     return CapsulePublic.of(row)
+
+
+class ForkBody(BaseModel):
+    count: int = Field(default=1, ge=1, le=fork.MAX_FORK)
+
+
+@router.post("/{capsule_id}/fork", status_code=201)
+async def fork_capsule(
+    capsule_id: str,
+    team: TeamDep,
+    session: SessionDep,
+    now: NowDep,
+    hosts: HostsDep,
+    body: ForkBody | None = None,
+) -> list[CapsulePublic]:
+    """N independent capsules from this one's current state; it keeps running."""
+    children = await fork.fork_capsule(
+        session,
+        pool=hosts,
+        team_id=team.team_id,
+        capsule_id=capsule_id,
+        count=(body or ForkBody()).count,
+        now=now,
+        actor=actor_of(team),
+    )
+    return [CapsulePublic.of(row) for row in children]
 
 
 @router.get("")

@@ -78,7 +78,8 @@ class CapsulePublic(BaseModel):
             started_at=row.started_at,
             last_active_at=row.last_active_at,
             last_updated=row.updated_at,
-            metadata={**row.metadata_, **row.versions},
+            # System keys win over a user's label of the same name.
+            metadata={**row.metadata_, **row.versions, "template": row.template},
             disk_size_mb=row.disk_size_mb,
             host_ip=row.host_ip,
         )

@@ -56,7 +56,7 @@ def clamp_timeout(timeout_sec: int) -> int:
     return MIN_TIMEOUT_SEC if 0 < timeout_sec < MIN_TIMEOUT_SEC else timeout_sec
 
 
-async def _action(
+async def record_action(
     session: AsyncSession,
     row: Capsule,
     event: str,
@@ -137,11 +137,13 @@ async def finish_create(
                 actor=actor,
                 error=message,
             )
-            await _action(session, row, "capsule.create", actor=actor, now=clock(), error=message)
+            await record_action(
+                session, row, "capsule.create", actor=actor, now=clock(), error=message
+            )
             if not isinstance(exc, ControlPlaneError):
                 raise
             return
-        await _placed(session, row, info, now=clock())
+        await placed(session, row, info, now=clock())
         running = await capsules.move(
             session, capsule_id=capsule_key, to=S.RUNNING, now=clock(), allowed_from={S.STARTING}
         )
@@ -149,7 +151,7 @@ async def finish_create(
             # Destroyed while it booted; that request may have found nothing on the host yet.
             await _destroy_on_host(pool, row)
             await capsules.mark_stopped(session, capsule_id=capsule_key, now=clock(), actor=actor)
-        await _action(session, row, "capsule.create", actor=actor, now=clock())
+        await record_action(session, row, "capsule.create", actor=actor, now=clock())
 
 
 def _agent_create(row: Capsule, host_template: str) -> AgentCreate:
@@ -164,9 +166,7 @@ def _agent_create(row: Capsule, host_template: str) -> AgentCreate:
     )
 
 
-async def _placed(
-    session: AsyncSession, row: Capsule, info: AgentCapsule, *, now: datetime
-) -> None:
+async def placed(session: AsyncSession, row: Capsule, info: AgentCapsule, *, now: datetime) -> None:
     await capsules.record_placement(
         session,
         capsule_id=row.id,
@@ -264,7 +264,9 @@ async def _through_host(
         await call()
     except ControlPlaneError as exc:
         await capsules.move(session, capsule_id=row.id, to=source, now=now, allowed_from={via})
-        await _action(session, row, f"capsule.{action}", actor=actor, now=now, error=exc.message)
+        await record_action(
+            session, row, f"capsule.{action}", actor=actor, now=now, error=exc.message
+        )
         raise
     await capsules.move(
         session,
@@ -275,7 +277,7 @@ async def _through_host(
         actor=actor,
         values=settle_values,
     )
-    await _action(session, row, f"capsule.{action}", actor=actor, now=now)
+    await record_action(session, row, f"capsule.{action}", actor=actor, now=now)
     return await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
 
 
@@ -308,7 +310,7 @@ async def destroy(
             return  # another request is destroying it right now and will finish the row
     changed = await capsules.mark_stopped(session, capsule_id=row.id, now=now, actor=actor)
     if changed is not None:
-        await _action(session, row, "capsule.destroy", actor=actor, now=now)
+        await record_action(session, row, "capsule.destroy", actor=actor, now=now)
 
 
 async def ping(

@@ -1,0 +1,96 @@
+"""Fork: N new capsules from a running capsule's current memory and disk.
+
+Owns: the children's rows (placed on the source's host, whose memory snapshot they map),
+the host call, and the all-or-nothing outcome: the host agent either makes every child
+or none, so on failure every child row ends in `error` with the host's reason.
+The source is checkpointed in place and keeps running. Each child is announced as a
+`capsule.create` (the SDK's event stream accepts only the event names it knows).
+Knows nothing of: HTTP.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pywrenn.hostagent.schemas import ForkRequest
+
+from ..db.models import Capsule
+from ..errors import ControlPlaneError, InvalidInput
+from ..hostpool import HostPool
+from ..states import CapsuleStatus as S
+from . import capsules
+from .events import Actor
+from .lifecycle import placed, record_action, running
+
+MAX_FORK = 16
+
+
+async def fork_capsule(
+    session: AsyncSession,
+    *,
+    pool: HostPool,
+    team_id: uuid.UUID,
+    capsule_id: str,
+    count: int,
+    now: datetime,
+    actor: Actor,
+) -> list[Capsule]:
+    if not 1 <= count <= MAX_FORK:
+        raise InvalidInput(f"invalid_request: count {count} is outside 1..{MAX_FORK}")
+    source = await running(session, team_id=team_id, capsule_id=capsule_id, wanted="fork")
+    host = pool.client(source.host_id)
+    children: list[Capsule] = []
+    for _ in range(count):
+        child = await capsules.create_capsule(
+            session,
+            team_id=team_id,
+            template=source.template,
+            template_id=source.template_id,
+            vcpus=source.vcpus,
+            memory_mb=source.memory_mb,
+            timeout_sec=source.timeout_sec,
+            metadata={**source.metadata_, "forked_from": capsule_id},
+            now=now,
+        )
+        await capsules.record_placement(
+            session, capsule_id=child.id, host_id=source.host_id, now=now
+        )
+        await capsules.move(
+            session, capsule_id=child.id, to=S.STARTING, now=now, allowed_from={S.PENDING}
+        )
+        children.append(child)
+    ids = [capsules.api_id(c) for c in children]
+    try:
+        made = await host.fork(capsule_id, ForkRequest(count=count, capsule_ids=ids))
+    except ControlPlaneError as exc:
+        for child in children:
+            await capsules.move(
+                session,
+                capsule_id=child.id,
+                to=S.ERROR,
+                now=now,
+                allowed_from={S.STARTING},
+                actor=actor,
+                error=exc.message,
+            )
+            await record_action(
+                session, child, "capsule.create", actor=actor, now=now, error=exc.message
+            )
+        raise
+    by_id = {info.capsule_id: info for info in made.capsules}
+    for child in children:
+        await placed(session, child, by_id[capsules.api_id(child)], now=now)
+        await capsules.move(
+            session,
+            capsule_id=child.id,
+            to=S.RUNNING,
+            now=now,
+            allowed_from={S.STARTING},
+            actor=actor,
+            values={"last_active_at": now},
+        )
+        await record_action(session, child, "capsule.create", actor=actor, now=now)
+    return [await capsules.get_capsule(session, team_id=team_id, capsule_id=i) for i in ids]
