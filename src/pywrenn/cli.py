@@ -11,6 +11,7 @@ from rich.console import Console
 
 from pywrenn import __version__
 from pywrenn.cli_api import capsule_app, key_app, snapshot_app
+from pywrenn.cli_templates import template_app
 from pywrenn.images.cli import image_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="pywrenn: microVM sandboxes.")
@@ -18,6 +19,7 @@ app.add_typer(image_app, name="image")
 app.add_typer(capsule_app, name="capsule")
 app.add_typer(key_app, name="key")
 app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(template_app, name="template")
 console = Console(stderr=True)
 
 

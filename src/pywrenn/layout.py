@@ -73,6 +73,11 @@ class Layout:
         return self.root / "host-token"
 
     @property
+    def builds_dir(self) -> Path:
+        """Template build archives, while their build runs (control plane)."""
+        return self.root / "builds"
+
+    @property
     def logs_dir(self) -> Path:
         return self.root / "logs"
 

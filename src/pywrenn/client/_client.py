@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -94,6 +95,48 @@ class WrennAPI:
 
     def revoke_key(self, key_id: str) -> None:
         self._call("DELETE", f"/v1/api-keys/{key_id}")
+
+    def fork(self, capsule_id: str, count: int) -> Any:
+        return self._call("POST", f"/v1/capsules/{capsule_id}/fork", json={"count": count})
+
+    # -- template builds ---------------------------------------------------------------------
+    def start_build(
+        self,
+        name: str,
+        recipe: str,
+        *,
+        archive: Path | None = None,
+        healthcheck: str | None = None,
+        vcpus: int = 1,
+        memory_mb: int = 512,
+        overwrite: bool = False,
+    ) -> Any:
+        fields = {
+            "name": name,
+            "recipe": recipe,
+            "vcpus": str(vcpus),
+            "memory_mb": str(memory_mb),
+            "overwrite": "true" if overwrite else "false",
+        }
+        if healthcheck:
+            fields["healthcheck"] = healthcheck
+        if archive is None:
+            body = {**fields, "vcpus": vcpus, "memory_mb": memory_mb, "overwrite": overwrite}
+            return self._call("POST", "/v1/builds", json=body)
+        with open(archive, "rb") as f:  # httpx streams the file part from disk
+            return self._call("POST", "/v1/builds", data=fields, files={"archive": f})
+
+    def list_builds(self) -> Any:
+        return self._call("GET", "/v1/builds")
+
+    def get_build(self, build_id: str) -> Any:
+        return self._call("GET", f"/v1/builds/{build_id}")
+
+    def build_logs(self, build_id: str, after: int = 0) -> Any:
+        return self._call("GET", f"/v1/builds/{build_id}/logs", params={"after": after})
+
+    def cancel_build(self, build_id: str) -> Any:
+        return self._call("POST", f"/v1/builds/{build_id}/cancel")
 
     # -- transport -------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:

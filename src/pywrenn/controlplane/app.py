@@ -22,6 +22,7 @@ from pywrenn.layout import Layout
 from . import __doc__ as package_doc
 from .authcache import AuthCache
 from .background import Background
+from .buildrunner import BuildRunner
 from .clock import Clock, system_clock
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
@@ -30,7 +31,7 @@ from .errors import install_error_handlers
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
 from .monitorloop import HostMonitor
-from .routes import capsules, events, exec, files, keys, pty, snapshots, stats
+from .routes import builds, capsules, events, exec, files, keys, pty, snapshots, stats
 from .schemas.wrenn import Health
 from .services import hosts as host_rows
 from .settings import ControlPlaneSettings
@@ -44,6 +45,7 @@ API_ROUTERS = (
     files.router,
     events.router,
     snapshots.router,
+    builds.router,
 )
 LOCAL_HOST_NAME = "local"
 
@@ -82,6 +84,11 @@ def create_app(
                 app.state.background = Background(group)
                 # First round before serving: after a restart the rows match the hosts.
                 await monitor.run_once()
+                runner = BuildRunner(
+                    app.state.sessions, app.state.hosts, clock, Layout(settings.dir).builds_dir
+                )
+                app.state.builds = runner
+                await runner.clean_interrupted()
                 watcher = group.create_task(
                     monitor.run_forever(settings.host_monitor_interval_s), name="host-monitor"
                 )
@@ -89,6 +96,7 @@ def create_app(
                     yield
                 finally:
                     watcher.cancel()
+                    runner.cancel_all()  # a build is minutes long; a stop must not wait
 
     async def _connect_local_host(
         app: FastAPI, stack: AsyncExitStack, given: HostAgentAPI | None

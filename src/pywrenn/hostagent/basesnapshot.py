@@ -47,7 +47,8 @@ BASE_META = "wrenn-base.json"
 
 def snapshot_key(manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> str:
     build = f"{manifest.versions.get('input', '')}:{manifest.versions.get('rootfs', '')}"
-    digest = hashlib.sha256(f"{build}:{manifest.rootfs}".encode()).hexdigest()[:12]
+    # The rootfs file's name, not its path: WRENN_DIRs that link one image share snapshots.
+    digest = hashlib.sha256(f"{build}:{manifest.rootfs.name}".encode()).hexdigest()[:12]
     return f"{vcpus}c{memory_mb}m-{digest}"
 
 

@@ -136,6 +136,52 @@ class Template(Base):
     source_capsule_id: Mapped[uuid.UUID | None] = mapped_column()
     metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSONDict, default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    # What a capsule made from this template runs as, unless the call says otherwise.
+    default_user: Mapped[str] = mapped_column(String(64), default="")
+    default_env: Mapped[dict[str, str]] = mapped_column(JSONDict, default=dict)
+
+
+class TemplateBuild(Base):
+    """A recipe being (or having been) built into a snapshot template named `name`."""
+
+    __tablename__ = "template_builds"
+    __table_args__ = (Index(None, "team_id", "created_at"),)
+
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
+    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(128))
+    base_template: Mapped[str] = mapped_column(String(128))
+    status: Mapped[str] = mapped_column(String(16))  # queued|running|succeeded|failed|cancelled
+    recipe: Mapped[str] = mapped_column(Text)
+    healthcheck: Mapped[str | None] = mapped_column(Text)
+    vcpus: Mapped[int] = mapped_column(Integer)
+    memory_mb: Mapped[int] = mapped_column(Integer)
+    overwrite: Mapped[bool] = mapped_column(Boolean, default=False)
+    archive_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    # One entry per recipe step: {index, text, status, started_at, finished_at, exit_code}.
+    steps: Mapped[list[dict[str, Any]]] = mapped_column(JSONDict, default=list)
+    current_step: Mapped[int] = mapped_column(Integer, default=0)
+    capsule_id: Mapped[str | None] = mapped_column(String(64))  # the build's own capsule
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TemplateBuildLog(Base):
+    """A chunk of a build step's output; the increasing `id` is the reader's cursor."""
+
+    __tablename__ = "template_build_logs"
+    __table_args__ = (Index(None, "build_id", "id"),)
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    build_id: Mapped[uuid.UUID] = mapped_column(
+        ForeignKey("template_builds.id", ondelete="CASCADE")
+    )
+    step: Mapped[int] = mapped_column(Integer)  # -1: the build itself (archive, snapshot)
+    stream: Mapped[str] = mapped_column(String(8))  # stdout|stderr|info
+    text: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
 class Capsule(Base):

@@ -125,7 +125,13 @@ async def finish_create(
             host_template = await templates.resolve_for_host(
                 session, team_id=row.team_id, name=row.template
             )
-            info = await pool.client(row.host_id).create(_agent_create(row, host_template))
+            user, env = await templates.defaults_for(
+                session, team_id=row.team_id, name=row.template
+            )
+            body = _agent_create(row, host_template).model_copy(
+                update={"default_user": user, "default_env": env}
+            )
+            info = await pool.client(row.host_id).create(body)
         except Exception as exc:
             message = exc.message if isinstance(exc, ControlPlaneError) else repr(exc)
             await capsules.move(

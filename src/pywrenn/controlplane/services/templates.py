@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import or_, select
@@ -43,6 +43,10 @@ class TemplateView:
     platform: bool
     protected: bool
     metadata: dict[str, str]
+
+
+def valid_name(name: str) -> bool:
+    return bool(_NAME.match(name))
 
 
 def host_name(row: Template) -> str:
@@ -99,6 +103,80 @@ async def resolve_for_host(session: AsyncSession, *, team_id: uuid.UUID, name: s
     return host_name(row)
 
 
+async def defaults_for(
+    session: AsyncSession, *, team_id: uuid.UUID, name: str
+) -> tuple[str, dict[str, str]]:
+    """The default user and env capsules made from template `name` start with."""
+    row = None if name in BASE_TEMPLATES else await find(session, team_id=team_id, name=name)
+    if row is None:
+        return "", {}
+    return row.default_user, {str(k): str(v) for k, v in (row.default_env or {}).items()}
+
+
+@dataclass(frozen=True)
+class SnapshotSource:
+    """A capsule on a host to make a template from (a user's, or a build's own)."""
+
+    capsule_id: str
+    host_id: uuid.UUID
+    vcpus: int
+    memory_mb: int
+    row_id: uuid.UUID | None = None
+    default_user: str = ""
+    default_env: dict[str, str] = field(default_factory=dict)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+async def snapshot_into_template(
+    session: AsyncSession,
+    *,
+    pool: HostPool,
+    team_id: uuid.UUID,
+    source: SnapshotSource,
+    name: str,
+    overwrite: bool,
+    now: datetime,
+    actor: Actor,
+) -> TemplateView:
+    """Make (or with `overwrite`, remake) the team's template `name` from a capsule."""
+    if not _NAME.match(name):
+        raise InvalidInput(f"invalid_request: template name {name!r}")
+    if name in BASE_TEMPLATES:
+        raise Conflict(f"conflict: {name!r} is a platform template")
+    existing = await find(session, team_id=team_id, name=name)
+    host = pool.client(source.host_id)
+    if existing is not None:
+        if not overwrite:
+            raise Conflict(f"conflict: template {name!r} exists; pass overwrite=true")
+        await host.delete_template(host_name(existing))  # 409 while capsules use it
+        await session.delete(existing)
+        await session.flush()
+    row = Template(
+        id=publicids.new_uuid(IdKind.TEMPLATE),
+        team_id=team_id,
+        name=name,
+        type="snapshot",
+        vcpus=source.vcpus,
+        memory_mb=source.memory_mb,
+        size_bytes=0,
+        platform=False,
+        protected=False,
+        host_id=source.host_id,
+        source_capsule_id=source.row_id,
+        metadata_={"source_capsule": source.capsule_id, **source.metadata},
+        created_at=now,
+        default_user=source.default_user,
+        default_env=dict(source.default_env),
+    )
+    made = await host.snapshot(source.capsule_id, SnapshotRequest(name=host_name(row)))
+    row.size_bytes = made.size_bytes
+    session.add(row)
+    spec = EventSpec("template.snapshot.create", "template", name, outcome="success")
+    record_nocommit(session, team_id=team_id, spec=spec, actor=actor, now=now)
+    await session.commit()
+    return view(row)
+
+
 async def create_snapshot(
     session: AsyncSession,
     *,
@@ -114,40 +192,27 @@ async def create_snapshot(
     if capsule.status not in ("running", "paused"):
         raise InvalidState(capsule_id, capsule.status, "snapshot")
     name = name or f"{capsule_id}-{now.strftime('%Y%m%d%H%M%S')}"
-    if not _NAME.match(name):
-        raise InvalidInput(f"invalid_request: template name {name!r}")
-    if name in BASE_TEMPLATES:
-        raise Conflict(f"conflict: {name!r} is a platform template")
-    existing = await find(session, team_id=team_id, name=name)
-    host = pool.client(capsule.host_id)
-    if existing is not None:
-        if not overwrite:
-            raise Conflict(f"conflict: template {name!r} exists; pass overwrite=true")
-        await host.delete_template(host_name(existing))  # 409 while capsules use it
-        await session.delete(existing)
-        await session.flush()
-    row = Template(
-        id=publicids.new_uuid(IdKind.TEMPLATE),
-        team_id=team_id,
-        name=name,
-        type="snapshot",
+    assert capsule.host_id is not None  # running or paused: placed
+    user, env = await defaults_for(session, team_id=team_id, name=capsule.template)
+    source = SnapshotSource(
+        capsule_id=capsule_id,
+        host_id=capsule.host_id,
         vcpus=capsule.vcpus,
         memory_mb=capsule.memory_mb,
-        size_bytes=0,
-        platform=False,
-        protected=False,
-        host_id=capsule.host_id,
-        source_capsule_id=capsule.id,
-        metadata_={"source_capsule": capsule_id},
-        created_at=now,
+        row_id=capsule.id,
+        default_user=user,
+        default_env=env,
     )
-    made = await host.snapshot(capsule_id, SnapshotRequest(name=host_name(row)))
-    row.size_bytes = made.size_bytes
-    session.add(row)
-    spec = EventSpec("template.snapshot.create", "template", name, outcome="success")
-    record_nocommit(session, team_id=team_id, spec=spec, actor=actor, now=now)
-    await session.commit()
-    return view(row)
+    return await snapshot_into_template(
+        session,
+        pool=pool,
+        team_id=team_id,
+        source=source,
+        name=name,
+        overwrite=overwrite,
+        now=now,
+        actor=actor,
+    )
 
 
 async def delete_snapshot(

@@ -1,0 +1,191 @@
+"""Template build records: submit, read, list, logs, cancel, and what a restart finds.
+
+Owns: `template_builds` and `template_build_logs` rows and the build's status machine
+(queued → running → succeeded | failed | cancelled; never backwards). The work itself is
+`buildrunner.py`; this module only records what it did, so a reader (API, CLI) sees
+per-step progress and output while it runs.
+Knows nothing of: HTTP, how steps run.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from pywrenn.ids import IdKind
+
+from .. import publicids
+from ..db.models import TemplateBuild, TemplateBuildLog
+from ..errors import Conflict, InvalidInput, NotFound
+from ..recipe import Recipe, RecipeError, parse_healthcheck, parse_recipe
+from . import templates
+
+ACTIVE = ("queued", "running")
+FINISHED = ("succeeded", "failed", "cancelled")
+MAX_LOG_PAGE = 1000
+BUILD_STEP = -1  # log lines of the build itself (archive, healthcheck, snapshot)
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    name: str
+    recipe: str
+    healthcheck: str | None
+    vcpus: int
+    memory_mb: int
+    overwrite: bool
+    archive_bytes: int
+
+
+def api_id(row: TemplateBuild) -> str:
+    return publicids.format_id(row.id, IdKind.BUILD)
+
+
+def parse(row: TemplateBuild) -> Recipe:
+    """The recipe as stored (it was validated on submit)."""
+    return parse_recipe(row.recipe)
+
+
+def validate(spec: BuildSpec) -> Recipe:
+    if not templates.valid_name(spec.name):
+        raise InvalidInput(f"invalid_request: template name {spec.name!r}")
+    if spec.name in templates.BASE_TEMPLATES:
+        raise Conflict(f"conflict: {spec.name!r} is a platform template")
+    try:
+        recipe = parse_recipe(spec.recipe)
+        if spec.healthcheck:
+            if recipe.healthcheck is not None:
+                raise RecipeError("the recipe has a HEALTHCHECK; do not pass another")
+            parse_healthcheck(spec.healthcheck)
+    except RecipeError as exc:
+        raise InvalidInput(f"invalid_request: recipe: {exc}") from None
+    return recipe
+
+
+async def submit(
+    session: AsyncSession, *, team_id: uuid.UUID, spec: BuildSpec, now: datetime
+) -> TemplateBuild:
+    recipe = validate(spec)
+    base = recipe.base or "minimal-ubuntu"
+    await templates.resolve_for_host(session, team_id=team_id, name=base)  # 404 if unknown
+    if not spec.overwrite and await templates.find(session, team_id=team_id, name=spec.name):
+        raise Conflict(f"conflict: template {spec.name!r} exists; pass overwrite=true")
+    busy = await session.scalar(
+        select(TemplateBuild.id).where(
+            TemplateBuild.team_id == team_id,
+            TemplateBuild.name == spec.name,
+            TemplateBuild.status.in_(ACTIVE),
+        )
+    )
+    if busy is not None:
+        raise Conflict(f"conflict: template {spec.name!r} is being built already")
+    row = TemplateBuild(
+        id=publicids.new_uuid(IdKind.BUILD),
+        team_id=team_id,
+        name=spec.name,
+        base_template=base,
+        status="queued",
+        recipe=spec.recipe,
+        healthcheck=spec.healthcheck or None,
+        vcpus=spec.vcpus,
+        memory_mb=spec.memory_mb,
+        overwrite=spec.overwrite,
+        archive_bytes=spec.archive_bytes,
+        steps=[
+            {"index": s.index, "text": s.text, "status": "pending", "exit_code": None}
+            for s in recipe.steps
+        ],
+        current_step=0,
+        created_at=now,
+    )
+    session.add(row)
+    await session.commit()
+    return row
+
+
+async def get(session: AsyncSession, *, team_id: uuid.UUID, build_id: str) -> TemplateBuild:
+    key = publicids.try_parse(build_id, IdKind.BUILD)
+    row = None
+    if key is not None:
+        row = await session.scalar(
+            select(TemplateBuild)
+            .where(TemplateBuild.id == key, TemplateBuild.team_id == team_id)
+            .execution_options(populate_existing=True)
+        )
+    if row is None:
+        raise NotFound(f"not_found: build {build_id}")
+    return row
+
+
+async def list_builds(session: AsyncSession, *, team_id: uuid.UUID) -> list[TemplateBuild]:
+    rows = await session.scalars(
+        select(TemplateBuild)
+        .where(TemplateBuild.team_id == team_id)
+        .order_by(TemplateBuild.created_at.desc())
+        .limit(100)
+    )
+    return list(rows)
+
+
+async def logs(
+    session: AsyncSession, *, build: TemplateBuild, after: int, limit: int = MAX_LOG_PAGE
+) -> list[TemplateBuildLog]:
+    rows = await session.scalars(
+        select(TemplateBuildLog)
+        .where(TemplateBuildLog.build_id == build.id, TemplateBuildLog.id > after)
+        .order_by(TemplateBuildLog.id)
+        .limit(min(max(limit, 1), MAX_LOG_PAGE))
+    )
+    return list(rows)
+
+
+async def append_log(
+    session: AsyncSession, *, build_id: uuid.UUID, step: int, stream: str, text: str, now: datetime
+) -> None:
+    if text:
+        session.add(
+            TemplateBuildLog(build_id=build_id, step=step, stream=stream, text=text, created_at=now)
+        )
+        await session.commit()
+
+
+async def set_fields(session: AsyncSession, build_id: uuid.UUID, **values: Any) -> None:
+    await session.execute(
+        update(TemplateBuild).where(TemplateBuild.id == build_id).values(**values)
+    )
+    await session.commit()
+
+
+async def finish(
+    session: AsyncSession,
+    build_id: uuid.UUID,
+    *,
+    status: str,
+    now: datetime,
+    error: str | None = None,
+) -> bool:
+    """Move an active build to its end; False if it had ended already (never backwards)."""
+    result = await session.execute(
+        update(TemplateBuild)
+        .where(TemplateBuild.id == build_id, TemplateBuild.status.in_(ACTIVE))
+        .values(status=status, finished_at=now, error=error)
+    )
+    await session.commit()
+    return bool(getattr(result, "rowcount", 0))
+
+
+async def interrupted(session: AsyncSession, *, now: datetime) -> list[TemplateBuild]:
+    """Builds a stopped control plane left active: failed now, capsules to clean up."""
+    rows = list(
+        await session.scalars(select(TemplateBuild).where(TemplateBuild.status.in_(ACTIVE)))
+    )
+    for row in rows:
+        await finish(
+            session, row.id, status="failed", now=now, error="interrupted: control plane restarted"
+        )
+    return rows
