@@ -1,0 +1,253 @@
+"""Create-from-template latency through the control plane vs a bare QEMU restore. JSON out.
+
+Starts a node (host agent + control plane, SQLite) in a temporary WRENN_DIR that links
+the cached guest image, then, in the same run and interleaved:
+- ours: `POST /v1/capsules` (base template, 256 MB) until the capsule reads `running`
+  (its guest agent initialised: token, clock, entropy, hostname), 1 at a time and 8 at once;
+- bare: the same base snapshot restored by plain QEMU + raw QMP (`migrate-incoming`,
+  `cont`) in a network namespace made beforehand, until the guest agent's /health answers.
+Also reports the memory (PSS) of each idle clone made through the control plane.
+Target: p50 within 1.5x of the bare restore.
+
+Usage: python bench/templates.py [--runs 10] [--rounds 3] [--image-cache DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from controlplane import CONTROL_PLANE, admin_key, free_port, stats, wait_up  # noqa: E402
+from pywrenn import images  # noqa: E402
+from pywrenn.hostagent import network  # noqa: E402
+from pywrenn.hostagent.basesnapshot import find as find_base  # noqa: E402
+from pywrenn.hostagent.network import SlotNetwork  # noqa: E402
+from pywrenn.hostagent.slots import SlotAllocator  # noqa: E402
+from pywrenn.layout import Layout  # noqa: E402
+from pywrenn.vmm import AGENT_PORT, NetworkSpec, read_meta  # noqa: E402
+from pywrenn.vmm.qemu import LaunchConfig, create_overlay  # noqa: E402
+from vmm import RawQMP, bare_argv  # noqa: E402
+
+MEMORY_MB = 256
+CONCURRENT = 8
+
+
+def pss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Bare:
+    """Plain QEMU restores of one snapshot, each in a namespace made before the clock runs."""
+
+    def __init__(self, layout: Layout, snapshot: Path, count: int) -> None:
+        self.layout, self.snapshot = layout, snapshot
+        self.slots = SlotAllocator(layout)
+        busy = frozenset(
+            s for s in map(network.parse_netns_slot, network.list_namespaces()) if s is not None
+        )
+        self.nets = []
+        for i in range(count):
+            slot = self.slots.allocate(f"bench-bare-{i}", busy=busy)
+            self.nets.append(SlotNetwork(slot))
+        for net in self.nets:
+            asyncio.run(network.create_network(net, egress=False))
+
+    def close(self) -> None:
+        for net in self.nets:
+            asyncio.run(network.remove_network(net))
+            self.slots.release(net.index)
+
+    def restore(self, i: int) -> float:
+        meta = read_meta(self.snapshot)
+        net = self.nets[i]
+        run = self.layout.root / f"bare-{i}-{time.time_ns()}"
+        run.mkdir()
+        cfg = LaunchConfig(
+            vm_id=run.name,
+            kernel=Path(meta.kernel),
+            initramfs=Path(meta.initramfs),
+            cmdline=meta.cmdline,
+            disk=run / "disk.qcow2",
+            run_dir=run,
+            network=NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip),
+            vcpus=meta.vcpus,
+            memory_mb=meta.memory_mb,
+            accel=meta.accel,
+            memory_file=self.snapshot / "memory",
+            memory_shared=False,
+            incoming=True,
+        )
+        started = time.perf_counter()
+        asyncio.run(create_overlay(self.snapshot / "disk.qcow2", cfg.disk))
+        proc = subprocess.Popen(
+            bare_argv(cfg),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            qmp = RawQMP(run / "qmp.sock")
+            caps = [{"capability": "x-ignore-shared", "state": True}]
+            qmp.cmd("migrate-set-capabilities", {"capabilities": caps})
+            qmp.cmd("migrate-incoming", {"uri": f"exec:cat {self.snapshot / 'state.bin'}"})
+            while qmp.cmd("query-status")["return"]["status"] == "inmigrate":
+                time.sleep(0.005)
+            qmp.cmd("cont")
+            url = f"http://{net.host_ip}:{AGENT_PORT}/health"
+            while True:
+                try:
+                    with urllib.request.urlopen(url, timeout=2):
+                        break
+                except OSError:
+                    time.sleep(0.005)
+            elapsed = time.perf_counter() - started
+            qmp.close()
+            return elapsed
+        finally:
+            proc.kill()
+            proc.wait()
+            shutil.rmtree(run, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--image-cache",
+        default=os.environ.get("WRENN_IMAGE_CACHE", "/var/cache/pywrenn/image-cache"),
+    )
+    args = parser.parse_args()
+    cache = Path(args.image_cache)
+    root = Path(tempfile.mkdtemp(prefix="wrenn-bench-tpl-"))
+    (root / "images").mkdir()
+    (root / "kernels").symlink_to(cache / "kernels")
+    (root / "images" / "minimal").symlink_to(cache / "images" / "minimal")
+    (root / "cache").mkdir()
+    if (cache / "cache" / "vmm-accel.json").exists():
+        shutil.copy(cache / "cache" / "vmm-accel.json", root / "cache" / "vmm-accel.json")
+    layout = Layout(root)
+    agent_port, api_port = free_port(), free_port()
+    env = dict(
+        os.environ,
+        WRENN_DIR=str(root),
+        WRENN_AGENT_LISTEN=f"127.0.0.1:{agent_port}",
+        WRENN_API_LISTEN=f"127.0.0.1:{api_port}",
+        WRENN_EGRESS_DEFAULT="false",
+        WRENN_DEFAULT_MEMORY_MB=str(MEMORY_MB),  # the agent bakes this size at start
+        PYTHONPATH=str(ROOT / "src"),
+    )
+    env.pop("WRENN_DATABASE_URL", None)
+    env.pop("WRENN_HOST_TOKEN", None)
+    logs = open(root / "bench.log", "ab")  # noqa: SIM115 - closed in finally
+    procs: list[subprocess.Popen[bytes]] = []
+    bare = None
+    try:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "pywrenn.hostagent"], env=env, stdout=logs, stderr=logs
+        )
+        procs.append(agent)
+        wait_up(f"http://127.0.0.1:{agent_port}", agent, 300)
+        key = asyncio.run(admin_key(f"sqlite:///{root / 'wrenn.db'}"))
+        api = subprocess.Popen(
+            [sys.executable, "-c", CONTROL_PLANE.format(port=api_port)],
+            env=env,
+            stdout=logs,
+            stderr=logs,
+        )
+        procs.append(api)
+        wait_up(f"http://127.0.0.1:{api_port}", api, 60)
+        snapshot = find_base(layout, images.load_manifest(layout, "minimal"), 1, MEMORY_MB)
+        assert snapshot is not None, "the agent baked no base snapshot"
+        cp = httpx.Client(
+            base_url=f"http://127.0.0.1:{api_port}/api", headers={"X-API-Key": key}, timeout=300
+        )
+
+        def create() -> tuple[str, float]:
+            started = time.perf_counter()
+            capsule_id = cp.post("/v1/capsules", json={"memory_mb": MEMORY_MB}).json()["id"]
+            while (status := cp.get(f"/v1/capsules/{capsule_id}").json()["status"]) != "running":
+                assert status in ("pending", "starting"), status
+                time.sleep(0.005)
+            return capsule_id, time.perf_counter() - started
+
+        bare = Bare(layout, snapshot, CONCURRENT)
+        for _ in range(2):  # warm the page cache and both paths
+            capsule_id, _ = create()
+            cp.delete(f"/v1/capsules/{capsule_id}")
+            bare.restore(0)
+        ours_1, bare_1 = [], []
+        for _ in range(args.runs):
+            capsule_id, elapsed = create()
+            ours_1.append(elapsed)
+            cp.delete(f"/v1/capsules/{capsule_id}")
+            bare_1.append(bare.restore(0))
+        ours_8, bare_8, pss = [], [], []
+        with ThreadPoolExecutor(CONCURRENT) as pool:
+            for _ in range(args.rounds):
+                made = list(pool.map(lambda _: create(), range(CONCURRENT)))
+                ours_8 += [elapsed for _, elapsed in made]
+                time.sleep(2.0)  # idle clones: what a parked capsule costs
+                for capsule_id, _ in made:
+                    pid = int((layout.sandbox_dir(capsule_id) / "qemu.pid").read_text())
+                    pss.append(pss_mb(pid))
+                for capsule_id, _ in made:
+                    cp.delete(f"/v1/capsules/{capsule_id}")
+                bare_8 += list(pool.map(bare.restore, range(CONCURRENT)))
+        report = {
+            "bench": "templates",
+            "machine": {"cpus": os.cpu_count(), "accel": read_meta(snapshot).accel},
+            "memory_mb": MEMORY_MB,
+            "create_from_template": {
+                "1_at_a_time": {"control_plane": stats(ours_1), "bare_qemu_restore": stats(bare_1)},
+                "8_at_once": {"control_plane": stats(ours_8), "bare_qemu_restore": stats(bare_8)},
+            },
+            "ratio_p50": {
+                "1_at_a_time": round(stats(ours_1)["p50_ms"] / stats(bare_1)["p50_ms"], 2),
+                "8_at_once": round(stats(ours_8)["p50_ms"] / stats(bare_8)["p50_ms"], 2),
+            },
+            "idle_clone_pss_mb": {
+                "mean": round(sum(pss) / len(pss), 1),
+                "max": round(max(pss), 1),
+                "n": len(pss),
+            },
+            "target": "create p50 within 1.5x of a bare QEMU restore",
+        }
+        report["target_met"] = all(v <= 1.5 for v in report["ratio_p50"].values())  # type: ignore[union-attr]
+        print(json.dumps(report, indent=2))
+    finally:
+        if bare is not None:
+            bare.close()
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=120)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        logs.close()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
