@@ -75,7 +75,8 @@ def test_capsule_lifecycle_rows(db_url: str) -> None:
                 host.id,
             )
             public = CapsulePublic.of(got)
-            assert public.metadata == {"owner": "me", "kernel_version": "6.1"}
+            expected = {"owner": "me", "kernel_version": "6.1", "template": "minimal"}
+            assert public.metadata == expected
             assert public.started_at == t1 and public.created_at.tzinfo is not None
             assert public.last_active_at == t1
 

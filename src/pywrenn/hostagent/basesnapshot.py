@@ -164,6 +164,11 @@ class BaseSnapshots:
         except (VMError, EnvdError, OSError) as exc:
             raise HostError(f"baking base snapshot {target.name} failed: {exc}") from exc
         finally:
+            if vm is None and builder_dir.is_dir():
+                # Cancelled while QEMU was starting (an agent stopping mid-bake): the VM may
+                # be up with no handle yet; find it by its run dir, or it would outlive us.
+                with contextlib.suppress(VMError, OSError):
+                    vm = await runtime.adopt(builder_dir, timeout=2.0)
             if vm is not None:
                 with contextlib.suppress(VMError):
                     await runtime.kill(vm)
