@@ -23,6 +23,7 @@ from starlette.types import Receive, Scope, Send
 
 from pywrenn.controlplane.app import create_app
 from pywrenn.controlplane.bootstrap import bootstrap_admin
+from pywrenn.controlplane.hostclient import HostClient
 from pywrenn.controlplane.services import keys, teams
 from pywrenn.controlplane.settings import ControlPlaneSettings
 from tests.fake_hostagent import FakeHostAgent
@@ -81,7 +82,14 @@ class Harness:
 @asynccontextmanager
 async def harness(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
     fake = FakeHostAgent(now_unix=NOW.timestamp())
-    host = fake.client()
+    async with fake.serve() as host, _control_plane(fake, host, db_url, tmp_path) as harness:
+        yield harness
+
+
+@asynccontextmanager
+async def _control_plane(
+    fake: FakeHostAgent, host: HostClient, db_url: str, tmp_path: Path
+) -> AsyncIterator[Harness]:
     settings = ControlPlaneSettings(dir=tmp_path, database_url=db_url)
     app = create_app(settings, clock=lambda: NOW, host_agent=host)
     async with app.router.lifespan_context(app):
@@ -98,4 +106,3 @@ async def harness(db_url: str, tmp_path: Path) -> AsyncIterator[Harness]:
             ) as client,
         ):
             yield Harness(app, client, fake, creds.api_key)
-    await host.aclose()

@@ -3,8 +3,8 @@
 It speaks the host agent's HTTP API (same paths, bodies, NDJSON process streams, error
 envelope and bearer token) from an in-memory model: capsules with states, files,
 directories and processes, with no VM behind it. The control plane under test reaches it
-through its real `HostClient` over httpx's ASGI transport, so what is tested is the
-control plane's HTTP client and routes, not a mocked object.
+through its real `HostClient` over real HTTP (`serve()` runs the fake on a loopback port),
+so what is tested is the control plane's HTTP client and routes, not a mocked object.
 
 Commands are scripted: `/bin/sh -c SCRIPT` looks SCRIPT up in `scripts` (stdout, stderr,
 exit code); anything else answers `ran: SCRIPT`. PTY processes echo their input.
@@ -20,17 +20,17 @@ import itertools
 import json
 import posixpath
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pywrenn.controlplane.hostclient import HostClient
 
 TOKEN = "fake-host-token"
-BASE_URL = "http://fake-agent"
 # How long an attach waits for news before ending its (buffered) response; the control
 # plane re-attaches, as it would after a dropped host connection.
 ATTACH_WAIT_S = 0.5
@@ -93,9 +93,26 @@ class FakeHostAgent:
         """The next call of `op` (e.g. "create", "pause", "exec") answers this error."""
         self._failures[op] = _Failure(status, code, message)
 
-    def client(self) -> HostClient:
-        transport = httpx.ASGITransport(app=self.app)
-        return HostClient(BASE_URL, lambda: TOKEN, transport=transport)
+    @asynccontextmanager
+    async def serve(self) -> AsyncIterator[HostClient]:
+        """The fake on 127.0.0.1 (a free port), and a `HostClient` that talks to it."""
+        config = uvicorn.Config(
+            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+        )
+        server = uvicorn.Server(config)
+        task = asyncio.create_task(server.serve())
+        while not server.started:
+            if task.done():
+                task.result()  # raises why it could not start
+            await asyncio.sleep(0.01)
+        port = server.servers[0].sockets[0].getsockname()[1]
+        client = HostClient(f"http://127.0.0.1:{port}", lambda: TOKEN)
+        try:
+            yield client
+        finally:
+            await client.aclose()
+            server.should_exit = True
+            await task
 
     # -- helpers ------------------------------------------------------------------------
     def _check(self, op: str) -> None:

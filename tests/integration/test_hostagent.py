@@ -22,6 +22,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from pywrenn.hostagent.netpool import POOL_OWNER
+from pywrenn.hostagent.slots import SlotAllocator
 from pywrenn.images import ImageManifest
 from pywrenn.layout import Layout
 from tests.integration.conftest import image_cache_root, wrenn_dir_with_cached_image
@@ -441,7 +443,8 @@ def test_destroy_leaves_nothing_behind(agent: Agent, client: httpx.Client, capsu
     assert client.delete(f"/v1/capsules/{capsule}").status_code == 204
     assert client.get(f"/v1/capsules/{capsule}").status_code == 404
     assert qemu_pids_under(agent.dir) == set()
-    assert list(layout.slots_dir.iterdir()) == []
+    # Only the network pool's ready slots stay claimed.
+    assert set(SlotAllocator(layout).claimed().values()) <= {POOL_OWNER}
     assert not layout.sandbox_dir(capsule).exists()
     assert f"wrenn-ns-{slot}" not in namespaces()
     assert (

@@ -13,9 +13,12 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any
 
 from fastapi import APIRouter, FastAPI
+from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pywrenn.layout import Layout
 
@@ -26,7 +29,7 @@ from .buildrunner import BuildRunner
 from .clock import Clock, system_clock
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
-from .deps import SessionDep
+from .deps import API_KEY_SCHEME, SessionDep
 from .errors import install_error_handlers
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
@@ -37,10 +40,10 @@ from .services import hosts as host_rows
 from .settings import ControlPlaneSettings
 
 API_ROUTERS = (
+    exec.router,  # first: routes are matched in order, and exec is the hottest path
     keys.router,
     stats.router,  # /v1/capsules/stats and /usage must match before /v1/capsules/{id}
     capsules.router,
-    exec.router,
     pty.router,
     files.router,
     events.router,
@@ -133,10 +136,44 @@ def create_app(
         await session.execute(text("SELECT 1"))
         return Health(status="ok", database="ok")
 
-    for prefix in ("/api", ""):
-        outer = APIRouter(prefix=prefix)
-        for router in API_ROUTERS:
-            outer.include_router(router)
-        # One schema entry per operation: the bare `/v1` copy stays out of OpenAPI.
-        app.include_router(outer, include_in_schema=prefix == "/api")
+    outer = APIRouter(prefix=API_PREFIX)
+    for router in API_ROUTERS:
+        outer.include_router(router)
+    app.include_router(outer)
+    # The API also answers without `/api` (`/v1/...`): rewritten, not routed twice, as
+    # every route matched against two copies cost each request on the exec path.
+    app.add_middleware(BarePathsToApi)
+    app.openapi = lambda: _openapi_with_key(app)  # type: ignore[method-assign]
     return app
+
+
+def _openapi_with_key(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema, plus the X-API-Key scheme on every `/api` operation."""
+    if app.openapi_schema is None:
+        schema = get_openapi(
+            title=app.title, version=app.version, description=app.description, routes=app.routes
+        )
+        schema.setdefault("components", {})["securitySchemes"] = API_KEY_SCHEME
+        for path, operations in schema.get("paths", {}).items():
+            if path.startswith(API_PREFIX + "/"):
+                for operation in operations.values():
+                    operation["security"] = [{name: []} for name in API_KEY_SCHEME]
+        app.openapi_schema = schema
+    return app.openapi_schema
+
+
+API_PREFIX = "/api"
+
+
+class BarePathsToApi:
+    """ASGI middleware: `/v1/...` is served as `/api/v1/...`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/v1/"):
+            scope = {**scope, "path": API_PREFIX + scope["path"]}
+            if "raw_path" in scope and scope["raw_path"] is not None:
+                scope["raw_path"] = API_PREFIX.encode() + scope["raw_path"]
+        await self.app(scope, receive, send)

@@ -13,8 +13,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Annotated
 
-from fastapi import Depends, Request, Security, WebSocket
-from fastapi.security import APIKeyHeader
+from fastapi import Depends, Request, WebSocket
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.requests import HTTPConnection
 
@@ -27,8 +26,10 @@ from .services import keys
 from .services.events import Actor
 from .settings import ControlPlaneSettings
 
-# auto_error=False: a missing key must give the Wrenn envelope, not FastAPI's 403 body.
-_api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False)
+API_KEY_HEADER = "X-API-Key"
+# How OpenAPI describes the key (app.py adds it to every /api operation). The header is
+# read directly in `_caller`: a `Security` dependency is FastAPI work on every call.
+API_KEY_SCHEME = {"APIKeyHeader": {"type": "apiKey", "in": "header", "name": API_KEY_HEADER}}
 
 
 # Every dependency is `async def`, even the trivial ones: FastAPI runs a plain `def`
@@ -54,19 +55,19 @@ NowDep = Annotated[datetime, Depends(_now)]
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 
 
-async def _caller(
-    request: Request,
-    session: SessionDep,
-    now: NowDep,
-    api_key: Annotated[str | None, Security(_api_key_header)],
-) -> keys.Caller:
+async def _caller(request: Request) -> keys.Caller:
+    api_key = request.headers.get(API_KEY_HEADER)
     if not api_key:
         raise Unauthorized("unauthorized: missing X-API-Key header")
     cache: AuthCache = request.app.state.auth_cache
     cached = cache.get(api_key)
     if cached is not None:
         return cached
-    caller = await keys.authenticate(session, plaintext=api_key, now=now)
+    # A session only on a cache miss: most calls never need one for the key check.
+    factory: async_sessionmaker[AsyncSession] = request.app.state.sessions
+    clock: Clock = request.app.state.clock
+    async with factory() as session:
+        caller = await keys.authenticate(session, plaintext=api_key, now=clock())
     cache.put(api_key, caller)
     return caller
 
@@ -84,7 +85,7 @@ async def ws_caller(websocket: WebSocket) -> keys.Caller:
     refusal can still be sent as an HTTP envelope before the socket is accepted."""
     # FastAPI hands WebSocket routes no `Request`, so the HTTP dependencies above do not
     # apply; the SDK sends the same X-API-Key header on the upgrade GET.
-    api_key = websocket.headers.get("x-api-key")
+    api_key = websocket.headers.get(API_KEY_HEADER)
     if not api_key:
         raise Unauthorized("unauthorized: missing X-API-Key header")
     factory: async_sessionmaker[AsyncSession] = websocket.app.state.sessions

@@ -7,6 +7,8 @@ token it presents, per-call timeouts, and translating the agent's error envelope
 HostUnavailable. Bodies are the host agent's own wire models (`hostagent.schemas`),
 imported rather than copied, so the two sides cannot drift apart.
 `HostAgentAPI` is the seam: `wrenn up` may later hand in an in-process implementation.
+The transport is aiohttp: on the exec path this call is most of what the control plane
+adds, and aiohttp spends ~0.2 ms of CPU per request here where httpx spent ~1.5 ms.
 Knows nothing of: capsule rows, teams, or the Wrenn API the SDK sees.
 """
 
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-import httpx
+import aiohttp
 
 from pywrenn.hostagent.schemas import (
     BackgroundRequest,
@@ -47,12 +49,12 @@ log = logging.getLogger(__name__)
 
 # A cold boot under TCG takes ~10 s and a host may boot a few at once; pause and resume
 # write and read guest memory. Everything else is a quick guest or host call.
-DEFAULT_TIMEOUT = httpx.Timeout(30.0, connect=5.0)
-CREATE_TIMEOUT = httpx.Timeout(300.0, connect=5.0)
-LIFECYCLE_TIMEOUT = httpx.Timeout(180.0, connect=5.0)
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=30.0, connect=5.0)
+CREATE_TIMEOUT = aiohttp.ClientTimeout(total=300.0, connect=5.0)
+LIFECYCLE_TIMEOUT = aiohttp.ClientTimeout(total=180.0, connect=5.0)
 # Process streams and file bodies last as long as the process or the file: no read
 # deadline, but connecting stays bounded.
-STREAM_TIMEOUT = httpx.Timeout(None, connect=5.0)
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5.0)
 EXEC_MARGIN_S = 10.0
 
 Selector = int | str
@@ -152,14 +154,26 @@ def file_token(path: Path) -> Callable[[], str]:
     return read
 
 
-def _error_from(response: httpx.Response, what: str) -> ControlPlaneError:
+@dataclass(frozen=True)
+class Reply:
+    """A host agent's whole (small) answer."""
+
+    status: int
+    content: bytes
+    reason: str = ""
+
+    def json(self) -> Any:
+        return json.loads(self.content)
+
+
+def _error_from(reply: Reply, what: str) -> ControlPlaneError:
     try:
-        body = json.loads(response.content)
-        error = body["error"]
+        error = reply.json()["error"]
         code, message = str(error["code"]), str(error["message"])
     except (ValueError, KeyError, TypeError):
-        code, message = "", response.text[:200] or response.reason_phrase
-    status = response.status_code
+        text = reply.content[:200].decode("utf-8", errors="replace")
+        code, message = "", text or reply.reason
+    status = reply.status
     if status == 400:
         return InvalidInput(message)
     if status == 404:
@@ -173,33 +187,41 @@ def _error_from(response: httpx.Response, what: str) -> ControlPlaneError:
 
 @contextmanager
 def _transport_errors(base_url: str, what: str) -> Iterator[None]:
-    """A host we cannot talk to is unavailable (503), whatever httpx called it."""
+    """A host we cannot talk to is unavailable (503), whatever the client called it."""
     try:
         yield
-    except httpx.TimeoutException as exc:
+    except TimeoutError as exc:
         raise HostUnavailable(f"host_unavailable: {what}: host {base_url} timed out") from exc
-    except httpx.TransportError as exc:
-        raise HostUnavailable(f"host_unavailable: {what}: host {base_url}: {exc}") from exc
+    except aiohttp.ClientError as exc:
+        raise HostUnavailable(f"host_unavailable: {what}: host {base_url}: {exc!r}") from exc
+
+
+def _query(params: dict[str, Any] | None) -> dict[str, str] | None:
+    if params is None:
+        return None
+    return {k: str(v).lower() if isinstance(v, bool) else str(v) for k, v in params.items()}
 
 
 class HostClient:
     """`HostAgentAPI` over HTTP to one agent's base URL, with its bearer token."""
 
-    def __init__(
-        self,
-        base_url: str,
-        token: Callable[[], str],
-        *,
-        transport: httpx.AsyncBaseTransport | None = None,
-    ) -> None:
+    def __init__(self, base_url: str, token: Callable[[], str]) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
-        self._http = httpx.AsyncClient(
-            base_url=self.base_url, timeout=DEFAULT_TIMEOUT, transport=transport
-        )
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Made at first use: a session belongs to the running event loop.
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession(
+                self.base_url, timeout=DEFAULT_TIMEOUT, auto_decompress=False
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token()}"}
@@ -211,47 +233,48 @@ class HostClient:
         *,
         json_body: Any = None,
         params: dict[str, Any] | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
         content: AsyncIterable[bytes] | None = None,
-    ) -> httpx.Response:
+    ) -> Reply:
         what = f"{method} {url}"
         with _transport_errors(self.base_url, what):
-            response = await self._http.request(
+            async with self._http().request(
                 method,
                 url,
                 json=json_body,
-                params=params,
+                params=_query(params),
                 timeout=timeout,
-                content=content,
+                data=content,
                 headers=self._headers(),
-            )
-        if response.status_code >= 400:
-            raise _error_from(response, what)
-        return response
+            ) as response:
+                reply = Reply(response.status, await response.read(), response.reason or "")
+        if reply.status >= 400:
+            raise _error_from(reply, what)
+        return reply
 
     @asynccontextmanager
     async def _stream(
         self, method: str, url: str, *, json_body: Any = None, params: dict[str, Any] | None = None
-    ) -> AsyncIterator[httpx.Response]:
+    ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response whose status is checked before its body is read."""
         what = f"{method} {url}"
         with _transport_errors(self.base_url, what):
-            request = self._http.build_request(
+            response = await self._http().request(
                 method,
                 url,
                 json=json_body,
-                params=params,
+                params=_query(params),
                 headers=self._headers(),
                 timeout=STREAM_TIMEOUT,
             )
-            response = await self._http.send(request, stream=True)
         try:
-            if response.status_code >= 400:
-                await response.aread()
-                raise _error_from(response, what)
+            if response.status >= 400:
+                with _transport_errors(self.base_url, what):
+                    body = await response.read()
+                raise _error_from(Reply(response.status, body, response.reason or ""), what)
             yield response
         finally:
-            await response.aclose()
+            response.release()
 
     # -- lifecycle ----------------------------------------------------------------------
     async def create(self, body: CapsuleCreate) -> CapsulePublic:
@@ -312,7 +335,7 @@ class HostClient:
 
     # -- exec and processes -------------------------------------------------------------
     async def exec(self, capsule_id: str, body: ExecRequest) -> ExecResponse:
-        timeout = httpx.Timeout(body.timeout_sec + EXEC_MARGIN_S, connect=5.0)
+        timeout = aiohttp.ClientTimeout(total=body.timeout_sec + EXEC_MARGIN_S, connect=5.0)
         url = f"/v1/capsules/{capsule_id}/exec"
         r = await self._call("POST", url, json_body=body.model_dump(), timeout=timeout)
         return ExecResponse.model_validate_json(r.content)
@@ -358,12 +381,23 @@ class HostClient:
         url = f"/v1/capsules/{capsule_id}/processes/{selector}/resize"
         await self._call("POST", url, json_body={"cols": cols, "rows": rows})
 
-    async def _events(self, response: httpx.Response, url: str) -> AsyncIterator[AgentEvent]:
+    async def _events(
+        self, response: aiohttp.ClientResponse, url: str
+    ) -> AsyncIterator[AgentEvent]:
+        # Split lines ourselves: a data event's line can be longer than aiohttp's
+        # readline limit.
+        pending = b""
         with _transport_errors(self.base_url, url):
-            async for line in response.aiter_lines():
-                event = parse_event(line.encode())
-                if event is not None:
-                    yield event
+            async for chunk in response.content.iter_any():
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                for line in lines:
+                    event = parse_event(line)
+                    if event is not None:
+                        yield event
+        event = parse_event(pending)
+        if event is not None:
+            yield event
 
     # -- files --------------------------------------------------------------------------
     @asynccontextmanager
@@ -372,9 +406,9 @@ class HostClient:
         async with self._stream("GET", url, params={"path": path}) as response:
             yield self._bytes(response, url)
 
-    async def _bytes(self, response: httpx.Response, url: str) -> AsyncIterator[bytes]:
+    async def _bytes(self, response: aiohttp.ClientResponse, url: str) -> AsyncIterator[bytes]:
         with _transport_errors(self.base_url, url):
-            async for chunk in response.aiter_raw():
+            async for chunk in response.content.iter_any():
                 yield chunk
 
     async def write_file(self, capsule_id: str, path: str, chunks: AsyncIterable[bytes]) -> None:

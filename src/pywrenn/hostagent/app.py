@@ -121,6 +121,7 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         await manager.recover()  # before the first request: no Create may race a slot
         await manager.ensure_base_snapshot()
+        manager.netpool.refill()
         async with asyncio.TaskGroup() as group:
             tasks = []
             if run_loops:

@@ -45,6 +45,7 @@ from pywrenn.hostagent.meta import (
     read_running_state,
     write_json_atomic,
 )
+from pywrenn.hostagent.netpool import NetworkPool
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.recovery import (
     restore_paused,
@@ -114,6 +115,7 @@ class SandboxManager:
         self._draining = False
         self._tasks: set[asyncio.Task[None]] = set()
         self.base = BaseSnapshots(self)
+        self.netpool = NetworkPool(self, settings.network_pool_size)
 
     # -- queries ---------------------------------------------------------------------------
     def list_infos(self) -> list[CapsuleInfo]:
@@ -170,7 +172,8 @@ class SandboxManager:
         source = self._resolve_template(request.template, vcpus, memory_mb)
         egress = self.settings.egress_default if request.egress is None else request.egress
 
-        slot = await self.allocate_slot(capsule_id)
+        pooled = self.netpool.take(capsule_id, egress=egress)
+        slot = pooled if pooled is not None else await self.allocate_slot(capsule_id)
         net = SlotNetwork(slot)
         run_dir = self.layout.sandbox_dir(capsule_id)
         meta = SnapshotMeta(
@@ -195,7 +198,8 @@ class SandboxManager:
         self._capsules[capsule_id] = capsule
         async with capsule.lifecycle:
             try:
-                await network.create_network(net, egress=egress)
+                if pooled is None:
+                    await network.create_network(net, egress=egress)
                 run_dir.mkdir(parents=True)
                 spec = self._network_spec(net)
                 vm = None
@@ -406,6 +410,7 @@ class SandboxManager:
             log.warning("shutdown: pause budget of %.0fs spent; VMs left running", budget_s)
 
     async def close(self) -> None:
+        await self.netpool.close()
         for task in list(self._tasks):
             task.cancel()
         # A cancelled bake cleans up its VM, slot and namespace before it ends.
@@ -572,6 +577,12 @@ class SandboxManager:
                 log.info("recovery: removing stray namespace %s", name)
                 with contextlib.suppress(HostError, ValueError):
                     await network.remove_network(SlotNetwork(slot))
+        # Claims of no capsule (the network pool's, an interrupted bake's or template
+        # build's) are leftovers of a process that did not stop cleanly.
+        for slot, owner in self.slots.claimed().items():
+            if owner not in self._capsules:
+                log.info("recovery: releasing slot %d claimed by %r", slot, owner)
+                self.slots.release(slot)
 
 
 @dataclass(frozen=True)

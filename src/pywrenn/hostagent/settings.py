@@ -34,6 +34,8 @@ class HostAgentSettings(BaseSettings):
     shutdown_budget_s: float = 300.0
     boot_timeout_s: float = 120.0
     restore_timeout_s: float = 60.0
+    # Slot networks built ahead of creates (0: build each one during its create).
+    network_pool_size: int = Field(default=2, ge=0, le=64)
 
     @field_validator("agent_listen")
     @classmethod

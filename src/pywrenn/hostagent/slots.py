@@ -58,6 +58,13 @@ class SlotAllocator:
                 if self.owner(index) != owner:
                     raise
 
+    def relabel(self, index: int, owner: str) -> None:
+        """Hand a slot this process claimed (e.g. for the network pool) to `owner`."""
+        path = self._layout.slot_claim(index)
+        partial = path.with_name(f".{path.name}.relabel")
+        partial.write_text(owner + "\n")
+        os.replace(partial, path)
+
     def release(self, index: int) -> None:
         try:
             self._layout.slot_claim(index).unlink()

@@ -12,8 +12,7 @@ import codecs
 import json
 from collections.abc import AsyncIterator
 
-from fastapi import APIRouter, Response, WebSocket
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Request, Response, WebSocket
 from pydantic import ValidationError
 
 from pywrenn.hostagent.schemas import ExecStreamRequest
@@ -30,6 +29,7 @@ router = APIRouter(prefix="/v1/capsules", tags=["commands"])
 # A host stream that ends before its process does (the host connection dropped) is
 # picked up again after this pause, so a flapping host cannot spin the loop.
 REATTACH_DELAY_S = 0.2
+JSON = "application/json"
 
 
 @router.post(
@@ -38,21 +38,25 @@ REATTACH_DELAY_S = 0.2
     response_model=ExecResult,
 )
 async def exec_command(
-    capsule_id: str,
-    body: ExecBody,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
+    capsule_id: str, body: ExecBody, request: Request, team: TeamDep
 ) -> Response:
-    t = await guest.target(
-        session, pool=hosts, team_id=team.team_id, capsule_id=capsule_id, now=now, wanted="exec"
+    # The hottest route: app objects are read here rather than through one dependency
+    # each (every dependency costs FastAPI work on every call), and the database is
+    # touched only when the capsule's placement is not cached.
+    state = request.app.state
+    t = await guest.find_target(
+        state.sessions,
+        pool=state.hosts,
+        team_id=team.team_id,
+        capsule_id=capsule_id,
+        now=state.clock(),
+        wanted="exec",
     )
     if body.background:
         started = await guest.exec_background(t, body)
-        return JSONResponse(started.model_dump(), status_code=202)
+        return Response(started.model_dump_json(), status_code=202, media_type=JSON)
     result = await guest.exec_foreground(t, body)
-    return JSONResponse(result.model_dump())
+    return Response(result.model_dump_json(), media_type=JSON)
 
 
 @router.get("/{capsule_id}/processes")
