@@ -167,8 +167,13 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
     auth = [Depends(authorised)]
 
     @app.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "version": __version__}
+    async def health() -> dict[str, object]:
+        pool = manager.netpool
+        return {
+            "status": "ok",
+            "version": __version__,
+            "network_pool": {"ready": pool.ready, "size": pool.size},
+        }
 
     # -- lifecycle -------------------------------------------------------------------------
     @app.get("/v1/capsules", dependencies=auth)

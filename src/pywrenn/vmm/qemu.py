@@ -24,7 +24,7 @@ import os
 import secrets
 import shutil
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -257,7 +257,13 @@ class QemuRuntime:
         return f"exit {proc.returncode}: {err.decode(errors='replace').strip()[-200:]}"
 
     # -- Runtime -------------------------------------------------------------------------
-    async def boot(self, spec: BootSpec, *, timeout: float = 60.0) -> VMHandle:
+    async def boot(
+        self,
+        spec: BootSpec,
+        *,
+        timeout: float = 60.0,
+        init_fields: Mapping[str, Any] | None = None,
+    ) -> VMHandle:
         accel = await self.accel_for(spec.kernel, spec.initramfs)
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         disk = spec.run_dir / DISK_FILE
@@ -279,7 +285,7 @@ class QemuRuntime:
         log.info("boot %s accel=%s", cfg.vm_id, accel)
         vm = await self._launch(cfg)
         try:
-            await _ready_agent(vm, timeout=timeout)
+            await _ready_agent(vm, timeout=timeout, init_fields=init_fields)
         except BaseException as exc:
             await self.kill(vm)
             if isinstance(exc, VMError):
@@ -299,6 +305,7 @@ class QemuRuntime:
         timeout: float = 30.0,
         agent_token: str | None = None,
         template_memory: Path | None = None,
+        init_fields: Mapping[str, Any] | None = None,
     ) -> VMHandle:
         meta = read_meta(snapshot_dir)
         in_place = run_dir.resolve() == snapshot_dir.resolve()
@@ -348,7 +355,9 @@ class QemuRuntime:
                     (snapshot_dir / VM_META).unlink()
                     (snapshot_dir / STATE_FILE).unlink()
                 await qmp.execute("cont")
-            await _ready_agent(vm, timeout=timeout, agent_token=agent_token)
+            await _ready_agent(
+                vm, timeout=timeout, agent_token=agent_token, init_fields=init_fields
+            )
         except BaseException as exc:
             await self.kill(vm)
             if isinstance(exc, VMError):
@@ -630,7 +639,13 @@ async def _wait_status(qmp: QMPClient, done: Any, *, timeout: float) -> str:
         await asyncio.sleep(0.005)
 
 
-async def _ready_agent(vm: VMHandle, *, timeout: float, agent_token: str | None = None) -> None:
+async def _ready_agent(
+    vm: VMHandle,
+    *,
+    timeout: float,
+    agent_token: str | None = None,
+    init_fields: Mapping[str, Any] | None = None,
+) -> None:
     """Wait for the guest agent, then set its clock and reseed its RNG.
 
     After a restore the guest clock is wherever it was at pause time, and every clone of a
@@ -645,7 +660,10 @@ async def _ready_agent(vm: VMHandle, *, timeout: float, agent_token: str | None 
         while True:
             try:
                 await agent.init(
-                    timestamp=rfc3339_now(), entropy=secrets.token_bytes(64), timeout=5.0
+                    timestamp=rfc3339_now(),
+                    entropy=secrets.token_bytes(64),
+                    timeout=5.0,
+                    **dict(init_fields or {}),
                 )
                 return
             except (EnvdUnavailable, EnvdTimeout) as exc:

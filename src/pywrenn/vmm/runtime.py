@@ -11,7 +11,7 @@ import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 __all__ = [
     "AGENT_PORT",
@@ -134,8 +134,17 @@ class Runtime(Protocol):
         """The VMM's own version line, reported in capsule metadata."""
         ...
 
-    async def boot(self, spec: BootSpec, *, timeout: float = 60.0) -> VMHandle:
-        """Cold-boot `spec` and wait until the guest agent is healthy and initialised."""
+    async def boot(
+        self,
+        spec: BootSpec,
+        *,
+        timeout: float = 60.0,
+        init_fields: Mapping[str, Any] | None = None,
+    ) -> VMHandle:
+        """Cold-boot `spec` and wait until the guest agent is healthy and initialised.
+
+        `init_fields` are further guest-agent /init fields (token, hostname, defaults) sent
+        with the readiness call, so the caller needs no second guest round trip."""
         ...
 
     async def restore(
@@ -147,12 +156,13 @@ class Runtime(Protocol):
         timeout: float = 30.0,
         agent_token: str | None = None,
         template_memory: Path | None = None,
+        init_fields: Mapping[str, Any] | None = None,
     ) -> VMHandle:
         """Start a VM from a pause dir or a template dir; wait for the agent; reseed it.
 
         `agent_token` is the guest agent's access token, if the snapshot's agent has one.
         `template_memory` (pause dirs only): put the VM's RAM in that file, shared, so the
-        restored VM can then be frozen with `template_snapshot`."""
+        restored VM can then be frozen with `template_snapshot`. `init_fields`: as `boot`."""
         ...
 
     async def pause_to_dir(self, vm: VMHandle, staging_dir: Path, *, timeout: float = 60.0) -> Path:
