@@ -10,7 +10,7 @@ the cached guest image, then, in the same run and interleaved:
 Also reports the memory (PSS) of each idle clone made through the control plane.
 Target: p50 within 1.5x of the bare restore.
 
-Usage: python bench/templates.py [--runs 10] [--rounds 3] [--image-cache DIR]
+Usage: python bench/templates.py [--runs 10] [--rounds 3] [--image-cache DIR] [--keep-log F]
 """
 
 from __future__ import annotations
@@ -166,6 +166,7 @@ def main() -> None:
         "--image-cache",
         default=os.environ.get("WRENN_IMAGE_CACHE", "/var/cache/pywrenn/image-cache"),
     )
+    parser.add_argument("--keep-log", default="", help="copy the node's log here at the end")
     args = parser.parse_args()
     cache = Path(args.image_cache)
     root = Path(tempfile.mkdtemp(prefix="wrenn-bench-tpl-"))
@@ -301,6 +302,8 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     proc.kill()
         logs.close()
+        if args.keep_log:
+            shutil.copy(root / "bench.log", args.keep_log)
         shutil.rmtree(root, ignore_errors=True)
 
 
