@@ -191,9 +191,9 @@ def test_recipe_builds_a_template_whose_service_answers_at_once(
         # The service was running when the template was frozen: it answers right away.
         page = sh(api, capsule_id, FETCH.format(url="http://127.0.0.1:8000/index.html"))
         assert page == "hello from the template\n\n"
-        # ENV and USER carry over to the template's capsules (WORKDIR does not, yet).
-        out = sh(api, capsule_id, "echo $GREETING; whoami; cat /srv/site/built.txt")
-        assert out.startswith("hello\nuser\nbuilt at"), out
+        # ENV, USER and WORKDIR carry over to the template's capsules.
+        out = sh(api, capsule_id, "echo $GREETING; whoami; pwd; cat built.txt")
+        assert out.startswith("hello\nuser\n/srv/site\nbuilt at"), out
         assert not sh(api, capsule_id, "ls /tmp/build-files 2>/dev/null || true")
     finally:
         destroy(api, capsule_id)

@@ -133,7 +133,7 @@ class BuildRunner:
                 base = await templates.resolve_for_host(
                     session, team_id=team_id, name=row.base_template
                 )
-                user, env = await templates.defaults_for(
+                base_defaults = await templates.defaults_for(
                     session, team_id=team_id, name=row.base_template
                 )
                 await host.create(
@@ -146,9 +146,14 @@ class BuildRunner:
                         metadata={"build": builds.api_id(row)},
                     )
                 )
-                state = BuildState(env=dict(env))
-                if user:
-                    state.user = user
+                state = BuildState(env=dict(base_defaults.env))
+                if base_defaults.user:
+                    state.user = base_defaults.user
+                if base_defaults.workdir:
+                    state.workdir = base_defaults.workdir
+                workdir_set = bool(base_defaults.workdir) or any(
+                    isinstance(s.instruction, Workdir) for s in recipe.steps
+                )
                 if row.archive_bytes:
                     await self._unpack_archive(host, capsule_id, build_id, log_)
                 for step in recipe.steps:
@@ -170,8 +175,9 @@ class BuildRunner:
                         host_id=host_id,
                         vcpus=row.vcpus,
                         memory_mb=row.memory_mb,
-                        default_user=state.user,
-                        default_env=state.env,
+                        defaults=templates.Defaults(
+                            state.user, dict(state.env), state.workdir if workdir_set else ""
+                        ),
                         metadata={"build": builds.api_id(row)},
                     ),
                     name=name,

@@ -90,6 +90,7 @@ class CreateRequest:
     template_id: str = NIL_UUID
     default_user: str = ""
     default_env: dict[str, str] = field(default_factory=dict)
+    default_workdir: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     egress: bool | None = None
 
@@ -194,6 +195,7 @@ class SandboxManager:
             egress=egress,
             default_user=request.default_user,
             default_env=dict(request.default_env),
+            default_workdir=request.default_workdir,
         )
         capsule = Capsule(capsule_id=capsule_id, state=S.CREATING, meta=meta)
         self._capsules[capsule_id] = capsule
@@ -482,6 +484,8 @@ class SandboxManager:
             fields["defaultUser"] = capsule.meta.default_user
         if capsule.meta.default_env:
             fields["envVars"] = capsule.meta.default_env
+        if capsule.meta.default_workdir:
+            fields["defaultWorkdir"] = capsule.meta.default_workdir
         return fields
 
     def _attach_guest(self, capsule: Capsule) -> None:

@@ -44,6 +44,7 @@ class SnapshotMeta:
     egress: bool = True
     default_user: str = ""
     default_env: dict[str, str] = field(default_factory=dict)
+    default_workdir: str = ""
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -70,6 +71,7 @@ class SnapshotMeta:
                 egress=bool(data.get("egress", True)),
                 default_user=str(data.get("default_user", "")),
                 default_env=_str_map(data.get("default_env")),
+                default_workdir=str(data.get("default_workdir", "")),
             )
         except (TypeError, ValueError) as exc:
             raise MetaError(f"invalid: snapshot meta field: {exc}") from exc

@@ -26,6 +26,7 @@ class CapsuleCreate(_Strict):
     template_id: str = ""
     default_user: str = ""
     default_env: dict[str, str] = Field(default_factory=dict)
+    default_workdir: str = Field(default="", max_length=4096)
     metadata: dict[str, str] = Field(default_factory=dict)
     egress: bool | None = None
 

@@ -164,6 +164,7 @@ class TemplateService:
             timeout_sec=meta.timeout_sec,
             default_user=meta.default_user,
             default_env=dict(meta.default_env),
+            default_workdir=meta.default_workdir,
             metadata={**meta.metadata, "forked_from": capsule_id},
             egress=meta.egress,
         )

@@ -139,6 +139,7 @@ class Template(Base):
     # What a capsule made from this template runs as, unless the call says otherwise.
     default_user: Mapped[str] = mapped_column(String(64), default="")
     default_env: Mapped[dict[str, str]] = mapped_column(JSONDict, default=dict)
+    default_workdir: Mapped[str] = mapped_column(String(512), default="")
 
 
 class TemplateBuild(Base):

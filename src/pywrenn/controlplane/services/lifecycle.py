@@ -125,11 +125,13 @@ async def finish_create(
             host_template = await templates.resolve_for_host(
                 session, team_id=row.team_id, name=row.template
             )
-            user, env = await templates.defaults_for(
-                session, team_id=row.team_id, name=row.template
-            )
+            defaults = await templates.defaults_for(session, team_id=row.team_id, name=row.template)
             body = _agent_create(row, host_template).model_copy(
-                update={"default_user": user, "default_env": env}
+                update={
+                    "default_user": defaults.user,
+                    "default_env": defaults.env,
+                    "default_workdir": defaults.workdir,
+                }
             )
             info = await pool.client(row.host_id).create(body)
         except Exception as exc:

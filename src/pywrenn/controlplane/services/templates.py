@@ -103,14 +103,21 @@ async def resolve_for_host(session: AsyncSession, *, team_id: uuid.UUID, name: s
     return host_name(row)
 
 
-async def defaults_for(
-    session: AsyncSession, *, team_id: uuid.UUID, name: str
-) -> tuple[str, dict[str, str]]:
-    """The default user and env capsules made from template `name` start with."""
+@dataclass(frozen=True)
+class Defaults:
+    """What capsules made from a template start with, unless a call says otherwise."""
+
+    user: str = ""
+    env: dict[str, str] = field(default_factory=dict)
+    workdir: str = ""
+
+
+async def defaults_for(session: AsyncSession, *, team_id: uuid.UUID, name: str) -> Defaults:
     row = None if name in BASE_TEMPLATES else await find(session, team_id=team_id, name=name)
     if row is None:
-        return "", {}
-    return row.default_user, {str(k): str(v) for k, v in (row.default_env or {}).items()}
+        return Defaults()
+    env = {str(k): str(v) for k, v in (row.default_env or {}).items()}
+    return Defaults(row.default_user, env, row.default_workdir)
 
 
 @dataclass(frozen=True)
@@ -122,8 +129,7 @@ class SnapshotSource:
     vcpus: int
     memory_mb: int
     row_id: uuid.UUID | None = None
-    default_user: str = ""
-    default_env: dict[str, str] = field(default_factory=dict)
+    defaults: Defaults = field(default_factory=Defaults)
     metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -165,8 +171,9 @@ async def snapshot_into_template(
         source_capsule_id=source.row_id,
         metadata_={"source_capsule": source.capsule_id, **source.metadata},
         created_at=now,
-        default_user=source.default_user,
-        default_env=dict(source.default_env),
+        default_user=source.defaults.user,
+        default_env=dict(source.defaults.env),
+        default_workdir=source.defaults.workdir,
     )
     made = await host.snapshot(source.capsule_id, SnapshotRequest(name=host_name(row)))
     row.size_bytes = made.size_bytes
@@ -193,15 +200,13 @@ async def create_snapshot(
         raise InvalidState(capsule_id, capsule.status, "snapshot")
     name = name or f"{capsule_id}-{now.strftime('%Y%m%d%H%M%S')}"
     assert capsule.host_id is not None  # running or paused: placed
-    user, env = await defaults_for(session, team_id=team_id, name=capsule.template)
     source = SnapshotSource(
         capsule_id=capsule_id,
         host_id=capsule.host_id,
         vcpus=capsule.vcpus,
         memory_mb=capsule.memory_mb,
         row_id=capsule.id,
-        default_user=user,
-        default_env=env,
+        defaults=await defaults_for(session, team_id=team_id, name=capsule.template),
     )
     return await snapshot_into_template(
         session,
