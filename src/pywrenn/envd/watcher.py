@@ -41,6 +41,7 @@ CHMOD = "EVENT_TYPE_CHMOD"
 
 # Events kept for a consumer that does not come back; older ones are dropped first.
 MAX_QUEUED = 10_000
+MAX_TEMP_COOKIES = 1024
 POLL_INTERVAL_S = 0.5
 
 _WATCH_MASK = (
@@ -145,6 +146,10 @@ class _InotifyBackend:
         self._inotify = inotify.Inotify()
         self._wake_r, self._wake_w = os.pipe()
         self._dirs: dict[int, str] = {}  # wd → directory relative to root ("" is root)
+        # Cookies of renames away from an upload's temp file. Kept across reads: the
+        # MOVED_FROM and its MOVED_TO can arrive in two reads, and the pair must still
+        # read as "written" (CREATE + WRITE), not as a bare CREATE.
+        self._from_temp: dict[int, None] = {}
         try:
             self._add(root, "", report=None)
         except BaseException:
@@ -180,9 +185,10 @@ class _InotifyBackend:
             return []
         out: list[WatchEvent] = []
         moved_dirs: dict[int, str] = {}  # cookie → old relative path of a moved directory
-        from_temp: set[int] = set()
         for raw in self._inotify.read_events():
-            self._translate(raw, out, moved_dirs, from_temp)
+            self._translate(raw, out, moved_dirs, self._from_temp)
+        while len(self._from_temp) > MAX_TEMP_COOKIES:  # renames whose MOVED_TO never came
+            del self._from_temp[next(iter(self._from_temp))]
         # A directory moved out of the tree has no MOVED_TO here: stop watching it.
         for old_rel in moved_dirs.values():
             self._forget(old_rel)
@@ -193,7 +199,7 @@ class _InotifyBackend:
         raw: inotify.RawEvent,
         out: list[WatchEvent],
         moved_dirs: dict[int, str],
-        from_temp: set[int],
+        from_temp: dict[int, None],
     ) -> None:
         mask = raw.mask
         if mask & inotify.IN_Q_OVERFLOW:
@@ -210,9 +216,10 @@ class _InotifyBackend:
         is_dir = bool(mask & inotify.IN_ISDIR)
         if _is_temp(raw.name):
             if mask & inotify.IN_MOVED_FROM:
-                from_temp.add(raw.cookie)
+                from_temp[raw.cookie] = None
             return
         if mask & inotify.IN_MOVED_TO and raw.cookie in from_temp:
+            del from_temp[raw.cookie]
             out.append(WatchEvent(rel, CREATE, path))
             out.append(WatchEvent(rel, WRITE, path))
             return
