@@ -61,8 +61,10 @@ async def create_capsule(
     metadata: dict[str, str] | None = None,
     template_id: uuid.UUID | None = None,
     disk_size_mb: int | None = None,
+    host_id: uuid.UUID | None = None,
 ) -> Capsule:
-    """Insert a `pending` capsule and commit, so a GET right after create finds it."""
+    """Insert a `pending` capsule (placed on `host_id`, if chosen) and commit, so a GET
+    right after create finds it."""
     if not template or len(template) > 128:
         raise InvalidInput(f"invalid: template {template!r} must be 1..128 characters")
     if vcpus < 1 or memory_mb < 1 or timeout_sec < 0:
@@ -79,6 +81,7 @@ async def create_capsule(
         memory_mb=memory_mb,
         timeout_sec=timeout_sec,
         disk_size_mb=disk_size_mb,
+        host_id=host_id,
         metadata_=dict(metadata or {}),
         versions={},
         created_at=now,
@@ -131,8 +134,11 @@ async def move(
     reason: str = "",
     error: str | None = None,
     values: dict[str, Any] | None = None,
+    action: tuple[EventSpec, Actor] | None = None,
 ) -> Change | None:
     """Move a capsule to `to` if its current status allows it; record the event; commit.
+
+    `action`: a user action's event to record in the same transaction, if it moves.
 
     Returns the Change, or None if the capsule is gone or its status (at the moment of
     the UPDATE) is not an allowed source. Never moves a capsule against the table. Reads
@@ -169,6 +175,10 @@ async def move(
                 metadata=metadata,
             )
             record_nocommit(session, team_id=current.team_id, spec=spec, actor=actor, now=now)
+            if action is not None:
+                record_nocommit(
+                    session, team_id=current.team_id, spec=action[0], actor=action[1], now=now
+                )
             await session.commit()
             return change
         # Someone moved it between our read and our write: look again.

@@ -23,7 +23,7 @@ from ..hostpool import HostPool
 from ..states import CapsuleStatus as S
 from . import capsules
 from .events import Actor
-from .lifecycle import placed, record_action, running
+from .lifecycle import action_spec, placement_values, record_action, running
 
 MAX_FORK = 16
 
@@ -82,7 +82,6 @@ async def fork_capsule(
         raise
     by_id = {info.capsule_id: info for info in made.capsules}
     for child in children:
-        await placed(session, child, by_id[capsules.api_id(child)], now=now)
         await capsules.move(
             session,
             capsule_id=child.id,
@@ -90,7 +89,7 @@ async def fork_capsule(
             now=now,
             allowed_from={S.STARTING},
             actor=actor,
-            values={"last_active_at": now},
+            values={"last_active_at": now, **placement_values(by_id[capsules.api_id(child)])},
+            action=(action_spec(child, "capsule.create"), actor),
         )
-        await record_action(session, child, "capsule.create", actor=actor, now=now)
     return [await capsules.get_capsule(session, team_id=team_id, capsule_id=i) for i in ids]

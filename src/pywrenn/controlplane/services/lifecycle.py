@@ -66,15 +66,19 @@ async def record_action(
     error: str | None = None,
 ) -> None:
     """Record a user action's outcome; commits, so call it with no other pending work."""
-    spec = EventSpec(
+    spec = action_spec(row, event, error)
+    record_nocommit(session, team_id=row.team_id, spec=spec, actor=actor, now=now)
+    await session.commit()
+
+
+def action_spec(row: Capsule, event: str, error: str | None = None) -> EventSpec:
+    return EventSpec(
         event=event,
         resource_type="capsule",
         resource_id=capsules.api_id(row),
         outcome="error" if error else "success",
         error=error,
     )
-    record_nocommit(session, team_id=row.team_id, spec=spec, actor=actor, now=now)
-    await session.commit()
 
 
 async def begin_create(
@@ -100,9 +104,9 @@ async def begin_create(
         timeout_sec=clamp_timeout(spec.timeout_sec),
         metadata=spec.metadata,
         now=now,
+        host_id=host.id,
     )
-    await capsules.record_placement(session, capsule_id=row.id, host_id=host.id, now=now)
-    return await capsules.get_capsule(session, team_id=team_id, capsule_id=capsules.api_id(row))
+    return row
 
 
 async def finish_create(
@@ -151,15 +155,22 @@ async def finish_create(
             if not isinstance(exc, ControlPlaneError):
                 raise
             return
-        await placed(session, row, info, now=clock())
+        # Placement and status in one transaction: each commit is a write the next
+        # create waits behind.
         running = await capsules.move(
-            session, capsule_id=capsule_key, to=S.RUNNING, now=clock(), allowed_from={S.STARTING}
+            session,
+            capsule_id=capsule_key,
+            to=S.RUNNING,
+            now=clock(),
+            allowed_from={S.STARTING},
+            values=placement_values(info),
+            action=(action_spec(row, "capsule.create"), actor),
         )
         if running is None:
             # Destroyed while it booted; that request may have found nothing on the host yet.
             await _destroy_on_host(pool, row)
             await capsules.mark_stopped(session, capsule_id=capsule_key, now=clock(), actor=actor)
-        await record_action(session, row, "capsule.create", actor=actor, now=clock())
+            await record_action(session, row, "capsule.create", actor=actor, now=clock())
 
 
 def _agent_create(row: Capsule, host_template: str) -> AgentCreate:
@@ -174,15 +185,9 @@ def _agent_create(row: Capsule, host_template: str) -> AgentCreate:
     )
 
 
-async def placed(session: AsyncSession, row: Capsule, info: AgentCapsule, *, now: datetime) -> None:
-    await capsules.record_placement(
-        session,
-        capsule_id=row.id,
-        now=now,
-        slot_index=info.slot_index,
-        host_ip=info.host_ip,
-        versions=dict(info.versions),
-    )
+def placement_values(info: AgentCapsule) -> dict[str, object]:
+    """What the host agent told us about where and on what a capsule runs, as columns."""
+    return {"slot_index": info.slot_index, "host_ip": info.host_ip, "versions": dict(info.versions)}
 
 
 async def _destroy_on_host(pool: HostPool, row: Capsule) -> None:
