@@ -89,7 +89,7 @@ def _start_agent(
         )
     host, port = parse_listen(settings.agent_listen)
     deadline = time.monotonic() + AGENT_START_TIMEOUT_S
-    with console.status("host agent: recovering capsules and starting"):
+    with console.status("host agent: recovering capsules, preparing the base snapshot, starting"):
         while time.monotonic() < deadline:
             if agent.poll() is not None:
                 raise SystemExit(f"host agent exited ({agent.returncode}); see {log}")

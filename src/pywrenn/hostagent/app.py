@@ -14,14 +14,16 @@ import contextlib
 import hmac
 import json
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pywrenn import __version__
 from pywrenn.envdclient._ops import ProcessEvent, Selector
@@ -66,6 +68,26 @@ from pywrenn.hostagent.templates import TemplateNotFound, TemplateService
 log = logging.getLogger("pywrenn.hostagent.app")
 
 MAX_JSON_BODY = 1024 * 1024
+
+
+class LimitJSONBodies:
+    """ASGI middleware: file uploads stream; every other body is small JSON, and a huge
+    one is a mistake (413). Pure ASGI: `@app.middleware` costs a task and two memory
+    streams per request."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not scope["path"].endswith("/files"):
+            length = Headers(scope=scope).get("content-length", "")
+            if length.isdigit() and int(length) > MAX_JSON_BODY:
+                body = error_body("invalid", f"too large: body of {length} bytes")
+                await JSONResponse(body, status_code=413)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 PathQuery = Annotated[str, Query(min_length=1, max_length=4096)]
 NDJSON = "application/x-ndjson"
 
@@ -138,24 +160,10 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
     app = FastAPI(title="pywrenn host agent", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
 
-    @app.middleware("http")
-    async def limit_json_bodies(
-        request: Request, call_next: Callable[[Request], Awaitable[Response]]
-    ) -> Response:
-        # File uploads stream; everything else is small JSON, and a huge body is a mistake.
-        length = request.headers.get("content-length")
-        if (
-            length
-            and length.isdigit()
-            and int(length) > MAX_JSON_BODY
-            and not request.url.path.endswith("/files")
-        ):
-            return JSONResponse(
-                error_body("invalid", f"too large: body of {length} bytes"), status_code=413
-            )
-        return await call_next(request)
+    app.add_middleware(LimitJSONBodies)
 
-    def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
+    # async: FastAPI runs a plain `def` dependency in a worker thread, on every request.
+    async def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
         presented = (authorization or "").removeprefix("Bearer ").strip()
         if not hmac.compare_digest(presented.encode(), token.encode()):
             raise _Unauthorised()
