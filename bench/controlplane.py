@@ -14,69 +14,19 @@ Usage: python bench/controlplane.py [--runs 30] [--creates 3] [--image-cache DIR
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
-import math
 import os
-import shutil
-import signal
-import socket
 import statistics
 import struct
-import subprocess
 import sys
-import tempfile
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from pywrenn.controlplane.bootstrap import bootstrap_admin  # noqa: E402
-from pywrenn.controlplane.db.engine import make_engine, make_session_factory  # noqa: E402
-from pywrenn.controlplane.db.migrate import upgrade_to_head  # noqa: E402
-
-CONTROL_PLANE = (
-    "import uvicorn;"
-    "from pywrenn.controlplane.app import create_app;"
-    "from pywrenn.controlplane.settings import ControlPlaneSettings;"
-    "uvicorn.run(create_app(ControlPlaneSettings()), host='127.0.0.1', port={port},"
-    " log_level='warning', ws='wsproto')"
-)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_up(url: str, proc: subprocess.Popen[bytes], budget: float) -> None:
-    deadline = time.monotonic() + budget
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: process exited {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not come up")
-
-
-def stats(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-    return {
-        "p50_ms": round(statistics.median(ordered) * 1000, 2),
-        "p95_ms": round(
-            ordered[min(len(ordered) - 1, math.ceil(len(ordered) * 0.95) - 1)] * 1000, 2
-        ),
-        "n": len(ordered),
-    }
+from node import DEFAULT_IMAGE_CACHE, cpu_seconds, running_node, stats
 
 
 def timed(call: object, runs: int) -> list[float]:
@@ -103,71 +53,16 @@ def envd_exec(envd: httpx.Client, url: str, token: str) -> None:
 IDLE_S = 10.0
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far (from /proc, in clock ticks)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-async def admin_key(db_url: str) -> str:
-    upgrade_to_head(db_url)
-    engine = make_engine(db_url)
-    try:
-        async with make_session_factory(engine)() as session:
-            creds = await bootstrap_admin(session, now=datetime.now(UTC))
-            assert creds is not None
-            return creds.api_key
-    finally:
-        await engine.dispose()
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--creates", type=int, default=3)
-    parser.add_argument(
-        "--image-cache",
-        default=os.environ.get("WRENN_IMAGE_CACHE", "/var/cache/pywrenn/image-cache"),
-    )
+    parser.add_argument("--image-cache", default=DEFAULT_IMAGE_CACHE)
     args = parser.parse_args()
-    cache = Path(args.image_cache)
-    root = Path(tempfile.mkdtemp(prefix="wrenn-bench-cp-"))
-    (root / "images").mkdir()
-    (root / "kernels").symlink_to(cache / "kernels")
-    (root / "images" / "minimal").symlink_to(cache / "images" / "minimal")
-    (root / "cache").mkdir()
-    if (cache / "cache" / "vmm-accel.json").exists():
-        shutil.copy(cache / "cache" / "vmm-accel.json", root / "cache" / "vmm-accel.json")
-    agent_port, api_port = free_port(), free_port()
-    env = dict(
-        os.environ,
-        WRENN_DIR=str(root),
-        WRENN_AGENT_LISTEN=f"127.0.0.1:{agent_port}",
-        WRENN_API_LISTEN=f"127.0.0.1:{api_port}",
-        WRENN_EGRESS_DEFAULT="false",
-        PYTHONPATH=str(ROOT / "src"),
-    )
-    env.pop("WRENN_DATABASE_URL", None)
-    env.pop("WRENN_HOST_TOKEN", None)
-    logs = open(root / "bench.log", "ab")  # noqa: SIM115 - closed in finally
-    procs: list[subprocess.Popen[bytes]] = []
-    agent_url, api_url = f"http://127.0.0.1:{agent_port}", f"http://127.0.0.1:{api_port}"
-    try:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "pywrenn.hostagent"], env=env, stdout=logs, stderr=logs
-        )
-        procs.append(agent)
-        wait_up(agent_url, agent, 180)
-        key = asyncio.run(admin_key(f"sqlite:///{root / 'wrenn.db'}"))
-        api = subprocess.Popen(
-            [sys.executable, "-c", CONTROL_PLANE.format(port=api_port)],
-            env=env,
-            stdout=logs,
-            stderr=logs,
-        )
-        procs.append(api)
-        wait_up(api_url, api, 60)
-        token = (root / "host-token").read_text().strip()
+    with running_node(Path(args.image_cache)) as node:
+        root, agent, api = node.root, node.agent, node.api
+        agent_url, api_url, key = node.agent_url, node.api_url, node.api_key
+        token = node.host_token()
         cp = httpx.Client(base_url=f"{api_url}/api", headers={"X-API-Key": key}, timeout=300)
         ha = httpx.Client(
             base_url=agent_url, headers={"Authorization": f"Bearer {token}"}, timeout=300
@@ -273,16 +168,6 @@ def main() -> None:
             "target_met": added < 5.0,
         }
         print(json.dumps(report, indent=2))
-    finally:
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        logs.close()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

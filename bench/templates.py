@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -37,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from controlplane import CONTROL_PLANE, admin_key, free_port, stats, wait_up  # noqa: E402
+from node import DEFAULT_IMAGE_CACHE, running_node, stats  # noqa: E402
 from pywrenn import images  # noqa: E402
 from pywrenn.hostagent import network  # noqa: E402
 from pywrenn.hostagent.basesnapshot import find as find_base  # noqa: E402
@@ -162,57 +161,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument(
-        "--image-cache",
-        default=os.environ.get("WRENN_IMAGE_CACHE", "/var/cache/pywrenn/image-cache"),
-    )
+    parser.add_argument("--image-cache", default=DEFAULT_IMAGE_CACHE)
     parser.add_argument("--keep-log", default="", help="copy the node's log here at the end")
     args = parser.parse_args()
-    cache = Path(args.image_cache)
-    root = Path(tempfile.mkdtemp(prefix="wrenn-bench-tpl-"))
-    (root / "images").mkdir()
-    (root / "kernels").symlink_to(cache / "kernels")
-    (root / "images" / "minimal").symlink_to(cache / "images" / "minimal")
-    (root / "cache").mkdir()
-    if (cache / "cache" / "vmm-accel.json").exists():
-        shutil.copy(cache / "cache" / "vmm-accel.json", root / "cache" / "vmm-accel.json")
-    layout = Layout(root)
-    agent_port, api_port = free_port(), free_port()
-    env = dict(
-        os.environ,
-        WRENN_DIR=str(root),
-        WRENN_AGENT_LISTEN=f"127.0.0.1:{agent_port}",
-        WRENN_API_LISTEN=f"127.0.0.1:{api_port}",
-        WRENN_EGRESS_DEFAULT="false",
-        WRENN_DEFAULT_MEMORY_MB=str(MEMORY_MB),  # the agent bakes this size at start
-        WRENN_NETWORK_POOL_SIZE=str(CONCURRENT),
-        PYTHONPATH=str(ROOT / "src"),
-    )
-    env.pop("WRENN_DATABASE_URL", None)
-    env.pop("WRENN_HOST_TOKEN", None)
-    logs = open(root / "bench.log", "ab")  # noqa: SIM115 - closed in finally
-    procs: list[subprocess.Popen[bytes]] = []
-    bare = None
-    try:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "pywrenn.hostagent"], env=env, stdout=logs, stderr=logs
-        )
-        procs.append(agent)
-        wait_up(f"http://127.0.0.1:{agent_port}", agent, 300)
-        key = asyncio.run(admin_key(f"sqlite:///{root / 'wrenn.db'}"))
-        api = subprocess.Popen(
-            [sys.executable, "-c", CONTROL_PLANE.format(port=api_port)],
-            env=env,
-            stdout=logs,
-            stderr=logs,
-        )
-        procs.append(api)
-        wait_up(f"http://127.0.0.1:{api_port}", api, 60)
+    extra = {
+        "WRENN_DEFAULT_MEMORY_MB": str(MEMORY_MB),  # the agent bakes this size at start
+        "WRENN_NETWORK_POOL_SIZE": str(CONCURRENT),
+    }
+    with (
+        running_node(Path(args.image_cache), extra_env=extra, keep_log=args.keep_log) as node,
+        contextlib.ExitStack() as cleanup,
+    ):
+        root, layout, key = node.root, Layout(node.root), node.api_key
         snapshot = find_base(layout, images.load_manifest(layout, "minimal"), 1, MEMORY_MB)
         assert snapshot is not None, "the agent baked no base snapshot"
-        cp = httpx.Client(
-            base_url=f"http://127.0.0.1:{api_port}/api", headers={"X-API-Key": key}, timeout=300
-        )
+        cp = httpx.Client(base_url=f"{node.api_url}/api", headers={"X-API-Key": key}, timeout=300)
 
         def create() -> tuple[str, float]:
             """From sending the POST until the capsule is running, by the server's own
@@ -225,7 +188,7 @@ def main() -> None:
                 time.sleep(POLL_S)
             return capsule_id, datetime.fromisoformat(got["started_at"]).timestamp() - sent
 
-        agent_url = f"http://127.0.0.1:{agent_port}"
+        agent_url = node.agent_url
 
         def settle() -> None:
             """Before each measurement: the agent's background work (tearing down the last
@@ -239,6 +202,7 @@ def main() -> None:
             time.sleep(SETTLE_S)
 
         bare = Bare(layout, snapshot, CONCURRENT)
+        cleanup.callback(bare.close)
         for _ in range(WARM):  # warm the page cache and both paths
             capsule_id, _ = create()
             cp.delete(f"/v1/capsules/{capsule_id}")
@@ -287,20 +251,6 @@ def main() -> None:
         report["host_agent_create"] = host_create_times(root / "bench.log", WARM + args.runs)
         report["target_met"] = all(v <= 1.5 for v in report["ratio_p50"].values())  # type: ignore[union-attr]
         print(json.dumps(report, indent=2))
-    finally:
-        if bare is not None:
-            bare.close()
-        for proc in reversed(procs):
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=120)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-        logs.close()
-        if args.keep_log:
-            shutil.copy(root / "bench.log", args.keep_log)
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

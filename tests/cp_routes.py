@@ -8,6 +8,7 @@ it; see tests/unit/test_cp_routes_*.py.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
@@ -106,3 +107,16 @@ async def _control_plane(
             ) as client,
         ):
             yield Harness(app, client, fake, creds.api_key)
+
+
+Body = Callable[[Harness], Awaitable[None]]
+
+
+def run(db_url: str, tmp_path: Path, body: Body) -> None:
+    """Run `body` against a fresh harness, in its own event loop (tests are sync)."""
+
+    async def main() -> None:
+        async with harness(db_url, tmp_path) as h:
+            await body(h)
+
+    asyncio.run(main())

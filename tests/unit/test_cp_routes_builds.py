@@ -5,23 +5,12 @@ from __future__ import annotations
 import asyncio
 import io
 import tarfile
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from tests.cp_routes import Harness, harness
+from tests.cp_routes import Harness, run
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
-
-Body = Callable[[Harness], Awaitable[None]]
-
-
-def run(db_url: str, tmp_path: Path, body: Body) -> None:
-    async def main() -> None:
-        async with harness(db_url, tmp_path) as h:
-            await body(h)
-
-    asyncio.run(main())
 
 
 async def finished(h: Harness, build_id: str) -> dict[str, Any]:

@@ -3,25 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from tests.cp_routes import Harness, harness
+from tests.cp_routes import Harness, run
 
 # The database fixtures, and `sqlite_url` for tests where the database does not matter.
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
-
-Body = Callable[[Harness], Awaitable[None]]
-
-
-def run(db_url: str, tmp_path: Path, body: Body) -> None:
-    async def main() -> None:
-        async with harness(db_url, tmp_path) as h:
-            await body(h)
-
-    asyncio.run(main())
 
 
 def test_lifecycle_create_pause_resume_destroy(db_url: str, tmp_path: Path) -> None:

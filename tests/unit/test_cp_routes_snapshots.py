@@ -2,23 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
-from tests.cp_routes import Harness, harness
+from tests.cp_routes import Harness, run
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
-
-Body = Callable[[Harness], Awaitable[None]]
-
-
-def run(db_url: str, tmp_path: Path, body: Body) -> None:
-    async def main() -> None:
-        async with harness(db_url, tmp_path) as h:
-            await body(h)
-
-    asyncio.run(main())
 
 
 def test_snapshot_list_create_from_and_delete(db_url: str, tmp_path: Path) -> None:
