@@ -26,6 +26,7 @@ import uuid
 from collections.abc import AsyncIterable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -217,12 +218,9 @@ class BuildRunner:
         await log_.info(f"upload build archive ({path.stat().st_size} bytes)")
         await host.write_file(capsule_id, ARCHIVE_PATH, _file_chunks(path))
         script = f"mkdir -p {FILES_DIR} && tar -xf {ARCHIVE_PATH} -C {FILES_DIR}"
-        out = await host.exec(
-            capsule_id,
-            ExecRequest(cmd="/bin/sh", args=["-c", script], user="root", timeout_sec=300),
-        )
-        if out.exit_code != 0:
-            raise StepFailed(f"build archive is not a tar file: {out.stderr.strip()[-300:]}")
+        exit_code, output = await self._root_sh(host, capsule_id, script)
+        if exit_code != 0:
+            raise StepFailed(f"build archive is not a tar file: {output[-300:]}")
 
     async def _step(
         self,
@@ -252,12 +250,7 @@ class BuildRunner:
                 await host.start_process(
                     capsule_id,
                     BackgroundRequest(
-                        cmd="/bin/sh",
-                        args=["-c", instruction.command],
-                        envs=state.env,
-                        cwd=state.workdir,
-                        user=state.user,
-                        tag=f"start-{step.index + 1}",
+                        **_in_build(instruction.command, state), tag=f"start-{step.index + 1}"
                     ),
                 )
             elif isinstance(instruction, Copy):
@@ -289,12 +282,7 @@ class BuildRunner:
         step: Step,
     ) -> int:
         request = ExecStreamRequest(
-            cmd="/bin/sh",
-            args=["-c", run.command],
-            envs=state.env,
-            cwd=state.workdir,
-            user=state.user,
-            timeout_sec=run.timeout_s or DEFAULT_RUN_TIMEOUT_S,
+            **_in_build(run.command, state), timeout_sec=run.timeout_s or DEFAULT_RUN_TIMEOUT_S
         )
         exit_code = -1
         async with host.exec_stream(capsule_id, request) as events:
@@ -349,14 +337,7 @@ class BuildRunner:
             attempt = time.monotonic()
             out = await host.exec(
                 capsule_id,
-                ExecRequest(
-                    cmd="/bin/sh",
-                    args=["-c", check.command],
-                    envs=state.env,
-                    cwd=state.workdir,
-                    user=state.user,
-                    timeout_sec=check.timeout_s,
-                ),
+                ExecRequest(**_in_build(check.command, state), timeout_sec=check.timeout_s),
             )
             if out.exit_code == 0:
                 await log_.info(f"healthcheck passed after {time.monotonic() - started:.1f}s")
@@ -421,6 +402,17 @@ class _Log:
                 text=text,
                 now=self._clock(),
             )
+
+
+def _in_build(command: str, state: BuildState) -> dict[str, Any]:
+    """`/bin/sh -c command` with the ENV, WORKDIR and USER the recipe has set so far."""
+    return {
+        "cmd": "/bin/sh",
+        "args": ["-c", command],
+        "envs": dict(state.env),
+        "cwd": state.workdir,
+        "user": state.user,
+    }
 
 
 def _mkdir_owned(path: str, user: str) -> str:

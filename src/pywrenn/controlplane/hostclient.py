@@ -226,6 +226,26 @@ class HostClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token()}"}
 
+    def _request(
+        self,
+        method: str,
+        url: str,
+        json_body: Any,
+        params: dict[str, Any] | None,
+        timeout: aiohttp.ClientTimeout,
+        content: AsyncIterable[bytes] | None = None,
+    ) -> Any:
+        """One request to the agent (await it, or use it as a context manager)."""
+        return self._http().request(
+            method,
+            url,
+            json=json_body,
+            params=_query(params),
+            timeout=timeout,
+            data=content,
+            headers=self._headers(),
+        )
+
     async def _call(
         self,
         method: str,
@@ -238,15 +258,8 @@ class HostClient:
     ) -> Reply:
         what = f"{method} {url}"
         with _transport_errors(self.base_url, what):
-            async with self._http().request(
-                method,
-                url,
-                json=json_body,
-                params=_query(params),
-                timeout=timeout,
-                data=content,
-                headers=self._headers(),
-            ) as response:
+            request = self._request(method, url, json_body, params, timeout, content)
+            async with request as response:
                 reply = Reply(response.status, await response.read(), response.reason or "")
         if reply.status >= 400:
             raise _error_from(reply, what)
@@ -259,14 +272,7 @@ class HostClient:
         """A response whose status is checked before its body is read."""
         what = f"{method} {url}"
         with _transport_errors(self.base_url, what):
-            response = await self._http().request(
-                method,
-                url,
-                json=json_body,
-                params=_query(params),
-                headers=self._headers(),
-                timeout=STREAM_TIMEOUT,
-            )
+            response = await self._request(method, url, json_body, params, STREAM_TIMEOUT)
         try:
             if response.status >= 400:
                 with _transport_errors(self.base_url, what):

@@ -23,7 +23,7 @@ from ..hostpool import HostPool
 from ..states import CapsuleStatus as S
 from . import capsules
 from .events import Actor
-from .lifecycle import action_spec, placement_values, record_action, running
+from .lifecycle import action_spec, placement_values, running
 
 MAX_FORK = 16
 
@@ -75,9 +75,7 @@ async def fork_capsule(
                 allowed_from={S.STARTING},
                 actor=actor,
                 error=exc.message,
-            )
-            await record_action(
-                session, child, "capsule.create", actor=actor, now=now, error=exc.message
+                action=(action_spec(child, "capsule.create", exc.message), actor),
             )
         raise
     by_id = {info.capsule_id: info for info in made.capsules}
