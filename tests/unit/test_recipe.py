@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from pywrenn.controlplane.recipe import (
+    MAX_ENV_BYTES,
+    MAX_ENV_VALUE_BYTES,
     MAX_INSTRUCTION_BYTES,
     MAX_INSTRUCTIONS,
     MAX_RECIPE_BYTES,
@@ -17,6 +19,7 @@ from pywrenn.controlplane.recipe import (
     Start,
     User,
     Workdir,
+    check_expansion,
     expand,
     parse_duration,
     parse_healthcheck,
@@ -446,3 +449,46 @@ def test_build_state_resolve() -> None:
     assert state.resolve("//tmp") == "/tmp"
     assert state.resolve(".") == "/srv/app"
     assert state.workdir == "/srv/app"
+
+
+# --- expansion limits (ENV doubling) ------------------------------------------------
+
+
+def test_exponential_env_recipe_fails_at_parse_naming_the_line() -> None:
+    # Three lines of `A=$A$A$A$A…` would reach tens of GiB if expanded without a cap.
+    text = "ENV A=xxxxxxxx\nRUN true\n" + "\n".join(["ENV A=" + "$A" * 4096] * 3)
+    err = error(text)
+    assert err.line == 4  # line 3 makes A 32 KiB; line 4 would make it 128 MiB
+    assert f"more than {MAX_ENV_VALUE_BYTES} bytes" in str(err) and "ENV A" in str(err)
+
+
+def test_expansion_stops_before_building_the_big_value() -> None:
+    big = "x" * (MAX_ENV_VALUE_BYTES // 2 + 1)
+    with pytest.raises(RecipeError, match="more than"):
+        expand("$A$A$A$A$A$A$A$A", {"A": big})
+    assert len(expand("$A", {"A": big})) == len(big)
+    assert expand("x" * MAX_ENV_VALUE_BYTES, {}) == "x" * MAX_ENV_VALUE_BYTES
+    with pytest.raises(RecipeError):
+        expand("é" * (MAX_ENV_VALUE_BYTES // 2 + 1), {})  # bytes, not characters
+
+
+def test_whole_environment_is_capped() -> None:
+    per = MAX_ENV_VALUE_BYTES - 16
+    lines = ["ENV V=" + "y" * 8000, "ENV V=" + "$V" * (per // 8000)]
+    count = MAX_ENV_BYTES // per + 1
+    lines += [f"ENV K{i}=$V" for i in range(count)]
+    err = error("\n".join(lines))
+    assert 2 < (err.line or 0) <= len(lines) and "environment grows past" in str(err)
+
+
+def test_check_expansion_starts_from_the_base_environment() -> None:
+    recipe = parse_recipe("ENV A=$BASE$BASE")
+    check_expansion(recipe, {"BASE": "x"})
+    with pytest.raises(RecipeError, match="line 1: ENV A"):
+        check_expansion(recipe, {"BASE": "x" * MAX_ENV_VALUE_BYTES})
+
+
+def test_build_state_apply_refuses_oversized_workdir() -> None:
+    state = BuildState(env={"W": "w" * MAX_ENV_VALUE_BYTES})
+    with pytest.raises(RecipeError):
+        state.apply(Workdir("/$W/$W"))

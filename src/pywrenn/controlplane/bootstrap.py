@@ -52,6 +52,7 @@ async def bootstrap_admin(
     key, plaintext = keys.add_key_nocommit(
         session, team_id=team.id, name="admin", now=now, created_by=user.id
     )
+    key.is_admin = True  # the operator's key: it may create teams (/v1/admin)
     # One transaction: a crash leaves either nothing (and the next start retries) or all.
     await session.commit()
     return AdminCredentials(user.id, team.id, key.id, plaintext)

@@ -38,7 +38,17 @@ from .db.models import TemplateBuild
 from .errors import ControlPlaneError
 from .hostclient import HostAgentAPI
 from .hostpool import HostPool
-from .recipe import BuildState, Copy, Healthcheck, Run, Start, Step, Workdir, parse_healthcheck
+from .recipe import (
+    BuildState,
+    Copy,
+    Healthcheck,
+    RecipeError,
+    Run,
+    Start,
+    Step,
+    Workdir,
+    parse_healthcheck,
+)
 from .scheduler import pick_host
 from .services import builds, templates
 from .services.events import Actor
@@ -256,7 +266,10 @@ class BuildRunner:
             elif isinstance(instruction, Copy):
                 await self._copy(host, capsule_id, instruction, state, step)
             else:
-                state.apply(instruction)
+                try:
+                    state.apply(instruction)
+                except RecipeError as exc:  # the caps, against this base's environment
+                    raise StepFailed(f"step {step.index + 1} ({step.text}): {exc.detail}") from None
                 if isinstance(instruction, Workdir):
                     await self._root_sh(host, capsule_id, _mkdir_owned(state.workdir, state.user))
         except BaseException:

@@ -8,6 +8,7 @@
     ├── Conflict                    409 conflict
     │   ├── InvalidState            409 invalid_state     (a capsule in the wrong status)
     │   └── HostHasCapsules         409 host_has_capsules (+ top-level "capsule_ids")
+    ├── LimitExceeded               429 limit_exceeded    (a team holds its limit of capsules, …)
     ├── AgentError                  502 agent_error       (the host agent answered with a failure)
     └── HostUnavailable             503 host_unavailable  (no host could be reached or chosen)
 
@@ -77,6 +78,13 @@ class HostHasCapsules(Conflict):
     def __init__(self, host_id: str, capsule_ids: list[str]) -> None:
         super().__init__(f"conflict: host {host_id} still has {len(capsule_ids)} capsules")
         self.capsule_ids = capsule_ids
+
+
+class LimitExceeded(ControlPlaneError):
+    """The team holds too much already. The `wrenn` SDK has no class for this code, so it
+    raises its base `WrennError` with `code == "limit_exceeded"` and `status_code == 429`."""
+
+    status, code = 429, "limit_exceeded"
 
 
 class AgentError(ControlPlaneError):

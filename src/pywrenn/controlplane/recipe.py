@@ -20,6 +20,11 @@ from typing import TypeAlias
 MAX_INSTRUCTIONS = 256
 MAX_INSTRUCTION_BYTES = 16 * 1024
 MAX_RECIPE_BYTES = 256 * 1024
+# `$VAR` expansion multiplies: `ENV A=$A$A$A$A` four times over quadruples A each time, so
+# a few lines would ask for gigabytes. Each expanded value and the whole environment are
+# capped, and the check runs while a value is being built, never after.
+MAX_ENV_VALUE_BYTES = 64 * 1024
+MAX_ENV_BYTES = 1024 * 1024
 
 # fullmatch everywhere: `$` in a pattern would also accept a trailing newline.
 _TEMPLATE_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}")
@@ -125,19 +130,31 @@ def parse_duration(text: str) -> float:
     return seconds
 
 
-def expand(value: str, env: Mapping[str, str]) -> str:
-    """`$VAR` and `${VAR}` from `env` (missing: empty), `$$` a literal `$`, any other `$` kept."""
+def expand(value: str, env: Mapping[str, str], *, limit: int = MAX_ENV_VALUE_BYTES) -> str:
+    """`$VAR` and `${VAR}` from `env` (missing: empty), `$$` a literal `$`, any other `$` kept.
+
+    RecipeError as soon as the result would pass `limit` UTF-8 bytes (before it is built).
+    """
     out: list[str] = []
+    size = 0
+
+    def put(piece: str) -> None:
+        nonlocal size
+        size += len(piece.encode())
+        if size > limit:
+            raise RecipeError(f"value expands to more than {limit} bytes: {value[:60]!r}")
+        out.append(piece)
+
     pos = 0
     while True:
         dollar = value.find("$", pos)
         if dollar < 0:
-            out.append(value[pos:])
+            put(value[pos:])
             return "".join(out)
-        out.append(value[pos:dollar])
+        put(value[pos:dollar])
         after = dollar + 1
         if value.startswith("$", after):
-            out.append("$")
+            put("$")
             pos = after + 1
         elif value.startswith("{", after):
             close = value.find("}", after + 1)
@@ -146,16 +163,21 @@ def expand(value: str, env: Mapping[str, str]) -> str:
             name = value[after + 1 : close]
             if not _ENV_KEY.fullmatch(name):
                 raise RecipeError(f"bad substitution ${{{name}}}")
-            out.append(env.get(name, ""))
+            put(env.get(name, ""))
             pos = close + 1
         else:
             m = _ENV_KEY.match(value, after)
             if m is None:
-                out.append("$")
+                put("$")
                 pos = after
             else:
-                out.append(env.get(m[0], ""))
+                put(env.get(m[0], ""))
                 pos = m.end()
+
+
+def env_bytes(env: Mapping[str, str]) -> int:
+    """The environment's size as a process sees it: `KEY=VALUE\0` per variable."""
+    return sum(len(k.encode()) + len(v.encode()) + 2 for k, v in env.items())
 
 
 @dataclass
@@ -169,8 +191,19 @@ class BuildState:
     def apply(self, instruction: Instruction) -> None:
         if isinstance(instruction, Env):
             # One pair at a time, so a later pair sees an earlier one (`A=1 B=$A` gives B=1).
+            total = env_bytes(self.env)
             for key, raw in instruction.pairs:
-                self.env[key] = expand(raw, self.env)
+                try:
+                    value = expand(raw, self.env)
+                except RecipeError as e:
+                    raise RecipeError(f"ENV {key}: {e.detail}") from None
+                old = self.env.get(key)
+                if old is not None:
+                    total -= env_bytes({key: old})
+                total += env_bytes({key: value})
+                if total > MAX_ENV_BYTES:
+                    raise RecipeError(f"ENV {key}: environment grows past {MAX_ENV_BYTES} bytes")
+                self.env[key] = value
         elif isinstance(instruction, Workdir):
             self.workdir = self.resolve(expand(instruction.path, self.env))
         elif isinstance(instruction, User):
@@ -244,7 +277,21 @@ def parse_recipe(text: str) -> Recipe:
             raise RecipeError(e.detail, line) from None
     if not steps:
         raise RecipeError("empty recipe")
-    return Recipe(base, tuple(steps), healthcheck)
+    recipe = Recipe(base, tuple(steps), healthcheck)
+    check_expansion(recipe, {})
+    return recipe
+
+
+def check_expansion(recipe: Recipe, env: Mapping[str, str]) -> None:
+    """Expand every ENV and WORKDIR from `env` (the base template's defaults) as a build
+    would, so a recipe that would pass the size caps fails now, naming its line."""
+    state = BuildState(env=dict(env))
+    for step in recipe.steps:
+        if isinstance(step.instruction, Env | Workdir):
+            try:
+                state.apply(step.instruction)
+            except RecipeError as e:
+                raise RecipeError(e.detail, step.line) from None
 
 
 def _logical_lines(text: str) -> Iterator[tuple[int, str]]:

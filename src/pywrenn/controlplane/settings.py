@@ -35,6 +35,15 @@ class ControlPlaneSettings(Settings):
     host_heartbeat_grace_s: float = Field(
         default=90.0, description="a host silent this long is unreachable (3 missed beats)"
     )
+    # Per-team ceilings (services/limits.py); a team row's max_* columns override them.
+    team_max_capsules: int = Field(
+        default=50, ge=0, description="capsules a team may hold at once (paused ones aside)"
+    )
+    team_max_vcpus: int = Field(default=64, ge=0, description="vCPUs of a team's capsules")
+    team_max_memory_mb: int = Field(
+        default=64 * 1024, ge=0, description="memory (MiB) of a team's capsules"
+    )
+    team_max_builds: int = Field(default=4, ge=0, description="builds a team may run at once")
 
     @field_validator("database_url")
     @classmethod

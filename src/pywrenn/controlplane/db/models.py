@@ -54,6 +54,11 @@ class Team(Base):
     slug: Mapped[str] = mapped_column(String(64), unique=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Per-team ceilings (services/limits.py); NULL means the control plane's default.
+    max_capsules: Mapped[int | None] = mapped_column(Integer)
+    max_vcpus: Mapped[int | None] = mapped_column(Integer)
+    max_memory_mb: Mapped[int | None] = mapped_column(Integer)
+    max_builds: Mapped[int | None] = mapped_column(Integer)
 
 
 class User(Base):
@@ -102,6 +107,9 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # An operator's key: may call /v1/admin (create teams). A property of the key, not of
+    # the user who made it, so keys an admin mints for tenants carry no admin power.
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False)
 
 
 class Host(Base):

@@ -22,10 +22,11 @@ from pydantic import BaseModel, Field, ValidationError
 
 from ..buildrunner import BuildRunner
 from ..db.models import TemplateBuild, TemplateBuildLog
-from ..deps import BackgroundDep, NowDep, SessionDep, TeamDep, actor_of
+from ..deps import BackgroundDep, NowDep, SessionDep, SettingsDep, TeamDep, actor_of
 from ..errors import InvalidInput
 from ..multipart import MultipartError, MultipartStream, boundary_from_content_type
 from ..services import builds
+from ..services.limits import limits_of
 
 router = APIRouter(prefix="/v1/builds", tags=["builds"])
 
@@ -107,7 +108,12 @@ def _runner(request: Request) -> BuildRunner:
 
 @router.post("", status_code=202)
 async def create_build(
-    request: Request, team: TeamDep, session: SessionDep, now: NowDep, background: BackgroundDep
+    request: Request,
+    team: TeamDep,
+    session: SessionDep,
+    now: NowDep,
+    background: BackgroundDep,
+    settings: SettingsDep,
 ) -> BuildPublic:
     runner = _runner(request)
     runner.archives_dir.mkdir(parents=True, exist_ok=True)
@@ -123,7 +129,9 @@ async def create_build(
             overwrite=body.overwrite,
             archive_bytes=archive_bytes,
         )
-        row = await builds.submit(session, team_id=team.team_id, spec=spec, now=now)
+        row = await builds.submit(
+            session, team_id=team.team_id, spec=spec, now=now, team_limits=limits_of(settings)
+        )
         if archive_bytes:
             upload.rename(runner.archive_path(row.id))
     finally:

@@ -17,11 +17,13 @@ from ..deps import (
     NowDep,
     SessionDep,
     SessionsDep,
+    SettingsDep,
     TeamDep,
     actor_of,
 )
 from ..schemas.wrenn import CapsuleCreate, CapsuleMetrics, CapsulePublic
 from ..services import capsules, fork, guest, lifecycle
+from ..services.limits import limits_of
 from ..states import CapsuleStatus
 
 router = APIRouter(prefix="/v1/capsules", tags=["capsules"])
@@ -39,6 +41,7 @@ async def create_capsule(
     background: BackgroundDep,
     sessions: SessionsDep,
     clock: ClockDep,
+    settings: SettingsDep,
     body: CapsuleCreate | None = None,
 ) -> CapsulePublic:
     body = body or CapsuleCreate()
@@ -50,7 +53,12 @@ async def create_capsule(
         metadata=body.metadata,
     )
     row = await lifecycle.begin_create(
-        session, pool=hosts, team_id=team.team_id, spec=spec, now=now
+        session,
+        pool=hosts,
+        team_id=team.team_id,
+        spec=spec,
+        now=now,
+        team_limits=limits_of(settings),
     )
     background.spawn(
         lifecycle.finish_create(
@@ -72,6 +80,7 @@ async def fork_capsule(
     session: SessionDep,
     now: NowDep,
     hosts: HostsDep,
+    settings: SettingsDep,
     body: ForkBody | None = None,
 ) -> list[CapsulePublic]:
     """N independent capsules from this one's current state; it keeps running."""
@@ -83,6 +92,7 @@ async def fork_capsule(
         count=(body or ForkBody()).count,
         now=now,
         actor=actor_of(team),
+        team_limits=limits_of(settings),
     )
     return [CapsulePublic.of(row) for row in children]
 
@@ -131,7 +141,12 @@ async def pause_capsule(
 
 @router.post("/{capsule_id}/resume")
 async def resume_capsule(
-    capsule_id: str, team: TeamDep, session: SessionDep, now: NowDep, hosts: HostsDep
+    capsule_id: str,
+    team: TeamDep,
+    session: SessionDep,
+    now: NowDep,
+    hosts: HostsDep,
+    settings: SettingsDep,
 ) -> CapsulePublic:
     row = await lifecycle.resume(
         session,
@@ -140,6 +155,7 @@ async def resume_capsule(
         capsule_id=capsule_id,
         now=now,
         actor=actor_of(team),
+        team_limits=limits_of(settings),
     )
     return CapsulePublic.of(row)
 

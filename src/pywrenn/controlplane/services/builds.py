@@ -22,8 +22,9 @@ from pywrenn.ids import IdKind
 from .. import publicids
 from ..db.models import TemplateBuild, TemplateBuildLog
 from ..errors import Conflict, InvalidInput, NotFound
-from ..recipe import Recipe, RecipeError, parse_healthcheck, parse_recipe
-from . import templates
+from ..recipe import Recipe, RecipeError, check_expansion, parse_healthcheck, parse_recipe
+from . import limits, templates
+from .limits import DEFAULT_LIMITS, TeamLimits
 
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -68,13 +69,27 @@ def validate(spec: BuildSpec) -> Recipe:
 
 
 async def submit(
-    session: AsyncSession, *, team_id: uuid.UUID, spec: BuildSpec, now: datetime
+    session: AsyncSession,
+    *,
+    team_id: uuid.UUID,
+    spec: BuildSpec,
+    now: datetime,
+    team_limits: TeamLimits = DEFAULT_LIMITS,
 ) -> TemplateBuild:
+    """Queue a build; LimitExceeded if the team runs its limit of builds already."""
     recipe = validate(spec)
     base = recipe.base or "minimal-ubuntu"
     await templates.resolve_for_host(session, team_id=team_id, name=base)  # 404 if unknown
+    # parse_recipe checked ENV growth from an empty environment; the build starts from the
+    # base template's, which may be large already.
+    defaults = await templates.defaults_for(session, team_id=team_id, name=base)
+    try:
+        check_expansion(recipe, defaults.env)
+    except RecipeError as exc:
+        raise InvalidInput(f"invalid_request: recipe: {exc}") from None
     if not spec.overwrite and await templates.find(session, team_id=team_id, name=spec.name):
         raise Conflict(f"conflict: template {spec.name!r} exists; pass overwrite=true")
+    await limits.reserve_build(session, team_id=team_id, defaults=team_limits)
     busy = await session.scalar(
         select(TemplateBuild.id).where(
             TemplateBuild.team_id == team_id,

@@ -65,6 +65,38 @@ async def create_capsule(
 ) -> Capsule:
     """Insert a `pending` capsule (placed on `host_id`, if chosen) and commit, so a GET
     right after create finds it."""
+    row = add_capsule_nocommit(
+        session,
+        team_id=team_id,
+        template=template,
+        vcpus=vcpus,
+        memory_mb=memory_mb,
+        timeout_sec=timeout_sec,
+        now=now,
+        metadata=metadata,
+        template_id=template_id,
+        disk_size_mb=disk_size_mb,
+        host_id=host_id,
+    )
+    await session.commit()
+    return row
+
+
+def add_capsule_nocommit(
+    session: AsyncSession,
+    *,
+    team_id: uuid.UUID,
+    template: str,
+    vcpus: int,
+    memory_mb: int,
+    timeout_sec: int,
+    now: datetime,
+    metadata: dict[str, str] | None = None,
+    template_id: uuid.UUID | None = None,
+    disk_size_mb: int | None = None,
+    host_id: uuid.UUID | None = None,
+) -> Capsule:
+    """Stage a `pending` capsule row; the caller commits (with other rows, in one go)."""
     if not template or len(template) > 128:
         raise InvalidInput(f"invalid: template {template!r} must be 1..128 characters")
     if vcpus < 1 or memory_mb < 1 or timeout_sec < 0:
@@ -88,7 +120,6 @@ async def create_capsule(
         updated_at=now,
     )
     session.add(row)
-    await session.commit()
     return row
 
 

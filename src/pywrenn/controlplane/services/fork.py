@@ -21,9 +21,10 @@ from ..db.models import Capsule
 from ..errors import ControlPlaneError, InvalidInput
 from ..hostpool import HostPool
 from ..states import CapsuleStatus as S
-from . import capsules
+from . import capsules, limits
 from .events import Actor
 from .lifecycle import action_spec, placement_values, running
+from .limits import DEFAULT_LIMITS, TeamLimits
 
 MAX_FORK = 16
 
@@ -37,14 +38,23 @@ async def fork_capsule(
     count: int,
     now: datetime,
     actor: Actor,
+    team_limits: TeamLimits = DEFAULT_LIMITS,
 ) -> list[Capsule]:
     if not 1 <= count <= MAX_FORK:
         raise InvalidInput(f"invalid_request: count {count} is outside 1..{MAX_FORK}")
     source = await running(session, team_id=team_id, capsule_id=capsule_id, wanted="fork")
     host = pool.client(source.host_id)
-    children: list[Capsule] = []
-    for _ in range(count):
-        child = await capsules.create_capsule(
+    # Every child counts against the team's limits: check and insert all under one lock.
+    await limits.reserve_capsules(
+        session,
+        team_id=team_id,
+        defaults=team_limits,
+        count=count,
+        vcpus=source.vcpus,
+        memory_mb=source.memory_mb,
+    )
+    children = [
+        capsules.add_capsule_nocommit(
             session,
             team_id=team_id,
             template=source.template,
@@ -54,14 +64,15 @@ async def fork_capsule(
             timeout_sec=source.timeout_sec,
             metadata={**source.metadata_, "forked_from": capsule_id},
             now=now,
+            host_id=source.host_id,
         )
-        await capsules.record_placement(
-            session, capsule_id=child.id, host_id=source.host_id, now=now
-        )
+        for _ in range(count)
+    ]
+    await session.commit()
+    for child in children:
         await capsules.move(
             session, capsule_id=child.id, to=S.STARTING, now=now, allowed_from={S.PENDING}
         )
-        children.append(child)
     ids = [capsules.api_id(c) for c in children]
     try:
         made = await host.fork(capsule_id, ForkRequest(count=count, capsule_ids=ids))

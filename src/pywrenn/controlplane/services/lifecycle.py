@@ -33,8 +33,9 @@ from ..errors import Conflict, ControlPlaneError, InvalidState, NotFound
 from ..hostpool import HostPool
 from ..scheduler import pick_host
 from ..states import CapsuleStatus
-from . import capsules, templates
+from . import capsules, limits, templates
 from .events import Actor, EventSpec, record_nocommit
+from .limits import DEFAULT_LIMITS, TeamLimits
 
 log = logging.getLogger(__name__)
 S = CapsuleStatus
@@ -88,12 +89,24 @@ async def begin_create(
     team_id: uuid.UUID,
     spec: CreateSpec,
     now: datetime,
+    team_limits: TeamLimits = DEFAULT_LIMITS,
 ) -> Capsule:
-    """Choose a host and insert the `pending` row, placed on it; the boot is `finish_create`."""
+    """Choose a host and insert the `pending` row, placed on it; the boot is `finish_create`.
+
+    LimitExceeded if the team's limits leave no room (checked and inserted under one lock).
+    """
     # An unknown template is the caller's mistake: refuse before any row exists.
     await templates.resolve_for_host(session, team_id=team_id, name=spec.template)
     host = await pick_host(
         session, connected=pool.host_ids(), vcpus=spec.vcpus, memory_mb=spec.memory_mb
+    )
+    await limits.reserve_capsules(
+        session,
+        team_id=team_id,
+        defaults=team_limits,
+        count=1,
+        vcpus=spec.vcpus,
+        memory_mb=spec.memory_mb,
     )
     row = await capsules.create_capsule(
         session,
@@ -234,11 +247,23 @@ async def resume(
     capsule_id: str,
     now: datetime,
     actor: Actor,
+    team_limits: TeamLimits = DEFAULT_LIMITS,
 ) -> Capsule:
-    """Resume a paused capsule on its host (same slot, same address)."""
+    """Resume a paused capsule on its host (same slot, same address); a paused capsule
+    does not count against the team's limits, so bringing one back is checked like a
+    create (the lock is held until the move to `resuming` commits)."""
     pool.running.forget(capsule_id)
     row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
     host = pool.client(row.host_id)
+    if row.status == S.PAUSED:
+        await limits.reserve_capsules(
+            session,
+            team_id=team_id,
+            defaults=team_limits,
+            count=1,
+            vcpus=row.vcpus,
+            memory_mb=row.memory_mb,
+        )
     return await _through_host(
         session,
         row,
