@@ -26,6 +26,7 @@ from typing import Any
 from pywrenn import __version__, images
 from pywrenn.envdclient import EnvdClient, EnvdError
 from pywrenn.hostagent import network
+from pywrenn.hostagent.admission import Admission
 from pywrenn.hostagent.basesnapshot import BaseSnapshots, discard
 from pywrenn.hostagent.capsule import Capsule, CapsuleInfo
 from pywrenn.hostagent.errors import (
@@ -117,6 +118,7 @@ class SandboxManager:
         self._tasks: set[asyncio.Task[None]] = set()
         self.base = BaseSnapshots(self)
         self.netpool = NetworkPool(self, settings.network_pool_size)
+        self.admission = Admission.from_settings(settings)
 
     # -- queries ---------------------------------------------------------------------------
     def list_infos(self) -> list[CapsuleInfo]:
@@ -170,6 +172,7 @@ class SandboxManager:
             )
         if request.timeout_sec < 0:
             raise InvalidRequest(f"invalid: timeout_sec {request.timeout_sec} is negative")
+        self.admission.admit(capsule_id, memory_mb, self._capsules.values())
         source = self._resolve_template(request.template, vcpus, memory_mb)
         egress = self.settings.egress_default if request.egress is None else request.egress
 
@@ -323,6 +326,7 @@ class SandboxManager:
             # pausing a paused one, which a reaper race makes routine).
             if capsule.state is not S.PAUSED:
                 raise CapsuleStateConflict(capsule_id, capsule.state.value, "resume")
+            self.admission.admit(capsule_id, capsule.meta.memory_mb, self._capsules.values())
             capsule.move_to(S.RESUMING)
             run_dir = self.layout.sandbox_dir(capsule_id)
             net = capsule.net

@@ -36,6 +36,10 @@ class HostAgentSettings(BaseSettings):
     restore_timeout_s: float = 60.0
     # Slot networks built ahead of creates (0: build each one during its create).
     network_pool_size: int = Field(default=2, ge=0, le=64)
+    # Memory admission (admission.py): capsules holding RAM may reserve up to the host's
+    # memory (MemTotal, or this many MiB when set) times the overcommit factor.
+    memory_capacity_mb: int = Field(default=0, ge=0)
+    memory_overcommit: float = Field(default=1.5, gt=0, le=16)
 
     @field_validator("agent_listen")
     @classmethod
