@@ -8,6 +8,9 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from pywrenn.controlplane import buildrunner
 from tests.cp_routes import Harness, run
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
@@ -121,5 +124,50 @@ def test_bad_builds_are_refused_and_builds_are_private(db_url: str, tmp_path: Pa
         assert (await h.client.get("/api/v1/builds", headers=other)).json() == []
         r = await h.client.post(f"/api/v1/builds/{build_id}/cancel", headers=other)
         assert r.status_code == 404
+
+    run(db_url, tmp_path, body)
+
+
+def test_build_output_is_capped_per_build(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cap = 64 * 1024
+    monkeypatch.setattr(buildrunner, "MAX_LOG_BYTES", cap)
+
+    async def body(h: Harness) -> None:
+        h.fake.scripts["noisy"] = (b"o" * 40_000, b"e" * 40_000, 0)
+        h.fake.scripts["fail"] = (b"", b"x" * 10_000 + b"the real reason", 1)
+        recipe = "RUN noisy\nRUN noisy\nRUN noisy\nRUN fail\n"
+        r = await h.client.post("/api/v1/builds", json={"name": "loud", "recipe": recipe})
+        assert r.status_code == 202, r.text
+        build = await finished(h, r.json()["id"])
+        assert build["status"] == "failed"
+        assert build["error"].endswith("the real reason")  # the tail outlives the cap
+        lines: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = (await h.client.get(f"/api/v1/builds/{build['id']}/logs?after={after}")).json()
+            lines += page["lines"]
+            after = page["next"]
+            if page["done"]:
+                break
+        output = sum(len(line["text"]) for line in lines if line["stream"] != "info")
+        assert output == cap
+        markers = [line for line in lines if "output truncated" in line["text"]]
+        assert len(markers) == 1 and markers[0]["stream"] == "info"
+
+    run(db_url, tmp_path, body)
+
+
+def test_an_exploding_env_recipe_is_refused_at_submit(db_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        recipe = "ENV A=xxxxxxxx\n" + "\n".join(["ENV A=" + "$A" * 4096] * 3)
+        r = await h.client.post("/api/v1/builds", json={"name": "boom", "recipe": recipe})
+        assert r.status_code == 400, r.text
+        error = r.json()["error"]
+        assert error["code"] == "invalid_request"
+        assert "line 3: ENV A: value expands to more than 65536 bytes" in error["message"]
+        assert (await h.client.get("/api/v1/builds")).json() == []
+        assert not [call for call in h.fake.calls if call.startswith("POST /v1/capsules")]
 
     run(db_url, tmp_path, body)

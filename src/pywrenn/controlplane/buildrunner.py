@@ -63,6 +63,10 @@ HEALTHCHECK_DEADLINE_S = 600.0
 LOG_FLUSH_S = 0.3
 LOG_FLUSH_BYTES = 16 * 1024
 TAIL_CHARS = 2000
+# A build's stored output (stdout and stderr of every step; our own info lines aside):
+# the first this many bytes are kept, then one marker line, so a step printing gigabytes
+# cannot fill the database. A failing step's error still carries its own latest tail.
+MAX_LOG_BYTES = 4 * 1024 * 1024
 
 
 class StepFailed(Exception):
@@ -381,6 +385,7 @@ class _Log:
         self._size = 0
         self._last_flush = time.monotonic()
         self._tails: dict[int, str] = {}
+        self._room = MAX_LOG_BYTES  # output bytes still to be stored
 
     def tail(self, step: int) -> str:
         return self._tails.get(step, "").strip()[-TAIL_CHARS:]
@@ -392,6 +397,17 @@ class _Log:
     async def write(self, step: int, stream: str, data: bytes) -> None:
         text = data.decode("utf-8", errors="replace")
         self._tails[step] = (self._tails.get(step, "") + text)[-TAIL_CHARS:]
+        if self._room <= 0:
+            return  # past the cap: the marker is written already
+        if len(data) > self._room:
+            text = data[: self._room].decode("utf-8", errors="replace")
+            self._pending.append((step, stream, text))
+            self._room = 0
+            marker = f"[output truncated: a build's log keeps its first {MAX_LOG_BYTES} bytes]"
+            self._pending.append((step, "info", f"\n{marker}\n"))
+            await self.flush()
+            return
+        self._room -= len(data)
         self._pending.append((step, stream, text))
         self._size += len(text)
         if self._size >= LOG_FLUSH_BYTES or time.monotonic() - self._last_flush >= LOG_FLUSH_S:
