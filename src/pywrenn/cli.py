@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 
 from pywrenn import __version__
-from pywrenn.cli_api import capsule_app, key_app, snapshot_app
+from pywrenn.cli_api import capsule_app, key_app, snapshot_app, team_app
 from pywrenn.cli_templates import template_app
 from pywrenn.images.cli import image_app
 
@@ -19,6 +19,7 @@ app.add_typer(image_app, name="image")
 app.add_typer(capsule_app, name="capsule")
 app.add_typer(key_app, name="key")
 app.add_typer(snapshot_app, name="snapshot")
+app.add_typer(team_app, name="team")
 app.add_typer(template_app, name="template")
 console = Console(stderr=True)
 

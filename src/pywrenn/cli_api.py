@@ -1,4 +1,4 @@
-"""The people's commands: `wrenn capsule …` and `wrenn key …` over the REST API.
+"""The people's commands: `wrenn capsule …`, `wrenn key …`, `wrenn team …` over the REST API.
 
 Owns: turning the API's JSON into readable tables (or `--json` for scripts) and errors
 into one line on stderr with a non-zero exit. The API key comes from `--api-key`,
@@ -23,6 +23,7 @@ from pywrenn.layout import Layout
 capsule_app = typer.Typer(no_args_is_help=True, help="Capsules: create, run, pause, resume.")
 key_app = typer.Typer(no_args_is_help=True, help="API keys of your team.")
 snapshot_app = typer.Typer(no_args_is_help=True, help="Snapshot templates made from capsules.")
+team_app = typer.Typer(no_args_is_help=True, help="Teams on this node (an admin key only).")
 out = Console()
 err = Console(stderr=True)
 
@@ -220,3 +221,49 @@ def key_revoke(key_id: str, url: str = URL, api_key: str = KEY) -> None:
     with _api(url, api_key) as api:
         _run(lambda: api.revoke_key(key_id))
     err.print(f"revoked {key_id}")
+
+
+TEAM_COLUMNS = ["id", "name", "slug", "max_capsules", "max_vcpus", "max_memory_mb", "max_builds"]
+LIMIT = typer.Option(None, min=0, help="override the node's default for this team")
+
+
+@team_app.command("create")
+def team_create(
+    name: str,
+    slug: str = typer.Option("", help="short unique name (default: derived from NAME)"),
+    max_capsules: int | None = LIMIT,
+    max_vcpus: int | None = LIMIT,
+    max_memory_mb: int | None = LIMIT,
+    max_builds: int | None = LIMIT,
+    url: str = URL,
+    api_key: str = KEY,
+    as_json: bool = AS_JSON,
+) -> None:
+    """Create a team and print its first API key (shown this once: hand it to the team)."""
+    with _api(url, api_key) as api:
+        made = _run(
+            lambda: api.create_team(
+                name,
+                slug=slug,
+                max_capsules=max_capsules,
+                max_vcpus=max_vcpus,
+                max_memory_mb=max_memory_mb,
+                max_builds=max_builds,
+            )
+        )
+    if as_json:
+        out.print_json(json.dumps(made))
+        return
+    _show(made["team"], False, TEAM_COLUMNS)
+    err.print("the team's API key (shown once):")
+    typer.echo(made["api_key"]["key"])
+
+
+@team_app.command("list")
+def team_list(url: str = URL, api_key: str = KEY, as_json: bool = AS_JSON) -> None:
+    """List the node's teams and their limit overrides (empty: the node's default)."""
+    with _api(url, api_key) as api:
+        teams = _run(api.list_teams)
+    if not as_json:
+        teams = [{k: ("" if v is None else v) for k, v in t.items()} for t in teams]
+    _show(teams, as_json, TEAM_COLUMNS, "teams")

@@ -78,3 +78,43 @@ def test_platform_team_is_the_nil_uuid() -> None:
 
 def test_pg_admin_connection_is_autocommit(pg_admin: psycopg.Connection) -> None:  # type: ignore[type-arg]
     assert pg_admin.autocommit
+
+
+def test_keys_made_by_an_admin_user_become_admin_keys(empty_url: str) -> None:
+    """0012: the `wrenn up` key (made by the first, admin, user) keeps the operator's power."""
+    from alembic import command
+
+    command.upgrade(migrate.alembic_config(empty_url), "0011")
+    engine = migrate.make_sync_engine(empty_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "INSERT INTO teams (id, name, slug, created_at) VALUES "
+                    "('00000000-0000-4000-8000-000000000001', 'T', 't', '2026-01-01')"
+                )
+            )
+            for user, admin in (("2", True), ("3", False)):
+                conn.execute(
+                    text(
+                        "INSERT INTO users (id, email, name, is_admin, status, created_at) "
+                        "VALUES (:id, :email, 'u', :admin, 'active', '2026-01-01')"
+                    ),
+                    {"id": f"00000000-0000-4000-8000-00000000000{user}", "email": f"{user}@x",
+                     "admin": admin},
+                )  # fmt: skip
+                conn.execute(
+                    text(
+                        "INSERT INTO api_keys (id, team_id, name, key_hash, prefix, created_by, "
+                        "created_at) VALUES (:id, '00000000-0000-4000-8000-000000000001', 'k', "
+                        ":hash, 'wrn_0000', :user, '2026-01-01')"
+                    ),
+                    {"id": f"00000000-0000-4000-8000-00000000001{user}", "hash": user * 64,
+                     "user": f"00000000-0000-4000-8000-00000000000{user}"},
+                )  # fmt: skip
+        migrate.upgrade_to_head(empty_url)
+        with engine.connect() as conn:
+            rows = conn.execute(text("SELECT key_hash, is_admin FROM api_keys ORDER BY key_hash"))
+            assert [(h[0], bool(a)) for h, a in rows] == [("2", True), ("3", False)]
+    finally:
+        engine.dispose()

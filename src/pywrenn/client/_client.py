@@ -1,4 +1,5 @@
-"""`WrennAPI`: capsules, exec and API keys over HTTP (synchronous, for people's tools)."""
+"""`WrennAPI`: capsules, exec, API keys, builds and teams over HTTP (synchronous, for
+people's tools)."""
 
 from __future__ import annotations
 
@@ -137,6 +138,18 @@ class WrennAPI:
 
     def cancel_build(self, build_id: str) -> Any:
         return self._call("POST", f"/v1/builds/{build_id}/cancel")
+
+    # -- admin (an admin key only) -------------------------------------------------------
+    def create_team(self, name: str, *, slug: str = "", **limits: int | None) -> Any:
+        """A team and its first API key (`api_key.key`, shown once). `limits`:
+        max_capsules, max_vcpus, max_memory_mb, max_builds (None: the node's default)."""
+        body: dict[str, Any] = {"name": name, **{k: v for k, v in limits.items() if v is not None}}
+        if slug:
+            body["slug"] = slug
+        return self._call("POST", "/v1/admin/teams", json=body)
+
+    def list_teams(self) -> Any:
+        return self._call("GET", "/v1/admin/teams")
 
     # -- transport -------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:

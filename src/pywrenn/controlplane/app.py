@@ -34,7 +34,7 @@ from .errors import install_error_handlers
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
 from .monitorloop import HostMonitor
-from .routes import builds, capsules, events, exec, files, keys, pty, snapshots, stats
+from .routes import admin, builds, capsules, events, exec, files, keys, pty, snapshots, stats
 from .schemas.wrenn import Health
 from .services import hosts as host_rows
 from .settings import ControlPlaneSettings
@@ -49,6 +49,7 @@ API_ROUTERS = (
     events.router,
     snapshots.router,
     builds.router,
+    admin.router,
 )
 LOCAL_HOST_NAME = "local"
 
