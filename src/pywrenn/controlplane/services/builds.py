@@ -98,6 +98,7 @@ async def submit(
         )
     )
     if busy is not None:
+        await session.rollback()  # let the team's next request have the lock
         raise Conflict(f"conflict: template {spec.name!r} is being built already")
     row = TemplateBuild(
         id=publicids.new_uuid(IdKind.BUILD),

@@ -108,17 +108,21 @@ async def begin_create(
         vcpus=spec.vcpus,
         memory_mb=spec.memory_mb,
     )
-    row = await capsules.create_capsule(
-        session,
-        team_id=team_id,
-        template=spec.template,
-        vcpus=spec.vcpus,
-        memory_mb=spec.memory_mb,
-        timeout_sec=clamp_timeout(spec.timeout_sec),
-        metadata=spec.metadata,
-        now=now,
-        host_id=host.id,
-    )
+    try:
+        row = await capsules.create_capsule(
+            session,
+            team_id=team_id,
+            template=spec.template,
+            vcpus=spec.vcpus,
+            memory_mb=spec.memory_mb,
+            timeout_sec=clamp_timeout(spec.timeout_sec),
+            metadata=spec.metadata,
+            now=now,
+            host_id=host.id,
+        )
+    except BaseException:
+        await session.rollback()  # let go of the team's lock at once
+        raise
     return row
 
 
