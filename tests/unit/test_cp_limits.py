@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import update
+from wrenn.exceptions import WrennError, handle_response
 
 from pywrenn.controlplane.db.models import Capsule, Team
 from pywrenn.controlplane.errors import LimitExceeded
@@ -48,7 +49,13 @@ def test_capsule_count_limit_is_429_and_paused_capsules_do_not_count(
         await set_limits(h, capsules=2)
         first = await h.capsule()
         await h.capsule()
-        assert_limit(await h.client.post("/api/v1/capsules", json={}), "capsules 2 + 1")
+        refused = await h.client.post("/api/v1/capsules", json={})
+        assert_limit(refused, "capsules 2 + 1")
+        # What the unmodified `wrenn` SDK makes of it: its base error, with our code.
+        with pytest.raises(WrennError) as raised:
+            handle_response(refused)
+        assert type(raised.value) is WrennError
+        assert (raised.value.code, raised.value.status_code) == ("limit_exceeded", 429)
         # A paused capsule holds no VM: it makes room, and resuming it is checked.
         assert (await h.client.post(f"/api/v1/capsules/{first}/pause")).status_code == 200
         third = await h.capsule()

@@ -111,3 +111,20 @@ def test_manager_create_refuses_before_touching_the_host(tmp_path: Path) -> None
         assert list(manager.layout.sandboxes_dir.iterdir()) == []
 
     asyncio.run(main())
+
+
+def test_manager_resume_refuses_and_the_capsule_stays_paused(tmp_path: Path) -> None:
+    settings = HostAgentSettings(
+        dir=tmp_path, memory_capacity_mb=1000, memory_overcommit=1.0, network_pool_size=0
+    )
+    runtime: Any = object()
+    manager = SandboxManager(settings, runtime)
+    running, paused = capsule("cl-run", S.RUNNING, 600), capsule("cl-zzz", S.PAUSED, 600)
+    manager._capsules.update({c.capsule_id: c for c in (running, paused)})
+
+    async def main() -> None:
+        with pytest.raises(NoCapacity, match="600 of 1000 MiB"):
+            await manager.resume("cl-zzz")
+        assert paused.state is S.PAUSED
+
+    asyncio.run(main())
