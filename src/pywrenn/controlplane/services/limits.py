@@ -5,7 +5,7 @@ its row), which capsule statuses count, and `reserve_*`: lock the team, count wh
 holds, refuse with `LimitExceeded` (429 `limit_exceeded`) or leave the transaction open
 for the caller to insert and commit. The lock makes two concurrent creates of one team
 run one after the other, so they cannot both pass a limit they jointly exceed:
-PostgreSQL takes `SELECT … FOR UPDATE` on the team row; SQLite has one writer at a time,
+PostgreSQL takes `SELECT … FOR NO KEY UPDATE` on the team row; SQLite has one writer at a time,
 so a no-op UPDATE of the team row opens the write transaction before we count.
 
 Counted: capsules that hold (or are about to hold) a VM: pending, starting, running,
@@ -91,7 +91,9 @@ async def lock_team(session: AsyncSession, *, team_id: uuid.UUID) -> Team:
     team = await session.scalar(
         select(Team)
         .where(Team.id == team_id)
-        .with_for_update()
+        # FOR NO KEY UPDATE: reservers still queue on each other, but rows that merely
+        # point at the team (events, keys) are not held up by the lock.
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     )
     if team is None:
