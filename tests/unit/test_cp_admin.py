@@ -83,7 +83,12 @@ def test_team_limits_set_at_creation_apply_and_bad_input_is_refused(
         await h.settle()
         r = await h.client.post("/api/v1/admin/teams", json={"name": "Small", "slug": "small"})
         assert r.status_code == 409, r.text
-        for bad in ({"name": ""}, {"name": "x", "max_vcpus": -1}, {"name": "x", "slug": "A B"}):
+        for bad in (
+            {"name": ""},
+            {"name": "x", "max_vcpus": -1},
+            {"name": "x", "slug": "A B"},
+            {"name": "nul\u0000"},
+        ):
             r = await h.client.post("/api/v1/admin/teams", json=bad)
             assert r.status_code == 400, (bad, r.text)
 

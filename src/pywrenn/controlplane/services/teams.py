@@ -34,6 +34,9 @@ def add_team_nocommit(session: AsyncSession, *, name: str, now: datetime, slug: 
     slug = slug or slugify(name)
     if not name.strip() or len(name) > 128:
         raise InvalidInput(f"invalid: team name {name!r} must be 1..128 characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        # PostgreSQL refuses NUL in text; no name needs a control character.
+        raise InvalidInput(f"invalid: team name {name!r} has a control character")
     if not _SLUG.match(slug):
         raise InvalidInput(f"invalid: team slug {slug!r} must be lowercase letters, digits, -")
     team = Team(id=publicids.new_uuid(IdKind.TEAM), name=name, slug=slug, created_at=now)
