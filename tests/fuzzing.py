@@ -134,9 +134,12 @@ async def serve_asgi(app: FastAPI) -> AsyncIterator[str]:
 # -- what was exercised -----------------------------------------------------------------------
 @dataclass
 class _Run:
-    operations: set[str] = field(default_factory=set)
     cases: int = 0
     statuses: dict[int, int] = field(default_factory=lambda: defaultdict(int))
+    # operation ("GET /v1/capsules") -> status -> cases
+    operations: dict[str, dict[int, int]] = field(
+        default_factory=lambda: defaultdict(lambda: defaultdict(int))
+    )
 
 
 TALLY: dict[str, _Run] = defaultdict(_Run)
@@ -145,6 +148,6 @@ TALLY: dict[str, _Run] = defaultdict(_Run)
 def count(run: str, case: Any, status: int) -> None:
     """Record one case of `run` (e.g. "controlplane, with key") and the status it got."""
     tally = TALLY[run]
-    tally.operations.add(f"{case.method.upper()} {case.path}")
+    tally.operations[f"{case.method.upper()} {case.path}"][status] += 1
     tally.cases += 1
     tally.statuses[status] += 1
