@@ -28,4 +28,3 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
             for operation, counts in sorted(tally.operations.items()):
                 terminalreporter.write_line(f"    {operation}: {_statuses(counts)}")
     terminalreporter.write_line(f"fuzz total: {total} cases")
-

@@ -23,6 +23,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 import requests
 import schemathesis
@@ -180,3 +181,25 @@ def test_without_key(
         # "authenticate before reading a body" removes this, and this branch with it.
         return
     assert response.status_code in UNAUTHENTICATED, response.text
+
+
+# -- the streaming route the generic run leaves out -----------------------------------------
+def test_event_stream_relays_own_team_events_only(served: ServedControlPlane) -> None:
+    """`GET /api/v1/events/stream` over real HTTP: it opens with `connected`, relays the
+    caller's team's events and none of another team's, and ends when the client goes."""
+    with httpx.Client(base_url=served.base_url, timeout=REQUEST_TIMEOUT_S) as client:
+        headers = {"X-API-Key": served.h.key}
+        with client.stream("GET", "/api/v1/events/stream", headers=headers) as stream:
+            assert stream.status_code == 200
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            lines = stream.iter_lines()
+            assert next(lines) == "event: connected"
+            other = client.post("/api/v1/capsules", headers={"X-API-Key": served.other_key})
+            own = client.post("/api/v1/capsules", headers=headers)
+            assert other.status_code == own.status_code == 201
+            for line in lines:
+                if line.startswith("data: ") and '"capsule.' in line:
+                    event = json.loads(line.removeprefix("data: "))
+                    assert event["resource"]["id"] == own.json()["id"], event
+                    if event["event"] == "capsule.create":
+                        break
