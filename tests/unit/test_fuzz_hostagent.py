@@ -266,3 +266,24 @@ def test_without_token(
     )
     count("hostagent, no token", case, response.status_code)
     assert response.status_code in UNAUTHENTICATED, response.text
+
+
+# -- regressions the fuzzing found ------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("method", "path", "status", "code"),
+    [
+        ("GET", "/v1/nothing-here", 404, "not_found"),
+        ("PATCH", "/v1/capsules", 405, "invalid"),
+        ("PUT", "/v1/templates/x", 405, "invalid"),
+    ],
+)
+def test_routing_errors_use_the_envelope(
+    served: ServedHostAgent, http: requests.Session, method: str, path: str, status: int, code: str
+) -> None:
+    """An unknown route or method answered FastAPI's `{"detail": ...}`, not the envelope
+    docs/hostagent.md promises for every error (found with schemathesis' coverage phase)."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    r = http.request(method, served.base_url + path, headers=headers, timeout=REQUEST_TIMEOUT_S)
+    assert r.status_code == status
+    assert r.json()["error"]["code"] == code, r.text
+    assert path in r.json()["error"]["message"]
