@@ -13,6 +13,7 @@ what was exercised (tests/fuzz_summary.py prints it at the end of the run).
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -31,8 +32,7 @@ T = TypeVar("T")
 SEED = 20260101
 # A reply slower than this is a hang (nothing in a fuzzed request should take seconds).
 REQUEST_TIMEOUT_S = 10.0
-# Statuses a request without credentials may get: refused (401/403), or rejected before
-# any auth because the route does not exist for that method (404/405).
+# Statuses a request without credentials may get.
 UNAUTHENTICATED = frozenset({401, 403})
 
 
@@ -42,6 +42,8 @@ def fuzz_config(*, max_examples: int) -> schemathesis.Config:
     return schemathesis.Config.from_dict(
         {
             "seed": SEED,
+            # Generation slows down on a busy machine; that is not the API's fault.
+            "suppress-health-check": ["too_slow"],
             "generation": {
                 "max-examples": max_examples,
                 "deterministic": True,
@@ -55,6 +57,19 @@ def fuzz_config(*, max_examples: int) -> schemathesis.Config:
             "phases": {"coverage": {"enabled": False}},
         }
     )
+
+
+def read_before_auth(status: int, body: object) -> bool:
+    """A 400 for a body that is not JSON, answered before the credentials were checked:
+    FastAPI reads and parses a JSON body before any dependency runs. Issue 10's
+    "authenticate before reading a body" removes this case (and this function with it)."""
+    if status != 400 or not isinstance(body, bytes | str):
+        return False
+    try:
+        json.loads(body)
+    except ValueError:
+        return True
+    return False
 
 
 # -- a loop on a thread ---------------------------------------------------------------------
