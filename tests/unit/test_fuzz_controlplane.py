@@ -6,7 +6,8 @@ Every operation runs twice:
 - with a valid key: path parameters name a capsule of the caller's team that is running
   (so requests reach the host agent, not only the 404), another team's capsule (which
   must look exactly like one that does not exist), or whatever schemathesis generated;
-- with no key: every operation is refused (401) before anything else, whatever the body.
+- with no key: every operation is refused (401), except that a body which is not JSON is
+  still read, and refused (400), first (`read_before_auth` in tests/fuzzing.py).
 
 Left out of the generic run: `GET /api/v1/events/stream` (Server-Sent Events, open until
 the client goes: a fuzzed request would hang by design); it is exercised in
