@@ -49,4 +49,4 @@ bench: install
 	$(BIN)/python bench/vmm.py
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

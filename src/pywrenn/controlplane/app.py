@@ -30,7 +30,7 @@ from .clock import Clock, system_clock
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
 from .deps import API_KEY_SCHEME, SessionDep
-from .errors import install_error_handlers
+from .errors import ENVELOPE_SCHEMA, install_error_handlers
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
 from .monitorloop import HostMonitor
@@ -149,16 +149,26 @@ def create_app(
 
 
 def _openapi_with_key(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema, plus the X-API-Key scheme on every `/api` operation."""
+    """FastAPI's schema, plus the X-API-Key scheme on every `/api` operation, and the error
+    envelope as its `default` answer in place of FastAPI's 422 (validation errors are 400s,
+    see errors.py)."""
     if app.openapi_schema is None:
         schema = get_openapi(
             title=app.title, version=app.version, description=app.description, routes=app.routes
         )
-        schema.setdefault("components", {})["securitySchemes"] = API_KEY_SCHEME
+        components = schema.setdefault("components", {})
+        components["securitySchemes"] = API_KEY_SCHEME
+        components.setdefault("schemas", {})["Error"] = ENVELOPE_SCHEMA
+        error = {"$ref": "#/components/schemas/Error"}
         for path, operations in schema.get("paths", {}).items():
             if path.startswith(API_PREFIX + "/"):
                 for operation in operations.values():
                     operation["security"] = [{name: []} for name in API_KEY_SCHEME]
+                    operation["responses"].pop("422", None)
+                    operation["responses"]["default"] = {
+                        "description": "Error",
+                        "content": {"application/json": {"schema": error}},
+                    }
         app.openapi_schema = schema
     return app.openapi_schema
 

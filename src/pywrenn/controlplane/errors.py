@@ -108,6 +108,22 @@ _HTTP_CODES = {
 }
 
 
+# The envelope in OpenAPI terms: every /api operation documents it as its `default` answer.
+ENVELOPE_SCHEMA: dict[str, Any] = {
+    "title": "Error",
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        },
+        "capsule_ids": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
 def envelope(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
     """The Wrenn error body: always a JSON object, because the SDK crashes on anything else."""
     return JSONResponse({"error": {"code": code, "message": message}, **extra}, status_code=status)

@@ -23,6 +23,7 @@ from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.datastructures import Headers
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pywrenn import __version__
@@ -126,12 +127,20 @@ def install_error_handlers(app: FastAPI) -> None:
         message = f"invalid: {where}: {first.get('msg', 'bad request')}".replace(": :", ":")
         return JSONResponse(error_body("invalid", message), status_code=400)
 
+    async def routing(request: Request, exc: Exception) -> JSONResponse:
+        # No such route or method: the envelope too, like every other error.
+        assert isinstance(exc, StarletteHTTPException)
+        code = "not_found" if exc.status_code == 404 else "invalid"
+        message = f"{exc.detail.lower()}: {request.method} {request.url.path}"
+        return JSONResponse(error_body(code, message), exc.status_code, exc.headers)
+
     async def internal(_: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error", exc_info=exc)
         return JSONResponse(error_body("internal", "internal error; see agent log"), 500)
 
     app.add_exception_handler(HostAgentError, domain)
     app.add_exception_handler(RequestValidationError, validation)
+    app.add_exception_handler(StarletteHTTPException, routing)
     app.add_exception_handler(Exception, internal)
 
 

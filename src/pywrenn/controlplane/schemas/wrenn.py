@@ -7,8 +7,9 @@ JSON. Timestamps are aware UTC (the SDK rejects naive ones); lists are never nul
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from pywrenn.ids import IdKind
 
@@ -20,8 +21,24 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def _storable(value: str) -> str:
+    # PostgreSQL's text and jsonb refuse NUL; JSON output cannot encode a lone surrogate.
+    if "\0" in value:
+        raise ValueError(f"text {value[:40]!r} contains a NUL character")
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ValueError(f"text {value[:40]!r} is not valid Unicode") from None
+    return value
+
+
+# Text the control plane stores and serves back.
+StoredText = Annotated[str, AfterValidator(_storable)]
+MAX_INT32 = 2**31 - 1  # an Integer column, on both databases
+
+
 class ApiKeyCreate(_Strict):
-    name: str = Field(min_length=1, max_length=128)
+    name: StoredText = Field(min_length=1, max_length=128)
 
 
 class ApiKeyPublic(BaseModel):
@@ -94,11 +111,11 @@ class Health(BaseModel):
 class CapsuleCreate(BaseModel):
     """POST /v1/capsules. The SDK omits every field it was not given: defaults live here."""
 
-    template: str = Field(default="minimal-ubuntu", min_length=1, max_length=128)
+    template: StoredText = Field(default="minimal-ubuntu", min_length=1, max_length=128)
     vcpus: int = Field(default=1, ge=1, le=64)
     memory_mb: int = Field(default=512, ge=64, le=1 << 20)
-    timeout_sec: int = Field(default=0, ge=0)
-    metadata: dict[str, str] = Field(default_factory=dict)
+    timeout_sec: int = Field(default=0, ge=0, le=MAX_INT32)  # what the column holds
+    metadata: dict[StoredText, StoredText] = Field(default_factory=dict)
 
 
 class MetricPoint(BaseModel):
