@@ -83,10 +83,11 @@ async def kill_process(
     now: NowDep,
     hosts: HostsDep,
 ) -> Response:
+    process = guest.selector(selector)
     t = await guest.target(
         session, pool=hosts, team_id=team.team_id, capsule_id=capsule_id, now=now, wanted="kill"
     )
-    await t.host.kill(t.capsule_id, guest.selector(selector))
+    await t.host.kill(t.capsule_id, process)
     return Response(status_code=204)
 
 
@@ -105,8 +106,8 @@ async def exec_stream(websocket: WebSocket, capsule_id: str) -> None:
 @router.websocket("/{capsule_id}/processes/{selector}/stream")
 async def process_stream(websocket: WebSocket, capsule_id: str, selector: str) -> None:
     async with guarded(websocket):
-        t = await ws_target(websocket, capsule_id, "attach to a process")
         process = guest.selector(selector)
+        t = await ws_target(websocket, capsule_id, "attach to a process")
         # Attach before accepting: an unknown pid is then a 404 upgrade, not an open socket.
         async with t.host.attach(t.capsule_id, process) as events:
             await websocket.accept()

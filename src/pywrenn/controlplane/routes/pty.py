@@ -49,7 +49,8 @@ def _frame(text: str) -> dict[str, Any]:
 async def _open(t: guest.Target, first: dict[str, Any]) -> tuple[int, str]:
     """Start a PTY process, or find the one a `connect` names; (pid, tag)."""
     if first.get("type") == "connect":
-        tag = str(first.get("tag") or "")
+        # Validated before use: the tag goes into host-agent URLs for input, resize, kill.
+        tag = guest.tag(first.get("tag"))
         for process in (await t.host.processes(t.capsule_id)).processes:
             if process.tag == tag:
                 return process.pid, tag
