@@ -35,6 +35,11 @@ class ControlPlaneSettings(Settings):
     host_heartbeat_grace_s: float = Field(
         default=90.0, description="a host silent this long is unreachable (3 missed beats)"
     )
+    max_open_streams_per_team: int = Field(
+        default=256,
+        ge=1,
+        description="SSE and WebSocket streams one team may hold open on this control plane",
+    )
 
     @field_validator("database_url")
     @classmethod
