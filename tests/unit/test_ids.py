@@ -118,3 +118,21 @@ def test_trailing_newline_is_refused_everywhere() -> None:
         rootfs.validate_size("2G\n")
     stamp = "2026-01-01T00:00:00Z"
     assert system_http._RFC3339.match(stamp) and not system_http._RFC3339.match(stamp + "\n")
+
+
+def test_host_agent_entries_use_the_same_rule() -> None:
+    from pydantic import ValidationError
+
+    from pywrenn.hostagent.app import _selector
+    from pywrenn.hostagent.errors import InvalidRequest
+    from pywrenn.hostagent.schemas import BackgroundRequest, ExecStreamRequest
+
+    assert _selector("12") == 12 and _selector("pty-1") == "pty-1"
+    for bad in ("..", "a?b", "x\n", "²", "0"):
+        with pytest.raises(InvalidRequest):
+            _selector(bad)
+    assert BackgroundRequest(cmd="x", tag="job.1").tag == "job.1"
+    for model in (BackgroundRequest, ExecStreamRequest):
+        for bad in ("../../cl-x", "a/b", "x\n", "", "x" * 129):
+            with pytest.raises(ValidationError):
+                model(cmd="x", tag=bad)
