@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 SNAPSHOT_META = "wrenn-snapshot.json"
-_LEFTOVER = re.compile(r"^(?P<id>.+)\.(?P<kind>staging|trash)-(?P<ns>\d+)$")
+_LEFTOVER = re.compile(r"^(?P<id>.+)\.(?P<kind>staging|trash)-(?P<ns>\d+)\Z")
 
 
 @dataclass(frozen=True)

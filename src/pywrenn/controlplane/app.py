@@ -38,6 +38,7 @@ from .routes import admin, builds, capsules, events, exec, files, keys, pty, sna
 from .schemas.wrenn import Health
 from .services import hosts as host_rows
 from .settings import ControlPlaneSettings
+from .streams import StreamRegistry
 
 API_ROUTERS = (
     exec.router,  # first: routes are matched in order, and exec is the hottest path
@@ -130,6 +131,9 @@ def create_app(
     app.state.settings = settings
     app.state.clock = clock
     app.state.auth_cache = AuthCache()
+    app.state.streams = StreamRegistry(
+        app.state.auth_cache, per_team_limit=settings.max_open_streams_per_team
+    )
     install_error_handlers(app)
 
     @app.get("/health", tags=["health"])

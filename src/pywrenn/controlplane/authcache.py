@@ -2,16 +2,22 @@
 
 Owns: remembering "this key hash belongs to this caller" for `TTL_S` seconds. Every
 request still proves the key (its hash must match); only the database lookup is saved.
-A key revoked through this process is forgotten at once; one revoked through another
-control-plane process stops working within `TTL_S`. That bound is the price of taking
-one query off every call (exec, files, ...), where the control plane must add little.
+A key revoked through this process is forgotten at once (`clear`, which also tells its
+listeners, such as the open-stream registry); one revoked through another control-plane
+process stops working within `TTL_S`. That bound is the price of taking one query off
+every call (exec, files, ...), where the control plane must add little.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
+from datetime import datetime
 
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from .services import keys
 from .services.keys import Caller, hash_key
 
 TTL_S = 2.0
@@ -23,6 +29,7 @@ class AuthCache:
         self._ttl_s = ttl_s
         self._lock = threading.Lock()
         self._entries: dict[str, tuple[float, Caller]] = {}
+        self._on_clear: list[Callable[[], None]] = []
 
     def get(self, plaintext: str) -> Caller | None:
         key = hash_key(plaintext)
@@ -43,5 +50,29 @@ class AuthCache:
             self._entries[hash_key(plaintext)] = (time.monotonic() + self._ttl_s, caller)
 
     def clear(self) -> None:
+        """Forget every check (a key was revoked here), and tell the listeners."""
         with self._lock:
             self._entries.clear()
+        for listener in list(self._on_clear):
+            listener()
+
+    def on_clear(self, listener: Callable[[], None]) -> None:
+        """Call `listener` (on the event loop, synchronously) after every `clear`."""
+        self._on_clear.append(listener)
+
+    async def authenticate(
+        self,
+        plaintext: str,
+        *,
+        sessions: async_sessionmaker[AsyncSession],
+        now: Callable[[], datetime],
+    ) -> Caller:
+        """The caller behind `plaintext`, from the cache or the database (Unauthorized
+        if the key is malformed, unknown or revoked)."""
+        cached = self.get(plaintext)
+        if cached is not None:
+            return cached
+        async with sessions() as session:
+            caller = await keys.authenticate(session, plaintext=plaintext, now=now())
+        self.put(plaintext, caller)
+        return caller

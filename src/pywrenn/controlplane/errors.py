@@ -3,12 +3,13 @@
     ControlPlaneError               500 internal_error
     ├── InvalidInput                400 invalid_request
     ├── Unauthorized                401 unauthorized
+    │   └── StreamRevoked           401 unauthorized      (an open stream's key stopped working)
     ├── Forbidden                   403 forbidden
     ├── NotFound                    404 not_found
     ├── Conflict                    409 conflict
     │   ├── InvalidState            409 invalid_state     (a capsule in the wrong status)
     │   └── HostHasCapsules         409 host_has_capsules (+ top-level "capsule_ids")
-    ├── LimitExceeded               429 limit_exceeded    (a team holds its limit of capsules, …)
+    ├── LimitExceeded               429 limit_exceeded    (a team is at a limit)
     ├── AgentError                  502 agent_error       (the host agent answered with a failure)
     └── HostUnavailable             503 host_unavailable  (no host could be reached or chosen)
 
@@ -48,6 +49,10 @@ class InvalidInput(ControlPlaneError):
 
 class Unauthorized(ControlPlaneError):
     status, code = 401, "unauthorized"
+
+
+class StreamRevoked(Unauthorized):
+    """An open SSE or WebSocket stream whose API key was revoked (or its team deleted)."""
 
 
 class Forbidden(ControlPlaneError):
@@ -105,6 +110,7 @@ _HTTP_CODES = {
     409: "conflict",
     413: "invalid_request",
     415: "invalid_request",
+    429: "limit_exceeded",
 }
 
 

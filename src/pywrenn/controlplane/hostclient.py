@@ -6,6 +6,10 @@ token it presents, per-call timeouts, and translating the agent's error envelope
 → HostUnavailable, any other failure → AgentError; a connection that fails or times out →
 HostUnavailable. Bodies are the host agent's own wire models (`hostagent.schemas`),
 imported rather than copied, so the two sides cannot drift apart.
+Every URL path is built by `_url` from validated segments (capsule ids, process
+selectors, template names: `pywrenn.ids`), each percent-quoted whole, and sent as is:
+nothing a caller passes can add a segment, a query or a `..` that moves the request to
+another capsule. Process streams are NDJSON, split in linear time with a cap per line.
 `HostAgentAPI` is the seam: `wrenn up` may later hand in an in-process implementation.
 The transport is aiohttp: on the exec path this call is most of what the control plane
 adds, and aiohttp spends ~0.2 ms of CPU per request here where httpx spent ~1.5 ms.
@@ -15,6 +19,7 @@ Knows nothing of: capsule rows, teams, or the Wrenn API the SDK sees.
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
@@ -22,8 +27,10 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager, context
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Protocol
+from urllib.parse import quote
 
 import aiohttp
+import yarl
 
 from pywrenn.hostagent.schemas import (
     BackgroundRequest,
@@ -42,6 +49,8 @@ from pywrenn.hostagent.schemas import (
     Started,
     TemplatePublic,
 )
+from pywrenn.ids import IdKind, parse_id, parse_selector, parse_template_name
+from pywrenn.ids import Selector as Selector
 
 from .errors import AgentError, Conflict, ControlPlaneError, HostUnavailable, InvalidInput, NotFound
 
@@ -56,8 +65,10 @@ LIFECYCLE_TIMEOUT = aiohttp.ClientTimeout(total=180.0, connect=5.0)
 # deadline, but connecting stays bounded.
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5.0)
 EXEC_MARGIN_S = 10.0
-
-Selector = int | str
+# The longest process-stream line we accept. The agent's data events carry base64 of at
+# most envd's merged output chunk (64 KiB, so ~88 KiB a line); a line past this cap is a
+# broken or hostile stream, and is refused rather than buffered.
+MAX_EVENT_LINE = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -77,21 +88,98 @@ class AgentEvent:
 
 
 def parse_event(line: bytes) -> AgentEvent | None:
-    """An NDJSON line of the agent's process stream; None for keepalives and blank lines."""
+    """An NDJSON line of the agent's process stream; None for keepalives and blank lines.
+
+    A line that is not an event object of the right types is an AgentError: the stream
+    is broken, and the caller's relay ends with it.
+    """
     if not line.strip():
         return None
-    raw: dict[str, Any] = json.loads(line)
+    try:
+        raw = json.loads(line)
+        if not isinstance(raw, dict):
+            raise TypeError(f"event is a {type(raw).__name__}, not an object")
+        return _event(raw)
+    except (ValueError, TypeError, binascii.Error) as exc:
+        shown = bytes(line[:80]).decode("utf-8", errors="replace")
+        raise AgentError(f"agent_error: malformed process event {shown!r}: {exc}") from exc
+
+
+def _event(raw: dict[str, Any]) -> AgentEvent | None:
     kind = raw.get("type")
     if kind == "start":
-        return AgentEvent("start", pid=int(raw.get("pid") or 0))
+        return AgentEvent("start", pid=_int(raw.get("pid")))
     if kind == "data":
-        data = base64.b64decode(raw.get("data") or "")
-        return AgentEvent("data", stream=str(raw.get("stream") or ""), data=data)
+        data = raw.get("data") or ""
+        if not isinstance(data, str):
+            raise TypeError("data is not a base64 string")
+        stream = _str(raw.get("stream"))
+        return AgentEvent("data", stream=stream, data=base64.b64decode(data, validate=True))
     if kind == "end":
-        return AgentEvent("end", exit_code=int(raw.get("exit_code") or 0), error=raw.get("error"))
+        error = raw.get("error")
+        return AgentEvent(
+            "end",
+            exit_code=_int(raw.get("exit_code")),
+            error=None if error is None else _str(error),
+        )
     if kind == "error":
-        return AgentEvent("error", error=str(raw.get("message") or "host agent stream failed"))
+        message = _str(raw.get("message")) or "host agent stream failed"
+        return AgentEvent("error", error=message)
     return None
+
+
+def _int(value: object) -> int:
+    if value is None:
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r} is not an integer")
+    return value
+
+
+def _str(value: object) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise TypeError(f"{value!r} is not a string")
+    return value
+
+
+class LineSplitter:
+    """NDJSON lines out of arbitrary chunks, each byte scanned once; a line longer than
+    `limit` is an AgentError (nothing is buffered past it)."""
+
+    def __init__(self, limit: int = MAX_EVENT_LINE) -> None:
+        self.limit = limit
+        self.scanned = 0  # bytes searched for a newline, for statistics and tests
+        self._buffer = bytearray()
+        self._searched = 0  # the buffer's prefix known to hold no newline
+
+    def feed(self, chunk: bytes) -> list[bytes]:
+        self._buffer += chunk
+        lines: list[bytes] = []
+        start = 0
+        while True:
+            newline = self._buffer.find(b"\n", max(start, self._searched))
+            if newline < 0:
+                break
+            lines.append(bytes(self._buffer[start:newline]))
+            start = newline + 1
+        self.scanned += len(self._buffer) - max(start, self._searched)
+        if start:
+            # What is left follows the last newline, so it lies within `chunk`: moving it
+            # costs no more than the chunk did.
+            del self._buffer[:start]
+        self._searched = len(self._buffer)
+        if len(self._buffer) > self.limit:
+            raise AgentError(
+                f"agent_error: process stream line exceeds {self.limit} bytes; stream dropped"
+            )
+        return lines
+
+    def rest(self) -> bytes:
+        """The unterminated last line, once the stream has ended."""
+        rest, self._buffer, self._searched = bytes(self._buffer), bytearray(), 0
+        return rest
 
 
 class HostAgentAPI(Protocol):
@@ -196,6 +284,35 @@ def _transport_errors(base_url: str, what: str) -> Iterator[None]:
         raise HostUnavailable(f"host_unavailable: {what}: host {base_url}: {exc!r}") from exc
 
 
+def _capsule(capsule_id: str) -> str:
+    try:
+        return parse_id(capsule_id, IdKind.CAPSULE)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid: {exc}") from exc
+
+
+def _process(selector: Selector) -> Selector:
+    try:
+        return parse_selector(selector)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid: process selector: {exc}") from exc
+
+
+def _template(name: str) -> str:
+    try:
+        return parse_template_name(name)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid: {exc}") from exc
+
+
+def _segment(value: str | int) -> str:
+    text = str(value)
+    # Callers pass validated values; this is the last line should one ever not be.
+    if text in ("", ".", ".."):
+        raise InvalidInput(f"invalid: {text!r} cannot be a URL path segment")
+    return quote(text, safe="")
+
+
 def _query(params: dict[str, Any] | None) -> dict[str, str] | None:
     if params is None:
         return None
@@ -213,9 +330,9 @@ class HostClient:
     def _http(self) -> aiohttp.ClientSession:
         # Made at first use: a session belongs to the running event loop.
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                self.base_url, timeout=DEFAULT_TIMEOUT, auto_decompress=False
-            )
+            # No base URL: aiohttp would join each path onto it and resolve dot segments.
+            # `_url` builds the whole URL, already encoded, and aiohttp sends it as is.
+            self._session = aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT, auto_decompress=False)
         return self._session
 
     async def aclose(self) -> None:
@@ -226,10 +343,16 @@ class HostClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token()}"}
 
+    def _url(self, *segments: str | int) -> yarl.URL:
+        """`{base_url}/v1/{segments…}`, each segment quoted whole (`/`, `%`, `?`, `#`
+        included), marked encoded so that neither yarl nor aiohttp re-normalises it."""
+        path = "/v1/" + "/".join(_segment(s) for s in segments)
+        return yarl.URL(self.base_url + path, encoded=True)
+
     def _request(
         self,
         method: str,
-        url: str,
+        url: yarl.URL,
         json_body: Any,
         params: dict[str, Any] | None,
         timeout: aiohttp.ClientTimeout,
@@ -249,14 +372,14 @@ class HostClient:
     async def _call(
         self,
         method: str,
-        url: str,
+        url: yarl.URL,
         *,
         json_body: Any = None,
         params: dict[str, Any] | None = None,
         timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
         content: AsyncIterable[bytes] | None = None,
     ) -> Reply:
-        what = f"{method} {url}"
+        what = f"{method} {url.raw_path}"
         with _transport_errors(self.base_url, what):
             request = self._request(method, url, json_body, params, timeout, content)
             async with request as response:
@@ -267,10 +390,15 @@ class HostClient:
 
     @asynccontextmanager
     async def _stream(
-        self, method: str, url: str, *, json_body: Any = None, params: dict[str, Any] | None = None
+        self,
+        method: str,
+        url: yarl.URL,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
     ) -> AsyncIterator[aiohttp.ClientResponse]:
         """A response whose status is checked before its body is read."""
-        what = f"{method} {url}"
+        what = f"{method} {url.raw_path}"
         with _transport_errors(self.base_url, what):
             response = await self._request(method, url, json_body, params, STREAM_TIMEOUT)
         try:
@@ -283,16 +411,19 @@ class HostClient:
             response.release()
 
     # -- lifecycle ----------------------------------------------------------------------
+    def _capsule_url(self, capsule_id: str, *rest: str | int) -> yarl.URL:
+        return self._url("capsules", _capsule(capsule_id), *rest)
+
     async def create(self, body: CapsuleCreate) -> CapsulePublic:
         r = await self._call(
-            "POST", "/v1/capsules", json_body=body.model_dump(), timeout=CREATE_TIMEOUT
+            "POST", self._url("capsules"), json_body=body.model_dump(), timeout=CREATE_TIMEOUT
         )
         return CapsulePublic.model_validate_json(r.content)
 
     async def snapshot(self, capsule_id: str, body: SnapshotRequest) -> TemplatePublic:
         r = await self._call(
             "POST",
-            f"/v1/capsules/{capsule_id}/snapshot",
+            self._capsule_url(capsule_id, "snapshot"),
             json_body=body.model_dump(),
             timeout=CREATE_TIMEOUT,
         )
@@ -301,48 +432,49 @@ class HostClient:
     async def fork(self, capsule_id: str, body: ForkRequest) -> CapsuleList:
         r = await self._call(
             "POST",
-            f"/v1/capsules/{capsule_id}/fork",
+            self._capsule_url(capsule_id, "fork"),
             json_body=body.model_dump(),
             timeout=CREATE_TIMEOUT,
         )
         return CapsuleList.model_validate_json(r.content)
 
     async def delete_template(self, name: str) -> None:
-        await self._call("DELETE", f"/v1/templates/{name}")
+        await self._call("DELETE", self._url("templates", _template(name)))
 
     async def get(self, capsule_id: str) -> CapsulePublic:
-        r = await self._call("GET", f"/v1/capsules/{capsule_id}")
+        r = await self._call("GET", self._capsule_url(capsule_id))
         return CapsulePublic.model_validate_json(r.content)
 
     async def list(self) -> CapsuleList:
-        return CapsuleList.model_validate_json((await self._call("GET", "/v1/capsules")).content)
+        r = await self._call("GET", self._url("capsules"))
+        return CapsuleList.model_validate_json(r.content)
 
     async def destroy(self, capsule_id: str) -> None:
-        await self._call("DELETE", f"/v1/capsules/{capsule_id}", timeout=LIFECYCLE_TIMEOUT)
+        await self._call("DELETE", self._capsule_url(capsule_id), timeout=LIFECYCLE_TIMEOUT)
 
     async def pause(self, capsule_id: str) -> CapsulePublic:
-        url = f"/v1/capsules/{capsule_id}/pause"
+        url = self._capsule_url(capsule_id, "pause")
         r = await self._call("POST", url, timeout=LIFECYCLE_TIMEOUT)
         return CapsulePublic.model_validate_json(r.content)
 
     async def resume(self, capsule_id: str) -> CapsulePublic:
-        url = f"/v1/capsules/{capsule_id}/resume"
+        url = self._capsule_url(capsule_id, "resume")
         r = await self._call("POST", url, timeout=LIFECYCLE_TIMEOUT)
         return CapsulePublic.model_validate_json(r.content)
 
     async def ping(self, capsule_id: str) -> CapsulePublic:
-        r = await self._call("POST", f"/v1/capsules/{capsule_id}/ping")
+        r = await self._call("POST", self._capsule_url(capsule_id, "ping"))
         return CapsulePublic.model_validate_json(r.content)
 
     async def metrics(self, capsule_id: str, range_: str) -> MetricsResponse:
-        url = f"/v1/capsules/{capsule_id}/metrics"
+        url = self._capsule_url(capsule_id, "metrics")
         r = await self._call("GET", url, params={"range": range_})
         return MetricsResponse.model_validate_json(r.content)
 
     # -- exec and processes -------------------------------------------------------------
     async def exec(self, capsule_id: str, body: ExecRequest) -> ExecResponse:
         timeout = aiohttp.ClientTimeout(total=body.timeout_sec + EXEC_MARGIN_S, connect=5.0)
-        url = f"/v1/capsules/{capsule_id}/exec"
+        url = self._capsule_url(capsule_id, "exec")
         r = await self._call("POST", url, json_body=body.model_dump(), timeout=timeout)
         return ExecResponse.model_validate_json(r.content)
 
@@ -350,28 +482,31 @@ class HostClient:
     async def exec_stream(
         self, capsule_id: str, body: ExecStreamRequest
     ) -> AsyncIterator[AsyncIterator[AgentEvent]]:
-        url = f"/v1/capsules/{capsule_id}/exec/stream"
+        url = self._capsule_url(capsule_id, "exec", "stream")
         async with self._stream("POST", url, json_body=body.model_dump()) as response:
             yield self._events(response, url)
 
     async def start_process(self, capsule_id: str, body: BackgroundRequest) -> Started:
-        url = f"/v1/capsules/{capsule_id}/processes"
+        url = self._capsule_url(capsule_id, "processes")
         r = await self._call("POST", url, json_body=body.model_dump())
         return Started.model_validate_json(r.content)
 
     async def processes(self, capsule_id: str) -> ProcessList:
-        r = await self._call("GET", f"/v1/capsules/{capsule_id}/processes")
+        r = await self._call("GET", self._capsule_url(capsule_id, "processes"))
         return ProcessList.model_validate_json(r.content)
 
+    def _process_url(self, capsule_id: str, selector: Selector, *rest: str) -> yarl.URL:
+        return self._capsule_url(capsule_id, "processes", _process(selector), *rest)
+
     async def kill(self, capsule_id: str, selector: Selector, signal: str = "SIGKILL") -> None:
-        url = f"/v1/capsules/{capsule_id}/processes/{selector}"
+        url = self._process_url(capsule_id, selector)
         await self._call("DELETE", url, params={"signal": signal})
 
     @asynccontextmanager
     async def attach(
         self, capsule_id: str, selector: Selector
     ) -> AsyncIterator[AsyncIterator[AgentEvent]]:
-        url = f"/v1/capsules/{capsule_id}/processes/{selector}/stream"
+        url = self._process_url(capsule_id, selector, "stream")
         async with self._stream("GET", url) as response:
             yield self._events(response, url)
 
@@ -379,67 +514,64 @@ class HostClient:
         self, capsule_id: str, selector: Selector, data: bytes, *, pty: bool = False
     ) -> None:
         body = {"data": base64.b64encode(data).decode(), "pty": pty}
-        await self._call(
-            "POST", f"/v1/capsules/{capsule_id}/processes/{selector}/input", json_body=body
-        )
+        await self._call("POST", self._process_url(capsule_id, selector, "input"), json_body=body)
 
     async def resize(self, capsule_id: str, selector: Selector, cols: int, rows: int) -> None:
-        url = f"/v1/capsules/{capsule_id}/processes/{selector}/resize"
+        url = self._process_url(capsule_id, selector, "resize")
         await self._call("POST", url, json_body={"cols": cols, "rows": rows})
 
     async def _events(
-        self, response: aiohttp.ClientResponse, url: str
+        self, response: aiohttp.ClientResponse, url: yarl.URL
     ) -> AsyncIterator[AgentEvent]:
         # Split lines ourselves: a data event's line can be longer than aiohttp's
         # readline limit.
-        pending = b""
-        with _transport_errors(self.base_url, url):
+        lines = LineSplitter()
+        with _transport_errors(self.base_url, url.raw_path):
             async for chunk in response.content.iter_any():
-                pending += chunk
-                *lines, pending = pending.split(b"\n")
-                for line in lines:
+                for line in lines.feed(chunk):
                     event = parse_event(line)
                     if event is not None:
                         yield event
-        event = parse_event(pending)
+        event = parse_event(lines.rest())
         if event is not None:
             yield event
 
     # -- files --------------------------------------------------------------------------
     @asynccontextmanager
     async def read_file(self, capsule_id: str, path: str) -> AsyncIterator[AsyncIterator[bytes]]:
-        url = f"/v1/capsules/{capsule_id}/files"
+        url = self._capsule_url(capsule_id, "files")
         async with self._stream("GET", url, params={"path": path}) as response:
             yield self._bytes(response, url)
 
-    async def _bytes(self, response: aiohttp.ClientResponse, url: str) -> AsyncIterator[bytes]:
-        with _transport_errors(self.base_url, url):
+    async def _bytes(self, response: aiohttp.ClientResponse, url: yarl.URL) -> AsyncIterator[bytes]:
+        with _transport_errors(self.base_url, url.raw_path):
             async for chunk in response.content.iter_any():
                 yield chunk
 
     async def write_file(self, capsule_id: str, path: str, chunks: AsyncIterable[bytes]) -> None:
         await self._call(
             "PUT",
-            f"/v1/capsules/{capsule_id}/files",
+            self._capsule_url(capsule_id, "files"),
             params={"path": path},
             content=chunks,
             timeout=STREAM_TIMEOUT,
         )
 
     async def list_dir(self, capsule_id: str, path: str, depth: int) -> EntryList:
-        url = f"/v1/capsules/{capsule_id}/files/list"
+        url = self._capsule_url(capsule_id, "files", "list")
         r = await self._call("GET", url, params={"path": path, "depth": depth})
         return EntryList.model_validate_json(r.content)
 
     async def stat(self, capsule_id: str, path: str) -> EntryPublic:
-        url = f"/v1/capsules/{capsule_id}/files/stat"
+        url = self._capsule_url(capsule_id, "files", "stat")
         r = await self._call("GET", url, params={"path": path})
         return EntryPublic.model_validate_json(r.content)
 
     async def make_dir(self, capsule_id: str, path: str) -> bool:
-        url = f"/v1/capsules/{capsule_id}/files/mkdir"
+        url = self._capsule_url(capsule_id, "files", "mkdir")
         r = await self._call("POST", url, params={"path": path})
         return bool(r.json().get("created"))
 
     async def remove(self, capsule_id: str, path: str) -> None:
-        await self._call("DELETE", f"/v1/capsules/{capsule_id}/files", params={"path": path})
+        url = self._capsule_url(capsule_id, "files")
+        await self._call("DELETE", url, params={"path": path})

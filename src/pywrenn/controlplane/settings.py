@@ -44,6 +44,11 @@ class ControlPlaneSettings(Settings):
         default=64 * 1024, ge=0, description="memory (MiB) of a team's capsules"
     )
     team_max_builds: int = Field(default=4, ge=0, description="builds a team may run at once")
+    max_open_streams_per_team: int = Field(
+        default=256,
+        ge=1,
+        description="SSE and WebSocket streams one team may hold open on this control plane",
+    )
 
     @field_validator("database_url")
     @classmethod

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -21,6 +22,10 @@ from pywrenn.envd.state import AgentState
 from pywrenn.envd.users import child_environment, resolve_path
 
 SERVICE = "/process.Process/"
+# A process tag's one shape; a copy of `pywrenn.ids.TAG_PATTERN` (envd imports nothing
+# outside itself; a unit test keeps the two equal). Tags travel in host-agent URLs.
+TAG_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
+_TAG = re.compile(TAG_PATTERN)
 # How often a waiting stream wakes to notice a departed client or a passed deadline.
 _TICK_S = 0.5
 # How long a Start stream waits for the end event after its deadline killed the process.
@@ -50,7 +55,7 @@ class ProcessService:
             envs=_str_map(config, "envs"),
             cwd=config.get("cwd") if isinstance(config.get("cwd"), str) else None,
         )
-        tag = msg.get("tag") if isinstance(msg.get("tag"), str) else None
+        tag = _tag(msg.get("tag"))
         pty = _pty_size(msg.get("pty"))
         stdin = msg.get("stdin", True) is not False
         user = ctx.user()
@@ -204,8 +209,8 @@ class ProcessService:
                 return self.table.find(pid=int(pid), tag=None, finished=finished)
             except (TypeError, ValueError):
                 raise invalid_argument(f"invalid: pid {pid!r}") from None
-        if isinstance(tag, str) and tag:
-            return self.table.find(pid=None, tag=tag, finished=finished)
+        if tag not in (None, ""):
+            return self.table.find(pid=None, tag=_tag(tag), finished=finished)
         raise invalid_argument("invalid: process selector needs a pid or a tag")
 
     @staticmethod
@@ -260,6 +265,16 @@ def _str_map(msg: JSONObject, key: str) -> dict[str, str]:
         isinstance(k, str) and isinstance(v, str) for k, v in value.items()
     ):
         raise invalid_argument(f"invalid: {key} must map strings to strings")
+    return value
+
+
+def _tag(value: object) -> str | None:
+    """A process tag, or None for none; anything but a well-formed tag is invalid."""
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or _TAG.fullmatch(value) is None:
+        shown = repr(value)[:80]
+        raise invalid_argument(f"invalid: tag {shown}: use 1..128 of A-Z a-z 0-9 . _ -")
     return value
 
 

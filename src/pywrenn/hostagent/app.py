@@ -65,6 +65,7 @@ from pywrenn.hostagent.schemas import (
     TemplatePublic,
 )
 from pywrenn.hostagent.templates import TemplateNotFound, TemplateService
+from pywrenn.ids import parse_selector
 
 log = logging.getLogger("pywrenn.hostagent.app")
 
@@ -379,7 +380,11 @@ class _Unauthorised(Exception):
 
 
 def _selector(raw: str) -> Selector:
-    return int(raw) if raw.isdigit() else raw
+    # The one rule for pids and tags (`pywrenn.ids`): a selector reaches envd as is.
+    try:
+        return parse_selector(raw)
+    except ValueError as exc:
+        raise InvalidRequest(f"invalid: process selector: {exc}") from exc
 
 
 def event_json(event: ProcessEvent) -> dict[str, Any]:

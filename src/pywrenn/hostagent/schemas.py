@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from pywrenn.envdclient._ops import EntryInfo, ProcessInfo
 from pywrenn.hostagent.capsule import CapsuleInfo
 from pywrenn.hostagent.metrics import MetricPoint
+from pywrenn.ids import TAG_SCHEMA_PATTERN
 
 
 class _Strict(BaseModel):
@@ -86,7 +87,7 @@ class ExecRequest(_Strict):
 
 
 class ExecStreamRequest(ExecRequest):
-    tag: str | None = None
+    tag: str | None = Field(default=None, pattern=TAG_SCHEMA_PATTERN)
     stdin: bool = False
     timeout_sec: float = Field(default=0.0, ge=0, le=24 * 3600)
 
@@ -114,7 +115,7 @@ class ExecResponse(BaseModel):
 class BackgroundRequest(_Strict):
     cmd: str = Field(min_length=1)
     args: list[str] = Field(default_factory=list)
-    tag: str | None = Field(default=None, max_length=128)
+    tag: str | None = Field(default=None, pattern=TAG_SCHEMA_PATTERN)
     envs: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
     user: str | None = None

@@ -43,7 +43,7 @@ from pywrenn.vmm import NetworkSpec, SnapshotError, SnapshotKind, VMError, commi
 
 log = logging.getLogger("pywrenn.hostagent.templates")
 
-_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
 PROTECTED = frozenset({"minimal"})
 MAX_FORK = 16
 

@@ -84,7 +84,7 @@ _RESOLV = "nameserver 10.0.2.3\n"
 
 _FSTAB = "# the root (/dev/vda) is mounted read-write by the initramfs\n"
 
-_SIZE = re.compile(r"^[1-9][0-9]*[KMGT]?$")
+_SIZE = re.compile(r"^[1-9][0-9]*[KMGT]?\Z")
 
 
 def validate_size(size: str) -> str:

@@ -3,22 +3,27 @@
 The stream opens with a `connected` event, then relays each new row of the events table
 (polled: one database serves every listener, and a second apart is soon enough for a
 dashboard), with `:keepalive` comments in quiet spells so proxies keep the socket open.
+The stream holds a `streams` lease: it counts against the team's open-stream limit
+(429 `limit_exceeded` past it), and it ends, cleanly, once its API key is revoked.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
 
 from ..db.models import Capsule
 from ..deps import ClockDep, SessionsDep, TeamDep
+from ..errors import LimitExceeded, envelope
 from ..schemas.wrenn import SSEEventPublic
 from ..services import capsules, events
 from ..services.keys import Caller
+from ..streams import Lease, lease_for
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
@@ -50,15 +55,39 @@ async def stream(
 ) -> StreamingResponse:
     async with sessions() as session:
         start = await events.latest_id(session, team_id=team.team_id)
-    return StreamingResponse(
-        event_frames(request, team, sessions, clock, after=start),
+    lease = lease_for(request, team, cancel_on_revoke=False)
+    return LeasedStream(
+        lease,
+        event_frames(request, team, sessions, clock, after=start, lease=lease),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store"},
     )
 
 
+class LeasedStream(StreamingResponse):
+    """A streaming response that holds its lease from before the first byte to after
+    the last, whichever way it ends; a team at its limit gets a 429 envelope instead."""
+
+    def __init__(self, lease: Lease, content: AsyncIterator[bytes], **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.lease = lease
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with self.lease:
+                await super().__call__(scope, receive, send)
+        except LimitExceeded as exc:  # raised on entry, before anything was sent
+            await envelope(exc.status, exc.code, exc.message)(scope, receive, send)
+
+
 async def event_frames(
-    request: Request, team: Caller, sessions: SessionsDep, clock: ClockDep, *, after: int
+    request: Request,
+    team: Caller,
+    sessions: SessionsDep,
+    clock: ClockDep,
+    *,
+    after: int,
+    lease: Lease,
 ) -> AsyncIterator[bytes]:
     connected = {"event": "connected", "timestamp": clock().isoformat()}
     yield frame("connected", json.dumps(connected))
@@ -80,5 +109,6 @@ async def event_frames(
         elif quiet >= KEEPALIVE_S:
             quiet = 0.0
             yield b":keepalive\n\n"
-        await asyncio.sleep(POLL_S)
+        if await lease.wait_revoked(POLL_S):
+            return  # the key was revoked: end the stream (the SDK's iterator just stops)
         quiet += POLL_S

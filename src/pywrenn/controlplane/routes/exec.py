@@ -3,6 +3,8 @@ streams (`…/exec/stream`, `…/processes/{pid}/stream`), as SDK 0.3.0 drives t
 
 The streams relay the host agent's NDJSON process events as the SDK's TEXT frames:
 `start{pid}`, `stdout|stderr{data}` (text, not base64), `exit{exit_code}`, `error{data}`.
+Each WebSocket holds a `streams` lease while open: it counts against the team's limit,
+and a revoked key ends it with an `error` frame.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import codecs
 import json
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Request, Response, WebSocket
 from pydantic import ValidationError
@@ -19,9 +22,10 @@ from pywrenn.hostagent.schemas import ExecStreamRequest
 
 from ..deps import HostsDep, NowDep, SessionDep, TeamDep, ws_caller
 from ..errors import InvalidInput
-from ..hostclient import AgentEvent
+from ..hostclient import AgentEvent, Selector
 from ..schemas.wrenn import BackgroundStarted, ExecBody, ExecResult, ProcessListing
 from ..services import guest
+from ..streams import lease_for
 from .wsguard import guarded
 
 router = APIRouter(prefix="/v1/capsules", tags=["commands"])
@@ -83,17 +87,17 @@ async def kill_process(
     now: NowDep,
     hosts: HostsDep,
 ) -> Response:
+    process = guest.selector(selector)
     t = await guest.target(
         session, pool=hosts, team_id=team.team_id, capsule_id=capsule_id, now=now, wanted="kill"
     )
-    await t.host.kill(t.capsule_id, guest.selector(selector))
+    await t.host.kill(t.capsule_id, process)
     return Response(status_code=204)
 
 
 @router.websocket("/{capsule_id}/exec/stream")
 async def exec_stream(websocket: WebSocket, capsule_id: str) -> None:
-    async with guarded(websocket):
-        t = await ws_target(websocket, capsule_id, "exec")
+    async with guarded(websocket), ws_target(websocket, capsule_id, "exec") as t:
         await websocket.accept()
         request = _start_request(await websocket.receive_text())
         async with t.host.exec_stream(t.capsule_id, request) as events:
@@ -105,33 +109,44 @@ async def exec_stream(websocket: WebSocket, capsule_id: str) -> None:
 @router.websocket("/{capsule_id}/processes/{selector}/stream")
 async def process_stream(websocket: WebSocket, capsule_id: str, selector: str) -> None:
     async with guarded(websocket):
-        t = await ws_target(websocket, capsule_id, "attach to a process")
         process = guest.selector(selector)
-        # Attach before accepting: an unknown pid is then a 404 upgrade, not an open socket.
+        async with ws_target(websocket, capsule_id, "attach to a process") as t:
+            await _attach(websocket, t, process)
+
+
+async def _attach(websocket: WebSocket, t: guest.Target, process: Selector) -> None:
+    # Attach before accepting: an unknown pid is then a 404 upgrade, not an open socket.
+    async with t.host.attach(t.capsule_id, process) as events:
+        await websocket.accept()
+        ended = await relay(websocket, events)
+    while not ended:
+        # The host stream broke off with the process still running: pick it up again.
+        await asyncio.sleep(REATTACH_DELAY_S)
         async with t.host.attach(t.capsule_id, process) as events:
-            await websocket.accept()
-            ended = await relay(websocket, events)
-        while not ended:
-            # The host stream broke off with the process still running: pick it up again.
-            await asyncio.sleep(REATTACH_DELAY_S)
-            async with t.host.attach(t.capsule_id, process) as events:
-                ended = await relay(websocket, events, send_start=False)
-        await websocket.close()
+            ended = await relay(websocket, events, send_start=False)
+    await websocket.close()
 
 
-async def ws_target(websocket: WebSocket, capsule_id: str, wanted: str) -> guest.Target:
-    """`guest.target` for a WebSocket route: auth from the upgrade, a short-lived session."""
+@asynccontextmanager
+async def ws_target(
+    websocket: WebSocket, capsule_id: str, wanted: str
+) -> AsyncIterator[guest.Target]:
+    """`guest.target` for a WebSocket route, held as an open stream: auth from the
+    upgrade, a lease (the team's stream limit; ended if the key is revoked), a
+    short-lived session. Enter it before accepting, so a refusal is an HTTP answer."""
     team = await ws_caller(websocket)
-    state = websocket.app.state
-    async with state.sessions() as session:
-        return await guest.target(
-            session,
-            pool=state.hosts,
-            team_id=team.team_id,
-            capsule_id=capsule_id,
-            now=state.clock(),
-            wanted=wanted,
-        )
+    async with lease_for(websocket, team, cancel_on_revoke=True):
+        state = websocket.app.state
+        async with state.sessions() as session:
+            t = await guest.target(
+                session,
+                pool=state.hosts,
+                team_id=team.team_id,
+                capsule_id=capsule_id,
+                now=state.clock(),
+                wanted=wanted,
+            )
+        yield t
 
 
 def _start_request(frame: str) -> ExecStreamRequest:

@@ -5,6 +5,8 @@ The first TEXT frame starts a PTY process (`start`) or re-attaches to one by tag
 to the host as PTY input; output goes back as BINARY frames; TEXT `resize` and `kill`
 are relayed; `exit{exit_code}` ends it. The process belongs to the capsule, not to the
 socket: closing the socket leaves it running, so `pty_connect(tag)` can pick it up.
+A `connect` tag is checked against the one tag rule (`pywrenn.ids`) before it is used;
+the socket holds a `streams` lease (team limit; a revoked key ends it).
 """
 
 from __future__ import annotations
@@ -28,8 +30,7 @@ router = APIRouter(prefix="/v1/capsules", tags=["pty"])
 
 @router.websocket("/{capsule_id}/pty")
 async def pty(websocket: WebSocket, capsule_id: str) -> None:
-    async with guarded(websocket):
-        t = await ws_target(websocket, capsule_id, "open a terminal")
+    async with guarded(websocket), ws_target(websocket, capsule_id, "open a terminal") as t:
         await websocket.accept()
         pid, tag = await _open(t, _frame(await websocket.receive_text()))
         await websocket.send_text(json.dumps({"type": "started", "pid": pid, "tag": tag}))
@@ -49,7 +50,8 @@ def _frame(text: str) -> dict[str, Any]:
 async def _open(t: guest.Target, first: dict[str, Any]) -> tuple[int, str]:
     """Start a PTY process, or find the one a `connect` names; (pid, tag)."""
     if first.get("type") == "connect":
-        tag = str(first.get("tag") or "")
+        # Validated before use: the tag goes into host-agent URLs for input, resize, kill.
+        tag = guest.tag(first.get("tag"))
         for process in (await t.host.processes(t.capsule_id)).processes:
             if process.tag == tag:
                 return process.pid, tag

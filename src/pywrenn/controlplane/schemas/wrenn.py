@@ -11,7 +11,7 @@ from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from pywrenn.ids import IdKind
+from pywrenn.ids import TAG_SCHEMA_PATTERN, IdKind
 
 from .. import publicids
 from ..db.models import ApiKey, Capsule, Event
@@ -141,7 +141,9 @@ class ExecBody(BaseModel):
     timeout_sec: int | None = Field(default=None, ge=0, le=24 * 3600)
     envs: dict[str, str] = Field(default_factory=dict)
     cwd: str | None = None
-    tag: str | None = Field(default=None, max_length=128)
+    # One rule for tags everywhere (`pywrenn.ids.TAG_PATTERN`): a tag names the process in
+    # host-agent URLs later, so it may not carry `/`, `..`, `?` or `#`.
+    tag: str | None = Field(default=None, pattern=TAG_SCHEMA_PATTERN)
 
 
 class ExecResult(BaseModel):

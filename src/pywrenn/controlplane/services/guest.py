@@ -16,6 +16,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pywrenn.hostagent.schemas import BackgroundRequest, EntryPublic, ExecRequest
+from pywrenn.ids import parse_selector, parse_tag
 
 from ..errors import InvalidInput
 from ..hostclient import HostAgentAPI, Selector
@@ -124,12 +125,25 @@ async def find_target(
 
 
 def new_tag(kind: str) -> str:
+    """A tag for a process the caller did not name (`pywrenn.ids.TAG_PATTERN`)."""
     return f"{kind}-{secrets.token_hex(4)}"
 
 
 def selector(raw: str) -> Selector:
-    """A process is named by pid (digits) or by tag, as on the host agent."""
-    return int(raw) if raw.isdigit() else raw
+    """A process is named by pid (digits) or by tag, as on the host agent; anything
+    else is InvalidInput, before it can reach a host-agent URL."""
+    try:
+        return parse_selector(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid: process selector: {exc}") from exc
+
+
+def tag(raw: object) -> str:
+    """A caller's process tag (e.g. a PTY `connect` frame's), or InvalidInput."""
+    try:
+        return parse_tag(raw)
+    except ValueError as exc:
+        raise InvalidInput(f"invalid: {exc}") from exc
 
 
 async def exec_foreground(t: Target, body: ExecBody) -> ExecResult:

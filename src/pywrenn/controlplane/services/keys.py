@@ -31,7 +31,7 @@ from ..errors import InvalidInput, NotFound, Unauthorized
 
 KEY_PREFIX = "wrn_"
 PREFIX_LEN = 8  # shown in listings: "wrn_" and 4 hex digits, 16 bits of 128
-_KEY = re.compile(r"^wrn_[0-9a-f]{32}$")
+_KEY = re.compile(r"^wrn_[0-9a-f]{32}\Z")
 # last_used_at is for humans ("used 3 minutes ago"); a write per request would turn every
 # read into a write and serialise SQLite. Once a minute per key is plenty.
 LAST_USED_RESOLUTION = timedelta(minutes=1)

@@ -21,8 +21,8 @@ from ..db.models import Membership, Team, User
 from ..errors import Conflict, InvalidInput, NotFound
 
 ROLES = ("owner", "admin", "member")
-_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
-_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+$")
+_SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\Z")
 
 
 def slugify(name: str) -> str:
