@@ -44,11 +44,14 @@ async def run_capped(
 
 
 async def refuse(scope: Scope, send: Send, response: Response) -> None:
-    """Send `response` without reading any of the request's body."""
+    """Send `response` without reading any of the request's body, and close the
+    connection after it: kept alive, the server would go on reading (and discarding)
+    the rest of a body nobody wants."""
 
     async def no_body() -> Message:
         return {"type": "http.disconnect"}
 
+    response.headers["connection"] = "close"
     await response(scope, no_body, send)
 
 

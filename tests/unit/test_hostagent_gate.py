@@ -4,6 +4,7 @@ by the bytes received (chunked too), and no app at all with an empty token."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -91,3 +92,43 @@ def test_empty_token_refused(tmp_path: Path) -> None:
     assert not token_matches("", "")
     assert not token_matches("Bearer", "")
     assert token_matches(TOKEN, TOKEN) and not token_matches(TOKEN[:-1], TOKEN)
+
+
+def test_a_real_server_stops_reading_a_strangers_body(app: FastAPI) -> None:
+    """Over a socket: the 401 comes back and the connection closes long before 50 MB
+    could be sent (what the client got through is bounded by kernel buffers)."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, lifespan="off", log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        sent, reply = 0, b""
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+            conn.sendall(
+                b"POST /v1/capsules HTTP/1.1\r\nhost: agent\r\n"
+                b"content-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n"
+            )
+            chunk = b"10000\r\n" + b"{" * 0x10000 + b"\r\n"
+            conn.settimeout(2)
+            try:
+                while sent < 50 * MiB:
+                    conn.sendall(chunk)
+                    sent += len(chunk)
+            except OSError:
+                pass  # reset, or blocked: the server stopped reading
+            conn.settimeout(10)
+            with contextlib.suppress(OSError):
+                while part := conn.recv(65536):
+                    reply += part
+        assert reply.startswith(b"HTTP/1.1 401"), reply[:200]
+        assert sent < 16 * MiB, sent  # about 3 MB here: what the kernel buffers took
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        listener.close()
