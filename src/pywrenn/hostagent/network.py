@@ -149,8 +149,8 @@ def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...
             ns.addr("add", index=tap, address=GUEST_GATEWAY, prefixlen=GUEST_PREFIX)
             ns.link("set", index=tap, state="up", txqlen=5000)
             ns.route("add", dst="default", gateway=net.veth_host_ip)
-        # IPv6 off: the filter below is IPv4, and a guest has no business with v6 here.
-        _in_ns(net, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1", *_NO_IPV6])
+        # IPv6 off (-e: a host without IPv6 has no such keys): the filter below is IPv4.
+        _in_ns(net, ["sysctl", "-q", "-e", "-w", "net.ipv4.ip_forward=1", *_NO_IPV6])
         firewall.disable_ipv6(net.veth_host)
         firewall.restore(
             net.netns,
