@@ -28,7 +28,7 @@ from pywrenn.images import ImageManifest
 from pywrenn.layout import Layout
 from tests.integration.conftest import image_cache_root, wrenn_dir_with_cached_image
 
-TOKEN = "test-host-token"
+TOKEN = "test-host-token-0123456789abcdefgh"  # at least 32 characters
 
 
 def free_port() -> int:

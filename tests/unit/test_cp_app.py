@@ -125,11 +125,18 @@ def test_another_team_gets_404_never_data(with_client: Callable[[Body], None], d
     with_client(body)
 
 
-def test_unknown_route_and_method_use_the_envelope(with_client: Callable[[Body], None]) -> None:
+def test_unknown_route_and_method_use_the_envelope(
+    with_client: Callable[[Body], None], db_url: str
+) -> None:
     async def body(client: httpx.AsyncClient) -> None:
-        gone = await client.get("/api/v1/nothing-here")
+        # Without a key every /api path is refused first, known or not (gate.py).
+        anonymous = await client.get("/api/v1/nothing-here")
+        assert anonymous.status_code == 401
+        assert anonymous.json()["error"]["code"] == "unauthorized"
+        auth = {"X-API-Key": await admin_key(db_url)}
+        gone = await client.get("/api/v1/nothing-here", headers=auth)
         assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
-        wrong = await client.put("/api/v1/api-keys")
+        wrong = await client.put("/api/v1/api-keys", headers=auth)
         assert wrong.status_code == 405 and "error" in wrong.json()
 
     with_client(body)

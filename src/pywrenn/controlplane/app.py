@@ -31,6 +31,7 @@ from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
 from .deps import API_KEY_SCHEME, SessionDep
 from .errors import ENVELOPE_SCHEMA, install_error_handlers
+from .gate import ApiGate
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
 from .monitorloop import HostMonitor
@@ -145,6 +146,8 @@ def create_app(
     for router in API_ROUTERS:
         outer.include_router(router)
     app.include_router(outer)
+    # Keys are checked, and bodies capped, before any body is read (gate.py).
+    app.add_middleware(ApiGate)
     # The API also answers without `/api` (`/v1/...`): rewritten, not routed twice, as
     # every route matched against two copies cost each request on the exec path.
     app.add_middleware(BarePathsToApi)

@@ -1,7 +1,8 @@
 """FastAPI dependencies, as `Annotated` aliases routes can name in their signatures.
 
 Owns: `SessionDep` (one session per request), `NowDep`, `SettingsDep`, `TeamDep` (the
-`X-API-Key` check that yields the calling team), `ws_caller` (the same check on a
+`X-API-Key` check that yields the calling team; `authenticate_api_key` is that check,
+which gate.py runs before a body is read), `ws_caller` (the same check on a
 WebSocket upgrade), and the app-wide objects routes hand to services: `HostsDep`,
 `BackgroundDep`, `SessionsDep`, `ClockDep`. Auth lives at this edge.
 Knows nothing of: any route.
@@ -15,6 +16,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request, WebSocket
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from starlette.datastructures import State
 from starlette.requests import HTTPConnection
 
 from .authcache import AuthCache
@@ -55,21 +57,35 @@ NowDep = Annotated[datetime, Depends(_now)]
 SessionDep = Annotated[AsyncSession, Depends(_session)]
 
 
-async def _caller(request: Request) -> keys.Caller:
-    api_key = request.headers.get(API_KEY_HEADER)
+# Where the API gate (gate.py) leaves the caller it authenticated, in the ASGI scope's
+# per-request state, so the key is checked once per request.
+CALLER_STATE_KEY = "pywrenn_caller"
+
+
+async def authenticate_api_key(state: State, api_key: str | None) -> keys.Caller:
+    """The caller behind `api_key` (the app's `state`: auth cache, sessions, clock), or
+    Unauthorized. The one key check of HTTP requests, used by the gate and `TeamDep`."""
     if not api_key:
         raise Unauthorized("unauthorized: missing X-API-Key header")
-    cache: AuthCache = request.app.state.auth_cache
+    cache: AuthCache = state.auth_cache
     cached = cache.get(api_key)
     if cached is not None:
         return cached
     # A session only on a cache miss: most calls never need one for the key check.
-    factory: async_sessionmaker[AsyncSession] = request.app.state.sessions
-    clock: Clock = request.app.state.clock
+    factory: async_sessionmaker[AsyncSession] = state.sessions
+    clock: Clock = state.clock
     async with factory() as session:
         caller = await keys.authenticate(session, plaintext=api_key, now=clock())
     cache.put(api_key, caller)
     return caller
+
+
+async def _caller(request: Request) -> keys.Caller:
+    # The gate has checked the key before the body was read; this only picks it up.
+    found = request.scope.get("state", {}).get(CALLER_STATE_KEY)
+    if isinstance(found, keys.Caller):
+        return found
+    return await authenticate_api_key(request.app.state, request.headers.get(API_KEY_HEADER))
 
 
 TeamDep = Annotated[keys.Caller, Depends(_caller)]

@@ -234,9 +234,12 @@ def file_token(path: Path) -> Callable[[], str]:
     def read() -> str:
         if not cached:
             try:
-                cached.append(path.read_text().strip())
+                token = path.read_text().strip()
             except OSError as exc:
                 raise HostUnavailable(f"host_unavailable: cannot read host token {path}") from exc
+            if not token:  # never present an empty bearer token, whatever the agent does
+                raise HostUnavailable(f"host_unavailable: host token file {path} is empty")
+            cached.append(token)
         return cached[0]
 
     return read

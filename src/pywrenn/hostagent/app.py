@@ -1,8 +1,8 @@
 """The host agent's HTTP API (FastAPI): what the control plane calls on this host.
 
-Owns: routes, the bearer-token check, and the one table that maps the host agent's
-errors to HTTP (`{"error": {"code", "message"}}`). Behaviour lives in the manager and
-`GuestOps`; routes only translate.
+Owns: routes, the bearer-token check (done first by gate.py, before any body is read),
+and the one table that maps the host agent's errors to HTTP (`{"error": {"code",
+"message"}}`). Behaviour lives in the manager and `GuestOps`; routes only translate.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import asyncio
 import base64
 import binascii
 import contextlib
-import hmac
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -22,9 +21,7 @@ from typing import Annotated, Any
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
-from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pywrenn import __version__
 from pywrenn.envdclient._ops import ProcessEvent, Selector
@@ -38,6 +35,7 @@ from pywrenn.hostagent.errors import (
     InvalidRequest,
     NoCapacity,
 )
+from pywrenn.hostagent.gate import HostAgentGate, error_body, presented_token, token_matches
 from pywrenn.hostagent.guest_ops import GuestNotFound, GuestOps
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
 from pywrenn.hostagent.metrics import RANGES
@@ -69,27 +67,6 @@ from pywrenn.ids import parse_selector
 
 log = logging.getLogger("pywrenn.hostagent.app")
 
-MAX_JSON_BODY = 1024 * 1024
-
-
-class LimitJSONBodies:
-    """ASGI middleware: file uploads stream; every other body is small JSON, and a huge
-    one is a mistake (413). Pure ASGI: `@app.middleware` costs a task and two memory
-    streams per request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not scope["path"].endswith("/files"):
-            length = Headers(scope=scope).get("content-length", "")
-            if length.isdigit() and int(length) > MAX_JSON_BODY:
-                body = error_body("invalid", f"too large: body of {length} bytes")
-                await JSONResponse(body, status_code=413)(scope, receive, send)
-                return
-        await self.app(scope, receive, send)
-
-
 PathQuery = Annotated[str, Query(min_length=1, max_length=4096)]
 NDJSON = "application/x-ndjson"
 
@@ -105,10 +82,6 @@ ERROR_TABLE: dict[type[Exception], tuple[int, str]] = {
     HostError: (500, "host"),
     HostAgentError: (500, "internal"),
 }
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -146,6 +119,8 @@ def install_error_handlers(app: FastAPI) -> None:
 
 
 def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -> FastAPI:
+    if not token:
+        raise ValueError("empty: the host token must not be empty; auth would be off")
     guest = GuestOps(manager)
     templates = TemplateService(manager)
 
@@ -170,12 +145,13 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
     app = FastAPI(title="pywrenn host agent", version=__version__, lifespan=lifespan)
     install_error_handlers(app)
 
-    app.add_middleware(LimitJSONBodies)
+    # The gate checks the token before any body is read, and caps bodies (gate.py).
+    app.add_middleware(HostAgentGate, token=token)
 
-    # async: FastAPI runs a plain `def` dependency in a worker thread, on every request.
+    # A second check where the routes are, in case a route is ever served without the
+    # gate. async: FastAPI runs a plain `def` dependency in a worker thread.
     async def authorised(authorization: Annotated[str | None, Header()] = None) -> None:
-        presented = (authorization or "").removeprefix("Bearer ").strip()
-        if not hmac.compare_digest(presented.encode(), token.encode()):
+        if not token_matches(presented_token(authorization), token):
             raise _Unauthorised()
 
     @app.exception_handler(_Unauthorised)

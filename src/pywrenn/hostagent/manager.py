@@ -205,7 +205,9 @@ class SandboxManager:
         async with capsule.lifecycle:
             try:
                 if pooled is None:
-                    await network.create_network(net, egress=egress)
+                    await network.create_network(
+                        net, egress=egress, blocked=self.settings.blocked_ranges
+                    )
                 networked = time.monotonic()
                 run_dir.mkdir(parents=True)
                 spec = self._network_spec(net)
@@ -332,7 +334,9 @@ class SandboxManager:
             net = capsule.net
             try:
                 read_meta(run_dir)  # refuse early, and keep the snapshot, if it is not whole
-                await network.create_network(net, egress=capsule.meta.egress)
+                await network.create_network(
+                    net, egress=capsule.meta.egress, blocked=self.settings.blocked_ranges
+                )
                 vm = await self.runtime.restore(
                     run_dir,
                     run_dir,
@@ -364,7 +368,7 @@ class SandboxManager:
     async def recover(self) -> RecoveryReport:
         """Bring back what a previous agent left, in order, before the API serves."""
         report = RecoveryReport()
-        await network.ensure_host_guards()
+        await network.ensure_host_guards(self.settings.blocked_ranges)
         report.swept = sweep_leftovers(self.layout)
         for state_file in running_state_files(self.layout):
             capsule_id = state_file.parent.name

@@ -66,7 +66,11 @@ class NetworkPool:
                 log.warning("network pool: no slot (%s)", exc)
                 return
             try:
-                await network.create_network(SlotNetwork(slot), egress=self.egress)
+                await network.create_network(
+                    SlotNetwork(slot),
+                    egress=self.egress,
+                    blocked=self.manager.settings.blocked_ranges,
+                )
             except BaseException as exc:
                 self.manager.slots.release(slot)
                 if isinstance(exc, HostError):

@@ -10,7 +10,9 @@ Owns: the addresses derived from a slot index and building/tearing down the plum
 Every guest has the same address (10.0.2.15): each sits alone in its namespace, so one
 memory snapshot serves every clone. The host reaches a guest at `host_ip` (10.11.x.i).
 Egress (guest-initiated connections) is dropped in the namespace unless enabled; when
-enabled, the namespace SNATs to its veth address and the host masquerades it.
+enabled, the namespace SNATs to its veth address and the host masquerades it. Even with
+egress on, a guest never reaches the host, link-local (metadata) or the blocked ranges:
+firewall.py holds those rules and says where each one sits.
 
 Safety: the agent installs `unreachable` routes for the two /16s it uses, so a packet
 for a capsule whose namespace is gone fails on the host and never leaves the machine.
@@ -20,24 +22,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
-import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from ipaddress import IPv4Network
 
+from pywrenn.hostagent import firewall
 from pywrenn.hostagent.errors import HostError
+from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
 
 log = logging.getLogger("pywrenn.hostagent.network")
 
-HOST_IP_NET = ipaddress.IPv4Network("10.11.0.0/16")
-VETH_NET = ipaddress.IPv4Network("10.12.0.0/16")
+HOST_IP_NET = IPv4Network("10.11.0.0/16")
+VETH_NET = IPv4Network("10.12.0.0/16")
 GUEST_IP = "10.0.2.15"
 GUEST_GATEWAY = "10.0.2.2"
 GUEST_PREFIX = 24
 TAP_NAME = "tap0"
 NS_PREFIX = "wrenn-ns-"
 VETH_PREFIX = "wrn-veth-"  # interface names stop at 15 characters
+VETH_GLOB = f"{VETH_PREFIX}+"  # iptables: every capsule's veth
+_NO_IPV6 = ["net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]
 MAX_NETWORK_SLOT = 32766  # 2i+1 must fit in the veth /16
 
 
@@ -80,9 +85,15 @@ def parse_netns_slot(name: str) -> int | None:
     return None
 
 
-async def create_network(net: SlotNetwork, *, egress: bool) -> None:
-    """Build the slot's namespace, veth, TAP, routes and NAT; undo everything on failure."""
-    await asyncio.to_thread(_create_sync, net, egress)
+async def create_network(
+    net: SlotNetwork,
+    *,
+    egress: bool,
+    blocked: Sequence[IPv4Network] = DEFAULT_BLOCKED_RANGES,
+) -> None:
+    """Build the slot's namespace, veth, TAP, routes, NAT and filter; undo everything on
+    failure. `blocked`: ranges the guest may not reach even with egress on (firewall.py)."""
+    await asyncio.to_thread(_create_sync, net, egress, tuple(blocked))
 
 
 async def remove_network(net: SlotNetwork) -> None:
@@ -90,9 +101,10 @@ async def remove_network(net: SlotNetwork) -> None:
     await asyncio.to_thread(_remove_sync, net)
 
 
-async def ensure_host_guards() -> None:
-    """Install the catch-all `unreachable` routes for our ranges (idempotent)."""
-    await asyncio.to_thread(_ensure_guards_sync)
+async def ensure_host_guards(blocked: Sequence[IPv4Network] = DEFAULT_BLOCKED_RANGES) -> None:
+    """Install the catch-all `unreachable` routes for our ranges and the host's `WRENN-*`
+    filter chains (idempotent; run at agent start)."""
+    await asyncio.to_thread(_ensure_guards_sync, tuple(blocked))
 
 
 def list_namespaces() -> list[str]:
@@ -104,7 +116,7 @@ def list_namespaces() -> list[str]:
 # -- implementation (blocking; run in a thread) -----------------------------------------
 
 
-def _create_sync(net: SlotNetwork, egress: bool) -> None:
+def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...]) -> None:
     from pyroute2 import IPRoute, NetNS, netns
     from pyroute2.netlink.exceptions import NetlinkError
 
@@ -137,59 +149,25 @@ def _create_sync(net: SlotNetwork, egress: bool) -> None:
             ns.addr("add", index=tap, address=GUEST_GATEWAY, prefixlen=GUEST_PREFIX)
             ns.link("set", index=tap, state="up", txqlen=5000)
             ns.route("add", dst="default", gateway=net.veth_host_ip)
-        _in_ns(net, ["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-        _in_ns(
-            net,
-            _iptables(
-                "nat",
-                "PREROUTING",
-                "-i",
-                "eth0",
-                "-d",
-                net.host_ip,
-                "-j",
-                "DNAT",
-                "--to-destination",
-                GUEST_IP,
+        # IPv6 off (-e: a host without IPv6 has no such keys): the filter below is IPv4.
+        _in_ns(net, ["sysctl", "-q", "-e", "-w", "net.ipv4.ip_forward=1", *_NO_IPV6])
+        firewall.disable_ipv6(net.veth_host)
+        firewall.restore(
+            net.netns,
+            firewall.namespace_rules(
+                tap=TAP_NAME,
+                guest_ip=GUEST_IP,
+                host_ip=net.host_ip,
+                veth_ns_ip=net.veth_ns_ip,
+                veth_host_ip=net.veth_host_ip,
+                internal=(HOST_IP_NET, VETH_NET),
+                blocked=blocked,
+                egress=egress,
             ),
         )
-        _in_ns(
-            net,
-            _iptables(
-                "nat",
-                "POSTROUTING",
-                "-o",
-                "eth0",
-                "-s",
-                GUEST_IP,
-                "-j",
-                "SNAT",
-                "--to-source",
-                net.veth_ns_ip,
-            ),
-        )
-        # Replies to connections the host opened always pass; new guest connections
-        # only with egress on.
-        _in_ns(
-            net,
-            _iptables(
-                "filter",
-                "FORWARD",
-                "-i",
-                TAP_NAME,
-                "-m",
-                "conntrack",
-                "--ctstate",
-                "ESTABLISHED,RELATED",
-                "-j",
-                "ACCEPT",
-            ),
-        )
-        if not egress:
-            _in_ns(net, _iptables("filter", "FORWARD", "-i", TAP_NAME, "-j", "DROP"))
-        else:
-            _host_egress(net, add=True)
+        if egress:
             undo.append(lambda: _host_egress(net, add=False))
+            _host_egress(net, add=True)
     except (NetlinkError, OSError, IndexError) as exc:
         _rollback(undo)
         raise HostError(f"network for slot {net.index}: {exc}") from exc
@@ -201,8 +179,7 @@ def _create_sync(net: SlotNetwork, egress: bool) -> None:
 def _remove_sync(net: SlotNetwork) -> None:
     from pyroute2 import IPRoute, netns
 
-    with contextlib.suppress(HostError):
-        _host_egress(net, add=False)
+    _host_egress(net, add=False)  # before the namespace: no rule outlives it
     with IPRoute() as ip, contextlib.suppress(Exception):
         ip.route("del", dst=f"{net.host_ip}/32")
     _delete_link(net.veth_host)
@@ -210,18 +187,13 @@ def _remove_sync(net: SlotNetwork) -> None:
         netns.remove(net.netns)
 
 
-def _ensure_guards_sync() -> None:
+def _ensure_guards_sync(blocked: tuple[IPv4Network, ...]) -> None:
     from pyroute2 import IPRoute
 
     with IPRoute() as ip:
         for network in (HOST_IP_NET, VETH_NET):
             ip.route("replace", dst=str(network), type="unreachable", priority=4000)
-    # Capsules never talk to each other through the host, whatever egress allows.
-    isolate = ["FORWARD", "-i", f"{VETH_PREFIX}+", "-o", f"{VETH_PREFIX}+", "-j", "DROP"]
-    try:
-        _run(["iptables", "-w", "-C", *isolate])
-    except HostError:
-        _run(["iptables", "-w", "-I", *isolate])
+    firewall.install_host_guards(veth_glob=VETH_GLOB, blocked=blocked)
 
 
 def _delete_link(name: str) -> None:
@@ -234,51 +206,14 @@ def _delete_link(name: str) -> None:
 
 
 def _host_egress(net: SlotNetwork, *, add: bool) -> None:
-    action = "-A" if add else "-D"
-    source = f"{net.veth_ns_ip}/32"
-    rules = [
-        [
-            "-t",
-            "nat",
-            action,
-            "POSTROUTING",
-            "-s",
-            source,
-            "!",
-            "-d",
-            str(VETH_NET),
-            "-j",
-            "MASQUERADE",
-        ],
-        ["-t", "filter", action, "FORWARD", "-i", net.veth_host, "-j", "ACCEPT"],
-        ["-t", "filter", action, "FORWARD", "-o", net.veth_host, "-j", "ACCEPT"],
-    ]
     if add:
-        _run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"])
-    for rule in rules:
-        try:
-            _run(["iptables", "-w", *rule])
-        except HostError:
-            if add:
-                raise
-
-
-def _iptables(table: str, chain: str, *rule: str) -> list[str]:
-    return ["iptables", "-w", "-t", table, "-A", chain, *rule]
+        firewall.add_egress(veth=net.veth_host, source=net.veth_ns_ip, internal=VETH_NET)
+    else:
+        firewall.remove_egress(veth=net.veth_host, source=net.veth_ns_ip, internal=VETH_NET)
 
 
 def _in_ns(net: SlotNetwork, argv: list[str]) -> None:
-    _run(["ip", "netns", "exec", net.netns, *argv])
-
-
-def _run(argv: list[str]) -> None:
-    try:
-        subprocess.run(argv, check=True, capture_output=True, timeout=30)
-    except subprocess.CalledProcessError as exc:
-        tail = (exc.stderr or b"").decode(errors="replace").strip()[-300:]
-        raise HostError(f"command failed: {' '.join(argv)}: {tail}") from exc
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise HostError(f"command failed: {' '.join(argv)}: {exc}") from exc
+    firewall.run(["ip", "netns", "exec", net.netns, *argv])
 
 
 def _rollback(undo: list[Callable[[], None]]) -> None:

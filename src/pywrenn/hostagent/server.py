@@ -12,6 +12,8 @@ import logging
 import os
 import secrets
 import signal
+import tempfile
+from pathlib import Path
 from types import FrameType
 
 import uvicorn
@@ -19,26 +21,77 @@ import uvicorn
 from pywrenn.config import parse_listen
 from pywrenn.hostagent.app import create_app
 from pywrenn.hostagent.manager import SandboxManager
-from pywrenn.hostagent.settings import HostAgentSettings
+from pywrenn.hostagent.settings import MIN_HOST_TOKEN_CHARS, HostAgentSettings
 from pywrenn.layout import Layout
 from pywrenn.vmm import QemuRuntime
 
 log = logging.getLogger("pywrenn.hostagent")
 
 
+class HostTokenError(Exception):
+    """The host token is missing, too short or unreadable; the agent must not start."""
+
+
 def host_token(settings: HostAgentSettings) -> str:
-    """The configured token, else the one in WRENN_DIR/host-token (created once, 0600)."""
-    if settings.host_token:
+    """The configured token, else the one in WRENN_DIR/host-token (created once, 0600).
+
+    A token file that exists but holds an empty or short token is refused, not replaced:
+    it is an operator's mistake (or a truncated write), and a new token would silently
+    lock out every control plane that has the old one.
+    """
+    if settings.host_token:  # the settings refuse a short one
         return settings.host_token
     path = Layout(settings.dir).host_token_file
-    if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_urlsafe(32)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(token + "\n")
+    return _read_token_file(path) or _write_new_token(path)
+
+
+def _read_token_file(path: Path) -> str | None:
+    """The token in `path`, None if there is no file; refused if short or unreadable."""
+    try:
+        token = path.read_text().strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise HostTokenError(f"unreadable: host token file {path}: {exc}") from exc
+    if len(token) < MIN_HOST_TOKEN_CHARS:
+        raise HostTokenError(
+            f"too short: host token file {path} holds {len(token)} characters, at least "
+            f"{MIN_HOST_TOKEN_CHARS} are required; delete it to have a new one generated, "
+            "or set WRENN_HOST_TOKEN"
+        )
     return token
+
+
+def _write_new_token(path: Path) -> str:
+    """A new token, published atomically: readers see no file or the whole token."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_urlsafe(32)  # 43 characters
+    fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # mode 0600
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(token + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        # link, not rename: it fails if another start published a token first, and the
+        # token a control plane may already have read is never replaced.
+        os.link(temp, path)
+    except FileExistsError:
+        published = _read_token_file(path)
+        if published is None:
+            raise HostTokenError(f"vanished: host token file {path} was removed") from None
+        return published
+    finally:
+        os.unlink(temp)
+    _fsync_dir(path.parent)
+    return token
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def build(settings: HostAgentSettings) -> tuple[SandboxManager, str]:

@@ -2,24 +2,37 @@
 
 from __future__ import annotations
 
+from ipaddress import IPv4Network
 from pathlib import Path
+from typing import Annotated, Any
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pywrenn.config import DEFAULT_WRENN_DIR, parse_listen
+from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
+
+# A host token shorter than this is refused at start: it is the only thing between a
+# caller on the agent's port and every capsule on the host.
+MIN_HOST_TOKEN_CHARS = 32
 
 
 class HostAgentSettings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="WRENN_", extra="ignore", frozen=True)
+    # hide_input_in_errors: a refused WRENN_HOST_TOKEN must not be echoed into a log.
+    model_config = SettingsConfigDict(
+        env_prefix="WRENN_", extra="ignore", frozen=True, hide_input_in_errors=True
+    )
 
     dir: Path = Field(default=DEFAULT_WRENN_DIR, description="state directory (WRENN_DIR)")
     agent_listen: str = "127.0.0.1:50051"
     # Bearer token the control plane presents; empty means "read or create
-    # WRENN_DIR/host-token".
-    host_token: str = ""
+    # WRENN_DIR/host-token". At least MIN_HOST_TOKEN_CHARS characters.
+    host_token: str = Field(default="", repr=False)
     # Guest-initiated connections leave the host only when a capsule asks and this allows.
     egress_default: bool = True
+    # Ranges no guest may reach, egress or not (comma-separated CIDRs; empty: none beyond
+    # link-local and the agent's own capsule ranges, which are always blocked).
+    blocked_ranges: Annotated[tuple[IPv4Network, ...], NoDecode] = DEFAULT_BLOCKED_RANGES
     default_vcpus: int = 1
     default_memory_mb: int = 512
     max_vcpus: int = 8
@@ -40,6 +53,28 @@ class HostAgentSettings(BaseSettings):
     # memory (MemTotal, or this many MiB when set) times the overcommit factor.
     memory_capacity_mb: int = Field(default=0, ge=0)
     memory_overcommit: float = Field(default=1.5, gt=0, le=16)
+
+    @field_validator("host_token")
+    @classmethod
+    def _check_token(cls, value: str) -> str:
+        if value and len(value.strip()) < MIN_HOST_TOKEN_CHARS:
+            raise ValueError(
+                f"too short: WRENN_HOST_TOKEN has {len(value.strip())} characters, at least "
+                f"{MIN_HOST_TOKEN_CHARS} are required (or unset it to use a generated one)"
+            )
+        return value.strip()
+
+    @field_validator("blocked_ranges", mode="before")
+    @classmethod
+    def _split_ranges(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(part.strip() for part in value.split(",") if part.strip())
+        return value
+
+    @field_validator("blocked_ranges")
+    @classmethod
+    def _check_ranges(cls, value: tuple[IPv4Network, ...]) -> tuple[IPv4Network, ...]:
+        return tuple(dict.fromkeys(value))
 
     @field_validator("agent_listen")
     @classmethod

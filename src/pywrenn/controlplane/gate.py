@@ -1,0 +1,85 @@
+"""The gate in front of the Wrenn API (pure ASGI middleware).
+
+Owns: for every HTTP request under `/api/`, checking the `X-API-Key` (the same check as
+`TeamDep`, `deps.authenticate_api_key`, with its short cache) before any byte of the body
+is read, and capping bodies by the bytes actually received (chunked too). A refused key
+gets the 401 envelope the dependency gives; an over-cap body a 413. The caller is left
+in the request's state, so `TeamDep` does not check the key a second time.
+Uploads that stream (a file write, a build's multipart archive) are not capped here:
+their routes stream and bound them; they are still authenticated first.
+Knows nothing of: what routes do. WebSocket upgrades carry no body before the route
+authenticates them (`ws_caller`); they pass through.
+
+Why the full key check here rather than "is there a key header at all": a bogus key
+must not make us read a body either, and this costs no more than before: the same cache
+lookup moved ahead of the body (a miss costs the one query it always cost).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from starlette.datastructures import Headers
+from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from pywrenn.bodycap import declared_too_large, refuse, run_capped
+
+from .deps import API_KEY_HEADER, CALLER_STATE_KEY, authenticate_api_key
+from .errors import Unauthorized, envelope
+
+log = logging.getLogger(__name__)
+
+MAX_JSON_BODY = 1024 * 1024  # the host agent's cap too: more could not be passed on
+API_PREFIX = "/api/"
+_FILE_WRITE = re.compile(r"/api/v1/capsules/[^/]+/files/(?:stream/)?write\Z")
+_BUILDS = "/api/v1/builds"
+
+
+class ApiGate:
+    def __init__(self, app: ASGIApp, *, max_body: int = MAX_JSON_BODY) -> None:
+        self.app = app
+        self.max_body = max_body
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith(API_PREFIX):
+            await self.app(scope, receive, send)
+            return
+        headers = Headers(scope=scope)
+        try:
+            caller = await authenticate_api_key(scope["app"].state, headers.get(API_KEY_HEADER))
+        except Unauthorized as exc:
+            await refuse(scope, send, envelope(exc.status, exc.code, exc.message))
+            return
+        except Exception:  # the database: the same envelope the error handlers give
+            log.exception("key check failed on %s %s", scope["method"], scope["path"])
+            failed = envelope(500, "internal_error", "internal: unexpected server error")
+            await refuse(scope, send, failed)
+            return
+        scope.setdefault("state", {})[CALLER_STATE_KEY] = caller
+        if _streams_an_upload(scope, headers):
+            await self.app(scope, receive, send)
+            return
+        declared = declared_too_large(scope, self.max_body)
+        if declared is not None:
+            await refuse(scope, send, _too_large(self.max_body, declared))
+            return
+        await run_capped(self.app, scope, receive, send, limit=self.max_body, refusal=_too_large)
+
+
+def _too_large(limit: int, declared: int | None = None) -> Response:
+    size = f"of {declared} bytes" if declared is not None else f"of more than {limit} bytes"
+    message = f"too large: body {size}; the limit is {limit} bytes"
+    response: JSONResponse = envelope(413, "invalid_request", message)
+    return response
+
+
+def _streams_an_upload(scope: Scope, headers: Headers) -> bool:
+    if scope["method"] != "POST":
+        return False
+    path: str = scope["path"]
+    if _FILE_WRITE.match(path):
+        return True
+    multipart = headers.get("content-type", "").startswith("multipart/form-data")
+    return path.rstrip("/") == _BUILDS and multipart
