@@ -13,7 +13,6 @@ what was exercised (tests/fuzz_summary.py prints it at the end of the run).
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections import defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -57,19 +56,6 @@ def fuzz_config(*, max_examples: int) -> schemathesis.Config:
             "phases": {"coverage": {"enabled": False}},
         }
     )
-
-
-def read_before_auth(status: int, body: object) -> bool:
-    """A 400 for a body that is not JSON, answered before the credentials were checked:
-    FastAPI reads and parses a JSON body before any dependency runs. Issue 10's
-    "authenticate before reading a body" removes this case (and this function with it)."""
-    if status != 400 or not isinstance(body, bytes | str):
-        return False
-    try:
-        json.loads(body)
-    except ValueError:
-        return True
-    return False
 
 
 # -- a loop on a thread ---------------------------------------------------------------------
