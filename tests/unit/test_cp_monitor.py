@@ -68,6 +68,49 @@ def test_plan_rules(
         assert can_move(step.from_, step.to)
 
 
+OLD = NOW - monitor.CREATE_GRACE - timedelta(seconds=1)
+FRESH = NOW - monitor.CREATE_GRACE + timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("status", "since", "report", "expected"),
+    [
+        # A create whose request is still at work (younger than the grace) is its own.
+        (S.PENDING, FRESH, EMPTY, None),
+        (S.STARTING, FRESH, EMPTY, None),
+        (S.STARTING, FRESH, HostCapsules({"cl-a": "running"}), None),
+        # Its owner died (a control plane restart mid-create): reconcile with the host.
+        (S.PENDING, OLD, EMPTY, (S.ERROR, "create_lost")),
+        (S.STARTING, OLD, EMPTY, (S.ERROR, "create_lost")),
+        (S.STARTING, OLD, HostCapsules({"cl-a": "failed"}), (S.ERROR, "create_lost")),
+        (S.STARTING, OLD, HostCapsules({"cl-a": "running"}), (S.RUNNING, "create_adopted")),
+        (S.PENDING, OLD, HostCapsules({"cl-a": "running"}), (S.RUNNING, "create_adopted")),
+        (S.STARTING, OLD, HostCapsules({"cl-a": "paused"}), (S.RUNNING, "create_adopted")),
+        (S.STARTING, OLD, HostCapsules({"cl-a": "creating"}), None),  # host still at it
+        (S.STARTING, OLD, HOST_UNREACHABLE, (S.MISSING, "host_failure")),
+        # Only creates: other operations in flight keep their owners.
+        (S.PAUSED, OLD, EMPTY, None),
+    ],
+)
+def test_plan_takes_over_creates_whose_request_died(
+    status: CapsuleStatus,
+    since: datetime,
+    report: monitor.Report,
+    expected: tuple[CapsuleStatus, str] | None,
+) -> None:
+    got = monitor.plan([monitor.Row("cl-a", status, since)], report, now=NOW)
+    assert got == ([] if expected is None else [Planned("cl-a", status, *expected)])
+    for step in got:
+        assert can_move(step.from_, step.to)
+
+
+def test_create_grace_outlasts_the_host_create_timeout() -> None:
+    from pywrenn.controlplane.hostclient import CREATE_TIMEOUT
+
+    assert CREATE_TIMEOUT.total is not None
+    assert monitor.CREATE_GRACE.total_seconds() > CREATE_TIMEOUT.total
+
+
 def test_heartbeat_expiry() -> None:
     grace = timedelta(seconds=90)
     assert monitor.heartbeat_expired(None, now=NOW, grace=grace)

@@ -11,7 +11,15 @@ that moved a row meanwhile wins) and flips the host online/unreachable with an e
       running,  host has paused → paused                  (ttl_expired if auto-paused)
       running,  absent, auto-paused → paused                                  (ttl_expired)
       running,  absent          → stopped                                     (orphaned)
+      pending|starting for longer than the create grace (an owner that died: a control
+      plane restarted mid-create):
+                running or paused on host → running, with its placement   (create_adopted)
+                absent or gone            → error                          (create_lost)
+                still being created there → left for the next round
     every other status is an operation in flight, owned by the request doing it.
+
+The create grace is longer than the host client's create timeout, so a live request
+has always given up (and moved its row itself) before the monitor takes its row over.
 
 Knows nothing of: how the host was asked (the caller lists the agent's capsules, or gives
 up on it, and passes `HostCapsules` or `HOST_UNREACHABLE`).
@@ -23,7 +31,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,6 +52,12 @@ _HOST_PAUSED = frozenset({"paused"})
 _HOST_RUNNING = frozenset({"running"})
 _HOST_GONE = frozenset({"stopped", "failed"})
 
+# A pending/starting row untouched this long has lost the request that owned it. Longer
+# than the host client's create timeout (hostclient.CREATE_TIMEOUT, 300 s; a unit test
+# holds the two together), so no live request has its row taken over.
+CREATE_GRACE = timedelta(minutes=6)
+_IN_FLIGHT_CREATE = frozenset({CapsuleStatus.PENDING, CapsuleStatus.STARTING})
+
 
 @dataclass(frozen=True)
 class HostCapsules:
@@ -51,6 +65,8 @@ class HostCapsules:
 
     states: Mapping[str, str]
     auto_paused: frozenset[str] = field(default_factory=frozenset)
+    # Where each capsule runs (slot, address, versions) as row columns, for adopting one.
+    placements: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def alive(self, capsule_id: str) -> bool:
         state = self.states.get(capsule_id)
@@ -80,26 +96,52 @@ class Planned:
     reason: str
 
 
+class Row(NamedTuple):
+    """One of our rows on the host: its API id, status, and when it last moved."""
+
+    capsule_id: str
+    status: CapsuleStatus
+    since: datetime | None = None
+
+
 WATCHED = frozenset({S.PENDING, S.STARTING, S.RUNNING, S.PAUSED, S.MISSING})
 
 
-def plan(rows: Iterable[tuple[str, CapsuleStatus]], report: Report) -> list[Planned]:
-    """The moves that bring our rows for one host in line with what the host reported."""
+def plan(
+    rows: Iterable[Row | tuple[str, CapsuleStatus]],
+    report: Report,
+    *,
+    now: datetime | None = None,
+    create_grace: timedelta = CREATE_GRACE,
+) -> list[Planned]:
+    """The moves that bring our rows for one host in line with what the host reported.
+
+    Without `now` no create in flight is ever taken for lost (rows' ages are unknown)."""
     out: list[Planned] = []
-    for capsule_id, status in rows:
-        step = _plan_one(capsule_id, status, report)
+    for item in rows:
+        row = Row(*item)
+        stale = now is not None and row.since is not None and now - row.since > create_grace
+        step = _plan_one(row.capsule_id, row.status, report, stale=stale)
         if step is not None:
-            out.append(Planned(capsule_id, status, *step))
+            out.append(Planned(row.capsule_id, row.status, *step))
     return out
 
 
 def _plan_one(
-    capsule_id: str, status: CapsuleStatus, report: Report
+    capsule_id: str, status: CapsuleStatus, report: Report, *, stale: bool
 ) -> tuple[CapsuleStatus, str] | None:
     if isinstance(report, _Unreachable):
         if status in {S.PENDING, S.STARTING, S.RUNNING}:
             return S.MISSING, "host_failure"
         return None
+    if status in _IN_FLIGHT_CREATE:
+        if not stale:
+            return None  # its request is still at work
+        if report.running(capsule_id) or report.paused(capsule_id):
+            return S.RUNNING, "create_adopted"  # paused there: the next round says so
+        if report.alive(capsule_id):
+            return None  # the host is still creating it
+        return S.ERROR, "create_lost"
     auto = capsule_id in report.auto_paused
     if status is S.MISSING:
         if report.alive(capsule_id):
@@ -127,10 +169,21 @@ async def reconcile_host(
     """Apply `plan` for one host; update the host's status and heartbeat; commit."""
     rows = await rows_on_host(session, host_id=host_id, statuses=WATCHED)
     await _host_status(session, host_id=host_id, report=report, now=now)
-    api_rows = [(publicids.format_id(key, IdKind.CAPSULE), status) for key, status in rows]
-    keys = {publicids.format_id(key, IdKind.CAPSULE): key for key, _ in rows}
+    api_rows = [
+        Row(publicids.format_id(key, IdKind.CAPSULE), status, since) for key, status, since in rows
+    ]
+    keys = {publicids.format_id(key, IdKind.CAPSULE): key for key, _, _ in rows}
     changes = []
-    for step in plan(api_rows, report):
+    for step in plan(api_rows, report, now=now):
+        values: dict[str, object] | None = None
+        error = None
+        if step.reason == "create_adopted" and isinstance(report, HostCapsules):
+            values = dict(report.placements.get(step.capsule_id, {}))
+        elif step.reason == "create_lost":
+            error = (
+                "create interrupted: its request ended (a control plane restart?) "
+                "and the host does not have the capsule"
+            )
         change = await move(
             session,
             capsule_id=keys[step.capsule_id],
@@ -138,6 +191,8 @@ async def reconcile_host(
             now=now,
             allowed_from={step.from_},
             reason=step.reason,
+            error=error,
+            values=values,
         )
         if change is not None:
             changes.append(change)
