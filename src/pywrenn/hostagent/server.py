@@ -31,6 +31,7 @@ from pywrenn.hostagent import dirlock
 from pywrenn.hostagent.app import create_app
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.settings import HostAgentSettings
+from pywrenn.hostagent.templates import recover_template_dirs
 from pywrenn.layout import Layout
 from pywrenn.vmm import QemuRuntime
 
@@ -58,6 +59,7 @@ def host_token(settings: HostAgentSettings) -> str:
 def build(settings: HostAgentSettings) -> tuple[SandboxManager, str]:
     layout = Layout(settings.dir)
     layout.ensure()
+    recover_template_dirs(layout)  # a template swap a crash cut short (we hold the lock)
     manager = SandboxManager(settings, QemuRuntime(layout.cache_dir))
     return manager, host_token(settings)
 
