@@ -14,7 +14,8 @@ Knows nothing of: hosts, HTTP, why a move is wanted.
     monitor:  pending|starting|running → missing (host unreachable);
               missing → running|paused (host back, capsule alive) | stopped (absent);
               running → stopped (absent on a reachable host);
-              paused → running (the host reports it running: it resumed it itself)
+              paused → running (the host reports it running: it resumed it itself);
+              pending|starting → running|error (a create whose request died)
 """
 
 from __future__ import annotations
