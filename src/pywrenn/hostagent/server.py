@@ -73,8 +73,17 @@ def take_dir_lock(settings: HostAgentSettings) -> dirlock.DirLock:
 
 
 def parent_fd_from_env() -> int | None:
-    raw = os.environ.pop(PARENT_FD_ENV, "")  # popped: not for our own children
-    return int(raw) if raw.isdigit() else None
+    """The lifeline pipe's read end, if `wrenn up` gave us one (not for our children)."""
+    raw = os.environ.pop(PARENT_FD_ENV, "")
+    if not raw.isdigit():
+        return None
+    fd = int(raw)
+    try:
+        os.set_inheritable(fd, False)
+    except OSError:
+        log.warning("%s=%s is not an open fd; not watching a parent", PARENT_FD_ENV, raw)
+        return None
+    return fd
 
 
 def watch_parent(fd: int, on_gone: Callable[[], None]) -> threading.Thread:
