@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pywrenn.hostagent import dirlock
 from pywrenn.hostagent.errors import HostError
 from pywrenn.hostagent.guest_ops import GuestOps
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
@@ -52,6 +53,7 @@ class Host:
 @asynccontextmanager
 async def host_on(root: Path) -> AsyncIterator[Host]:
     settings = HostAgentSettings(dir=root, egress_default=False, network_pool_size=0)
+    lock = dirlock.acquire(Layout(root).agent_lock_file)  # as the agent process does
     manager = SandboxManager(settings, QemuRuntime(Layout(root).cache_dir))
     await manager.recover()
     host = Host(manager)
@@ -61,6 +63,7 @@ async def host_on(root: Path) -> AsyncIterator[Host]:
         for capsule in manager.capsules():
             await manager.destroy(capsule.capsule_id)
         await manager.close()
+        lock.release()
 
 
 def run_on_host(root: Path, body: Callable[[Host], Awaitable[None]]) -> None:
@@ -80,6 +83,18 @@ def run_on_host(root: Path, body: Callable[[Host], Awaitable[None]]) -> None:
         layout = Layout(root)
         assert list(layout.slots_dir.iterdir()) == []
         assert [p.name for p in layout.sandboxes_dir.iterdir()] == []
+
+
+def holds(pid: int, path: Path) -> bool:
+    """True if process `pid` has `path` open."""
+    target = os.path.realpath(path)
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            if os.path.realpath(os.readlink(fd)) == target:
+                return True
+        except OSError:
+            continue
+    return False
 
 
 @pytest.fixture
@@ -111,6 +126,10 @@ def test_template_of_a_clone_outlives_the_template_it_came_from(
 
         c = await host.create("t2")
         assert await host.sh(c, "cat /root/a.txt /root/b.txt") == "from-a\nfrom-b\n"
+        # VMs outlive the agent, so none may hold its WRENN_DIR lock.
+        vms = qemu_pids_under(root)
+        assert vms
+        assert all(not holds(pid, layout.agent_lock_file) for pid in vms)
         # Because T2's disk reads through nothing but the base image.
         chain = await backing_chain(layout.image_dir("t2") / DISK_FILE)
         assert [p.resolve() for p in chain[1:]] == [guest_image.rootfs.resolve()]
