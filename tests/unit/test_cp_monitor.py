@@ -68,8 +68,8 @@ def test_plan_rules(
         assert can_move(step.from_, step.to)
 
 
-OLD = NOW - monitor.CREATE_GRACE - timedelta(seconds=1)
-FRESH = NOW - monitor.CREATE_GRACE + timedelta(seconds=1)
+OLD = NOW - monitor.IN_FLIGHT_GRACE - timedelta(seconds=1)
+FRESH = NOW - monitor.IN_FLIGHT_GRACE + timedelta(seconds=1)
 
 
 @pytest.mark.parametrize(
@@ -88,11 +88,25 @@ FRESH = NOW - monitor.CREATE_GRACE + timedelta(seconds=1)
         (S.STARTING, OLD, HostCapsules({"cl-a": "paused"}), (S.RUNNING, "create_adopted")),
         (S.STARTING, OLD, HostCapsules({"cl-a": "creating"}), None),  # host still at it
         (S.STARTING, OLD, HOST_UNREACHABLE, (S.MISSING, "host_failure")),
-        # Only creates: other operations in flight keep their owners.
+        # Pause, resume, destroy whose request died: follow the host once it is settled.
+        (S.PAUSING, OLD, HostCapsules({"cl-a": "paused"}), (S.PAUSED, "host_reported")),
+        (S.PAUSING, OLD, HostCapsules({"cl-a": "running"}), (S.RUNNING, "host_reported")),
+        (S.PAUSING, OLD, HostCapsules({"cl-a": "pausing"}), None),
+        (S.PAUSING, OLD, EMPTY, (S.ERROR, "operation_lost")),
+        (S.PAUSING, FRESH, HostCapsules({"cl-a": "paused"}), None),
+        (S.RESUMING, OLD, HostCapsules({"cl-a": "running"}), (S.RUNNING, "host_reported")),
+        (S.RESUMING, OLD, HostCapsules({"cl-a": "paused"}), (S.PAUSED, "host_reported")),
+        (S.RESUMING, OLD, EMPTY, (S.ERROR, "operation_lost")),
+        (S.STOPPING, OLD, EMPTY, (S.STOPPED, "confirmed_dead")),
+        (S.STOPPING, OLD, HostCapsules({"cl-a": "stopped"}), (S.STOPPED, "confirmed_dead")),
+        (S.STOPPING, OLD, HostCapsules({"cl-a": "running"}), None),  # destroy it again
+        (S.STOPPING, FRESH, EMPTY, None),
+        (S.PAUSING, OLD, HOST_UNREACHABLE, None),
+        # Settled rows are not in flight: their age does not matter.
         (S.PAUSED, OLD, EMPTY, None),
     ],
 )
-def test_plan_takes_over_creates_whose_request_died(
+def test_plan_takes_over_operations_whose_request_died(
     status: CapsuleStatus,
     since: datetime,
     report: monitor.Report,
@@ -104,11 +118,12 @@ def test_plan_takes_over_creates_whose_request_died(
         assert can_move(step.from_, step.to)
 
 
-def test_create_grace_outlasts_the_host_create_timeout() -> None:
-    from pywrenn.controlplane.hostclient import CREATE_TIMEOUT
+def test_in_flight_grace_outlasts_the_longest_host_call() -> None:
+    from pywrenn.controlplane.hostclient import CREATE_TIMEOUT, LIFECYCLE_TIMEOUT
 
-    assert CREATE_TIMEOUT.total is not None
-    assert monitor.CREATE_GRACE.total_seconds() > CREATE_TIMEOUT.total
+    for timeout in (CREATE_TIMEOUT, LIFECYCLE_TIMEOUT):
+        assert timeout.total is not None
+        assert monitor.IN_FLIGHT_GRACE.total_seconds() > timeout.total
 
 
 def test_heartbeat_expiry() -> None:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from pywrenn.controlplane.db.models import Capsule, Team
 from pywrenn.controlplane.monitorloop import HostMonitor
 from pywrenn.controlplane.services import capsules
-from pywrenn.controlplane.services.monitor import CREATE_GRACE
+from pywrenn.controlplane.services.monitor import IN_FLIGHT_GRACE
 from pywrenn.controlplane.states import CapsuleStatus
 from tests.cp_routes import NOW, Harness, harness
 from tests.fake_hostagent import FakeCapsule
@@ -104,7 +104,7 @@ def test_create_orphaned_by_a_restart_is_reconciled(db_url: str, tmp_path: Path)
         await monitor(h).run_once()  # young rows: their requests may still be at work
         assert [await status(h, c) for c in (made, lost, queued)] == ["starting"] * 2 + ["pending"]
 
-        await monitor(h, now=NOW + CREATE_GRACE + timedelta(seconds=1)).run_once()
+        await monitor(h, now=NOW + IN_FLIGHT_GRACE + timedelta(seconds=1)).run_once()
         assert await status(h, made) == "running"
         assert await status(h, lost) == "error"
         assert await status(h, queued) == "error"
@@ -115,5 +115,26 @@ def test_create_orphaned_by_a_restart_is_reconciled(db_url: str, tmp_path: Path)
             lost_row = await session.get(Capsule, capsules.row_key(lost))
             assert lost_row is not None
             assert "create interrupted" in (lost_row.error or "")
+
+    run(db_url, tmp_path, body)
+
+
+def test_pause_and_destroy_orphaned_by_a_restart_follow_the_host(
+    db_url: str, tmp_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        pausing, stopping = await h.capsule(), await h.capsule()
+        async with h.app.state.sessions() as session:
+            for cid, to in ((pausing, CapsuleStatus.PAUSING), (stopping, CapsuleStatus.STOPPING)):
+                key = capsules.row_key(cid)
+                assert key is not None
+                await capsules.move(session, capsule_id=key, to=to, now=NOW)
+        h.fake.capsules[pausing].state = "paused"  # the host finished the pause
+        del h.fake.capsules[stopping]  # and the destroy
+
+        await monitor(h).run_once()
+        assert [await status(h, c) for c in (pausing, stopping)] == ["pausing", "stopping"]
+        await monitor(h, now=NOW + IN_FLIGHT_GRACE + timedelta(seconds=1)).run_once()
+        assert [await status(h, c) for c in (pausing, stopping)] == ["paused", "stopped"]
 
     run(db_url, tmp_path, body)

@@ -15,7 +15,8 @@ Knows nothing of: hosts, HTTP, why a move is wanted.
               missing → running|paused (host back, capsule alive) | stopped (absent);
               running → stopped (absent on a reachable host);
               paused → running (the host reports it running: it resumed it itself);
-              pending|starting → running|error (a create whose request died)
+              in flight past the grace (its request died): pending|starting →
+              running|error, pausing|resuming → running|paused|error, stopping → stopped
 """
 
 from __future__ import annotations

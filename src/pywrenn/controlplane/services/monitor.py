@@ -11,15 +11,18 @@ that moved a row meanwhile wins) and flips the host online/unreachable with an e
       running,  host has paused → paused                  (ttl_expired if auto-paused)
       running,  absent, auto-paused → paused                                  (ttl_expired)
       running,  absent          → stopped                                     (orphaned)
-      pending|starting for longer than the create grace (an owner that died: a control
-      plane restarted mid-create):
-                running or paused on host → running, with its placement   (create_adopted)
-                absent or gone            → error                          (create_lost)
-                still being created there → left for the next round
-    every other status is an operation in flight, owned by the request doing it.
+    an operation in flight is owned by the request doing it, until the in-flight grace;
+    then its owner died (a control plane restarted mid-operation) and, if the host is
+    settled on the capsule (running, paused, or does not have it):
+      pending|starting: on host → running, with its placement       (create_adopted)
+                        absent  → error                              (create_lost)
+      pausing|resuming: running / paused on host → running / paused  (host_reported)
+                        absent  → error                              (operation_lost)
+      stopping:         absent  → stopped                            (confirmed_dead)
+                        on host → left: a destroy must be asked again
 
-The create grace is longer than the host client's create timeout, so a live request
-has always given up (and moved its row itself) before the monitor takes its row over.
+The grace is longer than the host client's longest call (a create, 300 s), so a live
+request has always given up (and moved its row itself) before the monitor takes over.
 
 Knows nothing of: how the host was asked (the caller lists the agent's capsules, or gives
 up on it, and passes `HostCapsules` or `HOST_UNREACHABLE`).
@@ -52,11 +55,12 @@ _HOST_PAUSED = frozenset({"paused"})
 _HOST_RUNNING = frozenset({"running"})
 _HOST_GONE = frozenset({"stopped", "failed"})
 
-# A pending/starting row untouched this long has lost the request that owned it. Longer
-# than the host client's create timeout (hostclient.CREATE_TIMEOUT, 300 s; a unit test
-# holds the two together), so no live request has its row taken over.
-CREATE_GRACE = timedelta(minutes=6)
-_IN_FLIGHT_CREATE = frozenset({CapsuleStatus.PENDING, CapsuleStatus.STARTING})
+# A row in flight untouched this long has lost the request that owned it. Longer than
+# the host client's longest timeout (hostclient.CREATE_TIMEOUT, 300 s; a unit test holds
+# them together), so no live request has its row taken over.
+IN_FLIGHT_GRACE = timedelta(minutes=6)
+_CREATING = frozenset({CapsuleStatus.PENDING, CapsuleStatus.STARTING})
+_MOVING = frozenset({CapsuleStatus.PAUSING, CapsuleStatus.RESUMING})
 
 
 @dataclass(frozen=True)
@@ -104,7 +108,9 @@ class Row(NamedTuple):
     since: datetime | None = None
 
 
-WATCHED = frozenset({S.PENDING, S.STARTING, S.RUNNING, S.PAUSED, S.MISSING})
+WATCHED = frozenset(
+    {S.PENDING, S.STARTING, S.RUNNING, S.PAUSED, S.MISSING, S.PAUSING, S.RESUMING, S.STOPPING}
+)
 
 
 def plan(
@@ -112,15 +118,15 @@ def plan(
     report: Report,
     *,
     now: datetime | None = None,
-    create_grace: timedelta = CREATE_GRACE,
+    grace: timedelta = IN_FLIGHT_GRACE,
 ) -> list[Planned]:
     """The moves that bring our rows for one host in line with what the host reported.
 
-    Without `now` no create in flight is ever taken for lost (rows' ages are unknown)."""
+    Without `now` no operation in flight is ever taken over (rows' ages are unknown)."""
     out: list[Planned] = []
     for item in rows:
         row = Row(*item)
-        stale = now is not None and row.since is not None and now - row.since > create_grace
+        stale = now is not None and row.since is not None and now - row.since > grace
         step = _plan_one(row.capsule_id, row.status, report, stale=stale)
         if step is not None:
             out.append(Planned(row.capsule_id, row.status, *step))
@@ -134,14 +140,8 @@ def _plan_one(
         if status in {S.PENDING, S.STARTING, S.RUNNING}:
             return S.MISSING, "host_failure"
         return None
-    if status in _IN_FLIGHT_CREATE:
-        if not stale:
-            return None  # its request is still at work
-        if report.running(capsule_id) or report.paused(capsule_id):
-            return S.RUNNING, "create_adopted"  # paused there: the next round says so
-        if report.alive(capsule_id):
-            return None  # the host is still creating it
-        return S.ERROR, "create_lost"
+    if status in _CREATING | _MOVING | {S.STOPPING}:
+        return _plan_orphan(capsule_id, status, report) if stale else None
     auto = capsule_id in report.auto_paused
     if status is S.MISSING:
         if report.alive(capsule_id):
@@ -156,6 +156,24 @@ def _plan_one(
     if status is S.PAUSED and report.running(capsule_id):
         return S.RUNNING, "host_reported"
     return None
+
+
+def _plan_orphan(
+    capsule_id: str, status: CapsuleStatus, report: HostCapsules
+) -> tuple[CapsuleStatus, str] | None:
+    """An operation whose request died: follow the host once it is settled."""
+    running, paused = report.running(capsule_id), report.paused(capsule_id)
+    if report.alive(capsule_id) and not (running or paused):
+        return None  # the host is still at it (creating, pausing, ...)
+    if status is S.STOPPING:
+        return None if report.alive(capsule_id) else (S.STOPPED, "confirmed_dead")
+    if status in _CREATING:
+        if running or paused:
+            return S.RUNNING, "create_adopted"  # paused there: the next round says so
+        return S.ERROR, "create_lost"
+    if running or paused:
+        return (S.RUNNING if running else S.PAUSED), "host_reported"
+    return S.ERROR, "operation_lost"
 
 
 def heartbeat_expired(last_ok: datetime | None, *, now: datetime, grace: timedelta) -> bool:
@@ -179,9 +197,10 @@ async def reconcile_host(
         error = None
         if step.reason == "create_adopted" and isinstance(report, HostCapsules):
             values = dict(report.placements.get(step.capsule_id, {}))
-        elif step.reason == "create_lost":
+        elif step.reason in ("create_lost", "operation_lost"):
+            what = {S.PAUSING: "pause", S.RESUMING: "resume"}.get(step.from_, "create")
             error = (
-                "create interrupted: its request ended (a control plane restart?) "
+                f"{what} interrupted: its request ended (a control plane restart?) "
                 "and the host does not have the capsule"
             )
         change = await move(
