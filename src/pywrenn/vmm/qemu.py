@@ -556,8 +556,9 @@ async def flatten_overlay(disk: Path) -> None:
 
     The data of every layer in between is copied into `disk` (`qemu-img rebase` in its
     safe mode compares the old chain with the new backing and writes what differs), so
-    those layers may be deleted afterwards. Costs tens of milliseconds on our image: the
-    layers hold only what guests wrote. A chain of one overlay on its base is left as is.
+    those layers may be deleted afterwards. The cost follows what guests wrote into the
+    layers: ~0.1 s for a few MB, ~2 s for 64 MB on a loaded 2-core host. A chain of one
+    overlay on its base is left as is.
     """
     chain = await _backing_chain(disk)
     if len(chain) <= 2:
