@@ -9,6 +9,7 @@ Owns: the on-disk layout (see docs/design.md). Knows nothing of: what is inside 
     sandboxes/{id}.trash-{ns}/    a directory on its way out
     slots/{index}                 network slot claim files
     run/                          sockets and pid files of node processes
+    agent.lock                    the host agent's lock (one agent per WRENN_DIR) and pid
 """
 
 from __future__ import annotations
@@ -71,6 +72,11 @@ class Layout:
     @property
     def host_token_file(self) -> Path:
         return self.root / "host-token"
+
+    @property
+    def agent_lock_file(self) -> Path:
+        """Held (flock) by the one host agent of this WRENN_DIR; holds its pid."""
+        return self.root / "agent.lock"
 
     @property
     def builds_dir(self) -> Path:

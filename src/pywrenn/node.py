@@ -7,11 +7,19 @@ Ctrl-C stops the control plane, then asks the host agent to pause running capsul
 stop; a second Ctrl-C stops at once (VMs keep running and are re-adopted next time).
 The same control plane and host agent, pointed at PostgreSQL and many machines, are the
 cluster.
+
+The host agent never outlives us: it holds the read end of a pipe whose write end only
+this process has, and stops when that pipe closes (we died, even by kill -9), leaving its
+VMs running. A host agent still holding WRENN_DIR's lock when we start (one from a run
+that crashed and has not finished stopping, or one started by hand) is stopped cleanly,
+SIGTERM after checking the pid is that WRENN_DIR's agent, before ours starts; we do not
+reuse it, because an agent we did not start would outlive us.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -31,9 +39,13 @@ from pywrenn.controlplane.bootstrap import bootstrap_admin, save_admin_key
 from pywrenn.controlplane.db.engine import make_engine, make_session_factory
 from pywrenn.controlplane.db.migrate import upgrade_to_head
 from pywrenn.controlplane.settings import ControlPlaneSettings
+from pywrenn.hostagent import dirlock
+from pywrenn.hostagent.server import PARENT_FD_ENV
 from pywrenn.layout import Layout
 
 AGENT_START_TIMEOUT_S = 180.0  # recovery of many paused capsules happens before it serves
+# A leftover agent pauses its running capsules before it exits (up to its shutdown budget).
+LEFTOVER_STOP_TIMEOUT_S = 600.0
 
 
 def up(settings: ControlPlaneSettings, console: Console) -> None:
@@ -41,6 +53,7 @@ def up(settings: ControlPlaneSettings, console: Console) -> None:
     layout.ensure()
     layout.logs_dir.mkdir(parents=True, exist_ok=True)
     _ensure_image(layout, console)
+    stop_leftover_agent(layout, console)
     agent = _start_agent(settings, layout, console)
     try:
         _first_admin_key(settings, layout, console)
@@ -74,19 +87,66 @@ def _ensure_image(layout: Layout, console: Console) -> None:
         images.build_image(layout, progress=report)
 
 
+def stop_leftover_agent(
+    layout: Layout, console: Console, *, timeout_s: float = LEFTOVER_STOP_TIMEOUT_S
+) -> None:
+    """Stop a host agent that still holds this WRENN_DIR's lock; refuse a stranger."""
+    path = layout.agent_lock_file
+    if not dirlock.is_locked(path):
+        return
+    pid = dirlock.holder_pid(path)
+    if pid is None or not dirlock.is_agent_of(pid, path):
+        raise SystemExit(
+            f"locked: WRENN_DIR {layout.root} is held by pid {pid}, which is not its host "
+            f"agent; stop it first (lock {path})"
+        )
+    console.print(f"  host agent: one from an earlier run holds WRENN_DIR (pid {pid}); stopping it")
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    with console.status(f"host agent: waiting for pid {pid} to stop"):
+        while dirlock.is_locked(path):
+            if time.monotonic() > deadline:
+                raise SystemExit(
+                    f"host agent pid {pid} did not stop in {timeout_s:.0f}s; stop it and retry"
+                )
+            time.sleep(0.2)
+    console.print(f"  host agent: pid {pid} stopped")
+
+
+def spawn_agent(
+    env: dict[str, str], log: Path, *, argv: list[str] | None = None
+) -> tuple[subprocess.Popen[bytes], int]:
+    """Start the host agent tied to this process's life: (process, lifeline write fd).
+
+    The write fd stays open until this process ends; then the agent reads end-of-file
+    and stops. It is non-inheritable, so no other child of ours keeps the agent alive.
+    """
+    read_fd, write_fd = os.pipe()
+    try:
+        with open(log, "ab") as out:
+            agent = subprocess.Popen(
+                argv or [sys.executable, "-m", "pywrenn.hostagent"],
+                env={**env, PARENT_FD_ENV: str(read_fd)},
+                stdout=out,
+                stderr=out,
+                pass_fds=(read_fd,),
+                start_new_session=True,  # Ctrl-C reaches us; we decide how the agent stops
+            )
+    except BaseException:
+        os.close(write_fd)
+        raise
+    finally:
+        os.close(read_fd)
+    return agent, write_fd
+
+
 def _start_agent(
     settings: ControlPlaneSettings, layout: Layout, console: Console
 ) -> subprocess.Popen[bytes]:
     env = dict(os.environ, WRENN_DIR=str(settings.dir), WRENN_AGENT_LISTEN=settings.agent_listen)
     log = layout.log_file("hostagent")
-    with open(log, "ab") as out:
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "pywrenn.hostagent"],
-            env=env,
-            stdout=out,
-            stderr=out,
-            start_new_session=True,  # Ctrl-C reaches us; we decide how the agent stops
-        )
+    agent, _lifeline = spawn_agent(env, log)  # the fd stays open for as long as we run
     host, port = parse_listen(settings.agent_listen)
     deadline = time.monotonic() + AGENT_START_TIMEOUT_S
     with console.status("host agent: recovering capsules, preparing the base snapshot, starting"):

@@ -68,6 +68,64 @@ def test_plan_rules(
         assert can_move(step.from_, step.to)
 
 
+OLD = NOW - monitor.IN_FLIGHT_GRACE - timedelta(seconds=1)
+FRESH = NOW - monitor.IN_FLIGHT_GRACE + timedelta(seconds=1)
+
+
+@pytest.mark.parametrize(
+    ("status", "since", "report", "expected"),
+    [
+        # A create whose request is still at work (younger than the grace) is its own.
+        (S.PENDING, FRESH, EMPTY, None),
+        (S.STARTING, FRESH, EMPTY, None),
+        (S.STARTING, FRESH, HostCapsules({"cl-a": "running"}), None),
+        # Its owner died (a control plane restart mid-create): reconcile with the host.
+        (S.PENDING, OLD, EMPTY, (S.ERROR, "create_lost")),
+        (S.STARTING, OLD, EMPTY, (S.ERROR, "create_lost")),
+        (S.STARTING, OLD, HostCapsules({"cl-a": "failed"}), (S.ERROR, "create_lost")),
+        (S.STARTING, OLD, HostCapsules({"cl-a": "running"}), (S.RUNNING, "create_adopted")),
+        (S.PENDING, OLD, HostCapsules({"cl-a": "running"}), (S.RUNNING, "create_adopted")),
+        (S.STARTING, OLD, HostCapsules({"cl-a": "paused"}), (S.RUNNING, "create_adopted")),
+        (S.STARTING, OLD, HostCapsules({"cl-a": "creating"}), None),  # host still at it
+        (S.STARTING, OLD, HOST_UNREACHABLE, (S.MISSING, "host_failure")),
+        # Pause, resume, destroy whose request died: follow the host once it is settled.
+        (S.PAUSING, OLD, HostCapsules({"cl-a": "paused"}), (S.PAUSED, "host_reported")),
+        (S.PAUSING, OLD, HostCapsules({"cl-a": "running"}), (S.RUNNING, "host_reported")),
+        (S.PAUSING, OLD, HostCapsules({"cl-a": "pausing"}), None),
+        (S.PAUSING, OLD, EMPTY, (S.ERROR, "operation_lost")),
+        (S.PAUSING, FRESH, HostCapsules({"cl-a": "paused"}), None),
+        (S.RESUMING, OLD, HostCapsules({"cl-a": "running"}), (S.RUNNING, "host_reported")),
+        (S.RESUMING, OLD, HostCapsules({"cl-a": "paused"}), (S.PAUSED, "host_reported")),
+        (S.RESUMING, OLD, EMPTY, (S.ERROR, "operation_lost")),
+        (S.STOPPING, OLD, EMPTY, (S.STOPPED, "confirmed_dead")),
+        (S.STOPPING, OLD, HostCapsules({"cl-a": "stopped"}), (S.STOPPED, "confirmed_dead")),
+        (S.STOPPING, OLD, HostCapsules({"cl-a": "running"}), None),  # destroy it again
+        (S.STOPPING, FRESH, EMPTY, None),
+        (S.PAUSING, OLD, HOST_UNREACHABLE, None),
+        # Settled rows are not in flight: their age does not matter.
+        (S.PAUSED, OLD, EMPTY, None),
+    ],
+)
+def test_plan_takes_over_operations_whose_request_died(
+    status: CapsuleStatus,
+    since: datetime,
+    report: monitor.Report,
+    expected: tuple[CapsuleStatus, str] | None,
+) -> None:
+    got = monitor.plan([monitor.Row("cl-a", status, since)], report, now=NOW)
+    assert got == ([] if expected is None else [Planned("cl-a", status, *expected)])
+    for step in got:
+        assert can_move(step.from_, step.to)
+
+
+def test_in_flight_grace_outlasts_the_longest_host_call() -> None:
+    from pywrenn.controlplane.hostclient import CREATE_TIMEOUT, LIFECYCLE_TIMEOUT
+
+    for timeout in (CREATE_TIMEOUT, LIFECYCLE_TIMEOUT):
+        assert timeout.total is not None
+        assert monitor.IN_FLIGHT_GRACE.total_seconds() > timeout.total
+
+
 def test_heartbeat_expiry() -> None:
     grace = timedelta(seconds=90)
     assert monitor.heartbeat_expired(None, now=NOW, grace=grace)

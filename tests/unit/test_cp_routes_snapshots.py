@@ -82,3 +82,68 @@ def test_snapshot_errors(db_url: str, tmp_path: Path) -> None:
         assert r.status_code == 404
 
     run(db_url, tmp_path, body)
+
+
+def test_overwrite_that_fails_keeps_the_old_template(db_url: str, tmp_path: Path) -> None:
+    """Before: the old template was deleted on the host first, so a failed overwrite
+    lost it. Now the new one is made first and the rows swap only once it exists."""
+
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        r = await h.client.post("/api/v1/snapshots", json={"sandbox_id": cid, "name": "web"})
+        assert r.status_code == 201, r.text
+        old_host_names = {n for n in h.fake.templates if n.startswith("tpl-")}
+        assert len(old_host_names) == 1
+
+        h.fake.fail("snapshot", 500, "host", "snapshot failed: injected")
+        r = await h.client.post(
+            "/api/v1/snapshots",
+            params={"overwrite": "true"},
+            json={"sandbox_id": cid, "name": "web"},
+        )
+        assert r.status_code >= 500, r.text
+        assert {n for n in h.fake.templates if n.startswith("tpl-")} == old_host_names
+        assert "web" in {t["name"] for t in (await h.client.get("/api/v1/snapshots")).json()}
+        # And it still works: a capsule from it lands on the old host template.
+        r = await h.client.post("/api/v1/capsules", json={"template": "web"})
+        assert r.status_code == 201, r.text
+        await h.settle()
+        assert h.fake.capsules[r.json()["id"]].body["template"] in old_host_names
+
+    run(db_url, tmp_path, body)
+
+
+def test_overwrite_swaps_then_removes_the_old_host_template(db_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        r = await h.client.post("/api/v1/snapshots", json={"sandbox_id": cid, "name": "web"})
+        assert r.status_code == 201, r.text
+        (old,) = {n for n in h.fake.templates if n.startswith("tpl-")}
+        h.fake.calls.clear()
+        r = await h.client.post(
+            "/api/v1/snapshots",
+            params={"overwrite": "true"},
+            json={"sandbox_id": cid, "name": "web"},
+        )
+        assert r.status_code == 201, r.text
+        (new,) = {n for n in h.fake.templates if n.startswith("tpl-")}
+        assert new != old
+        made = [c for c in h.fake.calls if c.endswith("/snapshot")]
+        deleted = [c for c in h.fake.calls if c.startswith("DELETE /v1/templates/")]
+        assert deleted == [f"DELETE /v1/templates/{old}"]
+        assert h.fake.calls.index(made[0]) < h.fake.calls.index(deleted[0])  # new first
+
+        # In use: refused before anything is made or removed.
+        child = (await h.client.post("/api/v1/capsules", json={"template": "web"})).json()["id"]
+        await h.settle()
+        h.fake.calls.clear()
+        r = await h.client.post(
+            "/api/v1/snapshots",
+            params={"overwrite": "true"},
+            json={"sandbox_id": cid, "name": "web"},
+        )
+        assert r.status_code == 409, r.text
+        assert not [c for c in h.fake.calls if "snapshot" in c or "templates" in c]
+        assert h.fake.capsules[child].body["template"] == new
+
+    run(db_url, tmp_path, body)

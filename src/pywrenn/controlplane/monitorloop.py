@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from .clock import Clock
 from .errors import AgentError, HostUnavailable
 from .hostpool import HostPool
+from .services.lifecycle import placement_values
 from .services.monitor import HOST_UNREACHABLE, HostCapsules, Report, reconcile_host
 
 log = logging.getLogger(__name__)
@@ -73,4 +74,5 @@ class HostMonitor:
         return HostCapsules(
             states={c.capsule_id: c.state for c in listing.capsules},
             auto_paused=frozenset(listing.auto_paused),
+            placements={c.capsule_id: placement_values(c) for c in listing.capsules},
         )

@@ -14,7 +14,9 @@ Knows nothing of: hosts, HTTP, why a move is wanted.
     monitor:  pending|starting|running → missing (host unreachable);
               missing → running|paused (host back, capsule alive) | stopped (absent);
               running → stopped (absent on a reachable host);
-              paused → running (the host reports it running: it resumed it itself)
+              paused → running (the host reports it running: it resumed it itself);
+              in flight past the grace (its request died): pending|starting →
+              running|error, pausing|resuming → running|paused|error, stopping → stopped
 """
 
 from __future__ import annotations

@@ -115,6 +115,9 @@ class SandboxManager:
         self._capsules: dict[str, Capsule] = {}
         self._auto_paused: list[str] = []
         self._draining = False
+        # False when the agent stops because its parent (`wrenn up`) died: VMs are left
+        # running for the next agent to re-adopt, instead of paused (see server.py).
+        self.pause_on_shutdown = True
         self._tasks: set[asyncio.Task[None]] = set()
         self.base = BaseSnapshots(self)
         self.netpool = NetworkPool(self, settings.network_pool_size)
@@ -413,6 +416,9 @@ class SandboxManager:
     async def pause_all(self, *, budget_s: float) -> None:
         """Pause every running capsule, two at a time, within `budget_s` seconds."""
         self._draining = True
+        if not self.pause_on_shutdown:
+            log.info("shutdown: running capsules keep running; the next agent re-adopts them")
+            return
         running = [c.capsule_id for c in self._capsules.values() if c.state is S.RUNNING]
         gate = asyncio.Semaphore(2)
 

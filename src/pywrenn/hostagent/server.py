@@ -1,9 +1,17 @@
-"""Running the host agent: the token file, uvicorn, and signals.
+"""Running the host agent: the WRENN_DIR lock, the token file, uvicorn, and signals.
 
-Owns: process start-up for `wrenn agent` / `python -m pywrenn.hostagent`. The first
-SIGTERM/SIGINT starts a graceful shutdown (running capsules are paused, within the
-budget); a second one exits at once. VMs outlive the process either way, and the next
-start re-adopts or restores them.
+Owns: process start-up for `wrenn agent` / `python -m pywrenn.hostagent`. First the
+WRENN_DIR lock (`dirlock.py`): a second agent on the same dir exits at once, naming the
+first one's pid, before recovery touches anything. The first SIGTERM/SIGINT starts a
+graceful shutdown (running capsules are paused, within the budget); a second one exits
+at once. VMs outlive the process either way, and the next start re-adopts or restores them.
+
+An agent started by `wrenn up` is handed the read end of a pipe whose write end only its
+parent holds (`WRENN_AGENT_PARENT_FD`). When the parent dies, however it dies, the kernel
+closes the write end; the agent reads end-of-file and shuts down without pausing: its
+only client died with the parent, and the next `wrenn up` re-adopts the running VMs.
+A pipe rather than PR_SET_PDEATHSIG, which fires when the parent *thread* that forked
+us exits and needs a fork hook in the parent; a pipe needs neither.
 """
 
 from __future__ import annotations
@@ -13,19 +21,26 @@ import os
 import secrets
 import signal
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 
 import uvicorn
 
 from pywrenn.config import parse_listen
+from pywrenn.hostagent import dirlock
 from pywrenn.hostagent.app import create_app
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.settings import MIN_HOST_TOKEN_CHARS, HostAgentSettings
+from pywrenn.hostagent.templates import recover_template_dirs
 from pywrenn.layout import Layout
 from pywrenn.vmm import QemuRuntime
 
 log = logging.getLogger("pywrenn.hostagent")
+
+# Set by `wrenn up` (node.py): the read end of its lifeline pipe.
+PARENT_FD_ENV = "WRENN_AGENT_PARENT_FD"
 
 
 class HostTokenError(Exception):
@@ -97,12 +112,59 @@ def _fsync_dir(directory: Path) -> None:
 def build(settings: HostAgentSettings) -> tuple[SandboxManager, str]:
     layout = Layout(settings.dir)
     layout.ensure()
-    manager = SandboxManager(settings, QemuRuntime(layout.cache_dir))
-    return manager, host_token(settings)
+    recover_template_dirs(layout)  # a template swap a crash cut short (we hold the lock)
+    try:
+        token = host_token(settings)
+    except HostTokenError as exc:
+        raise SystemExit(f"host agent: {exc}") from None  # one line, no traceback
+    return SandboxManager(settings, QemuRuntime(layout.cache_dir)), token
+
+
+def take_dir_lock(settings: HostAgentSettings) -> dirlock.DirLock:
+    """The WRENN_DIR lock, or exit (status 1, no traceback) naming the agent that has it."""
+    try:
+        return dirlock.acquire(Layout(settings.dir).agent_lock_file)
+    except dirlock.DirLocked as exc:
+        raise SystemExit(f"host agent: {exc}") from None
+
+
+def parent_fd_from_env() -> int | None:
+    """The lifeline pipe's read end, if `wrenn up` gave us one (not for our children)."""
+    raw = os.environ.pop(PARENT_FD_ENV, "")
+    if not raw.isdigit():
+        return None
+    fd = int(raw)
+    try:
+        os.set_inheritable(fd, False)
+    except OSError:
+        log.warning("%s=%s is not an open fd; not watching a parent", PARENT_FD_ENV, raw)
+        return None
+    return fd
+
+
+def watch_parent(fd: int, on_gone: Callable[[], None]) -> threading.Thread:
+    """Call `on_gone` (in a thread) once the pipe `fd` reads end-of-file: the parent died."""
+
+    def run() -> None:
+        while True:
+            try:
+                if not os.read(fd, 4096):
+                    break
+            except InterruptedError:
+                continue
+            except OSError:
+                break
+        on_gone()
+
+    thread = threading.Thread(target=run, name="parent-watch", daemon=True)
+    thread.start()
+    return thread
 
 
 def serve(settings: HostAgentSettings) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Before anything reads or changes WRENN_DIR; held until the process ends.
+    lock = take_dir_lock(settings)
     manager, token = build(settings)
     host, port = parse_listen(settings.agent_listen)
     config = uvicorn.Config(
@@ -128,8 +190,21 @@ def serve(settings: HostAgentSettings) -> None:
         original(sig, frame)
 
     server.handle_exit = first_signal  # type: ignore[method-assign]
-    log.info("host agent on http://%s:%d (WRENN_DIR=%s)", host, port, settings.dir)
+
+    def parent_gone() -> None:
+        log.warning("parent process is gone: stopping; running VMs are left for the next agent")
+        manager.pause_on_shutdown = False
+        server.should_exit = True  # uvicorn's main loop polls it
+
+    parent_fd = parent_fd_from_env()
+    if parent_fd is not None:
+        watch_parent(parent_fd, parent_gone)
+    log.info(
+        "host agent on http://%s:%d (WRENN_DIR=%s, pid %d)", host, port, settings.dir, os.getpid()
+    )
     try:
         server.run()
     except KeyboardInterrupt:
         pass  # uvicorn re-raises the signal it caught once shutdown is done
+    finally:
+        lock.release()

@@ -10,6 +10,12 @@ after, so its work goes on; a paused source stays paused.
 A template with capsules (running or paused) made from it cannot be deleted: their
 disks are overlays on its disk and their RAM maps its memory file. Fork templates are
 ephemeral: removed when their last capsule is destroyed.
+
+Templates never depend on each other: the runtime flattens a template's disk onto the
+read-only base image when it freezes it, so a template made from a capsule of template
+T1 keeps working after T1 is deleted. A template is built in `images/{name}.staging-*`
+and swapped in only once complete (`commit_staging`: old → `.trash-*`, staging → name);
+`recover_template_dirs` finishes or rolls back a swap a crash interrupted, at start-up.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from pywrenn.hostagent.manager import CreateRequest, SandboxManager
 from pywrenn.hostagent.meta import TEMPLATE_META, read_json, write_json_atomic
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.states import CapsuleState
+from pywrenn.layout import Layout, parse_leftover
 from pywrenn.vmm import NetworkSpec, SnapshotError, SnapshotKind, VMError, commit_staging, read_meta
 
 log = logging.getLogger("pywrenn.hostagent.templates")
@@ -270,6 +277,55 @@ class TemplateService:
                 if read_meta(path).kind is not SnapshotKind.TEMPLATE:
                     raise TemplateNotFound(f"not found: template {name!r}")
         return path
+
+
+def recover_template_dirs(layout: Layout) -> list[str]:
+    """Finish or roll back template swaps a crash interrupted; remove leftovers.
+
+    Run at start-up, under the WRENN_DIR lock (no build is running). For a template
+    whose dir is missing: its newest complete staging dir becomes it (the crash came
+    between the two renames of `commit_staging`), else its newest trash dir comes back
+    (the old template). Every other `images/{name}.staging-*` / `.trash-*` is removed.
+    Returns what it did, one line each.
+    """
+    if not layout.images_dir.is_dir():
+        return []
+    found: dict[str, dict[str, list[Path]]] = {}
+    for path in layout.images_dir.iterdir():
+        leftover = parse_leftover(path.name)
+        if leftover is not None and path.is_dir() and not path.is_symlink():
+            kinds = found.setdefault(leftover.capsule_id, {"staging": [], "trash": []})
+            kinds[leftover.kind].append(path)
+    done: list[str] = []
+    for name, kinds in sorted(found.items()):
+        final = layout.images_dir / name
+        newest = sorted(kinds["staging"], key=_stamp, reverse=True)
+        if not final.exists():
+            whole = next((p for p in newest if _complete_template(p)), None)
+            back = max(kinds["trash"], key=_stamp, default=None)
+            chosen = whole if whole is not None else back
+            if chosen is not None:
+                chosen.rename(final)
+                done.append(f"{name}: {'new' if chosen is whole else 'old'} template kept")
+        for path in (*kinds["staging"], *kinds["trash"]):
+            if path.exists():
+                shutil.rmtree(path, ignore_errors=True)
+                done.append(f"removed {path.name}")
+    for line in done:
+        log.info("template recovery: %s", line)
+    return done
+
+
+def _stamp(path: Path) -> int:
+    leftover = parse_leftover(path.name)
+    return leftover.stamp_ns if leftover is not None else 0
+
+
+def _complete_template(path: Path) -> bool:
+    try:
+        return read_meta(path).kind is SnapshotKind.TEMPLATE and (path / TEMPLATE_META).exists()
+    except SnapshotError:
+        return False
 
 
 def _size(path: Path) -> int:

@@ -63,7 +63,14 @@ from pywrenn.vmm.snapshot import (
     write_meta,
 )
 
-__all__ = ["LaunchConfig", "QemuRuntime", "build_argv", "guest_cmdline"]
+__all__ = [
+    "LaunchConfig",
+    "QemuRuntime",
+    "backing_chain",
+    "build_argv",
+    "flatten_overlay",
+    "guest_cmdline",
+]
 
 log = logging.getLogger(__name__)
 
@@ -505,6 +512,10 @@ class QemuRuntime:
         _link_or_copy(vm.run_dir / DISK_FILE, staging / DISK_FILE)
         memory_bytes = 0
         if template:
+            # A template depends on the read-only base image only, never on another
+            # template: deleting the template a capsule was made from must not break
+            # the templates made from that capsule.
+            await flatten_overlay(staging / DISK_FILE)
             memory = Path(record["memory_file"])
             memory.rename(staging / MEMORY_FILE)
             memory_bytes = (staging / MEMORY_FILE).stat().st_size
@@ -538,6 +549,35 @@ async def create_overlay(base: Path, overlay: Path) -> None:
     overlay.unlink(missing_ok=True)
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base.resolve()), "-F", fmt]
     await _run([*argv, str(overlay)])
+
+
+async def flatten_overlay(disk: Path) -> None:
+    """Make the qcow2 `disk` back directly onto the bottom of its backing chain.
+
+    The data of every layer in between is copied into `disk` (`qemu-img rebase` in its
+    safe mode compares the old chain with the new backing and writes what differs), so
+    those layers may be deleted afterwards. The cost follows what guests wrote into the
+    layers: ~0.1 s for a few MB, ~2 s for 64 MB on a loaded 2-core host. A chain of one
+    overlay on its base is left as is.
+    """
+    chain = await _backing_chain(disk)
+    if len(chain) <= 2:
+        return
+    base, fmt = chain[-1]
+    await _run(["qemu-img", "rebase", "-q", "-f", "qcow2", "-b", str(base), "-F", fmt, str(disk)])
+
+
+async def backing_chain(disk: Path) -> list[Path]:
+    """The files `disk` reads through: itself first, the base image last."""
+    return [path for path, _ in await _backing_chain(disk)]
+
+
+async def _backing_chain(disk: Path) -> list[tuple[Path, str]]:
+    info = await _run(["qemu-img", "info", "--backing-chain", "--output=json", str(disk)])
+    try:
+        return [(Path(entry["filename"]), str(entry["format"])) for entry in json.loads(info)]
+    except (ValueError, LookupError, TypeError) as exc:
+        raise HostCommandError(f"unreadable: qemu-img info of {disk}: {exc}") from exc
 
 
 async def _run(argv: list[str]) -> str:

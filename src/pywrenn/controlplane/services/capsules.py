@@ -298,10 +298,11 @@ async def mark_stopped(
 
 async def rows_on_host(
     session: AsyncSession, *, host_id: uuid.UUID, statuses: Iterable[CapsuleStatus]
-) -> list[tuple[uuid.UUID, CapsuleStatus]]:
+) -> list[tuple[uuid.UUID, CapsuleStatus, datetime]]:
+    """(id, status, when it last moved) of the host's capsules in `statuses`."""
     found = await session.execute(
-        select(Capsule.id, Capsule.status).where(
+        select(Capsule.id, Capsule.status, Capsule.updated_at).where(
             Capsule.host_id == host_id, Capsule.status.in_([s.value for s in statuses])
         )
     )
-    return [(key, CapsuleStatus(status)) for key, status in found]
+    return [(key, CapsuleStatus(status), since) for key, status, since in found]

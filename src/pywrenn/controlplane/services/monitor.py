@@ -11,7 +11,18 @@ that moved a row meanwhile wins) and flips the host online/unreachable with an e
       running,  host has paused → paused                  (ttl_expired if auto-paused)
       running,  absent, auto-paused → paused                                  (ttl_expired)
       running,  absent          → stopped                                     (orphaned)
-    every other status is an operation in flight, owned by the request doing it.
+    an operation in flight is owned by the request doing it, until the in-flight grace;
+    then its owner died (a control plane restarted mid-operation) and, if the host is
+    settled on the capsule (running, paused, or does not have it):
+      pending|starting: on host → running, with its placement       (create_adopted)
+                        absent  → error                              (create_lost)
+      pausing|resuming: running / paused on host → running / paused  (host_reported)
+                        absent  → error                              (operation_lost)
+      stopping:         absent  → stopped                            (confirmed_dead)
+                        on host → left: a destroy must be asked again
+
+The grace is longer than the host client's longest call (a create, 300 s), so a live
+request has always given up (and moved its row itself) before the monitor takes over.
 
 Knows nothing of: how the host was asked (the caller lists the agent's capsules, or gives
 up on it, and passes `HostCapsules` or `HOST_UNREACHABLE`).
@@ -23,7 +34,7 @@ import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Final
+from typing import Final, NamedTuple
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -44,6 +55,13 @@ _HOST_PAUSED = frozenset({"paused"})
 _HOST_RUNNING = frozenset({"running"})
 _HOST_GONE = frozenset({"stopped", "failed"})
 
+# A row in flight untouched this long has lost the request that owned it. Longer than
+# the host client's longest timeout (hostclient.CREATE_TIMEOUT, 300 s; a unit test holds
+# them together), so no live request has its row taken over.
+IN_FLIGHT_GRACE = timedelta(minutes=6)
+_CREATING = frozenset({CapsuleStatus.PENDING, CapsuleStatus.STARTING})
+_MOVING = frozenset({CapsuleStatus.PAUSING, CapsuleStatus.RESUMING})
+
 
 @dataclass(frozen=True)
 class HostCapsules:
@@ -51,6 +69,8 @@ class HostCapsules:
 
     states: Mapping[str, str]
     auto_paused: frozenset[str] = field(default_factory=frozenset)
+    # Where each capsule runs (slot, address, versions) as row columns, for adopting one.
+    placements: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
 
     def alive(self, capsule_id: str) -> bool:
         state = self.states.get(capsule_id)
@@ -80,26 +100,48 @@ class Planned:
     reason: str
 
 
-WATCHED = frozenset({S.PENDING, S.STARTING, S.RUNNING, S.PAUSED, S.MISSING})
+class Row(NamedTuple):
+    """One of our rows on the host: its API id, status, and when it last moved."""
+
+    capsule_id: str
+    status: CapsuleStatus
+    since: datetime | None = None
 
 
-def plan(rows: Iterable[tuple[str, CapsuleStatus]], report: Report) -> list[Planned]:
-    """The moves that bring our rows for one host in line with what the host reported."""
+WATCHED = frozenset(
+    {S.PENDING, S.STARTING, S.RUNNING, S.PAUSED, S.MISSING, S.PAUSING, S.RESUMING, S.STOPPING}
+)
+
+
+def plan(
+    rows: Iterable[Row | tuple[str, CapsuleStatus]],
+    report: Report,
+    *,
+    now: datetime | None = None,
+    grace: timedelta = IN_FLIGHT_GRACE,
+) -> list[Planned]:
+    """The moves that bring our rows for one host in line with what the host reported.
+
+    Without `now` no operation in flight is ever taken over (rows' ages are unknown)."""
     out: list[Planned] = []
-    for capsule_id, status in rows:
-        step = _plan_one(capsule_id, status, report)
+    for item in rows:
+        row = Row(*item)
+        stale = now is not None and row.since is not None and now - row.since > grace
+        step = _plan_one(row.capsule_id, row.status, report, stale=stale)
         if step is not None:
-            out.append(Planned(capsule_id, status, *step))
+            out.append(Planned(row.capsule_id, row.status, *step))
     return out
 
 
 def _plan_one(
-    capsule_id: str, status: CapsuleStatus, report: Report
+    capsule_id: str, status: CapsuleStatus, report: Report, *, stale: bool
 ) -> tuple[CapsuleStatus, str] | None:
     if isinstance(report, _Unreachable):
         if status in {S.PENDING, S.STARTING, S.RUNNING}:
             return S.MISSING, "host_failure"
         return None
+    if status in _CREATING | _MOVING | {S.STOPPING}:
+        return _plan_orphan(capsule_id, status, report) if stale else None
     auto = capsule_id in report.auto_paused
     if status is S.MISSING:
         if report.alive(capsule_id):
@@ -116,6 +158,24 @@ def _plan_one(
     return None
 
 
+def _plan_orphan(
+    capsule_id: str, status: CapsuleStatus, report: HostCapsules
+) -> tuple[CapsuleStatus, str] | None:
+    """An operation whose request died: follow the host once it is settled."""
+    running, paused = report.running(capsule_id), report.paused(capsule_id)
+    if report.alive(capsule_id) and not (running or paused):
+        return None  # the host is still at it (creating, pausing, ...)
+    if status is S.STOPPING:
+        return None if report.alive(capsule_id) else (S.STOPPED, "confirmed_dead")
+    if status in _CREATING:
+        if running or paused:
+            return S.RUNNING, "create_adopted"  # paused there: the next round says so
+        return S.ERROR, "create_lost"
+    if running or paused:
+        return (S.RUNNING if running else S.PAUSED), "host_reported"
+    return S.ERROR, "operation_lost"
+
+
 def heartbeat_expired(last_ok: datetime | None, *, now: datetime, grace: timedelta) -> bool:
     """A host not heard from in `grace` (Wrenn: 90 s, three missed beats) is unreachable."""
     return last_ok is None or now - last_ok > grace
@@ -127,10 +187,22 @@ async def reconcile_host(
     """Apply `plan` for one host; update the host's status and heartbeat; commit."""
     rows = await rows_on_host(session, host_id=host_id, statuses=WATCHED)
     await _host_status(session, host_id=host_id, report=report, now=now)
-    api_rows = [(publicids.format_id(key, IdKind.CAPSULE), status) for key, status in rows]
-    keys = {publicids.format_id(key, IdKind.CAPSULE): key for key, _ in rows}
+    api_rows = [
+        Row(publicids.format_id(key, IdKind.CAPSULE), status, since) for key, status, since in rows
+    ]
+    keys = {publicids.format_id(key, IdKind.CAPSULE): key for key, _, _ in rows}
     changes = []
-    for step in plan(api_rows, report):
+    for step in plan(api_rows, report, now=now):
+        values: dict[str, object] | None = None
+        error = None
+        if step.reason == "create_adopted" and isinstance(report, HostCapsules):
+            values = dict(report.placements.get(step.capsule_id, {}))
+        elif step.reason in ("create_lost", "operation_lost"):
+            what = {S.PAUSING: "pause", S.RESUMING: "resume"}.get(step.from_, "create")
+            error = (
+                f"{what} interrupted: its request ended (a control plane restart?) "
+                "and the host does not have the capsule"
+            )
         change = await move(
             session,
             capsule_id=keys[step.capsule_id],
@@ -138,6 +210,8 @@ async def reconcile_host(
             now=now,
             allowed_from={step.from_},
             reason=step.reason,
+            error=error,
+            values=values,
         )
         if change is not None:
             changes.append(change)

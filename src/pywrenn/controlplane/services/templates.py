@@ -8,23 +8,27 @@ template name to what the host agent calls it. A snapshot's name on the host is 
 
 from __future__ import annotations
 
+import logging
 import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pywrenn.hostagent.schemas import SnapshotRequest
 from pywrenn.ids import IdKind
 
 from .. import publicids
-from ..db.models import Template
-from ..errors import Conflict, InvalidInput, InvalidState, NotFound
+from ..db.models import Capsule, Template
+from ..errors import Conflict, ControlPlaneError, InvalidInput, InvalidState, NotFound
 from ..hostpool import HostPool
+from ..states import LIVE
 from . import capsules
 from .events import Actor, EventSpec, record_nocommit
+
+log = logging.getLogger(__name__)
 
 PLATFORM_TEAM = uuid.UUID(int=0)
 # Platform base templates: the name users ask for → the image the host agents ship.
@@ -154,9 +158,9 @@ async def snapshot_into_template(
     if existing is not None:
         if not overwrite:
             raise Conflict(f"conflict: template {name!r} exists; pass overwrite=true")
-        await host.delete_template(host_name(existing))  # 409 while capsules use it
-        await session.delete(existing)
-        await session.flush()
+        users = await _live_users(session, team_id=team_id, name=name)
+        if users:
+            raise Conflict(f"conflict: template {name!r} is used by {users} capsule(s)")
     row = Template(
         id=publicids.new_uuid(IdKind.TEMPLATE),
         team_id=team_id,
@@ -175,13 +179,48 @@ async def snapshot_into_template(
         default_env=dict(source.defaults.env),
         default_workdir=source.defaults.workdir,
     )
+    # The new template is made (under its own host name) before the old one is touched,
+    # and the rows swap in one commit: a failure anywhere before it leaves the old one
+    # whole and in use; after it, only the old host files are left to remove.
     made = await host.snapshot(source.capsule_id, SnapshotRequest(name=host_name(row)))
     row.size_bytes = made.size_bytes
+    if existing is not None:
+        await session.delete(existing)
+        await session.flush()  # (team, name) is unique: the old row goes first
     session.add(row)
     spec = EventSpec("template.snapshot.create", "template", name, outcome="success")
     record_nocommit(session, team_id=team_id, spec=spec, actor=actor, now=now)
     await session.commit()
+    if existing is not None:
+        await _delete_on_host(pool, existing)
     return view(row)
+
+
+async def _live_users(session: AsyncSession, *, team_id: uuid.UUID, name: str) -> int:
+    """Capsules of the team made from template `name` that still hold host resources."""
+    found = await session.scalar(
+        select(func.count())
+        .select_from(Capsule)
+        .where(
+            Capsule.team_id == team_id,
+            Capsule.template == name,
+            Capsule.status.in_([s.value for s in LIVE]),
+        )
+    )
+    return int(found or 0)
+
+
+async def _delete_on_host(pool: HostPool, row: Template) -> None:
+    """Remove a replaced template's files; its row is already gone, so failing only
+    leaves files on the host, and is logged."""
+    if row.host_id not in pool.host_ids():
+        return
+    try:
+        await pool.client(row.host_id).delete_template(host_name(row))
+    except NotFound:
+        pass
+    except ControlPlaneError as exc:
+        log.warning("replaced template %s left on its host: %s", host_name(row), exc)
 
 
 async def create_snapshot(
