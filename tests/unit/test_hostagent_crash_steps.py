@@ -16,6 +16,9 @@ from pathlib import Path
 import pytest
 
 from pywrenn.hostagent import faults
+from pywrenn.hostagent.capsule import Capsule
+from pywrenn.hostagent.errors import HostError
+from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.meta import TEMPLATE_META, write_json_atomic
 from pywrenn.hostagent.recovery import (
     finish_interrupted,
@@ -25,8 +28,19 @@ from pywrenn.hostagent.recovery import (
     template_complete,
     unused_ephemeral_templates,
 )
+from pywrenn.hostagent.settings import HostAgentSettings
+from pywrenn.hostagent.states import CapsuleState
 from pywrenn.layout import SNAPSHOT_META, Layout
-from pywrenn.vmm import SnapshotKind, SnapshotMeta
+from pywrenn.vmm import (
+    NetworkSpec,
+    SnapshotError,
+    SnapshotKind,
+    SnapshotMeta,
+    VMError,
+    VMHandle,
+    VMInfo,
+    VMState,
+)
 from pywrenn.vmm.snapshot import write_meta
 from tests.unit.test_hostagent_recovery import meta
 
@@ -229,3 +243,89 @@ def test_every_named_crash_point_is_listed() -> None:
     commit_steps = {"after_trash", "after_commit"}
     destroy_steps = {"after_kill", "after_trash"}
     assert {p.split(".")[1] for p in rest} <= runtime_steps | commit_steps | destroy_steps
+
+
+# -- a failed pause never stays pausing -------------------------------------------------------
+
+
+class PauseRuntime:
+    """Just enough runtime for `SandboxManager.pause`: fails as told, records calls."""
+
+    def __init__(self, *, fail_after_whole: bool = False, alive: bool = True) -> None:
+        self.fail_after_whole = fail_after_whole
+        self.alive = alive
+        self.calls: list[str] = []
+
+    async def pause_to_dir(
+        self,
+        vm: VMHandle,
+        staging: Path,
+        *,
+        timeout: float = 60.0,
+        extra_files: dict[str, bytes] | None = None,
+        on_step: object = None,
+    ) -> Path:
+        self.calls.append("pause_to_dir")
+        if not self.fail_after_whole:
+            snapshot_dir(staging, whole=False)
+            raise SnapshotError("migration failed: disk full")
+        snapshot_dir(staging)
+        for name, data in (extra_files or {}).items():
+            (staging / name).write_bytes(data)
+        raise VMError("unkillable: pid 1")
+
+    async def info(self, vm: VMHandle) -> VMInfo:
+        return VMInfo(vm.pid, VMState.RUNNING if self.alive else VMState.GONE, 0, 0)
+
+    async def cont(self, vm: VMHandle, *, timeout: float = 10.0) -> None:
+        self.calls.append("cont")
+
+    async def kill(self, vm: VMHandle, *, timeout: float = 10.0) -> None:
+        self.calls.append("kill")
+
+
+def pausing_manager(tmp_path: Path, runtime: PauseRuntime) -> tuple[SandboxManager, Capsule]:
+    manager = SandboxManager(HostAgentSettings(dir=tmp_path), runtime)  # type: ignore[arg-type]
+    run_dir = manager.layout.sandbox_dir("cl-a")
+    run_dir.mkdir()
+    vm = VMHandle("cl-a", 1, run_dir, NetworkSpec.user(2000), "tcg")
+    capsule = Capsule(capsule_id="cl-a", state=CapsuleState.RUNNING, meta=meta(3), vm=vm)
+    manager._capsules["cl-a"] = capsule
+    return manager, capsule
+
+
+async def test_pause_failing_before_the_snapshot_is_whole_keeps_it_running(
+    tmp_path: Path,
+) -> None:
+    runtime = PauseRuntime()
+    manager, capsule = pausing_manager(tmp_path, runtime)
+    with pytest.raises(HostError, match="pause failed: migration failed"):
+        await manager.pause("cl-a")
+    assert capsule.state is CapsuleState.RUNNING
+    assert runtime.calls == ["pause_to_dir", "cont"]
+    assert [p.name for p in manager.layout.sandboxes_dir.iterdir()] == ["cl-a"]
+
+
+async def test_pause_failing_with_the_vm_gone_is_failed_not_pausing(tmp_path: Path) -> None:
+    manager, capsule = pausing_manager(tmp_path, PauseRuntime(alive=False))
+    with pytest.raises(HostError):
+        await manager.pause("cl-a")
+    assert capsule.state is CapsuleState.FAILED
+
+
+async def test_pause_whose_commit_fails_is_failed_and_keeps_the_whole_staging(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime = PauseRuntime(fail_after_whole=True)
+    manager, capsule = pausing_manager(tmp_path, runtime)
+
+    def refuse(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("pywrenn.hostagent.manager.commit_staging", refuse)
+    with pytest.raises(HostError, match="cannot commit"):
+        await manager.pause("cl-a")
+    assert capsule.state is CapsuleState.FAILED
+    assert runtime.calls == ["pause_to_dir", "kill"]  # whole: the pause is finished
+    (staging,) = [p for p in manager.layout.sandboxes_dir.iterdir() if p.name != "cl-a"]
+    assert pause_complete(staging)  # the next start commits it

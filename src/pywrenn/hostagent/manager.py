@@ -327,6 +327,7 @@ class SandboxManager:
                 await capsule.envd.snapshot_prepare(timeout=PREPARE_TIMEOUT_S)
         staging = self.layout.staging_dir(capsule_id)
         facts = json.dumps(capsule.meta.to_json(), indent=2, sort_keys=True).encode()
+        interrupted: BaseException | None = None
         try:
             await self.runtime.pause_to_dir(
                 vm, staging, extra_files={SNAPSHOT_META: facts}, on_step=_crash_hook("pause")
@@ -344,9 +345,11 @@ class SandboxManager:
                 raise HostError(f"pause failed: {exc}") from exc
             # Whole snapshot, then a failure (e.g. at quit): the VM stopped for good when
             # the snapshot was written. Finish the pause.
-            log.warning("pause %s: finishing after %s", capsule_id, exc)
+            log.warning("pause %s: finishing after %r", capsule_id, exc)
             with contextlib.suppress(VMError):
                 await self.runtime.kill(vm)
+            if not isinstance(exc, Exception):
+                interrupted = exc  # e.g. a cancellation: finish, then let it through
         await self._close_guest(capsule)
         capsule.vm = None
         try:
@@ -360,6 +363,8 @@ class SandboxManager:
         with contextlib.suppress(HostError):
             await network.remove_network(capsule.net)  # the slot stays reserved
         capsule.move_to(S.PAUSED)
+        if interrupted is not None:
+            raise interrupted
 
     async def resume(self, capsule_id: str, *, timeout_sec: int | None = None) -> CapsuleInfo:
         if self._draining:
