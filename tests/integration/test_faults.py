@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -234,19 +235,30 @@ def assert_no_leaks(root: Path, client: httpx.Client, ours: set[tuple[int, int]]
 def wrenn_dir(
     guest_image: ImageManifest,
     tmp_path_factory: pytest.TempPathFactory,
-    request: pytest.FixtureRequest,
 ) -> Iterator[Path]:
     root = wrenn_dir_with_cached_image(tmp_path_factory.mktemp("faults"))
     yield root
     leaked = qemu_pids_under(root)
     for pid in leaked:
         os.kill(pid, signal.SIGKILL)
-    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
-    line = f"fault matrix: {len(COVERED)}/{len(POINTS)} crash steps covered: {' '.join(COVERED)}"
-    if reporter is not None:
-        reporter.write_line("")
-        reporter.write_line(line)
     assert leaked == set(), f"leaked qemu processes {leaked}"
+
+
+class _Summary:
+    """Prints which crash steps the matrix covered, at the end of the run."""
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        terminalreporter.write_sep(
+            "-", f"fault matrix: {len(COVERED)}/{len(POINTS)} crash steps covered"
+        )
+        terminalreporter.write_line(" ".join(COVERED) or "(none)")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _print_coverage(request: pytest.FixtureRequest) -> None:
+    manager = request.config.pluginmanager
+    if not manager.has_plugin("fault-matrix-summary"):
+        manager.register(_Summary(), "fault-matrix-summary")
 
 
 @pytest.mark.parametrize("point", POINTS)
