@@ -5,7 +5,7 @@ Owns: the on-disk layout (see docs/design.md). Knows nothing of: what is inside 
     kernels/{version}/            kernel + initramfs
     images/{template}/            rootfs.ext4; snapshot templates add memory, state, meta
     sandboxes/{id}/               disk overlay, running state; when paused a snapshot + meta
-    sandboxes/{id}.staging-{ns}/  a pause in progress (never taken for a snapshot)
+    sandboxes/{id}.staging-{ns}/  a pause in progress (taken only once its metas verify)
     sandboxes/{id}.trash-{ns}/    a directory on its way out
     slots/{index}                 network slot claim files
     run/                          sockets and pid files of node processes

@@ -26,6 +26,7 @@ from pywrenn.vmm import (
     VMGoneError,
     VMState,
     commit_staging,
+    discard_pause,
     read_meta,
 )
 from pywrenn.vmm.snapshot import VM_META
@@ -167,7 +168,10 @@ async def test_pause_then_restore_exact_sequences(fake: Fake) -> None:
             *AGENT_READY,
         ]
         assert fake.ignore_shared() is False
-        # Restored in place: the pause is consumed, so nothing offers it as a snapshot again.
+        # Restored in place: the pause stays a snapshot until the caller has the guest
+        # back and drops it, so a resume that fails (or dies) can be retried.
+        assert read_meta(spec.run_dir).kind is SnapshotKind.PAUSE
+        discard_pause(spec.run_dir)
         assert not (spec.run_dir / VM_META).exists()
         assert not (spec.run_dir / "state.bin").exists()
     finally:
@@ -243,3 +247,43 @@ async def test_adopt_reattaches_by_pidfile_and_socket(fake: Fake) -> None:
         await fake.runtime().kill(vm)
     with pytest.raises(VMGoneError, match="not running"):
         await fake.runtime().adopt(vm.run_dir)
+
+
+async def test_pause_is_whole_before_the_vm_quits(fake: Fake) -> None:
+    """The caller's files and the meta are on disk (fsynced) before `quit`: a crash after
+    the VM is gone finds a complete staging dir, never a half one."""
+    rt = fake.runtime()
+    spec = fake.spec("a")
+    vm = await rt.boot(spec)
+    fake.take()
+    staging = spec.run_dir.with_name("a.staging-3")
+    seen: list[tuple[str, bool, list[str]]] = []
+
+    def step(name: str) -> None:
+        whole = (staging / VM_META).exists() and (staging / "caller.json").exists()
+        seen.append((name, whole, fake.take()))
+
+    await rt.pause_to_dir(vm, staging, extra_files={"caller.json": b"{}"}, on_step=step)
+    assert [(name, whole) for name, whole, _ in seen] == [
+        ("after_stop", False),
+        ("after_migrate", False),
+        ("after_meta", True),
+        ("after_quit", True),
+    ]
+    assert "quit" not in seen[2][2]  # whole while the VM still exists
+    assert read_meta(staging).kind is SnapshotKind.PAUSE
+    assert (staging / "caller.json").read_bytes() == b"{}"
+    assert (await rt.info(vm)).state is VMState.GONE
+
+
+async def test_extra_files_may_not_shadow_the_runtime_files(fake: Fake) -> None:
+    rt = fake.runtime()
+    vm = await rt.boot(fake.spec("a"))
+    try:
+        for name in (VM_META, "state.bin", "../x", ""):
+            with pytest.raises(ValueError, match="invalid: extra snapshot file name"):
+                await rt.pause_to_dir(
+                    vm, vm.run_dir.with_name("a.staging-4"), extra_files={name: b""}
+                )
+    finally:
+        await rt.kill(vm)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import secrets
 import shutil
@@ -36,6 +37,7 @@ from pywrenn.hostagent.errors import (
     HostError,
     InvalidRequest,
 )
+from pywrenn.hostagent.faults import crash_point
 from pywrenn.hostagent.meta import (
     RUNNING_STATE,
     TEMPLATE_META,
@@ -49,16 +51,21 @@ from pywrenn.hostagent.meta import (
 from pywrenn.hostagent.netpool import NetworkPool
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.recovery import (
+    finish_interrupted,
+    leftover_dirs,
+    pause_complete,
     restore_paused,
     running_state_files,
     sweep_leftovers,
+    template_complete,
     trash_dir,
+    unused_ephemeral_templates,
 )
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.slots import SlotAllocator
 from pywrenn.hostagent.states import CapsuleState
 from pywrenn.ids import IdKind, is_valid_id, new_id
-from pywrenn.layout import SNAPSHOT_META, Layout
+from pywrenn.layout import SNAPSHOT_META, Layout, parse_leftover
 from pywrenn.vmm import (
     AGENT_PORT,
     BootSpec,
@@ -66,11 +73,15 @@ from pywrenn.vmm import (
     Runtime,
     SnapshotError,
     SnapshotKind,
+    StepHook,
     VMError,
     VMHandle,
+    VMState,
     commit_staging,
+    discard_pause,
     read_meta,
 )
+from pywrenn.vmm.snapshot import VM_META
 
 log = logging.getLogger("pywrenn.hostagent")
 
@@ -99,10 +110,13 @@ class CreateRequest:
 @dataclass
 class RecoveryReport:
     swept: list[str] = field(default_factory=list)
+    committed: list[str] = field(default_factory=list)
+    put_back: list[str] = field(default_factory=list)
     adopted: list[str] = field(default_factory=list)
     paused: list[str] = field(default_factory=list)
     cleaned: list[str] = field(default_factory=list)
     trashed: list[tuple[str, str]] = field(default_factory=list)
+    unused_templates: list[str] = field(default_factory=list)
 
 
 class SandboxManager:
@@ -211,6 +225,7 @@ class SandboxManager:
                     await network.create_network(
                         net, egress=egress, blocked=self.settings.blocked_ranges
                     )
+                crash_point("create.after_network")
                 networked = time.monotonic()
                 run_dir.mkdir(parents=True)
                 spec = self._network_spec(net)
@@ -249,12 +264,14 @@ class SandboxManager:
                     )
                     self.base.bake_later(request.template, vcpus, memory_mb)
                 capsule.vm = vm
+                crash_point("create.after_vm")
                 versions = capsule_versions(
                     source.versions, vmm=await self.runtime.version(), accel=vm.accel
                 )
                 capsule.meta = replace(capsule.meta, versions=versions)
                 self._attach_guest(capsule)
                 self._write_running_state(capsule)
+                crash_point("create.after_state")
                 capsule.move_to(S.RUNNING)
             except BaseException as exc:
                 log.warning("create %s failed: %s", capsule_id, exc)
@@ -282,7 +299,7 @@ class SandboxManager:
             if capsule.state is S.STOPPED:
                 return
             capsule.move_to(S.STOPPING)
-            await self._release_everything(capsule)
+            await self._release_everything(capsule, on_step=_crash_hook("destroy"))
             capsule.move_to(S.STOPPED)
             self._capsules.pop(capsule_id, None)
         log.info("destroyed %s", capsule_id)
@@ -296,31 +313,66 @@ class SandboxManager:
             if capsule.state is not S.RUNNING or capsule.vm is None:
                 raise CapsuleStateConflict(capsule_id, capsule.state.value, "pause")
             capsule.move_to(S.PAUSING)
-            vm = capsule.vm
-            if capsule.envd is not None:
-                with contextlib.suppress(EnvdError, OSError):
-                    await capsule.envd.snapshot_prepare(timeout=PREPARE_TIMEOUT_S)
-            staging = self.layout.staging_dir(capsule_id)
             try:
-                await self.runtime.pause_to_dir(vm, staging)
-            except BaseException as exc:
-                # Before the VM is gone nothing is lost: it keeps running (the runtime
-                # resumed it); drop the half-written staging dir and report.
-                shutil.rmtree(staging, ignore_errors=True)
-                alive = await self._vm_alive(vm)
-                capsule.move_to(S.RUNNING if alive else S.FAILED)
-                raise HostError(f"pause failed: {exc}") from exc
-            write_json_atomic(staging / SNAPSHOT_META, capsule.meta.to_json())
-            commit_staging(staging, self.layout.sandbox_dir(capsule_id))
-            await self._close_guest(capsule)
-            capsule.vm = None
-            with contextlib.suppress(HostError):
-                await network.remove_network(capsule.net)  # the slot stays reserved
-            capsule.move_to(S.PAUSED)
+                await self._pause_to_disk(capsule)
+            finally:
+                _never_left_pausing(capsule)
             if auto:
                 self._auto_paused.append(capsule_id)
         log.info("paused %s%s", capsule_id, " (idle)" if auto else "")
         return capsule.info()
+
+    async def _pause_to_disk(self, capsule: Capsule) -> None:
+        """Snapshot into staging (capsule facts included, before the VM is gone), commit.
+
+        See docs/hostagent.md, "Crash steps": at every step the capsule is either running
+        (staging incomplete, removed by recovery) or paused (staging complete, committed
+        by recovery if we die before we do)."""
+        assert capsule.vm is not None
+        capsule_id, vm = capsule.capsule_id, capsule.vm
+        if capsule.envd is not None:
+            with contextlib.suppress(EnvdError, OSError):
+                await capsule.envd.snapshot_prepare(timeout=PREPARE_TIMEOUT_S)
+        staging = self.layout.staging_dir(capsule_id)
+        facts = json.dumps(capsule.meta.to_json(), indent=2, sort_keys=True).encode()
+        interrupted: BaseException | None = None
+        try:
+            await self.runtime.pause_to_dir(
+                vm, staging, extra_files={SNAPSHOT_META: facts}, on_step=_crash_hook("pause")
+            )
+        except BaseException as exc:
+            if not await asyncio.to_thread(pause_complete, staging):
+                # Before the snapshot is whole nothing is lost: the runtime resumed the VM;
+                # drop the half-written staging dir and report.
+                shutil.rmtree(staging, ignore_errors=True)
+                alive = await self._vm_alive(vm)
+                if alive:
+                    with contextlib.suppress(VMError):
+                        await self.runtime.cont(vm)
+                capsule.move_to(S.RUNNING if alive else S.FAILED)
+                raise HostError(f"pause failed: {exc}") from exc
+            # Whole snapshot, then a failure (e.g. at quit): the VM stopped for good when
+            # the snapshot was written. Finish the pause.
+            log.warning("pause %s: finishing after %r", capsule_id, exc)
+            with contextlib.suppress(VMError):
+                await self.runtime.kill(vm)
+            if not isinstance(exc, Exception):
+                interrupted = exc  # e.g. a cancellation: finish, then let it through
+        await self._close_guest(capsule)
+        capsule.vm = None
+        try:
+            commit_staging(
+                staging, self.layout.sandbox_dir(capsule_id), on_step=_crash_hook("pause")
+            )
+        except OSError as exc:
+            # The snapshot is whole in staging: the next start commits it.
+            capsule.move_to(S.FAILED)
+            raise HostError(f"pause failed: cannot commit {staging}: {exc}") from exc
+        with contextlib.suppress(HostError):
+            await network.remove_network(capsule.net)  # the slot stays reserved
+        capsule.move_to(S.PAUSED)
+        if interrupted is not None:
+            raise interrupted
 
     async def resume(self, capsule_id: str, *, timeout_sec: int | None = None) -> CapsuleInfo:
         if self._draining:
@@ -335,11 +387,15 @@ class SandboxManager:
             capsule.move_to(S.RESUMING)
             run_dir = self.layout.sandbox_dir(capsule_id)
             net = capsule.net
+            vm: VMHandle | None = None
             try:
                 read_meta(run_dir)  # refuse early, and keep the snapshot, if it is not whole
                 await network.create_network(
                     net, egress=capsule.meta.egress, blocked=self.settings.blocked_ranges
                 )
+                crash_point("resume.after_network")
+                # In place, the snapshot stays on disk until the running state is written
+                # below: a failure or a crash before then leaves the capsule resumable.
                 vm = await self.runtime.restore(
                     run_dir,
                     run_dir,
@@ -348,20 +404,29 @@ class SandboxManager:
                     agent_token=capsule.access_token,
                     init_fields=self._guest_fields(capsule, first_init=False),
                 )
+                crash_point("resume.after_restore")
+                capsule.vm = vm
+                if timeout_sec is not None and timeout_sec >= 0:
+                    capsule.meta = replace(capsule.meta, timeout_sec=timeout_sec)
+                self._write_running_state(capsule)
             except BaseException as exc:
+                await self._close_guest(capsule)
+                capsule.vm = None
+                if vm is not None:
+                    with contextlib.suppress(VMError):
+                        await self.runtime.kill(vm)
+                (run_dir / RUNNING_STATE).unlink(missing_ok=True)
                 with contextlib.suppress(HostError):
                     await network.remove_network(net)
                 capsule.move_to(S.PAUSED)
-                if isinstance(exc, VMError | HostAgentError):
+                if isinstance(exc, VMError | HostAgentError | OSError):
                     raise HostError(f"resume failed, capsule stays paused: {exc}") from exc
                 raise
-            capsule.vm = vm
-            if timeout_sec is not None and timeout_sec >= 0:
-                capsule.meta = replace(capsule.meta, timeout_sec=timeout_sec)
-            self._attach_guest(capsule)
+            crash_point("resume.after_state")
             # The pause is consumed: from here the running state describes the capsule.
-            self._write_running_state(capsule)
             (run_dir / SNAPSHOT_META).unlink(missing_ok=True)
+            discard_pause(run_dir)
+            self._attach_guest(capsule)
             capsule.touch()
             capsule.move_to(S.RUNNING)
         log.info("resumed %s", capsule_id)
@@ -372,6 +437,15 @@ class SandboxManager:
         """Bring back what a previous agent left, in order, before the API serves."""
         report = RecoveryReport()
         await network.ensure_host_guards(self.settings.blocked_ranges)
+        for directory, complete in (
+            (self.layout.sandboxes_dir, pause_complete),
+            (self.layout.images_dir, template_complete),
+        ):
+            finished = await finish_interrupted(directory, complete, self._stop_vm_in)
+            report.committed += finished.committed
+            report.put_back += finished.restored
+        for leftover in leftover_dirs(self.layout):
+            await self._stop_vm_in(leftover)  # e.g. a template builder's VM
         report.swept = sweep_leftovers(self.layout)
         for state_file in running_state_files(self.layout):
             capsule_id = state_file.parent.name
@@ -379,6 +453,7 @@ class SandboxManager:
                 report.adopted.append(capsule_id)
             else:
                 report.cleaned.append(capsule_id)
+        report.cleaned += await self._clean_unadopted(frozenset(report.adopted))
         paused = restore_paused(self.layout, self.slots, skip=frozenset(report.adopted))
         report.trashed = paused.trashed
         for found in paused.restored:
@@ -389,14 +464,25 @@ class SandboxManager:
                 last_active_at=found.meta.created_at.timestamp(),
             )
             report.paused.append(found.capsule_id)
+        used = frozenset(c.meta.template_name for c in self._capsules.values())
+        for path in unused_ephemeral_templates(self.layout, used):
+            log.info("recovery: removing unused fork template %s", path.name)
+            trashed = trash_dir(path)
+            if trashed is not None:
+                shutil.rmtree(trashed, ignore_errors=True)
+            report.unused_templates.append(path.name)
         await self._reap_stray_namespaces()
         log.info(
-            "recovery: swept=%d adopted=%d paused=%d cleaned=%d trashed=%d",
+            "recovery: committed=%d put_back=%d swept=%d adopted=%d paused=%d cleaned=%d "
+            "trashed=%d unused_templates=%d",
+            len(report.committed),
+            len(report.put_back),
             len(report.swept),
             len(report.adopted),
             len(report.paused),
             len(report.cleaned),
             len(report.trashed),
+            len(report.unused_templates),
         )
         return report
 
@@ -524,26 +610,62 @@ class SandboxManager:
         path = self.layout.sandbox_dir(capsule.capsule_id) / RUNNING_STATE
         write_json_atomic(path, state.to_json())
 
-    async def _release_everything(self, capsule: Capsule) -> None:
-        """Kill the VM, tear down the network, free the slot, remove the dir (idempotent)."""
+    async def _release_everything(
+        self, capsule: Capsule, *, on_step: StepHook | None = None
+    ) -> None:
+        """Kill the VM, tear down the network, free the slot, remove the dir (idempotent).
+
+        The order makes every crash in between recoverable: a dir without its VM is
+        cleaned by recovery, a trash dir is swept."""
         await self._close_guest(capsule)
         vm = capsule.vm
         if vm is not None:
             with contextlib.suppress(VMError):
                 await self.runtime.kill(vm)
             capsule.vm = None
+        if on_step is not None:
+            on_step("after_kill")
         with contextlib.suppress(HostError):
             await network.remove_network(capsule.net)
         self.slots.release(capsule.meta.slot_index)
         run_dir = self.layout.sandbox_dir(capsule.capsule_id)
+        # A pause whose commit failed leaves a whole staging dir that recovery would commit.
+        for staging in run_dir.parent.glob(f"{run_dir.name}.staging-*"):
+            await asyncio.to_thread(shutil.rmtree, staging, True)
         if run_dir.exists():
             trashed = trash_dir(run_dir)
+            if on_step is not None:
+                on_step("after_trash")
             if trashed is not None:
                 await asyncio.to_thread(shutil.rmtree, trashed, True)
 
-    async def _vm_alive(self, vm: VMHandle) -> bool:
-        from pywrenn.vmm import VMState
+    async def _stop_vm_in(self, run_dir: Path) -> None:
+        """Kill a VM whose run dir this is, if one is alive (the runtime checks it is ours)."""
+        with contextlib.suppress(VMError, OSError):
+            vm = await self.runtime.adopt(run_dir, timeout=2.0)
+            log.info("recovery: stopping VM pid %d of %s", vm.pid, run_dir.name)
+            await self.runtime.kill(vm)
 
+    async def _clean_unadopted(self, adopted: frozenset[str]) -> list[str]:
+        """Stop VMs of capsule dirs nobody adopted (a resume or create that died before
+        its running state), and remove dirs that hold no snapshot at all (a create that
+        never ran): they have nothing to keep."""
+        cleaned: list[str] = []
+        if not self.layout.sandboxes_dir.is_dir():
+            return cleaned
+        for path in sorted(self.layout.sandboxes_dir.iterdir()):
+            if path.name in adopted or not path.is_dir() or parse_leftover(path.name):
+                continue
+            await self._stop_vm_in(path)
+            if not any((path / name).exists() for name in (SNAPSHOT_META, VM_META, RUNNING_STATE)):
+                log.info("recovery: removing %s, a create that never finished", path.name)
+                trashed = trash_dir(path)
+                if trashed is not None:
+                    await asyncio.to_thread(shutil.rmtree, trashed, True)
+                cleaned.append(path.name)
+        return cleaned
+
+    async def _vm_alive(self, vm: VMHandle) -> bool:
         with contextlib.suppress(Exception):
             return (await self.runtime.info(vm)).state is not VMState.GONE
         return False
@@ -560,6 +682,9 @@ class SandboxManager:
         if state is not None:
             try:
                 vm = await self.runtime.adopt(run_dir)
+                # A pause that died before its snapshot was whole left the VM stopped
+                # (its staging dir is gone by now): let it run again.
+                await self.runtime.cont(vm)
                 self.slots.reserve(state.meta.slot_index, capsule_id)
                 capsule = Capsule(capsule_id=capsule_id, state=S.RUNNING, meta=state.meta, vm=vm)
                 client = EnvdClient(
@@ -568,7 +693,9 @@ class SandboxManager:
                 )
                 await client.wait_health(timeout=10.0)
                 capsule.envd = client
+                # A resume that died after its running state: the pause is consumed.
                 (run_dir / SNAPSHOT_META).unlink(missing_ok=True)
+                discard_pause(run_dir)
                 self._capsules[capsule_id] = capsule
                 log.info("recovery: re-adopted running capsule %s (pid %d)", capsule_id, vm.pid)
                 return True
@@ -589,7 +716,10 @@ class SandboxManager:
                 return False  # restore_paused takes it from here
         if state is not None:
             self.slots.release(state.meta.slot_index)
-        trash_dir(run_dir)
+        # A running capsule whose VM is gone has nothing to keep.
+        trashed = trash_dir(run_dir)
+        if trashed is not None:
+            await asyncio.to_thread(shutil.rmtree, trashed, True)
         return False
 
     async def _reap_stray_namespaces(self) -> None:
@@ -644,3 +774,19 @@ def capsule_versions(source: dict[str, str], *, vmm: str, accel: str) -> dict[st
         "vmm_accel": accel,
         "agent_version": __version__,
     }
+
+
+def _never_left_pausing(capsule: Capsule) -> None:
+    # `_pause_to_disk` ends in running, paused or failed; anything it did not foresee
+    # (a cancellation between steps) must not leave the capsule pausing forever.
+    if capsule.state is S.PAUSING:
+        capsule.move_to(S.FAILED)
+
+
+def _crash_hook(op: str) -> StepHook:
+    """Step hook that turns a runtime's step names into crash points `{op}.{step}`."""
+
+    def hook(step: str) -> None:
+        crash_point(f"{op}.{step}")
+
+    return hook

@@ -1,9 +1,15 @@
 """Startup recovery of capsules left on disk by a previous agent, before serving.
 
-Owns: the order and rules of recovery (see docs/design.md, "startup recovery"):
+Owns: the order and rules of recovery (see docs/hostagent.md, "Crash steps"):
 
-1. `sweep_leftovers`: remove every `{id}.staging-*` and `{id}.trash-*` dir. A staging dir
-   is a pause that never finished; the capsule's real dir is untouched by design.
+0. `finish_interrupted`: a commit (`vmm.commit_staging`) that died half way is finished
+   or rolled back. A staging dir whose metas verify (`pause_complete`,
+   `template_complete`) is a finished snapshot: it becomes the final dir, whatever was
+   there. A trash dir whose final dir is missing, beside a staging dir that is not
+   complete, is the old final dir: it is put back. Everything else is left to the sweep.
+1. `sweep_leftovers`: remove every other `{id}.staging-*` and `{id}.trash-*` dir, under
+   sandboxes/ and images/. A staging dir that is not complete is a pause or template
+   that never finished; the capsule's real dir is untouched by design.
 2. Running capsules are re-adopted by the manager (it needs the VM runtime); this module
    only lists their state files.
 3. `restore_paused`: Wrenn's `RestorePausedSandboxes`, rule for rule. Parse each
@@ -11,6 +17,8 @@ Owns: the order and rules of recovery (see docs/design.md, "startup recovery"):
    UUIDs; for several snapshots of one slot keep the newest and trash the others; reserve
    the winner's slot (trash it if that fails). It logs and goes on: one bad dir never
    fails startup.
+4. `unused_ephemeral_templates`: fork templates no capsule uses any more (a fork that
+   died before its children existed).
 """
 
 from __future__ import annotations
@@ -20,13 +28,22 @@ import shutil
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pywrenn.hostagent.errors import HostAgentError
-from pywrenn.hostagent.meta import RUNNING_STATE, MetaError, SnapshotMeta, read_snapshot_meta
+from pywrenn.hostagent.meta import (
+    RUNNING_STATE,
+    TEMPLATE_META,
+    MetaError,
+    SnapshotMeta,
+    read_json,
+    read_snapshot_meta,
+)
 from pywrenn.hostagent.slots import SlotAllocator
 from pywrenn.layout import SNAPSHOT_META, Layout, parse_leftover
+from pywrenn.vmm import SnapshotError, SnapshotKind, commit_staging, read_meta
 
 log = logging.getLogger("pywrenn.hostagent.recovery")
 
@@ -43,15 +60,87 @@ class PausedRecovery:
     trashed: list[tuple[str, str]] = field(default_factory=list)  # (dir name, reason)
 
 
+@dataclass
+class FinishedCommits:
+    committed: list[str] = field(default_factory=list)  # staging dirs made final
+    restored: list[str] = field(default_factory=list)  # trash dirs put back
+
+
+def pause_complete(staging: Path) -> bool:
+    """Both metas verify: the runtime's (state and disk whole) and the capsule's."""
+    try:
+        if read_meta(staging).kind is not SnapshotKind.PAUSE:
+            return False
+        read_snapshot_meta(staging / SNAPSHOT_META)
+    except (SnapshotError, MetaError, ValueError, TypeError, KeyError):
+        return False
+    return True
+
+
+def template_complete(staging: Path) -> bool:
+    """The runtime's template meta verifies and the template record is written."""
+    try:
+        if read_meta(staging).kind is not SnapshotKind.TEMPLATE:
+            return False
+        read_json(staging / TEMPLATE_META)
+    except (SnapshotError, MetaError):
+        return False
+    return True
+
+
+async def finish_interrupted(
+    directory: Path,
+    complete: Callable[[Path], bool],
+    stop_vm: Callable[[Path], Awaitable[None]],
+) -> FinishedCommits:
+    """Finish or roll back commits that died between their steps (see module doc).
+
+    `stop_vm(final)` runs before a complete staging replaces `final`: a VM there was
+    stopped for good when its snapshot was written, and must never run again (its disk
+    is the snapshot's now)."""
+    report = FinishedCommits()
+    if not directory.is_dir():
+        return report
+    groups: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
+    for path in directory.iterdir():
+        leftover = parse_leftover(path.name)
+        if leftover is not None and path.is_dir():
+            groups[leftover.capsule_id][leftover.kind].append(path)
+    for name, kinds in sorted(groups.items()):
+        final = directory / name
+        stagings = sorted(kinds["staging"], key=_stamp, reverse=True)
+        done = next((s for s in stagings if complete(s)), None)
+        if done is not None:
+            if final.exists():
+                await stop_vm(final)
+            commit_staging(done, final)
+            log.info("recovery: committed %s (its snapshot was whole)", done.name)
+            report.committed.append(done.name)
+        elif stagings and kinds["trash"] and not final.exists():
+            newest = max(kinds["trash"], key=_stamp)
+            newest.rename(final)
+            log.info("recovery: put back %s as %s", newest.name, final.name)
+            report.restored.append(newest.name)
+    return report
+
+
+def leftover_dirs(layout: Layout) -> list[Path]:
+    """Staging and trash dirs under sandboxes/ and images/ (crash leftovers)."""
+    found: list[Path] = []
+    for directory in (layout.sandboxes_dir, layout.images_dir):
+        if directory.is_dir():
+            found += sorted(p for p in directory.iterdir() if parse_leftover(p.name) is not None)
+    return found
+
+
 def sweep_leftovers(layout: Layout) -> list[str]:
     """Remove crash leftovers (staging and trash dirs); return their names."""
     removed: list[str] = []
-    if not layout.sandboxes_dir.is_dir():
-        return removed
-    for path in sorted(layout.sandboxes_dir.iterdir()):
-        if parse_leftover(path.name) is None:
-            continue
-        shutil.rmtree(path, ignore_errors=True)
+    for path in leftover_dirs(layout):
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
         if path.exists():
             log.warning("sweep: could not remove %s", path)
         else:
@@ -59,6 +148,28 @@ def sweep_leftovers(layout: Layout) -> list[str]:
     if removed:
         log.info("sweep: removed %d leftover dirs", len(removed))
     return removed
+
+
+def unused_ephemeral_templates(layout: Layout, used: frozenset[str]) -> list[Path]:
+    """Fork templates (ephemeral) that no capsule in `used` (template names) depends on."""
+    found: list[Path] = []
+    if not layout.images_dir.is_dir():
+        return found
+    for path in sorted(layout.images_dir.iterdir()):
+        if path.is_symlink() or not path.is_dir() or parse_leftover(path.name) is not None:
+            continue
+        try:
+            record = read_json(path / TEMPLATE_META)
+        except MetaError:
+            continue
+        if record.get("ephemeral") is True and path.name not in used:
+            found.append(path)
+    return found
+
+
+def _stamp(path: Path) -> int:
+    leftover = parse_leftover(path.name)
+    return leftover.stamp_ns if leftover is not None else 0
 
 
 def running_state_files(layout: Layout) -> list[Path]:

@@ -41,6 +41,7 @@ from pywrenn.hostagent.errors import (
     HostError,
     InvalidRequest,
 )
+from pywrenn.hostagent.faults import crash_point
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
 from pywrenn.hostagent.meta import TEMPLATE_META, read_json, write_json_atomic
 from pywrenn.hostagent.network import SlotNetwork
@@ -124,6 +125,7 @@ class TemplateService:
             try:
                 if was_running:
                     await self.manager.pause(capsule_id)
+                    crash_point("snapshot.after_pause")
                 try:
                     async with capsule.lifecycle:  # nobody resumes it while we read it
                         info = await self._build(capsule_id, name, ephemeral=ephemeral)
@@ -163,6 +165,7 @@ class TemplateService:
             raise CapsuleStateConflict(capsule_id, source.state.value, "fork")
         name = f"fork-{capsule_id}-{time.time_ns()}"
         await self.snapshot(capsule_id, name, ephemeral=True)
+        crash_point("fork.after_template")
         meta = source.meta
         request = CreateRequest(
             template=name,
@@ -184,6 +187,7 @@ class TemplateService:
             ),
             return_exceptions=True,
         )
+        crash_point("fork.after_children")
         children = [r for r in results if isinstance(r, CapsuleInfo)]
         failure = next((r for r in results if isinstance(r, BaseException)), None)
         if failure is not None:
@@ -228,12 +232,14 @@ class TemplateService:
                 template_memory=builder_dir / "memory",
                 timeout=self.manager.settings.restore_timeout_s,
             )
+            crash_point("snapshot.after_builder")
             # Clones must not inherit this capsule's token: each is given its own.
             async with EnvdClient(vm.network.agent_url(), access_token=capsule.access_token) as c:
                 await c.init_defaults(accessToken="")
                 await c.snapshot_prepare()
             await runtime.template_snapshot(vm, staging)
             vm = None  # consumed
+            crash_point("snapshot.after_freeze")
             meta = capsule.meta
             info = TemplateInfo(
                 name=name,
@@ -248,6 +254,7 @@ class TemplateService:
             record: dict[str, Any] = {**asdict(info), "versions": dict(meta.versions)}
             write_json_atomic(staging / TEMPLATE_META, record)
             commit_staging(staging, self.layout.image_dir(name))
+            crash_point("snapshot.after_commit")
             return info
         except (VMError, EnvdError, OSError) as exc:
             raise HostError(f"template {name!r} from {capsule_id} failed: {exc}") from exc

@@ -25,11 +25,12 @@ from pywrenn.vmm.runtime import (
     NetworkSpec,
     Runtime,
     SnapshotKind,
+    StepHook,
     VMHandle,
     VMInfo,
     VMState,
 )
-from pywrenn.vmm.snapshot import SnapshotMeta, read_meta
+from pywrenn.vmm.snapshot import SnapshotMeta, discard_pause, read_meta
 from pywrenn.vmm.staging import commit_staging
 
 __all__ = [
@@ -49,11 +50,13 @@ __all__ = [
     "SnapshotError",
     "SnapshotKind",
     "SnapshotMeta",
+    "StepHook",
     "VMError",
     "VMGoneError",
     "VMHandle",
     "VMInfo",
     "VMState",
     "commit_staging",
+    "discard_pause",
     "read_meta",
 ]

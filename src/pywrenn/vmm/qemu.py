@@ -49,6 +49,7 @@ from pywrenn.vmm.runtime import (
     NetworkSpec,
     Runtime,
     SnapshotKind,
+    StepHook,
     VMHandle,
     VMInfo,
     VMState,
@@ -356,11 +357,9 @@ class QemuRuntime:
                     await qmp.execute("getfd", {"fdname": "wrenn-state"}, fds=(fd,))
                     await qmp.execute("migrate-incoming", {"uri": "fd:wrenn-state"})
                     await _wait_status(qmp, lambda s: s != "inmigrate", timeout=timeout)
-                if in_place:
-                    # From `cont` on, the guest writes the disk: the pause is consumed.
-                    # Drop the meta first so a crash can never offer it as a snapshot again.
-                    (snapshot_dir / VM_META).unlink()
-                    (snapshot_dir / STATE_FILE).unlink()
+                # In place, the pause stays a snapshot until the caller drops it
+                # (`discard_pause`) once the guest answers: a resume that fails or dies
+                # before then can be retried.
                 await qmp.execute("cont")
             await _ready_agent(
                 vm, timeout=timeout, agent_token=agent_token, init_fields=init_fields
@@ -376,13 +375,47 @@ class QemuRuntime:
         log.info("restored %s from %s (%s)", vm.vm_id, snapshot_dir, meta.kind.value)
         return vm
 
-    async def pause_to_dir(self, vm: VMHandle, staging_dir: Path, *, timeout: float = 60.0) -> Path:
-        return await self._snapshot(vm, staging_dir, SnapshotKind.PAUSE, timeout=timeout)
+    async def pause_to_dir(
+        self,
+        vm: VMHandle,
+        staging_dir: Path,
+        *,
+        timeout: float = 60.0,
+        extra_files: Mapping[str, bytes] | None = None,
+        on_step: StepHook | None = None,
+    ) -> Path:
+        return await self._snapshot(
+            vm,
+            staging_dir,
+            SnapshotKind.PAUSE,
+            timeout=timeout,
+            extra_files=extra_files or {},
+            on_step=on_step or _no_step,
+        )
 
     async def template_snapshot(
-        self, vm: VMHandle, staging_dir: Path, *, timeout: float = 60.0
+        self,
+        vm: VMHandle,
+        staging_dir: Path,
+        *,
+        timeout: float = 60.0,
+        on_step: StepHook | None = None,
     ) -> Path:
-        return await self._snapshot(vm, staging_dir, SnapshotKind.TEMPLATE, timeout=timeout)
+        return await self._snapshot(
+            vm,
+            staging_dir,
+            SnapshotKind.TEMPLATE,
+            timeout=timeout,
+            extra_files={},
+            on_step=on_step or _no_step,
+        )
+
+    async def cont(self, vm: VMHandle, *, timeout: float = 10.0) -> None:
+        async with _qmp(vm, timeout=timeout) as qmp:
+            status = str((await qmp.execute("query-status", timeout=timeout))["status"])
+            if status != "running":
+                log.info("continuing %s, left %s by an interrupted snapshot", vm.vm_id, status)
+                await qmp.execute("cont", timeout=timeout)
 
     async def kill(self, vm: VMHandle, *, timeout: float = 10.0, grace: float = 0.0) -> None:
         try:
@@ -469,7 +502,14 @@ class QemuRuntime:
         return vm
 
     async def _snapshot(
-        self, vm: VMHandle, staging: Path, kind: SnapshotKind, *, timeout: float
+        self,
+        vm: VMHandle,
+        staging: Path,
+        kind: SnapshotKind,
+        *,
+        timeout: float,
+        extra_files: Mapping[str, bytes],
+        on_step: StepHook,
     ) -> Path:
         record = _read_record(vm.run_dir)
         template = kind is SnapshotKind.TEMPLATE
@@ -478,6 +518,9 @@ class QemuRuntime:
             raise SnapshotError(f"not a template source: {vm.vm_id} has no shared memory file")
         if not template and shared:
             raise SnapshotError(f"unsupported: pausing template source {vm.vm_id}; snapshot it")
+        for name in extra_files:
+            if not name or "/" in name or name.startswith(".") or name in _OWN_FILES:
+                raise ValueError(f"invalid: extra snapshot file name {name!r}")
         try:
             staging.mkdir(parents=False, exist_ok=False)
         except OSError as exc:
@@ -489,6 +532,7 @@ class QemuRuntime:
             await _ignore_shared(qmp, on=template)
             await qmp.execute("migrate-set-parameters", {"max-bandwidth": MAX_BANDWIDTH})
             await qmp.execute("stop")
+            on_step("after_stop")
             try:
                 # We open the file and hand QEMU the fd: no shell, and we choose the flags.
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -499,44 +543,84 @@ class QemuRuntime:
                     os.close(fd)
                 await qmp.execute("migrate", {"uri": "fd:wrenn-state"})
                 await _wait_migration(qmp, timeout=timeout)
+                on_step("after_migrate")
+                if not template:
+                    # Migration done: QEMU has flushed and released the disk and the vCPUs
+                    # stay stopped, so the pause is made whole (meta written last) while
+                    # the VM still exists. A crash from here on loses nothing.
+                    meta = await asyncio.to_thread(
+                        _complete_pause, vm, record, staging, extra_files
+                    )
             except BaseException:
                 # Leave the VM as we found it: running, its disk re-activated by `cont`.
+                # A staging dir whose VM runs again must never look complete.
+                (staging / VM_META).unlink(missing_ok=True)
                 with contextlib.suppress(QMPError):
                     await qmp.execute("cont")
                 raise
+            if not template:
+                on_step("after_meta")
             with contextlib.suppress(QMPError):
                 await qmp.execute("quit")
         # quit makes QEMU exit on its own; give it a moment, then insist.
         await self.kill(vm, timeout=timeout, grace=2.0)
-        # The VM is dead, so its disk (and template RAM) are frozen: move them beside the state.
-        _link_or_copy(vm.run_dir / DISK_FILE, staging / DISK_FILE)
-        memory_bytes = 0
+        on_step("after_quit")
         if template:
+            # The VM is dead, so its disk and RAM file are frozen: move them beside the state.
+            _link_or_copy(vm.run_dir / DISK_FILE, staging / DISK_FILE)
             # A template depends on the read-only base image only, never on another
             # template: deleting the template a capsule was made from must not break
             # the templates made from that capsule.
             await flatten_overlay(staging / DISK_FILE)
             memory = Path(record["memory_file"])
             memory.rename(staging / MEMORY_FILE)
-            memory_bytes = (staging / MEMORY_FILE).stat().st_size
-        meta = SnapshotMeta(
-            kind=kind,
-            kernel=record["kernel"],
-            initramfs=record["initramfs"],
-            cmdline=record["cmdline"],
-            vcpus=record["vcpus"],
-            memory_mb=record["memory_mb"],
-            accel=record["accel"],
-            vmm_version=record["vmm_version"],
-            state_bytes=state_path.stat().st_size,
-            disk_bytes=(staging / DISK_FILE).stat().st_size,
-            memory_bytes=memory_bytes,
-            memory_file="" if template else str(record.get("memory_file") or ""),
-            taken_at_ns=time.time_ns(),
-        )
-        await asyncio.to_thread(write_meta, staging, meta)
+            meta = _snapshot_meta(
+                kind, record, staging, memory_bytes=(staging / MEMORY_FILE).stat().st_size
+            )
+            await asyncio.to_thread(write_meta, staging, meta)
         log.info("%s snapshot of %s: %d bytes of state", kind.value, vm.vm_id, meta.state_bytes)
         return staging
+
+
+def _complete_pause(
+    vm: VMHandle, record: dict[str, Any], staging: Path, extra_files: Mapping[str, bytes]
+) -> SnapshotMeta:
+    """Disk beside the state, the caller's files, then our meta last (all fsynced)."""
+    _link_or_copy(vm.run_dir / DISK_FILE, staging / DISK_FILE)
+    for name, data in extra_files.items():
+        fd = os.open(staging / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+    meta = _snapshot_meta(SnapshotKind.PAUSE, record, staging, memory_bytes=0)
+    write_meta(staging, meta)
+    return meta
+
+
+def _snapshot_meta(
+    kind: SnapshotKind, record: dict[str, Any], staging: Path, *, memory_bytes: int
+) -> SnapshotMeta:
+    template = kind is SnapshotKind.TEMPLATE
+    return SnapshotMeta(
+        kind=kind,
+        kernel=record["kernel"],
+        initramfs=record["initramfs"],
+        cmdline=record["cmdline"],
+        vcpus=record["vcpus"],
+        memory_mb=record["memory_mb"],
+        accel=record["accel"],
+        vmm_version=record["vmm_version"],
+        state_bytes=(staging / STATE_FILE).stat().st_size,
+        disk_bytes=(staging / DISK_FILE).stat().st_size,
+        memory_bytes=memory_bytes,
+        memory_file="" if template else str(record.get("memory_file") or ""),
+        taken_at_ns=time.time_ns(),
+    )
+
+
+def _no_step(_: str) -> None:
+    return None
 
 
 async def create_overlay(base: Path, overlay: Path) -> None:
@@ -734,6 +818,10 @@ def _is_our_vm(pid: int, run_dir: Path) -> bool:
     return host.pid_alive(pid) and any(
         str(run_dir / QMP_SOCK) in arg for arg in host.pid_cmdline(pid)
     )
+
+
+# Names the runtime writes into a snapshot dir; a caller's extra files may not take them.
+_OWN_FILES = frozenset({STATE_FILE, DISK_FILE, MEMORY_FILE, VM_META})
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

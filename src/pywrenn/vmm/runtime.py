@@ -8,7 +8,7 @@ Cloud Hypervisor backend would be one more module that satisfies `Runtime`.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -19,12 +19,17 @@ __all__ = [
     "NetworkSpec",
     "Runtime",
     "SnapshotKind",
+    "StepHook",
     "VMHandle",
     "VMInfo",
     "VMState",
 ]
 
 AGENT_PORT = 49983  # envd's port inside every guest (E2B's number)
+
+# Called with the name of each step a multi-step operation has just finished (e.g.
+# "after_quit"), so a caller can log, measure or inject faults between steps.
+StepHook = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -160,23 +165,50 @@ class Runtime(Protocol):
     ) -> VMHandle:
         """Start a VM from a pause dir or a template dir; wait for the agent; reseed it.
 
+        Restoring a pause dir in place (`run_dir` == `snapshot_dir`) keeps the snapshot:
+        the caller drops it with `discard_pause` once the guest is its own again, so a
+        resume that fails (or dies) before then can be retried.
         `agent_token` is the guest agent's access token, if the snapshot's agent has one.
         `template_memory` (pause dirs only): put the VM's RAM in that file, shared, so the
         restored VM can then be frozen with `template_snapshot`. `init_fields`: as `boot`."""
         ...
 
-    async def pause_to_dir(self, vm: VMHandle, staging_dir: Path, *, timeout: float = 60.0) -> Path:
+    async def pause_to_dir(
+        self,
+        vm: VMHandle,
+        staging_dir: Path,
+        *,
+        timeout: float = 60.0,
+        extra_files: Mapping[str, bytes] | None = None,
+        on_step: StepHook | None = None,
+    ) -> Path:
         """Snapshot `vm` into `staging_dir` (RAM + devices + disk) and stop the VM.
 
-        The caller swaps `staging_dir` into place with `commit_staging`."""
+        `extra_files` (name -> bytes) are the caller's own records, written and fsynced
+        into `staging_dir` before the runtime's meta, so the dir is complete (meta present)
+        before the VM is gone: a crash after that loses nothing. Until then a failure
+        leaves the VM running. `on_step` hears "after_stop", "after_migrate",
+        "after_meta" and "after_quit". The caller swaps `staging_dir` into place with
+        `commit_staging`."""
         ...
 
     async def template_snapshot(
-        self, vm: VMHandle, staging_dir: Path, *, timeout: float = 60.0
+        self,
+        vm: VMHandle,
+        staging_dir: Path,
+        *,
+        timeout: float = 60.0,
+        on_step: StepHook | None = None,
     ) -> Path:
         """Freeze `vm` (booted with `template_memory`) into a template in `staging_dir`.
 
         Consumes the VM: it is killed afterwards."""
+        ...
+
+    async def cont(self, vm: VMHandle, *, timeout: float = 10.0) -> None:
+        """Let a VM that an interrupted snapshot left stopped run again (no-op if running).
+
+        Only for a VM whose snapshot dir was discarded: from here its disk changes."""
         ...
 
     async def kill(self, vm: VMHandle, *, timeout: float = 10.0) -> None:

@@ -26,6 +26,7 @@ __all__ = [
     "STATE_FILE",
     "VM_META",
     "SnapshotMeta",
+    "discard_pause",
     "read_meta",
     "write_meta",
 ]
@@ -77,6 +78,15 @@ def write_meta(directory: Path, meta: SnapshotMeta) -> None:
     tmp.replace(directory / VM_META)
 
 
+def discard_pause(directory: Path) -> None:
+    """Make a pause dir no longer a snapshot (its VM runs again): meta first, then state.
+
+    Idempotent. The meta goes first so a crash in between never offers a half snapshot."""
+    (directory / VM_META).unlink(missing_ok=True)
+    (directory / STATE_FILE).unlink(missing_ok=True)
+    _fsync_dir(directory)
+
+
 def read_meta(directory: Path) -> SnapshotMeta:
     """Read and verify a snapshot dir; raise SnapshotError if anything is missing or short."""
     path = directory / VM_META
@@ -108,6 +118,14 @@ def verify_files(directory: Path, meta: SnapshotMeta) -> None:
 
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:

@@ -15,6 +15,8 @@ import shutil
 import time
 from pathlib import Path
 
+from pywrenn.vmm.runtime import StepHook
+
 __all__ = ["commit_staging", "trash_name"]
 
 
@@ -24,13 +26,14 @@ def trash_name(final: Path, stamp_ns: int | None = None) -> Path:
     return final.with_name(f"{final.name}.trash-{stamp}")
 
 
-def commit_staging(staging: Path, final: Path) -> None:
+def commit_staging(staging: Path, final: Path, *, on_step: StepHook | None = None) -> None:
     """Make `staging` the new `final`: final → trash, staging → final, remove trash.
 
     Each step is one rename(2) on one filesystem, so `final` is at every instant either
     absent (between the two renames), the old dir or the new one, never a mixture. A crash
-    between the renames leaves staging + trash, and the sweep must then prefer staging
-    only if it is complete (it holds a meta file written last).
+    between the renames leaves staging + trash; recovery then commits the staging if it
+    is complete (its metas verify) and puts the trash back otherwise. `on_step` hears
+    "after_trash" (between the renames) and "after_commit".
     """
     if not staging.is_dir():
         raise FileNotFoundError(f"missing: staging dir {staging}")
@@ -40,8 +43,12 @@ def commit_staging(staging: Path, final: Path) -> None:
     if final.exists():
         trash = trash_name(final)
         final.rename(trash)
+        if on_step is not None:
+            on_step("after_trash")
     staging.rename(final)
     _fsync_dir(final.parent)
+    if on_step is not None:
+        on_step("after_commit")
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
 
