@@ -103,6 +103,8 @@ while True:
             fds = []
             if out.get("hang"):
                 continue
+            if out.get("exit"):  # a VMM that rejects what it was given and quits
+                os._exit(1)
             out = {k: v for k, v in out.items()}
             out["id"] = req.get("id")
             conn.sendall(json.dumps(out).encode() + b"\n")

@@ -22,6 +22,7 @@ from pywrenn.vmm import (
     NetworkSpec,
     QemuRuntime,
     SnapshotError,
+    SnapshotIncompatible,
     SnapshotKind,
     VMGoneError,
     VMState,
@@ -287,3 +288,35 @@ async def test_extra_files_may_not_shadow_the_runtime_files(fake: Fake) -> None:
                 )
     finally:
         await rt.kill(vm)
+
+
+async def paused_snapshot(fake: Fake, name: str) -> BootSpec:
+    rt = fake.runtime()
+    spec = fake.spec(name)
+    vm = await rt.boot(spec)
+    staging = spec.run_dir.with_name(f"{name}.staging-1")
+    await rt.pause_to_dir(vm, staging)
+    commit_staging(staging, spec.run_dir)
+    fake.take()
+    return spec
+
+
+async def test_restore_rejected_by_the_vmm_is_incompatible(fake: Fake) -> None:
+    """A VMM that quits while reading the saved state cannot load this snapshot: the one
+    failure after which a base snapshot may be set aside."""
+    spec = await paused_snapshot(fake, "a")
+    fake.table({"migrate-incoming": {"exit": True}})
+    with pytest.raises(SnapshotIncompatible, match="restore failed"):
+        await fake.runtime().restore(spec.run_dir, spec.run_dir, spec.network, timeout=5.0)
+    assert read_meta(spec.run_dir).kind is SnapshotKind.PAUSE  # still whole, still there
+
+
+async def test_restore_timeout_is_not_incompatible(fake: Fake) -> None:
+    """A load that is merely slow (a busy host) says nothing about the snapshot: before,
+    every restore failure read as "cannot load" and got the base snapshot moved away
+    from under the capsules made from it."""
+    spec = await paused_snapshot(fake, "b")
+    fake.table({"query-status": {"return": {"status": "inmigrate", "running": False}}})
+    with pytest.raises(SnapshotError, match="timeout") as caught:
+        await fake.runtime().restore(spec.run_dir, spec.run_dir, spec.network, timeout=0.3)
+    assert not isinstance(caught.value, SnapshotIncompatible)

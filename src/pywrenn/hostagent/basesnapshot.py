@@ -43,6 +43,7 @@ log = logging.getLogger("pywrenn.hostagent.base")
 
 SNAPSHOTS_DIR = "snapshots"
 BASE_META = "wrenn-base.json"
+STALE_MARK = "stale"  # written into a base snapshot this runtime failed to load
 
 
 def snapshot_key(manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> str:
@@ -55,11 +56,38 @@ def snapshot_key(manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> 
 def snapshot_dir(
     layout: Layout, manifest: images.ImageManifest, vcpus: int, memory_mb: int
 ) -> Path:
+    """The first generation's dir for this image build and size."""
     key = snapshot_key(manifest, vcpus, memory_mb)
     return layout.image_dir(manifest.template) / SNAPSHOTS_DIR / key
 
 
+def generations(first: Path) -> list[Path]:
+    """Every baked generation of one key, oldest first: `{key}`, `{key}.g2`, `{key}.g3`…
+
+    A snapshot set aside is never moved or rewritten: capsules made from it name its
+    disk as their overlay's backing file (and paused ones need it to resume), so a
+    re-bake goes to the next generation instead of its place."""
+    found = [first] if first.is_dir() else []
+    numbered = []
+    for path in first.parent.glob(f"{first.name}.g*"):
+        suffix = path.name[len(first.name) + 2 :]
+        if suffix.isascii() and suffix.isdigit() and path.is_dir():
+            numbered.append((int(suffix), path))
+    return found + [path for _, path in sorted(numbered)]
+
+
+def next_generation(first: Path) -> Path:
+    existing = generations(first)
+    if not existing:
+        return first
+    last = existing[-1]
+    number = 1 if last == first else int(last.name[len(first.name) + 2 :])
+    return first.with_name(f"{first.name}.g{number + 1}")
+
+
 def usable(path: Path) -> bool:
+    if (path / STALE_MARK).exists():
+        return False
     try:
         return read_vm_meta(path).kind is SnapshotKind.TEMPLATE
     except SnapshotError:
@@ -67,16 +95,20 @@ def usable(path: Path) -> bool:
 
 
 def find(layout: Layout, manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> Path | None:
-    path = snapshot_dir(layout, manifest, vcpus, memory_mb)
-    return path if usable(path) else None
+    """The newest usable generation for this image build and size, if any."""
+    for path in reversed(generations(snapshot_dir(layout, manifest, vcpus, memory_mb))):
+        if usable(path):
+            return path
+    return None
 
 
-def discard(path: Path) -> None:
-    """Set a snapshot aside that failed to restore (e.g. after a VMM upgrade), so the
-    next create boots and bakes a new one. Capsules already mapping it keep their files."""
+def discard(path: Path, reason: str) -> None:
+    """Mark a snapshot that this runtime cannot load (e.g. after a VMM upgrade) as stale,
+    so the next create boots and bakes the next generation. It stays where it is, whole:
+    capsules made from it keep their disk's backing file and stay resumable."""
     with contextlib.suppress(OSError):
-        path.rename(path.with_name(f"{path.name}.stale-{time.time_ns()}"))
-    log.warning("base snapshot %s set aside; the next create bakes a new one", path)
+        (path / STALE_MARK).write_text(f"{time.time_ns()} {reason}\n")
+    log.warning("base snapshot %s marked stale (%s); the next create bakes anew", path, reason)
 
 
 class BaseSnapshots:
@@ -116,11 +148,13 @@ class BaseSnapshots:
         self.manager.keep(task)
 
     async def _bake(self, manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> Path:
-        target = snapshot_dir(self.layout, manifest, vcpus, memory_mb)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        async with _bake_lock(target.parent / f".{target.name}.lock"):
-            if usable(target):
-                return target  # another agent on this WRENN_DIR baked it meanwhile
+        first = snapshot_dir(self.layout, manifest, vcpus, memory_mb)
+        first.parent.mkdir(parents=True, exist_ok=True)
+        async with _bake_lock(first.parent / f".{first.name}.lock"):
+            found = find(self.layout, manifest, vcpus, memory_mb)
+            if found is not None:
+                return found  # another agent on this WRENN_DIR baked it meanwhile
+            target = next_generation(first)
             started = time.monotonic()
             await self._boot_and_freeze(manifest, vcpus, memory_mb, target)
             log.info("base snapshot %s baked in %.1fs", target.name, time.monotonic() - started)

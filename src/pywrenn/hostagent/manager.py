@@ -72,6 +72,7 @@ from pywrenn.vmm import (
     NetworkSpec,
     Runtime,
     SnapshotError,
+    SnapshotIncompatible,
     SnapshotKind,
     StepHook,
     VMError,
@@ -240,12 +241,16 @@ class SandboxManager:
                             timeout=self.settings.restore_timeout_s,
                             init_fields=fields,
                         )
-                    except SnapshotError:
+                    except SnapshotError as exc:
                         if source.manifest is None:
                             raise
-                        # A base snapshot this runtime cannot load (e.g. after a VMM
-                        # upgrade): set it aside and boot; the next create bakes anew.
-                        discard(source.template_dir)
+                        # A base template can always be booted instead. Only a snapshot
+                        # this runtime cannot load (e.g. after a VMM upgrade) is marked
+                        # stale, so the next create bakes anew; a timeout on a loaded
+                        # host says nothing about the snapshot, which capsules depend on.
+                        log.warning("create %s: restore failed, booting: %s", capsule_id, exc)
+                        if isinstance(exc, SnapshotIncompatible):
+                            discard(source.template_dir, str(exc))
                 if vm is None:
                     assert source.manifest is not None
                     vm = await self.runtime.boot(

@@ -15,6 +15,7 @@ from pywrenn.vmm.errors import (
     QMPError,
     QMPTimeout,
     SnapshotError,
+    SnapshotIncompatible,
     VMError,
     VMGoneError,
 )
@@ -48,6 +49,7 @@ __all__ = [
     "QemuRuntime",
     "Runtime",
     "SnapshotError",
+    "SnapshotIncompatible",
     "SnapshotKind",
     "SnapshotMeta",
     "StepHook",

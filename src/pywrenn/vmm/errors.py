@@ -5,6 +5,7 @@
     ├── AccelProbeError        the accelerator probe itself could not run (not "KVM said no")
     ├── HostCommandError       a host tool (disk image tool, ip) failed; carries its stderr tail
     ├── SnapshotError          taking, verifying or loading a snapshot failed
+    │   └── SnapshotIncompatible  this runtime cannot load it (format, VMM rejected the stream)
     ├── VMGoneError            the VM's process is not running (killed, crashed, never adopted)
     └── QMPError               the control socket misbehaved
         ├── QMPConnectError    could not connect or negotiate capabilities
@@ -28,6 +29,7 @@ __all__ = [
     "QMPError",
     "QMPTimeout",
     "SnapshotError",
+    "SnapshotIncompatible",
     "VMError",
     "VMGoneError",
 ]
@@ -51,6 +53,12 @@ class HostCommandError(VMError):
 
 class SnapshotError(VMError):
     """A snapshot could not be taken, verified or loaded."""
+
+
+class SnapshotIncompatible(SnapshotError):
+    """This runtime cannot load the snapshot: its format is unknown, or the VMM rejected
+    the saved state. Unlike a timeout or a guest that did not answer, retrying will not
+    help: the only ways on are a new snapshot or an older VMM."""
 
 
 class VMGoneError(VMError):

@@ -37,8 +37,10 @@ from pywrenn.vmm.errors import (
     AccelProbeError,
     BootError,
     HostCommandError,
+    QMPDisconnected,
     QMPError,
     SnapshotError,
+    SnapshotIncompatible,
     VMError,
     VMGoneError,
 )
@@ -350,6 +352,7 @@ class QemuRuntime:
             incoming=True,
         )
         vm = await self._launch(cfg)
+        loading = True  # until the saved state is in: a VMM that dies here rejected it
         try:
             async with _qmp(vm) as qmp:
                 await _ignore_shared(qmp, on=template)
@@ -357,6 +360,7 @@ class QemuRuntime:
                     await qmp.execute("getfd", {"fdname": "wrenn-state"}, fds=(fd,))
                     await qmp.execute("migrate-incoming", {"uri": "fd:wrenn-state"})
                     await _wait_status(qmp, lambda s: s != "inmigrate", timeout=timeout)
+                loading = False
                 # In place, the pause stays a snapshot until the caller drops it
                 # (`discard_pause`) once the guest answers: a resume that fails or dies
                 # before then can be retried.
@@ -367,7 +371,12 @@ class QemuRuntime:
         except BaseException as exc:
             await self.kill(vm)
             if isinstance(exc, VMError):
-                raise SnapshotError(
+                # Only a VMM that quit or refused while reading the state says the snapshot
+                # cannot be loaded; a timeout or a guest slow to answer (a loaded host) says
+                # nothing about the snapshot, and must never get it set aside.
+                rejected = loading and isinstance(exc, QMPDisconnected | VMGoneError)
+                error = SnapshotIncompatible if rejected else SnapshotError
+                raise error(
                     f"restore failed: {snapshot_dir}: {exc}; "
                     f"vmm log: {_tail(run_dir / VMM_LOG)}; console: {_tail(run_dir / CONSOLE)}"
                 ) from exc

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from pywrenn.vmm.errors import SnapshotError
+from pywrenn.vmm.errors import SnapshotError, SnapshotIncompatible
 from pywrenn.vmm.runtime import SnapshotKind
 
 __all__ = [
@@ -97,7 +97,7 @@ def read_meta(directory: Path) -> SnapshotMeta:
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SnapshotError(f"unreadable: snapshot meta {path}: {exc}") from exc
     if meta.format_version != FORMAT_VERSION:
-        raise SnapshotError(f"unsupported: snapshot format {meta.format_version} in {path}")
+        raise SnapshotIncompatible(f"unsupported: snapshot format {meta.format_version} in {path}")
     verify_files(directory, meta)
     return meta
 
