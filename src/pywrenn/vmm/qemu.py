@@ -94,6 +94,8 @@ PRIVATE_UMASK = 0o077
 # nor elevateprivileges=deny: -daemonize needs fork and setsid, which those forbid
 # (QEMU 7.2 dies with SIGSYS / exit 1); see docs/vmm.md.
 SANDBOX = "on,obsolete=deny,resourcecontrol=deny"
+# The longest one /init attempt may take while the agent comes up (see _ready_agent).
+INIT_ATTEMPT_S = 30.0
 # QEMU's default migration bandwidth (32 MiB/s) would make a 100 MB pause take 3 s.
 MAX_BANDWIDTH = 100 * 1024**3
 PIPE_THRESHOLD = 8 * 1024**2
@@ -500,7 +502,8 @@ class QemuRuntime:
         for stale in (PIDFILE, QMP_SOCK, STDERR, VMM_LOG):
             (run / stale).unlink(missing_ok=True)
         argv = build_argv(cfg, binary=self.binary)
-        with open(run / STDERR, "wb") as err:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        with os.fdopen(os.open(run / STDERR, flags, 0o600), "wb") as err:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
@@ -741,10 +744,13 @@ async def _ready_agent(
     async with EnvdClient(vm.network.agent_url(), access_token=agent_token) as agent:
         while True:
             try:
+                # A total deadline per attempt (not per read). Generous: an /init the
+                # guest handled but we gave up on cannot be retried (the guest then
+                # wants the token it just got), and a loaded TCG guest can be slow.
                 await agent.init(
                     timestamp=rfc3339_now(),
                     entropy=secrets.token_bytes(64),
-                    timeout=5.0,
+                    timeout=max(min(deadline - loop.time(), INIT_ATTEMPT_S), 1.0),
                     **dict(init_fields or {}),
                 )
                 return
