@@ -57,3 +57,14 @@ async def test_kill_of_a_gone_pid_is_a_no_op(tmp_path: Path) -> None:
     gone = await start("true")
     await gone.wait()
     assert await host.kill_pid(gone.pid, str(tmp_path), timeout=1.0) is False
+
+
+def test_log_tail_reads_only_the_end(tmp_path: Path) -> None:
+    """A failure message quotes a log's end, reading at most its last window of bytes."""
+    from pywrenn.vmm.qemu import _tail
+
+    log = tmp_path / "console.log"
+    log.write_bytes(b"a" * (8 * 1024 * 1024) + b"\nthe end")
+    assert _tail(log, 7) == "the end"
+    assert _tail(log, 10**9, window=100) == ("a" * 92 + "\nthe end")
+    assert _tail(tmp_path / "missing.log") == "<no missing.log>"
