@@ -523,6 +523,11 @@ class QemuRuntime:
             pid = int((run / PIDFILE).read_text().strip())
         except (OSError, ValueError) as exc:
             raise BootError(f"no pidfile: {run / PIDFILE}: {exc}") from exc
+        if cfg.memory_file is not None and cfg.memory_shared:
+            # QEMU creates a shared RAM file after -daemonize has set its umask to 027
+            # (our 077 no longer applies): make this VM's RAM root's alone.
+            with contextlib.suppress(OSError):
+                os.chmod(cfg.memory_file, 0o600)
         vm = VMHandle(cfg.vm_id, pid, run, cfg.network, cfg.accel)
         record = {
             "vm_id": cfg.vm_id,
