@@ -14,8 +14,8 @@ Files a VM leaves in its run dir (see docs/vmm.md):
     vmm.log       QEMU's errors after it daemonised (-D)
     disk.qcow2    this VM's copy-on-write overlay
 
-Run and snapshot dirs are 0700 and everything in them 0600 (QEMU and qemu-img run with
-umask 077): guest RAM and disks are root's alone.
+Run and snapshot dirs are 0700 and everything in them 0600 (we create each file 0600, or
+chmod what QEMU and qemu-img create): guest RAM and disks are root's alone.
 """
 
 from __future__ import annotations
@@ -88,8 +88,6 @@ PROBE_OK = "WRENN-PROBE-OK"
 # CONSOLE_TAIL_BYTES in console.log for the error and the operator. QEMU wants a power of 2.
 CONSOLE_RING_BYTES = 1024 * 1024
 CONSOLE_TAIL_BYTES = 64 * 1024
-# Files QEMU and qemu-img create (overlays, RAM files, logs) are root's alone.
-PRIVATE_UMASK = 0o077
 # seccomp for every VM, when this QEMU has it (probed once per runtime). Not spawn=deny
 # nor elevateprivileges=deny: -daemonize needs fork and setsid, which those forbid
 # (QEMU 7.2 dies with SIGSYS / exit 1); see docs/vmm.md.
@@ -501,6 +499,10 @@ class QemuRuntime:
         run = cfg.run_dir
         for stale in (PIDFILE, QMP_SOCK, STDERR, VMM_LOG):
             (run / stale).unlink(missing_ok=True)
+        # Modes are set by us, not by a umask: the agent's event loop (uvloop) cannot
+        # give a child one, and QEMU's -daemonize resets its own to 027. QEMU appends to
+        # a -D log that exists, so it keeps this 0600 file.
+        _write_private(run / VMM_LOG, b"")
         argv = build_argv(cfg, binary=self.binary)
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         with os.fdopen(os.open(run / STDERR, flags, 0o600), "wb") as err:
@@ -511,7 +513,6 @@ class QemuRuntime:
                     stdout=asyncio.subprocess.DEVNULL,
                     stderr=err,
                     start_new_session=True,
-                    umask=PRIVATE_UMASK,
                 )
             except OSError as exc:
                 raise BootError(f"cannot start: {argv[0]}: {exc}") from exc
@@ -524,8 +525,8 @@ class QemuRuntime:
         except (OSError, ValueError) as exc:
             raise BootError(f"no pidfile: {run / PIDFILE}: {exc}") from exc
         if cfg.memory_file is not None and cfg.memory_shared:
-            # QEMU creates a shared RAM file after -daemonize has set its umask to 027
-            # (our 077 no longer applies): make this VM's RAM root's alone.
+            # QEMU creates a shared RAM file after -daemonize has set its umask to 027:
+            # make this VM's RAM root's alone.
             with contextlib.suppress(OSError):
                 os.chmod(cfg.memory_file, 0o600)
         vm = VMHandle(cfg.vm_id, pid, run, cfg.network, cfg.accel)
@@ -627,6 +628,7 @@ async def create_overlay(base: Path, overlay: Path) -> None:
     overlay.unlink(missing_ok=True)
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base.resolve()), "-F", fmt]
     await _run([*argv, str(overlay)])
+    os.chmod(overlay, 0o600)  # qemu-img creates it with the caller's umask
 
 
 async def _run(argv: list[str]) -> str:
@@ -636,7 +638,6 @@ async def _run(argv: list[str]) -> str:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            umask=PRIVATE_UMASK,
         )
         out, err = await proc.communicate()
     except OSError as exc:
