@@ -45,6 +45,10 @@ async def test_kill_still_kills_this_vm(tmp_path: Path) -> None:
     marker = str(tmp_path / "qmp.sock")
     fake_vmm = await start(sys.executable, "-c", "import time; time.sleep(300)", marker)
     try:
+        # Until it has exec'd, the child still shows our own cmdline (and is not the VM).
+        async with asyncio.timeout(30):
+            while marker not in host.pid_cmdline(fake_vmm.pid):
+                await asyncio.sleep(0.01)
         await QemuRuntime(tmp_path, sandbox=False).kill(handle(fake_vmm.pid, tmp_path))
         assert await asyncio.wait_for(fake_vmm.wait(), 30) == -signal.SIGKILL
     finally:
