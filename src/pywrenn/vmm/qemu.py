@@ -270,22 +270,27 @@ class QemuRuntime:
                 "-qmp", f"unix:{run / QMP_SOCK},server=on,wait=off",
             ]  # fmt: skip
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=asyncio.subprocess.PIPE,
-                    start_new_session=True,
-                )
+                # stderr to a file, not a pipe: the daemon keeps a pipe open, so reading
+                # it to EOF would wait for the daemon, not for the parent's exit status.
+                with open(run / STDERR, "wb") as err:
+                    proc = await asyncio.create_subprocess_exec(
+                        *argv,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.DEVNULL,
+                        stderr=err,
+                        start_new_session=True,
+                    )
                 async with asyncio.timeout(self._probe_timeout):
-                    _, err = await proc.communicate()
+                    rc = await proc.wait()
             except (OSError, TimeoutError) as exc:
                 return f"cannot start: {self.binary}: {exc!r}"
-            with contextlib.suppress(OSError, ValueError, TimeoutError):
-                pid = int((run / PIDFILE).read_text().strip())
-                await host.kill_pid(pid, str(run / QMP_SOCK), timeout=5.0)
-            if proc.returncode != 0:
-                return f"exit {proc.returncode}: {err.decode(errors='replace').strip()[-200:]}"
+            finally:
+                # The daemon, if one came up: killed by pid, checked against its socket.
+                with contextlib.suppress(OSError, ValueError, TimeoutError):
+                    pid = int((run / PIDFILE).read_text().strip())
+                    await host.kill_pid(pid, str(run / QMP_SOCK), timeout=5.0)
+            if rc != 0:
+                return f"exit {rc}: {_tail(run / STDERR, 200)}"
         return None
 
     async def probe_kvm(self, kernel: Path, initramfs: Path) -> str | None:
