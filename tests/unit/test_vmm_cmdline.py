@@ -54,7 +54,9 @@ def test_microvm_essentials() -> None:
     assert opt(argv, "-pidfile") == ["/r/cap1/qemu.pid"]
     assert opt(argv, "-D") == ["/r/cap1/vmm.log"]
     assert opt(argv, "-qmp") == ["unix:/r/cap1/qmp.sock,server=on,wait=off"]
-    assert opt(argv, "-chardev") == ["file,id=console,path=/r/cap1/console.log,append=on"]
+    # The console is a 1 MiB ring in QEMU, never a file a guest could grow (hole 4).
+    assert opt(argv, "-chardev") == ["ringbuf,id=console,size=1048576"]
+    assert "-sandbox" not in argv
     assert opt(argv, "-serial") == ["chardev:console"]
     assert opt(argv, "-append") == ["console=ttyS0 tsc_early_khz=2100000"]
     assert opt(argv, "-drive") == [
@@ -62,6 +64,11 @@ def test_microvm_essentials() -> None:
     ]
     assert "-incoming" not in argv
     assert "acpi=off" not in " ".join(argv)  # ACPI finds the virtio-mmio devices
+
+
+def test_sandbox_when_probed() -> None:
+    argv = build_argv(config(sandbox="on,obsolete=deny,resourcecontrol=deny"))
+    assert opt(argv, "-sandbox") == ["on,obsolete=deny,resourcecontrol=deny"]
 
 
 def test_kvm_accel() -> None:

@@ -9,7 +9,8 @@ from typing import Any
 
 import httpx
 
-from pywrenn.envdclient._errors import EnvdProtocolError, EnvdTimeout, EnvdUnavailable
+from pywrenn.envdclient._bounded import MAX_ERROR_BYTES
+from pywrenn.envdclient._errors import EnvdError, EnvdProtocolError, EnvdTimeout
 from pywrenn.envdclient._ops import GuestOps
 
 __all__ = ["EnvdClient", "ExecResult"]
@@ -42,11 +43,14 @@ class EnvdClient(GuestOps):
         # No proxies from the environment: the agent is always on loopback or in a netns.
         # verify=False: the agent speaks plain HTTP (checked above), and building the default
         # TLS context (loading the CA bundle) costs 45-100 ms, a third of a template restore.
+        # Accept-Encoding identity: replies are counted against their byte caps as they
+        # arrive, and a compressed body could expand past any cap in one chunk.
         self._http = httpx.AsyncClient(
             base_url=base_url,
             timeout=timeout,
             trust_env=False,
             verify=False,  # noqa: S501 - never used: http:// only
+            headers={"Accept-Encoding": "identity"},
         )
 
     async def aclose(self) -> None:
@@ -64,10 +68,10 @@ class EnvdClient(GuestOps):
     async def health_nowait(self) -> bool:
         """One ``GET /health``; True on 2xx, False on any failure. Does not retry."""
         try:
-            response = await self._http.get("/health", timeout=2.0)
-        except httpx.HTTPError:
+            status, _ = await self._unary("GET", "/health", timeout=2.0, limit=MAX_ERROR_BYTES)
+        except EnvdError:
             return False
-        return response.is_success
+        return 200 <= status < 300
 
     async def wait_health(self, *, timeout: float = 30.0, interval: float = 0.01) -> None:
         """Poll ``GET /health`` until it answers 2xx; EnvdTimeout after `timeout` seconds."""
@@ -100,18 +104,13 @@ class EnvdClient(GuestOps):
         await self._post_init(fields, timeout)
 
     async def _post_init(self, body: dict[str, Any], timeout: float) -> None:
-        try:
-            response = await self._http.post(
-                "/init", json=body, headers=self._auth_headers(), timeout=timeout
-            )
-        except httpx.TimeoutException as exc:
-            raise EnvdTimeout(f"timeout: POST /init to {self.base_url}") from exc
-        except httpx.HTTPError as exc:
-            raise EnvdUnavailable(f"unreachable: POST /init to {self.base_url}: {exc}") from exc
-        if not response.is_success:
+        status, content = await self._unary(
+            "POST", "/init", json=body, headers=self._auth_headers(), timeout=timeout,
+            limit=MAX_ERROR_BYTES,
+        )  # fmt: skip
+        if not 200 <= status < 300:
             raise EnvdProtocolError(
-                f"failed: POST /init answered {response.status_code}",
-                code=str(response.status_code),
+                f"failed: POST /init answered {status}: {content[:200]!r}", code=str(status)
             )
 
     async def run(self, cmd: str, *, timeout: float = 60.0) -> ExecResult:

@@ -7,15 +7,30 @@ transfer over `/files`, and turning Connect errors into `EnvdProtocolError(code=
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
+import json
 from collections.abc import AsyncGenerator, AsyncIterable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
-from pywrenn.envdclient._errors import EnvdProtocolError, EnvdTimeout, EnvdUnavailable
+from pywrenn.envdclient._bounded import (
+    MAX_ERROR_BYTES,
+    MAX_REPLY_BYTES,
+    MAX_STREAM_MESSAGE,
+    STREAM_IDLE_S,
+    chunks_until,
+    deadline,
+    guest_shapes,
+    parse_json,
+    read_capped,
+    read_prefix,
+    refuse_encoded,
+)
+from pywrenn.envdclient._errors import EnvdError, EnvdProtocolError, EnvdTimeout, EnvdUnavailable
 from pywrenn.envdclient.envelope import EnvelopeDecoder, encode
 
 __all__ = ["EntryInfo", "GuestOps", "ProcessEvent", "ProcessInfo", "Selector"]
@@ -23,6 +38,11 @@ __all__ = ["EntryInfo", "GuestOps", "ProcessEvent", "ProcessInfo", "Selector"]
 CONNECT_JSON = "application/connect+json"
 UNARY_JSON = "application/json"
 Selector = int | str  # a pid, or a tag
+# File transfers stream (never buffered whole) under this total deadline by default.
+FILE_TIMEOUT_S = 3600.0
+# A process stream with a timeout ends within it; the guest gets this long to say so.
+STREAM_END_SLACK_S = 30.0
+_STREAM_TIMEOUT = httpx.Timeout(10.0, read=STREAM_IDLE_S, write=STREAM_IDLE_S)
 
 
 @dataclass(frozen=True)
@@ -70,6 +90,7 @@ def _entry(data: dict[str, Any]) -> EntryInfo:
     entry_type = kind.get(str(data.get("type")), "file")
     if data.get("isSymlink"):
         entry_type = "symlink"
+    target = data.get("symlinkTarget")
     return EntryInfo(
         name=str(data.get("name", "")),
         path=str(data.get("path", "")),
@@ -80,7 +101,7 @@ def _entry(data: dict[str, Any]) -> EntryInfo:
         owner=str(data.get("owner", "")),
         group=str(data.get("group", "")),
         modified_time=str(data.get("modifiedTime", "")),
-        symlink_target=data.get("symlinkTarget"),
+        symlink_target=None if target is None else str(target),
     )
 
 
@@ -111,6 +132,30 @@ class GuestOps:
         return {"Authorization": "Basic " + base64.b64encode(f"{user}:".encode()).decode()}
 
     # -- unary RPCs ------------------------------------------------------------------------
+    async def _unary(
+        self,
+        method: str,
+        path: str,
+        *,
+        timeout: float,
+        limit: int = MAX_REPLY_BYTES,
+        **kwargs: Any,
+    ) -> tuple[int, bytes]:
+        """One request and its whole reply: (status, body). A 2xx body over `limit`
+        bytes is an error; other bodies are cut to their first bytes. The whole call,
+        reading included, must end within `timeout` seconds."""
+        what = f"{method} {path}"
+        async with deadline(timeout, what):
+            try:
+                async with self._http.stream(method, path, timeout=timeout, **kwargs) as response:
+                    if not response.is_success:
+                        return response.status_code, await read_prefix(response)
+                    return response.status_code, await read_capped(response, limit, what)
+            except httpx.TimeoutException as exc:
+                raise EnvdTimeout(f"timeout: {what}") from exc
+            except httpx.HTTPError as exc:
+                raise EnvdUnavailable(f"unreachable: {what}: {exc}") from exc
+
     async def rpc(
         self, path: str, message: dict[str, Any], *, user: str | None = None, timeout: float = 30.0
     ) -> dict[str, Any]:
@@ -120,33 +165,18 @@ class GuestOps:
             "Content-Type": UNARY_JSON,
             "Connect-Protocol-Version": "1",
         }
-        try:
-            response = await self._http.post(path, json=message, headers=headers, timeout=timeout)
-        except httpx.TimeoutException as exc:
-            raise EnvdTimeout(f"timeout: {path}") from exc
-        except httpx.HTTPError as exc:
-            raise EnvdUnavailable(f"unreachable: {path}: {exc}") from exc
-        if response.status_code != 200:
-            raise _rpc_error(path, response.status_code, response.content)
-        body = response.json()
+        status, content = await self._unary(
+            "POST", path, json=message, headers=headers, timeout=timeout
+        )
+        if status != 200:
+            raise _rpc_error(path, status, content)
+        body = parse_json(content, path)
         return body if isinstance(body, dict) else {}
 
     async def list_processes(self) -> list[ProcessInfo]:
         reply = await self.rpc("/process.Process/List", {})
-        out = []
-        for item in reply.get("processes", []):
-            config = item.get("config", {})
-            out.append(
-                ProcessInfo(
-                    pid=int(item.get("pid", 0)),
-                    tag=item.get("tag"),
-                    cmd=str(config.get("cmd", "")),
-                    args=list(config.get("args", [])),
-                    envs=dict(config.get("envs", {})),
-                    cwd=config.get("cwd"),
-                )
-            )
-        return out
+        with guest_shapes("/process.Process/List"):
+            return [_process_info(item) for item in reply.get("processes", [])]
 
     async def send_signal(self, selector: Selector, signal: str = "SIGKILL") -> None:
         name = signal if signal.startswith("SIGNAL_") else f"SIGNAL_{signal.upper()}"
@@ -218,38 +248,42 @@ class GuestOps:
         }
         if timeout is not None:
             headers["Connect-Timeout-Ms"] = str(max(int(timeout * 1000), 1))
-        decoder = EnvelopeDecoder()
+        decoder = EnvelopeDecoder(max_message=MAX_STREAM_MESSAGE)
+        # No total deadline unless the process has one: a stream lives as long as its
+        # process. Memory is bounded per message; a silent guest by the idle timeout.
+        loop = asyncio.get_running_loop()
+        end_by = None if timeout is None else loop.time() + timeout + STREAM_END_SLACK_S
         try:
             async with self._http.stream(
-                "POST", path, content=encode(request), headers=headers, timeout=None
+                "POST", path, content=encode(request), headers=headers, timeout=_STREAM_TIMEOUT
             ) as response:
                 if response.status_code != 200:
-                    raise _rpc_error(path, response.status_code, await response.aread())
-                async for chunk in response.aiter_bytes():
+                    raise _rpc_error(path, response.status_code, await read_prefix(response))
+                refuse_encoded(response, path)
+                async for chunk in chunks_until(response.aiter_raw(), end_by, path):
                     for envelope in decoder.feed(chunk):
                         message = envelope.json()
                         if envelope.end_stream:
-                            error = message.get("error") if isinstance(message, dict) else None
-                            if error:
-                                raise EnvdProtocolError(
-                                    f"failed: {path}: {error.get('message', '')}",
-                                    code=str(error.get("code", "")),
-                                )
+                            _raise_end_error(path, message)
                             return
-                        event = _event(message) if isinstance(message, dict) else None
+                        with guest_shapes(path):
+                            event = _event(message) if isinstance(message, dict) else None
                         if event is not None:
                             yield event
                 raise EnvdProtocolError(
                     f"truncated: {path} ended without an end-stream message "
                     f"({decoder.pending} bytes left)"
                 )
+        except httpx.TimeoutException as exc:
+            raise EnvdTimeout(f"timeout: {path}: no bytes for {STREAM_IDLE_S}s") from exc
         except httpx.HTTPError as exc:
             raise EnvdUnavailable(f"unreachable: {path}: {exc}") from exc
 
     # -- files -----------------------------------------------------------------------------
     async def stat(self, path: str, *, user: str | None = None) -> EntryInfo:
         reply = await self.rpc("/filesystem.Filesystem/Stat", {"path": path}, user=user)
-        return _entry(reply.get("entry", {}))
+        with guest_shapes("/filesystem.Filesystem/Stat"):
+            return _entry(reply.get("entry", {}))
 
     async def list_dir(
         self, path: str, *, depth: int = 1, user: str | None = None
@@ -257,7 +291,8 @@ class GuestOps:
         reply = await self.rpc(
             "/filesystem.Filesystem/ListDir", {"path": path, "depth": depth}, user=user
         )
-        return [_entry(e) for e in reply.get("entries", [])]
+        with guest_shapes("/filesystem.Filesystem/ListDir"):
+            return [_entry(e) for e in reply.get("entries", [])]
 
     async def make_dir(self, path: str, *, user: str | None = None) -> bool:
         """Create `path` with parents; False if it already existed."""
@@ -278,54 +313,98 @@ class GuestOps:
             {"source": source, "destination": destination},
             user=user,
         )
-        return _entry(reply.get("entry", {}))
+        with guest_shapes("/filesystem.Filesystem/Move"):
+            return _entry(reply.get("entry", {}))
 
     async def read_file(
-        self, path: str, *, user: str | None = None, chunk_size: int = 64 * 1024
+        self,
+        path: str,
+        *,
+        user: str | None = None,
+        chunk_size: int = 64 * 1024,
+        timeout: float = FILE_TIMEOUT_S,
     ) -> AsyncGenerator[bytes, None]:
-        """Stream a file's bytes; nothing is held whole in memory."""
+        """Stream a file's bytes; nothing is held whole in memory. The transfer must end
+        within `timeout` seconds, and the guest may not go silent for STREAM_IDLE_S."""
         params = {"path": path, **({"username": user} if user else {})}
+        loop = asyncio.get_running_loop()
+        end_by = loop.time() + timeout
         try:
             async with self._http.stream(
-                "GET", "/files", params=params, headers=self._auth_headers(), timeout=None
-            ) as response:
+                "GET", "/files", params=params, headers=self._auth_headers(),
+                timeout=_STREAM_TIMEOUT,
+            ) as response:  # fmt: skip
                 if response.status_code != 200:
-                    raise _http_error("GET /files", response.status_code, await response.aread())
-                async for chunk in response.aiter_bytes(chunk_size):
+                    body = await read_prefix(response)
+                    raise _http_error("GET /files", response.status_code, body)
+                refuse_encoded(response, "GET /files")
+                chunks = response.aiter_raw(chunk_size)
+                async for chunk in chunks_until(chunks, end_by, f"GET /files {path!r}"):
                     yield chunk
+        except httpx.TimeoutException as exc:
+            raise EnvdTimeout(f"timeout: GET /files: no bytes for {STREAM_IDLE_S}s") from exc
         except httpx.HTTPError as exc:
             raise EnvdUnavailable(f"unreachable: GET /files: {exc}") from exc
 
     async def write_file(
-        self, path: str, data: bytes | AsyncIterable[bytes], *, user: str | None = None
+        self,
+        path: str,
+        data: bytes | AsyncIterable[bytes],
+        *,
+        user: str | None = None,
+        timeout: float = FILE_TIMEOUT_S,
     ) -> None:
         """Upload (streamed when `data` is an async iterable), creating parent dirs."""
         params = {"path": path, **({"username": user} if user else {})}
         headers = {**self._auth_headers(), "Content-Type": "application/octet-stream"}
-        try:
-            response = await self._http.post(
-                "/files", params=params, content=data, headers=headers, timeout=None
-            )
-        except httpx.HTTPError as exc:
-            raise EnvdUnavailable(f"unreachable: POST /files: {exc}") from exc
-        if response.status_code != 200:
-            raise _http_error("POST /files", response.status_code, response.content)
+        status, body = await self._unary(
+            "POST", "/files", params=params, content=data, headers=headers, timeout=timeout
+        )
+        if status != 200:
+            raise _http_error("POST /files", status, body)
 
-    async def metrics(self) -> dict[str, Any]:
-        try:
-            response = await self._http.get("/metrics", headers=self._auth_headers(), timeout=5.0)
-        except httpx.HTTPError as exc:
-            raise EnvdUnavailable(f"unreachable: GET /metrics: {exc}") from exc
-        if response.status_code != 200:
-            raise _http_error("GET /metrics", response.status_code, response.content)
-        body = response.json()
-        return body if isinstance(body, dict) else {}
+    async def metrics(self, *, timeout: float = 5.0) -> dict[str, Any]:
+        """The guest's `/metrics` object, unchecked: the caller validates each value."""
+        status, content = await self._unary(
+            "GET", "/metrics", headers=self._auth_headers(), timeout=timeout,
+            limit=MAX_ERROR_BYTES,
+        )  # fmt: skip
+        if status != 200:
+            raise _http_error("GET /metrics", status, content)
+        body = parse_json(content, "GET /metrics")
+        if not isinstance(body, dict):
+            raise EnvdProtocolError(f"malformed: GET /metrics answered a {type(body).__name__}")
+        return body
 
     async def snapshot_prepare(self, *, timeout: float = 5.0) -> None:
-        with contextlib.suppress(httpx.HTTPError):
-            await self._http.post(
-                "/snapshot/prepare", headers=self._auth_headers(), timeout=timeout
+        with contextlib.suppress(EnvdError):
+            await self._unary(
+                "POST", "/snapshot/prepare", headers=self._auth_headers(), timeout=timeout
             )
+
+
+def _process_info(item: dict[str, Any]) -> ProcessInfo:
+    config = item.get("config", {})
+    tag = item.get("tag")
+    cwd = config.get("cwd")
+    return ProcessInfo(
+        pid=int(item.get("pid", 0)),
+        tag=tag if tag is None else str(tag),
+        cmd=str(config.get("cmd", "")),
+        args=[str(a) for a in config.get("args", [])],
+        envs={str(k): str(v) for k, v in dict(config.get("envs", {})).items()},
+        cwd=cwd if cwd is None else str(cwd),
+    )
+
+
+def _raise_end_error(path: str, message: Any) -> None:
+    error = message.get("error") if isinstance(message, dict) else None
+    if error:
+        detail = error if isinstance(error, dict) else {"message": str(error)}
+        raise EnvdProtocolError(
+            f"failed: {path}: {str(detail.get('message', ''))[:300]}",
+            code=str(detail.get("code", ""))[:64],
+        )
 
 
 _HTTP_CODES = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied",
@@ -335,9 +414,7 @@ _HTTP_CODES = {400: "invalid_argument", 401: "unauthenticated", 403: "permission
 
 def _rpc_error(path: str, status: int, body: bytes) -> EnvdProtocolError:
     code, message = _HTTP_CODES.get(status, "unknown"), body[:300].decode(errors="replace")
-    with contextlib.suppress(ValueError, AttributeError):
-        import json
-
+    with contextlib.suppress(ValueError, AttributeError, RecursionError):
         parsed = json.loads(body)
         if isinstance(parsed.get("code"), str):
             code = parsed["code"]

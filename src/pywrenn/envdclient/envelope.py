@@ -18,7 +18,9 @@ __all__ = ["FLAG_COMPRESSED", "FLAG_END_STREAM", "Envelope", "EnvelopeDecoder", 
 FLAG_COMPRESSED = 0x01  # we never negotiate compression, so receiving it is an error
 FLAG_END_STREAM = 0x02
 _HEADER = struct.Struct(">BI")
-MAX_MESSAGE = 64 * 1024 * 1024  # refuse absurd lengths instead of buffering them
+# The default cap on one envelope's declared length, checked on the 5-byte header before
+# anything of the payload is buffered (a guest may declare 2 GiB and send nothing more).
+MAX_MESSAGE = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -33,7 +35,7 @@ class Envelope:
     def json(self) -> Any:
         try:
             return json.loads(self.payload or b"{}")
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise EnvdProtocolError(f"malformed: envelope JSON {self.payload[:80]!r}") from exc
 
 
@@ -45,8 +47,9 @@ def encode(message: Any, *, flags: int = 0) -> bytes:
 class EnvelopeDecoder:
     """Feed bytes as they arrive; get back every envelope completed so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_message: int = MAX_MESSAGE) -> None:
         self._buf = bytearray()
+        self._max = max_message
 
     def feed(self, data: bytes) -> list[Envelope]:
         self._buf += data
@@ -55,8 +58,10 @@ class EnvelopeDecoder:
             flags, length = _HEADER.unpack_from(self._buf)
             if flags & FLAG_COMPRESSED:
                 raise EnvdProtocolError(f"unsupported: compressed envelope (flags {flags:#x})")
-            if length > MAX_MESSAGE:
-                raise EnvdProtocolError(f"too large: envelope length {length}")
+            if length > self._max:
+                raise EnvdProtocolError(
+                    f"too large: envelope length {length} (cap {self._max} bytes)"
+                )
             end = _HEADER.size + length
             if len(self._buf) < end:
                 break

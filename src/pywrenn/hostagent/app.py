@@ -129,6 +129,8 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
         await manager.recover()  # before the first request: no Create may race a slot
         await manager.ensure_base_snapshot()
         manager.netpool.refill()
+        # The loops are supervised (`loops.supervise`): an iteration that raises is logged
+        # and the loop goes on, so a guest's bad answer cannot end this TaskGroup.
         async with asyncio.TaskGroup() as group:
             tasks = []
             if run_loops:
@@ -139,8 +141,13 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
             finally:
                 for task in tasks:
                     task.cancel()
-                await manager.pause_all(budget_s=manager.settings.shutdown_budget_s)
-                await manager.close()
+        # Reached only when the server asked the lifespan to end (shutdown). A loop that
+        # ended anyway (or a cancelled lifespan) raises out of the group above and never
+        # gets here: pausing every capsule is for shutdown only.
+        try:
+            await manager.pause_all(budget_s=manager.settings.shutdown_budget_s)
+        finally:
+            await manager.close()
 
     app = FastAPI(title="pywrenn host agent", version=__version__, lifespan=lifespan)
     install_error_handlers(app)

@@ -4,26 +4,58 @@ Owns: deciding when an idle capsule is paused, and what counts as activity: API 
 (the manager's `touch`), and guest CPU or network use above a floor, measured from the
 VMM process's CPU time and the slot's veth byte counters. Busy capsules with no API
 traffic are not paused.
+
+Guest vs host: a guest is root in its VM and may lie or stall. Every loop runs under
+`supervise` (a failed iteration is logged and the next one comes after the interval; only
+cancellation ends a loop), each capsule's step is its own (one capsule's failure or stall
+never skips or delays another), and every number a guest reports is checked before it
+is stored (`guest_point`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
+import math
 import os
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 from pywrenn.envdclient import EnvdError
 from pywrenn.hostagent.capsule import Capsule
-from pywrenn.hostagent.errors import HostAgentError
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.metrics import MetricPoint
 from pywrenn.hostagent.states import CapsuleState
 
 log = logging.getLogger("pywrenn.hostagent.loops")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+# The longest one capsule's sample may take (the guest's /metrics call included); a
+# guest that stalls loses its own sample and nobody else's.
+SAMPLE_TIMEOUT_S = 5.0
+# Upper bounds for guest-reported numbers: far above any real VM, far below anything
+# that overflows a float or bloats the rings.
+MAX_CPU_PCT = 100.0
+MAX_BYTES = 1 << 50  # 1 PiB
+# A lying guest is logged at most once per this many seconds (per capsule).
+BAD_SAMPLE_LOG_EVERY_S = 300.0
+
+
+async def supervise(name: str, interval: float, step: Callable[[], Awaitable[None]]) -> None:
+    """Run `step` every `interval` seconds until cancelled.
+
+    An iteration that raises is logged with the loop's name and the loop goes on: a
+    background loop that ends would leave capsules that never pause, and (inside the
+    app's TaskGroup) would end the host agent's lifespan. Cancellation still ends it.
+    """
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await step()
+        except Exception:
+            log.exception("%s: iteration failed; next one in %.1fs", name, interval)
 
 
 def idle_for(capsule: Capsule, now: float) -> float:
@@ -39,29 +71,47 @@ def due_for_pause(capsule: Capsule, now: float) -> bool:
 
 async def reaper_loop(manager: SandboxManager) -> None:
     """Pause capsules idle past their timeout (pause, never destroy: work is kept)."""
-    interval = manager.settings.reaper_interval_s
-    while True:
-        await asyncio.sleep(interval)
-        now = time.time()
-        for capsule in manager.capsules():
-            if due_for_pause(capsule, now):
-                log.info(
-                    "reaper: %s idle %.0fs, pausing", capsule.capsule_id, idle_for(capsule, now)
-                )
-                try:
-                    await manager.pause(capsule.capsule_id, auto=True)
-                except HostAgentError as exc:
-                    log.warning("reaper: pause of %s failed: %s", capsule.capsule_id, exc)
+    await supervise("reaper", manager.settings.reaper_interval_s, lambda: reap_once(manager))
+
+
+async def reap_once(manager: SandboxManager) -> None:
+    now = time.time()
+    for capsule in manager.capsules():
+        if not due_for_pause(capsule, now):
+            continue
+        log.info("reaper: %s idle %.0fs, pausing", capsule.capsule_id, idle_for(capsule, now))
+        try:
+            await manager.pause(capsule.capsule_id, auto=True)
+        except Exception as exc:  # one capsule's failure never skips the others
+            log.warning("reaper: pause of %s failed: %s", capsule.capsule_id, exc)
 
 
 async def sampler_loop(manager: SandboxManager) -> None:
     """Every interval: sample each running capsule's metrics and detect activity."""
     interval = manager.settings.metrics_interval_s
-    while True:
-        await asyncio.sleep(interval)
-        for capsule in manager.capsules():
-            if capsule.state is CapsuleState.RUNNING:
-                await sample(manager, capsule, interval)
+    await supervise("sampler", interval, lambda: sample_all(manager, interval))
+
+
+async def sample_all(manager: SandboxManager, interval: float) -> None:
+    """Sample every running capsule at once, each under its own deadline."""
+    running = [c for c in manager.capsules() if c.state is CapsuleState.RUNNING]
+    deadline = min(SAMPLE_TIMEOUT_S, interval)
+    async with asyncio.TaskGroup() as group:
+        for capsule in running:
+            group.create_task(_sample_guarded(manager, capsule, interval, deadline))
+
+
+async def _sample_guarded(
+    manager: SandboxManager, capsule: Capsule, interval: float, deadline: float
+) -> None:
+    # Never raises: an exception here would cancel the other capsules' samples.
+    try:
+        async with asyncio.timeout(deadline):
+            await sample(manager, capsule, interval)
+    except TimeoutError:
+        _bad_sample(capsule.capsule_id, f"no sample within {deadline:.1f}s")
+    except Exception as exc:
+        log.warning("sampler: %s failed: %r", capsule.capsule_id, exc)
 
 
 async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> None:
@@ -82,16 +132,78 @@ async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> 
         capsule.touch()
     if capsule.envd is None:
         return
-    with contextlib.suppress(EnvdError, OSError):
-        m = await capsule.envd.metrics()
-        capsule.metrics.add(
-            MetricPoint(
-                timestamp=time.time(),
-                cpu_pct=float(m.get("cpu_used_pct", 0.0)),
-                mem_bytes=int(m.get("mem_used", 0)),
-                disk_bytes=int(m.get("disk_used", 0)),
-            )
-        )
+    try:
+        reported = await capsule.envd.metrics()
+    except EnvdError as exc:
+        _bad_sample(capsule.capsule_id, f"/metrics failed: {exc}")
+        return
+    point = guest_point(reported, time.time())
+    if point is None:
+        _bad_sample(capsule.capsule_id, f"/metrics answered bad values: {_describe(reported)}")
+        return
+    capsule.metrics.add(point)
+
+
+def guest_point(reported: object, timestamp: float) -> MetricPoint | None:
+    """The guest's `/metrics` answer as a point, or None if any value is not a sane number.
+
+    The guest may send anything: strings, lists, bools, NaN, 10**400. Each field must be
+    a real number (not a bool), finite, non-negative and under its bound.
+    """
+    if not isinstance(reported, dict):
+        return None
+    cpu = _number(reported.get("cpu_used_pct"), MAX_CPU_PCT)
+    mem = _number(reported.get("mem_used"), MAX_BYTES)
+    disk = _number(reported.get("disk_used"), MAX_BYTES)
+    if cpu is None or mem is None or disk is None:
+        return None
+    return MetricPoint(
+        timestamp=timestamp, cpu_pct=float(cpu), mem_bytes=int(mem), disk_bytes=int(disk)
+    )
+
+
+def _number(value: object, upper: float) -> int | float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    # Compare before any conversion: float(10**400) itself raises OverflowError.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if not 0 <= value <= upper:
+        return None
+    return value
+
+
+_last_warned: dict[str, float] = {}
+
+
+def _bad_sample(capsule_id: str, why: str) -> None:
+    """Log a dropped sample: a warning at most every BAD_SAMPLE_LOG_EVERY_S per capsule,
+    debug otherwise, so a guest cannot flood the agent's log."""
+    now = time.monotonic()
+    last = _last_warned.get(capsule_id)
+    if last is None or now - last >= BAD_SAMPLE_LOG_EVERY_S:
+        if len(_last_warned) > 4096:  # capsules come and go; keep this small
+            _last_warned.clear()
+        _last_warned[capsule_id] = now
+        log.warning("sampler: %s: sample dropped: %s", capsule_id, why)
+    else:
+        log.debug("sampler: %s: sample dropped: %s", capsule_id, why)
+
+
+def _describe(reported: Any) -> str:
+    # Only the fields we read, each cut short: the guest chose the rest of the body.
+    if not isinstance(reported, dict):
+        return f"a {type(reported).__name__}, not an object"
+    fields = ("cpu_used_pct", "mem_used", "disk_used")
+    return ", ".join(f"{k}={_short(reported.get(k))}" for k in fields)
+
+
+def _short(value: object) -> str:
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_BYTES:
+        return "<huge int>"  # repr of a 4 MiB int is slow and useless
+    if isinstance(value, str | list | dict):
+        return f"<{type(value).__name__}>"
+    return repr(value)[:40]
 
 
 def _cpu_ticks(pid: int) -> int | None:

@@ -1,7 +1,8 @@
 """Facts about the host that VM command lines and bookkeeping depend on.
 
 Owns: reading the TSC frequency, the kernel release, a process's memory (RSS/PSS) and
-liveness from /proc and /sys, and killing a pid. Knows nothing of: which VMM runs.
+liveness from /proc and /sys, and killing a pid that is provably still the process we
+mean (a pidfd, checked against its command line). Knows nothing of: which VMM runs.
 All readers take their file paths as arguments so tests can feed them fixtures.
 """
 
@@ -97,15 +98,68 @@ def pid_cmdline(pid: int, proc: Path = Path("/proc")) -> list[str]:
     return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
-async def kill_pid(pid: int, *, timeout: float = 10.0, grace: float = 0.0) -> None:
+async def kill_pid(pid: int, marker: str, *, timeout: float = 10.0, grace: float = 0.0) -> bool:
     """Wait up to `grace` for `pid` to exit by itself, then SIGKILL it and wait up to
-    `timeout` for it to disappear (reaping it if it is our child)."""
+    `timeout` for it to go, but only while it is still the process whose command line
+    contains `marker`. False if it was not (gone, or a recycled pid now someone else's):
+    nothing was signalled.
+
+    The signal goes through a pidfd opened before the command line is read, and the pidfd
+    is checked to still name a live process afterwards, so the pid cannot be recycled
+    between the check and the kill.
+    """
     if await _wait_gone(pid, grace):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGKILL)
-    if not await _wait_gone(pid, timeout):
-        raise TimeoutError(f"timeout: pid {pid} still alive {timeout}s after SIGKILL")
+        return False
+    pidfd = _open_if_ours(pid, marker)
+    if pidfd is None:
+        return False
+    try:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        if not await _wait_pidfd(pidfd, pid, timeout):
+            raise TimeoutError(f"timeout: pid {pid} still alive {timeout}s after SIGKILL")
+    finally:
+        os.close(pidfd)
+    return True
+
+
+def _open_if_ours(pid: int, marker: str) -> int | None:
+    try:
+        pidfd = os.pidfd_open(pid)
+    except (ProcessLookupError, OSError):
+        return None
+    try:
+        ours = any(marker in arg for arg in pid_cmdline(pid))
+        # Still alive now means the cmdline we read was this process's, not a successor's.
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        ours = False
+    if not ours:
+        os.close(pidfd)
+        return None
+    return pidfd
+
+
+async def _wait_pidfd(pidfd: int, pid: int, timeout: float) -> bool:
+    """Wait for the process behind `pidfd` to exit (the fd turns readable)."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+
+    def exited() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(pidfd, exited)
+    try:
+        async with asyncio.timeout(timeout):
+            await done
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(pidfd)
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)  # reap if it is our child; harmless otherwise
+    return True
 
 
 async def _wait_gone(pid: int, timeout: float) -> bool:

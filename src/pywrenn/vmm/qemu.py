@@ -8,21 +8,27 @@ Files a VM leaves in its run dir (see docs/vmm.md):
     vm.json       what `adopt` needs: pid, argv, accel, network, image, sizes
     qemu.pid      written by QEMU itself (-pidfile)
     qmp.sock      the control socket
-    console.log   the guest's ttyS0 (appended across restores)
+    console.log   the tail of the guest's ttyS0, saved only when a boot or restore fails
+                  (the live console is a ring inside QEMU, see CONSOLE_RING_BYTES)
     vmm.stderr    QEMU's own startup errors (before it daemonises)
     vmm.log       QEMU's errors after it daemonised (-D)
     disk.qcow2    this VM's copy-on-write overlay
+
+Run and snapshot dirs are 0700 and everything in them 0600 (we create each file 0600, or
+chmod what QEMU and qemu-img create): guest RAM and disks are root's alone.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
 import os
 import secrets
 import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -85,6 +91,19 @@ CONSOLE = "console.log"
 STDERR = "vmm.stderr"
 VMM_LOG = "vmm.log"
 PROBE_OK = "WRENN-PROBE-OK"
+# The guest's ttyS0 goes to a ring inside QEMU (`-chardev ringbuf`), never to a file: a
+# guest printing for ever cannot fill the host's disk, the cap holds whether or not a
+# host agent is running (QEMU outlives it), and nothing needs rotating. On a failed boot
+# or restore we read the ring over QMP (`ringbuf-read`) and keep its last
+# CONSOLE_TAIL_BYTES in console.log for the error and the operator. QEMU wants a power of 2.
+CONSOLE_RING_BYTES = 1024 * 1024
+CONSOLE_TAIL_BYTES = 64 * 1024
+# seccomp for every VM, when this QEMU has it (probed once per runtime). Not spawn=deny
+# nor elevateprivileges=deny: -daemonize needs fork and setsid, which those forbid
+# (QEMU 7.2 dies with SIGSYS / exit 1); see docs/vmm.md.
+SANDBOX = "on,obsolete=deny,resourcecontrol=deny"
+# The longest one /init attempt may take while the agent comes up (see _ready_agent).
+INIT_ATTEMPT_S = 30.0
 # QEMU's default migration bandwidth (32 MiB/s) would make a 100 MB pause take 3 s.
 MAX_BANDWIDTH = 100 * 1024**3
 PIPE_THRESHOLD = 8 * 1024**2
@@ -107,6 +126,7 @@ class LaunchConfig:
     memory_file: Path | None = None  # file-backed RAM (templates and their clones)
     memory_shared: bool = False  # share=on for a template source, off (CoW) for clones
     incoming: bool = False
+    sandbox: str = ""  # -sandbox options; empty: none
 
 
 def guest_cmdline(image_cmdline: str, tsc_khz: int, *, extra: Sequence[str] = ()) -> str:
@@ -159,7 +179,7 @@ def build_argv(cfg: LaunchConfig, *, binary: str = QEMU_BINARY) -> list[str]:
         # migration, say) in a file we quote in SnapshotError.
         "-D", str(run / VMM_LOG),
         "-qmp", f"unix:{run / QMP_SOCK},server=on,wait=off",
-        "-chardev", f"file,id=console,path={run / CONSOLE},append=on",
+        "-chardev", f"ringbuf,id=console,size={CONSOLE_RING_BYTES}",
         "-serial", "chardev:console",
         "-kernel", str(cfg.kernel),
         "-initrd", str(cfg.initramfs),
@@ -170,6 +190,8 @@ def build_argv(cfg: LaunchConfig, *, binary: str = QEMU_BINARY) -> list[str]:
         "-device", _netdevice(cfg.network),
         "-device", "virtio-rng-device",
     ]  # fmt: skip
+    if cfg.sandbox:
+        argv += ["-sandbox", cfg.sandbox]
     if cfg.incoming:
         argv += ["-incoming", "defer"]
     if cfg.network.kind == "tap":
@@ -199,6 +221,7 @@ class QemuRuntime:
         accel: str | None = None,
         tsc_khz: int | None = None,
         probe_timeout: float = 15.0,
+        sandbox: bool = True,
     ) -> None:
         self.cache_dir = cache_dir
         self.binary = binary
@@ -206,6 +229,7 @@ class QemuRuntime:
         self._tsc_khz = tsc_khz
         self._probe_timeout = probe_timeout
         self._version: str | None = None
+        self._sandbox: str | None = None if sandbox else ""
 
     # -- host facts ----------------------------------------------------------------------
     @property
@@ -230,6 +254,54 @@ class QemuRuntime:
 
             self._accel = (await choose_accel(self.cache_dir, key, probe)).accel
         return self._accel
+
+    async def sandbox_options(self) -> str:
+        """SANDBOX if this QEMU starts daemonised under it, else "" (logged); probed once."""
+        if self._sandbox is None:
+            failure = await self._probe_sandbox()
+            if failure is None:
+                self._sandbox = SANDBOX
+                log.info("vmm sandbox: -sandbox %s", SANDBOX)
+            else:
+                self._sandbox = ""
+                log.warning("vmm sandbox: unavailable, VMs run without seccomp: %s", failure)
+        return self._sandbox
+
+    async def _probe_sandbox(self) -> str | None:
+        """Start an empty machine daemonised with -sandbox SANDBOX, as VMs are; None if
+        it came up. No guest and no accelerator: this takes ~50 ms."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="sandbox-probe-", dir=self.cache_dir) as tmp:
+            run = Path(tmp)
+            argv = [
+                self.binary, "-sandbox", SANDBOX, "-M", "none", "-nodefaults",
+                "-no-user-config", "-display", "none", "-daemonize",
+                "-pidfile", str(run / PIDFILE),
+                "-qmp", f"unix:{run / QMP_SOCK},server=on,wait=off",
+            ]  # fmt: skip
+            try:
+                # stderr to a file, not a pipe: the daemon keeps a pipe open, so reading
+                # it to EOF would wait for the daemon, not for the parent's exit status.
+                with open(run / STDERR, "wb") as err:
+                    proc = await asyncio.create_subprocess_exec(
+                        *argv,
+                        stdin=asyncio.subprocess.DEVNULL,
+                        stdout=asyncio.subprocess.DEVNULL,
+                        stderr=err,
+                        start_new_session=True,
+                    )
+                async with asyncio.timeout(self._probe_timeout):
+                    rc = await proc.wait()
+            except (OSError, TimeoutError) as exc:
+                return f"cannot start: {self.binary}: {exc!r}"
+            finally:
+                # The daemon, if one came up: killed by pid, checked against its socket.
+                with contextlib.suppress(OSError, ValueError, TimeoutError):
+                    pid = int((run / PIDFILE).read_text().strip())
+                    await host.kill_pid(pid, str(run / QMP_SOCK), timeout=5.0)
+            if rc != 0:
+                return f"exit {rc}: {_tail(run / STDERR, 200)}"
+        return None
 
     async def probe_kvm(self, kernel: Path, initramfs: Path) -> str | None:
         """Boot with -accel kvm and ``wrenn.probe=1``; None if the guest printed PROBE_OK."""
@@ -260,7 +332,7 @@ class QemuRuntime:
             if proc.returncode is None:
                 proc.kill()
                 await proc.wait()
-            output = console.read_text(errors="replace") if console.exists() else ""
+            output = _tail(console, CONSOLE_TAIL_BYTES) if console.exists() else ""
             shutil.rmtree(probe_dir, ignore_errors=True)
         if PROBE_OK in output:
             return None
@@ -275,7 +347,7 @@ class QemuRuntime:
         init_fields: Mapping[str, Any] | None = None,
     ) -> VMHandle:
         accel = await self.accel_for(spec.kernel, spec.initramfs)
-        spec.run_dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(spec.run_dir)
         disk = spec.run_dir / DISK_FILE
         await create_overlay(spec.disk, disk)
         cfg = LaunchConfig(
@@ -291,12 +363,15 @@ class QemuRuntime:
             accel=accel,
             memory_file=spec.template_memory,
             memory_shared=spec.template_memory is not None,
+            sandbox=await self.sandbox_options(),
         )
         log.info("boot %s accel=%s", cfg.vm_id, accel)
         vm = await self._launch(cfg)
         try:
             await _ready_agent(vm, timeout=timeout, init_fields=init_fields)
         except BaseException as exc:
+            if isinstance(exc, VMError):
+                await _save_console(vm)
             await self.kill(vm)
             if isinstance(exc, VMError):
                 raise BootError(
@@ -321,7 +396,7 @@ class QemuRuntime:
         in_place = run_dir.resolve() == snapshot_dir.resolve()
         if template_memory is not None and meta.kind is not SnapshotKind.PAUSE:
             raise SnapshotError(f"unsupported: {snapshot_dir} is a template; clone it instead")
-        run_dir.mkdir(parents=True, exist_ok=True)
+        _private_dir(run_dir)
         disk = run_dir / DISK_FILE
         if meta.kind is SnapshotKind.TEMPLATE:
             # A template's disk is frozen; each clone writes to its own overlay on it.
@@ -329,6 +404,7 @@ class QemuRuntime:
         elif not in_place:
             # Copy, so the pause dir stays a valid snapshot for another restore.
             await asyncio.to_thread(shutil.copyfile, snapshot_dir / DISK_FILE, disk)
+            os.chmod(disk, 0o600)
         template = meta.kind is SnapshotKind.TEMPLATE
         cfg = LaunchConfig(
             vm_id=run_dir.name,
@@ -350,6 +426,7 @@ class QemuRuntime:
             # template owns its RAM file (shared) so template_snapshot can keep it.
             memory_shared=template_memory is not None,
             incoming=True,
+            sandbox=await self.sandbox_options(),
         )
         vm = await self._launch(cfg)
         loading = True  # until the saved state is in: a VMM that dies here rejected it
@@ -369,6 +446,8 @@ class QemuRuntime:
                 vm, timeout=timeout, agent_token=agent_token, init_fields=init_fields
             )
         except BaseException as exc:
+            if isinstance(exc, VMError):
+                await _save_console(vm)
             await self.kill(vm)
             if isinstance(exc, VMError):
                 # Only a VMM that quit or refused while reading the state says the snapshot
@@ -427,10 +506,16 @@ class QemuRuntime:
                 await qmp.execute("cont", timeout=timeout)
 
     async def kill(self, vm: VMHandle, *, timeout: float = 10.0, grace: float = 0.0) -> None:
+        """SIGKILL the VM, but only while its pid is still this run dir's QEMU: a pid
+        recycled since (the VM died, another process got the number) is never signalled."""
         try:
-            await host.kill_pid(vm.pid, timeout=timeout, grace=grace)
+            killed = await host.kill_pid(vm.pid, _marker(vm.run_dir), timeout=timeout, grace=grace)
         except TimeoutError as exc:
             raise VMError(f"unkillable: pid {vm.pid} of {vm.vm_id}: {exc}") from exc
+        if not killed and host.pid_alive(vm.pid):
+            log.warning(
+                "kill: pid %d is no longer the VMM of %s; not signalled", vm.pid, vm.run_dir
+            )
 
     async def info(self, vm: VMHandle) -> VMInfo:
         if not _is_our_vm(vm.pid, vm.run_dir):
@@ -468,8 +553,13 @@ class QemuRuntime:
         run = cfg.run_dir
         for stale in (PIDFILE, QMP_SOCK, STDERR, VMM_LOG):
             (run / stale).unlink(missing_ok=True)
+        # Modes are set by us, not by a umask: the agent's event loop (uvloop) cannot
+        # give a child one, and QEMU's -daemonize resets its own to 027. QEMU appends to
+        # a -D log that exists, so it keeps this 0600 file.
+        _write_private(run / VMM_LOG, b"")
         argv = build_argv(cfg, binary=self.binary)
-        with open(run / STDERR, "wb") as err:
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
+        with os.fdopen(os.open(run / STDERR, flags, 0o600), "wb") as err:
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *argv,
@@ -488,6 +578,11 @@ class QemuRuntime:
             pid = int((run / PIDFILE).read_text().strip())
         except (OSError, ValueError) as exc:
             raise BootError(f"no pidfile: {run / PIDFILE}: {exc}") from exc
+        if cfg.memory_file is not None and cfg.memory_shared:
+            # QEMU creates a shared RAM file after -daemonize has set its umask to 027:
+            # make this VM's RAM root's alone.
+            with contextlib.suppress(OSError):
+                os.chmod(cfg.memory_file, 0o600)
         vm = VMHandle(cfg.vm_id, pid, run, cfg.network, cfg.accel)
         record = {
             "vm_id": cfg.vm_id,
@@ -506,7 +601,7 @@ class QemuRuntime:
             "started_ns": time.time_ns(),
         }
         tmp = run / f".{VM_STATE}.tmp"
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
+        _write_private(tmp, (json.dumps(record, indent=2) + "\n").encode())
         tmp.replace(run / VM_STATE)
         return vm
 
@@ -531,7 +626,7 @@ class QemuRuntime:
             if not name or "/" in name or name.startswith(".") or name in _OWN_FILES:
                 raise ValueError(f"invalid: extra snapshot file name {name!r}")
         try:
-            staging.mkdir(parents=False, exist_ok=False)
+            staging.mkdir(mode=0o700, parents=False, exist_ok=False)
         except OSError as exc:
             raise SnapshotError(f"unusable: staging dir {staging}: {exc.strerror}") from exc
         state_path = staging / STATE_FILE
@@ -642,6 +737,7 @@ async def create_overlay(base: Path, overlay: Path) -> None:
     overlay.unlink(missing_ok=True)
     argv = ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(base.resolve()), "-F", fmt]
     await _run([*argv, str(overlay)])
+    os.chmod(overlay, 0o600)  # qemu-img creates it with the caller's umask
 
 
 async def flatten_overlay(disk: Path) -> None:
@@ -792,10 +888,13 @@ async def _ready_agent(
     async with EnvdClient(vm.network.agent_url(), access_token=agent_token) as agent:
         while True:
             try:
+                # A total deadline per attempt (not per read). Generous: an /init the
+                # guest handled but we gave up on cannot be retried (the guest then
+                # wants the token it just got), and a loaded TCG guest can be slow.
                 await agent.init(
                     timestamp=rfc3339_now(),
                     entropy=secrets.token_bytes(64),
-                    timeout=5.0,
+                    timeout=max(min(deadline - loop.time(), INIT_ATTEMPT_S), 1.0),
                     **dict(init_fields or {}),
                 )
                 return
@@ -822,11 +921,38 @@ def _read_record(run_dir: Path) -> dict[str, Any]:
     return data
 
 
+def _marker(run_dir: Path) -> str:
+    # What only this run dir's QEMU has in its argv: its QMP socket path.
+    return str(run_dir / QMP_SOCK)
+
+
 def _is_our_vm(pid: int, run_dir: Path) -> bool:
     # Guard against pid reuse: the process must be alive AND be the QEMU of this run dir.
-    return host.pid_alive(pid) and any(
-        str(run_dir / QMP_SOCK) in arg for arg in host.pid_cmdline(pid)
-    )
+    return host.pid_alive(pid) and any(_marker(run_dir) in arg for arg in host.pid_cmdline(pid))
+
+
+def _private_dir(path: Path) -> None:
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(path, 0o700)  # it may have existed (the caller made it, or a pause dir)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+
+
+async def _save_console(vm: VMHandle) -> None:
+    """Keep the tail of the console ring in console.log (best effort: the VM may be dead)."""
+    with contextlib.suppress(VMError, OSError, ValueError, TypeError):
+        async with _qmp(vm, timeout=2.0) as qmp:
+            data = await qmp.execute(
+                "ringbuf-read",
+                {"device": "console", "size": CONSOLE_RING_BYTES, "format": "base64"},
+                timeout=5.0,
+            )
+        raw = base64.b64decode(str(data))[-CONSOLE_TAIL_BYTES:]
+        await asyncio.to_thread(_write_private, vm.run_dir / CONSOLE, raw)
 
 
 # Names the runtime writes into a snapshot dir; a caller's extra files may not take them.
@@ -838,13 +964,18 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         os.link(src, dst)
     except OSError:
         shutil.copyfile(src, dst)
+        os.chmod(dst, 0o600)
 
 
-def _tail(path: Path, limit: int = 400) -> str:
+def _tail(path: Path, limit: int = 400, *, window: int = CONSOLE_TAIL_BYTES) -> str:
+    """The last `limit` characters of a log, reading at most its last `window` bytes."""
     try:
-        return path.read_text(errors="replace")[-limit:].strip() or "<empty>"
+        with open(path, "rb") as f:
+            f.seek(max(f.seek(0, os.SEEK_END) - window, 0))
+            text = f.read(window).decode(errors="replace")
     except OSError:
         return f"<no {path.name}>"
+    return text[-limit:].strip() or "<empty>"
 
 
 def _conforms(runtime: QemuRuntime) -> Runtime:

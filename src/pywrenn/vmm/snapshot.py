@@ -73,7 +73,9 @@ def write_meta(directory: Path, meta: SnapshotMeta) -> None:
         if path.exists():
             _fsync(path)
     tmp = directory / f".{VM_META}.tmp"
-    tmp.write_text(meta.to_json())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(meta.to_json())
     _fsync(tmp)
     tmp.replace(directory / VM_META)
 
