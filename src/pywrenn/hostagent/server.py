@@ -35,7 +35,7 @@ from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.settings import MIN_HOST_TOKEN_CHARS, HostAgentSettings
 from pywrenn.hostagent.templates import recover_template_dirs
 from pywrenn.layout import Layout
-from pywrenn.vmm import QemuRuntime
+from pywrenn.vmm import QemuRuntime, fsync_dir
 
 log = logging.getLogger("pywrenn.hostagent")
 
@@ -97,16 +97,8 @@ def _write_new_token(path: Path) -> str:
         return published
     finally:
         os.unlink(temp)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return token
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def build(settings: HostAgentSettings) -> tuple[SandboxManager, str]:

@@ -32,7 +32,7 @@ from pywrenn.vmm.runtime import (
     VMState,
 )
 from pywrenn.vmm.snapshot import SnapshotMeta, discard_pause, read_meta
-from pywrenn.vmm.staging import commit_staging
+from pywrenn.vmm.staging import commit_staging, fsync_dir
 
 __all__ = [
     "AGENT_PORT",
@@ -60,5 +60,6 @@ __all__ = [
     "VMState",
     "commit_staging",
     "discard_pause",
+    "fsync_dir",
     "read_meta",
 ]

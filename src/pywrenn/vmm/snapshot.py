@@ -19,6 +19,7 @@ from typing import Any
 
 from pywrenn.vmm.errors import SnapshotError, SnapshotIncompatible
 from pywrenn.vmm.runtime import SnapshotKind
+from pywrenn.vmm.staging import fsync_dir
 
 __all__ = [
     "DISK_FILE",
@@ -86,7 +87,7 @@ def discard_pause(directory: Path) -> None:
     Idempotent. The meta goes first so a crash in between never offers a half snapshot."""
     (directory / VM_META).unlink(missing_ok=True)
     (directory / STATE_FILE).unlink(missing_ok=True)
-    _fsync_dir(directory)
+    fsync_dir(directory)
 
 
 def read_meta(directory: Path) -> SnapshotMeta:
@@ -120,14 +121,6 @@ def verify_files(directory: Path, meta: SnapshotMeta) -> None:
 
 def _fsync(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from pywrenn.vmm.runtime import StepHook
 
-__all__ = ["commit_staging", "trash_name"]
+__all__ = ["commit_staging", "fsync_dir", "trash_name"]
 
 
 def trash_name(final: Path, stamp_ns: int | None = None) -> Path:
@@ -46,14 +46,15 @@ def commit_staging(staging: Path, final: Path, *, on_step: StepHook | None = Non
         if on_step is not None:
             on_step("after_trash")
     staging.rename(final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if on_step is not None:
         on_step("after_commit")
     if trash is not None:
         shutil.rmtree(trash, ignore_errors=True)
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename, create or unlink inside `path` durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
