@@ -51,7 +51,7 @@ class Node:
         env.pop("WRENN_HOST_TOKEN", None)
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-c", "from pywrenn.cli import main; main()", "up"],
+                [sys.executable, "-c", "from pywrenn.cli.app import main; main()", "up"],
                 env=env,
                 stdout=log,
                 stderr=log,
@@ -126,7 +126,7 @@ def test_restart_keeps_running_and_paused_capsules(node: Node) -> None:
 def test_cli_for_people(node: Node) -> None:
     from typer.testing import CliRunner
 
-    from pywrenn.cli import app
+    from pywrenn.cli.app import app
 
     runner = CliRunner()
     env = {"WRENN_API_URL": node.url, "WRENN_API_KEY": node.key}
@@ -155,7 +155,7 @@ def test_cli_for_people(node: Node) -> None:
         [
             sys.executable,
             "-c",
-            "from pywrenn.cli import main; main()",
+            "from pywrenn.cli.app import main; main()",
             "capsule",
             "shell",
             capsule_id,

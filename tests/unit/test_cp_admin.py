@@ -12,7 +12,7 @@ from pathlib import Path
 import uvicorn
 from typer.testing import CliRunner
 
-from pywrenn.cli import app as cli
+from pywrenn.cli.app import app as cli
 from tests.cp_routes import Harness, run
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]

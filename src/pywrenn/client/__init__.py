@@ -6,6 +6,5 @@ of: the server's internals; it speaks the public wire format only.
 
 from pywrenn.client._client import WrennAPI
 from pywrenn.client._errors import APIError
-from pywrenn.client._shell import run_shell
 
-__all__ = ["APIError", "WrennAPI", "run_shell"]
+__all__ = ["APIError", "WrennAPI"]

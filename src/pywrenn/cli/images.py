@@ -1,7 +1,7 @@
 """`wrenn image ...`: the image builder's command line.
 
 Owns: the `image_app` typer sub-app and showing build progress with rich. Knows nothing of:
-how images are built (build.py). The main CLI mounts it as `wrenn image`.
+how images are built (`pywrenn.images`). The main CLI mounts it as `wrenn image`.
 """
 
 from __future__ import annotations
@@ -15,9 +15,14 @@ from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
 
-from pywrenn.config import Settings
-from pywrenn.images.build import DEFAULT_ROOTFS_SIZE, StepEvent, build_image
-from pywrenn.images.errors import BuildStepFailed, ImageError
+from pywrenn.cli.common import state as cli_state
+from pywrenn.images import (
+    DEFAULT_ROOTFS_SIZE,
+    BuildStepFailed,
+    ImageError,
+    StepEvent,
+    build_image,
+)
 from pywrenn.layout import Layout
 
 __all__ = ["image_app"]
@@ -66,13 +71,14 @@ class _StepView:
 
 @image_app.command()
 def build(
+    ctx: typer.Context,
     force: bool = typer.Option(False, "--force", help="rebuild even if nothing changed"),
     rootfs_size: str = typer.Option(
         DEFAULT_ROOTFS_SIZE, "--rootfs-size", help="size of the sparse rootfs.ext4 (e.g. 2G)"
     ),
 ) -> None:
     """Build the kernel, initramfs and `minimal` root filesystem into WRENN_DIR."""
-    layout = Layout(Settings().dir)
+    layout = Layout(cli_state(ctx).settings.dir)
     view = _StepView()
     started = time.monotonic()
     try:

@@ -1,6 +1,6 @@
-"""An interactive terminal in a capsule: the control plane's PTY WebSocket on a terminal.
+"""`wrenn capsule shell`: an interactive terminal in a capsule, over the PTY WebSocket.
 
-Owns: the WebSocket client (wsproto over a plain socket: the node speaks HTTP on
+Owns: the command, the WebSocket client (wsproto over a plain socket: the node speaks HTTP on
 loopback or a private network), raw terminal mode, resize on SIGWINCH, and pumping bytes
 both ways until the shell exits. Frames follow the wrenn SDK's PTY protocol: JSON text
 frames for control, binary frames for terminal bytes.
@@ -20,6 +20,7 @@ import tty
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
+import typer
 from wsproto import ConnectionType, WSConnection
 from wsproto.events import (
     AcceptConnection,
@@ -31,9 +32,24 @@ from wsproto.events import (
     TextMessage,
 )
 
-from pywrenn.client._errors import APIError
+from pywrenn.cli.common import KEY, URL, api, run
+from pywrenn.client import APIError
 
-__all__ = ["run_shell"]
+__all__ = ["capsule_shell", "run_shell"]
+
+
+def capsule_shell(
+    ctx: typer.Context,
+    capsule_id: str,
+    cmd: str = typer.Option("/bin/bash", help="program to run on the terminal"),
+    url: str = URL,
+    api_key: str = KEY,
+) -> None:
+    """Open an interactive terminal in a capsule (exit the shell to leave)."""
+    with api(ctx, url, api_key) as client:
+        key = client.api_key
+    code = run(lambda: run_shell(url, key, capsule_id, cmd=cmd))
+    raise typer.Exit(int(code) & 0xFF)
 
 
 def run_shell(

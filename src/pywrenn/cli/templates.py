@@ -10,13 +10,14 @@ import json
 import tarfile
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.text import Text
 
-from pywrenn.cli_api import AS_JSON, KEY, URL, _api, _run, _show, err, out
+from pywrenn.cli.common import AS_JSON, KEY, URL, api, err, out, run, show
 from pywrenn.client import WrennAPI
 
 template_app = typer.Typer(no_args_is_help=True, help="Build templates from recipes.")
@@ -38,6 +39,7 @@ FOLLOW = typer.Option(False, "--follow", "-f", help="keep following until it end
 
 @template_app.command("build")
 def template_build(
+    ctx: typer.Context,
     recipe: Path = RECIPE,
     name: str = NAME,
     context: Path | None = CONTEXT,
@@ -52,11 +54,11 @@ def template_build(
 ) -> None:
     """Build RECIPE into template NAME, showing each step and its output."""
     text = recipe.read_text()
-    with _api(url, api_key) as api, tempfile.TemporaryDirectory() as scratch:
+    with api(ctx, url, api_key) as client, tempfile.TemporaryDirectory() as scratch:
         archive = _archive(context, Path(scratch)) if context else None
         with err.status("uploading" if archive else "submitting"):
-            build = _run(
-                lambda: api.start_build(
+            build = run(
+                lambda: client.start_build(
                     name,
                     text,
                     archive=archive,
@@ -68,14 +70,14 @@ def template_build(
             )
         err.print(f"build {build['id']}: {build['total_steps']} steps -> template {name}")
         if detach:
-            _show(build, as_json, BUILD_COLUMNS)
+            show(build, as_json, BUILD_COLUMNS)
             return
         try:
-            final = _follow(api, build["id"])
+            final = _follow(client, build["id"])
         except KeyboardInterrupt:
             err.print("cancelling ...")
-            final = _run(lambda: api.cancel_build(build["id"]))
-            final = _wait_end(api, build["id"])
+            final = run(lambda: client.cancel_build(build["id"]))
+            final = _wait_end(client, build["id"])
         if as_json:
             out.print_json(json.dumps(final))
         if final["status"] != "succeeded":
@@ -85,54 +87,57 @@ def template_build(
 
 
 @template_app.command("builds")
-def template_builds(url: str = URL, api_key: str = KEY, as_json: bool = AS_JSON) -> None:
+def template_builds(
+    ctx: typer.Context, url: str = URL, api_key: str = KEY, as_json: bool = AS_JSON
+) -> None:
     """Recent builds of your team."""
-    with _api(url, api_key) as api:
-        _show(_run(api.list_builds), as_json, BUILD_COLUMNS, "builds")
+    with api(ctx, url, api_key) as client:
+        show(run(client.list_builds), as_json, BUILD_COLUMNS, "builds")
 
 
 @template_app.command("logs")
 def template_logs(
+    ctx: typer.Context,
     build_id: str,
     follow: bool = FOLLOW,
     url: str = URL,
     api_key: str = KEY,
 ) -> None:
     """A build's output (all of it, or followed live)."""
-    with _api(url, api_key) as api:
+    with api(ctx, url, api_key) as client:
         if follow:
-            _follow(api, build_id)
+            _follow(client, build_id)
             return
         after, done = 0, False
         while not done:
-            page = _run(lambda cursor=after: api.build_logs(build_id, cursor))
+            page = run(partial(client.build_logs, build_id, after))
             _print_lines(page["lines"])
             after, done = page["next"], not page["lines"]
 
 
 @template_app.command("cancel")
-def template_cancel(build_id: str, url: str = URL, api_key: str = KEY) -> None:
+def template_cancel(ctx: typer.Context, build_id: str, url: str = URL, api_key: str = KEY) -> None:
     """Stop a queued or running build."""
-    with _api(url, api_key) as api:
-        build = _run(lambda: api.cancel_build(build_id))
+    with api(ctx, url, api_key) as client:
+        build = run(lambda: client.cancel_build(build_id))
     err.print(f"build {build_id}: {build['status']}")
 
 
-def _follow(api: WrennAPI, build_id: str) -> Any:
+def _follow(client: WrennAPI, build_id: str) -> Any:
     """Print steps and output as they come; return the build once it has ended."""
     after = 0
     while True:
-        page = _run(lambda cursor=after: api.build_logs(build_id, cursor))
+        page = run(partial(client.build_logs, build_id, after))
         _print_lines(page["lines"])
         after = page["next"]
         if page["done"]:
-            return _run(lambda: api.get_build(build_id))
+            return run(lambda: client.get_build(build_id))
         if not page["lines"]:
             time.sleep(POLL_S)
 
 
-def _wait_end(api: WrennAPI, build_id: str) -> Any:
-    while (build := _run(lambda: api.get_build(build_id)))["status"] in ("queued", "running"):
+def _wait_end(client: WrennAPI, build_id: str) -> Any:
+    while (build := run(lambda: client.get_build(build_id)))["status"] in ("queued", "running"):
         time.sleep(POLL_S)
     return build
 

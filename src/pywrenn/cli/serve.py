@@ -1,36 +1,18 @@
-"""The `wrenn` command line.
+"""`wrenn up`, `wrenn agent`, `wrenn envd`: the commands that run a long-lived process.
 
-Owns: argument parsing and human-readable output. Knows nothing of: how capsules are
-run; it calls into the layers below (and, later, the API client).
+Owns: reading each process's settings once (its own settings class, from WRENN_*) and
+handing them to the process's entry point. Imports of the server code are deferred so
+the API commands start without loading it.
 """
 
 from __future__ import annotations
 
 import typer
-from rich.console import Console
 
 from pywrenn import __version__
-from pywrenn.cli_api import capsule_app, key_app, snapshot_app, team_app
-from pywrenn.cli_templates import template_app
-from pywrenn.images.cli import image_app
-
-app = typer.Typer(no_args_is_help=True, add_completion=False, help="pywrenn: microVM sandboxes.")
-app.add_typer(image_app, name="image")
-app.add_typer(capsule_app, name="capsule")
-app.add_typer(key_app, name="key")
-app.add_typer(snapshot_app, name="snapshot")
-app.add_typer(team_app, name="team")
-app.add_typer(template_app, name="template")
-console = Console(stderr=True)
+from pywrenn.cli.common import err
 
 
-@app.command()
-def version() -> None:
-    """Print the pywrenn version."""
-    typer.echo(__version__)
-
-
-@app.command()
 def up() -> None:
     """Run a whole node on this machine: image, host agent, database, control plane.
 
@@ -43,11 +25,10 @@ def up() -> None:
     from pywrenn.node import up as run_node
 
     settings = ControlPlaneSettings()
-    console.print(f"[bold]pywrenn {__version__}[/] WRENN_DIR={settings.dir}")
-    run_node(settings, console)
+    err.print(f"[bold]pywrenn {__version__}[/] WRENN_DIR={settings.dir}")
+    run_node(settings, err)
 
 
-@app.command()
 def envd(
     host: str = typer.Option("127.0.0.1", help="address to listen on"),
     port: int = typer.Option(49983, help="port to listen on"),
@@ -59,14 +40,9 @@ def envd(
     serve_forever(AgentConfig(host=host, port=port))
 
 
-@app.command()
 def agent() -> None:
     """Run the host agent (owns this machine's capsule VMs); settings from WRENN_*."""
     from pywrenn.hostagent.server import serve
     from pywrenn.hostagent.settings import HostAgentSettings
 
     serve(HostAgentSettings())
-
-
-def main() -> None:
-    app()
