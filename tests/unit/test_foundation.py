@@ -85,12 +85,24 @@ def test_ids_are_prefixed_random_and_dns_safe() -> None:
         ids.parse_id("cl-UPPER", ids.IdKind.CAPSULE)
 
 
-# Lower layers first. A module may import its own layer and any layer before it.
-LAYERS = ["client", "envd", "envdclient", "images", "vmm", "hostagent", "controlplane"]
-SHARED = {"pywrenn", "pywrenn.config", "pywrenn.layout", "pywrenn.ids"}
+# Lower layers first. A module may import its own layer and any layer before it. The node
+# (node.py) and the CLI (cli/) are the top: nothing else imports them. Top-level modules
+# not named here (config, layout, ids, ...) are shared and sit below every layer.
+LAYERS = [
+    "client",
+    "envd",
+    "envdclient",
+    "images",
+    "vmm",
+    "hostagent",
+    "controlplane",
+    "node",
+    "cli",
+]
 
 
 def _imports(path: Path) -> set[str]:
+    """Every pywrenn module `path` imports; `from pywrenn import x` counts as `pywrenn.x`."""
     tree = ast.parse(path.read_text())
     found: set[str] = set()
     for node in ast.walk(tree):
@@ -98,23 +110,44 @@ def _imports(path: Path) -> set[str]:
             found.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
+            # The names may be submodules (`from pywrenn import hostagent`): count them as
+            # such; a name that is not a layer (`__version__`) is ignored below.
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
     return {name for name in found if name.startswith("pywrenn")}
+
+
+def _layer(parts: tuple[str, ...]) -> int:
+    """The layer index of a module path under pywrenn/ (-1: shared, below all)."""
+    top = parts[0].removesuffix(".py")
+    return LAYERS.index(top) if top in LAYERS else -1
 
 
 def test_layers_point_one_way() -> None:
     problems = []
     for path in PACKAGE.rglob("*.py"):
-        rel = path.relative_to(PACKAGE).parts
-        if len(rel) < 2 or rel[0] not in LAYERS:
-            continue
-        own = LAYERS.index(rel[0])
+        own = _layer(path.relative_to(PACKAGE).parts)
         for name in _imports(path):
-            parts = name.split(".")
-            if len(parts) < 2 or name in SHARED or parts[1] not in LAYERS:
+            parts = tuple(name.split("."))
+            if len(parts) < 2:
                 continue
-            if LAYERS.index(parts[1]) > own:
+            if _layer(parts[1:]) > own:
                 problems.append(f"{path.relative_to(PACKAGE)} imports {name}")
     assert problems == []
+
+
+def test_layer_check_sees_every_import_form(tmp_path: Path) -> None:
+    """The check must not be blind to `from pywrenn import x` or the top layers."""
+    source = tmp_path / "m.py"
+    source.write_text(
+        "from pywrenn import hostagent, __version__\n"
+        "import pywrenn.cli.app\n"
+        "from pywrenn.node import up\n"
+    )
+    found = _imports(source)
+    assert {"pywrenn.hostagent", "pywrenn.cli.app", "pywrenn.node"} <= found
+    assert _layer(("node.py",)) > _layer(("controlplane", "app.py"))
+    assert _layer(("cli", "app.py")) > _layer(("node.py",))
+    assert _layer(("config.py",)) < _layer(("client", "x.py"))
 
 
 def test_guest_agent_is_standard_library_only() -> None:
