@@ -52,9 +52,6 @@ class StreamRegistry:
         """A lease for one stream; enter it (`async with`) to admit and watch the stream."""
         return Lease(self, caller, check, cancel_on_revoke=cancel_on_revoke)
 
-    def open_count(self, team_id: uuid.UUID) -> int:
-        return self._per_team.get(team_id, 0)
-
     def wake(self) -> None:
         """Re-check every open stream's key now (a key was revoked in this process)."""
         for lease in self._leases:

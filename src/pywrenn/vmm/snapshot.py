@@ -1,6 +1,6 @@
 """What a snapshot directory holds, and how we know it is whole.
 
-Owns: the meta file (`wrenn-snapshot.json`, written last) and its verification. Knows
+Owns: the meta file (`vm-snapshot.json`, written last) and its verification. Knows
 nothing of: how the VMM produced the files.
 
     <dir>/state.bin          device state (+ RAM for a pause) as the VMM streamed it
@@ -36,7 +36,7 @@ STATE_FILE = "state.bin"
 DISK_FILE = "disk.qcow2"
 MEMORY_FILE = "memory"
 # The runtime's own meta. The host agent writes its capsule facts beside it in
-# `wrenn-snapshot.json` (pywrenn.layout.VM_META).
+# `wrenn-snapshot.json` (pywrenn.layout.SNAPSHOT_META).
 VM_META = "vm-snapshot.json"
 FORMAT_VERSION = 1
 

@@ -248,17 +248,3 @@ class Event(Base):
     metadata_: Mapped[dict[str, str]] = mapped_column("metadata", JSONDict, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
-
-
-class UsageSample(Base):
-    """A team's reserved resources at one instant; feeds /capsules/stats and usage."""
-
-    __tablename__ = "usage_samples"
-    __table_args__ = (Index(None, "team_id", "sampled_at"),)
-
-    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
-    team_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("teams.id", ondelete="CASCADE"))
-    sampled_at: Mapped[datetime] = mapped_column(UTCDateTime)
-    running_count: Mapped[int] = mapped_column(Integer)
-    vcpus_reserved: Mapped[int] = mapped_column(Integer)
-    memory_mb_reserved: Mapped[int] = mapped_column(Integer)

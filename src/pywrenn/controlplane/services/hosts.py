@@ -18,8 +18,6 @@ from .. import publicids
 from ..db.models import Host
 from ..errors import InvalidInput, NotFound
 
-STATUSES = ("online", "unreachable", "draining")
-
 
 async def register_host(session: AsyncSession, *, name: str, address: str, now: datetime) -> Host:
     """Add a host, or update the address of the host with that name (idempotent at start)."""

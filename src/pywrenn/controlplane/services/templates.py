@@ -30,7 +30,6 @@ from .events import Actor, EventSpec, record_nocommit
 
 log = logging.getLogger(__name__)
 
-PLATFORM_TEAM = uuid.UUID(int=0)
 # Platform base templates: the name users ask for → the image the host agents ship.
 BASE_TEMPLATES = {"minimal-ubuntu": "minimal"}
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
