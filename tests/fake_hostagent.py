@@ -84,6 +84,7 @@ class FakeHostAgent:
         self.scripts: dict[str, tuple[bytes, bytes, int]] = {}
         self.create_gate = asyncio.Event()
         self.create_gate.set()
+        self.create_arrived = asyncio.Event()  # set when a create reaches the fake
         self.now_unix = now_unix
         self._failures: dict[str, _Failure] = {}
         self._pids = itertools.count(100)
@@ -196,6 +197,7 @@ class FakeHostAgent:
         @app.post("/v1/capsules", status_code=201)
         async def create(request: Request) -> dict[str, Any]:
             body = await request.json()
+            self.create_arrived.set()
             await self.create_gate.wait()
             self._check("create")
             if body.get("template", "minimal") not in self.templates:

@@ -287,7 +287,7 @@ def test_events_arrive_on_the_sse_stream(node: Node, capsule: Capsule) -> None:
 
     seen: list[tuple[str, str | None]] = []
     failure: list[BaseException] = []
-    done = threading.Event()
+    done, connected = threading.Event(), threading.Event()
 
     def listen() -> None:
         # The SDK validates every event strictly: a malformed one would raise here.
@@ -296,6 +296,8 @@ def test_events_arrive_on_the_sse_stream(node: Node, capsule: Capsule) -> None:
                 for event in client.events.stream():
                     resource = event.resource.id if event.resource else None
                     seen.append((event.event.value, resource))
+                    if event.event.value == "connected":
+                        connected.set()
                     if (event.event.value, resource) == ("capsule.resume", capsule.capsule_id):
                         break
         except BaseException as exc:
@@ -305,7 +307,7 @@ def test_events_arrive_on_the_sse_stream(node: Node, capsule: Capsule) -> None:
 
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
-    time.sleep(1.0)  # let the stream connect before the actions it should see
+    assert connected.wait(timeout=30), f"no `connected` event: {failure or seen}"
     capsule.pause()
     capsule.resume()
     assert done.wait(timeout=60), f"events so far: {seen}"

@@ -27,6 +27,7 @@ from pywrenn.hostagent.slots import SlotAllocator
 from pywrenn.images import ImageManifest
 from pywrenn.layout import Layout
 from tests.integration.conftest import image_cache_root, wrenn_dir_with_cached_image
+from tests.waiting import wait_until
 
 TOKEN = "test-host-token-0123456789abcdefgh"  # at least 32 characters
 
@@ -227,7 +228,7 @@ def test_background_process_with_tag(client: httpx.Client, capsule: str) -> None
         procs,
         json={
             "cmd": "/bin/sh",
-            "args": ["-c", "echo one; sleep 0.5; echo two; sleep 60"],
+            "args": ["-c", "echo one; sleep 0.5; echo two; touch /tmp/svc-two; sleep 60"],
             "tag": "svc",
         },
     )
@@ -235,7 +236,10 @@ def test_background_process_with_tag(client: httpx.Client, capsule: str) -> None
     pid = started.json()["pid"]
     listed = client.get(procs).json()["processes"]
     assert {"pid": pid, "tag": "svc"}.items() <= next(p for p in listed if p["pid"] == pid).items()
-    time.sleep(1.0)  # output produced while nobody is attached
+    wait_until(  # output produced while nobody is attached
+        lambda: run(client, capsule, "test -e /tmp/svc-two && echo y")["stdout"] == "y\n",
+        what="the process printed both lines",
+    )
     with client.stream("GET", f"{procs}/svc/stream") as response:
         seen = b""
         for line in response.iter_lines():

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import uuid
 
 from pywrenn.controlplane.placements import RunningPlacements
@@ -19,9 +18,12 @@ def test_a_placement_is_remembered_for_its_team_only() -> None:
 
 
 def test_a_placement_expires() -> None:
-    cache = RunningPlacements(ttl_s=0.01)
+    now = [100.0]
+    cache = RunningPlacements(ttl_s=5, clock=lambda: now[0])
     cache.put(TEAM, "cl-a", row_id=ROW, host_id=HOST, last_active_at=None)
-    time.sleep(0.02)
+    now[0] += 4.9
+    assert cache.get(TEAM, "cl-a") is not None
+    now[0] += 0.1
     assert cache.get(TEAM, "cl-a") is None
 
 

@@ -24,7 +24,7 @@ def test_lifecycle_create_pause_resume_destroy(db_url: str, tmp_path: Path) -> N
         assert created["template"] == "minimal-ubuntu"
         assert created["timeout_sec"] == 60  # short TTLs are clamped up to a minute
         assert created["created_at"].endswith("Z") or "+00:00" in created["created_at"]
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(h.fake.create_arrived.wait(), 10)
         assert (await h.client.get(f"/api/v1/capsules/{cid}")).json()["status"] == "starting"
         h.fake.create_gate.set()
         await h.settle()
@@ -109,7 +109,7 @@ def test_destroy_during_boot_cleans_the_host(sqlite_url: str, tmp_path: Path) ->
     async def body(h: Harness) -> None:
         h.fake.create_gate.clear()
         cid = (await h.client.post("/api/v1/capsules", json={})).json()["id"]
-        await asyncio.sleep(0.05)
+        await asyncio.wait_for(h.fake.create_arrived.wait(), 10)
         assert (await h.client.delete(f"/api/v1/capsules/{cid}")).status_code == 204
         h.fake.create_gate.set()
         await h.settle()

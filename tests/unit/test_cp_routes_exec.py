@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from httpx_ws import WebSocketUpgradeError
 from wsproto.events import BytesMessage, TextMessage
 
 from tests.cp_routes import Harness, run
+from tests.waiting import until
 
 # The database fixtures, and `sqlite_url` for tests where the database does not matter.
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
@@ -150,7 +150,7 @@ def test_pty_start_input_resize_reconnect_kill(sqlite_url: str, tmp_path: Path) 
             await ws.send_text(json.dumps({"type": "pong"}))
         process = h.fake.capsules[cid].processes[pid]
         assert process.pty and process.exit_code is None  # the socket closed, the PTY lives
-        await asyncio.sleep(0.1)
+        await until(lambda: len(process.sizes) == 2, what="both sizes reach the host")
         assert process.sizes == [(100, 30), (120, 40)]
 
         async with h.ws(url) as ws:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from e2b import CommandExitException, PtySize, Sandbox
 
 from pywrenn.envd.server import AgentServer
+from tests.waiting import wait_until
 
 
 @pytest.fixture
@@ -52,10 +53,11 @@ def test_stdin(sandbox: Sandbox) -> None:
     assert handle.wait().stdout == "abc\n"
 
 
-def test_disconnect_and_connect_keeps_output(sandbox: Sandbox) -> None:
-    handle = sandbox.commands.run("sleep 0.3; echo later", background=True)
+def test_disconnect_and_connect_keeps_output(sandbox: Sandbox, tmp_path: Path) -> None:
+    done = tmp_path / "done"
+    handle = sandbox.commands.run(f"sleep 0.3; echo later; touch {done}", background=True)
     handle.disconnect()
-    time.sleep(0.6)  # the output is produced while nobody is attached
+    wait_until(done.exists, what="output printed while nobody is attached")
     again = sandbox.commands.connect(handle.pid)
     assert again.wait().stdout == "later\n"
 

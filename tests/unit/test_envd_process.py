@@ -5,11 +5,11 @@ from __future__ import annotations
 import base64
 import os
 import pwd
-import time
 
 import pytest
 
 from tests.connect_client import ConnectClient, RPCError, StreamResult, b64, unb64
+from tests.waiting import wait_until
 
 START = "/process.Process/Start"
 
@@ -38,15 +38,6 @@ def start_background(client: ConnectClient, message: dict[str, object], **header
     events = client.iter_envelopes(resp)
     _flags, first = next(events)
     return conn, resp, events, first["event"]["start"]["pid"]
-
-
-def wait_until(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
 
 
 def test_start_streams_start_data_end(client: ConnectClient) -> None:
@@ -217,9 +208,10 @@ def test_list_shows_running_processes_with_tag(client: ConnectClient, tmp_path) 
 def test_process_survives_disconnect_and_reattach_replays_missed_output(
     client: ConnectClient, tmp_path
 ) -> None:
-    gate = tmp_path / "gate"
+    gate, done = tmp_path / "gate", tmp_path / "done"
     script = (
-        f"echo before; while [ ! -e {gate} ]; do sleep 0.02; done; echo after; sleep 0.2; echo bye"
+        f"echo before; while [ ! -e {gate} ]; do sleep 0.02; done; echo after; sleep 0.2; "
+        f"echo bye; touch {done}"
     )
     conn, _resp, events, pid = start_background(
         client, bash(script), **{"Keepalive-Ping-Interval": "1"}
@@ -228,7 +220,7 @@ def test_process_survives_disconnect_and_reattach_replays_missed_output(
     assert unb64(msg["event"]["data"]["stdout"]) == b"before\n"
     conn.close()  # the client goes away; the process must not
     gate.touch()
-    time.sleep(0.5)  # "after" and "bye" are printed while nobody is attached
+    wait_until(done.exists, what="output printed while nobody is attached")
     result = client.stream("/process.Process/Connect", {"process": {"pid": pid}})
     assert result.messages[0] == {"event": {"start": {"pid": pid}}}
     assert output(result) == b"after\nbye\n"

@@ -142,8 +142,9 @@ def test_upload_temp_files_are_hidden(start_watch: Callable[..., DirWatch], tmp_
     take = pairs(watch)
     upload.write_file(str(tmp_path / "up.txt"), io.BytesIO(b"data"), lookup_user("root"))
     seen = collect(take, has(("up.txt", "CREATE")))
-    time.sleep(0.6)
-    seen += take()
+    # Events arrive in order: once the marker's is in, any temp file's would be too.
+    (tmp_path / "zz-marker").write_text("m")
+    seen += collect(take, has(("zz-marker", "CREATE")))
     assert not any(name.startswith(upload.TEMP_PREFIX) for name, _ in seen)
 
 

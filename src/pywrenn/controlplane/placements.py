@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -29,15 +30,16 @@ class Placement:
 
 
 class RunningPlacements:
-    def __init__(self, ttl_s: float = TTL_S) -> None:
+    def __init__(self, ttl_s: float = TTL_S, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl_s = ttl_s
+        self._clock = clock
         self._entries: dict[tuple[uuid.UUID, str], Placement] = {}
 
     def get(self, team_id: uuid.UUID, capsule_id: str) -> Placement | None:
         found = self._entries.get((team_id, capsule_id))
         if found is None:
             return None
-        if time.monotonic() >= found.expires:
+        if self._clock() >= found.expires:
             del self._entries[(team_id, capsule_id)]
             return None
         return found
@@ -53,7 +55,7 @@ class RunningPlacements:
     ) -> None:
         if len(self._entries) >= MAX_ENTRIES:
             self._entries.clear()  # bounded; a miss only costs one query
-        expires = time.monotonic() + self._ttl_s
+        expires = self._clock() + self._ttl_s
         self._entries[(team_id, capsule_id)] = Placement(row_id, host_id, last_active_at, expires)
 
     def forget(self, capsule_id: str) -> None:
