@@ -26,7 +26,7 @@ from pywrenn.controlplane.hostclient import (
     LineSplitter,
     parse_event,
 )
-from pywrenn.hostagent.schemas import (
+from pywrenn.hostagent.wire import (
     BackgroundRequest,
     CapsuleCreate,
     ExecRequest,

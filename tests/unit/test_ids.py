@@ -125,7 +125,7 @@ def test_host_agent_entries_use_the_same_rule() -> None:
 
     from pywrenn.hostagent.app import _selector
     from pywrenn.hostagent.errors import InvalidRequest
-    from pywrenn.hostagent.schemas import BackgroundRequest, ExecStreamRequest
+    from pywrenn.hostagent.wire import BackgroundRequest, ExecStreamRequest
 
     assert _selector("12") == 12 and _selector("pty-1") == "pty-1"
     for bad in ("..", "a?b", "x\n", "²", "0"):

@@ -30,8 +30,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pywrenn.hostagent.schemas import BackgroundRequest, ExecRequest, ExecStreamRequest
-from pywrenn.hostagent.schemas import CapsuleCreate as AgentCreate
+from pywrenn.hostagent.wire import BackgroundRequest, ExecRequest, ExecStreamRequest
+from pywrenn.hostagent.wire import CapsuleCreate as AgentCreate
 from pywrenn.ids import IdKind, new_id
 
 from .db.models import TemplateBuild

@@ -8,15 +8,11 @@ and the one table that maps the host agent's errors to HTTP (`{"error": {"code",
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import asdict
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -24,7 +20,6 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from pywrenn import __version__
-from pywrenn.envdclient._ops import ProcessEvent, Selector
 from pywrenn.hostagent import loops
 from pywrenn.hostagent.errors import (
     CapsuleNotFound,
@@ -38,37 +33,47 @@ from pywrenn.hostagent.errors import (
 from pywrenn.hostagent.gate import HostAgentGate, error_body, presented_token, token_matches
 from pywrenn.hostagent.guest_ops import GuestNotFound, GuestOps
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
-from pywrenn.hostagent.metrics import RANGES
-from pywrenn.hostagent.schemas import (
+from pywrenn.hostagent.routes import _convert
+from pywrenn.hostagent.templates import TemplateNotFound, TemplateService
+from pywrenn.hostagent.wire import (
+    NDJSON,
+    AgentEvent,
+    AgentHealth,
     BackgroundRequest,
     CapsuleCreate,
     CapsuleList,
     CapsulePublic,
     CapsuleResume,
+    DirMade,
     EntryList,
     EntryPublic,
     ExecRequest,
     ExecResponse,
     ExecStreamRequest,
+    FileWritten,
     ForkRequest,
     InputRequest,
-    MetricPointPublic,
+    MetricRange,
     MetricsResponse,
+    NetworkPoolStatus,
     ProcessList,
-    ProcessPublic,
     ResizeRequest,
+    Selector,
     SnapshotRequest,
     Started,
+    StreamEvent,
     TemplateList,
     TemplatePublic,
+    encode_event,
 )
-from pywrenn.hostagent.templates import TemplateNotFound, TemplateService
 from pywrenn.ids import parse_selector
 
 log = logging.getLogger("pywrenn.hostagent.app")
 
-PathQuery = Annotated[str, Query(min_length=1, max_length=4096)]
-NDJSON = "application/x-ndjson"
+# A path in the guest: the guest agent's own rules apply; here only what is never a path.
+PathQuery = Annotated[str, Query(min_length=1, max_length=4096, pattern=r"^[^\x00]*$")]
+DepthQuery = Annotated[int, Query(ge=1, le=32)]
+SignalQuery = Annotated[str, Query(pattern="(?i)^SIG(KILL|TERM)$")]
 
 # The one table from domain errors to HTTP: (status, code). First match by MRO wins.
 ERROR_TABLE: dict[type[Exception], tuple[int, str]] = {
@@ -168,30 +173,26 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
     auth = [Depends(authorised)]
 
     @app.get("/health")
-    async def health() -> dict[str, object]:
-        pool = manager.netpool
-        return {
-            "status": "ok",
-            "version": __version__,
-            "network_pool": {"ready": pool.ready, "size": pool.size},
-        }
+    async def health() -> AgentHealth:
+        pool = NetworkPoolStatus(ready=manager.netpool.ready, size=manager.netpool.size)
+        return AgentHealth(status="ok", version=__version__, network_pool=pool)
 
     # -- lifecycle -------------------------------------------------------------------------
     @app.get("/v1/capsules", dependencies=auth)
     async def list_capsules() -> CapsuleList:
         return CapsuleList(
-            capsules=[CapsulePublic.of(i) for i in manager.list_infos()],
+            capsules=[_convert.capsule(i) for i in manager.list_infos()],
             auto_paused=manager.drain_auto_paused(),
         )
 
     @app.post("/v1/capsules", dependencies=auth, status_code=201)
     async def create_capsule(body: CapsuleCreate) -> CapsulePublic:
         request = CreateRequest(**body.model_dump())
-        return CapsulePublic.of(await manager.create(request))
+        return _convert.capsule(await manager.create(request))
 
     @app.get("/v1/capsules/{capsule_id}", dependencies=auth)
     async def get_capsule(capsule_id: str) -> CapsulePublic:
-        return CapsulePublic.of(manager.get(capsule_id))
+        return _convert.capsule(manager.get(capsule_id))
 
     @app.delete("/v1/capsules/{capsule_id}", dependencies=auth, status_code=204)
     async def destroy_capsule(capsule_id: str) -> None:
@@ -203,16 +204,16 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
     @app.post("/v1/capsules/{capsule_id}/snapshot", dependencies=auth, status_code=201)
     async def snapshot_capsule(capsule_id: str, body: SnapshotRequest) -> TemplatePublic:
         info = await templates.snapshot(capsule_id, body.name, overwrite=body.overwrite)
-        return TemplatePublic(**asdict(info))
+        return _convert.template(info)
 
     @app.post("/v1/capsules/{capsule_id}/fork", dependencies=auth, status_code=201)
     async def fork_capsule(capsule_id: str, body: ForkRequest) -> CapsuleList:
         children = await templates.fork(capsule_id, body.count, body.capsule_ids)
-        return CapsuleList(capsules=[CapsulePublic.of(c) for c in children], auto_paused=[])
+        return CapsuleList(capsules=[_convert.capsule(c) for c in children], auto_paused=[])
 
     @app.get("/v1/templates", dependencies=auth)
     async def list_templates() -> TemplateList:
-        return TemplateList(templates=[TemplatePublic(**asdict(t)) for t in templates.all()])
+        return TemplateList(templates=[_convert.template(t) for t in templates.all()])
 
     @app.delete("/v1/templates/{name}", dependencies=auth, status_code=204)
     async def delete_template(name: str) -> None:
@@ -220,23 +221,21 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
 
     @app.post("/v1/capsules/{capsule_id}/pause", dependencies=auth)
     async def pause_capsule(capsule_id: str) -> CapsulePublic:
-        return CapsulePublic.of(await manager.pause(capsule_id))
+        return _convert.capsule(await manager.pause(capsule_id))
 
     @app.post("/v1/capsules/{capsule_id}/resume", dependencies=auth)
     async def resume_capsule(capsule_id: str, body: CapsuleResume | None = None) -> CapsulePublic:
         timeout = body.timeout_sec if body is not None else None
-        return CapsulePublic.of(await manager.resume(capsule_id, timeout_sec=timeout))
+        return _convert.capsule(await manager.resume(capsule_id, timeout_sec=timeout))
 
     @app.post("/v1/capsules/{capsule_id}/ping", dependencies=auth)
     async def ping_capsule(capsule_id: str) -> CapsulePublic:
-        return CapsulePublic.of(manager.ping(capsule_id))
+        return _convert.capsule(manager.ping(capsule_id))
 
     @app.get("/v1/capsules/{capsule_id}/metrics", dependencies=auth)
-    async def capsule_metrics(capsule_id: str, range: str = "10m") -> MetricsResponse:
-        if range not in RANGES:
-            raise InvalidRequest(f"invalid: range {range!r}; use one of {', '.join(RANGES)}")
+    async def capsule_metrics(capsule_id: str, range: MetricRange = "10m") -> MetricsResponse:
         points = manager.capsule(capsule_id).metrics.points(range)
-        return MetricsResponse(range=range, points=[MetricPointPublic.of(p) for p in points])
+        return MetricsResponse(range=range, points=[_convert.metric_point(p) for p in points])
 
     # -- exec and processes ----------------------------------------------------------------
     @app.post("/v1/capsules/{capsule_id}/exec", dependencies=auth)
@@ -291,12 +290,12 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
     @app.get("/v1/capsules/{capsule_id}/processes", dependencies=auth)
     async def list_processes(capsule_id: str) -> ProcessList:
         found = await guest.list_processes(capsule_id)
-        return ProcessList(processes=[ProcessPublic.of(p) for p in found])
+        return ProcessList(processes=[_convert.process(p) for p in found])
 
     @app.delete(
         "/v1/capsules/{capsule_id}/processes/{selector}", dependencies=auth, status_code=204
     )
-    async def kill_process(capsule_id: str, selector: str, signal: str = "SIGKILL") -> None:
+    async def kill_process(capsule_id: str, selector: str, signal: SignalQuery = "SIGKILL") -> None:
         await guest.kill(capsule_id, _selector(selector), signal)
 
     @app.get("/v1/capsules/{capsule_id}/processes/{selector}/stream", dependencies=auth)
@@ -307,11 +306,7 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
         "/v1/capsules/{capsule_id}/processes/{selector}/input", dependencies=auth, status_code=204
     )
     async def process_input(capsule_id: str, selector: str, body: InputRequest) -> None:
-        try:
-            data = base64.b64decode(body.data, validate=True)
-        except (binascii.Error, ValueError):
-            raise InvalidRequest("invalid: data is not base64") from None
-        await guest.send_input(capsule_id, _selector(selector), data, pty=body.pty)
+        await guest.send_input(capsule_id, _selector(selector), body.data, pty=body.pty)
 
     @app.post(
         "/v1/capsules/{capsule_id}/processes/{selector}/close-stdin",
@@ -334,26 +329,26 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
         return StreamingResponse(chunks, media_type="application/octet-stream")
 
     @app.put("/v1/capsules/{capsule_id}/files", dependencies=auth)
-    async def write_file(capsule_id: str, path: PathQuery, request: Request) -> dict[str, str]:
+    async def write_file(capsule_id: str, path: PathQuery, request: Request) -> FileWritten:
         await guest.write_file(capsule_id, path, request.stream())
-        return {"path": path}
+        return FileWritten(path=path)
 
     @app.delete("/v1/capsules/{capsule_id}/files", dependencies=auth, status_code=204)
     async def remove_file(capsule_id: str, path: PathQuery) -> None:
         await guest.remove(capsule_id, path)
 
     @app.get("/v1/capsules/{capsule_id}/files/list", dependencies=auth)
-    async def list_files(capsule_id: str, path: PathQuery, depth: int = 1) -> EntryList:
+    async def list_files(capsule_id: str, path: PathQuery, depth: DepthQuery = 1) -> EntryList:
         entries = await guest.list_dir(capsule_id, path, depth)
-        return EntryList(entries=[EntryPublic.of(e) for e in entries])
+        return EntryList(entries=[_convert.entry(e) for e in entries])
 
     @app.get("/v1/capsules/{capsule_id}/files/stat", dependencies=auth)
     async def stat_file(capsule_id: str, path: PathQuery) -> EntryPublic:
-        return EntryPublic.of(await guest.stat(capsule_id, path))
+        return _convert.entry(await guest.stat(capsule_id, path))
 
     @app.post("/v1/capsules/{capsule_id}/files/mkdir", dependencies=auth)
-    async def make_dir(capsule_id: str, path: PathQuery) -> dict[str, bool]:
-        return {"created": await guest.make_dir(capsule_id, path)}
+    async def make_dir(capsule_id: str, path: PathQuery) -> DirMade:
+        return DirMade(created=await guest.make_dir(capsule_id, path))
 
     return app
 
@@ -370,21 +365,7 @@ def _selector(raw: str) -> Selector:
         raise InvalidRequest(f"invalid: process selector: {exc}") from exc
 
 
-def event_json(event: ProcessEvent) -> dict[str, Any]:
-    if event.kind == "start":
-        return {"type": "start", "pid": event.pid}
-    if event.kind == "data":
-        return {
-            "type": "data",
-            "stream": event.stream,
-            "data": base64.b64encode(event.data).decode(),
-        }
-    if event.kind == "end":
-        return {"type": "end", "exit_code": event.exit_code, "error": event.error}
-    return {"type": "keepalive"}
-
-
-async def _ndjson(stream: AsyncIterator[ProcessEvent]) -> StreamingResponse:
+async def _ndjson(stream: AsyncIterator[StreamEvent]) -> StreamingResponse:
     """Stream process events as NDJSON; the first event is awaited first, so a bad
     request fails with a status code instead of a broken stream."""
     first = await anext(stream, None)
@@ -392,11 +373,11 @@ async def _ndjson(stream: AsyncIterator[ProcessEvent]) -> StreamingResponse:
     async def lines() -> AsyncIterator[bytes]:
         try:
             if first is not None:
-                yield (json.dumps(event_json(first)) + "\n").encode()
+                yield encode_event(first)
             async for event in stream:
-                yield (json.dumps(event_json(event)) + "\n").encode()
+                yield encode_event(event)
         except HostAgentError as exc:
-            yield (json.dumps({"type": "error", "message": str(exc)}) + "\n").encode()
+            yield encode_event(AgentEvent("error", error=str(exc)))
         finally:
             with contextlib.suppress(Exception):
                 await stream.aclose()  # type: ignore[attr-defined]

@@ -3,7 +3,9 @@
 Owns: exec (collected and streamed), background processes with tags, PTY sessions,
 and files. Each call finds the capsule (it must be running), marks it active, and turns
 the guest agent's errors into the host agent's (`CapsuleNotFound` stays the caller's
-problem; a missing file or process is `GuestNotFound`).
+problem; a missing file or process is `GuestNotFound`). Its arguments come checked by
+the API's request models (`hostagent.wire`, the routes' query rules); the guest agent
+checks paths and sizes again as its own.
 """
 
 from __future__ import annotations
@@ -14,10 +16,18 @@ from collections.abc import AsyncGenerator, AsyncIterable, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pywrenn.envdclient import EnvdClient, EnvdError, EnvdProtocolError, EnvdTimeout
-from pywrenn.envdclient._ops import EntryInfo, ProcessEvent, ProcessInfo, Selector
+from pywrenn.envdclient import (
+    EntryInfo,
+    EnvdClient,
+    EnvdError,
+    EnvdProtocolError,
+    EnvdTimeout,
+    ProcessEvent,
+    ProcessInfo,
+)
 from pywrenn.hostagent.errors import GuestError, HostAgentError, InvalidRequest
 from pywrenn.hostagent.manager import SandboxManager
+from pywrenn.ids import Selector
 
 DEFAULT_EXEC_TIMEOUT_S = 30.0
 MAX_EXEC_OUTPUT = 16 * 1024 * 1024  # collected exec output; stream for more
@@ -147,8 +157,6 @@ class GuestOps:
         return await self._call(capsule_id, self._guest(capsule_id).list_processes())
 
     async def kill(self, capsule_id: str, selector: Selector, signal: str = "SIGKILL") -> None:
-        if signal.upper() not in {"SIGKILL", "SIGTERM"}:
-            raise InvalidRequest(f"invalid: signal {signal!r}; use SIGKILL or SIGTERM")
         await self._call(capsule_id, self._guest(capsule_id).send_signal(selector, signal))
 
     async def send_input(
@@ -160,36 +168,30 @@ class GuestOps:
         await self._call(capsule_id, self._guest(capsule_id).close_stdin(selector))
 
     async def resize(self, capsule_id: str, selector: Selector, cols: int, rows: int) -> None:
-        if not (0 < cols <= 4096 and 0 < rows <= 4096):
-            raise InvalidRequest(f"invalid: terminal size {cols}x{rows}")
         await self._call(capsule_id, self._guest(capsule_id).resize(selector, cols=cols, rows=rows))
 
     # -- files -----------------------------------------------------------------------------
     async def stat(self, capsule_id: str, path: str) -> EntryInfo:
-        return await self._call(capsule_id, self._guest(capsule_id).stat(_path(path)))
+        return await self._call(capsule_id, self._guest(capsule_id).stat(path))
 
     async def list_dir(self, capsule_id: str, path: str, depth: int = 1) -> list[EntryInfo]:
-        if not 1 <= depth <= 32:
-            raise InvalidRequest(f"invalid: depth {depth} is outside 1..32")
-        return await self._call(
-            capsule_id, self._guest(capsule_id).list_dir(_path(path), depth=depth)
-        )
+        return await self._call(capsule_id, self._guest(capsule_id).list_dir(path, depth=depth))
 
     async def make_dir(self, capsule_id: str, path: str) -> bool:
-        return await self._call(capsule_id, self._guest(capsule_id).make_dir(_path(path)))
+        return await self._call(capsule_id, self._guest(capsule_id).make_dir(path))
 
     async def remove(self, capsule_id: str, path: str) -> None:
-        await self._call(capsule_id, self._guest(capsule_id).remove(_path(path)))
+        await self._call(capsule_id, self._guest(capsule_id).remove(path))
 
     async def write_file(
         self, capsule_id: str, path: str, data: bytes | AsyncIterable[bytes]
     ) -> None:
-        await self._call(capsule_id, self._guest(capsule_id).write_file(_path(path), data))
+        await self._call(capsule_id, self._guest(capsule_id).write_file(path, data))
 
     async def read_file(self, capsule_id: str, path: str) -> AsyncGenerator[bytes, None]:
         """The file's bytes as a stream; the first chunk is fetched before returning, so a
         missing file is an error here rather than halfway through a response."""
-        stream = self._guest(capsule_id).read_file(_path(path))
+        stream = self._guest(capsule_id).read_file(path)
         try:
             first = await anext(stream, b"")
         except EnvdError as exc:
@@ -225,12 +227,6 @@ class GuestOps:
                 yield event
         except EnvdError as exc:
             raise _translate(exc) from exc
-
-
-def _path(path: str) -> str:
-    if not path or "\0" in path:
-        raise InvalidRequest(f"invalid: path {path!r}")
-    return path
 
 
 def _translate(exc: EnvdError) -> HostAgentError:

@@ -64,7 +64,7 @@ from pywrenn.hostagent.recovery import (
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.slots import SlotAllocator
 from pywrenn.hostagent.states import CapsuleState
-from pywrenn.ids import IdKind, is_valid_id, new_id
+from pywrenn.ids import IdKind, new_id
 from pywrenn.layout import SNAPSHOT_META, Layout, parse_leftover
 from pywrenn.vmm import (
     AGENT_PORT,
@@ -175,9 +175,9 @@ class SandboxManager:
     async def create(self, request: CreateRequest) -> CapsuleInfo:
         if self._draining:
             raise CapsuleStateConflict("-", "draining", "create capsules")
+        # The request's own checks (id, sizes, template name) are the API model's
+        # (`wire.CapsuleCreate`); this host's limits are checked here.
         capsule_id = request.capsule_id or new_id(IdKind.CAPSULE)
-        if not is_valid_id(capsule_id, IdKind.CAPSULE):
-            raise InvalidRequest(f"invalid: capsule id {capsule_id!r}")
         if capsule_id in self._capsules or self.layout.sandbox_dir(capsule_id).exists():
             raise CapsuleStateConflict(capsule_id, "existing", "create it again")
         vcpus = request.vcpus or self.settings.default_vcpus
@@ -188,8 +188,6 @@ class SandboxManager:
             raise InvalidRequest(
                 f"invalid: memory_mb {memory_mb} is outside 128..{self.settings.max_memory_mb}"
             )
-        if request.timeout_sec < 0:
-            raise InvalidRequest(f"invalid: timeout_sec {request.timeout_sec} is negative")
         self.admission.admit(capsule_id, memory_mb, self._capsules.values())
         source = self._resolve_template(request.template, vcpus, memory_mb)
         egress = self.settings.egress_default if request.egress is None else request.egress

@@ -18,7 +18,7 @@ from contextlib import asynccontextmanager
 from fastapi import APIRouter, Request, Response, WebSocket
 from pydantic import ValidationError
 
-from pywrenn.hostagent.schemas import ExecStreamRequest
+from pywrenn.hostagent.wire import ExecStreamRequest
 
 from ..deps import HostsDep, NowDep, SessionDep, TeamDep, ws_caller
 from ..errors import InvalidInput

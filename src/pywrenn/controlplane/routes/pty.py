@@ -18,7 +18,7 @@ from typing import Any
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
 from pydantic import ValidationError
 
-from pywrenn.hostagent.schemas import BackgroundRequest
+from pywrenn.hostagent.wire import BackgroundRequest
 
 from ..errors import InvalidInput, NotFound
 from ..services import guest

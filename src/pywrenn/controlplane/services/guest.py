@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pywrenn.hostagent.schemas import BackgroundRequest, EntryPublic, ExecRequest
+from pywrenn.hostagent.wire import BackgroundRequest, EntryPublic, ExecRequest
 from pywrenn.ids import parse_selector, parse_tag
 
 from ..errors import InvalidInput
