@@ -18,7 +18,6 @@ from typing import Any, get_args
 import httpx
 import pytest
 from fastapi import FastAPI
-from fastapi.routing import APIRoute
 from pydantic import ValidationError
 
 from pywrenn.envdclient import ProcessEvent
@@ -168,11 +167,12 @@ def app(tmp_path: Path) -> FastAPI:
 
 
 def _routes(app: FastAPI) -> set[tuple[str, str]]:
+    """Every (method, path) the app serves, as its schema lists them (the schema walks
+    included routers, which `app.routes` holds unexpanded)."""
     return {
-        (method, route.path)
-        for route in app.routes
-        if isinstance(route, APIRoute)
-        for method in route.methods
+        (method.upper(), path)
+        for path, operations in app.openapi()["paths"].items()
+        for method in operations
     }
 
 

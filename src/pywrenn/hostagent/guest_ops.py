@@ -25,17 +25,13 @@ from pywrenn.envdclient import (
     ProcessEvent,
     ProcessInfo,
 )
-from pywrenn.hostagent.errors import GuestError, HostAgentError, InvalidRequest
+from pywrenn.hostagent.errors import GuestError, GuestNotFound, HostAgentError, InvalidRequest
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.ids import Selector
 
 DEFAULT_EXEC_TIMEOUT_S = 30.0
 MAX_EXEC_OUTPUT = 16 * 1024 * 1024  # collected exec output; stream for more
 T = TypeVar("T")
-
-
-class GuestNotFound(HostAgentError):
-    """The file, directory or process named does not exist in the guest."""
 
 
 @dataclass(frozen=True)
