@@ -23,6 +23,7 @@ from pywrenn.hostagent.manager import CreateRequest, SandboxManager
 from pywrenn.hostagent.meta import TEMPLATE_META, read_json
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.templates import TemplateService
+from pywrenn.hostagent.wire import ProcessSpec
 from pywrenn.images import ImageManifest
 from pywrenn.layout import Layout
 from pywrenn.vmm import QemuRuntime, VMError, read_meta
@@ -45,7 +46,7 @@ class Host:
         return info.capsule_id
 
     async def sh(self, capsule_id: str, command: str) -> str:
-        out = await self.guest.exec(capsule_id, "/bin/sh", ["-c", command])
+        out = await self.guest.exec(capsule_id, ProcessSpec("/bin/sh", ["-c", command]))
         assert out.exit_code == 0, out.stderr
         return out.stdout.decode()
 

@@ -2,8 +2,8 @@
 
 It must stay light (the control plane loads none of the host agent through it), its
 NDJSON encoder and decoder must agree, the test double of the API (`FakeHostAgent`)
-must serve exactly the real app's routes, and a request the models refuse is a 400 in
-the API's envelope before any route runs.
+must serve exactly the real app's routes, a request the models refuse is a 400 in the
+API's envelope before any route runs, and a `ProcessSpec` crosses the wire whole.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import asyncio
 import json
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, get_args
 
@@ -26,12 +27,18 @@ from pywrenn.hostagent.app import create_app
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.wire import (
+    DEFAULT_EXEC_TIMEOUT_S,
     AgentEvent,
+    BackgroundRequest,
     CapsuleCreate,
+    ExecRequest,
+    ExecStreamRequest,
     ForkRequest,
     InputRequest,
     MalformedEvent,
     MetricRange,
+    ProcessSpec,
+    TerminalSize,
     decode_event,
     encode_event,
 )
@@ -237,3 +244,64 @@ def test_good_requests_reach_the_route(
     response = _call(app, method, path, **kwargs)  # no such capsule here
     assert response.status_code == 404, response.text
     assert response.json()["error"]["code"] == "not_found"
+
+
+# -- ProcessSpec ------------------------------------------------------------------------------
+SPEC = ProcessSpec("/bin/sh", ["-c", "true"], envs={"A": "1"}, cwd="/tmp", user="root")
+
+
+@pytest.mark.parametrize(
+    ("body", "spec"),
+    [
+        (ExecRequest, replace(SPEC, timeout_sec=12.5)),
+        (ExecStreamRequest, replace(SPEC, tag="job-1", stdin=True, timeout_sec=60.0)),
+        (ExecStreamRequest, SPEC),
+        (BackgroundRequest, replace(SPEC, tag="pty-1", stdin=True, pty=TerminalSize(100, 30))),
+        (BackgroundRequest, replace(SPEC, stdin=True)),
+    ],
+)
+def test_a_spec_survives_its_body_on_the_wire(body: Any, spec: ProcessSpec) -> None:
+    """What the control plane asks to run is what the host agent hands the guest."""
+    sent = body.of(spec).model_dump_json()
+    received = body.model_validate_json(sent)
+    assert received.spec() == spec
+
+
+def test_a_collected_exec_has_a_deadline() -> None:
+    assert ExecRequest.of(SPEC).timeout_sec == DEFAULT_EXEC_TIMEOUT_S
+    assert ExecRequest(cmd="x").spec().timeout_sec == DEFAULT_EXEC_TIMEOUT_S
+
+
+def test_the_spec_is_shared_not_copied_on_the_host_side() -> None:
+    body = ExecStreamRequest(cmd="x", args=["a"], envs={"K": "v"})
+    spec = body.spec()
+    assert spec.args is body.args and spec.envs is body.envs
+
+
+@pytest.mark.parametrize(
+    ("body", "spec"),
+    [
+        (ExecRequest, replace(SPEC, tag="t")),
+        (ExecRequest, replace(SPEC, stdin=True)),
+        (ExecRequest, replace(SPEC, pty=TerminalSize(80, 24))),
+        (ExecStreamRequest, replace(SPEC, pty=TerminalSize(80, 24))),
+        (BackgroundRequest, replace(SPEC, stdin=True, timeout_sec=5.0)),
+        (BackgroundRequest, SPEC),  # stdin closed: a background process keeps it open
+    ],
+)
+def test_a_route_refuses_a_spec_it_cannot_carry(body: Any, spec: ProcessSpec) -> None:
+    with pytest.raises(ValueError):
+        body.of(spec)
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        ProcessSpec("", stdin=True),
+        ProcessSpec("x", tag="../x", stdin=True),
+        ProcessSpec("x", stdin=True, pty=TerminalSize(0, 24)),
+    ],
+)
+def test_a_bad_spec_fails_as_its_body_is_made(spec: ProcessSpec) -> None:
+    with pytest.raises(ValidationError):
+        BackgroundRequest.of(spec)

@@ -26,11 +26,12 @@ from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 import yarl
+from pydantic import BaseModel
 
 from pywrenn.hostagent.wire import AgentEvent as AgentEvent  # what a stream yields
 from pywrenn.hostagent.wire import (
@@ -49,6 +50,7 @@ from pywrenn.hostagent.wire import (
     MalformedEvent,
     MetricsResponse,
     ProcessList,
+    ProcessSpec,
     ResizeRequest,
     SnapshotRequest,
     Started,
@@ -136,11 +138,11 @@ class HostAgentAPI(Protocol):
     async def resume(self, capsule_id: str) -> CapsulePublic: ...
     async def ping(self, capsule_id: str) -> CapsulePublic: ...
     async def metrics(self, capsule_id: str, range_: str) -> MetricsResponse: ...
-    async def exec(self, capsule_id: str, body: ExecRequest) -> ExecResponse: ...
+    async def exec(self, capsule_id: str, spec: ProcessSpec) -> ExecResponse: ...
     def exec_stream(
-        self, capsule_id: str, body: ExecStreamRequest
+        self, capsule_id: str, spec: ProcessSpec
     ) -> AbstractAsyncContextManager[AsyncIterator[AgentEvent]]: ...
-    async def start_process(self, capsule_id: str, body: BackgroundRequest) -> Started: ...
+    async def start_process(self, capsule_id: str, spec: ProcessSpec) -> Started: ...
     async def processes(self, capsule_id: str) -> ProcessList: ...
     async def kill(self, capsule_id: str, selector: Selector, signal: str = "SIGKILL") -> None: ...
     def attach(
@@ -249,6 +251,18 @@ def _template(name: str) -> str:
         return parse_template_name(name)
     except ValueError as exc:
         raise InvalidInput(f"invalid: {exc}") from exc
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _process_body(of: Callable[[ProcessSpec], _Body], spec: ProcessSpec) -> _Body:
+    """The body of the route that runs `spec`, validated here (its one check on this
+    side); a spec it refuses is the caller's bad input, as the host would answer."""
+    try:
+        return of(spec)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise InvalidInput(f"invalid: process: {exc}") from exc
 
 
 def _segment(value: str | int) -> str:
@@ -418,7 +432,8 @@ class HostClient:
         return MetricsResponse.model_validate_json(r.content)
 
     # -- exec and processes -------------------------------------------------------------
-    async def exec(self, capsule_id: str, body: ExecRequest) -> ExecResponse:
+    async def exec(self, capsule_id: str, spec: ProcessSpec) -> ExecResponse:
+        body = _process_body(ExecRequest.of, spec)
         timeout = aiohttp.ClientTimeout(total=body.timeout_sec + EXEC_MARGIN_S, connect=5.0)
         url = self._capsule_url(capsule_id, "exec")
         r = await self._call("POST", url, json_body=body.model_dump(), timeout=timeout)
@@ -426,13 +441,15 @@ class HostClient:
 
     @asynccontextmanager
     async def exec_stream(
-        self, capsule_id: str, body: ExecStreamRequest
+        self, capsule_id: str, spec: ProcessSpec
     ) -> AsyncIterator[AsyncIterator[AgentEvent]]:
+        body = _process_body(ExecStreamRequest.of, spec)
         url = self._capsule_url(capsule_id, "exec", "stream")
         async with self._stream("POST", url, json_body=body.model_dump()) as response:
             yield self._events(response, url)
 
-    async def start_process(self, capsule_id: str, body: BackgroundRequest) -> Started:
+    async def start_process(self, capsule_id: str, spec: ProcessSpec) -> Started:
+        body = _process_body(BackgroundRequest.of, spec)
         url = self._capsule_url(capsule_id, "processes")
         r = await self._call("POST", url, json_body=body.model_dump())
         return Started.model_validate_json(r.content)

@@ -27,9 +27,9 @@ from pywrenn.envdclient import (
 )
 from pywrenn.hostagent.errors import GuestError, GuestNotFound, HostAgentError, InvalidRequest
 from pywrenn.hostagent.manager import SandboxManager
+from pywrenn.hostagent.wire import DEFAULT_EXEC_TIMEOUT_S, ProcessSpec
 from pywrenn.ids import Selector
 
-DEFAULT_EXEC_TIMEOUT_S = 30.0
 MAX_EXEC_OUTPUT = 16 * 1024 * 1024  # collected exec output; stream for more
 T = TypeVar("T")
 
@@ -54,27 +54,16 @@ class GuestOps:
         return capsule.envd
 
     # -- exec ------------------------------------------------------------------------------
-    async def exec(
-        self,
-        capsule_id: str,
-        cmd: str,
-        args: list[str] | None = None,
-        *,
-        envs: dict[str, str] | None = None,
-        cwd: str | None = None,
-        user: str | None = None,
-        timeout: float = DEFAULT_EXEC_TIMEOUT_S,
-    ) -> ExecOutput:
-        """Run a command to completion; its output is collected (up to 16 MiB per stream)."""
+    async def exec(self, capsule_id: str, spec: ProcessSpec) -> ExecOutput:
+        """Run `spec` to completion; its output is collected (up to 16 MiB per stream)."""
         guest = self._guest(capsule_id)
+        timeout = DEFAULT_EXEC_TIMEOUT_S if spec.timeout_sec is None else spec.timeout_sec
         stdout, stderr = bytearray(), bytearray()
         started = time.monotonic()
         pid, exit_code, error = 0, -1, None
         try:
             async with asyncio.timeout(timeout + 5.0):
-                async for event in guest.start(
-                    cmd, args, envs=envs, cwd=cwd, user=user, timeout=timeout
-                ):
+                async for event in _start(guest, spec, timeout):
                     if event.kind == "start":
                         pid = event.pid
                     elif event.kind == "data":
@@ -102,48 +91,22 @@ class GuestOps:
         )
 
     async def exec_stream(
-        self,
-        capsule_id: str,
-        cmd: str,
-        args: list[str] | None = None,
-        *,
-        envs: dict[str, str] | None = None,
-        cwd: str | None = None,
-        user: str | None = None,
-        tag: str | None = None,
-        stdin: bool = False,
-        timeout: float | None = None,
-        pty: tuple[int, int] | None = None,
+        self, capsule_id: str, spec: ProcessSpec
     ) -> AsyncGenerator[ProcessEvent, None]:
+        """Start `spec`; its events as they come (start first, end last)."""
         guest = self._guest(capsule_id)
-        stream = guest.start(
-            cmd, args, envs=envs, cwd=cwd, user=user, tag=tag, stdin=stdin, timeout=timeout, pty=pty
-        )
-        return self._guarded(capsule_id, stream)
+        return self._guarded(capsule_id, _start(guest, spec, spec.timeout_sec))
 
-    async def start_background(
-        self,
-        capsule_id: str,
-        cmd: str,
-        args: list[str] | None = None,
-        *,
-        tag: str | None = None,
-        envs: dict[str, str] | None = None,
-        cwd: str | None = None,
-        user: str | None = None,
-        pty: tuple[int, int] | None = None,
-    ) -> int:
-        """Start a process that survives this call; return its pid once it has started."""
-        stream = await self.exec_stream(
-            capsule_id, cmd, args, tag=tag, envs=envs, cwd=cwd, user=user, pty=pty, stdin=True
-        )
+    async def start_background(self, capsule_id: str, spec: ProcessSpec) -> int:
+        """Start `spec` to outlive this call; return its pid once it has started."""
+        stream = await self.exec_stream(capsule_id, spec)
         try:
             async for event in stream:
                 if event.kind == "start":
                     return event.pid
         finally:
             await stream.aclose()  # detach: the process runs on, its output is kept
-        raise GuestError(f"failed: {cmd!r} ended before it started")
+        raise GuestError(f"failed: {spec.cmd!r} ended before it started")
 
     def attach(self, capsule_id: str, selector: Selector) -> AsyncGenerator[ProcessEvent, None]:
         """Re-attach to a process's output (missed output first), until it ends."""
@@ -223,6 +186,23 @@ class GuestOps:
                 yield event
         except EnvdError as exc:
             raise _translate(exc) from exc
+
+
+def _start(
+    guest: EnvdClient, spec: ProcessSpec, timeout: float | None
+) -> AsyncGenerator[ProcessEvent, None]:
+    # The one place a spec becomes the guest client's arguments.
+    return guest.start(
+        spec.cmd,
+        spec.args,
+        envs=spec.envs,
+        cwd=spec.cwd,
+        user=spec.user,
+        tag=spec.tag,
+        stdin=spec.stdin,
+        pty=spec.pty,
+        timeout=timeout,
+    )
 
 
 def _translate(exc: EnvdError) -> HostAgentError:

@@ -1,5 +1,9 @@
 """Commands and processes in a capsule: exec (collected or streamed as NDJSON),
-background processes and PTYs, their list, kill, re-attach, input, EOF and resize."""
+background processes and PTYs, their list, kill, re-attach, input, EOF and resize.
+
+The three routes that start a process hand the guest calls their body's `ProcessSpec`
+(`wire`): the body is validated once, on its way in, and its fields are not copied.
+"""
 
 from __future__ import annotations
 
@@ -37,15 +41,7 @@ SignalQuery = Annotated[str, Query(pattern="(?i)^SIG(KILL|TERM)$")]
 
 @router.post("/exec")
 async def exec_command(capsule_id: str, body: ExecRequest, request: Request) -> ExecResponse:
-    out = await context(request).guest.exec(
-        capsule_id,
-        body.cmd,
-        body.args,
-        envs=body.envs,
-        cwd=body.cwd,
-        user=body.user,
-        timeout=body.timeout_sec,
-    )
+    out = await context(request).guest.exec(capsule_id, body.spec())
     return ExecResponse.of(
         out.stdout,
         out.stderr,
@@ -60,32 +56,12 @@ async def exec_command(capsule_id: str, body: ExecRequest, request: Request) -> 
 async def exec_stream(
     capsule_id: str, body: ExecStreamRequest, request: Request
 ) -> StreamingResponse:
-    stream = await context(request).guest.exec_stream(
-        capsule_id,
-        body.cmd,
-        body.args,
-        envs=body.envs,
-        cwd=body.cwd,
-        user=body.user,
-        tag=body.tag,
-        stdin=body.stdin,
-        timeout=body.timeout_sec or None,
-    )
-    return await _ndjson(stream)
+    return await _ndjson(await context(request).guest.exec_stream(capsule_id, body.spec()))
 
 
 @router.post("/processes", status_code=201)
 async def start_process(capsule_id: str, body: BackgroundRequest, request: Request) -> Started:
-    pid = await context(request).guest.start_background(
-        capsule_id,
-        body.cmd,
-        body.args,
-        tag=body.tag,
-        envs=body.envs,
-        cwd=body.cwd,
-        user=body.user,
-        pty=(body.cols, body.rows) if body.pty else None,
-    )
+    pid = await context(request).guest.start_background(capsule_id, body.spec())
     return Started(pid=pid, tag=body.tag)
 
 

@@ -1,9 +1,10 @@
 """The host agent's API on the wire: the one package both of its sides import.
 
 Owns: every request and response body of the API in docs/hostagent.md (pydantic), with
-the checks on a request that need no host state (sizes, names, ids, base64); and the
-NDJSON lines of a process stream (`events.py`: `encode_event`, the host agent's, and
-`decode_event`, the control plane's).
+the checks on a request that need no host state (sizes, names, ids, base64);
+`ProcessSpec`, what to run in a guest, as it travels from the control plane down to the
+guest agent's client (`processes.py`); and the NDJSON lines of a process stream
+(`events.py`: `encode_event`, the host agent's, and `decode_event`, the control plane's).
 Knows nothing of: capsules as the host agent holds them, VMs, or the guest agent's
 client. It imports pydantic, the standard library and `pywrenn.ids` only, so the control
 plane loads none of the rest of the host agent with it (a unit test holds this). Turning
@@ -40,8 +41,10 @@ from .processes import (
     InputRequest,
     ProcessList,
     ProcessPublic,
+    ProcessSpec,
     ResizeRequest,
     Started,
+    TerminalSize,
 )
 
 __all__ = [
@@ -72,6 +75,7 @@ __all__ = [
     "NetworkPoolStatus",
     "ProcessList",
     "ProcessPublic",
+    "ProcessSpec",
     "ResizeRequest",
     "Selector",
     "SnapshotRequest",
@@ -79,6 +83,7 @@ __all__ = [
     "StreamEvent",
     "TemplateList",
     "TemplatePublic",
+    "TerminalSize",
     "decode_event",
     "encode_event",
 ]
