@@ -37,7 +37,6 @@ from pywrenn.hostagent.wire import (
     BackgroundRequest,
     CapsuleCreate,
     CapsuleList,
-    CapsulePublic,
     DirMade,
     EntryList,
     EntryPublic,
@@ -46,6 +45,7 @@ from pywrenn.hostagent.wire import (
     ExecStreamRequest,
     FileWritten,
     ForkRequest,
+    HostCapsule,
     InputRequest,
     MetricPointPublic,
     MetricRange,
@@ -172,10 +172,10 @@ class FakeHostAgent:
                 return process
         raise _Failure(404, "not_found", f"not found: process {selector}")
 
-    def _public(self, capsule_id: str) -> CapsulePublic:
+    def _public(self, capsule_id: str) -> HostCapsule:
         capsule = self.capsules[capsule_id]
         request = capsule.request
-        return CapsulePublic(
+        return HostCapsule(
             capsule_id=capsule_id,
             state=capsule.state,
             team_id=request.team_id,
@@ -256,7 +256,7 @@ class FakeHostAgent:
             return CapsuleList(capsules=[self._public(c) for c in self.capsules], auto_paused=[])
 
         @app.post("/v1/capsules", status_code=201)
-        async def create(body: CapsuleCreate) -> CapsulePublic:
+        async def create(body: CapsuleCreate) -> HostCapsule:
             await self.create_gate.wait()
             self._check("create")
             if body.template not in self.templates:
@@ -300,7 +300,7 @@ class FakeHostAgent:
             del self.templates[name]
 
         @app.get("/v1/capsules/{capsule_id}")
-        async def get(capsule_id: str) -> CapsulePublic:
+        async def get(capsule_id: str) -> HostCapsule:
             self._capsule(capsule_id, running=False)
             return self._public(capsule_id)
 
@@ -311,14 +311,14 @@ class FakeHostAgent:
             del self.capsules[capsule_id]
 
         @app.post("/v1/capsules/{capsule_id}/pause")
-        async def pause(capsule_id: str) -> CapsulePublic:
+        async def pause(capsule_id: str) -> HostCapsule:
             self._check("pause")
             capsule = self._capsule(capsule_id, running=False)
             capsule.state = "paused"
             return self._public(capsule_id)
 
         @app.post("/v1/capsules/{capsule_id}/resume")
-        async def resume(capsule_id: str) -> CapsulePublic:
+        async def resume(capsule_id: str) -> HostCapsule:
             self._check("resume")
             capsule = self._capsule(capsule_id, running=False)
             if capsule.state != "paused":
@@ -327,7 +327,7 @@ class FakeHostAgent:
             return self._public(capsule_id)
 
         @app.post("/v1/capsules/{capsule_id}/ping")
-        async def ping(capsule_id: str) -> CapsulePublic:
+        async def ping(capsule_id: str) -> HostCapsule:
             self._capsule(capsule_id)
             return self._public(capsule_id)
 

@@ -18,7 +18,7 @@ import pytest
 
 from pywrenn.hostagent import dirlock
 from pywrenn.hostagent.errors import HostError
-from pywrenn.hostagent.guest_ops import GuestOps
+from pywrenn.hostagent.guest_ops import GuestService
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
 from pywrenn.hostagent.meta import TEMPLATE_META, read_json
 from pywrenn.hostagent.settings import HostAgentSettings
@@ -39,7 +39,7 @@ class Host:
     def __init__(self, manager: SandboxManager) -> None:
         self.manager = manager
         self.templates = TemplateService(manager)
-        self.guest = GuestOps(manager)
+        self.guest = GuestService(manager)
 
     async def create(self, template: str = "minimal") -> str:
         info = await self.manager.create(CreateRequest(template=template, memory_mb=SMALL))

@@ -38,7 +38,6 @@ from pywrenn.hostagent.wire import (
     BackgroundRequest,
     CapsuleCreate,
     CapsuleList,
-    CapsulePublic,
     DirMade,
     EntryList,
     EntryPublic,
@@ -46,6 +45,7 @@ from pywrenn.hostagent.wire import (
     ExecResponse,
     ExecStreamRequest,
     ForkRequest,
+    HostCapsule,
     InputRequest,
     MalformedEvent,
     MetricsResponse,
@@ -130,13 +130,13 @@ class LineSplitter:
 class HostAgentAPI(Protocol):
     """Everything the control plane asks of one host agent."""
 
-    async def create(self, body: CapsuleCreate) -> CapsulePublic: ...
-    async def get(self, capsule_id: str) -> CapsulePublic: ...
+    async def create(self, body: CapsuleCreate) -> HostCapsule: ...
+    async def get(self, capsule_id: str) -> HostCapsule: ...
     async def list(self) -> CapsuleList: ...
     async def destroy(self, capsule_id: str) -> None: ...
-    async def pause(self, capsule_id: str) -> CapsulePublic: ...
-    async def resume(self, capsule_id: str) -> CapsulePublic: ...
-    async def ping(self, capsule_id: str) -> CapsulePublic: ...
+    async def pause(self, capsule_id: str) -> HostCapsule: ...
+    async def resume(self, capsule_id: str) -> HostCapsule: ...
+    async def ping(self, capsule_id: str) -> HostCapsule: ...
     async def metrics(self, capsule_id: str, range_: str) -> MetricsResponse: ...
     async def exec(self, capsule_id: str, spec: ProcessSpec) -> ExecResponse: ...
     def exec_stream(
@@ -374,11 +374,11 @@ class HostClient:
     def _capsule_url(self, capsule_id: str, *rest: str | int) -> yarl.URL:
         return self._url("capsules", _capsule(capsule_id), *rest)
 
-    async def create(self, body: CapsuleCreate) -> CapsulePublic:
+    async def create(self, body: CapsuleCreate) -> HostCapsule:
         r = await self._call(
             "POST", self._url("capsules"), json_body=body.model_dump(), timeout=CREATE_TIMEOUT
         )
-        return CapsulePublic.model_validate_json(r.content)
+        return HostCapsule.model_validate_json(r.content)
 
     async def snapshot(self, capsule_id: str, body: SnapshotRequest) -> TemplatePublic:
         r = await self._call(
@@ -401,9 +401,9 @@ class HostClient:
     async def delete_template(self, name: str) -> None:
         await self._call("DELETE", self._url("templates", _template(name)))
 
-    async def get(self, capsule_id: str) -> CapsulePublic:
+    async def get(self, capsule_id: str) -> HostCapsule:
         r = await self._call("GET", self._capsule_url(capsule_id))
-        return CapsulePublic.model_validate_json(r.content)
+        return HostCapsule.model_validate_json(r.content)
 
     async def list(self) -> CapsuleList:
         r = await self._call("GET", self._url("capsules"))
@@ -412,19 +412,19 @@ class HostClient:
     async def destroy(self, capsule_id: str) -> None:
         await self._call("DELETE", self._capsule_url(capsule_id), timeout=LIFECYCLE_TIMEOUT)
 
-    async def pause(self, capsule_id: str) -> CapsulePublic:
+    async def pause(self, capsule_id: str) -> HostCapsule:
         url = self._capsule_url(capsule_id, "pause")
         r = await self._call("POST", url, timeout=LIFECYCLE_TIMEOUT)
-        return CapsulePublic.model_validate_json(r.content)
+        return HostCapsule.model_validate_json(r.content)
 
-    async def resume(self, capsule_id: str) -> CapsulePublic:
+    async def resume(self, capsule_id: str) -> HostCapsule:
         url = self._capsule_url(capsule_id, "resume")
         r = await self._call("POST", url, timeout=LIFECYCLE_TIMEOUT)
-        return CapsulePublic.model_validate_json(r.content)
+        return HostCapsule.model_validate_json(r.content)
 
-    async def ping(self, capsule_id: str) -> CapsulePublic:
+    async def ping(self, capsule_id: str) -> HostCapsule:
         r = await self._call("POST", self._capsule_url(capsule_id, "ping"))
-        return CapsulePublic.model_validate_json(r.content)
+        return HostCapsule.model_validate_json(r.content)
 
     async def metrics(self, capsule_id: str, range_: str) -> MetricsResponse:
         url = self._capsule_url(capsule_id, "metrics")

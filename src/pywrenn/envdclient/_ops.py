@@ -34,7 +34,7 @@ from pywrenn.envdclient._errors import EnvdError, EnvdProtocolError, EnvdTimeout
 from pywrenn.envdclient.envelope import EnvelopeDecoder, encode
 from pywrenn.ids import Selector
 
-__all__ = ["EntryInfo", "GuestOps", "ProcessEvent", "ProcessInfo", "Selector"]
+__all__ = ["EntryInfo", "EnvdCalls", "ProcessEvent", "ProcessInfo", "Selector"]
 
 CONNECT_JSON = "application/connect+json"
 UNARY_JSON = "application/json"
@@ -120,7 +120,9 @@ def _event(message: dict[str, Any]) -> ProcessEvent | None:
     return None
 
 
-class GuestOps:
+class EnvdCalls:
+    """The guest agent's process and filesystem calls, mixed into `EnvdClient`."""
+
     _http: httpx.AsyncClient
 
     def _auth_headers(self) -> dict[str, str]:

@@ -19,7 +19,7 @@ from pywrenn import __version__
 from pywrenn.hostagent import loops
 from pywrenn.hostagent.errors import install_error_handlers
 from pywrenn.hostagent.gate import HostAgentGate
-from pywrenn.hostagent.guest_ops import GuestOps
+from pywrenn.hostagent.guest_ops import GuestService
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.routes import ROUTERS
 from pywrenn.hostagent.routes.deps import AgentContext
@@ -32,14 +32,14 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
     app = FastAPI(
         title="pywrenn host agent", version=__version__, lifespan=_lifespan(manager, run_loops)
     )
-    app.state.agent = AgentContext(manager, GuestOps(manager), TemplateService(manager), token)
+    app.state.agent = AgentContext(manager, GuestService(manager), TemplateService(manager), token)
     install_error_handlers(app)
     # The gate checks the token before any body is read, and caps bodies (gate.py).
     app.add_middleware(HostAgentGate, token=token)
     for router in ROUTERS:
         # A router's routes already carry its prefix and dependencies: they go onto the
         # app as they are. `include_router` would match them through one more layer per
-        # router (FastAPI's lazy include), which doubled the routing work of a request.
+        # router (FastAPI's lazy include): up to twice the routing work per request.
         app.router.routes.extend(router.routes)
     return app
 

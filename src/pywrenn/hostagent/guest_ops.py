@@ -44,7 +44,9 @@ class ExecOutput:
     pid: int
 
 
-class GuestOps:
+class GuestService:
+    """The host agent's calls into running capsules' guest agents, by capsule id."""
+
     def __init__(self, manager: SandboxManager) -> None:
         self.manager = manager
 

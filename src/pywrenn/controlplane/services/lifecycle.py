@@ -26,7 +26,7 @@ from datetime import datetime
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from pywrenn.hostagent.wire import CapsuleCreate as AgentCreate
-from pywrenn.hostagent.wire import CapsulePublic as AgentCapsule
+from pywrenn.hostagent.wire import HostCapsule as AgentCapsule
 
 from ..db.models import Capsule
 from ..errors import Conflict, ControlPlaneError, InvalidState, NotFound

@@ -1,8 +1,9 @@
 """The host agent's HTTP routes, one module per area (docs/hostagent.md, API).
 
-Owns: turning each request into one call on the manager, the guest calls or the template
-service, and each answer into its wire body (`hostagent.wire`; `_convert.py` for the
-host agent's own records). Behaviour lives behind those calls; routes only translate.
+Owns: turning each request into one call on the manager, the guest service or the
+template service, and each answer into its wire body (`hostagent.wire`; `_convert.py`
+for the host agent's own records). Behaviour lives behind those calls; routes only
+translate.
 `create_app` (app.py) serves `ROUTERS`; `deps.py` holds what every route shares.
 """
 

@@ -14,16 +14,16 @@ from pywrenn.hostagent.capsule import CapsuleInfo
 from pywrenn.hostagent.metrics import MetricPoint
 from pywrenn.hostagent.templates import TemplateInfo
 from pywrenn.hostagent.wire import (
-    CapsulePublic,
     EntryPublic,
+    HostCapsule,
     MetricPointPublic,
     ProcessPublic,
     TemplatePublic,
 )
 
 
-def capsule(info: CapsuleInfo) -> CapsulePublic:
-    return CapsulePublic(
+def capsule(info: CapsuleInfo) -> HostCapsule:
+    return HostCapsule(
         capsule_id=info.capsule_id,
         state=info.state.value,
         team_id=info.team_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from pywrenn.hostagent.manager import CreateRequest
-from pywrenn.hostagent.wire import CapsuleCreate, CapsuleList, CapsulePublic, CapsuleResume
+from pywrenn.hostagent.wire import CapsuleCreate, CapsuleList, CapsuleResume, HostCapsule
 
 from . import _convert
 from .deps import AUTH, context
@@ -23,13 +23,13 @@ async def list_capsules(request: Request) -> CapsuleList:
 
 
 @router.post("", status_code=201)
-async def create_capsule(body: CapsuleCreate, request: Request) -> CapsulePublic:
+async def create_capsule(body: CapsuleCreate, request: Request) -> HostCapsule:
     info = await context(request).manager.create(CreateRequest(**body.model_dump()))
     return _convert.capsule(info)
 
 
 @router.get("/{capsule_id}")
-async def get_capsule(capsule_id: str, request: Request) -> CapsulePublic:
+async def get_capsule(capsule_id: str, request: Request) -> HostCapsule:
     return _convert.capsule(context(request).manager.get(capsule_id))
 
 
@@ -42,19 +42,19 @@ async def destroy_capsule(capsule_id: str, request: Request) -> None:
 
 
 @router.post("/{capsule_id}/pause")
-async def pause_capsule(capsule_id: str, request: Request) -> CapsulePublic:
+async def pause_capsule(capsule_id: str, request: Request) -> HostCapsule:
     return _convert.capsule(await context(request).manager.pause(capsule_id))
 
 
 @router.post("/{capsule_id}/resume")
 async def resume_capsule(
     capsule_id: str, request: Request, body: CapsuleResume | None = None
-) -> CapsulePublic:
+) -> HostCapsule:
     timeout = body.timeout_sec if body is not None else None
     info = await context(request).manager.resume(capsule_id, timeout_sec=timeout)
     return _convert.capsule(info)
 
 
 @router.post("/{capsule_id}/ping")
-async def ping_capsule(capsule_id: str, request: Request) -> CapsulePublic:
+async def ping_capsule(capsule_id: str, request: Request) -> HostCapsule:
     return _convert.capsule(context(request).manager.ping(capsule_id))

@@ -1,6 +1,6 @@
 """What the host agent's routes share: the app's objects, the token check, selectors.
 
-Owns: `AgentContext` (the manager, guest calls and template service one app serves,
+Owns: `AgentContext` (the manager, guest service and template service one app serves,
 kept on `app.state`) and `context(request)`, which routes call to reach them: a plain
 read, not a FastAPI dependency, because each dependency is work on every call and the
 exec routes are the hot path; `AUTH`, the routes' own token check, a second line behind
@@ -17,7 +17,7 @@ from fastapi import Depends, Header, Request
 
 from pywrenn.hostagent.errors import InvalidRequest, Unauthorised
 from pywrenn.hostagent.gate import presented_token, token_matches
-from pywrenn.hostagent.guest_ops import GuestOps
+from pywrenn.hostagent.guest_ops import GuestService
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.templates import TemplateService
 from pywrenn.ids import Selector, parse_selector
@@ -26,7 +26,7 @@ from pywrenn.ids import Selector, parse_selector
 @dataclass(frozen=True)
 class AgentContext:
     manager: SandboxManager
-    guest: GuestOps
+    guest: GuestService
     templates: TemplateService
     token: str
 

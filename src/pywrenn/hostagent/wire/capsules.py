@@ -36,8 +36,9 @@ class CapsuleResume(Strict):
     timeout_sec: int | None = Field(default=None, ge=0)
 
 
-class CapsulePublic(BaseModel):
-    """A capsule as its host agent reports it."""
+class HostCapsule(BaseModel):
+    """A capsule as its host agent reports it (the Wrenn API's view is the control
+    plane's `CapsulePublic`)."""
 
     capsule_id: str
     state: str  # hostagent/states.py CapsuleState
@@ -56,7 +57,7 @@ class CapsulePublic(BaseModel):
 
 
 class CapsuleList(BaseModel):
-    capsules: list[CapsulePublic]
+    capsules: list[HostCapsule]
     auto_paused: list[str]  # drained on read: ids the reaper paused since the last list
 
 
