@@ -1,10 +1,12 @@
 """`FakeHostAgent`: a test double for the host agent's wire API (docs/hostagent.md).
 
-It speaks the host agent's HTTP API (same paths, bodies, NDJSON process streams, error
-envelope and bearer token) from an in-memory model: capsules with states, files,
-directories and processes, with no VM behind it. The control plane under test reaches it
-through its real `HostClient` over real HTTP (`serve()` runs the fake on a loopback port),
-so what is tested is the control plane's HTTP client and routes, not a mocked object.
+It speaks the host agent's HTTP API (the same routes, the wire bodies of
+`pywrenn.hostagent.wire`, its NDJSON codec, the error envelope and the bearer token)
+from an in-memory model: capsules with states, files, directories and processes, with no
+VM behind it. `test_hostagent_wire.py` holds its routes equal to the real app's. The
+control plane under test reaches it through its real `HostClient` over real HTTP
+(`serve()` runs the fake on a loopback port), so what is tested is the control plane's
+HTTP client and routes, not a mocked object.
 
 Commands are scripted: `/bin/sh -c SCRIPT` looks SCRIPT up in `scripts` (stdout, stderr,
 exit code); anything else answers `ran: SCRIPT`. PTY processes echo their input.
@@ -15,25 +17,55 @@ exit code); anything else answers `ran: SCRIPT`. PTY processes echo their input.
 from __future__ import annotations
 
 import asyncio
-import base64
 import itertools
-import json
 import posixpath
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pywrenn.controlplane.hostclient import HostClient
+from pywrenn.hostagent.wire import (
+    NDJSON,
+    AgentEvent,
+    AgentHealth,
+    BackgroundRequest,
+    CapsuleCreate,
+    CapsuleList,
+    DirMade,
+    EntryList,
+    EntryPublic,
+    ExecRequest,
+    ExecResponse,
+    ExecStreamRequest,
+    FileWritten,
+    ForkRequest,
+    HostCapsule,
+    InputRequest,
+    MetricPointPublic,
+    MetricRange,
+    MetricsResponse,
+    NetworkPoolStatus,
+    ProcessList,
+    ProcessPublic,
+    ResizeRequest,
+    SnapshotRequest,
+    Started,
+    TemplateList,
+    TemplatePublic,
+    encode_event,
+)
 
 TOKEN = "fake-host-token"
 # How long an attach waits for news before ending its (buffered) response; the control
 # plane re-attaches, as it would after a dropped host connection.
 ATTACH_WAIT_S = 0.5
+CREATED_AT = "2026-01-01T00:00:00Z"
 
 
 class _Failure(Exception):
@@ -54,6 +86,7 @@ class FakeProcess:
     news: asyncio.Event = field(default_factory=asyncio.Event)
     inputs: list[bytes] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
+    stdin_closed: bool = False
 
     def emit(self, data: bytes) -> None:
         self.output += data
@@ -66,11 +99,16 @@ class FakeProcess:
 
 @dataclass
 class FakeCapsule:
-    body: dict[str, Any]
+    request: CapsuleCreate
     state: str = "running"
     files: dict[str, bytes] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=lambda: {"/", "/tmp", "/root"})
     processes: dict[int, FakeProcess] = field(default_factory=dict)
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The create body as it arrived, as JSON (what tests assert on)."""
+        return self.request.model_dump()
 
 
 class FakeHostAgent:
@@ -135,42 +173,56 @@ class FakeHostAgent:
                 return process
         raise _Failure(404, "not_found", f"not found: process {selector}")
 
-    def _public(self, capsule_id: str) -> dict[str, Any]:
+    def _public(self, capsule_id: str) -> HostCapsule:
         capsule = self.capsules[capsule_id]
-        body = capsule.body
-        return {
-            "capsule_id": capsule_id,
-            "state": capsule.state,
-            "team_id": body.get("team_id", ""),
-            "template_id": body.get("template_id", ""),
-            "template": body.get("template", "minimal"),
-            "vcpus": body.get("vcpus", 1),
-            "memory_mb": body.get("memory_mb", 512),
-            "timeout_sec": body.get("timeout_sec", 0),
-            "slot_index": 1,
-            "host_ip": "10.11.0.1",
-            "created_at": "2026-01-01T00:00:00Z",
-            "last_active_at": self.now_unix,
-            "metadata": body.get("metadata", {}),
-            "versions": {"envd_version": "0.1.0", "agent_version": "fake"},
-        }
+        request = capsule.request
+        return HostCapsule(
+            capsule_id=capsule_id,
+            state=capsule.state,
+            team_id=request.team_id,
+            template_id=request.template_id,
+            template=request.template,
+            vcpus=request.vcpus,
+            memory_mb=request.memory_mb,
+            timeout_sec=request.timeout_sec,
+            slot_index=1,
+            host_ip="10.11.0.1",
+            created_at=CREATED_AT,
+            last_active_at=self.now_unix,
+            metadata=request.metadata,
+            versions={"envd_version": "0.1.0", "agent_version": "fake"},
+        )
 
-    def _entry(self, capsule: FakeCapsule, path: str) -> dict[str, Any]:
+    def _entry(self, capsule: FakeCapsule, path: str) -> EntryPublic:
         is_dir = path in capsule.dirs
         if not is_dir and path not in capsule.files:
             raise _Failure(404, "not_found", f"not found: {path}")
-        return {
-            "name": posixpath.basename(path) or "/",
-            "path": path,
-            "type": "dir" if is_dir else "file",
-            "size": 0 if is_dir else len(capsule.files[path]),
-            "mode": 0o40755 if is_dir else 0o100644,
-            "permissions": "drwxr-xr-x" if is_dir else "-rw-r--r--",
-            "owner": "root",
-            "group": "root",
-            "modified_at": "2026-01-01T00:00:00Z",
-            "symlink_target": None,
-        }
+        return EntryPublic(
+            name=posixpath.basename(path) or "/",
+            path=path,
+            type="dir" if is_dir else "file",
+            size=0 if is_dir else len(capsule.files[path]),
+            mode=0o40755 if is_dir else 0o100644,
+            permissions="drwxr-xr-x" if is_dir else "-rw-r--r--",
+            owner="root",
+            group="root",
+            modified_at=CREATED_AT,
+            symlink_target=None,
+        )
+
+    def _template(self, name: str) -> TemplatePublic:
+        source = self.capsules.get(self.templates[name])
+        request = source.request if source is not None else CapsuleCreate()
+        return TemplatePublic(
+            name=name,
+            source_capsule=self.templates[name],
+            team_id=request.team_id,
+            vcpus=request.vcpus,
+            memory_mb=request.memory_mb,
+            created_at=CREATED_AT,
+            size_bytes=4096,
+            ephemeral=False,
+        )
 
     # -- the app --------------------------------------------------------------------------
     def _build(self) -> FastAPI:
@@ -179,7 +231,8 @@ class FakeHostAgent:
         @app.middleware("http")
         async def envelope(request: Request, call_next: Any) -> Response:
             self.calls.append(f"{request.method} {request.url.path}")
-            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+            public = request.url.path == "/health"
+            if not public and request.headers.get("authorization") != f"Bearer {TOKEN}":
                 return JSONResponse(_err("unauthorized", "bad token"), status_code=401)
             response: Response = await call_next(request)
             return response
@@ -189,178 +242,163 @@ class FakeHostAgent:
             assert isinstance(exc, _Failure)
             return JSONResponse(_err(exc.code, exc.message), status_code=exc.status)
 
+        @app.exception_handler(RequestValidationError)
+        async def invalid(_: Request, exc: Exception) -> JSONResponse:
+            return JSONResponse(_err("invalid", f"invalid: {exc}"), status_code=400)
+
+        @app.get("/health")
+        async def health() -> AgentHealth:
+            pool = NetworkPoolStatus(ready=0, size=0)
+            return AgentHealth(status="ok", version="fake", network_pool=pool)
+
         @app.get("/v1/capsules")
-        async def list_capsules() -> dict[str, Any]:
+        async def list_capsules() -> CapsuleList:
             self._check("list")
-            return {"capsules": [self._public(c) for c in self.capsules], "auto_paused": []}
+            return CapsuleList(capsules=[self._public(c) for c in self.capsules], auto_paused=[])
 
         @app.post("/v1/capsules", status_code=201)
-        async def create(request: Request) -> dict[str, Any]:
-            body = await request.json()
+        async def create(body: CapsuleCreate) -> HostCapsule:
             self.create_arrived.set()
             await self.create_gate.wait()
             self._check("create")
-            if body.get("template", "minimal") not in self.templates:
-                raise _Failure(400, "invalid", f"not found: template {body['template']!r}")
-            self.capsules[body["capsule_id"]] = FakeCapsule(body=body)
-            return self._public(body["capsule_id"])
+            if body.template not in self.templates:
+                raise _Failure(400, "invalid", f"not found: template {body.template!r}")
+            self.capsules[body.capsule_id] = FakeCapsule(request=body)
+            return self._public(body.capsule_id)
 
-        @app.post("/v1/capsules/{cid}/fork", status_code=201)
-        async def fork(cid: str, request: Request) -> dict[str, Any]:
-            body = await request.json()
+        @app.post("/v1/capsules/{capsule_id}/fork", status_code=201)
+        async def fork(capsule_id: str, body: ForkRequest) -> CapsuleList:
             self._check("fork")
-            source = self._capsule(cid)
+            source = self._capsule(capsule_id)
             children = []
-            for child in body["capsule_ids"]:
-                copied = FakeCapsule(body={**source.body, "capsule_id": child})
+            for child in body.capsule_ids:
+                request = source.request.model_copy(update={"capsule_id": child})
+                copied = FakeCapsule(request=request)
                 copied.files = dict(source.files)
                 copied.dirs = set(source.dirs)
                 self.capsules[child] = copied
                 children.append(self._public(child))
-            return {"capsules": children, "auto_paused": []}
+            return CapsuleList(capsules=children, auto_paused=[])
 
-        @app.post("/v1/capsules/{cid}/snapshot", status_code=201)
-        async def snapshot(cid: str, request: Request) -> dict[str, Any]:
-            body = await request.json()
+        @app.post("/v1/capsules/{capsule_id}/snapshot", status_code=201)
+        async def snapshot(capsule_id: str, body: SnapshotRequest) -> TemplatePublic:
             self._check("snapshot")
-            capsule = self._capsule(cid, running=False)
-            if body["name"] in self.templates and not body.get("overwrite"):
-                raise _Failure(409, "conflict", f"conflict: template {body['name']} exists")
-            self.templates[body["name"]] = cid
-            return {
-                "name": body["name"],
-                "source_capsule": cid,
-                "team_id": capsule.body.get("team_id", ""),
-                "vcpus": capsule.body.get("vcpus", 1),
-                "memory_mb": capsule.body.get("memory_mb", 512),
-                "created_at": "2026-01-01T00:00:00Z",
-                "size_bytes": 4096,
-                "ephemeral": False,
-            }
+            self._capsule(capsule_id, running=False)
+            if body.name in self.templates and not body.overwrite:
+                raise _Failure(409, "conflict", f"conflict: template {body.name} exists")
+            self.templates[body.name] = capsule_id
+            return self._template(body.name)
+
+        @app.get("/v1/templates")
+        async def list_templates() -> TemplateList:
+            return TemplateList(templates=[self._template(name) for name in self.templates])
 
         @app.delete("/v1/templates/{name}", status_code=204)
         async def delete_template(name: str) -> None:
             if name not in self.templates:
                 raise _Failure(404, "not_found", f"not found: template {name!r}")
-            if any(c.body.get("template") == name for c in self.capsules.values()):
+            if any(c.request.template == name for c in self.capsules.values()):
                 raise _Failure(409, "conflict", f"conflict: template {name} is in use")
             del self.templates[name]
 
-        @app.get("/v1/capsules/{cid}")
-        async def get(cid: str) -> dict[str, Any]:
-            self._capsule(cid, running=False)
-            return self._public(cid)
+        @app.get("/v1/capsules/{capsule_id}")
+        async def get(capsule_id: str) -> HostCapsule:
+            self._capsule(capsule_id, running=False)
+            return self._public(capsule_id)
 
-        @app.delete("/v1/capsules/{cid}", status_code=204)
-        async def destroy(cid: str) -> None:
+        @app.delete("/v1/capsules/{capsule_id}", status_code=204)
+        async def destroy(capsule_id: str) -> None:
             self._check("destroy")
-            self._capsule(cid, running=False)
-            del self.capsules[cid]
+            self._capsule(capsule_id, running=False)
+            del self.capsules[capsule_id]
 
-        @app.post("/v1/capsules/{cid}/pause")
-        async def pause(cid: str) -> dict[str, Any]:
+        @app.post("/v1/capsules/{capsule_id}/pause")
+        async def pause(capsule_id: str) -> HostCapsule:
             self._check("pause")
-            capsule = self._capsule(cid, running=False)
+            capsule = self._capsule(capsule_id, running=False)
             capsule.state = "paused"
-            return self._public(cid)
+            return self._public(capsule_id)
 
-        @app.post("/v1/capsules/{cid}/resume")
-        async def resume(cid: str) -> dict[str, Any]:
+        @app.post("/v1/capsules/{capsule_id}/resume")
+        async def resume(capsule_id: str) -> HostCapsule:
             self._check("resume")
-            capsule = self._capsule(cid, running=False)
+            capsule = self._capsule(capsule_id, running=False)
             if capsule.state != "paused":
-                raise _Failure(409, "conflict", f"conflict: {cid} is {capsule.state}")
+                raise _Failure(409, "conflict", f"conflict: {capsule_id} is {capsule.state}")
             capsule.state = "running"
-            return self._public(cid)
+            return self._public(capsule_id)
 
-        @app.post("/v1/capsules/{cid}/ping")
-        async def ping(cid: str) -> dict[str, Any]:
-            self._capsule(cid)
-            return self._public(cid)
+        @app.post("/v1/capsules/{capsule_id}/ping")
+        async def ping(capsule_id: str) -> HostCapsule:
+            self._capsule(capsule_id)
+            return self._public(capsule_id)
 
-        @app.get("/v1/capsules/{cid}/metrics")
-        async def metrics(cid: str, range: str = "10m") -> dict[str, Any]:
-            self._capsule(cid, running=False)
+        @app.get("/v1/capsules/{capsule_id}/metrics")
+        async def metrics(capsule_id: str, range: MetricRange = "10m") -> MetricsResponse:
+            self._capsule(capsule_id, running=False)
             points = [
-                {
-                    "timestamp_unix": self.now_unix - age,
-                    "cpu_pct": 1.5,
-                    "mem_bytes": 1,
-                    "disk_bytes": 2,
-                }
+                MetricPointPublic(
+                    timestamp_unix=self.now_unix - age, cpu_pct=1.5, mem_bytes=1, disk_bytes=2
+                )
                 for age in (4000.0, 100.0, 1.0)
             ]
-            return {"range": range, "points": points}
+            return MetricsResponse(range=range, points=points)
 
-        @app.post("/v1/capsules/{cid}/exec")
-        async def exec_(cid: str, request: Request) -> dict[str, Any]:
+        @app.post("/v1/capsules/{capsule_id}/exec")
+        async def exec_(capsule_id: str, body: ExecRequest) -> ExecResponse:
             self._check("exec")
-            self._capsule(cid)
-            body = await request.json()
-            self.exec_bodies.append(body)
-            out, err, code = self._run(body)
-            try:
-                stdout, stderr, encoding = out.decode(), err.decode(), "utf-8"
-            except UnicodeDecodeError:
-                stdout, stderr = base64.b64encode(out).decode(), base64.b64encode(err).decode()
-                encoding = "base64"
-            return {
-                "stdout": stdout,
-                "stderr": stderr,
-                "encoding": encoding,
-                "exit_code": code,
-                "error": None,
-                "duration_ms": 12.4,
-                "pid": next(self._pids),
-            }
-
-        @app.post("/v1/capsules/{cid}/exec/stream")
-        async def exec_stream(cid: str, request: Request) -> StreamingResponse:
-            self._capsule(cid)
-            body = await request.json()
-            self.exec_bodies.append(body)
-            out, err, code = self._run(body)
-            lines: list[dict[str, Any]] = [
-                {"type": "start", "pid": next(self._pids)},
-                {"type": "keepalive"},
-                {"type": "data", "stream": "stdout", "data": base64.b64encode(out).decode()},
-                {"type": "data", "stream": "stderr", "data": base64.b64encode(err).decode()},
-                {"type": "end", "exit_code": code, "error": None},
-            ]
-            return _ndjson(lines)
-
-        @app.post("/v1/capsules/{cid}/processes", status_code=201)
-        async def start_process(cid: str, request: Request) -> dict[str, Any]:
-            capsule = self._capsule(cid)
-            body = await request.json()
-            pid = next(self._pids)
-            capsule.processes[pid] = FakeProcess(
-                pid, body.get("tag"), body["cmd"], body.get("args", []), bool(body.get("pty"))
+            self._capsule(capsule_id)
+            self.exec_bodies.append(body.model_dump())
+            out, err, code = self._run(body.cmd, body.args)
+            return ExecResponse.of(
+                out, err, exit_code=code, error=None, duration_ms=12.4, pid=next(self._pids)
             )
-            capsule.processes[pid].sizes.append((body.get("cols", 80), body.get("rows", 24)))
-            return {"pid": pid, "tag": body.get("tag")}
 
-        @app.get("/v1/capsules/{cid}/processes")
-        async def processes(cid: str) -> dict[str, Any]:
-            capsule = self._capsule(cid)
+        @app.post("/v1/capsules/{capsule_id}/exec/stream")
+        async def exec_stream(capsule_id: str, body: ExecStreamRequest) -> StreamingResponse:
+            self._capsule(capsule_id)
+            self.exec_bodies.append(body.model_dump())
+            out, err, code = self._run(body.cmd, body.args)
+            return _ndjson(
+                [
+                    AgentEvent("start", pid=next(self._pids)),
+                    AgentEvent("keepalive"),
+                    AgentEvent("data", stream="stdout", data=out),
+                    AgentEvent("data", stream="stderr", data=err),
+                    AgentEvent("end", exit_code=code),
+                ]
+            )
+
+        @app.post("/v1/capsules/{capsule_id}/processes", status_code=201)
+        async def start_process(capsule_id: str, body: BackgroundRequest) -> Started:
+            capsule = self._capsule(capsule_id)
+            pid = next(self._pids)
+            process = FakeProcess(pid, body.tag, body.cmd, body.args, body.pty)
+            process.sizes.append((body.cols, body.rows))
+            capsule.processes[pid] = process
+            return Started(pid=pid, tag=body.tag)
+
+        @app.get("/v1/capsules/{capsule_id}/processes")
+        async def processes(capsule_id: str) -> ProcessList:
+            capsule = self._capsule(capsule_id)
             live = [p for p in capsule.processes.values() if p.exit_code is None]
-            return {
-                "processes": [
-                    {"pid": p.pid, "tag": p.tag, "cmd": p.cmd, "args": p.args, "cwd": None}
+            return ProcessList(
+                processes=[
+                    ProcessPublic(pid=p.pid, tag=p.tag, cmd=p.cmd, args=p.args, cwd=None)
                     for p in live
                 ]
-            }
+            )
 
-        @app.delete("/v1/capsules/{cid}/processes/{sel}", status_code=204)
-        async def kill(cid: str, sel: str) -> None:
-            process = self._process(self._capsule(cid), sel)
+        @app.delete("/v1/capsules/{capsule_id}/processes/{selector}", status_code=204)
+        async def kill(capsule_id: str, selector: str, signal: str = "SIGKILL") -> None:
+            process = self._process(self._capsule(capsule_id), selector)
             if process.exit_code is not None:
-                raise _Failure(404, "not_found", f"not found: process {sel}")
+                raise _Failure(404, "not_found", f"not found: process {selector}")
             process.end(-9)
 
-        @app.get("/v1/capsules/{cid}/processes/{sel}/stream")
-        async def attach(cid: str, sel: str) -> StreamingResponse:
-            process = self._process(self._capsule(cid), sel)
+        @app.get("/v1/capsules/{capsule_id}/processes/{selector}/stream")
+        async def attach(capsule_id: str, selector: str) -> StreamingResponse:
+            process = self._process(self._capsule(capsule_id), selector)
             if process.exit_code is None and not process.output:
                 # ASGITransport hands over a body only once it is complete: wait for news.
                 process.news.clear()
@@ -368,39 +406,40 @@ class FakeHostAgent:
                     await asyncio.wait_for(process.news.wait(), ATTACH_WAIT_S)
                 except TimeoutError:
                     pass
-            lines: list[dict[str, Any]] = [{"type": "start", "pid": process.pid}]
+            events = [AgentEvent("start", pid=process.pid)]
             if process.output:
                 stream = "pty" if process.pty else "stdout"
-                data = base64.b64encode(bytes(process.output)).decode()
-                lines.append({"type": "data", "stream": stream, "data": data})
+                events.append(AgentEvent("data", stream=stream, data=bytes(process.output)))
                 process.output.clear()
             if process.exit_code is not None:
-                lines.append({"type": "end", "exit_code": process.exit_code, "error": None})
-            return _ndjson(lines)
+                events.append(AgentEvent("end", exit_code=process.exit_code))
+            return _ndjson(events)
 
-        @app.post("/v1/capsules/{cid}/processes/{sel}/input", status_code=204)
-        async def send_input(cid: str, sel: str, request: Request) -> None:
-            process = self._process(self._capsule(cid), sel)
-            data = base64.b64decode((await request.json())["data"])
-            process.inputs.append(data)
-            process.emit(data)  # a terminal echoes what is typed
+        @app.post("/v1/capsules/{capsule_id}/processes/{selector}/input", status_code=204)
+        async def send_input(capsule_id: str, selector: str, body: InputRequest) -> None:
+            process = self._process(self._capsule(capsule_id), selector)
+            process.inputs.append(body.data)
+            process.emit(body.data)  # a terminal echoes what is typed
 
-        @app.post("/v1/capsules/{cid}/processes/{sel}/resize", status_code=204)
-        async def resize(cid: str, sel: str, request: Request) -> None:
-            process = self._process(self._capsule(cid), sel)
-            body = await request.json()
-            process.sizes.append((body["cols"], body["rows"]))
+        @app.post("/v1/capsules/{capsule_id}/processes/{selector}/close-stdin", status_code=204)
+        async def close_stdin(capsule_id: str, selector: str) -> None:
+            self._process(self._capsule(capsule_id), selector).stdin_closed = True
 
-        @app.get("/v1/capsules/{cid}/files")
-        async def read_file(cid: str, path: str) -> Response:
-            capsule = self._capsule(cid)
+        @app.post("/v1/capsules/{capsule_id}/processes/{selector}/resize", status_code=204)
+        async def resize(capsule_id: str, selector: str, body: ResizeRequest) -> None:
+            process = self._process(self._capsule(capsule_id), selector)
+            process.sizes.append((body.cols, body.rows))
+
+        @app.get("/v1/capsules/{capsule_id}/files")
+        async def read_file(capsule_id: str, path: str) -> Response:
+            capsule = self._capsule(capsule_id)
             if path not in capsule.files:
                 raise _Failure(404, "not_found", f"not found: {path}")
             return Response(capsule.files[path], media_type="application/octet-stream")
 
-        @app.put("/v1/capsules/{cid}/files")
-        async def write_file(cid: str, path: str, request: Request) -> dict[str, str]:
-            capsule = self._capsule(cid)
+        @app.put("/v1/capsules/{capsule_id}/files")
+        async def write_file(capsule_id: str, path: str, request: Request) -> FileWritten:
+            capsule = self._capsule(capsule_id)
             data = bytearray()
             async for chunk in request.stream():
                 data += chunk
@@ -409,19 +448,19 @@ class FakeHostAgent:
             while parent not in capsule.dirs:
                 capsule.dirs.add(parent)
                 parent = posixpath.dirname(parent)
-            return {"path": path}
+            return FileWritten(path=path)
 
-        @app.delete("/v1/capsules/{cid}/files", status_code=204)
-        async def remove(cid: str, path: str) -> None:
-            capsule = self._capsule(cid)
+        @app.delete("/v1/capsules/{capsule_id}/files", status_code=204)
+        async def remove(capsule_id: str, path: str) -> None:
+            capsule = self._capsule(capsule_id)
             if path not in capsule.files and path not in capsule.dirs:
                 raise _Failure(404, "not_found", f"not found: {path}")
             capsule.files.pop(path, None)
             capsule.dirs.discard(path)
 
-        @app.get("/v1/capsules/{cid}/files/list")
-        async def list_dir(cid: str, path: str, depth: int = 1) -> dict[str, Any]:
-            capsule = self._capsule(cid)
+        @app.get("/v1/capsules/{capsule_id}/files/list")
+        async def list_dir(capsule_id: str, path: str, depth: int = 1) -> EntryList:
+            capsule = self._capsule(capsule_id)
             if path not in capsule.dirs:
                 raise _Failure(404, "not_found", f"not found: {path}")
             found = []
@@ -429,24 +468,23 @@ class FakeHostAgent:
                 rel = posixpath.relpath(candidate, path)
                 if candidate != path and not rel.startswith("..") and rel.count("/") < depth:
                     found.append(self._entry(capsule, candidate))
-            return {"entries": found}
+            return EntryList(entries=found)
 
-        @app.get("/v1/capsules/{cid}/files/stat")
-        async def stat(cid: str, path: str) -> dict[str, Any]:
-            return self._entry(self._capsule(cid), path)
+        @app.get("/v1/capsules/{capsule_id}/files/stat")
+        async def stat(capsule_id: str, path: str) -> EntryPublic:
+            return self._entry(self._capsule(capsule_id), path)
 
-        @app.post("/v1/capsules/{cid}/files/mkdir")
-        async def mkdir(cid: str, path: str) -> dict[str, bool]:
-            capsule = self._capsule(cid)
+        @app.post("/v1/capsules/{capsule_id}/files/mkdir")
+        async def mkdir(capsule_id: str, path: str) -> DirMade:
+            capsule = self._capsule(capsule_id)
             created = path not in capsule.dirs
             capsule.dirs.add(path)
-            return {"created": created}
+            return DirMade(created=created)
 
         return app
 
-    def _run(self, body: dict[str, Any]) -> tuple[bytes, bytes, int]:
-        args = body.get("args") or []
-        script = args[1] if body.get("cmd") == "/bin/sh" and len(args) >= 2 else body["cmd"]
+    def _run(self, cmd: str, args: list[str]) -> tuple[bytes, bytes, int]:
+        script = args[1] if cmd == "/bin/sh" and len(args) >= 2 else cmd
         return self.scripts.get(script, (f"ran: {script}\n".encode(), b"", 0))
 
 
@@ -454,9 +492,9 @@ def _err(code: str, message: str) -> dict[str, Any]:
     return {"error": {"code": code, "message": message}}
 
 
-def _ndjson(lines: list[dict[str, Any]]) -> StreamingResponse:
-    async def body() -> AsyncIterator[bytes]:
-        for line in lines:
-            yield (json.dumps(line) + "\n").encode()
+def _ndjson(events: Iterable[AgentEvent]) -> StreamingResponse:
+    async def lines() -> AsyncIterator[bytes]:
+        for event in events:
+            yield encode_event(event)
 
-    return StreamingResponse(body(), media_type="application/x-ndjson")
+    return StreamingResponse(lines(), media_type=NDJSON)

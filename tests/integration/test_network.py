@@ -16,10 +16,11 @@ from pathlib import Path
 import pytest
 
 from pywrenn.hostagent import network
-from pywrenn.hostagent.guest_ops import GuestOps
+from pywrenn.hostagent.guest_ops import GuestService
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.settings import HostAgentSettings
+from pywrenn.hostagent.wire import ProcessSpec
 from pywrenn.images import ImageManifest
 from pywrenn.layout import Layout
 from pywrenn.vmm import QemuRuntime
@@ -250,7 +251,8 @@ def test_guest_cannot_reach_the_host_while_the_agent_reaches_the_guest(
                 "    except OSError as e:\n"
                 "        print(host, 'blocked', type(e).__name__)\n"
             )
-            out = await GuestOps(manager).exec(capsule_id, "python3", ["-c", probe])
+            spec = ProcessSpec("python3", ["-c", probe])
+            out = await GuestService(manager).exec(capsule_id, spec)
             stdout = out.stdout.decode()
             assert out.exit_code == 0, out
             assert stdout.count("blocked") == 2, stdout

@@ -18,11 +18,12 @@ import pytest
 
 from pywrenn.hostagent import dirlock
 from pywrenn.hostagent.errors import HostError
-from pywrenn.hostagent.guest_ops import GuestOps
+from pywrenn.hostagent.guest_ops import GuestService
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
 from pywrenn.hostagent.meta import TEMPLATE_META, read_json
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.templates import TemplateService
+from pywrenn.hostagent.wire import ProcessSpec
 from pywrenn.images import ImageManifest
 from pywrenn.layout import Layout
 from pywrenn.vmm import QemuRuntime, VMError, read_meta
@@ -38,14 +39,14 @@ class Host:
     def __init__(self, manager: SandboxManager) -> None:
         self.manager = manager
         self.templates = TemplateService(manager)
-        self.guest = GuestOps(manager)
+        self.guest = GuestService(manager)
 
     async def create(self, template: str = "minimal") -> str:
         info = await self.manager.create(CreateRequest(template=template, memory_mb=SMALL))
         return info.capsule_id
 
     async def sh(self, capsule_id: str, command: str) -> str:
-        out = await self.guest.exec(capsule_id, "/bin/sh", ["-c", command])
+        out = await self.guest.exec(capsule_id, ProcessSpec("/bin/sh", ["-c", command]))
         assert out.exit_code == 0, out.stderr
         return out.stdout.decode()
 

@@ -26,14 +26,7 @@ from pywrenn.controlplane.hostclient import (
     LineSplitter,
     parse_event,
 )
-from pywrenn.hostagent.schemas import (
-    BackgroundRequest,
-    CapsuleCreate,
-    ExecRequest,
-    ExecStreamRequest,
-    ForkRequest,
-    SnapshotRequest,
-)
+from pywrenn.hostagent.wire import CapsuleCreate, ForkRequest, ProcessSpec, SnapshotRequest
 
 CID = "cl-0123456789abcdef"
 OTHER = "cl-zzzzzzzzzzzzzzzz"
@@ -85,9 +78,12 @@ BODIES: dict[str, Callable[[], Any]] = {
     "CapsuleCreate": lambda: CapsuleCreate(capsule_id=CID),
     "SnapshotRequest": lambda: SnapshotRequest(name="tpl-0123456789abcdef"),
     "ForkRequest": lambda: ForkRequest(count=1),
-    "ExecRequest": lambda: ExecRequest(cmd="true"),
-    "ExecStreamRequest": lambda: ExecStreamRequest(cmd="true"),
-    "BackgroundRequest": lambda: BackgroundRequest(cmd="true"),
+}
+# What each method that starts a process is asked to run (a background one keeps stdin).
+SPECS: dict[str, ProcessSpec] = {
+    "exec": ProcessSpec("true"),
+    "exec_stream": ProcessSpec("true"),
+    "start_process": ProcessSpec("true", stdin=True),
 }
 SEGMENTS = ("capsule_id", "selector", "name")
 # Query parameters: hostile values must stay in the query.
@@ -137,6 +133,9 @@ def _arguments(method: Callable[..., Any]) -> dict[str, Any]:
             annotation = str(param.annotation)
             assert annotation in BODIES, f"no body for {method.__name__}: {annotation}"
             found[name] = BODIES[annotation]()
+        elif name == "spec":
+            assert method.__name__ in SPECS, f"no spec for {method.__name__}"
+            found[name] = SPECS[method.__name__]
         else:
             assert name in VALID, f"{method.__name__}: add parameter {name!r} to VALID"
             found[name] = VALID[name]()

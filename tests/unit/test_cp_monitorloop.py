@@ -13,6 +13,7 @@ from pywrenn.controlplane.monitorloop import HostMonitor
 from pywrenn.controlplane.services import capsules
 from pywrenn.controlplane.services.monitor import IN_FLIGHT_GRACE
 from pywrenn.controlplane.states import CapsuleStatus
+from pywrenn.hostagent.wire import CapsuleCreate
 from tests.cp_routes import NOW, Harness, harness
 from tests.fake_hostagent import FakeCapsule
 
@@ -97,7 +98,7 @@ def test_create_orphaned_by_a_restart_is_reconciled(db_url: str, tmp_path: Path)
 
     async def body(h: Harness) -> None:
         made = await orphaned_create(h, CapsuleStatus.STARTING)  # the host finished it
-        h.fake.capsules[made] = FakeCapsule(body={"capsule_id": made, "template": "minimal"})
+        h.fake.capsules[made] = FakeCapsule(CapsuleCreate(capsule_id=made, template="minimal"))
         lost = await orphaned_create(h, CapsuleStatus.STARTING)  # never reached the host
         queued = await orphaned_create(h, CapsuleStatus.PENDING)  # never even started
 

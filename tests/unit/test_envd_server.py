@@ -268,7 +268,7 @@ def test_snapshot_prepare(envd_server: AgentServer) -> None:
     assert resp.status == 204
 
 
-class RecordingGuestOps:
+class RecordingMachineControl:
     """Stands in for the guest's clock, RNG and hostname: the host's must not change."""
 
     def __init__(self) -> None:
@@ -286,7 +286,7 @@ class RecordingGuestOps:
 
 
 def test_init_applies_clock_entropy_hostname_in_a_guest() -> None:
-    ops = RecordingGuestOps()
+    ops = RecordingMachineControl()
     state = AgentState(AgentConfig(host="127.0.0.1", port=0))
     router = Router()
     from pywrenn.envd import system_http

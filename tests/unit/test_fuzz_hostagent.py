@@ -9,7 +9,7 @@ one `paused` with no snapshot on disk. Nothing here may touch the host: the netw
 functions the manager calls are replaced by recorders (`quiet_network`).
 
 Every operation runs with the bearer token and without it. The host agent answers some
-5xx by design (ERROR_TABLE in hostagent/app.py): 502 `agent` (the guest failed), 503
+5xx by design (ERROR_TABLE in hostagent/errors.py): 502 `agent` (the guest failed), 503
 `exhausted`, 500 `host` (a host resource failed); those are accepted. A 500 `internal`
 (an exception nobody mapped), any other 5xx, a hang or a body that does not match the
 schema is a bug.

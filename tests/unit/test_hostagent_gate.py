@@ -17,7 +17,7 @@ from pywrenn.vmm import QemuRuntime
 from tests.asgi_probe import Answer, MiB, send_request
 
 TOKEN = "t" * 43
-CAP = 1024 * 1024  # gate.MAX_JSON_BODY, spelled out so this file runs on older code
+CAP = 1024 * 1024  # errors.MAX_JSON_BODY, spelled out so this file runs on older code
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 JSON = {"content-type": "application/json"}
 

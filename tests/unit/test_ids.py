@@ -123,14 +123,14 @@ def test_trailing_newline_is_refused_everywhere() -> None:
 def test_host_agent_entries_use_the_same_rule() -> None:
     from pydantic import ValidationError
 
-    from pywrenn.hostagent.app import _selector
     from pywrenn.hostagent.errors import InvalidRequest
-    from pywrenn.hostagent.schemas import BackgroundRequest, ExecStreamRequest
+    from pywrenn.hostagent.routes.deps import parse_process_selector
+    from pywrenn.hostagent.wire import BackgroundRequest, ExecStreamRequest
 
-    assert _selector("12") == 12 and _selector("pty-1") == "pty-1"
+    assert parse_process_selector("12") == 12 and parse_process_selector("pty-1") == "pty-1"
     for bad in ("..", "a?b", "x\n", "²", "0"):
         with pytest.raises(InvalidRequest):
-            _selector(bad)
+            parse_process_selector(bad)
     assert BackgroundRequest(cmd="x", tag="job.1").tag == "job.1"
     for model in (BackgroundRequest, ExecStreamRequest):
         for bad in ("../../cl-x", "a/b", "x\n", "", "x" * 129):

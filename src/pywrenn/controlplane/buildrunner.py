@@ -26,12 +26,11 @@ import uuid
 from collections.abc import AsyncIterable, Callable
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pywrenn.hostagent.schemas import BackgroundRequest, ExecRequest, ExecStreamRequest
-from pywrenn.hostagent.schemas import CapsuleCreate as AgentCreate
+from pywrenn.hostagent.wire import CapsuleCreate as AgentCreate
+from pywrenn.hostagent.wire import ProcessSpec
 from pywrenn.ids import IdKind, new_id
 
 from .db.models import TemplateBuild
@@ -261,12 +260,9 @@ class BuildRunner:
                         f"{log_.tail(step.index)}"
                     )
             elif isinstance(instruction, Start):
-                await host.start_process(
-                    capsule_id,
-                    BackgroundRequest(
-                        **_in_build(instruction.command, state), tag=f"start-{step.index + 1}"
-                    ),
-                )
+                tag = f"start-{step.index + 1}"
+                spec = _in_build(instruction.command, state, tag=tag, stdin=True)
+                await host.start_process(capsule_id, spec)
             elif isinstance(instruction, Copy):
                 await self._copy(host, capsule_id, instruction, state, step)
             else:
@@ -298,11 +294,9 @@ class BuildRunner:
         log_: _Log,
         step: Step,
     ) -> int:
-        request = ExecStreamRequest(
-            **_in_build(run.command, state), timeout_sec=run.timeout_s or DEFAULT_RUN_TIMEOUT_S
-        )
+        timeout = run.timeout_s or DEFAULT_RUN_TIMEOUT_S
         exit_code = -1
-        async with host.exec_stream(capsule_id, request) as events:
+        async with host.exec_stream(capsule_id, _in_build(run.command, state, timeout)) as events:
             async for event in events:
                 if event.kind == "data":
                     await log_.write(step.index, event.stream, event.data)
@@ -333,8 +327,7 @@ class BuildRunner:
 
     async def _root_sh(self, host: HostAgentAPI, capsule_id: str, script: str) -> tuple[int, str]:
         out = await host.exec(
-            capsule_id,
-            ExecRequest(cmd="/bin/sh", args=["-c", script], user="root", timeout_sec=300),
+            capsule_id, ProcessSpec("/bin/sh", ["-c", script], user="root", timeout_sec=300)
         )
         return out.exit_code, (out.stderr or out.stdout).strip()[-TAIL_CHARS:]
 
@@ -352,10 +345,7 @@ class BuildRunner:
         last = ""
         while True:
             attempt = time.monotonic()
-            out = await host.exec(
-                capsule_id,
-                ExecRequest(**_in_build(check.command, state), timeout_sec=check.timeout_s),
-            )
+            out = await host.exec(capsule_id, _in_build(check.command, state, check.timeout_s))
             if out.exit_code == 0:
                 await log_.info(f"healthcheck passed after {time.monotonic() - started:.1f}s")
                 return
@@ -433,15 +423,25 @@ class _Log:
             )
 
 
-def _in_build(command: str, state: BuildState) -> dict[str, Any]:
+def _in_build(
+    command: str,
+    state: BuildState,
+    timeout_sec: float | None = None,
+    *,
+    tag: str | None = None,
+    stdin: bool = False,
+) -> ProcessSpec:
     """`/bin/sh -c command` with the ENV, WORKDIR and USER the recipe has set so far."""
-    return {
-        "cmd": "/bin/sh",
-        "args": ["-c", command],
-        "envs": dict(state.env),
-        "cwd": state.workdir,
-        "user": state.user,
-    }
+    return ProcessSpec(
+        "/bin/sh",
+        ["-c", command],
+        envs=dict(state.env),
+        cwd=state.workdir,
+        user=state.user,
+        tag=tag,
+        stdin=stdin,
+        timeout_sec=timeout_sec,
+    )
 
 
 def _mkdir_owned(path: str, user: str) -> str:

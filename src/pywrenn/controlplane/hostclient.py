@@ -4,12 +4,14 @@ Owns: every call the control plane makes to a host agent (docs/hostagent.md), th
 token it presents, per-call timeouts, and translating the agent's error envelope into
 `controlplane.errors`: 400 → InvalidInput, 404 → NotFound, 409 → Conflict, 503 `exhausted`
 → HostUnavailable, any other failure → AgentError; a connection that fails or times out →
-HostUnavailable. Bodies are the host agent's own wire models (`hostagent.schemas`),
-imported rather than copied, so the two sides cannot drift apart.
+HostUnavailable. Bodies and process-stream lines are the host agent's own wire models
+and codec (`hostagent.wire`, which loads nothing else of the host agent), imported rather
+than copied, so the two sides cannot drift apart.
 Every URL path is built by `_url` from validated segments (capsule ids, process
 selectors, template names: `pywrenn.ids`), each percent-quoted whole, and sent as is:
 nothing a caller passes can add a segment, a query or a `..` that moves the request to
-another capsule. Process streams are NDJSON, split in linear time with a cap per line.
+another capsule. Process streams are NDJSON, split here in linear time with a cap per
+line, each line decoded by `wire.decode_event`.
 `HostAgentAPI` is the seam: `wrenn up` may later hand in an in-process implementation.
 The transport is aiohttp: on the exec path this call is most of what the control plane
 adds, and aiohttp spends ~0.2 ms of CPU per request here where httpx spent ~1.5 ms.
@@ -18,39 +20,45 @@ Knows nothing of: capsule rows, teams, or the Wrenn API the SDK sees.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol, TypeVar
 from urllib.parse import quote
 
 import aiohttp
 import yarl
+from pydantic import BaseModel
 
-from pywrenn.hostagent.schemas import (
+from pywrenn.hostagent.wire import AgentEvent as AgentEvent  # what a stream yields
+from pywrenn.hostagent.wire import (
     BackgroundRequest,
     CapsuleCreate,
     CapsuleList,
-    CapsulePublic,
+    DirMade,
     EntryList,
     EntryPublic,
     ExecRequest,
     ExecResponse,
     ExecStreamRequest,
     ForkRequest,
+    HostCapsule,
+    InputRequest,
+    MalformedEvent,
     MetricsResponse,
     ProcessList,
+    ProcessSpec,
+    ResizeRequest,
     SnapshotRequest,
     Started,
     TemplatePublic,
+    decode_event,
 )
+from pywrenn.hostagent.wire import Selector as Selector
 from pywrenn.ids import IdKind, parse_id, parse_selector, parse_template_name
-from pywrenn.ids import Selector as Selector
 
 from .errors import AgentError, Conflict, ControlPlaneError, HostUnavailable, InvalidInput, NotFound
 
@@ -71,77 +79,14 @@ EXEC_MARGIN_S = 10.0
 MAX_EVENT_LINE = 16 * 1024 * 1024
 
 
-@dataclass(frozen=True)
-class AgentEvent:
-    """One line of a host agent process stream (NDJSON), decoded.
-
-    `kind` is start | data | end | error (the agent's in-band failure); keepalives are
-    dropped here. `data` is raw bytes; `stream` is stdout | stderr | pty.
-    """
-
-    kind: Literal["start", "data", "end", "error"]
-    pid: int = 0
-    stream: str = ""
-    data: bytes = b""
-    exit_code: int = 0
-    error: str | None = None
-
-
 def parse_event(line: bytes) -> AgentEvent | None:
-    """An NDJSON line of the agent's process stream; None for keepalives and blank lines.
-
-    A line that is not an event object of the right types is an AgentError: the stream
-    is broken, and the caller's relay ends with it.
-    """
-    if not line.strip():
-        return None
+    """An NDJSON line of the agent's process stream (`wire.decode_event`); None for
+    keepalives and blank lines. A malformed line is an AgentError: the stream is broken,
+    and the caller's relay ends with it."""
     try:
-        raw = json.loads(line)
-        if not isinstance(raw, dict):
-            raise TypeError(f"event is a {type(raw).__name__}, not an object")
-        return _event(raw)
-    except (ValueError, TypeError, binascii.Error) as exc:
-        shown = bytes(line[:80]).decode("utf-8", errors="replace")
-        raise AgentError(f"agent_error: malformed process event {shown!r}: {exc}") from exc
-
-
-def _event(raw: dict[str, Any]) -> AgentEvent | None:
-    kind = raw.get("type")
-    if kind == "start":
-        return AgentEvent("start", pid=_int(raw.get("pid")))
-    if kind == "data":
-        data = raw.get("data") or ""
-        if not isinstance(data, str):
-            raise TypeError("data is not a base64 string")
-        stream = _str(raw.get("stream"))
-        return AgentEvent("data", stream=stream, data=base64.b64decode(data, validate=True))
-    if kind == "end":
-        error = raw.get("error")
-        return AgentEvent(
-            "end",
-            exit_code=_int(raw.get("exit_code")),
-            error=None if error is None else _str(error),
-        )
-    if kind == "error":
-        message = _str(raw.get("message")) or "host agent stream failed"
-        return AgentEvent("error", error=message)
-    return None
-
-
-def _int(value: object) -> int:
-    if value is None:
-        return 0
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{value!r} is not an integer")
-    return value
-
-
-def _str(value: object) -> str:
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise TypeError(f"{value!r} is not a string")
-    return value
+        return decode_event(line)
+    except MalformedEvent as exc:
+        raise AgentError(f"agent_error: {exc}") from exc
 
 
 class LineSplitter:
@@ -185,19 +130,19 @@ class LineSplitter:
 class HostAgentAPI(Protocol):
     """Everything the control plane asks of one host agent."""
 
-    async def create(self, body: CapsuleCreate) -> CapsulePublic: ...
-    async def get(self, capsule_id: str) -> CapsulePublic: ...
+    async def create(self, body: CapsuleCreate) -> HostCapsule: ...
+    async def get(self, capsule_id: str) -> HostCapsule: ...
     async def list(self) -> CapsuleList: ...
     async def destroy(self, capsule_id: str) -> None: ...
-    async def pause(self, capsule_id: str) -> CapsulePublic: ...
-    async def resume(self, capsule_id: str) -> CapsulePublic: ...
-    async def ping(self, capsule_id: str) -> CapsulePublic: ...
+    async def pause(self, capsule_id: str) -> HostCapsule: ...
+    async def resume(self, capsule_id: str) -> HostCapsule: ...
+    async def ping(self, capsule_id: str) -> HostCapsule: ...
     async def metrics(self, capsule_id: str, range_: str) -> MetricsResponse: ...
-    async def exec(self, capsule_id: str, body: ExecRequest) -> ExecResponse: ...
+    async def exec(self, capsule_id: str, spec: ProcessSpec) -> ExecResponse: ...
     def exec_stream(
-        self, capsule_id: str, body: ExecStreamRequest
+        self, capsule_id: str, spec: ProcessSpec
     ) -> AbstractAsyncContextManager[AsyncIterator[AgentEvent]]: ...
-    async def start_process(self, capsule_id: str, body: BackgroundRequest) -> Started: ...
+    async def start_process(self, capsule_id: str, spec: ProcessSpec) -> Started: ...
     async def processes(self, capsule_id: str) -> ProcessList: ...
     async def kill(self, capsule_id: str, selector: Selector, signal: str = "SIGKILL") -> None: ...
     def attach(
@@ -306,6 +251,18 @@ def _template(name: str) -> str:
         return parse_template_name(name)
     except ValueError as exc:
         raise InvalidInput(f"invalid: {exc}") from exc
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+def _process_body(of: Callable[[ProcessSpec], _Body], spec: ProcessSpec) -> _Body:
+    """The body of the route that runs `spec`, validated here (its one check on this
+    side); a spec it refuses is the caller's bad input, as the host would answer."""
+    try:
+        return of(spec)
+    except ValueError as exc:  # pydantic's ValidationError is one
+        raise InvalidInput(f"invalid: process: {exc}") from exc
 
 
 def _segment(value: str | int) -> str:
@@ -417,11 +374,11 @@ class HostClient:
     def _capsule_url(self, capsule_id: str, *rest: str | int) -> yarl.URL:
         return self._url("capsules", _capsule(capsule_id), *rest)
 
-    async def create(self, body: CapsuleCreate) -> CapsulePublic:
+    async def create(self, body: CapsuleCreate) -> HostCapsule:
         r = await self._call(
             "POST", self._url("capsules"), json_body=body.model_dump(), timeout=CREATE_TIMEOUT
         )
-        return CapsulePublic.model_validate_json(r.content)
+        return HostCapsule.model_validate_json(r.content)
 
     async def snapshot(self, capsule_id: str, body: SnapshotRequest) -> TemplatePublic:
         r = await self._call(
@@ -444,9 +401,9 @@ class HostClient:
     async def delete_template(self, name: str) -> None:
         await self._call("DELETE", self._url("templates", _template(name)))
 
-    async def get(self, capsule_id: str) -> CapsulePublic:
+    async def get(self, capsule_id: str) -> HostCapsule:
         r = await self._call("GET", self._capsule_url(capsule_id))
-        return CapsulePublic.model_validate_json(r.content)
+        return HostCapsule.model_validate_json(r.content)
 
     async def list(self) -> CapsuleList:
         r = await self._call("GET", self._url("capsules"))
@@ -455,19 +412,19 @@ class HostClient:
     async def destroy(self, capsule_id: str) -> None:
         await self._call("DELETE", self._capsule_url(capsule_id), timeout=LIFECYCLE_TIMEOUT)
 
-    async def pause(self, capsule_id: str) -> CapsulePublic:
+    async def pause(self, capsule_id: str) -> HostCapsule:
         url = self._capsule_url(capsule_id, "pause")
         r = await self._call("POST", url, timeout=LIFECYCLE_TIMEOUT)
-        return CapsulePublic.model_validate_json(r.content)
+        return HostCapsule.model_validate_json(r.content)
 
-    async def resume(self, capsule_id: str) -> CapsulePublic:
+    async def resume(self, capsule_id: str) -> HostCapsule:
         url = self._capsule_url(capsule_id, "resume")
         r = await self._call("POST", url, timeout=LIFECYCLE_TIMEOUT)
-        return CapsulePublic.model_validate_json(r.content)
+        return HostCapsule.model_validate_json(r.content)
 
-    async def ping(self, capsule_id: str) -> CapsulePublic:
+    async def ping(self, capsule_id: str) -> HostCapsule:
         r = await self._call("POST", self._capsule_url(capsule_id, "ping"))
-        return CapsulePublic.model_validate_json(r.content)
+        return HostCapsule.model_validate_json(r.content)
 
     async def metrics(self, capsule_id: str, range_: str) -> MetricsResponse:
         url = self._capsule_url(capsule_id, "metrics")
@@ -475,7 +432,8 @@ class HostClient:
         return MetricsResponse.model_validate_json(r.content)
 
     # -- exec and processes -------------------------------------------------------------
-    async def exec(self, capsule_id: str, body: ExecRequest) -> ExecResponse:
+    async def exec(self, capsule_id: str, spec: ProcessSpec) -> ExecResponse:
+        body = _process_body(ExecRequest.of, spec)
         timeout = aiohttp.ClientTimeout(total=body.timeout_sec + EXEC_MARGIN_S, connect=5.0)
         url = self._capsule_url(capsule_id, "exec")
         r = await self._call("POST", url, json_body=body.model_dump(), timeout=timeout)
@@ -483,13 +441,15 @@ class HostClient:
 
     @asynccontextmanager
     async def exec_stream(
-        self, capsule_id: str, body: ExecStreamRequest
+        self, capsule_id: str, spec: ProcessSpec
     ) -> AsyncIterator[AsyncIterator[AgentEvent]]:
+        body = _process_body(ExecStreamRequest.of, spec)
         url = self._capsule_url(capsule_id, "exec", "stream")
         async with self._stream("POST", url, json_body=body.model_dump()) as response:
             yield self._events(response, url)
 
-    async def start_process(self, capsule_id: str, body: BackgroundRequest) -> Started:
+    async def start_process(self, capsule_id: str, spec: ProcessSpec) -> Started:
+        body = _process_body(BackgroundRequest.of, spec)
         url = self._capsule_url(capsule_id, "processes")
         r = await self._call("POST", url, json_body=body.model_dump())
         return Started.model_validate_json(r.content)
@@ -516,12 +476,14 @@ class HostClient:
     async def send_input(
         self, capsule_id: str, selector: Selector, data: bytes, *, pty: bool = False
     ) -> None:
-        body = {"data": base64.b64encode(data).decode(), "pty": pty}
+        # Not validated here: the host agent checks every body it receives.
+        body = InputRequest.model_construct(data=data, pty=pty).model_dump()
         await self._call("POST", self._process_url(capsule_id, selector, "input"), json_body=body)
 
     async def resize(self, capsule_id: str, selector: Selector, cols: int, rows: int) -> None:
         url = self._process_url(capsule_id, selector, "resize")
-        await self._call("POST", url, json_body={"cols": cols, "rows": rows})
+        body = ResizeRequest.model_construct(cols=cols, rows=rows).model_dump()
+        await self._call("POST", url, json_body=body)
 
     async def _events(
         self, response: aiohttp.ClientResponse, url: yarl.URL
@@ -573,7 +535,7 @@ class HostClient:
     async def make_dir(self, capsule_id: str, path: str) -> bool:
         url = self._capsule_url(capsule_id, "files", "mkdir")
         r = await self._call("POST", url, params={"path": path})
-        return bool(r.json().get("created"))
+        return DirMade.model_validate_json(r.content).created
 
     async def remove(self, capsule_id: str, path: str) -> None:
         url = self._capsule_url(capsule_id, "files")

@@ -33,8 +33,9 @@ _RFC3339 = re.compile(
 )
 
 
-class GuestOps(Protocol):
-    """What /init may change on the machine; present only inside a capsule."""
+class MachineControl(Protocol):
+    """What /init may change on the machine (clock, entropy, hostname); present only
+    inside a capsule, a recorder in tests."""
 
     def set_clock(self, epoch_seconds: float) -> bool: ...
 
@@ -43,7 +44,7 @@ class GuestOps(Protocol):
     def set_hostname(self, name: str) -> None: ...
 
 
-class _RealGuestOps:
+class _RealMachineControl:
     set_clock = staticmethod(guest.set_clock)
     add_entropy = staticmethod(guest.add_entropy)
     set_hostname = staticmethod(guest.set_hostname)
@@ -56,7 +57,7 @@ class _CPUSample:
 
 
 class SystemService:
-    def __init__(self, state: AgentState, ops: GuestOps | None) -> None:
+    def __init__(self, state: AgentState, ops: MachineControl | None) -> None:
         self.state = state
         self.ops = ops
         self._cpu_lock = threading.Lock()
@@ -147,9 +148,9 @@ class SystemService:
         return 100.0 * (current.busy - previous.busy) / total if total > 0 else 0.0
 
 
-def register(router: Router, state: AgentState, ops: GuestOps | None = None) -> None:
+def register(router: Router, state: AgentState, ops: MachineControl | None = None) -> None:
     if ops is None and guest.running_in_guest():
-        ops = _RealGuestOps()
+        ops = _RealMachineControl()
     service = SystemService(state, ops)
     router.add_http("GET", "/health", service.health, token_gate=False)
     router.add_http("POST", "/init", service.init, token_gate=False)

@@ -11,7 +11,7 @@ import httpx
 
 from pywrenn.envdclient._bounded import MAX_ERROR_BYTES
 from pywrenn.envdclient._errors import EnvdError, EnvdProtocolError, EnvdTimeout
-from pywrenn.envdclient._ops import GuestOps
+from pywrenn.envdclient._ops import EnvdCalls
 
 __all__ = ["EnvdClient", "ExecResult"]
 
@@ -27,7 +27,7 @@ class ExecResult:
     pid: int = 0
 
 
-class EnvdClient(GuestOps):
+class EnvdClient(EnvdCalls):
     """One guest agent at `base_url` (e.g. ``http://127.0.0.1:40123``).
 
     `access_token` is sent as ``X-Access-Token`` on every request once the agent has one.

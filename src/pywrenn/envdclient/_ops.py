@@ -32,12 +32,12 @@ from pywrenn.envdclient._bounded import (
 )
 from pywrenn.envdclient._errors import EnvdError, EnvdProtocolError, EnvdTimeout, EnvdUnavailable
 from pywrenn.envdclient.envelope import EnvelopeDecoder, encode
+from pywrenn.ids import Selector
 
-__all__ = ["EntryInfo", "GuestOps", "ProcessEvent", "ProcessInfo", "Selector"]
+__all__ = ["EntryInfo", "EnvdCalls", "ProcessEvent", "ProcessInfo", "Selector"]
 
 CONNECT_JSON = "application/connect+json"
 UNARY_JSON = "application/json"
-Selector = int | str  # a pid, or a tag
 # File transfers stream (never buffered whole) under this total deadline by default.
 FILE_TIMEOUT_S = 3600.0
 # A process stream with a timeout ends within it; the guest gets this long to say so.
@@ -120,7 +120,9 @@ def _event(message: dict[str, Any]) -> ProcessEvent | None:
     return None
 
 
-class GuestOps:
+class EnvdCalls:
+    """The guest agent's process and filesystem calls, mixed into `EnvdClient`."""
+
     _http: httpx.AsyncClient
 
     def _auth_headers(self) -> dict[str, str]:

@@ -26,9 +26,14 @@ from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.states import CapsuleState
 
 log = logging.getLogger(__name__)
-S = CapsuleState
 HOLDS_MEMORY: frozenset[CapsuleState] = frozenset(
-    {S.CREATING, S.RUNNING, S.PAUSING, S.RESUMING, S.STOPPING}
+    {
+        CapsuleState.CREATING,
+        CapsuleState.RUNNING,
+        CapsuleState.PAUSING,
+        CapsuleState.RESUMING,
+        CapsuleState.STOPPING,
+    }
 )
 MEMINFO = Path("/proc/meminfo")
 

@@ -3,7 +3,8 @@
 Owns: refusing a request before any byte of its body is read unless it carries the host
 token (constant-time compare), and capping non-file bodies by the bytes actually received
 (chunked ones too, not only a declared Content-Length). File uploads stream unlimited,
-but only after the token check. Also the error envelope both use, `error_body`.
+but only after the token check. The answers it sends (401, 413) and the limit are
+errors.py's, with every other error the API answers.
 Knows nothing of: routes beyond which paths are public and which one streams a file.
 
 Why middleware and not a FastAPI dependency: FastAPI reads and parses a JSON body
@@ -14,21 +15,16 @@ ASGI rather than `@app.middleware`: that one costs a task and two streams per re
 from __future__ import annotations
 
 import hmac
-from typing import Any
 
 from starlette.datastructures import Headers
-from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pywrenn.bodycap import declared_too_large, refuse, run_capped
+from pywrenn.hostagent.errors import MAX_JSON_BODY, UNAUTHORISED, too_large, unauthorised
+from pywrenn.hostagent.errors import declared_too_large as declared_refusal
 
-MAX_JSON_BODY = 1024 * 1024
 # Answered without the token: liveness, and FastAPI's schema and docs (bodiless GETs).
 PUBLIC_PATHS = frozenset({"/health", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"})
-
-
-def error_body(code: str, message: str) -> dict[str, Any]:
-    return {"error": {"code": code, "message": message}}
 
 
 def token_matches(presented: str, token: str) -> bool:
@@ -55,28 +51,19 @@ class HostAgentGate:
         if scope["path"] not in PUBLIC_PATHS and not token_matches(
             presented_token(Headers(scope=scope).get("authorization")), self.token
         ):
-            await _refuse(scope, send, 401, "unauthorized", "missing or wrong host token")
+            if scope["type"] == "websocket":  # the agent serves none; refuse the upgrade
+                await send({"type": "websocket.close", "code": 1008, "reason": UNAUTHORISED})
+                return
+            await refuse(scope, send, unauthorised())
             return
         if scope["type"] == "websocket" or _streams_a_file(scope):
             await self.app(scope, receive, send)
             return
         declared = declared_too_large(scope, self.max_body)
         if declared is not None:
-            await _refuse(scope, send, 413, "invalid", f"too large: body of {declared} bytes")
+            await refuse(scope, send, declared_refusal(declared))
             return
-        await run_capped(self.app, scope, receive, send, limit=self.max_body, refusal=_too_large)
-
-
-def _too_large(limit: int) -> Response:
-    message = f"too large: body of more than {limit} bytes"
-    return JSONResponse(error_body("invalid", message), status_code=413)
-
-
-async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str) -> None:
-    if scope["type"] == "websocket":  # the agent serves none; refuse the upgrade
-        await send({"type": "websocket.close", "code": 1008, "reason": message})
-        return
-    await refuse(scope, send, JSONResponse(error_body(code, message), status_code=status))
+        await run_capped(self.app, scope, receive, send, limit=self.max_body, refusal=too_large)
 
 
 def _streams_a_file(scope: Scope) -> bool:

@@ -3,7 +3,9 @@
 Owns: exec (collected and streamed), background processes with tags, PTY sessions,
 and files. Each call finds the capsule (it must be running), marks it active, and turns
 the guest agent's errors into the host agent's (`CapsuleNotFound` stays the caller's
-problem; a missing file or process is `GuestNotFound`).
+problem; a missing file or process is `GuestNotFound`). Its arguments come checked by
+the API's request models (`hostagent.wire`, the routes' query rules); the guest agent
+checks paths and sizes again as its own.
 """
 
 from __future__ import annotations
@@ -14,18 +16,22 @@ from collections.abc import AsyncGenerator, AsyncIterable, Awaitable
 from dataclasses import dataclass
 from typing import TypeVar
 
-from pywrenn.envdclient import EnvdClient, EnvdError, EnvdProtocolError, EnvdTimeout
-from pywrenn.envdclient._ops import EntryInfo, ProcessEvent, ProcessInfo, Selector
-from pywrenn.hostagent.errors import GuestError, HostAgentError, InvalidRequest
+from pywrenn.envdclient import (
+    EntryInfo,
+    EnvdClient,
+    EnvdError,
+    EnvdProtocolError,
+    EnvdTimeout,
+    ProcessEvent,
+    ProcessInfo,
+)
+from pywrenn.hostagent.errors import GuestError, GuestNotFound, HostAgentError, InvalidRequest
 from pywrenn.hostagent.manager import SandboxManager
+from pywrenn.hostagent.wire import DEFAULT_EXEC_TIMEOUT_S, ProcessSpec
+from pywrenn.ids import Selector
 
-DEFAULT_EXEC_TIMEOUT_S = 30.0
 MAX_EXEC_OUTPUT = 16 * 1024 * 1024  # collected exec output; stream for more
 T = TypeVar("T")
-
-
-class GuestNotFound(HostAgentError):
-    """The file, directory or process named does not exist in the guest."""
 
 
 @dataclass(frozen=True)
@@ -38,7 +44,9 @@ class ExecOutput:
     pid: int
 
 
-class GuestOps:
+class GuestService:
+    """The host agent's calls into running capsules' guest agents, by capsule id."""
+
     def __init__(self, manager: SandboxManager) -> None:
         self.manager = manager
 
@@ -48,27 +56,16 @@ class GuestOps:
         return capsule.envd
 
     # -- exec ------------------------------------------------------------------------------
-    async def exec(
-        self,
-        capsule_id: str,
-        cmd: str,
-        args: list[str] | None = None,
-        *,
-        envs: dict[str, str] | None = None,
-        cwd: str | None = None,
-        user: str | None = None,
-        timeout: float = DEFAULT_EXEC_TIMEOUT_S,
-    ) -> ExecOutput:
-        """Run a command to completion; its output is collected (up to 16 MiB per stream)."""
+    async def exec(self, capsule_id: str, spec: ProcessSpec) -> ExecOutput:
+        """Run `spec` to completion; its output is collected (up to 16 MiB per stream)."""
         guest = self._guest(capsule_id)
+        timeout = DEFAULT_EXEC_TIMEOUT_S if spec.timeout_sec is None else spec.timeout_sec
         stdout, stderr = bytearray(), bytearray()
         started = time.monotonic()
         pid, exit_code, error = 0, -1, None
         try:
             async with asyncio.timeout(timeout + 5.0):
-                async for event in guest.start(
-                    cmd, args, envs=envs, cwd=cwd, user=user, timeout=timeout
-                ):
+                async for event in _start(guest, spec, timeout):
                     if event.kind == "start":
                         pid = event.pid
                     elif event.kind == "data":
@@ -96,48 +93,22 @@ class GuestOps:
         )
 
     async def exec_stream(
-        self,
-        capsule_id: str,
-        cmd: str,
-        args: list[str] | None = None,
-        *,
-        envs: dict[str, str] | None = None,
-        cwd: str | None = None,
-        user: str | None = None,
-        tag: str | None = None,
-        stdin: bool = False,
-        timeout: float | None = None,
-        pty: tuple[int, int] | None = None,
+        self, capsule_id: str, spec: ProcessSpec
     ) -> AsyncGenerator[ProcessEvent, None]:
+        """Start `spec`; its events as they come (start first, end last)."""
         guest = self._guest(capsule_id)
-        stream = guest.start(
-            cmd, args, envs=envs, cwd=cwd, user=user, tag=tag, stdin=stdin, timeout=timeout, pty=pty
-        )
-        return self._guarded(capsule_id, stream)
+        return self._guarded(capsule_id, _start(guest, spec, spec.timeout_sec))
 
-    async def start_background(
-        self,
-        capsule_id: str,
-        cmd: str,
-        args: list[str] | None = None,
-        *,
-        tag: str | None = None,
-        envs: dict[str, str] | None = None,
-        cwd: str | None = None,
-        user: str | None = None,
-        pty: tuple[int, int] | None = None,
-    ) -> int:
-        """Start a process that survives this call; return its pid once it has started."""
-        stream = await self.exec_stream(
-            capsule_id, cmd, args, tag=tag, envs=envs, cwd=cwd, user=user, pty=pty, stdin=True
-        )
+    async def start_background(self, capsule_id: str, spec: ProcessSpec) -> int:
+        """Start `spec` to outlive this call; return its pid once it has started."""
+        stream = await self.exec_stream(capsule_id, spec)
         try:
             async for event in stream:
                 if event.kind == "start":
                     return event.pid
         finally:
             await stream.aclose()  # detach: the process runs on, its output is kept
-        raise GuestError(f"failed: {cmd!r} ended before it started")
+        raise GuestError(f"failed: {spec.cmd!r} ended before it started")
 
     def attach(self, capsule_id: str, selector: Selector) -> AsyncGenerator[ProcessEvent, None]:
         """Re-attach to a process's output (missed output first), until it ends."""
@@ -147,8 +118,6 @@ class GuestOps:
         return await self._call(capsule_id, self._guest(capsule_id).list_processes())
 
     async def kill(self, capsule_id: str, selector: Selector, signal: str = "SIGKILL") -> None:
-        if signal.upper() not in {"SIGKILL", "SIGTERM"}:
-            raise InvalidRequest(f"invalid: signal {signal!r}; use SIGKILL or SIGTERM")
         await self._call(capsule_id, self._guest(capsule_id).send_signal(selector, signal))
 
     async def send_input(
@@ -160,36 +129,30 @@ class GuestOps:
         await self._call(capsule_id, self._guest(capsule_id).close_stdin(selector))
 
     async def resize(self, capsule_id: str, selector: Selector, cols: int, rows: int) -> None:
-        if not (0 < cols <= 4096 and 0 < rows <= 4096):
-            raise InvalidRequest(f"invalid: terminal size {cols}x{rows}")
         await self._call(capsule_id, self._guest(capsule_id).resize(selector, cols=cols, rows=rows))
 
     # -- files -----------------------------------------------------------------------------
     async def stat(self, capsule_id: str, path: str) -> EntryInfo:
-        return await self._call(capsule_id, self._guest(capsule_id).stat(_path(path)))
+        return await self._call(capsule_id, self._guest(capsule_id).stat(path))
 
     async def list_dir(self, capsule_id: str, path: str, depth: int = 1) -> list[EntryInfo]:
-        if not 1 <= depth <= 32:
-            raise InvalidRequest(f"invalid: depth {depth} is outside 1..32")
-        return await self._call(
-            capsule_id, self._guest(capsule_id).list_dir(_path(path), depth=depth)
-        )
+        return await self._call(capsule_id, self._guest(capsule_id).list_dir(path, depth=depth))
 
     async def make_dir(self, capsule_id: str, path: str) -> bool:
-        return await self._call(capsule_id, self._guest(capsule_id).make_dir(_path(path)))
+        return await self._call(capsule_id, self._guest(capsule_id).make_dir(path))
 
     async def remove(self, capsule_id: str, path: str) -> None:
-        await self._call(capsule_id, self._guest(capsule_id).remove(_path(path)))
+        await self._call(capsule_id, self._guest(capsule_id).remove(path))
 
     async def write_file(
         self, capsule_id: str, path: str, data: bytes | AsyncIterable[bytes]
     ) -> None:
-        await self._call(capsule_id, self._guest(capsule_id).write_file(_path(path), data))
+        await self._call(capsule_id, self._guest(capsule_id).write_file(path, data))
 
     async def read_file(self, capsule_id: str, path: str) -> AsyncGenerator[bytes, None]:
         """The file's bytes as a stream; the first chunk is fetched before returning, so a
         missing file is an error here rather than halfway through a response."""
-        stream = self._guest(capsule_id).read_file(_path(path))
+        stream = self._guest(capsule_id).read_file(path)
         try:
             first = await anext(stream, b"")
         except EnvdError as exc:
@@ -227,10 +190,21 @@ class GuestOps:
             raise _translate(exc) from exc
 
 
-def _path(path: str) -> str:
-    if not path or "\0" in path:
-        raise InvalidRequest(f"invalid: path {path!r}")
-    return path
+def _start(
+    guest: EnvdClient, spec: ProcessSpec, timeout: float | None
+) -> AsyncGenerator[ProcessEvent, None]:
+    # The one place a spec becomes the guest client's arguments.
+    return guest.start(
+        spec.cmd,
+        spec.args,
+        envs=spec.envs,
+        cwd=spec.cwd,
+        user=spec.user,
+        tag=spec.tag,
+        stdin=spec.stdin,
+        pty=spec.pty,
+        timeout=timeout,
+    )
 
 
 def _translate(exc: EnvdError) -> HostAgentError:

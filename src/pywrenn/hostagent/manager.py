@@ -64,7 +64,7 @@ from pywrenn.hostagent.recovery import (
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.slots import SlotAllocator
 from pywrenn.hostagent.states import CapsuleState
-from pywrenn.ids import IdKind, is_valid_id, new_id
+from pywrenn.ids import IdKind, new_id
 from pywrenn.layout import SNAPSHOT_META, Layout, parse_leftover
 from pywrenn.vmm import (
     AGENT_PORT,
@@ -86,7 +86,6 @@ from pywrenn.vmm.snapshot import VM_META
 
 log = logging.getLogger("pywrenn.hostagent")
 
-S = CapsuleState
 DEFAULT_TEMPLATE = "minimal"
 NIL_UUID = str(uuid.UUID(int=0))  # "the platform": team/template of the base image
 PREPARE_TIMEOUT_S = 5.0
@@ -154,7 +153,7 @@ class SandboxManager:
     def running(self, capsule_id: str) -> Capsule:
         """The capsule, if it is running; a conflict naming its state otherwise."""
         capsule = self.capsule(capsule_id)
-        if capsule.state is not S.RUNNING or capsule.envd is None:
+        if capsule.state is not CapsuleState.RUNNING or capsule.envd is None:
             raise CapsuleStateConflict(capsule_id, capsule.state.value, "use it")
         capsule.touch()
         return capsule
@@ -175,9 +174,9 @@ class SandboxManager:
     async def create(self, request: CreateRequest) -> CapsuleInfo:
         if self._draining:
             raise CapsuleStateConflict("-", "draining", "create capsules")
+        # The request's own checks (id, sizes, template name) are the API model's
+        # (`wire.CapsuleCreate`); this host's limits are checked here.
         capsule_id = request.capsule_id or new_id(IdKind.CAPSULE)
-        if not is_valid_id(capsule_id, IdKind.CAPSULE):
-            raise InvalidRequest(f"invalid: capsule id {capsule_id!r}")
         if capsule_id in self._capsules or self.layout.sandbox_dir(capsule_id).exists():
             raise CapsuleStateConflict(capsule_id, "existing", "create it again")
         vcpus = request.vcpus or self.settings.default_vcpus
@@ -188,8 +187,6 @@ class SandboxManager:
             raise InvalidRequest(
                 f"invalid: memory_mb {memory_mb} is outside 128..{self.settings.max_memory_mb}"
             )
-        if request.timeout_sec < 0:
-            raise InvalidRequest(f"invalid: timeout_sec {request.timeout_sec} is negative")
         self.admission.admit(capsule_id, memory_mb, self._capsules.values())
         source = self._resolve_template(request.template, vcpus, memory_mb)
         egress = self.settings.egress_default if request.egress is None else request.egress
@@ -218,7 +215,7 @@ class SandboxManager:
             default_env=dict(request.default_env),
             default_workdir=request.default_workdir,
         )
-        capsule = Capsule(capsule_id=capsule_id, state=S.CREATING, meta=meta)
+        capsule = Capsule(capsule_id=capsule_id, state=CapsuleState.CREATING, meta=meta)
         self._capsules[capsule_id] = capsule
         async with capsule.lifecycle:
             try:
@@ -277,7 +274,7 @@ class SandboxManager:
                 self._attach_guest(capsule)
                 self._write_running_state(capsule)
                 crash_point("create.after_state")
-                capsule.move_to(S.RUNNING)
+                capsule.move_to(CapsuleState.RUNNING)
             except BaseException as exc:
                 log.warning("create %s failed: %s", capsule_id, exc)
                 await self._release_everything(capsule)
@@ -301,11 +298,11 @@ class SandboxManager:
     async def destroy(self, capsule_id: str) -> None:
         capsule = self.capsule(capsule_id)
         async with capsule.lifecycle:
-            if capsule.state is S.STOPPED:
+            if capsule.state is CapsuleState.STOPPED:
                 return
-            capsule.move_to(S.STOPPING)
+            capsule.move_to(CapsuleState.STOPPING)
             await self._release_everything(capsule, on_step=_crash_hook("destroy"))
-            capsule.move_to(S.STOPPED)
+            capsule.move_to(CapsuleState.STOPPED)
             self._capsules.pop(capsule_id, None)
         log.info("destroyed %s", capsule_id)
 
@@ -313,11 +310,11 @@ class SandboxManager:
     async def pause(self, capsule_id: str, *, auto: bool = False) -> CapsuleInfo:
         capsule = self.capsule(capsule_id)
         async with capsule.lifecycle:
-            if capsule.state is S.PAUSED:
+            if capsule.state is CapsuleState.PAUSED:
                 return capsule.info()  # pausing a paused capsule is a no-op
-            if capsule.state is not S.RUNNING or capsule.vm is None:
+            if capsule.state is not CapsuleState.RUNNING or capsule.vm is None:
                 raise CapsuleStateConflict(capsule_id, capsule.state.value, "pause")
-            capsule.move_to(S.PAUSING)
+            capsule.move_to(CapsuleState.PAUSING)
             try:
                 await self._pause_to_disk(capsule)
             finally:
@@ -354,7 +351,7 @@ class SandboxManager:
                 if alive:
                     with contextlib.suppress(VMError):
                         await self.runtime.cont(vm)
-                capsule.move_to(S.RUNNING if alive else S.FAILED)
+                capsule.move_to(CapsuleState.RUNNING if alive else CapsuleState.FAILED)
                 raise HostError(f"pause failed: {exc}") from exc
             # Whole snapshot, then a failure (e.g. at quit): the VM stopped for good when
             # the snapshot was written. Finish the pause.
@@ -371,11 +368,11 @@ class SandboxManager:
             )
         except OSError as exc:
             # The snapshot is whole in staging: the next start commits it.
-            capsule.move_to(S.FAILED)
+            capsule.move_to(CapsuleState.FAILED)
             raise HostError(f"pause failed: cannot commit {staging}: {exc}") from exc
         with contextlib.suppress(HostError):
             await network.remove_network(capsule.net)  # the slot stays reserved
-        capsule.move_to(S.PAUSED)
+        capsule.move_to(CapsuleState.PAUSED)
         if interrupted is not None:
             raise interrupted
 
@@ -386,10 +383,10 @@ class SandboxManager:
         async with capsule.lifecycle:
             # Resuming a running capsule is a caller's mistake worth hearing about (unlike
             # pausing a paused one, which a reaper race makes routine).
-            if capsule.state is not S.PAUSED:
+            if capsule.state is not CapsuleState.PAUSED:
                 raise CapsuleStateConflict(capsule_id, capsule.state.value, "resume")
             self.admission.admit(capsule_id, capsule.meta.memory_mb, self._capsules.values())
-            capsule.move_to(S.RESUMING)
+            capsule.move_to(CapsuleState.RESUMING)
             run_dir = self.layout.sandbox_dir(capsule_id)
             net = capsule.net
             vm: VMHandle | None = None
@@ -423,7 +420,7 @@ class SandboxManager:
                 (run_dir / RUNNING_STATE).unlink(missing_ok=True)
                 with contextlib.suppress(HostError):
                     await network.remove_network(net)
-                capsule.move_to(S.PAUSED)
+                capsule.move_to(CapsuleState.PAUSED)
                 if isinstance(exc, VMError | HostAgentError | OSError):
                     raise HostError(f"resume failed, capsule stays paused: {exc}") from exc
                 raise
@@ -433,7 +430,7 @@ class SandboxManager:
             discard_pause(run_dir)
             self._attach_guest(capsule)
             capsule.touch()
-            capsule.move_to(S.RUNNING)
+            capsule.move_to(CapsuleState.RUNNING)
         log.info("resumed %s", capsule_id)
         return capsule.info()
 
@@ -464,7 +461,7 @@ class SandboxManager:
         for found in paused.restored:
             self._capsules[found.capsule_id] = Capsule(
                 capsule_id=found.capsule_id,
-                state=S.PAUSED,
+                state=CapsuleState.PAUSED,
                 meta=found.meta,
                 last_active_at=found.meta.created_at.timestamp(),
             )
@@ -510,7 +507,7 @@ class SandboxManager:
         if not self.pause_on_shutdown:
             log.info("shutdown: running capsules keep running; the next agent re-adopts them")
             return
-        running = [c.capsule_id for c in self._capsules.values() if c.state is S.RUNNING]
+        running = [c.capsule_id for c in self._capsules.values() if c.state is CapsuleState.RUNNING]
         gate = asyncio.Semaphore(2)
 
         async def one(capsule_id: str) -> None:
@@ -691,7 +688,9 @@ class SandboxManager:
                 # (its staging dir is gone by now): let it run again.
                 await self.runtime.cont(vm)
                 self.slots.reserve(state.meta.slot_index, capsule_id)
-                capsule = Capsule(capsule_id=capsule_id, state=S.RUNNING, meta=state.meta, vm=vm)
+                capsule = Capsule(
+                    capsule_id=capsule_id, state=CapsuleState.RUNNING, meta=state.meta, vm=vm
+                )
                 client = EnvdClient(
                     f"http://{capsule.net.host_ip}:{AGENT_PORT}",
                     access_token=capsule.access_token,
@@ -732,7 +731,9 @@ class SandboxManager:
 
         Only slots claimed in this WRENN_DIR: namespaces are host-wide, and those of
         another agent on the same machine are not ours to remove."""
-        owned = {c.meta.slot_index for c in self._capsules.values() if c.state is S.RUNNING}
+        owned = {
+            c.meta.slot_index for c in self._capsules.values() if c.state is CapsuleState.RUNNING
+        }
         ours = set(self.slots.claimed())
         for name in await asyncio.to_thread(network.list_namespaces):
             slot = network.parse_netns_slot(name)
@@ -784,8 +785,8 @@ def capsule_versions(source: dict[str, str], *, vmm: str, accel: str) -> dict[st
 def _never_left_pausing(capsule: Capsule) -> None:
     # `_pause_to_disk` ends in running, paused or failed; anything it did not foresee
     # (a cancellation between steps) must not leave the capsule pausing forever.
-    if capsule.state is S.PAUSING:
-        capsule.move_to(S.FAILED)
+    if capsule.state is CapsuleState.PAUSING:
+        capsule.move_to(CapsuleState.FAILED)
 
 
 def _crash_hook(op: str) -> StepHook:

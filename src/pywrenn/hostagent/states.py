@@ -25,19 +25,26 @@ class CapsuleState(StrEnum):
     SNAPSHOTTING = "snapshotting"
 
 
-S = CapsuleState
 ALLOWED: dict[CapsuleState, frozenset[CapsuleState]] = {
-    S.CREATING: frozenset({S.RUNNING, S.FAILED, S.STOPPING}),
-    S.RUNNING: frozenset({S.PAUSING, S.STOPPING, S.FAILED}),
+    CapsuleState.CREATING: frozenset(
+        {CapsuleState.RUNNING, CapsuleState.FAILED, CapsuleState.STOPPING}
+    ),
+    CapsuleState.RUNNING: frozenset(
+        {CapsuleState.PAUSING, CapsuleState.STOPPING, CapsuleState.FAILED}
+    ),
     # A pause that fails before the VM is gone resumes it: back to running.
-    S.PAUSING: frozenset({S.PAUSED, S.RUNNING, S.FAILED}),
-    S.PAUSED: frozenset({S.RESUMING, S.STOPPING}),
+    CapsuleState.PAUSING: frozenset(
+        {CapsuleState.PAUSED, CapsuleState.RUNNING, CapsuleState.FAILED}
+    ),
+    CapsuleState.PAUSED: frozenset({CapsuleState.RESUMING, CapsuleState.STOPPING}),
     # A resume that fails leaves the capsule paused and retryable.
-    S.RESUMING: frozenset({S.RUNNING, S.PAUSED, S.FAILED}),
-    S.STOPPING: frozenset({S.STOPPED, S.FAILED}),
-    S.STOPPED: frozenset(),
-    S.FAILED: frozenset({S.STOPPING}),
-    S.SNAPSHOTTING: frozenset(),
+    CapsuleState.RESUMING: frozenset(
+        {CapsuleState.RUNNING, CapsuleState.PAUSED, CapsuleState.FAILED}
+    ),
+    CapsuleState.STOPPING: frozenset({CapsuleState.STOPPED, CapsuleState.FAILED}),
+    CapsuleState.STOPPED: frozenset(),
+    CapsuleState.FAILED: frozenset({CapsuleState.STOPPING}),
+    CapsuleState.SNAPSHOTTING: frozenset(),
 }
 
 

@@ -40,6 +40,7 @@ from pywrenn.hostagent.errors import (
     HostAgentError,
     HostError,
     InvalidRequest,
+    TemplateNotFound,
 )
 from pywrenn.hostagent.faults import crash_point
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
@@ -54,10 +55,6 @@ log = logging.getLogger("pywrenn.hostagent.templates")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}\Z")
 PROTECTED = frozenset({"minimal"})
 MAX_FORK = 16
-
-
-class TemplateNotFound(HostAgentError):
-    pass
 
 
 @dataclass(frozen=True)

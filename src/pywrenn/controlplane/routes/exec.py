@@ -16,9 +16,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import APIRouter, Request, Response, WebSocket
-from pydantic import ValidationError
 
-from pywrenn.hostagent.schemas import ExecStreamRequest
+from pywrenn.hostagent.wire import ProcessSpec
 
 from ..deps import HostsDep, NowDep, SessionDep, TeamDep, ws_caller
 from ..errors import InvalidInput
@@ -149,16 +148,18 @@ async def ws_target(
         yield t
 
 
-def _start_request(frame: str) -> ExecStreamRequest:
+def _start_request(frame: str) -> ProcessSpec:
+    """What the first frame asks to run. Its fields are checked where every process's
+    are, as the host agent's body is made (`HostClient.exec_stream`: InvalidInput)."""
     try:
         raw = json.loads(frame)
-        if not isinstance(raw, dict) or raw.get("type") != "start":
-            raise InvalidInput('invalid: the first frame must be {"type": "start", …}')
-        return ExecStreamRequest(
-            cmd=raw.get("cmd") or "", args=list(raw.get("args") or []), envs=raw.get("envs") or {}
-        )
-    except (ValueError, ValidationError) as exc:
+    except ValueError as exc:
         raise InvalidInput(f"invalid: start frame: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("type") != "start":
+        raise InvalidInput('invalid: the first frame must be {"type": "start", …}')
+    return ProcessSpec(
+        raw.get("cmd") or "", list(raw.get("args") or []), envs=raw.get("envs") or {}
+    )
 
 
 async def relay(

@@ -16,9 +16,8 @@ import json
 from typing import Any
 
 from fastapi import APIRouter, WebSocket, WebSocketDisconnect
-from pydantic import ValidationError
 
-from pywrenn.hostagent.schemas import BackgroundRequest
+from pywrenn.hostagent.wire import ProcessSpec, TerminalSize
 
 from ..errors import InvalidInput, NotFound
 from ..services import guest
@@ -60,19 +59,20 @@ async def _open(t: guest.Target, first: dict[str, Any]) -> tuple[int, str]:
         raise InvalidInput("invalid: the first PTY frame must be start or connect")
     tag = guest.new_tag("pty")
     try:
-        request = BackgroundRequest(
-            cmd=first.get("cmd") or "/bin/bash",
-            args=list(first.get("args") or []),
+        size = TerminalSize(int(first.get("cols") or 80), int(first.get("rows") or 24))
+        # The rest is checked as the host agent's body is made (`start_process`).
+        spec = ProcessSpec(
+            first.get("cmd") or "/bin/bash",
+            list(first.get("args") or []),
             envs=dict(first.get("envs") or {}),
             cwd=first.get("cwd"),
             tag=tag,
-            pty=True,
-            cols=int(first.get("cols") or 80),
-            rows=int(first.get("rows") or 24),
+            stdin=True,
+            pty=size,
         )
-    except (ValueError, TypeError, ValidationError) as exc:
+    except (ValueError, TypeError) as exc:
         raise InvalidInput(f"invalid: PTY start frame: {exc}") from exc
-    started = await t.host.start_process(t.capsule_id, request)
+    started = await t.host.start_process(t.capsule_id, spec)
     return started.pid, tag
 
 

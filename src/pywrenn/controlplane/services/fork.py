@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pywrenn.hostagent.schemas import ForkRequest
+from pywrenn.hostagent.wire import ForkRequest
 
 from ..db.models import Capsule
 from ..errors import ControlPlaneError, InvalidInput

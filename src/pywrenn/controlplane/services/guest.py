@@ -15,7 +15,7 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pywrenn.hostagent.schemas import BackgroundRequest, EntryPublic, ExecRequest
+from pywrenn.hostagent.wire import EntryPublic, ProcessSpec
 from pywrenn.ids import parse_selector, parse_tag
 
 from ..errors import InvalidInput
@@ -148,16 +148,10 @@ def tag(raw: object) -> str:
 
 async def exec_foreground(t: Target, body: ExecBody) -> ExecResult:
     timeout = DEFAULT_EXEC_TIMEOUT_S if body.timeout_sec is None else body.timeout_sec
-    out = await t.host.exec(
-        t.capsule_id,
-        ExecRequest(
-            cmd=body.cmd,
-            args=body.args,
-            envs=body.envs,
-            cwd=body.cwd,
-            timeout_sec=timeout or NO_LIMIT_S,
-        ),
+    spec = ProcessSpec(
+        body.cmd, body.args, envs=body.envs, cwd=body.cwd, timeout_sec=timeout or NO_LIMIT_S
     )
+    out = await t.host.exec(t.capsule_id, spec)
     return ExecResult(
         sandbox_id=t.capsule_id,
         cmd=body.cmd,
@@ -171,8 +165,8 @@ async def exec_foreground(t: Target, body: ExecBody) -> ExecResult:
 
 async def exec_background(t: Target, body: ExecBody) -> BackgroundStarted:
     tag = body.tag or new_tag("proc")
-    request = BackgroundRequest(cmd=body.cmd, args=body.args, tag=tag, envs=body.envs, cwd=body.cwd)
-    started = await t.host.start_process(t.capsule_id, request)
+    spec = ProcessSpec(body.cmd, body.args, envs=body.envs, cwd=body.cwd, tag=tag, stdin=True)
+    started = await t.host.start_process(t.capsule_id, spec)
     return BackgroundStarted(sandbox_id=t.capsule_id, cmd=body.cmd, pid=started.pid, tag=tag)
 
 

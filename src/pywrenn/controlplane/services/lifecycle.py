@@ -25,8 +25,8 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from pywrenn.hostagent.schemas import CapsuleCreate as AgentCreate
-from pywrenn.hostagent.schemas import CapsulePublic as AgentCapsule
+from pywrenn.hostagent.wire import CapsuleCreate as AgentCreate
+from pywrenn.hostagent.wire import HostCapsule as AgentCapsule
 
 from ..db.models import Capsule
 from ..errors import Conflict, ControlPlaneError, InvalidState, NotFound

@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from pywrenn.hostagent.schemas import SnapshotRequest
+from pywrenn.hostagent.wire import SnapshotRequest
 from pywrenn.ids import IdKind
 
 from .. import publicids
