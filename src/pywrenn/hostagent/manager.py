@@ -25,8 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from pywrenn import __version__, images
-from pywrenn.envdclient import EnvdClient, EnvdError
-from pywrenn.hostagent import network
+from pywrenn.envdclient import EnvdError
+from pywrenn.hostagent import guestlink, network
 from pywrenn.hostagent.admission import Admission
 from pywrenn.hostagent.basesnapshot import BaseSnapshots, discard
 from pywrenn.hostagent.capsule import Capsule, CapsuleInfo
@@ -38,6 +38,8 @@ from pywrenn.hostagent.errors import (
     InvalidRequest,
 )
 from pywrenn.hostagent.faults import crash_point
+from pywrenn.hostagent.guestlink import GuestConnector
+from pywrenn.hostagent.hostnet import HostNetwork, LinuxHostNetwork
 from pywrenn.hostagent.meta import (
     RUNNING_STATE,
     TEMPLATE_META,
@@ -62,7 +64,8 @@ from pywrenn.hostagent.recovery import (
     unused_ephemeral_templates,
 )
 from pywrenn.hostagent.settings import HostAgentSettings
-from pywrenn.hostagent.slots import SlotAllocator
+from pywrenn.hostagent.slots import SlotAllocator, allocate_slot
+from pywrenn.hostagent.spawner import Spawner
 from pywrenn.hostagent.states import CapsuleState
 from pywrenn.ids import IdKind, is_valid_id, new_id
 from pywrenn.layout import SNAPSHOT_META, Layout, parse_leftover
@@ -121,11 +124,24 @@ class RecoveryReport:
 
 
 class SandboxManager:
-    def __init__(self, settings: HostAgentSettings, runtime: Runtime) -> None:
+    """Every capsule on this host. `network` and `connect_guest` default to the real
+    host's; a manager over `vmm.FakeRuntime`, `fakenet.FakeHostNetwork` and the fake's
+    `connect_guest` needs no root, no QEMU and no namespaces."""
+
+    def __init__(
+        self,
+        settings: HostAgentSettings,
+        runtime: Runtime,
+        *,
+        network: HostNetwork | None = None,
+        connect_guest: GuestConnector = guestlink.connect_guest,
+    ) -> None:
         self.settings = settings
         self.layout = Layout(settings.dir)
         self.layout.ensure()
         self.runtime = runtime
+        self.network: HostNetwork = network if network is not None else LinuxHostNetwork()
+        self.connect_guest = connect_guest
         self.slots = SlotAllocator(self.layout)
         self._capsules: dict[str, Capsule] = {}
         self._auto_paused: list[str] = []
@@ -133,9 +149,24 @@ class SandboxManager:
         # False when the agent stops because its parent (`wrenn up`) died: VMs are left
         # running for the next agent to re-adopt, instead of paused (see server.py).
         self.pause_on_shutdown = True
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.base = BaseSnapshots(self)
-        self.netpool = NetworkPool(self, settings.network_pool_size)
+        self.spawner = Spawner()
+        self.base = BaseSnapshots(
+            layout=self.layout,
+            runtime=runtime,
+            slots=self.slots,
+            network=self.network,
+            connect_guest=connect_guest,
+            spawner=self.spawner,
+            boot_timeout_s=settings.boot_timeout_s,
+        )
+        self.netpool = NetworkPool(
+            slots=self.slots,
+            network=self.network,
+            spawner=self.spawner,
+            size=settings.network_pool_size,
+            egress=settings.egress_default,
+            blocked=settings.blocked_ranges,
+        )
         self.admission = Admission.from_settings(settings)
 
     # -- queries ---------------------------------------------------------------------------
@@ -196,7 +227,11 @@ class SandboxManager:
 
         started = time.monotonic()
         pooled = self.netpool.take(capsule_id, egress=egress)
-        slot = pooled if pooled is not None else await self.allocate_slot(capsule_id)
+        slot = (
+            pooled
+            if pooled is not None
+            else await allocate_slot(self.slots, self.network, capsule_id)
+        )
         net = SlotNetwork(slot)
         run_dir = self.layout.sandbox_dir(capsule_id)
         meta = SnapshotMeta(
@@ -223,7 +258,7 @@ class SandboxManager:
         async with capsule.lifecycle:
             try:
                 if pooled is None:
-                    await network.create_network(
+                    await self.network.create(
                         net, egress=egress, blocked=self.settings.blocked_ranges
                     )
                 crash_point("create.after_network")
@@ -374,7 +409,7 @@ class SandboxManager:
             capsule.move_to(S.FAILED)
             raise HostError(f"pause failed: cannot commit {staging}: {exc}") from exc
         with contextlib.suppress(HostError):
-            await network.remove_network(capsule.net)  # the slot stays reserved
+            await self.network.remove(capsule.net)  # the slot stays reserved
         capsule.move_to(S.PAUSED)
         if interrupted is not None:
             raise interrupted
@@ -395,7 +430,7 @@ class SandboxManager:
             vm: VMHandle | None = None
             try:
                 read_meta(run_dir)  # refuse early, and keep the snapshot, if it is not whole
-                await network.create_network(
+                await self.network.create(
                     net, egress=capsule.meta.egress, blocked=self.settings.blocked_ranges
                 )
                 crash_point("resume.after_network")
@@ -422,7 +457,7 @@ class SandboxManager:
                         await self.runtime.kill(vm)
                 (run_dir / RUNNING_STATE).unlink(missing_ok=True)
                 with contextlib.suppress(HostError):
-                    await network.remove_network(net)
+                    await self.network.remove(net)
                 capsule.move_to(S.PAUSED)
                 if isinstance(exc, VMError | HostAgentError | OSError):
                     raise HostError(f"resume failed, capsule stays paused: {exc}") from exc
@@ -441,7 +476,7 @@ class SandboxManager:
     async def recover(self) -> RecoveryReport:
         """Bring back what a previous agent left, in order, before the API serves."""
         report = RecoveryReport()
-        await network.ensure_host_guards(self.settings.blocked_ranges)
+        await self.network.ensure_host_guards(self.settings.blocked_ranges)
         for directory, complete in (
             (self.layout.sandboxes_dir, pause_complete),
             (self.layout.images_dir, template_complete),
@@ -530,21 +565,11 @@ class SandboxManager:
 
     async def close(self) -> None:
         await self.netpool.close()
-        for task in list(self._tasks):
-            task.cancel()
-        # A cancelled bake cleans up its VM, slot and namespace before it ends.
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Every background task (bakes): a cancelled bake cleans up its VM, slot and
+        # namespace before it ends.
+        await self.spawner.close()
         for capsule in self._capsules.values():
             await self._close_guest(capsule)
-
-    async def allocate_slot(self, owner: str) -> int:
-        """A free slot whose namespace does not exist either: namespaces are host-wide,
-        and another agent (another WRENN_DIR, e.g. a test) may hold some."""
-        names = await asyncio.to_thread(network.list_namespaces)
-        busy = frozenset(
-            slot for slot in (network.parse_netns_slot(n) for n in names) if slot is not None
-        )
-        return self.slots.allocate(owner, busy=busy)
 
     # -- helpers -------------------------------------------------------------------------
     def _network_spec(self, net: SlotNetwork) -> NetworkSpec:
@@ -573,11 +598,6 @@ class SandboxManager:
             return _Source(base, base, manifest, versions)
         return _Source(manifest.rootfs, None, manifest, versions)
 
-    def keep(self, task: asyncio.Task[None]) -> None:
-        """Hold a background task until it ends (the loop keeps only weak references)."""
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
     def _guest_fields(self, capsule: Capsule, *, first_init: bool) -> dict[str, Any]:
         """Who the guest agent serves: token, hostname, default user and env. Sent with
         the runtime's readiness /init, so a create costs one guest round trip, not two."""
@@ -595,7 +615,7 @@ class SandboxManager:
 
     def _attach_guest(self, capsule: Capsule) -> None:
         assert capsule.vm is not None
-        capsule.envd = EnvdClient(
+        capsule.envd = self.connect_guest(
             f"http://{capsule.net.host_ip}:{AGENT_PORT}", access_token=capsule.access_token
         )
 
@@ -631,7 +651,7 @@ class SandboxManager:
         if on_step is not None:
             on_step("after_kill")
         with contextlib.suppress(HostError):
-            await network.remove_network(capsule.net)
+            await self.network.remove(capsule.net)
         self.slots.release(capsule.meta.slot_index)
         run_dir = self.layout.sandbox_dir(capsule.capsule_id)
         # A pause whose commit failed leaves a whole staging dir that recovery would commit.
@@ -692,7 +712,7 @@ class SandboxManager:
                 await self.runtime.cont(vm)
                 self.slots.reserve(state.meta.slot_index, capsule_id)
                 capsule = Capsule(capsule_id=capsule_id, state=S.RUNNING, meta=state.meta, vm=vm)
-                client = EnvdClient(
+                client = self.connect_guest(
                     f"http://{capsule.net.host_ip}:{AGENT_PORT}",
                     access_token=capsule.access_token,
                 )
@@ -712,7 +732,7 @@ class SandboxManager:
             await self.runtime.kill(vm)
         if state is not None:
             with contextlib.suppress(HostError, ValueError):
-                await network.remove_network(SlotNetwork(state.meta.slot_index))
+                await self.network.remove(SlotNetwork(state.meta.slot_index))
         state_file.unlink(missing_ok=True)
         has_snapshot = (run_dir / SNAPSHOT_META).exists()
         with contextlib.suppress(SnapshotError):
@@ -734,12 +754,11 @@ class SandboxManager:
         another agent on the same machine are not ours to remove."""
         owned = {c.meta.slot_index for c in self._capsules.values() if c.state is S.RUNNING}
         ours = set(self.slots.claimed())
-        for name in await asyncio.to_thread(network.list_namespaces):
-            slot = network.parse_netns_slot(name)
-            if slot is not None and slot in ours and slot not in owned:
-                log.info("recovery: removing stray namespace %s", name)
+        for slot in sorted(await self.network.slots_in_use()):
+            if slot in ours and slot not in owned:
+                log.info("recovery: removing stray namespace of slot %d", slot)
                 with contextlib.suppress(HostError, ValueError):
-                    await network.remove_network(SlotNetwork(slot))
+                    await self.network.remove(SlotNetwork(slot))
         # Claims of no capsule (the network pool's, an interrupted bake's or template
         # build's) are leftovers of a process that did not stop cleanly.
         for slot, owner in self.slots.claimed().items():

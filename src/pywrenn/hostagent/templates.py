@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pywrenn.envdclient import EnvdClient, EnvdError
+from pywrenn.envdclient import EnvdError
 from pywrenn.hostagent import network
 from pywrenn.hostagent.capsule import CapsuleInfo
 from pywrenn.hostagent.errors import (
@@ -44,7 +44,7 @@ from pywrenn.hostagent.errors import (
 from pywrenn.hostagent.faults import crash_point
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
 from pywrenn.hostagent.meta import TEMPLATE_META, read_json, write_json_atomic
-from pywrenn.hostagent.network import SlotNetwork
+from pywrenn.hostagent.slots import borrowed_slot_network
 from pywrenn.hostagent.states import CapsuleState
 from pywrenn.layout import Layout, parse_leftover
 from pywrenn.vmm import NetworkSpec, SnapshotError, SnapshotKind, VMError, commit_staging, read_meta
@@ -214,59 +214,68 @@ class TemplateService:
         builder_dir = self.layout.staging_dir("tpl")
         staging = self.layout.images_dir / f"{name}.staging-{time.time_ns()}"
         runtime = self.manager.runtime
-        # The builder needs the same kind of network backend as the capsules that will
-        # restore the template (QEMU saves backend state, e.g. slirp's, in the stream),
-        # so it borrows a slot of its own, with egress off.
-        owner = f"tpl-{name}"
-        slot = await self.manager.allocate_slot(owner)
-        net = SlotNetwork(slot)
         vm = None
         try:
-            builder_dir.mkdir(parents=True)
-            await network.create_network(net, egress=False)
-            vm = await runtime.restore(
-                pause_dir,
-                builder_dir,
-                NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip),
-                agent_token=capsule.access_token,
-                template_memory=builder_dir / "memory",
-                timeout=self.manager.settings.restore_timeout_s,
-            )
-            crash_point("snapshot.after_builder")
-            # Clones must not inherit this capsule's token: each is given its own.
-            async with EnvdClient(vm.network.agent_url(), access_token=capsule.access_token) as c:
-                await c.init_defaults(accessToken="")
-                await c.snapshot_prepare()
-            await runtime.template_snapshot(vm, staging)
-            vm = None  # consumed
-            crash_point("snapshot.after_freeze")
-            meta = capsule.meta
-            info = TemplateInfo(
-                name=name,
-                source_capsule=capsule_id,
-                team_id=meta.team_id,
-                vcpus=meta.vcpus,
-                memory_mb=meta.memory_mb,
-                created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-                size_bytes=_size(staging),
-                ephemeral=ephemeral,
-            )
-            record: dict[str, Any] = {**asdict(info), "versions": dict(meta.versions)}
-            write_json_atomic(staging / TEMPLATE_META, record)
-            commit_staging(staging, self.layout.image_dir(name))
-            crash_point("snapshot.after_commit")
-            return info
+            # The builder needs the same kind of network backend as the capsules that will
+            # restore the template (QEMU saves backend state, e.g. slirp's, in the stream),
+            # so it borrows a slot of its own, with egress off.
+            async with borrowed_slot_network(
+                self.manager.slots, self.manager.network, f"tpl-{name}", egress=False
+            ) as borrowed:
+                net = borrowed.net
+                try:
+                    builder_dir.mkdir(parents=True)
+                    vm = await runtime.restore(
+                        pause_dir,
+                        builder_dir,
+                        NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip),
+                        agent_token=capsule.access_token,
+                        template_memory=builder_dir / "memory",
+                        timeout=self.manager.settings.restore_timeout_s,
+                    )
+                    crash_point("snapshot.after_builder")
+                    await self._clear_token(vm.network.agent_url(), capsule.access_token)
+                    await runtime.template_snapshot(vm, staging)
+                    vm = None  # consumed
+                    crash_point("snapshot.after_freeze")
+                    info = self._record(capsule_id, name, staging, ephemeral=ephemeral)
+                    commit_staging(staging, self.layout.image_dir(name))
+                    crash_point("snapshot.after_commit")
+                    return info
+                finally:
+                    if vm is not None:
+                        with contextlib.suppress(VMError):
+                            await runtime.kill(vm)
         except (VMError, EnvdError, OSError) as exc:
             raise HostError(f"template {name!r} from {capsule_id} failed: {exc}") from exc
         finally:
-            if vm is not None:
-                with contextlib.suppress(VMError):
-                    await runtime.kill(vm)
-            with contextlib.suppress(HostError):
-                await network.remove_network(net)
-            self.manager.slots.release(slot)
             shutil.rmtree(builder_dir, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
+
+    async def _clear_token(self, agent_url: str, access_token: str) -> None:
+        """Clones must not inherit the source capsule's token: each is given its own."""
+        async with self.manager.connect_guest(agent_url, access_token=access_token) as client:
+            await client.init_defaults(accessToken="")
+            await client.snapshot_prepare()
+
+    def _record(
+        self, capsule_id: str, name: str, staging: Path, *, ephemeral: bool
+    ) -> TemplateInfo:
+        """Write the template's record into `staging` (what makes it complete)."""
+        meta = self.manager.capsule(capsule_id).meta
+        info = TemplateInfo(
+            name=name,
+            source_capsule=capsule_id,
+            team_id=meta.team_id,
+            vcpus=meta.vcpus,
+            memory_mb=meta.memory_mb,
+            created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            size_bytes=_size(staging),
+            ephemeral=ephemeral,
+        )
+        record: dict[str, Any] = {**asdict(info), "versions": dict(meta.versions)}
+        write_json_atomic(staging / TEMPLATE_META, record)
+        return info
 
     def _refuse_if_used(self, name: str) -> None:
         users = self.users(name)
