@@ -115,12 +115,10 @@ class Layout:
         return self.sandbox_dir(capsule_id) / SNAPSHOT_META
 
     def staging_dir(self, capsule_id: str, stamp_ns: int | None = None) -> Path:
-        stamp = time.time_ns() if stamp_ns is None else stamp_ns
-        return self.sandboxes_dir / f"{_safe_name(capsule_id)}.staging-{stamp}"
+        return staging_beside(self.sandbox_dir(capsule_id), stamp_ns)
 
     def trash_dir(self, capsule_id: str, stamp_ns: int | None = None) -> Path:
-        stamp = time.time_ns() if stamp_ns is None else stamp_ns
-        return self.sandboxes_dir / f"{_safe_name(capsule_id)}.trash-{stamp}"
+        return trash_beside(self.sandbox_dir(capsule_id), stamp_ns)
 
     # -- slots -------------------------------------------------------------------------
     def slot_claim(self, index: int) -> Path:
@@ -141,12 +139,27 @@ class Layout:
             path.mkdir(parents=True, exist_ok=True)
 
 
+def staging_beside(final: Path, stamp_ns: int | None = None) -> Path:
+    """Where `final`'s next version is built: `{final}.staging-{ns}`, beside it (so the
+    commit is a rename on one filesystem) and named so the startup sweep finds it."""
+    return final.with_name(f"{final.name}.staging-{_stamp(stamp_ns)}")
+
+
+def trash_beside(final: Path, stamp_ns: int | None = None) -> Path:
+    """Where `final` goes on its way out: `{final}.trash-{ns}`, swept at start."""
+    return final.with_name(f"{final.name}.trash-{_stamp(stamp_ns)}")
+
+
 def parse_leftover(name: str) -> Leftover | None:
     """Recognise `{id}.staging-{ns}` / `{id}.trash-{ns}`; None for anything else."""
     match = _LEFTOVER.match(name)
     if match is None:
         return None
     return Leftover(match.group("id"), match.group("kind"), int(match.group("ns")))
+
+
+def _stamp(stamp_ns: int | None) -> int:
+    return time.time_ns() if stamp_ns is None else stamp_ns
 
 
 def _safe_name(name: str) -> str:

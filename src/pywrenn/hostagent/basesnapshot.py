@@ -29,7 +29,7 @@ from pathlib import Path
 from pywrenn import images
 from pywrenn.envdclient import EnvdError
 from pywrenn.hostagent import network
-from pywrenn.hostagent.errors import HostError
+from pywrenn.hostagent.errors import HostAgentError, HostError
 from pywrenn.hostagent.guestlink import GuestConnector
 from pywrenn.hostagent.hostnet import HostNetwork
 from pywrenn.hostagent.slots import SlotAllocator, borrowed_slot_network
@@ -155,6 +155,17 @@ class BaseSnapshots:
         )
         path: Path = await asyncio.shield(task)
         return path
+
+    async def ensure_logged(self, template: str, vcpus: int, memory_mb: int) -> None:
+        """`ensure`, with its outcome logged instead of raised: creates boot meanwhile."""
+        try:
+            path = await self.ensure(template, vcpus, memory_mb)
+        except images.ManifestMissing:
+            log.warning("no image for template %s yet; creates will fail", template)
+        except (HostAgentError, images.ImageError) as exc:
+            log.warning("no base snapshot (%s); creates will boot", exc)
+        else:
+            log.info("base snapshot ready: %s", path)
 
     def bake_later(self, template: str, vcpus: int, memory_mb: int) -> None:
         """Start a bake in the background (a create just booted the slow way)."""

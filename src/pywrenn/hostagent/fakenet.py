@@ -17,7 +17,7 @@ from pywrenn.hostagent.errors import HostError
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
 from pywrenn.hostagent.hostnet import HostNetwork
 from pywrenn.hostagent.network import SlotNetwork
-from pywrenn.vmm.fakeruntime import FaultPlan
+from pywrenn.vmm.faultplan import FaultPlan
 
 __all__ = ["FakeHostNetwork"]
 

@@ -9,17 +9,16 @@ like a real one), so a host agent's on-disk bookkeeping, recovery included, runs
 does over QEMU. Each VM's guest agent answers through `connect_guest`: an `EnvdClient`
 over an `httpx.MockTransport` that reaches a guest only while its VM runs.
 
-`FaultPlan` makes any operation slow (`latency`) or fail (`fail`), before it starts or,
-for the multi-step snapshot operations, after a named step; `fakenet.FakeHostNetwork`
-uses it too. A restarted host agent is simulated by giving the new manager the same
-`FakeRuntime`: its VMs "outlived" the old one and are adopted from their run dirs.
+Its `faults` (a `faultplan.FaultPlan`) make any operation slow or fail, before it starts
+or, for the multi-step snapshot operations, after a named step. A restarted host agent
+is simulated by giving the new manager the same `FakeRuntime`: its VMs "outlived" the
+old one and are adopted from their run dirs.
 
 Knows nothing of: QEMU, capsules, slots, or the host agent.
 """
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -33,6 +32,7 @@ import httpx
 
 from pywrenn.envdclient import EnvdClient
 from pywrenn.vmm.errors import BootError, SnapshotError, VMGoneError
+from pywrenn.vmm.faultplan import FaultPlan
 from pywrenn.vmm.runtime import (
     BootSpec,
     NetworkSpec,
@@ -53,7 +53,7 @@ from pywrenn.vmm.snapshot import (
     write_meta,
 )
 
-__all__ = ["FAKE_PID_BASE", "PAUSE_STEPS", "TEMPLATE_STEPS", "FakeRuntime", "Fault", "FaultPlan"]
+__all__ = ["FAKE_PID_BASE", "PAUSE_STEPS", "TEMPLATE_STEPS", "FakeRuntime"]
 
 # Above Linux's PID_MAX_LIMIT (2**22): no process ever has one of these pids, so code that
 # reads /proc or signals by pid finds nothing, and never hits a real process.
@@ -62,45 +62,6 @@ VM_RECORD = "vm.json"  # the same name QemuRuntime gives its record
 PAUSE_STEPS = ("after_stop", "after_migrate", "after_meta", "after_quit")
 TEMPLATE_STEPS = ("after_stop", "after_migrate", "after_quit")
 _SNAPSHOT_FILES = frozenset({STATE_FILE, DISK_FILE, MEMORY_FILE, VM_META})
-
-
-@dataclass
-class Fault:
-    """`error` raised by operation `op`: before it starts (`step` empty), or right after
-    step `step` of a multi-step operation; `times` times, then the operation works."""
-
-    op: str
-    error: BaseException
-    step: str = ""
-    times: int = 1
-
-
-@dataclass
-class FaultPlan:
-    """Latencies (seconds, default 0) and armed failures per operation name, plus a log of
-    every operation started (`calls`), for assertions."""
-
-    latency: dict[str, float] = field(default_factory=dict)
-    faults: list[Fault] = field(default_factory=list)
-    calls: list[str] = field(default_factory=list)
-
-    def fail(self, op: str, error: BaseException, *, step: str = "", times: int = 1) -> None:
-        self.faults.append(Fault(op, error, step, times))
-
-    async def enter(self, op: str) -> None:
-        """Start `op`: log it, wait its latency, raise if a failure is armed for its start."""
-        self.calls.append(op)
-        delay = self.latency.get(op, 0.0)
-        if delay > 0:
-            await asyncio.sleep(delay)
-        self.check(op)
-
-    def check(self, op: str, step: str = "") -> None:
-        """Raise the failure armed for `op` at `step`, if any (once per `times`)."""
-        for fault in self.faults:
-            if fault.op == op and fault.step == step and fault.times > 0:
-                fault.times -= 1
-                raise fault.error
 
 
 @dataclass
