@@ -10,7 +10,13 @@ from pydantic import ValidationError
 
 from pywrenn import ids
 from pywrenn.config import Settings, parse_listen
-from pywrenn.layout import Layout, parse_leftover
+from pywrenn.layout import (
+    Layout,
+    base_snapshot_key,
+    leftovers_beside,
+    parse_generation,
+    parse_leftover,
+)
 
 PACKAGE = Path(__file__).resolve().parents[2] / "src" / "pywrenn"
 
@@ -53,6 +59,35 @@ def test_layout_paths(tmp_path: Path) -> None:
     assert layout.slot_claim(3) == tmp_path / "slots" / "3"
     layout.ensure()
     assert layout.sandboxes_dir.is_dir()
+
+
+def test_layout_names_what_is_built_and_removed(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    images = tmp_path / "images"
+    assert layout.template_staging("web", 5) == images / "web.staging-5"
+    assert layout.template_trash("web", 6) == images / "web.trash-6"
+    assert layout.builder_dir("tpl", 7) == tmp_path / "sandboxes" / "tpl.staging-7"
+    first = layout.base_snapshot_dir("minimal", "1c256m-ab")
+    assert first == images / "minimal" / "snapshots" / "1c256m-ab"
+    assert layout.base_snapshot_dir("minimal", "1c256m-ab", 3).name == "1c256m-ab.g3"
+    assert layout.base_snapshot_lock("minimal", "1c256m-ab").name == ".1c256m-ab.lock"
+    assert parse_generation("1c256m-ab.g3", "1c256m-ab") == 3
+    assert parse_generation("1c256m-ab", "1c256m-ab") == 1
+    assert parse_generation("1c256m-ab.gx", "1c256m-ab") is None
+    assert base_snapshot_key("1c256m-ab.g3") == base_snapshot_key("1c256m-ab") == "1c256m-ab"
+    assert layout.slot_relabel_partial(3) == tmp_path / "slots" / ".3.relabel"
+    assert layout.image_build_lock("minimal") == images / ".minimal.lock"
+    layout.ensure()
+    (images / f"{layout.image_build_prefix('minimal')}x1").mkdir()
+    (images / ".minimal.lock").touch()
+    assert layout.image_builds() == [("minimal", images / ".minimal.build-x1")]
+    for stamp in (1, 2):
+        layout.staging_dir("cl-a", stamp).mkdir()
+    layout.staging_dir("cl-ab", 3).mkdir()
+    assert leftovers_beside(layout.sandbox_dir("cl-a")) == [
+        layout.staging_dir("cl-a", 1),
+        layout.staging_dir("cl-a", 2),
+    ]
 
 
 @pytest.mark.parametrize("name", ["", ".", "..", "a/b", "x\0"])

@@ -28,16 +28,14 @@ from pathlib import Path
 
 from pywrenn import images
 from pywrenn.envdclient import EnvdError
-from pywrenn.hostagent import network
 from pywrenn.hostagent.errors import HostAgentError, HostError
 from pywrenn.hostagent.guestlink import GuestConnector
-from pywrenn.hostagent.hostnet import HostNetwork
+from pywrenn.hostagent.hostnet import HostNetwork, tap_spec
 from pywrenn.hostagent.slots import SlotAllocator, borrowed_slot_network
 from pywrenn.hostagent.spawner import Spawner, SpawnerClosed
-from pywrenn.layout import Layout
+from pywrenn.layout import Layout, generation_name, parse_generation, staging_beside
 from pywrenn.vmm import (
     BootSpec,
-    NetworkSpec,
     Runtime,
     SnapshotError,
     SnapshotKind,
@@ -48,7 +46,6 @@ from pywrenn.vmm import read_meta as read_vm_meta
 
 log = logging.getLogger("pywrenn.hostagent.base")
 
-SNAPSHOTS_DIR = "snapshots"
 BASE_META = "wrenn-base.json"
 STALE_MARK = "stale"  # written into a base snapshot this runtime failed to load
 
@@ -64,8 +61,7 @@ def snapshot_dir(
     layout: Layout, manifest: images.ImageManifest, vcpus: int, memory_mb: int
 ) -> Path:
     """The first generation's dir for this image build and size."""
-    key = snapshot_key(manifest, vcpus, memory_mb)
-    return layout.image_dir(manifest.template) / SNAPSHOTS_DIR / key
+    return layout.base_snapshot_dir(manifest.template, snapshot_key(manifest, vcpus, memory_mb))
 
 
 def generations(first: Path) -> list[Path]:
@@ -74,22 +70,22 @@ def generations(first: Path) -> list[Path]:
     A snapshot set aside is never moved or rewritten: capsules made from it name its
     disk as their overlay's backing file (and paused ones need it to resume), so a
     re-bake goes to the next generation instead of its place."""
-    found = [first] if first.is_dir() else []
+    if not first.parent.is_dir():
+        return []
     numbered = []
-    for path in first.parent.glob(f"{first.name}.g*"):
-        suffix = path.name[len(first.name) + 2 :]
-        if suffix.isascii() and suffix.isdigit() and path.is_dir():
-            numbered.append((int(suffix), path))
-    return found + [path for _, path in sorted(numbered)]
+    for path in first.parent.iterdir():
+        generation = parse_generation(path.name, first.name)
+        if generation is not None and path.is_dir():
+            numbered.append((generation, path))
+    return [path for _, path in sorted(numbered)]
 
 
 def next_generation(first: Path) -> Path:
     existing = generations(first)
     if not existing:
         return first
-    last = existing[-1]
-    number = 1 if last == first else int(last.name[len(first.name) + 2 :])
-    return first.with_name(f"{first.name}.g{number + 1}")
+    last = parse_generation(existing[-1].name, first.name) or 1
+    return first.with_name(generation_name(first.name, last + 1))
 
 
 def usable(path: Path) -> bool:
@@ -182,7 +178,7 @@ class BaseSnapshots:
     async def _bake(self, manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> Path:
         first = snapshot_dir(self.layout, manifest, vcpus, memory_mb)
         first.parent.mkdir(parents=True, exist_ok=True)
-        async with _bake_lock(first.parent / f".{first.name}.lock"):
+        async with _bake_lock(self.layout.base_snapshot_lock(manifest.template, first.name)):
             found = find(self.layout, manifest, vcpus, memory_mb)
             if found is not None:
                 return found  # another agent on this WRENN_DIR baked it meanwhile
@@ -196,9 +192,8 @@ class BaseSnapshots:
         self, manifest: images.ImageManifest, vcpus: int, memory_mb: int, target: Path
     ) -> None:
         runtime = self.runtime
-        # Short: the VM's QMP socket lives in it (unix socket paths stop at 108 bytes).
-        builder_dir = self.layout.staging_dir("base")
-        staging = target.with_name(f"{target.name}.staging-{time.time_ns()}")
+        builder_dir = self.layout.builder_dir("base")
+        staging = staging_beside(target)
         vm = None
         try:
             async with borrowed_slot_network(
@@ -214,9 +209,7 @@ class BaseSnapshots:
                             cmdline=manifest.cmdline,
                             disk=manifest.rootfs,
                             run_dir=builder_dir,
-                            network=NetworkSpec.tap(
-                                network.TAP_NAME, net.netns, host_address=net.host_ip
-                            ),
+                            network=tap_spec(net),
                             vcpus=vcpus,
                             memory_mb=memory_mb,
                             template_memory=builder_dir / "memory",

@@ -19,8 +19,9 @@ from typing import Protocol, TypeVar
 from pywrenn.hostagent import network
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
 from pywrenn.hostagent.network import SlotNetwork
+from pywrenn.vmm import NetworkSpec
 
-__all__ = ["HostNetwork", "LinuxHostNetwork"]
+__all__ = ["HostNetwork", "LinuxHostNetwork", "tap_spec"]
 
 T = TypeVar("T")
 
@@ -71,6 +72,12 @@ class LinuxHostNetwork:
     async def slots_in_use(self) -> frozenset[int]:
         names = await asyncio.to_thread(network.list_namespaces)
         return frozenset(s for s in map(network.parse_netns_slot, names) if s is not None)
+
+
+def tap_spec(net: SlotNetwork) -> NetworkSpec:
+    """How a VM in slot `net` is wired: the slot's TAP, its guest agent reached at the
+    slot's host address."""
+    return NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip)
 
 
 async def _to_the_end(work: Awaitable[T]) -> T:

@@ -3,9 +3,10 @@
 Owns: the order and rules of recovery (see docs/hostagent.md, "Startup recovery" and
 "Crash steps"), run once at start under the WRENN_DIR lock by `Recovery.run`:
 
-1. The host guards (routes, filter chains), then crash leftovers (`sweep.py`): commits
-   that died half way are finished or rolled back, VMs still running from leftover dirs
-   (a template builder's) are killed, the rest is swept.
+1. Crash leftovers, everywhere they can be (`sweep.startup_sweep`): commits that died
+   half way are finished or rolled back, VMs still running from leftover dirs (a
+   builder's) are killed, the rest is swept. (The manager installs the host guards,
+   routes and filter chains, before it runs recovery.)
 2. `_adopt`: each running capsule's VM is re-adopted if it is alive and its guest agent
    answers; else what is left is stopped and removed, keeping a whole pause snapshot.
 3. `_clean_unadopted`: VMs of capsule dirs nobody adopted are killed; dirs with nothing
@@ -49,14 +50,7 @@ from pywrenn.hostagent.meta import (
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.slots import SlotAllocator
 from pywrenn.hostagent.states import CapsuleState
-from pywrenn.hostagent.sweep import (
-    finish_interrupted,
-    leftover_dirs,
-    pause_complete,
-    sweep_leftovers,
-    template_complete,
-    trash_dir,
-)
+from pywrenn.hostagent.sweep import startup_sweep, trash_dir
 from pywrenn.layout import SNAPSHOT_META, Layout, parse_leftover
 from pywrenn.vmm import Runtime, SnapshotError, VMError, discard_pause, read_meta
 from pywrenn.vmm.snapshot import VM_META
@@ -146,17 +140,13 @@ class Recovery:
         return report
 
     async def _sweep(self, report: RecoveryReport) -> None:
-        """Finish interrupted commits, stop VMs in leftover dirs, sweep the leftovers."""
-        for directory, complete in (
-            (self.layout.sandboxes_dir, pause_complete),
-            (self.layout.images_dir, template_complete),
-        ):
-            finished = await finish_interrupted(directory, complete, self._stop_vm_in)
-            report.committed += finished.committed
-            report.put_back += finished.restored
-        for leftover in leftover_dirs(self.layout):
-            await self._stop_vm_in(leftover)  # e.g. a template builder's VM
-        report.swept = sweep_leftovers(self.layout)
+        """Finish interrupted commits, stop VMs in leftover dirs, sweep every leftover."""
+        swept = await startup_sweep(self.layout, self._stop_vm_in)
+        report.committed, report.put_back, report.swept = (
+            swept.committed,
+            swept.restored,
+            swept.swept,
+        )
 
     async def _stop_vm_in(self, run_dir: Path) -> None:
         """Kill a VM whose run dir this is, if one is alive (the runtime checks it is ours)."""
@@ -293,7 +283,7 @@ def restore_paused(
     candidates: list[PausedCapsule] = []
     for path in sorted(layout.sandboxes_dir.iterdir()):
         name = path.name
-        if not path.is_dir() or ".staging-" in name or ".trash-" in name or name in skip:
+        if not path.is_dir() or parse_leftover(name) is not None or name in skip:
             continue
         if (path / RUNNING_STATE).exists() and not (path / SNAPSHOT_META).exists():
             continue  # a running capsule the manager could not adopt; not a snapshot

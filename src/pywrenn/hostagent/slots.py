@@ -70,10 +70,9 @@ class SlotAllocator:
 
     def relabel(self, index: int, owner: str) -> None:
         """Hand a slot this process claimed (e.g. for the network pool) to `owner`."""
-        path = self._layout.slot_claim(index)
-        partial = path.with_name(f".{path.name}.relabel")
+        partial = self._layout.slot_relabel_partial(index)
         partial.write_text(owner + "\n")
-        os.replace(partial, path)
+        os.replace(partial, self._layout.slot_claim(index))
 
     def release(self, index: int) -> None:
         try:

@@ -21,22 +21,19 @@ from dataclasses import replace
 from pathlib import Path
 
 from pywrenn.envdclient import EnvdError
-from pywrenn.hostagent import network
 from pywrenn.hostagent.capsule import Capsule
 from pywrenn.hostagent.errors import HostAgentError, HostError
 from pywrenn.hostagent.faults import crash_hook, crash_point
 from pywrenn.hostagent.guestlink import GuestConnector
-from pywrenn.hostagent.hostnet import HostNetwork
+from pywrenn.hostagent.hostnet import HostNetwork, tap_spec
 from pywrenn.hostagent.meta import RUNNING_STATE, write_json_atomic
-from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.slots import SlotAllocator
 from pywrenn.hostagent.sources import Source, capsule_versions, start_vm
 from pywrenn.hostagent.states import CapsuleState
 from pywrenn.hostagent.sweep import pause_complete, trash_dir
-from pywrenn.layout import SNAPSHOT_META, Layout
+from pywrenn.layout import SNAPSHOT_META, Layout, leftovers_beside
 from pywrenn.vmm import (
-    NetworkSpec,
     Runtime,
     StepHook,
     VMError,
@@ -81,7 +78,7 @@ class LifecycleSteps:
             self.runtime,
             source,
             run_dir,
-            network_spec(capsule.net),
+            tap_spec(capsule.net),
             vcpus=capsule.meta.vcpus,
             memory_mb=capsule.meta.memory_mb,
             init_fields=capsule.guest_fields(first_init=True),
@@ -173,7 +170,7 @@ class LifecycleSteps:
             vm = await self.runtime.restore(
                 run_dir,
                 run_dir,
-                network_spec(capsule.net),
+                tap_spec(capsule.net),
                 timeout=self.settings.restore_timeout_s,
                 agent_token=capsule.access_token,
                 init_fields=capsule.guest_fields(first_init=False),
@@ -226,7 +223,7 @@ class LifecycleSteps:
         self.slots.release(capsule.meta.slot_index)
         run_dir = self.layout.sandbox_dir(capsule.capsule_id)
         # A pause whose commit failed leaves a whole staging dir that recovery would commit.
-        for staging in run_dir.parent.glob(f"{run_dir.name}.staging-*"):
+        for staging in leftovers_beside(run_dir, "staging"):
             await asyncio.to_thread(shutil.rmtree, staging, True)
         if run_dir.exists():
             trashed = trash_dir(run_dir)
@@ -254,8 +251,3 @@ class LifecycleSteps:
         with contextlib.suppress(Exception):
             return (await self.runtime.info(vm)).state is not VMState.GONE
         return False
-
-
-def network_spec(net: SlotNetwork) -> NetworkSpec:
-    """How the VM of slot `net` is wired: the slot's TAP, reached at its host address."""
-    return NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip)

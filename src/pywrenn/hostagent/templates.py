@@ -15,7 +15,8 @@ Templates never depend on each other: the runtime flattens a template's disk ont
 read-only base image when it freezes it, so a template made from a capsule of template
 T1 keeps working after T1 is deleted. A template is built in `images/{name}.staging-*`
 and swapped in only once complete (`commit_staging`: old → `.trash-*`, staging → name);
-`recover_template_dirs` finishes or rolls back a swap a crash interrupted, at start-up.
+a delete renames it to `images/{name}.trash-*` first. The startup sweep (`sweep.py`)
+finishes or rolls back a swap a crash interrupted, and removes the other leftovers.
 """
 
 from __future__ import annotations
@@ -33,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 from pywrenn.envdclient import EnvdError
-from pywrenn.hostagent import network
 from pywrenn.hostagent.capsule import CapsuleInfo
 from pywrenn.hostagent.errors import (
     CapsuleStateConflict,
@@ -42,12 +42,12 @@ from pywrenn.hostagent.errors import (
     InvalidRequest,
 )
 from pywrenn.hostagent.faults import crash_point
+from pywrenn.hostagent.hostnet import tap_spec
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
 from pywrenn.hostagent.meta import TEMPLATE_META, read_json, write_json_atomic
 from pywrenn.hostagent.slots import borrowed_slot_network
 from pywrenn.hostagent.states import CapsuleState
-from pywrenn.layout import Layout, parse_leftover
-from pywrenn.vmm import NetworkSpec, SnapshotError, SnapshotKind, VMError, commit_staging, read_meta
+from pywrenn.vmm import SnapshotError, SnapshotKind, VMError, commit_staging, read_meta
 
 log = logging.getLogger("pywrenn.hostagent.templates")
 
@@ -144,7 +144,7 @@ class TemplateService:
         if not (path / TEMPLATE_META).exists():
             raise TemplateNotFound(f"not found: template {name!r}")
         self._refuse_if_used(name)
-        trash = self.layout.trash_dir(f"tpl-{name}")
+        trash = self.layout.template_trash(name)
         path.rename(trash)
         await asyncio.to_thread(shutil.rmtree, trash, True)
         log.info("template %s deleted", name)
@@ -209,10 +209,8 @@ class TemplateService:
     async def _build(self, capsule_id: str, name: str, *, ephemeral: bool) -> TemplateInfo:
         capsule = self.manager.capsule(capsule_id)
         pause_dir = self.layout.sandbox_dir(capsule_id)
-        # Short on purpose: the VM's QMP socket lives in it, and unix socket paths stop
-        # at 108 bytes. The `.staging-` name lets the startup sweep remove a leftover.
-        builder_dir = self.layout.staging_dir("tpl")
-        staging = self.layout.images_dir / f"{name}.staging-{time.time_ns()}"
+        builder_dir = self.layout.builder_dir("tpl")
+        staging = self.layout.template_staging(name)
         runtime = self.manager.runtime
         vm = None
         try:
@@ -228,7 +226,7 @@ class TemplateService:
                     vm = await runtime.restore(
                         pause_dir,
                         builder_dir,
-                        NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip),
+                        tap_spec(net),
                         agent_token=capsule.access_token,
                         template_memory=builder_dir / "memory",
                         timeout=self.manager.settings.restore_timeout_s,
@@ -293,55 +291,6 @@ class TemplateService:
                 if read_meta(path).kind is not SnapshotKind.TEMPLATE:
                     raise TemplateNotFound(f"not found: template {name!r}")
         return path
-
-
-def recover_template_dirs(layout: Layout) -> list[str]:
-    """Finish or roll back template swaps a crash interrupted; remove leftovers.
-
-    Run at start-up, under the WRENN_DIR lock (no build is running). For a template
-    whose dir is missing: its newest complete staging dir becomes it (the crash came
-    between the two renames of `commit_staging`), else its newest trash dir comes back
-    (the old template). Every other `images/{name}.staging-*` / `.trash-*` is removed.
-    Returns what it did, one line each.
-    """
-    if not layout.images_dir.is_dir():
-        return []
-    found: dict[str, dict[str, list[Path]]] = {}
-    for path in layout.images_dir.iterdir():
-        leftover = parse_leftover(path.name)
-        if leftover is not None and path.is_dir() and not path.is_symlink():
-            kinds = found.setdefault(leftover.capsule_id, {"staging": [], "trash": []})
-            kinds[leftover.kind].append(path)
-    done: list[str] = []
-    for name, kinds in sorted(found.items()):
-        final = layout.images_dir / name
-        newest = sorted(kinds["staging"], key=_stamp, reverse=True)
-        if not final.exists():
-            whole = next((p for p in newest if _complete_template(p)), None)
-            back = max(kinds["trash"], key=_stamp, default=None)
-            chosen = whole if whole is not None else back
-            if chosen is not None:
-                chosen.rename(final)
-                done.append(f"{name}: {'new' if chosen is whole else 'old'} template kept")
-        for path in (*kinds["staging"], *kinds["trash"]):
-            if path.exists():
-                shutil.rmtree(path, ignore_errors=True)
-                done.append(f"removed {path.name}")
-    for line in done:
-        log.info("template recovery: %s", line)
-    return done
-
-
-def _stamp(path: Path) -> int:
-    leftover = parse_leftover(path.name)
-    return leftover.stamp_ns if leftover is not None else 0
-
-
-def _complete_template(path: Path) -> bool:
-    try:
-        return read_meta(path).kind is SnapshotKind.TEMPLATE and (path / TEMPLATE_META).exists()
-    except SnapshotError:
-        return False
 
 
 def _size(path: Path) -> int:
