@@ -239,3 +239,21 @@ async def test_destroy_leaves_nothing(host: FakeHost, state: CapsuleState) -> No
     await host.manager.destroy(ID)
     assert left(host) == NOTHING
     assert host.manager.capsules() == []
+
+
+async def test_a_failed_network_teardown_keeps_the_claim_for_the_next_start(
+    host: FakeHost,
+) -> None:
+    """Released, the slot's namespace would be nobody's: recovery only removes the
+    namespaces of slots claimed in its WRENN_DIR."""
+    held = await running(host)
+    host.network.faults.fail("remove", HostError("device busy"))
+    await host.manager.destroy(ID)
+    assert host.manager.capsules() == []
+    assert left(host) == {**held, "vms": [], "dirs": []}  # the claim and the network stay
+    await host.manager.close()
+
+    restarted = FakeHost(host.root, runtime=host.runtime, network=host.network)
+    await restarted.manager.recover()
+    assert left(restarted) == NOTHING
+    await restarted.manager.close()

@@ -12,6 +12,7 @@ base-snapshot bake's or a template build's builder VM, and the network pool's sl
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Sequence
@@ -24,6 +25,8 @@ from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
 from pywrenn.hostagent.hostnet import HostNetwork
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.layout import Layout
+
+log = logging.getLogger("pywrenn.hostagent.slots")
 
 MAX_SLOT = 32767
 
@@ -155,7 +158,14 @@ async def borrowed_slot_network(
 
 
 async def return_slot_network(slots: SlotAllocator, network: HostNetwork, slot: int) -> None:
-    """Tear down slot `slot`'s network (missing pieces are fine), then release its claim."""
-    with contextlib.suppress(HostError):
+    """Tear down slot `slot`'s network (missing pieces are fine), then release its claim.
+
+    A teardown that fails keeps the claim: the next start removes the namespace of every
+    claimed slot no running capsule uses, then frees the claim. Released, the slot's
+    namespace would be nobody's, and stay until the machine restarts."""
+    try:
         await network.remove(SlotNetwork(slot))
+    except HostError as exc:
+        log.warning("slot %d: network teardown failed, claim kept for recovery: %s", slot, exc)
+        return
     slots.release(slot)

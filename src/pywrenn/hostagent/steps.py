@@ -28,7 +28,7 @@ from pywrenn.hostagent.guestlink import GuestConnector
 from pywrenn.hostagent.hostnet import HostNetwork, tap_spec
 from pywrenn.hostagent.meta import RUNNING_STATE, write_json_atomic
 from pywrenn.hostagent.settings import HostAgentSettings
-from pywrenn.hostagent.slots import SlotAllocator
+from pywrenn.hostagent.slots import SlotAllocator, return_slot_network
 from pywrenn.hostagent.sources import Source, capsule_versions, start_vm
 from pywrenn.hostagent.states import CapsuleState
 from pywrenn.hostagent.sweep import pause_complete, trash_dir
@@ -218,9 +218,7 @@ class LifecycleSteps:
             capsule.vm = None
         if on_step is not None:
             on_step("after_kill")
-        with contextlib.suppress(HostError):
-            await self.network.remove(capsule.net)
-        self.slots.release(capsule.meta.slot_index)
+        await return_slot_network(self.slots, self.network, capsule.meta.slot_index)
         run_dir = self.layout.sandbox_dir(capsule.capsule_id)
         # A pause whose commit failed leaves a whole staging dir that recovery would commit.
         for staging in leftovers_beside(run_dir, "staging"):
