@@ -5,8 +5,8 @@ no image and a runtime that has no VMs, served by uvicorn on a loopback port (it
 lifespan, which installs host network guards and recovers VMs, is not run). The manager
 holds two capsules made up for the test: one `running` whose guest agent is a closed
 loopback port (so guest calls go all the way to the guest client, and fail there), and
-one `paused` with no snapshot on disk. Nothing here may touch the host: the network
-functions the manager calls are replaced by recorders (`quiet_network`).
+one `paused` with no snapshot on disk. Nothing here may touch the host: the manager's
+network is a `FakeHostNetwork` (no namespace, TAP or rule on this machine is touched).
 
 Every operation runs with the bearer token and without it. The host agent answers some
 5xx by design (ERROR_TABLE in hostagent/errors.py): 502 `agent` (the guest failed), 503
@@ -37,9 +37,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from pywrenn.envdclient import EnvdClient
-from pywrenn.hostagent import network
 from pywrenn.hostagent.app import create_app
 from pywrenn.hostagent.capsule import Capsule
+from pywrenn.hostagent.fakenet import FakeHostNetwork
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.meta import SnapshotMeta
 from pywrenn.hostagent.settings import HostAgentSettings
@@ -80,7 +80,7 @@ class NoVMs:
 
 def _manager(wrenn_dir: Path) -> SandboxManager:
     settings = HostAgentSettings(dir=wrenn_dir, host_token=TOKEN, network_pool_size=0)
-    return SandboxManager(settings, NoVMs())  # type: ignore[arg-type]
+    return SandboxManager(settings, NoVMs(), network=FakeHostNetwork())  # type: ignore[arg-type]
 
 
 def _openapi() -> dict[str, Any]:
@@ -173,28 +173,7 @@ async def _served(wrenn_dir: Path) -> AsyncIterator[ServedHostAgent]:
 
 
 @pytest.fixture(scope="module")
-def quiet_network() -> Iterator[list[str]]:
-    """The manager's network calls, recorded instead of made (no namespace, TAP or rule
-    on this machine is ever touched by the fuzz run)."""
-    calls: list[str] = []
-
-    async def create_network(net: network.SlotNetwork, *, egress: bool) -> None:
-        calls.append(f"create {net.index}")
-
-    async def remove_network(net: network.SlotNetwork) -> None:
-        calls.append(f"remove {net.index}")
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(network, "create_network", create_network)
-        mp.setattr(network, "remove_network", remove_network)
-        mp.setattr(network, "list_namespaces", lambda: [])
-        yield calls
-
-
-@pytest.fixture(scope="module")
-def served(
-    tmp_path_factory: pytest.TempPathFactory, quiet_network: list[str]
-) -> Iterator[ServedHostAgent]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServedHostAgent]:
     wrenn_dir = tmp_path_factory.mktemp("fuzz-agent")
     with entered_in_thread(lambda: _served(wrenn_dir)) as (thread, agent):
         agent.thread = thread

@@ -20,16 +20,16 @@ from pywrenn.hostagent.capsule import Capsule
 from pywrenn.hostagent.errors import HostError
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.meta import TEMPLATE_META, write_json_atomic
-from pywrenn.hostagent.recovery import (
+from pywrenn.hostagent.recovery import unused_ephemeral_templates
+from pywrenn.hostagent.settings import HostAgentSettings
+from pywrenn.hostagent.states import CapsuleState
+from pywrenn.hostagent.sweep import (
     finish_interrupted,
     leftover_dirs,
     pause_complete,
     sweep_leftovers,
     template_complete,
-    unused_ephemeral_templates,
 )
-from pywrenn.hostagent.settings import HostAgentSettings
-from pywrenn.hostagent.states import CapsuleState
 from pywrenn.layout import SNAPSHOT_META, Layout
 from pywrenn.vmm import (
     NetworkSpec,
@@ -217,7 +217,7 @@ def test_armed_crash_point_dies_like_kill9() -> None:
 
 
 def test_every_named_crash_point_is_listed() -> None:
-    """Literal `crash_point("op.step")` calls and `_crash_hook("op")` prefixes are in
+    """Literal `crash_point("op.step")` calls and `crash_hook("op")` prefixes are in
     POINTS, and POINTS names nothing else (the integration matrix walks POINTS)."""
     src = Path(faults.__file__).parent
     literal: set[str] = set()
@@ -232,7 +232,7 @@ def test_every_named_crash_point_is_listed() -> None:
             ):
                 if node.func.id == "crash_point":
                     literal.add(str(node.args[0].value))
-                elif node.func.id == "_crash_hook":
+                elif node.func.id == "crash_hook":
                     hooked.add(str(node.args[0].value))
     assert len(set(faults.POINTS)) == len(faults.POINTS)
     assert literal <= set(faults.POINTS)
@@ -322,7 +322,7 @@ async def test_pause_whose_commit_fails_is_failed_and_keeps_the_whole_staging(
     def refuse(*_: object, **__: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("pywrenn.hostagent.manager.commit_staging", refuse)
+    monkeypatch.setattr("pywrenn.hostagent.steps.commit_staging", refuse)
     with pytest.raises(HostError, match="cannot commit"):
         await manager.pause("cl-a")
     assert capsule.state is CapsuleState.FAILED

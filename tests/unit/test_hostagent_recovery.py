@@ -17,8 +17,9 @@ from pywrenn.hostagent.meta import (
     read_snapshot_meta,
     write_json_atomic,
 )
-from pywrenn.hostagent.recovery import restore_paused, running_state_files, sweep_leftovers
+from pywrenn.hostagent.recovery import restore_paused, running_state_files
 from pywrenn.hostagent.slots import SlotAllocator
+from pywrenn.hostagent.sweep import sweep_leftovers
 from pywrenn.layout import SNAPSHOT_META, Layout
 
 TEAM = str(uuid.uuid4())

@@ -31,10 +31,17 @@ class EnvdClient(EnvdCalls):
     """One guest agent at `base_url` (e.g. ``http://127.0.0.1:40123``).
 
     `access_token` is sent as ``X-Access-Token`` on every request once the agent has one.
+    `transport` replaces the network (an `httpx.MockTransport` answering for a guest that
+    does not exist: `vmm.FakeRuntime`); None, the default, is a real connection.
     """
 
     def __init__(
-        self, base_url: str, *, timeout: float = DEFAULT_TIMEOUT, access_token: str | None = None
+        self,
+        base_url: str,
+        *,
+        timeout: float = DEFAULT_TIMEOUT,
+        access_token: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url
         self.access_token = access_token
@@ -51,6 +58,7 @@ class EnvdClient(EnvdCalls):
             trust_env=False,
             verify=False,  # noqa: S501 - never used: http:// only
             headers={"Accept-Encoding": "identity"},
+            transport=transport,
         )
 
     async def aclose(self) -> None:

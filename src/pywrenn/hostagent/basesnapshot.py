@@ -25,23 +25,27 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from pywrenn import images
-from pywrenn.envdclient import EnvdClient, EnvdError
-from pywrenn.hostagent import network
-from pywrenn.hostagent.errors import HostError
-from pywrenn.hostagent.network import SlotNetwork
-from pywrenn.layout import Layout
-from pywrenn.vmm import BootSpec, NetworkSpec, SnapshotError, SnapshotKind, VMError, commit_staging
+from pywrenn.envdclient import EnvdError
+from pywrenn.hostagent.errors import HostAgentError, HostError
+from pywrenn.hostagent.guestlink import GuestConnector
+from pywrenn.hostagent.hostnet import HostNetwork, tap_spec
+from pywrenn.hostagent.slots import SlotAllocator, borrowed_slot_network
+from pywrenn.hostagent.spawner import Spawner, SpawnerClosed
+from pywrenn.layout import Layout, generation_name, parse_generation, staging_beside
+from pywrenn.vmm import (
+    BootSpec,
+    Runtime,
+    SnapshotError,
+    SnapshotKind,
+    VMError,
+    commit_staging,
+)
 from pywrenn.vmm import read_meta as read_vm_meta
-
-if TYPE_CHECKING:
-    from pywrenn.hostagent.manager import SandboxManager
 
 log = logging.getLogger("pywrenn.hostagent.base")
 
-SNAPSHOTS_DIR = "snapshots"
 BASE_META = "wrenn-base.json"
 STALE_MARK = "stale"  # written into a base snapshot this runtime failed to load
 
@@ -57,8 +61,7 @@ def snapshot_dir(
     layout: Layout, manifest: images.ImageManifest, vcpus: int, memory_mb: int
 ) -> Path:
     """The first generation's dir for this image build and size."""
-    key = snapshot_key(manifest, vcpus, memory_mb)
-    return layout.image_dir(manifest.template) / SNAPSHOTS_DIR / key
+    return layout.base_snapshot_dir(manifest.template, snapshot_key(manifest, vcpus, memory_mb))
 
 
 def generations(first: Path) -> list[Path]:
@@ -67,22 +70,22 @@ def generations(first: Path) -> list[Path]:
     A snapshot set aside is never moved or rewritten: capsules made from it name its
     disk as their overlay's backing file (and paused ones need it to resume), so a
     re-bake goes to the next generation instead of its place."""
-    found = [first] if first.is_dir() else []
+    if not first.parent.is_dir():
+        return []
     numbered = []
-    for path in first.parent.glob(f"{first.name}.g*"):
-        suffix = path.name[len(first.name) + 2 :]
-        if suffix.isascii() and suffix.isdigit() and path.is_dir():
-            numbered.append((int(suffix), path))
-    return found + [path for _, path in sorted(numbered)]
+    for path in first.parent.iterdir():
+        generation = parse_generation(path.name, first.name)
+        if generation is not None and path.is_dir():
+            numbered.append((generation, path))
+    return [path for _, path in sorted(numbered)]
 
 
 def next_generation(first: Path) -> Path:
     existing = generations(first)
     if not existing:
         return first
-    last = existing[-1]
-    number = 1 if last == first else int(last.name[len(first.name) + 2 :])
-    return first.with_name(f"{first.name}.g{number + 1}")
+    last = parse_generation(existing[-1].name, first.name) or 1
+    return first.with_name(generation_name(first.name, last + 1))
 
 
 def usable(path: Path) -> bool:
@@ -114,10 +117,24 @@ def discard(path: Path, reason: str) -> None:
 class BaseSnapshots:
     """Bakes base snapshots for one host agent; at most one bake per key at a time."""
 
-    def __init__(self, manager: SandboxManager) -> None:
-        self.manager = manager
-        self.layout = manager.layout
-        self._baking: dict[str, asyncio.Task[Path]] = {}
+    def __init__(
+        self,
+        *,
+        layout: Layout,
+        runtime: Runtime,
+        slots: SlotAllocator,
+        network: HostNetwork,
+        connect_guest: GuestConnector,
+        spawner: Spawner,
+        boot_timeout_s: float,
+    ) -> None:
+        self.layout = layout
+        self.runtime = runtime
+        self.slots = slots
+        self.network = network
+        self.connect_guest = connect_guest
+        self.spawner = spawner
+        self.boot_timeout_s = boot_timeout_s
 
     def find(self, manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> Path | None:
         return find(self.layout, manifest, vcpus, memory_mb)
@@ -128,12 +145,23 @@ class BaseSnapshots:
         found = self.find(manifest, vcpus, memory_mb)
         if found is not None:
             return found
-        key = f"{template}/{snapshot_key(manifest, vcpus, memory_mb)}"
-        task = self._baking.get(key)
-        if task is None or task.done():
-            task = asyncio.create_task(self._bake(manifest, vcpus, memory_mb), name=f"bake {key}")
-            self._baking[key] = task
-        return await asyncio.shield(task)
+        name = f"bake {template}/{snapshot_key(manifest, vcpus, memory_mb)}"
+        task = self.spawner.running(name) or self.spawner.spawn(
+            self._bake(manifest, vcpus, memory_mb), name=name
+        )
+        path: Path = await asyncio.shield(task)
+        return path
+
+    async def ensure_logged(self, template: str, vcpus: int, memory_mb: int) -> None:
+        """`ensure`, with its outcome logged instead of raised: creates boot meanwhile."""
+        try:
+            path = await self.ensure(template, vcpus, memory_mb)
+        except images.ManifestMissing:
+            log.warning("no image for template %s yet; creates will fail", template)
+        except (HostAgentError, images.ImageError) as exc:
+            log.warning("no base snapshot (%s); creates will boot", exc)
+        else:
+            log.info("base snapshot ready: %s", path)
 
     def bake_later(self, template: str, vcpus: int, memory_mb: int) -> None:
         """Start a bake in the background (a create just booted the slow way)."""
@@ -144,13 +172,13 @@ class BaseSnapshots:
             except Exception as exc:  # logged: a failed bake only means slower creates
                 log.warning("baking %s %dc/%dMB failed: %s", template, vcpus, memory_mb, exc)
 
-        task = asyncio.create_task(run(), name=f"bake-later {template}")
-        self.manager.keep(task)
+        with contextlib.suppress(SpawnerClosed):  # stopping: the next agent bakes it
+            self.spawner.spawn(run(), name=f"bake-later {template}")
 
     async def _bake(self, manifest: images.ImageManifest, vcpus: int, memory_mb: int) -> Path:
         first = snapshot_dir(self.layout, manifest, vcpus, memory_mb)
         first.parent.mkdir(parents=True, exist_ok=True)
-        async with _bake_lock(first.parent / f".{first.name}.lock"):
+        async with _bake_lock(self.layout.base_snapshot_lock(manifest.template, first.name)):
             found = find(self.layout, manifest, vcpus, memory_mb)
             if found is not None:
                 return found  # another agent on this WRENN_DIR baked it meanwhile
@@ -163,52 +191,51 @@ class BaseSnapshots:
     async def _boot_and_freeze(
         self, manifest: images.ImageManifest, vcpus: int, memory_mb: int, target: Path
     ) -> None:
-        manager = self.manager
-        runtime = manager.runtime
-        # Short: the VM's QMP socket lives in it (unix socket paths stop at 108 bytes).
-        builder_dir = self.layout.staging_dir("base")
-        staging = target.with_name(f"{target.name}.staging-{time.time_ns()}")
-        slot = await manager.allocate_slot(f"base-{manifest.template}")
-        net = SlotNetwork(slot)
+        runtime = self.runtime
+        builder_dir = self.layout.builder_dir("base")
+        staging = staging_beside(target)
         vm = None
         try:
-            builder_dir.mkdir(parents=True)
-            await network.create_network(net, egress=False)
-            vm = await runtime.boot(
-                BootSpec(
-                    kernel=manifest.kernel,
-                    initramfs=manifest.initramfs,
-                    cmdline=manifest.cmdline,
-                    disk=manifest.rootfs,
-                    run_dir=builder_dir,
-                    network=NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip),
-                    vcpus=vcpus,
-                    memory_mb=memory_mb,
-                    template_memory=builder_dir / "memory",
-                ),
-                timeout=manager.settings.boot_timeout_s,
-            )
-            async with EnvdClient(vm.network.agent_url()) as client:
-                await client.snapshot_prepare()
-            await runtime.template_snapshot(vm, staging)
-            vm = None  # consumed
-            record = {"template": manifest.template, "versions": manifest.versions}
-            (staging / BASE_META).write_text(json.dumps(record, indent=2) + "\n")
-            commit_staging(staging, target)
+            async with borrowed_slot_network(
+                self.slots, self.network, f"base-{manifest.template}", egress=False
+            ) as borrowed:
+                net = borrowed.net
+                try:
+                    builder_dir.mkdir(parents=True)
+                    vm = await runtime.boot(
+                        BootSpec(
+                            kernel=manifest.kernel,
+                            initramfs=manifest.initramfs,
+                            cmdline=manifest.cmdline,
+                            disk=manifest.rootfs,
+                            run_dir=builder_dir,
+                            network=tap_spec(net),
+                            vcpus=vcpus,
+                            memory_mb=memory_mb,
+                            template_memory=builder_dir / "memory",
+                        ),
+                        timeout=self.boot_timeout_s,
+                    )
+                    async with self.connect_guest(vm.network.agent_url()) as client:
+                        await client.snapshot_prepare()
+                    await runtime.template_snapshot(vm, staging)
+                    vm = None  # consumed
+                    record = {"template": manifest.template, "versions": manifest.versions}
+                    (staging / BASE_META).write_text(json.dumps(record, indent=2) + "\n")
+                    commit_staging(staging, target)
+                finally:
+                    if vm is None and builder_dir.is_dir():
+                        # Cancelled while the VM was starting (an agent stopping mid-bake):
+                        # it may be up with no handle yet; find it by its run dir, or it
+                        # would outlive us.
+                        with contextlib.suppress(VMError, OSError):
+                            vm = await runtime.adopt(builder_dir, timeout=2.0)
+                    if vm is not None:
+                        with contextlib.suppress(VMError):
+                            await runtime.kill(vm)
         except (VMError, EnvdError, OSError) as exc:
             raise HostError(f"baking base snapshot {target.name} failed: {exc}") from exc
         finally:
-            if vm is None and builder_dir.is_dir():
-                # Cancelled while QEMU was starting (an agent stopping mid-bake): the VM may
-                # be up with no handle yet; find it by its run dir, or it would outlive us.
-                with contextlib.suppress(VMError, OSError):
-                    vm = await runtime.adopt(builder_dir, timeout=2.0)
-            if vm is not None:
-                with contextlib.suppress(VMError):
-                    await runtime.kill(vm)
-            with contextlib.suppress(HostError):
-                await network.remove_network(net)
-            manager.slots.release(slot)
             shutil.rmtree(builder_dir, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
 

@@ -10,13 +10,14 @@ import asyncio
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import Any
 
 from pywrenn.envdclient import EnvdClient
-from pywrenn.hostagent.meta import SnapshotMeta
+from pywrenn.hostagent.meta import RunningState, SnapshotMeta
 from pywrenn.hostagent.metrics import MetricRings
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.states import CapsuleState, check_transition
-from pywrenn.vmm import VMHandle
+from pywrenn.vmm import AGENT_PORT, VMHandle
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,32 @@ class Capsule:
     @property
     def net(self) -> SlotNetwork:
         return SlotNetwork(self.meta.slot_index)
+
+    @property
+    def agent_url(self) -> str:
+        """Where the host reaches this capsule's guest agent (its slot's address)."""
+        return f"http://{self.net.host_ip}:{AGENT_PORT}"
+
+    def guest_fields(self, *, first_init: bool) -> dict[str, Any]:
+        """Who the guest agent serves: token, hostname, default user and env. Sent with
+        the runtime's readiness /init, so a create costs one guest round trip, not two."""
+        fields: dict[str, Any] = {"hostname": self.capsule_id}
+        if first_init:
+            # A fresh guest has no token yet; presenting one it lacks is harmless.
+            fields["accessToken"] = self.access_token
+        if self.meta.default_user:
+            fields["defaultUser"] = self.meta.default_user
+        if self.meta.default_env:
+            fields["envVars"] = self.meta.default_env
+        if self.meta.default_workdir:
+            fields["defaultWorkdir"] = self.meta.default_workdir
+        return fields
+
+    def running_state(self) -> RunningState:
+        """What `running.json` records, so a restarted agent can re-adopt the VM."""
+        assert self.vm is not None
+        vm = {"run_dir": str(self.vm.run_dir), "pid": self.vm.pid}
+        return RunningState(capsule_id=self.capsule_id, meta=self.meta, vm=vm)
 
     def move_to(self, target: CapsuleState) -> None:
         check_transition(self.capsule_id, self.state, target)

@@ -12,29 +12,39 @@ Knows nothing of: VMs, or what a capsule does with its network.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from ipaddress import IPv4Network
 
-from pywrenn.hostagent import network
 from pywrenn.hostagent.errors import HostAgentError, HostError
-from pywrenn.hostagent.network import SlotNetwork
-
-if TYPE_CHECKING:
-    from pywrenn.hostagent.manager import SandboxManager
+from pywrenn.hostagent.hostnet import HostNetwork
+from pywrenn.hostagent.slots import SlotAllocator, borrowed_slot_network, return_slot_network
+from pywrenn.hostagent.spawner import Spawner
 
 log = logging.getLogger("pywrenn.hostagent.netpool")
 
 POOL_OWNER = "pool"
+FILLER = "network pool"  # the filler task's name (one at a time)
 
 
 class NetworkPool:
-    def __init__(self, manager: SandboxManager, size: int) -> None:
-        self.manager = manager
+    def __init__(
+        self,
+        *,
+        slots: SlotAllocator,
+        network: HostNetwork,
+        spawner: Spawner,
+        size: int,
+        egress: bool,
+        blocked: Sequence[IPv4Network],
+    ) -> None:
+        self.slots = slots
+        self.network = network
+        self.spawner = spawner
         self.size = size
-        self.egress = manager.settings.egress_default
+        self.egress = egress
+        self.blocked = tuple(blocked)
         self._ready: list[int] = []
-        self._filler: asyncio.Task[None] | None = None
         self._closed = False
 
     @property
@@ -47,47 +57,39 @@ class NetworkPool:
             self.refill()
             return None
         slot = self._ready.pop(0)
-        self.manager.slots.relabel(slot, owner)
+        self.slots.relabel(slot, owner)
         self.refill()
         return slot
 
     def refill(self) -> None:
         """Top the pool up in the background (one network at a time)."""
-        if self._closed or self.size <= 0:
+        if self._closed or self.size <= 0 or self.spawner.running(FILLER) is not None:
             return
-        if self._filler is None or self._filler.done():
-            self._filler = asyncio.create_task(self._fill(), name="network pool")
+        self.spawner.spawn(self._fill(), name=FILLER)
 
     async def _fill(self) -> None:
         while not self._closed and len(self._ready) < self.size:
             try:
-                slot = await self.manager.allocate_slot(POOL_OWNER)
+                async with borrowed_slot_network(
+                    self.slots, self.network, POOL_OWNER, egress=self.egress, blocked=self.blocked
+                ) as borrowed:
+                    borrowed.keep()
+                    self._ready.append(borrowed.net.index)
+            except HostError as exc:
+                log.warning("network pool: %s", exc)
+                return
             except HostAgentError as exc:
                 log.warning("network pool: no slot (%s)", exc)
                 return
-            try:
-                await network.create_network(
-                    SlotNetwork(slot),
-                    egress=self.egress,
-                    blocked=self.manager.settings.blocked_ranges,
-                )
-            except BaseException as exc:
-                self.manager.slots.release(slot)
-                if isinstance(exc, HostError):
-                    log.warning("network pool: slot %d: %s", slot, exc)
-                    return
-                raise
-            self._ready.append(slot)
 
     async def close(self) -> None:
-        """Tear down the networks nobody took (an agent that stops leaves none behind)."""
+        """Stop filling and tear down the networks nobody took (an agent that stops
+        leaves none behind)."""
         self._closed = True
-        if self._filler is not None:
-            self._filler.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._filler
+        filler = self.spawner.running(FILLER)
+        if filler is not None:
+            filler.cancel()
+            await asyncio.wait({filler})  # its own cleanup releases the slot it was building
         ready, self._ready = self._ready, []
         for slot in ready:
-            with contextlib.suppress(HostError):
-                await network.remove_network(SlotNetwork(slot))
-            self.manager.slots.release(slot)
+            await return_slot_network(self.slots, self.network, slot)

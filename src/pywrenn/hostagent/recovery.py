@@ -1,51 +1,81 @@
-"""Startup recovery of capsules left on disk by a previous agent, before serving.
+"""Startup recovery: bringing back what a previous agent left, before the API serves.
 
-Owns: the order and rules of recovery (see docs/hostagent.md, "Crash steps"):
+Owns: the order and rules of recovery (see docs/hostagent.md, "Startup recovery" and
+"Crash steps"), run once at start under the WRENN_DIR lock by `Recovery.run`:
 
-0. `finish_interrupted`: a commit (`vmm.commit_staging`) that died half way is finished
-   or rolled back. A staging dir whose metas verify (`pause_complete`,
-   `template_complete`) is a finished snapshot: it becomes the final dir, whatever was
-   there. A trash dir whose final dir is missing, beside a staging dir that is not
-   complete, is the old final dir: it is put back. Everything else is left to the sweep.
-1. `sweep_leftovers`: remove every other `{id}.staging-*` and `{id}.trash-*` dir, under
-   sandboxes/ and images/. A staging dir that is not complete is a pause or template
-   that never finished; the capsule's real dir is untouched by design.
-2. Running capsules are re-adopted by the manager (it needs the VM runtime); this module
-   only lists their state files.
-3. `restore_paused`: Wrenn's `RestorePausedSandboxes`, rule for rule. Parse each
+1. Crash leftovers, everywhere they can be (`sweep.startup_sweep`): commits that died
+   half way are finished or rolled back, VMs still running from leftover dirs (a
+   builder's) are killed, the rest is swept. (The manager installs the host guards,
+   routes and filter chains, before it runs recovery.)
+2. `_adopt`: each running capsule's VM is re-adopted if it is alive and its guest agent
+   answers; else what is left is stopped and removed, keeping a whole pause snapshot.
+3. `_clean_unadopted`: VMs of capsule dirs nobody adopted are killed; dirs with nothing
+   to keep (a create that never ran) are removed.
+4. `restore_paused`: Wrenn's `RestorePausedSandboxes`, rule for rule. Parse each
    snapshot meta; trash dirs whose meta is unreadable, has no slot, or bad team/template
    UUIDs; for several snapshots of one slot keep the newest and trash the others; reserve
    the winner's slot (trash it if that fails). It logs and goes on: one bad dir never
    fails startup.
-4. `unused_ephemeral_templates`: fork templates no capsule uses any more (a fork that
-   died before its children existed).
+5. `unused_ephemeral_templates`: fork templates no capsule uses any more (a fork that
+   died before its children existed) are removed.
+6. `_reap_stray_namespaces`: namespaces of our slots that no running capsule uses, and
+   claims no capsule holds, are released.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import shutil
-import time
 import uuid
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pywrenn.hostagent.errors import HostAgentError
+from pywrenn.envdclient import EnvdError
+from pywrenn.hostagent.capsule import Capsule
+from pywrenn.hostagent.errors import HostAgentError, HostError
+from pywrenn.hostagent.guestlink import GuestConnector
+from pywrenn.hostagent.hostnet import HostNetwork
 from pywrenn.hostagent.meta import (
     RUNNING_STATE,
     TEMPLATE_META,
     MetaError,
     SnapshotMeta,
     read_json,
+    read_running_state,
     read_snapshot_meta,
 )
+from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.slots import SlotAllocator
+from pywrenn.hostagent.states import CapsuleState
+from pywrenn.hostagent.sweep import startup_sweep, trash_dir
 from pywrenn.layout import SNAPSHOT_META, Layout, parse_leftover
-from pywrenn.vmm import SnapshotError, SnapshotKind, commit_staging, read_meta
+from pywrenn.vmm import Runtime, SnapshotError, VMError, discard_pause, read_meta
+from pywrenn.vmm.snapshot import VM_META
 
 log = logging.getLogger("pywrenn.hostagent.recovery")
+
+
+@dataclass
+class RecoveryReport:
+    swept: list[str] = field(default_factory=list)
+    committed: list[str] = field(default_factory=list)
+    put_back: list[str] = field(default_factory=list)
+    adopted: list[str] = field(default_factory=list)
+    paused: list[str] = field(default_factory=list)
+    cleaned: list[str] = field(default_factory=list)
+    trashed: list[tuple[str, str]] = field(default_factory=list)
+    unused_templates: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        return (
+            f"committed={len(self.committed)} put_back={len(self.put_back)} "
+            f"swept={len(self.swept)} adopted={len(self.adopted)} paused={len(self.paused)} "
+            f"cleaned={len(self.cleaned)} trashed={len(self.trashed)} "
+            f"unused_templates={len(self.unused_templates)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -60,94 +90,169 @@ class PausedRecovery:
     trashed: list[tuple[str, str]] = field(default_factory=list)  # (dir name, reason)
 
 
-@dataclass
-class FinishedCommits:
-    committed: list[str] = field(default_factory=list)  # staging dirs made final
-    restored: list[str] = field(default_factory=list)  # trash dirs put back
+class Recovery:
+    """One start's recovery of a WRENN_DIR; `run` fills the manager's capsule table."""
 
+    def __init__(
+        self,
+        *,
+        layout: Layout,
+        runtime: Runtime,
+        slots: SlotAllocator,
+        network: HostNetwork,
+        connect_guest: GuestConnector,
+    ) -> None:
+        self.layout = layout
+        self.runtime = runtime
+        self.slots = slots
+        self.network = network
+        self.connect_guest = connect_guest
 
-def pause_complete(staging: Path) -> bool:
-    """Both metas verify: the runtime's (state and disk whole) and the capsule's."""
-    try:
-        if read_meta(staging).kind is not SnapshotKind.PAUSE:
-            return False
-        read_snapshot_meta(staging / SNAPSHOT_META)
-    except (SnapshotError, MetaError, ValueError, TypeError, KeyError):
-        return False
-    return True
-
-
-def template_complete(staging: Path) -> bool:
-    """The runtime's template meta verifies and the template record is written."""
-    try:
-        if read_meta(staging).kind is not SnapshotKind.TEMPLATE:
-            return False
-        read_json(staging / TEMPLATE_META)
-    except (SnapshotError, MetaError):
-        return False
-    return True
-
-
-async def finish_interrupted(
-    directory: Path,
-    complete: Callable[[Path], bool],
-    stop_vm: Callable[[Path], Awaitable[None]],
-) -> FinishedCommits:
-    """Finish or roll back commits that died between their steps (see module doc).
-
-    `stop_vm(final)` runs before a complete staging replaces `final`: a VM there was
-    stopped for good when its snapshot was written, and must never run again (its disk
-    is the snapshot's now)."""
-    report = FinishedCommits()
-    if not directory.is_dir():
+    async def run(self, capsules: dict[str, Capsule]) -> RecoveryReport:
+        """Recover into `capsules` (the manager's table), in the order of the module doc."""
+        report = RecoveryReport()
+        await self._sweep(report)
+        for state_file in running_state_files(self.layout):
+            capsule = await self._adopt(state_file)
+            if capsule is not None:
+                capsules[capsule.capsule_id] = capsule
+                report.adopted.append(capsule.capsule_id)
+            else:
+                report.cleaned.append(state_file.parent.name)
+        report.cleaned += await self._clean_unadopted(frozenset(report.adopted))
+        paused = restore_paused(self.layout, self.slots, skip=frozenset(report.adopted))
+        report.trashed = paused.trashed
+        for found in paused.restored:
+            capsules[found.capsule_id] = Capsule(
+                capsule_id=found.capsule_id,
+                state=CapsuleState.PAUSED,
+                meta=found.meta,
+                last_active_at=found.meta.created_at.timestamp(),
+            )
+            report.paused.append(found.capsule_id)
+        used = frozenset(c.meta.template_name for c in capsules.values())
+        for path in unused_ephemeral_templates(self.layout, used):
+            log.info("recovery: removing unused fork template %s", path.name)
+            await _remove(path)
+            report.unused_templates.append(path.name)
+        await self._reap_stray_namespaces(capsules)
+        log.info("recovery: %s", report.summary())
         return report
-    groups: dict[str, dict[str, list[Path]]] = defaultdict(lambda: defaultdict(list))
-    for path in directory.iterdir():
-        leftover = parse_leftover(path.name)
-        if leftover is not None and path.is_dir():
-            groups[leftover.capsule_id][leftover.kind].append(path)
-    for name, kinds in sorted(groups.items()):
-        final = directory / name
-        stagings = sorted(kinds["staging"], key=_stamp, reverse=True)
-        done = next((s for s in stagings if complete(s)), None)
-        if done is not None:
-            if final.exists():
-                await stop_vm(final)
-            commit_staging(done, final)
-            log.info("recovery: committed %s (its snapshot was whole)", done.name)
-            report.committed.append(done.name)
-        elif stagings and kinds["trash"] and not final.exists():
-            newest = max(kinds["trash"], key=_stamp)
-            newest.rename(final)
-            log.info("recovery: put back %s as %s", newest.name, final.name)
-            report.restored.append(newest.name)
-    return report
+
+    async def _sweep(self, report: RecoveryReport) -> None:
+        """Finish interrupted commits, stop VMs in leftover dirs, sweep every leftover."""
+        swept = await startup_sweep(self.layout, self._stop_vm_in)
+        report.committed, report.put_back, report.swept = (
+            swept.committed,
+            swept.restored,
+            swept.swept,
+        )
+
+    async def _stop_vm_in(self, run_dir: Path) -> None:
+        """Kill a VM whose run dir this is, if one is alive (the runtime checks it is ours)."""
+        with contextlib.suppress(VMError, OSError):
+            vm = await self.runtime.adopt(run_dir, timeout=2.0)
+            log.info("recovery: stopping VM pid %d of %s", vm.pid, run_dir.name)
+            await self.runtime.kill(vm)
+
+    async def _adopt(self, state_file: Path) -> Capsule | None:
+        """Re-adopt a VM a previous agent left running; clean up when it cannot be."""
+        run_dir = state_file.parent
+        capsule_id = run_dir.name
+        try:
+            state = read_running_state(state_file)
+        except MetaError as exc:
+            log.warning("recovery: %s: %s", capsule_id, exc)
+            state = None
+        if state is not None:
+            try:
+                return await self._adopt_running(capsule_id, state.meta)
+            except (VMError, EnvdError, HostAgentError, OSError) as exc:
+                log.warning("recovery: cannot re-adopt %s: %s", capsule_id, exc)
+        # Not adoptable: stop whatever is left and keep a pause snapshot if there is one.
+        await self._stop_vm_in(run_dir)
+        if state is not None:
+            with contextlib.suppress(HostError, ValueError):
+                await self.network.remove(SlotNetwork(state.meta.slot_index))
+        state_file.unlink(missing_ok=True)
+        has_snapshot = (run_dir / SNAPSHOT_META).exists()
+        with contextlib.suppress(SnapshotError):
+            read_meta(run_dir)
+            if has_snapshot:
+                return None  # restore_paused takes it from here
+        if state is not None:
+            self.slots.release(state.meta.slot_index)
+        # A running capsule whose VM is gone has nothing to keep.
+        await _remove(run_dir)
+        return None
+
+    async def _adopt_running(self, capsule_id: str, meta: SnapshotMeta) -> Capsule:
+        run_dir = self.layout.sandbox_dir(capsule_id)
+        vm = await self.runtime.adopt(run_dir)
+        # A pause that died before its snapshot was whole left the VM stopped (its
+        # staging dir is gone by now): let it run again.
+        await self.runtime.cont(vm)
+        self.slots.reserve(meta.slot_index, capsule_id)
+        capsule = Capsule(capsule_id=capsule_id, state=CapsuleState.RUNNING, meta=meta, vm=vm)
+        client = self.connect_guest(capsule.agent_url, access_token=capsule.access_token)
+        try:
+            await client.wait_health(timeout=10.0)
+        except BaseException:
+            await client.aclose()
+            raise
+        capsule.envd = client
+        # A resume that died after its running state: the pause is consumed.
+        (run_dir / SNAPSHOT_META).unlink(missing_ok=True)
+        discard_pause(run_dir)
+        log.info("recovery: re-adopted running capsule %s (pid %d)", capsule_id, vm.pid)
+        return capsule
+
+    async def _clean_unadopted(self, adopted: frozenset[str]) -> list[str]:
+        """Stop VMs of capsule dirs nobody adopted (a resume or create that died before
+        its running state), and remove dirs that hold no snapshot at all (a create that
+        never ran): they have nothing to keep."""
+        cleaned: list[str] = []
+        if not self.layout.sandboxes_dir.is_dir():
+            return cleaned
+        for path in sorted(self.layout.sandboxes_dir.iterdir()):
+            if path.name in adopted or not path.is_dir() or parse_leftover(path.name):
+                continue
+            await self._stop_vm_in(path)
+            if not any((path / name).exists() for name in (SNAPSHOT_META, VM_META, RUNNING_STATE)):
+                log.info("recovery: removing %s, a create that never finished", path.name)
+                await _remove(path)
+                cleaned.append(path.name)
+        return cleaned
+
+    async def _reap_stray_namespaces(self, capsules: dict[str, Capsule]) -> None:
+        """Remove namespaces of our slots that no running capsule uses (crash leftovers).
+
+        Only slots claimed in this WRENN_DIR: namespaces are host-wide, and those of
+        another agent on the same machine are not ours to remove."""
+        owned = {c.meta.slot_index for c in capsules.values() if c.state is CapsuleState.RUNNING}
+        ours = set(self.slots.claimed())
+        for slot in sorted(await self.network.slots_in_use()):
+            if slot in ours and slot not in owned:
+                log.info("recovery: removing stray namespace of slot %d", slot)
+                with contextlib.suppress(HostError, ValueError):
+                    await self.network.remove(SlotNetwork(slot))
+        # Claims of no capsule (the network pool's, an interrupted bake's or template
+        # build's) are leftovers of a process that did not stop cleanly.
+        for slot, owner in self.slots.claimed().items():
+            if owner not in capsules:
+                log.info("recovery: releasing slot %d claimed by %r", slot, owner)
+                self.slots.release(slot)
 
 
-def leftover_dirs(layout: Layout) -> list[Path]:
-    """Staging and trash dirs under sandboxes/ and images/ (crash leftovers)."""
-    found: list[Path] = []
-    for directory in (layout.sandboxes_dir, layout.images_dir):
-        if directory.is_dir():
-            found += sorted(p for p in directory.iterdir() if parse_leftover(p.name) is not None)
-    return found
-
-
-def sweep_leftovers(layout: Layout) -> list[str]:
-    """Remove crash leftovers (staging and trash dirs); return their names."""
-    removed: list[str] = []
-    for path in leftover_dirs(layout):
-        if path.is_symlink() or not path.is_dir():
-            path.unlink(missing_ok=True)
-        else:
-            shutil.rmtree(path, ignore_errors=True)
-        if path.exists():
-            log.warning("sweep: could not remove %s", path)
-        else:
-            removed.append(path.name)
-    if removed:
-        log.info("sweep: removed %d leftover dirs", len(removed))
-    return removed
+def running_state_files(layout: Layout) -> list[Path]:
+    """State files of capsules that were running when the previous agent stopped."""
+    if not layout.sandboxes_dir.is_dir():
+        return []
+    return sorted(
+        path / RUNNING_STATE
+        for path in layout.sandboxes_dir.iterdir()
+        if path.is_dir() and parse_leftover(path.name) is None and (path / RUNNING_STATE).exists()
+    )
 
 
 def unused_ephemeral_templates(layout: Layout, used: frozenset[str]) -> list[Path]:
@@ -167,22 +272,6 @@ def unused_ephemeral_templates(layout: Layout, used: frozenset[str]) -> list[Pat
     return found
 
 
-def _stamp(path: Path) -> int:
-    leftover = parse_leftover(path.name)
-    return leftover.stamp_ns if leftover is not None else 0
-
-
-def running_state_files(layout: Layout) -> list[Path]:
-    """State files of capsules that were running when the previous agent stopped."""
-    if not layout.sandboxes_dir.is_dir():
-        return []
-    return sorted(
-        path / RUNNING_STATE
-        for path in layout.sandboxes_dir.iterdir()
-        if path.is_dir() and parse_leftover(path.name) is None and (path / RUNNING_STATE).exists()
-    )
-
-
 def restore_paused(
     layout: Layout, slots: SlotAllocator, *, skip: frozenset[str] = frozenset()
 ) -> PausedRecovery:
@@ -194,7 +283,7 @@ def restore_paused(
     candidates: list[PausedCapsule] = []
     for path in sorted(layout.sandboxes_dir.iterdir()):
         name = path.name
-        if not path.is_dir() or ".staging-" in name or ".trash-" in name or name in skip:
+        if not path.is_dir() or parse_leftover(name) is not None or name in skip:
             continue
         if (path / RUNNING_STATE).exists() and not (path / SNAPSHOT_META).exists():
             continue  # a running capsule the manager could not adopt; not a snapshot
@@ -248,17 +337,6 @@ def restore_paused(
     return report
 
 
-def trash_dir(path: Path) -> Path | None:
-    """Rename `path` to `{path}.trash-{ns}` for the next sweep; None if that failed."""
-    target = path.with_name(f"{path.name}.trash-{time.time_ns()}")
-    try:
-        path.rename(target)
-    except OSError as exc:
-        log.warning("could not trash %s: %s", path, exc)
-        return None
-    return target
-
-
 def _trash(path: Path, report: PausedRecovery, reason: str) -> None:
     trash_dir(path)
     report.trashed.append((path.name, reason))
@@ -272,3 +350,10 @@ def _is_uuid(value: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+async def _remove(path: Path) -> None:
+    """Trash `path`, then remove the trash (a crash in between leaves it to the sweep)."""
+    trashed = trash_dir(path)
+    if trashed is not None:
+        await asyncio.to_thread(shutil.rmtree, trashed, True)

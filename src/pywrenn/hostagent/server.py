@@ -33,7 +33,6 @@ from pywrenn.hostagent import dirlock
 from pywrenn.hostagent.app import create_app
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.settings import MIN_HOST_TOKEN_CHARS, HostAgentSettings
-from pywrenn.hostagent.templates import recover_template_dirs
 from pywrenn.layout import Layout
 from pywrenn.vmm import QemuRuntime, fsync_dir
 
@@ -104,7 +103,6 @@ def _write_new_token(path: Path) -> str:
 def build(settings: HostAgentSettings) -> tuple[SandboxManager, str]:
     layout = Layout(settings.dir)
     layout.ensure()
-    recover_template_dirs(layout)  # a template swap a crash cut short (we hold the lock)
     try:
         token = host_token(settings)
     except HostTokenError as exc:

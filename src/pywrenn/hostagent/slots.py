@@ -4,16 +4,29 @@ Owns: `WRENN_DIR/slots/{index}`. A slot is claimed by creating its file with
 O_CREAT|O_EXCL, so two agents on one WRENN_DIR, or an agent and its restarted self,
 never hand out one slot twice. A capsule keeps its slot from create, through pause,
 until destroy; its network addresses derive from the index.
+
+Also owns borrowing a slot with its network for a while (`borrowed_slot_network`): a
+base-snapshot bake's or a template build's builder VM, and the network pool's slots.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import threading
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from ipaddress import IPv4Network
 from pathlib import Path
 
-from pywrenn.hostagent.errors import HostAgentError, NoCapacity
+from pywrenn.hostagent.errors import HostAgentError, HostError, NoCapacity
+from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
+from pywrenn.hostagent.hostnet import HostNetwork
+from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.layout import Layout
+
+log = logging.getLogger("pywrenn.hostagent.slots")
 
 MAX_SLOT = 32767
 
@@ -60,10 +73,9 @@ class SlotAllocator:
 
     def relabel(self, index: int, owner: str) -> None:
         """Hand a slot this process claimed (e.g. for the network pool) to `owner`."""
-        path = self._layout.slot_claim(index)
-        partial = path.with_name(f".{path.name}.relabel")
+        partial = self._layout.slot_relabel_partial(index)
         partial.write_text(owner + "\n")
-        os.replace(partial, path)
+        os.replace(partial, self._layout.slot_claim(index))
 
     def release(self, index: int) -> None:
         try:
@@ -104,3 +116,56 @@ def _read(path: Path) -> str:
         return path.read_text().strip()
     except OSError:
         return ""
+
+
+async def allocate_slot(slots: SlotAllocator, network: HostNetwork, owner: str) -> int:
+    """Claim a free slot whose namespace does not exist either: namespaces are host-wide,
+    and another agent (another WRENN_DIR, e.g. a test) may hold some."""
+    return slots.allocate(owner, busy=await network.slots_in_use())
+
+
+@dataclass
+class BorrowedNetwork:
+    """A slot claimed with its network built, for the length of one `async with`."""
+
+    net: SlotNetwork
+    kept: bool = False
+
+    def keep(self) -> None:
+        """Leave the slot claimed and its network up after the block (the network pool
+        keeps its slots until a create takes one, or `return_slot_network`)."""
+        self.kept = True
+
+
+@contextlib.asynccontextmanager
+async def borrowed_slot_network(
+    slots: SlotAllocator,
+    network: HostNetwork,
+    owner: str,
+    *,
+    egress: bool,
+    blocked: Sequence[IPv4Network] = DEFAULT_BLOCKED_RANGES,
+) -> AsyncIterator[BorrowedNetwork]:
+    """Claim a slot for `owner`, build its network, and on the way out (a failure and a
+    cancellation included) tear the network down and release the claim, unless kept."""
+    borrowed = BorrowedNetwork(SlotNetwork(await allocate_slot(slots, network, owner)))
+    try:
+        await network.create(borrowed.net, egress=egress, blocked=blocked)
+        yield borrowed
+    finally:
+        if not borrowed.kept:
+            await return_slot_network(slots, network, borrowed.net.index)
+
+
+async def return_slot_network(slots: SlotAllocator, network: HostNetwork, slot: int) -> None:
+    """Tear down slot `slot`'s network (missing pieces are fine), then release its claim.
+
+    A teardown that fails keeps the claim: the next start removes the namespace of every
+    claimed slot no running capsule uses, then frees the claim. Released, the slot's
+    namespace would be nobody's, and stay until the machine restarts."""
+    try:
+        await network.remove(SlotNetwork(slot))
+    except HostError as exc:
+        log.warning("slot %d: network teardown failed, claim kept for recovery: %s", slot, exc)
+        return
+    slots.release(slot)

@@ -15,7 +15,8 @@ Templates never depend on each other: the runtime flattens a template's disk ont
 read-only base image when it freezes it, so a template made from a capsule of template
 T1 keeps working after T1 is deleted. A template is built in `images/{name}.staging-*`
 and swapped in only once complete (`commit_staging`: old → `.trash-*`, staging → name);
-`recover_template_dirs` finishes or rolls back a swap a crash interrupted, at start-up.
+a delete renames it to `images/{name}.trash-*` first. The startup sweep (`sweep.py`)
+finishes or rolls back a swap a crash interrupted, and removes the other leftovers.
 """
 
 from __future__ import annotations
@@ -32,8 +33,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pywrenn.envdclient import EnvdClient, EnvdError
-from pywrenn.hostagent import network
+from pywrenn.envdclient import EnvdError
 from pywrenn.hostagent.capsule import CapsuleInfo
 from pywrenn.hostagent.errors import (
     CapsuleStateConflict,
@@ -43,12 +43,12 @@ from pywrenn.hostagent.errors import (
     TemplateNotFound,
 )
 from pywrenn.hostagent.faults import crash_point
+from pywrenn.hostagent.hostnet import tap_spec
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
 from pywrenn.hostagent.meta import TEMPLATE_META, read_json, write_json_atomic
-from pywrenn.hostagent.network import SlotNetwork
+from pywrenn.hostagent.slots import borrowed_slot_network
 from pywrenn.hostagent.states import CapsuleState
-from pywrenn.layout import Layout, parse_leftover
-from pywrenn.vmm import NetworkSpec, SnapshotError, SnapshotKind, VMError, commit_staging, read_meta
+from pywrenn.vmm import SnapshotError, SnapshotKind, VMError, commit_staging, read_meta
 
 log = logging.getLogger("pywrenn.hostagent.templates")
 
@@ -141,7 +141,7 @@ class TemplateService:
         if not (path / TEMPLATE_META).exists():
             raise TemplateNotFound(f"not found: template {name!r}")
         self._refuse_if_used(name)
-        trash = self.layout.trash_dir(f"tpl-{name}")
+        trash = self.layout.template_trash(name)
         path.rename(trash)
         await asyncio.to_thread(shutil.rmtree, trash, True)
         log.info("template %s deleted", name)
@@ -206,64 +206,71 @@ class TemplateService:
     async def _build(self, capsule_id: str, name: str, *, ephemeral: bool) -> TemplateInfo:
         capsule = self.manager.capsule(capsule_id)
         pause_dir = self.layout.sandbox_dir(capsule_id)
-        # Short on purpose: the VM's QMP socket lives in it, and unix socket paths stop
-        # at 108 bytes. The `.staging-` name lets the startup sweep remove a leftover.
-        builder_dir = self.layout.staging_dir("tpl")
-        staging = self.layout.images_dir / f"{name}.staging-{time.time_ns()}"
+        builder_dir = self.layout.builder_dir("tpl")
+        staging = self.layout.template_staging(name)
         runtime = self.manager.runtime
-        # The builder needs the same kind of network backend as the capsules that will
-        # restore the template (QEMU saves backend state, e.g. slirp's, in the stream),
-        # so it borrows a slot of its own, with egress off.
-        owner = f"tpl-{name}"
-        slot = await self.manager.allocate_slot(owner)
-        net = SlotNetwork(slot)
         vm = None
         try:
-            builder_dir.mkdir(parents=True)
-            await network.create_network(net, egress=False)
-            vm = await runtime.restore(
-                pause_dir,
-                builder_dir,
-                NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip),
-                agent_token=capsule.access_token,
-                template_memory=builder_dir / "memory",
-                timeout=self.manager.settings.restore_timeout_s,
-            )
-            crash_point("snapshot.after_builder")
-            # Clones must not inherit this capsule's token: each is given its own.
-            async with EnvdClient(vm.network.agent_url(), access_token=capsule.access_token) as c:
-                await c.init_defaults(accessToken="")
-                await c.snapshot_prepare()
-            await runtime.template_snapshot(vm, staging)
-            vm = None  # consumed
-            crash_point("snapshot.after_freeze")
-            meta = capsule.meta
-            info = TemplateInfo(
-                name=name,
-                source_capsule=capsule_id,
-                team_id=meta.team_id,
-                vcpus=meta.vcpus,
-                memory_mb=meta.memory_mb,
-                created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
-                size_bytes=_size(staging),
-                ephemeral=ephemeral,
-            )
-            record: dict[str, Any] = {**asdict(info), "versions": dict(meta.versions)}
-            write_json_atomic(staging / TEMPLATE_META, record)
-            commit_staging(staging, self.layout.image_dir(name))
-            crash_point("snapshot.after_commit")
-            return info
+            # The builder needs the same kind of network backend as the capsules that will
+            # restore the template (QEMU saves backend state, e.g. slirp's, in the stream),
+            # so it borrows a slot of its own, with egress off.
+            async with borrowed_slot_network(
+                self.manager.slots, self.manager.network, f"tpl-{name}", egress=False
+            ) as borrowed:
+                net = borrowed.net
+                try:
+                    builder_dir.mkdir(parents=True)
+                    vm = await runtime.restore(
+                        pause_dir,
+                        builder_dir,
+                        tap_spec(net),
+                        agent_token=capsule.access_token,
+                        template_memory=builder_dir / "memory",
+                        timeout=self.manager.settings.restore_timeout_s,
+                    )
+                    crash_point("snapshot.after_builder")
+                    await self._clear_token(vm.network.agent_url(), capsule.access_token)
+                    await runtime.template_snapshot(vm, staging)
+                    vm = None  # consumed
+                    crash_point("snapshot.after_freeze")
+                    info = self._record(capsule_id, name, staging, ephemeral=ephemeral)
+                    commit_staging(staging, self.layout.image_dir(name))
+                    crash_point("snapshot.after_commit")
+                    return info
+                finally:
+                    if vm is not None:
+                        with contextlib.suppress(VMError):
+                            await runtime.kill(vm)
         except (VMError, EnvdError, OSError) as exc:
             raise HostError(f"template {name!r} from {capsule_id} failed: {exc}") from exc
         finally:
-            if vm is not None:
-                with contextlib.suppress(VMError):
-                    await runtime.kill(vm)
-            with contextlib.suppress(HostError):
-                await network.remove_network(net)
-            self.manager.slots.release(slot)
             shutil.rmtree(builder_dir, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
+
+    async def _clear_token(self, agent_url: str, access_token: str) -> None:
+        """Clones must not inherit the source capsule's token: each is given its own."""
+        async with self.manager.connect_guest(agent_url, access_token=access_token) as client:
+            await client.init_defaults(accessToken="")
+            await client.snapshot_prepare()
+
+    def _record(
+        self, capsule_id: str, name: str, staging: Path, *, ephemeral: bool
+    ) -> TemplateInfo:
+        """Write the template's record into `staging` (what makes it complete)."""
+        meta = self.manager.capsule(capsule_id).meta
+        info = TemplateInfo(
+            name=name,
+            source_capsule=capsule_id,
+            team_id=meta.team_id,
+            vcpus=meta.vcpus,
+            memory_mb=meta.memory_mb,
+            created_at=datetime.now(UTC).isoformat().replace("+00:00", "Z"),
+            size_bytes=_size(staging),
+            ephemeral=ephemeral,
+        )
+        record: dict[str, Any] = {**asdict(info), "versions": dict(meta.versions)}
+        write_json_atomic(staging / TEMPLATE_META, record)
+        return info
 
     def _refuse_if_used(self, name: str) -> None:
         users = self.users(name)
@@ -281,55 +288,6 @@ class TemplateService:
                 if read_meta(path).kind is not SnapshotKind.TEMPLATE:
                     raise TemplateNotFound(f"not found: template {name!r}")
         return path
-
-
-def recover_template_dirs(layout: Layout) -> list[str]:
-    """Finish or roll back template swaps a crash interrupted; remove leftovers.
-
-    Run at start-up, under the WRENN_DIR lock (no build is running). For a template
-    whose dir is missing: its newest complete staging dir becomes it (the crash came
-    between the two renames of `commit_staging`), else its newest trash dir comes back
-    (the old template). Every other `images/{name}.staging-*` / `.trash-*` is removed.
-    Returns what it did, one line each.
-    """
-    if not layout.images_dir.is_dir():
-        return []
-    found: dict[str, dict[str, list[Path]]] = {}
-    for path in layout.images_dir.iterdir():
-        leftover = parse_leftover(path.name)
-        if leftover is not None and path.is_dir() and not path.is_symlink():
-            kinds = found.setdefault(leftover.capsule_id, {"staging": [], "trash": []})
-            kinds[leftover.kind].append(path)
-    done: list[str] = []
-    for name, kinds in sorted(found.items()):
-        final = layout.images_dir / name
-        newest = sorted(kinds["staging"], key=_stamp, reverse=True)
-        if not final.exists():
-            whole = next((p for p in newest if _complete_template(p)), None)
-            back = max(kinds["trash"], key=_stamp, default=None)
-            chosen = whole if whole is not None else back
-            if chosen is not None:
-                chosen.rename(final)
-                done.append(f"{name}: {'new' if chosen is whole else 'old'} template kept")
-        for path in (*kinds["staging"], *kinds["trash"]):
-            if path.exists():
-                shutil.rmtree(path, ignore_errors=True)
-                done.append(f"removed {path.name}")
-    for line in done:
-        log.info("template recovery: %s", line)
-    return done
-
-
-def _stamp(path: Path) -> int:
-    leftover = parse_leftover(path.name)
-    return leftover.stamp_ns if leftover is not None else 0
-
-
-def _complete_template(path: Path) -> bool:
-    try:
-        return read_meta(path).kind is SnapshotKind.TEMPLATE and (path / TEMPLATE_META).exists()
-    except SnapshotError:
-        return False
 
 
 def _size(path: Path) -> int:

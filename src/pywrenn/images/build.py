@@ -38,7 +38,7 @@ from pywrenn.images.mirror import check_mirror, resolve_mirror
 from pywrenn.images.modules import collect_modules
 from pywrenn.layout import Layout
 
-__all__ = ["DEFAULT_ROOTFS_SIZE", "ProgressFn", "StepEvent", "build_image"]
+__all__ = ["DEFAULT_ROOTFS_SIZE", "ProgressFn", "StepEvent", "build_image", "sweep_dead_builds"]
 
 DEFAULT_ROOTFS_SIZE = "2G"
 
@@ -105,7 +105,9 @@ def build_image(
         with step("check tools"):
             require_tools()
         _remove_stale_staging(layout, template)
-        staging = Path(tempfile.mkdtemp(dir=layout.images_dir, prefix=f".{template}.build-"))
+        staging = Path(
+            tempfile.mkdtemp(dir=layout.images_dir, prefix=layout.image_build_prefix(template))
+        )
         try:
             return _build(layout, template, inputs, package, staging, step, force)
         finally:
@@ -203,10 +205,30 @@ def _versions(inputs: BuildInputs, release: str, modules: list[str]) -> dict[str
     }
 
 
+def sweep_dead_builds(layout: Layout) -> list[str]:
+    """Remove the scratch dirs of image builds that died (at a host agent's start): only
+    those of templates nobody is building now (their build lock is free)."""
+    removed: list[str] = []
+    for template, scratch in layout.image_builds():
+        with open(layout.image_build_lock(template), "a") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a build runs: its dir is alive
+            try:
+                rootfs.release_mounts(scratch)
+                shutil.rmtree(scratch, ignore_errors=True)
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+        if not scratch.exists():
+            removed.append(scratch.name)
+    return removed
+
+
 @contextmanager
 def _build_lock(layout: Layout, template: str) -> Iterator[None]:
     # Two builds of one template (two CI jobs, a user and a test) would race on the renames.
-    lock_path = layout.images_dir / f".{template}.lock"
+    lock_path = layout.image_build_lock(template)
     with open(lock_path, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -220,7 +242,7 @@ def _build_lock(layout: Layout, template: str) -> Iterator[None]:
 
 def _remove_stale_staging(layout: Layout, template: str) -> None:
     # We hold the lock, so any staging directory left here is from a build that died.
-    for stale in layout.images_dir.glob(f".{template}.build-*"):
+    for stale in layout.images_dir.glob(f"{layout.image_build_prefix(template)}*"):
         rootfs.release_mounts(stale)
         shutil.rmtree(stale, ignore_errors=True)
 

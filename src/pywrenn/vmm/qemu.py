@@ -4,6 +4,10 @@ Owns: everything that names QEMU outside `qmp.py`: the argv, the daemonised proc
 run dir, the KVM probe boot, and the QMP sequences for pause, restore and templates.
 Knows nothing of: capsules, slots, the control plane. The host agent speaks `Runtime`.
 
+Length: one VMM backend kept in one module, so that only it (and `qmp.py`) names QEMU;
+its parts (argv, host probes, the `Runtime` calls, QMP sequences, qemu-img) share the
+private helpers at the bottom, and each function stays short.
+
 Files a VM leaves in its run dir (see docs/vmm.md):
     vm.json       what `adopt` needs: pid, argv, accel, network, image, sizes
     qemu.pid      written by QEMU itself (-pidfile)
@@ -31,7 +35,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import AsyncIterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -406,29 +410,8 @@ class QemuRuntime:
             await asyncio.to_thread(shutil.copyfile, snapshot_dir / DISK_FILE, disk)
             os.chmod(disk, 0o600)
         template = meta.kind is SnapshotKind.TEMPLATE
-        cfg = LaunchConfig(
-            vm_id=run_dir.name,
-            kernel=Path(meta.kernel),
-            initramfs=Path(meta.initramfs),
-            cmdline=meta.cmdline,
-            disk=disk,
-            run_dir=run_dir,
-            network=network,
-            vcpus=meta.vcpus,
-            memory_mb=meta.memory_mb,
-            accel=meta.accel,
-            memory_file=(
-                template_memory
-                or (snapshot_dir / MEMORY_FILE if template else None)
-                or (Path(meta.memory_file) if meta.memory_file else None)
-            ),
-            # Clones map the template RAM copy-on-write; a VM restored to become a
-            # template owns its RAM file (shared) so template_snapshot can keep it.
-            memory_shared=template_memory is not None,
-            incoming=True,
-            sandbox=await self.sandbox_options(),
-        )
-        vm = await self._launch(cfg)
+        cfg = _restore_config(meta, snapshot_dir, run_dir, network, template_memory)
+        vm = await self._launch(replace(cfg, sandbox=await self.sandbox_options()))
         loading = True  # until the saved state is in: a VMM that dies here rejected it
         try:
             async with _qmp(vm) as qmp:
@@ -684,6 +667,38 @@ class QemuRuntime:
             await asyncio.to_thread(write_meta, staging, meta)
         log.info("%s snapshot of %s: %d bytes of state", kind.value, vm.vm_id, meta.state_bytes)
         return staging
+
+
+def _restore_config(
+    meta: SnapshotMeta,
+    snapshot_dir: Path,
+    run_dir: Path,
+    network: NetworkSpec,
+    template_memory: Path | None,
+) -> LaunchConfig:
+    """The VM a restore starts (waiting for its state: `incoming`), from the snapshot's meta."""
+    template = meta.kind is SnapshotKind.TEMPLATE
+    return LaunchConfig(
+        vm_id=run_dir.name,
+        kernel=Path(meta.kernel),
+        initramfs=Path(meta.initramfs),
+        cmdline=meta.cmdline,
+        disk=run_dir / DISK_FILE,
+        run_dir=run_dir,
+        network=network,
+        vcpus=meta.vcpus,
+        memory_mb=meta.memory_mb,
+        accel=meta.accel,
+        memory_file=(
+            template_memory
+            or (snapshot_dir / MEMORY_FILE if template else None)
+            or (Path(meta.memory_file) if meta.memory_file else None)
+        ),
+        # Clones map the template RAM copy-on-write; a VM restored to become a
+        # template owns its RAM file (shared) so template_snapshot can keep it.
+        memory_shared=template_memory is not None,
+        incoming=True,
+    )
 
 
 def _complete_pause(

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from pathlib import Path
 
+from pywrenn.layout import trash_beside
 from pywrenn.vmm.runtime import StepHook
 
 __all__ = ["commit_staging", "fsync_dir", "trash_name"]
 
 
 def trash_name(final: Path, stamp_ns: int | None = None) -> Path:
-    # Same naming as layout.Layout.trash_dir, so the startup sweep finds it.
-    stamp = time.time_ns() if stamp_ns is None else stamp_ns
-    return final.with_name(f"{final.name}.trash-{stamp}")
+    # The layout's name for it, so the startup sweep finds it.
+    return trash_beside(final, stamp_ns)
 
 
 def commit_staging(staging: Path, final: Path, *, on_step: StepHook | None = None) -> None:
