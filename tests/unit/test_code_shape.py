@@ -18,10 +18,6 @@ MODULE_RULE_DIRS = ("hostagent", "vmm")
 
 # "path:function" -> why it may be longer than FUNCTION_LINES.
 LONG_FUNCTIONS = {
-    "hostagent/app.py:create_app": (
-        "the host agent's route table: one closure per route over the app's collaborators;"
-        " being split into hostagent/routes/"
-    ),
     "controlplane/app.py:create_app": (
         "the control plane's lifespan and router wiring in the order they start"
     ),
