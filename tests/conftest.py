@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import pytest
@@ -15,3 +16,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for tier in _TIERS:
             if tier in parts:
                 item.add_marker(getattr(pytest.mark, tier))
+
+
+# Tests start login shells (`bash -l`, as E2B's guest agent does) and end process groups
+# with SIGKILL. On a machine whose ~/.bashrc runs `pyenv init`, a shell killed while
+# pyenv rehashes leaves pyenv's lock file behind, and every later login shell then waits
+# 60 s for it: process tests time out and leak their shells. A rehash takes well under a
+# second, so a lock older than STALE_PYENV_LOCK_S has no live owner.
+PYENV_LOCK = Path.home() / ".pyenv" / "shims" / ".pyenv-shim"
+STALE_PYENV_LOCK_S = 10.0
+
+
+@pytest.fixture(autouse=True)
+def _no_stale_pyenv_lock() -> None:
+    try:
+        age = time.time() - PYENV_LOCK.stat().st_mtime
+    except OSError:
+        return
+    if age > STALE_PYENV_LOCK_S:
+        PYENV_LOCK.unlink(missing_ok=True)
