@@ -26,7 +26,6 @@ from ..errors import InvalidInput, NotFound
 from ..states import CapsuleStatus, can_move, sources_of, transition
 from .events import SYSTEM, Actor, EventSpec, record_nocommit
 
-S = CapsuleStatus
 # A move races at most with a few others (request, monitor); after this many lost
 # compare-and-sets something is looping and we report "not moved".
 _CAS_ATTEMPTS = 8
@@ -106,7 +105,7 @@ def add_capsule_nocommit(
     row = Capsule(
         id=publicids.new_uuid(IdKind.CAPSULE),
         team_id=team_id,
-        status=S.PENDING.value,
+        status=CapsuleStatus.PENDING.value,
         template=template,
         template_id=template_id,
         vcpus=vcpus,
@@ -277,7 +276,7 @@ async def begin_destroy(
 ) -> DestroyStart:
     """Move a team's capsule to `stopping`; idempotent for stopping/stopped capsules."""
     row = await get_capsule(session, team_id=team_id, capsule_id=capsule_id)
-    change = await move(session, capsule_id=row.id, to=S.STOPPING, now=now, actor=actor)
+    change = await move(session, capsule_id=row.id, to=CapsuleStatus.STOPPING, now=now, actor=actor)
     row = await get_capsule(session, team_id=team_id, capsule_id=capsule_id)
     return DestroyStart(row, call_agent=change is not None)
 
@@ -292,7 +291,12 @@ async def mark_stopped(
 ) -> Change | None:
     """The host agent confirmed the capsule is gone (or it never reached a host)."""
     return await move(
-        session, capsule_id=capsule_id, to=S.STOPPED, now=now, actor=actor, reason=reason
+        session,
+        capsule_id=capsule_id,
+        to=CapsuleStatus.STOPPED,
+        now=now,
+        actor=actor,
+        reason=reason,
     )
 
 

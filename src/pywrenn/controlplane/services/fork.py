@@ -20,7 +20,7 @@ from pywrenn.hostagent.schemas import ForkRequest
 from ..db.models import Capsule
 from ..errors import ControlPlaneError, InvalidInput
 from ..hostpool import HostPool
-from ..states import CapsuleStatus as S
+from ..states import CapsuleStatus
 from . import capsules, limits
 from .events import Actor
 from .lifecycle import action_spec, placement_values, running
@@ -71,7 +71,11 @@ async def fork_capsule(
     await session.commit()
     for child in children:
         await capsules.move(
-            session, capsule_id=child.id, to=S.STARTING, now=now, allowed_from={S.PENDING}
+            session,
+            capsule_id=child.id,
+            to=CapsuleStatus.STARTING,
+            now=now,
+            allowed_from={CapsuleStatus.PENDING},
         )
     ids = [capsules.api_id(c) for c in children]
     try:
@@ -81,9 +85,9 @@ async def fork_capsule(
             await capsules.move(
                 session,
                 capsule_id=child.id,
-                to=S.ERROR,
+                to=CapsuleStatus.ERROR,
                 now=now,
-                allowed_from={S.STARTING},
+                allowed_from={CapsuleStatus.STARTING},
                 actor=actor,
                 error=exc.message,
                 action=(action_spec(child, "capsule.create", exc.message), actor),
@@ -94,9 +98,9 @@ async def fork_capsule(
         await capsules.move(
             session,
             capsule_id=child.id,
-            to=S.RUNNING,
+            to=CapsuleStatus.RUNNING,
             now=now,
-            allowed_from={S.STARTING},
+            allowed_from={CapsuleStatus.STARTING},
             actor=actor,
             values={"last_active_at": now, **placement_values(by_id[capsules.api_id(child)])},
             action=(action_spec(child, "capsule.create"), actor),

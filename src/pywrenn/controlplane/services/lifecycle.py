@@ -38,7 +38,6 @@ from .events import Actor, EventSpec, record_nocommit
 from .limits import DEFAULT_LIMITS, TeamLimits
 
 log = logging.getLogger(__name__)
-S = CapsuleStatus
 
 # The API clamps a short auto-pause TTL up to a minute (wrenn-api.md §2); 0 is "never".
 MIN_TIMEOUT_SEC = 60
@@ -137,7 +136,11 @@ async def finish_create(
     """Boot the capsule on its host (runs in the app's background, after the 201)."""
     async with sessions() as session:
         started = await capsules.move(
-            session, capsule_id=capsule_key, to=S.STARTING, now=clock(), allowed_from={S.PENDING}
+            session,
+            capsule_id=capsule_key,
+            to=CapsuleStatus.STARTING,
+            now=clock(),
+            allowed_from={CapsuleStatus.PENDING},
         )
         row = await session.get(Capsule, capsule_key, populate_existing=True)
         if started is None or row is None:
@@ -160,9 +163,9 @@ async def finish_create(
             await capsules.move(
                 session,
                 capsule_id=capsule_key,
-                to=S.ERROR,
+                to=CapsuleStatus.ERROR,
                 now=clock(),
-                allowed_from={S.STARTING},
+                allowed_from={CapsuleStatus.STARTING},
                 actor=actor,
                 error=message,
             )
@@ -177,9 +180,9 @@ async def finish_create(
         running = await capsules.move(
             session,
             capsule_id=capsule_key,
-            to=S.RUNNING,
+            to=CapsuleStatus.RUNNING,
             now=clock(),
-            allowed_from={S.STARTING},
+            allowed_from={CapsuleStatus.STARTING},
             values=placement_values(info),
             action=(action_spec(row, "capsule.create"), actor),
         )
@@ -228,7 +231,7 @@ async def pause(
     """Pause a running capsule; a paused one is returned as it is (pause is idempotent)."""
     pool.running.forget(capsule_id)
     row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
-    if row.status == S.PAUSED:
+    if row.status == CapsuleStatus.PAUSED:
         return row
     host = pool.client(row.host_id)
     return await _through_host(
@@ -236,7 +239,7 @@ async def pause(
         row,
         team_id=team_id,
         action="pause",
-        path=(S.RUNNING, S.PAUSING, S.PAUSED),
+        path=(CapsuleStatus.RUNNING, CapsuleStatus.PAUSING, CapsuleStatus.PAUSED),
         call=lambda: host.pause(capsule_id),
         now=now,
         actor=actor,
@@ -259,7 +262,7 @@ async def resume(
     pool.running.forget(capsule_id)
     row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
     host = pool.client(row.host_id)
-    if row.status == S.PAUSED:
+    if row.status == CapsuleStatus.PAUSED:
         await limits.reserve_capsules(
             session,
             team_id=team_id,
@@ -273,7 +276,7 @@ async def resume(
         row,
         team_id=team_id,
         action="resume",
-        path=(S.PAUSED, S.RESUMING, S.RUNNING),
+        path=(CapsuleStatus.PAUSED, CapsuleStatus.RESUMING, CapsuleStatus.RUNNING),
         call=lambda: host.resume(capsule_id),
         now=now,
         actor=actor,
@@ -341,7 +344,7 @@ async def destroy(
         session, team_id=team_id, capsule_id=capsule_id, now=now, actor=actor
     )
     row = start.capsule
-    if row.status != S.STOPPING:
+    if row.status != CapsuleStatus.STOPPING:
         return  # already stopped
     if row.host_id is not None:
         try:
@@ -369,7 +372,7 @@ async def running(
 ) -> Capsule:
     """The team's capsule if it is running; InvalidState (409) naming its status if not."""
     row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
-    if row.status != S.RUNNING:
+    if row.status != CapsuleStatus.RUNNING:
         raise InvalidState(capsule_id, row.status, wanted)
     return row
 
