@@ -1,7 +1,7 @@
 """Running a template build: a capsule, the recipe's steps in it, a healthcheck, a snapshot.
 
 Owns: the order of a build and what each instruction does in the build capsule.
-- The capsule is made from the recipe's FROM (default `minimal-ubuntu`) on a host the
+- The capsule is made from the recipe's FROM (default: the base template) on a host the
   scheduler picks; it is the build's own (no capsule row), destroyed when the build ends.
 - The uploaded archive (tar, optionally gzipped) is unpacked to /tmp/build-files first;
   `COPY src dst` copies from there (as root, then owned by the current USER).

@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pywrenn.ids import TAG_SCHEMA_PATTERN, IdKind
 
 from .. import publicids
+from ..basetemplates import BASE_TEMPLATE
 from ..db.models import ApiKey, Capsule, Event
 
 
@@ -111,7 +112,7 @@ class Health(BaseModel):
 class CapsuleCreate(BaseModel):
     """POST /v1/capsules. The SDK omits every field it was not given: defaults live here."""
 
-    template: StoredText = Field(default="minimal-ubuntu", min_length=1, max_length=128)
+    template: StoredText = Field(default=BASE_TEMPLATE, min_length=1, max_length=128)
     vcpus: int = Field(default=1, ge=1, le=64)
     memory_mb: int = Field(default=512, ge=64, le=1 << 20)
     timeout_sec: int = Field(default=0, ge=0, le=MAX_INT32)  # what the column holds

@@ -20,6 +20,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pywrenn.ids import IdKind
 
 from .. import publicids
+from ..basetemplates import BASE_TEMPLATE, is_base
 from ..db.models import TemplateBuild, TemplateBuildLog
 from ..errors import Conflict, InvalidInput, NotFound
 from ..recipe import Recipe, RecipeError, check_expansion, parse_healthcheck, parse_recipe
@@ -55,7 +56,7 @@ def parse(row: TemplateBuild) -> Recipe:
 def validate(spec: BuildSpec) -> Recipe:
     if not templates.valid_name(spec.name):
         raise InvalidInput(f"invalid_request: template name {spec.name!r}")
-    if spec.name in templates.BASE_TEMPLATES:
+    if is_base(spec.name):
         raise Conflict(f"conflict: {spec.name!r} is a platform template")
     try:
         recipe = parse_recipe(spec.recipe)
@@ -78,7 +79,7 @@ async def submit(
 ) -> TemplateBuild:
     """Queue a build; LimitExceeded if the team runs its limit of builds already."""
     recipe = validate(spec)
-    base = recipe.base or "minimal-ubuntu"
+    base = recipe.base or BASE_TEMPLATE
     await templates.resolve_for_host(session, team_id=team_id, name=base)  # 404 if unknown
     # parse_recipe checked ENV growth from an empty environment; the build starts from the
     # base template's, which may be large already.

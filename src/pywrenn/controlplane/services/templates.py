@@ -21,6 +21,7 @@ from pywrenn.hostagent.schemas import SnapshotRequest
 from pywrenn.ids import IdKind
 
 from .. import publicids
+from ..basetemplates import BASE_TEMPLATES, is_base
 from ..db.models import Capsule, Template
 from ..errors import Conflict, ControlPlaneError, InvalidInput, InvalidState, NotFound
 from ..hostpool import HostPool
@@ -30,8 +31,6 @@ from .events import Actor, EventSpec, record_nocommit
 
 log = logging.getLogger(__name__)
 
-# Platform base templates: the name users ask for → the image the host agents ship.
-BASE_TEMPLATES = {"minimal-ubuntu": "minimal"}
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
 
 
@@ -98,7 +97,7 @@ async def find(session: AsyncSession, *, team_id: uuid.UUID, name: str) -> Templ
 
 async def resolve_for_host(session: AsyncSession, *, team_id: uuid.UUID, name: str) -> str:
     """What the host agent calls template `name` for this team; NotFound if none."""
-    if name in BASE_TEMPLATES:
+    if is_base(name):
         return BASE_TEMPLATES[name]
     row = await find(session, team_id=team_id, name=name)
     if row is None:
@@ -116,7 +115,7 @@ class Defaults:
 
 
 async def defaults_for(session: AsyncSession, *, team_id: uuid.UUID, name: str) -> Defaults:
-    row = None if name in BASE_TEMPLATES else await find(session, team_id=team_id, name=name)
+    row = None if is_base(name) else await find(session, team_id=team_id, name=name)
     if row is None:
         return Defaults()
     env = {str(k): str(v) for k, v in (row.default_env or {}).items()}
@@ -150,7 +149,7 @@ async def snapshot_into_template(
     """Make (or with `overwrite`, remake) the team's template `name` from a capsule."""
     if not _NAME.match(name):
         raise InvalidInput(f"invalid_request: template name {name!r}")
-    if name in BASE_TEMPLATES:
+    if is_base(name):
         raise Conflict(f"conflict: {name!r} is a platform template")
     existing = await find(session, team_id=team_id, name=name)
     host = pool.client(source.host_id)
@@ -267,7 +266,7 @@ async def delete_snapshot(
     now: datetime,
     actor: Actor,
 ) -> None:
-    if name in BASE_TEMPLATES:
+    if is_base(name):
         raise Conflict(f"conflict: {name!r} is a protected platform template")
     row = await find(session, team_id=team_id, name=name)
     if row is None:
