@@ -12,19 +12,18 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
 from ..buildrunner import BuildRunner
-from ..db.models import TemplateBuild, TemplateBuildLog
 from ..deps import BackgroundDep, NowDep, SessionDep, SettingsDep, TeamDep, actor_of
 from ..errors import InvalidInput
 from ..multipart import MultipartError, MultipartStream, boundary_from_content_type
+from ..schemas.builds import BuildCreate, BuildPublic, LogLine, LogPage
 from ..services import builds
 from ..services.limits import limits_of
 
@@ -32,73 +31,6 @@ router = APIRouter(prefix="/v1/builds", tags=["builds"])
 
 MAX_FIELD_BYTES = 256 * 1024
 MAX_ARCHIVE_BYTES = 4 << 30
-
-
-class BuildCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=63)
-    recipe: str = Field(min_length=1)
-    healthcheck: str | None = None
-    vcpus: int = Field(default=1, ge=1, le=64)
-    memory_mb: int = Field(default=512, ge=128, le=1 << 20)
-    overwrite: bool = False
-
-
-class StepPublic(BaseModel):
-    index: int
-    text: str
-    status: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    exit_code: int | None = None
-
-
-class BuildPublic(BaseModel):
-    id: str
-    name: str
-    base_template: str
-    status: str
-    current_step: int
-    total_steps: int
-    steps: list[StepPublic]
-    error: str | None
-    capsule_id: str | None  # the build's own capsule, while it runs
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @classmethod
-    def of(cls, row: TemplateBuild) -> BuildPublic:
-        return cls(
-            id=builds.api_id(row),
-            name=row.name,
-            base_template=row.base_template,
-            status=row.status,
-            current_step=row.current_step,
-            total_steps=len(row.steps),
-            steps=[StepPublic(**s) for s in row.steps],
-            error=row.error,
-            capsule_id=row.capsule_id,
-            created_at=row.created_at,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-        )
-
-
-class LogLine(BaseModel):
-    id: int
-    step: int
-    stream: str
-    text: str
-
-    @classmethod
-    def of(cls, row: TemplateBuildLog) -> LogLine:
-        return cls(id=row.id, step=row.step, stream=row.stream, text=row.text)
-
-
-class LogPage(BaseModel):
-    lines: list[LogLine]
-    next: int
-    done: bool
 
 
 def _runner(request: Request) -> BuildRunner:

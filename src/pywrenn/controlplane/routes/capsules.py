@@ -8,7 +8,6 @@ team's capsule id is 404, exactly like one that never existed.
 from __future__ import annotations
 
 from fastapi import APIRouter, Response
-from pydantic import BaseModel, Field
 
 from ..deps import (
     BackgroundDep,
@@ -21,7 +20,7 @@ from ..deps import (
     TeamDep,
     actor_of,
 )
-from ..schemas.wrenn import CapsuleCreate, CapsuleMetrics, CapsulePublic
+from ..schemas.wrenn import CapsuleCreate, CapsuleMetrics, CapsulePublic, ForkBody
 from ..services import capsules, fork, guest, lifecycle
 from ..services.limits import limits_of
 from ..states import CapsuleStatus
@@ -67,10 +66,6 @@ async def create_capsule(
         name=f"create {capsules.api_id(row)}",
     )
     return CapsulePublic.of(row)
-
-
-class ForkBody(BaseModel):
-    count: int = Field(default=1, ge=1, le=fork.MAX_FORK)
 
 
 @router.post("/{capsule_id}/fork", status_code=201)

@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
-from pydantic import BaseModel, Field
 
 from ..deps import HostsDep, NowDep, SessionDep, TeamDep, actor_of
+from ..schemas.wrenn import SnapshotCreate, TemplatePublic
 from ..services import templates
 
 router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
-
-
-class SnapshotCreate(BaseModel):
-    """The SDK sends the capsule as `sandbox_id` (wrenn-api.md §11), a name if given."""
-
-    sandbox_id: str = Field(min_length=1)
-    name: str | None = Field(default=None, max_length=63)
-
-
-class TemplatePublic(BaseModel):
-    name: str
-    type: str
-    vcpus: int
-    memory_mb: int
-    size_bytes: int
-    created_at: datetime
-    platform: bool
-    protected: bool
-    metadata: dict[str, str]
-
-    @classmethod
-    def of(cls, t: templates.TemplateView) -> TemplatePublic:
-        return cls(**t.__dict__)
 
 
 @router.post("", status_code=201)
@@ -56,7 +32,7 @@ async def create_snapshot(
         now=now,
         actor=actor_of(team),
     )
-    return TemplatePublic.of(made)
+    return TemplatePublic.model_validate(made)
 
 
 @router.get("")
@@ -67,7 +43,7 @@ async def list_snapshots(
     type_: Annotated[str | None, Query(alias="type", pattern="^(base|snapshot)$")] = None,
 ) -> list[TemplatePublic]:
     found = await templates.list_templates(session, team_id=team.team_id, type_=type_, now=now)
-    return [TemplatePublic.of(t) for t in found]
+    return [TemplatePublic.model_validate(t) for t in found]
 
 
 @router.delete("/{name}", status_code=204)

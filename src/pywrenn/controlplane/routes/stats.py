@@ -6,53 +6,20 @@ from datetime import date, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
 
 from ..deps import NowDep, SessionDep, TeamDep
 from ..errors import InvalidInput
+from ..schemas.wrenn import (
+    CapsuleStats,
+    StatsCurrent,
+    StatsPeaks,
+    StatsSeries,
+    UsagePoint,
+    UsageResponse,
+)
 from ..services import usage
 
 router = APIRouter(prefix="/v1/capsules", tags=["capsules"])
-
-
-class Current(BaseModel):
-    running_count: int
-    vcpus_reserved: int
-    memory_mb_reserved: int
-
-
-class Peaks(BaseModel):
-    running_count: int
-    vcpus: int
-    memory_mb: int
-
-
-class Series(BaseModel):
-    labels: list[datetime]
-    running: list[int]
-    vcpus: list[int]
-    memory_mb: list[int]
-
-
-class CapsuleStats(BaseModel):
-    range: str
-    current: Current
-    peaks: Peaks
-    series: Series
-
-
-class UsagePoint(BaseModel):
-    date: date
-    cpu_minutes: float
-    ram_mb_minutes: float
-
-
-class UsageResponse(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    from_: date = Field(serialization_alias="from")
-    to: date
-    points: list[UsagePoint]
 
 
 @router.get("/stats")
@@ -73,9 +40,11 @@ async def capsule_stats(
     )
     return CapsuleStats(
         range=range_,
-        current=Current(running_count=count, vcpus_reserved=vcpus, memory_mb_reserved=memory),
-        peaks=Peaks(running_count=peak[0], vcpus=peak[1], memory_mb=peak[2]),
-        series=Series(labels=labels, running=running, vcpus=series_vcpus, memory_mb=series_memory),
+        current=StatsCurrent(running_count=count, vcpus_reserved=vcpus, memory_mb_reserved=memory),
+        peaks=StatsPeaks(running_count=peak[0], vcpus=peak[1], memory_mb=peak[2]),
+        series=StatsSeries(
+            labels=labels, running=running, vcpus=series_vcpus, memory_mb=series_memory
+        ),
     )
 
 

@@ -20,13 +20,12 @@ from pywrenn.hostagent.schemas import ForkRequest
 from ..db.models import Capsule
 from ..errors import ControlPlaneError, InvalidInput
 from ..hostpool import HostPool
+from ..schemas.wrenn import MAX_FORK
 from ..states import CapsuleStatus
 from . import capsules, limits
 from .events import Actor
 from .lifecycle import action_spec, placement_values, running
 from .limits import DEFAULT_LIMITS, TeamLimits
-
-MAX_FORK = 16
 
 
 async def fork_capsule(
