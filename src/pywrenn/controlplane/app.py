@@ -29,7 +29,7 @@ from .buildrunner import BuildRunner
 from .clock import Clock, system_clock
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
-from .deps import API_KEY_SCHEME, SessionDep
+from .deps import API_KEY_SCHEME
 from .errors import ENVELOPE_SCHEMA, install_error_handlers
 from .gate import ApiGate
 from .hostclient import HostAgentAPI, HostClient, file_token
@@ -91,7 +91,11 @@ def create_app(
                 # First round before serving: after a restart the rows match the hosts.
                 await monitor.run_once()
                 runner = BuildRunner(
-                    app.state.sessions, app.state.hosts, clock, Layout(settings.dir).builds_dir
+                    app.state.sessions,
+                    app.state.hosts,
+                    clock,
+                    Layout(settings.dir).builds_dir,
+                    app.state.background,
                 )
                 app.state.builds = runner
                 await runner.clean_interrupted()
@@ -138,8 +142,10 @@ def create_app(
     install_error_handlers(app)
 
     @app.get("/health", tags=["health"])
-    async def health(session: SessionDep) -> Health:
-        await session.execute(text("SELECT 1"))
+    async def health() -> Health:
+        # Not under /api: no caller, no context; only the database is asked.
+        async with app.state.sessions() as session:
+            await session.execute(text("SELECT 1"))
         return Health(status="ok", database="ok")
 
     outer = APIRouter(prefix=API_PREFIX)

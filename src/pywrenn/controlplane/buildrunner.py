@@ -34,6 +34,8 @@ from pywrenn.hostagent.schemas import BackgroundRequest, ExecRequest, ExecStream
 from pywrenn.hostagent.schemas import CapsuleCreate as AgentCreate
 from pywrenn.ids import IdKind, new_id
 
+from . import publicids
+from .background import Background
 from .db.models import TemplateBuild
 from .errors import ControlPlaneError
 from .hostclient import HostAgentAPI
@@ -84,17 +86,22 @@ class BuildRunner:
         pool: HostPool,
         clock: Callable[[], datetime],
         archives_dir: Path,
+        background: Background,
     ) -> None:
         self._sessions = sessions
         self._pool = pool
         self._clock = clock
         self.archives_dir = archives_dir
+        self._background = background
         self._running: dict[uuid.UUID, asyncio.Task[None]] = {}
 
     def archive_path(self, build_id: uuid.UUID) -> Path:
         return self.archives_dir / f"{build_id}.tar"
 
-    def track(self, build_id: uuid.UUID, task: asyncio.Task[None]) -> None:
+    def start(self, build_id: uuid.UUID, actor: Actor) -> None:
+        """Run a queued build in the app's background; `cancel` can stop it."""
+        name = f"build {publicids.format_id(build_id, IdKind.BUILD)}"
+        task = self._background.spawn(self.run(build_id, actor), name=name)
         self._running[build_id] = task
         task.add_done_callback(lambda _: self._running.pop(build_id, None))
 

@@ -13,31 +13,29 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends
 
-from ..deps import NowDep, SessionDep, TeamDep
+from ..context import RequestContext
+from ..deps import ContextDep
 from ..schemas.admin import TeamCreate, TeamCreated, TeamPublic
 from ..schemas.wrenn import ApiKeyCreated, ApiKeyPublic
-from ..services import admin, keys
+from ..services import admin
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
-async def _admin(caller: TeamDep, session: SessionDep) -> keys.Caller:
-    await admin.require_admin(session, key_id=caller.key_id)
-    return caller
+async def _admin(ctx: ContextDep) -> RequestContext:
+    await admin.require_admin(ctx)
+    return ctx
 
 
-AdminDep = Annotated[keys.Caller, Depends(_admin)]
+AdminContextDep = Annotated[RequestContext, Depends(_admin)]
 
 
 @router.post("/teams", status_code=201)
-async def create_team(
-    body: TeamCreate, _: AdminDep, session: SessionDep, now: NowDep
-) -> TeamCreated:
+async def create_team(body: TeamCreate, ctx: AdminContextDep) -> TeamCreated:
     made = await admin.create_team(
-        session,
+        ctx,
         name=body.name,
         slug=body.slug,
-        now=now,
         limits=admin.LimitOverrides(
             capsules=body.max_capsules,
             vcpus=body.max_vcpus,
@@ -50,5 +48,5 @@ async def create_team(
 
 
 @router.get("/teams")
-async def list_teams(_: AdminDep, session: SessionDep) -> list[TeamPublic]:
-    return [TeamPublic.of(row) for row in await admin.list_teams(session)]
+async def list_teams(ctx: AdminContextDep) -> list[TeamPublic]:
+    return [TeamPublic.of(row) for row in await admin.list_teams(ctx)]

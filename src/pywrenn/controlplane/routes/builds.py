@@ -19,13 +19,11 @@ from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-from ..buildrunner import BuildRunner
-from ..deps import BackgroundDep, NowDep, SessionDep, SettingsDep, TeamDep, actor_of
+from ..deps import ContextDep
 from ..errors import InvalidInput
 from ..multipart import MultipartError, MultipartStream, boundary_from_content_type
-from ..schemas.builds import BuildCreate, BuildPublic, LogLine, LogPage
+from ..schemas.builds import BuildCreate, BuildPublic, LogPage
 from ..services import builds
-from ..services.limits import limits_of
 
 router = APIRouter(prefix="/v1/builds", tags=["builds"])
 
@@ -33,21 +31,9 @@ MAX_FIELD_BYTES = 256 * 1024
 MAX_ARCHIVE_BYTES = 4 << 30
 
 
-def _runner(request: Request) -> BuildRunner:
-    runner: BuildRunner = request.app.state.builds
-    return runner
-
-
 @router.post("", status_code=202)
-async def create_build(
-    request: Request,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    background: BackgroundDep,
-    settings: SettingsDep,
-) -> BuildPublic:
-    runner = _runner(request)
+async def create_build(request: Request, ctx: ContextDep) -> BuildPublic:
+    runner = ctx.builds
     runner.archives_dir.mkdir(parents=True, exist_ok=True)
     upload = runner.archives_dir / f".upload-{os.getpid()}-{id(request)}"
     try:
@@ -61,56 +47,38 @@ async def create_build(
             overwrite=body.overwrite,
             archive_bytes=archive_bytes,
         )
-        row = await builds.submit(
-            session, team_id=team.team_id, spec=spec, now=now, team_limits=limits_of(settings)
-        )
+        row = await builds.submit(ctx, spec)
         if archive_bytes:
             upload.rename(runner.archive_path(row.id))
     finally:
         upload.unlink(missing_ok=True)
-    task = background.spawn(runner.run(row.id, actor_of(team)), name=f"build {builds.api_id(row)}")
-    runner.track(row.id, task)
+    runner.start(row.id, ctx.actor)
     return BuildPublic.of(row)
 
 
 @router.get("")
-async def list_builds(team: TeamDep, session: SessionDep) -> list[BuildPublic]:
-    return [BuildPublic.of(r) for r in await builds.list_builds(session, team_id=team.team_id)]
+async def list_builds(ctx: ContextDep) -> list[BuildPublic]:
+    return [BuildPublic.of(row) for row in await builds.list_builds(ctx)]
 
 
 @router.get("/{build_id}")
-async def get_build(build_id: str, team: TeamDep, session: SessionDep) -> BuildPublic:
-    return BuildPublic.of(await builds.get(session, team_id=team.team_id, build_id=build_id))
+async def get_build(build_id: str, ctx: ContextDep) -> BuildPublic:
+    return BuildPublic.of(await builds.get(ctx, build_id))
 
 
 @router.get("/{build_id}/logs")
 async def build_logs(
     build_id: str,
-    team: TeamDep,
-    session: SessionDep,
+    ctx: ContextDep,
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=builds.MAX_LOG_PAGE)] = builds.MAX_LOG_PAGE,
 ) -> LogPage:
-    row = await builds.get(session, team_id=team.team_id, build_id=build_id)
-    # Read the status first: a build that was done before its lines were read has no more.
-    done = row.status in builds.FINISHED
-    lines = await builds.logs(session, build=row, after=after, limit=limit)
-    return LogPage(
-        lines=[LogLine.of(r) for r in lines],
-        next=lines[-1].id if lines else after,
-        done=done and len(lines) < limit,
-    )
+    return await builds.log_page(ctx, build_id, after=after, limit=limit)
 
 
 @router.post("/{build_id}/cancel", status_code=202)
-async def cancel_build(
-    build_id: str, request: Request, team: TeamDep, session: SessionDep, now: NowDep
-) -> JSONResponse:
-    row = await builds.get(session, team_id=team.team_id, build_id=build_id)
-    if row.status in builds.ACTIVE and not _runner(request).cancel(row.id):
-        # Queued here but not running in this process (or its process is gone).
-        await builds.finish(session, row.id, status="cancelled", now=now)
-    row = await builds.get(session, team_id=team.team_id, build_id=build_id)
+async def cancel_build(build_id: str, ctx: ContextDep) -> JSONResponse:
+    row = await builds.cancel(ctx, build_id)
     return JSONResponse(BuildPublic.of(row).model_dump(mode="json"), status_code=202)
 
 

@@ -16,29 +16,22 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from ..deps import HostsDep, NowDep, SessionDep, TeamDep
+from ..context import RequestContext
+from ..deps import ContextDep
 from ..errors import InvalidInput
 from ..multipart import MultipartError, MultipartStream, boundary_from_content_type
 from ..schemas.wrenn import ListBody, ListDirResponse, MakeDirResponse, PathBody
 from ..services import guest
 from ..services.guest import Target
+from .exec import capsule_target
 
 router = APIRouter(prefix="/v1/capsules", tags=["files"])
 
 MAX_PATH_BYTES = 4096
 
 
-async def _target(
-    capsule_id: str, team: TeamDep, session: SessionDep, now: NowDep, hosts: HostsDep
-) -> Target:
-    return await guest.target(
-        session,
-        pool=hosts,
-        team_id=team.team_id,
-        capsule_id=capsule_id,
-        now=now,
-        wanted="use files",
-    )
+async def _target(ctx: RequestContext, capsule_id: str) -> Target:
+    return await capsule_target(ctx, capsule_id, "use files")
 
 
 @router.post("/{capsule_id}/files/write")
@@ -46,12 +39,9 @@ async def _target(
 async def write_file(
     capsule_id: str,
     request: Request,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
+    ctx: ContextDep,
 ) -> dict[str, str]:
-    t = await _target(capsule_id, team, session, now, hosts)
+    t = await _target(ctx, capsule_id)
     try:
         boundary = boundary_from_content_type(request.headers.get("content-type", ""))
         return {"path": await _upload(t, MultipartStream(request.stream(), boundary))}
@@ -77,12 +67,9 @@ async def _upload(t: Target, parts: MultipartStream) -> str:
 async def read_file(
     capsule_id: str,
     body: PathBody,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
+    ctx: ContextDep,
 ) -> StreamingResponse:
-    t = await _target(capsule_id, team, session, now, hosts)
+    t = await _target(ctx, capsule_id)
     stack = AsyncExitStack()
     # Opened here, before the response starts: a missing file is still a clean 404.
     chunks = await stack.enter_async_context(t.host.read_file(t.capsule_id, body.path))
@@ -104,12 +91,9 @@ async def read_file(
 async def list_files(
     capsule_id: str,
     body: ListBody,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
+    ctx: ContextDep,
 ) -> ListDirResponse:
-    t = await _target(capsule_id, team, session, now, hosts)
+    t = await _target(ctx, capsule_id)
     return ListDirResponse(entries=await guest.list_dir(t, body.path, body.depth))
 
 
@@ -117,12 +101,9 @@ async def list_files(
 async def make_dir(
     capsule_id: str,
     body: PathBody,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
+    ctx: ContextDep,
 ) -> MakeDirResponse:
-    t = await _target(capsule_id, team, session, now, hosts)
+    t = await _target(ctx, capsule_id)
     return MakeDirResponse(entry=await guest.make_dir(t, body.path))
 
 
@@ -130,11 +111,8 @@ async def make_dir(
 async def remove_file(
     capsule_id: str,
     body: PathBody,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
+    ctx: ContextDep,
 ) -> Response:
-    t = await _target(capsule_id, team, session, now, hosts)
+    t = await _target(ctx, capsule_id)
     await t.host.remove(t.capsule_id, body.path)
     return Response(status_code=204)

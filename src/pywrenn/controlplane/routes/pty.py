@@ -20,6 +20,7 @@ from pydantic import ValidationError
 
 from pywrenn.hostagent.schemas import BackgroundRequest
 
+from ..deps import ws_context
 from ..errors import InvalidInput, NotFound
 from ..services import guest
 from .exec import REATTACH_DELAY_S, ws_target
@@ -30,7 +31,11 @@ router = APIRouter(prefix="/v1/capsules", tags=["pty"])
 
 @router.websocket("/{capsule_id}/pty")
 async def pty(websocket: WebSocket, capsule_id: str) -> None:
-    async with guarded(websocket), ws_target(websocket, capsule_id, "open a terminal") as t:
+    async with (
+        guarded(websocket),
+        ws_context(websocket) as ctx,
+        ws_target(websocket, ctx, capsule_id, "open a terminal") as t,
+    ):
         await websocket.accept()
         pid, tag = await _open(t, _frame(await websocket.receive_text()))
         await websocket.send_text(json.dumps({"type": "started", "pid": pid, "tag": tag}))

@@ -6,7 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from ..deps import HostsDep, NowDep, SessionDep, TeamDep, actor_of
+from ..deps import ContextDep
 from ..schemas.wrenn import SnapshotCreate, TemplatePublic
 from ..services import templates
 
@@ -15,42 +15,23 @@ router = APIRouter(prefix="/v1/snapshots", tags=["snapshots"])
 
 @router.post("", status_code=201)
 async def create_snapshot(
-    body: SnapshotCreate,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
-    overwrite: bool = False,
+    body: SnapshotCreate, ctx: ContextDep, overwrite: bool = False
 ) -> TemplatePublic:
     made = await templates.create_snapshot(
-        session,
-        pool=hosts,
-        team_id=team.team_id,
-        capsule_id=body.sandbox_id,
-        name=body.name,
-        overwrite=overwrite,
-        now=now,
-        actor=actor_of(team),
+        ctx, body.sandbox_id, name=body.name, overwrite=overwrite
     )
     return TemplatePublic.model_validate(made)
 
 
 @router.get("")
 async def list_snapshots(
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
+    ctx: ContextDep,
     type_: Annotated[str | None, Query(alias="type", pattern="^(base|snapshot)$")] = None,
 ) -> list[TemplatePublic]:
-    found = await templates.list_templates(session, team_id=team.team_id, type_=type_, now=now)
-    return [TemplatePublic.model_validate(t) for t in found]
+    return [TemplatePublic.model_validate(t) for t in await templates.list_templates(ctx, type_)]
 
 
 @router.delete("/{name}", status_code=204)
-async def delete_snapshot(
-    name: str, team: TeamDep, session: SessionDep, now: NowDep, hosts: HostsDep
-) -> Response:
-    await templates.delete_snapshot(
-        session, pool=hosts, team_id=team.team_id, name=name, now=now, actor=actor_of(team)
-    )
+async def delete_snapshot(name: str, ctx: ContextDep) -> Response:
+    await templates.delete_snapshot(ctx, name)
     return Response(status_code=204)

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -25,6 +25,9 @@ from ..db.models import Capsule
 from ..errors import InvalidInput, NotFound
 from ..states import CapsuleStatus, can_move, sources_of, transition
 from .events import SYSTEM, Actor, EventSpec, record_nocommit
+
+if TYPE_CHECKING:
+    from ..context import RequestContext
 
 # A move races at most with a few others (request, monitor); after this many lost
 # compare-and-sets something is looping and we report "not moved".
@@ -151,6 +154,18 @@ async def list_capsules(
         populate_existing=True
     )
     return list(await session.scalars(stmt))
+
+
+async def get_own(ctx: RequestContext, capsule_id: str) -> Capsule:
+    """`get_capsule` for a request's caller."""
+    return await get_capsule(ctx.session, team_id=ctx.team_id, capsule_id=capsule_id)
+
+
+async def list_own(
+    ctx: RequestContext, statuses: Iterable[CapsuleStatus] | None = None
+) -> list[Capsule]:
+    """`list_capsules` for a request's caller."""
+    return await list_capsules(ctx.session, team_id=ctx.team_id, statuses=statuses)
 
 
 async def move(

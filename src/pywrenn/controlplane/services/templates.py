@@ -13,6 +13,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +29,9 @@ from ..hostpool import HostPool
 from ..states import LIVE
 from . import capsules
 from .events import Actor, EventSpec, record_nocommit
+
+if TYPE_CHECKING:
+    from ..context import RequestContext
 
 log = logging.getLogger(__name__)
 
@@ -73,17 +77,16 @@ def base_views(now: datetime) -> list[TemplateView]:
     return [TemplateView(name, "base", 1, 512, 0, now, True, True, {}) for name in BASE_TEMPLATES]
 
 
-async def list_templates(
-    session: AsyncSession, *, team_id: uuid.UUID, type_: str | None, now: datetime
-) -> list[TemplateView]:
+async def list_templates(ctx: RequestContext, type_: str | None) -> list[TemplateView]:
+    """The caller's team's templates and the platform's, optionally of one type."""
     rows = (
-        await session.scalars(
+        await ctx.session.scalars(
             select(Template)
-            .where(or_(Template.team_id == team_id, Template.platform.is_(True)))
+            .where(or_(Template.team_id == ctx.team_id, Template.platform.is_(True)))
             .order_by(Template.created_at, Template.name)
         )
     ).all()
-    out = base_views(now) + [view(r) for r in rows]
+    out = base_views(ctx.now) + [view(r) for r in rows]
     return [t for t in out if type_ is None or t.type == type_]
 
 
@@ -222,20 +225,14 @@ async def _delete_on_host(pool: HostPool, row: Template) -> None:
 
 
 async def create_snapshot(
-    session: AsyncSession,
-    *,
-    pool: HostPool,
-    team_id: uuid.UUID,
-    capsule_id: str,
-    name: str | None,
-    overwrite: bool,
-    now: datetime,
-    actor: Actor,
+    ctx: RequestContext, capsule_id: str, *, name: str | None, overwrite: bool
 ) -> TemplateView:
+    """A template from one of the caller's capsules, running or paused."""
+    session, team_id = ctx.session, ctx.team_id
     capsule = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
     if capsule.status not in ("running", "paused"):
         raise InvalidState(capsule_id, capsule.status, "snapshot")
-    name = name or f"{capsule_id}-{now.strftime('%Y%m%d%H%M%S')}"
+    name = name or f"{capsule_id}-{ctx.now.strftime('%Y%m%d%H%M%S')}"
     assert capsule.host_id is not None  # running or paused: placed
     source = SnapshotSource(
         capsule_id=capsule_id,
@@ -247,37 +244,29 @@ async def create_snapshot(
     )
     return await snapshot_into_template(
         session,
-        pool=pool,
+        pool=ctx.hosts,
         team_id=team_id,
         source=source,
         name=name,
         overwrite=overwrite,
-        now=now,
-        actor=actor,
+        now=ctx.now,
+        actor=ctx.actor,
     )
 
 
-async def delete_snapshot(
-    session: AsyncSession,
-    *,
-    pool: HostPool,
-    team_id: uuid.UUID,
-    name: str,
-    now: datetime,
-    actor: Actor,
-) -> None:
+async def delete_snapshot(ctx: RequestContext, name: str) -> None:
+    """Delete one of the caller's templates, on its host and then its row."""
     if is_base(name):
         raise Conflict(f"conflict: {name!r} is a protected platform template")
-    row = await find(session, team_id=team_id, name=name)
+    row = await find(ctx.session, team_id=ctx.team_id, name=name)
     if row is None:
         raise NotFound(f"not_found: template {name!r}")
-    with_host = pool.host_ids()
-    if row.host_id in with_host:
+    if row.host_id in ctx.hosts.host_ids():
         try:
-            await pool.client(row.host_id).delete_template(host_name(row))
+            await ctx.hosts.client(row.host_id).delete_template(host_name(row))
         except NotFound:
             pass  # already gone on the host: the row is all that is left
-    await session.delete(row)
+    await ctx.session.delete(row)
     spec = EventSpec("template.snapshot.delete", "template", name, outcome="success")
-    record_nocommit(session, team_id=team_id, spec=spec, actor=actor, now=now)
-    await session.commit()
+    record_nocommit(ctx.session, team_id=ctx.team_id, spec=spec, actor=ctx.actor, now=ctx.now)
+    await ctx.session.commit()
