@@ -81,7 +81,7 @@ class HostHasCapsules(Conflict):
     code = "host_has_capsules"
 
     def __init__(self, host_id: str, capsule_ids: list[str]) -> None:
-        super().__init__(f"conflict: host {host_id} still has {len(capsule_ids)} capsules")
+        super().__init__(f"host_has_capsules: host {host_id} still has {len(capsule_ids)} capsules")
         self.capsule_ids = capsule_ids
 
 
@@ -150,17 +150,20 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        message = f"invalid: {where or 'request'}: {first.get('msg', 'malformed')}"
+        message = f"invalid_request: {where or 'request'}: {first.get('msg', 'malformed')}"
         return envelope(400, "invalid_request", message)
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "internal_error")
-        return envelope(exc.status_code, code, str(exc.detail))
+        # Starlette's detail is the status phrase ("Not Found"): say what it was about.
+        what = f"{request.method} {request.url.path}"
+        message = f"{code}: {str(exc.detail).lower()}: {what}"
+        return envelope(exc.status_code, code, message)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return envelope(500, "internal_error", "internal: unexpected server error")
+        return envelope(500, "internal_error", "internal_error: unexpected server error")
 
     app.add_exception_handler(ControlPlaneError, on_domain)
     app.add_exception_handler(RequestValidationError, on_validation)

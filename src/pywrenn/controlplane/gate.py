@@ -56,7 +56,7 @@ class ApiGate:
             return
         except Exception:  # the database: the same envelope the error handlers give
             log.exception("key check failed on %s %s", scope["method"], scope["path"])
-            failed = envelope(500, "internal_error", "internal: unexpected server error")
+            failed = envelope(500, "internal_error", "internal_error: unexpected server error")
             await refuse(scope, send, failed)
             return
         ctx = RequestContext.open(scope["app"].state, caller)
@@ -79,7 +79,7 @@ class ApiGate:
 
 def _too_large(limit: int, declared: int | None = None) -> Response:
     size = f"of {declared} bytes" if declared is not None else f"of more than {limit} bytes"
-    message = f"too large: body {size}; the limit is {limit} bytes"
+    message = f"invalid_request: body {size} is too large; the limit is {limit} bytes"
     response: JSONResponse = envelope(413, "invalid_request", message)
     return response
 

@@ -21,7 +21,12 @@ from pydantic import ValidationError
 
 from ..deps import ContextDep
 from ..errors import InvalidInput
-from ..multipart import MultipartError, MultipartStream, boundary_from_content_type
+from ..multipart import (
+    MultipartError,
+    MultipartStream,
+    as_invalid_input,
+    boundary_from_content_type,
+)
 from ..schemas.builds import BuildCreate, BuildPublic, LogPage
 from ..services import builds
 
@@ -93,7 +98,7 @@ async def _read_body(request: Request, upload: Path) -> tuple[BuildCreate, int]:
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise InvalidInput(f"invalid_request: {where}: {first.get('msg')}") from None
     except MultipartError as exc:
-        raise InvalidInput(f"invalid_request: {exc}") from None
+        raise as_invalid_input(exc) from None
 
 
 async def _read_multipart(

@@ -154,12 +154,12 @@ def _start_request(frame: str) -> ExecStreamRequest:
     try:
         raw = json.loads(frame)
         if not isinstance(raw, dict) or raw.get("type") != "start":
-            raise InvalidInput('invalid: the first frame must be {"type": "start", …}')
+            raise InvalidInput('invalid_request: the first frame must be {"type": "start", …}')
         return ExecStreamRequest(
             cmd=raw.get("cmd") or "", args=list(raw.get("args") or []), envs=raw.get("envs") or {}
         )
     except (ValueError, ValidationError) as exc:
-        raise InvalidInput(f"invalid: start frame: {exc}") from exc
+        raise InvalidInput(f"invalid_request: start frame: {exc}") from exc
 
 
 async def relay(

@@ -19,7 +19,12 @@ from starlette.background import BackgroundTask
 from ..context import RequestContext
 from ..deps import ContextDep
 from ..errors import InvalidInput
-from ..multipart import MultipartError, MultipartStream, boundary_from_content_type
+from ..multipart import (
+    MultipartError,
+    MultipartStream,
+    as_invalid_input,
+    boundary_from_content_type,
+)
 from ..schemas.wrenn import ListBody, ListDirResponse, MakeDirResponse, PathBody
 from ..services import guest
 from ..services.guest import Target
@@ -46,7 +51,7 @@ async def write_file(
         boundary = boundary_from_content_type(request.headers.get("content-type", ""))
         return {"path": await _upload(t, MultipartStream(request.stream(), boundary))}
     except MultipartError as exc:
-        raise InvalidInput(str(exc)) from exc
+        raise as_invalid_input(exc) from exc
 
 
 async def _upload(t: Target, parts: MultipartStream) -> str:
@@ -56,10 +61,10 @@ async def _upload(t: Target, parts: MultipartStream) -> str:
             path = (await part.read_small(MAX_PATH_BYTES)).decode("utf-8", errors="strict")
         elif part.name == "file":
             if not path:
-                raise InvalidInput("invalid: the path part must come before the file part")
+                raise InvalidInput("invalid_request: the path part must come before the file part")
             await t.host.write_file(t.capsule_id, path, part.body())
             return path
-    raise InvalidInput("invalid: multipart body has no file part")
+    raise InvalidInput("invalid_request: multipart body has no file part")
 
 
 @router.post("/{capsule_id}/files/read")

@@ -46,9 +46,9 @@ def _frame(text: str) -> dict[str, Any]:
     try:
         raw = json.loads(text)
     except ValueError as exc:
-        raise InvalidInput(f"invalid: PTY frame is not JSON: {exc}") from exc
+        raise InvalidInput(f"invalid_request: PTY frame is not JSON: {exc}") from exc
     if not isinstance(raw, dict):
-        raise InvalidInput("invalid: PTY frame must be a JSON object")
+        raise InvalidInput("invalid_request: PTY frame must be a JSON object")
     return raw
 
 
@@ -62,7 +62,7 @@ async def _open(t: guest.Target, first: dict[str, Any]) -> tuple[int, str]:
                 return process.pid, tag
         raise NotFound(f"not_found: no PTY session {tag!r} in capsule {t.capsule_id}")
     if first.get("type") != "start":
-        raise InvalidInput("invalid: the first PTY frame must be start or connect")
+        raise InvalidInput("invalid_request: the first PTY frame must be start or connect")
     tag = guest.new_tag("pty")
     try:
         request = BackgroundRequest(
@@ -76,7 +76,7 @@ async def _open(t: guest.Target, first: dict[str, Any]) -> tuple[int, str]:
             rows=int(first.get("rows") or 24),
         )
     except (ValueError, TypeError, ValidationError) as exc:
-        raise InvalidInput(f"invalid: PTY start frame: {exc}") from exc
+        raise InvalidInput(f"invalid_request: PTY start frame: {exc}") from exc
     started = await t.host.start_process(t.capsule_id, request)
     return started.pid, tag
 

@@ -65,7 +65,7 @@ async def create_team(
     session, now = ctx.session, ctx.now
     for what, value in vars(limits).items():
         if value is not None and value < 0:
-            raise InvalidInput(f"invalid: max_{what} {value} is negative")
+            raise InvalidInput(f"invalid_request: max_{what} {value} is negative")
     team = teams.add_team_nocommit(session, name=name, now=now, slug=slug)
     team.max_capsules, team.max_vcpus = limits.capsules, limits.vcpus
     team.max_memory_mb, team.max_builds = limits.memory_mb, limits.builds

@@ -100,10 +100,10 @@ def add_capsule_nocommit(
 ) -> Capsule:
     """Stage a `pending` capsule row; the caller commits (with other rows, in one go)."""
     if not template or len(template) > 128:
-        raise InvalidInput(f"invalid: template {template!r} must be 1..128 characters")
+        raise InvalidInput(f"invalid_request: template {template!r} must be 1..128 characters")
     if vcpus < 1 or memory_mb < 1 or timeout_sec < 0:
         raise InvalidInput(
-            f"invalid: vcpus {vcpus}, memory_mb {memory_mb}, timeout_sec {timeout_sec}"
+            f"invalid_request: vcpus {vcpus}, memory_mb {memory_mb}, timeout_sec {timeout_sec}"
         )
     row = Capsule(
         id=publicids.new_uuid(IdKind.CAPSULE),

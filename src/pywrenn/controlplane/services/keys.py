@@ -82,7 +82,7 @@ def add_key_nocommit(
     """Stage a new key; return the row and the plaintext (the only time it exists)."""
     name = name.strip()
     if not name or len(name) > 128:
-        raise InvalidInput(f"invalid: key name {name!r} must be 1..128 characters")
+        raise InvalidInput(f"invalid_request: key name {name!r} must be 1..128 characters")
     plaintext = generate_key()
     row = ApiKey(
         id=publicids.new_uuid(IdKind.API_KEY),
