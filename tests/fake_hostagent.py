@@ -7,8 +7,9 @@ through its real `HostClient` over real HTTP (`serve()` runs the fake on a loopb
 so what is tested is the control plane's HTTP client and routes, not a mocked object.
 
 Commands are scripted: `/bin/sh -c SCRIPT` looks SCRIPT up in `scripts` (stdout, stderr,
-exit code); anything else answers `ran: SCRIPT`. PTY processes echo their input.
-`fail(op, status, code)` makes the next `op` answer with that error; clearing
+exit code); anything else answers `ran: SCRIPT`. A script given a runtime (`runtimes`)
+past its exec's timeout is answered as killed at its deadline. PTY processes echo their
+input. `fail(op, status, code)` makes the next `op` answer with that error; clearing
 `create_gate` holds creates until it is set again. Every request is logged in `calls`.
 """
 
@@ -82,6 +83,9 @@ class FakeHostAgent:
         self.calls: list[str] = []
         self.exec_bodies: list[dict[str, Any]] = []
         self.scripts: dict[str, tuple[bytes, bytes, int]] = {}
+        # Seconds a script takes; a foreground exec past its timeout_sec is answered as the
+        # guest answers at the deadline: killed (exit -1), with the output scripted so far.
+        self.runtimes: dict[str, float] = {}
         self.create_gate = asyncio.Event()
         self.create_gate.set()
         self.now_unix = now_unix
@@ -297,6 +301,10 @@ class FakeHostAgent:
             body = await request.json()
             self.exec_bodies.append(body)
             out, err, code = self._run(body)
+            error, duration_ms = None, 12.4
+            timeout_s = float(body.get("timeout_sec", 30.0))
+            if self.runtimes.get(self._script(body), 0.0) >= timeout_s:
+                code, error, duration_ms = -1, "signal: killed", timeout_s * 1000 + 3.0
             try:
                 stdout, stderr, encoding = out.decode(), err.decode(), "utf-8"
             except UnicodeDecodeError:
@@ -307,8 +315,8 @@ class FakeHostAgent:
                 "stderr": stderr,
                 "encoding": encoding,
                 "exit_code": code,
-                "error": None,
-                "duration_ms": 12.4,
+                "error": error,
+                "duration_ms": duration_ms,
                 "pid": next(self._pids),
             }
 
@@ -443,9 +451,13 @@ class FakeHostAgent:
         return app
 
     def _run(self, body: dict[str, Any]) -> tuple[bytes, bytes, int]:
-        args = body.get("args") or []
-        script = args[1] if body.get("cmd") == "/bin/sh" and len(args) >= 2 else body["cmd"]
+        script = self._script(body)
         return self.scripts.get(script, (f"ran: {script}\n".encode(), b"", 0))
+
+    @staticmethod
+    def _script(body: dict[str, Any]) -> str:
+        args = body.get("args") or []
+        return str(args[1] if body.get("cmd") == "/bin/sh" and len(args) >= 2 else body["cmd"])
 
 
 def _err(code: str, message: str) -> dict[str, Any]:

@@ -70,6 +70,42 @@ def test_exec_foreground_and_background(sqlite_url: str, tmp_path: Path) -> None
     run(sqlite_url, tmp_path, body)
 
 
+def test_exec_killed_at_its_timeout_is_an_agent_error(sqlite_url: str, tmp_path: Path) -> None:
+    """Wrenn answers a foreground exec that hit its timeout with 502 agent_error (the SDK
+    raises); the output it wrote so far is in the message, its last 2048 characters."""
+
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        url = f"/api/v1/capsules/{cid}/exec"
+        h.fake.scripts["echo partial; sleep 60"] = (b"partial\n", b"warming up\n", 0)
+        h.fake.runtimes["echo partial; sleep 60"] = 60.0
+        slow = {"cmd": "/bin/sh", "args": ["-c", "echo partial; sleep 60"], "timeout_sec": 2}
+        r = await h.client.post(url, json=slow)
+        assert r.status_code == 502
+        assert r.json()["error"] == {
+            "code": "agent_error",
+            "message": "agent_error: command timed out after 2s and was killed; "
+            "stdout so far: 'partial\\n'; stderr so far: 'warming up\\n'",
+        }
+        # Long output keeps its tail; undecodable output is shown decoded, not base64.
+        h.fake.scripts["noisy"] = (b"x" * 5000 + b"END", b"\xff\xfe", 0)
+        h.fake.runtimes["noisy"] = 60.0
+        r = await h.client.post(url, json={"cmd": "/bin/sh", "args": ["-c", "noisy"]})
+        message = r.json()["error"]["message"]
+        assert r.status_code == 502 and "timed out after 30s" in message  # the default
+        assert "(its last 2048 of 5003 characters)" in message and "xEND'" in message
+        assert len(message) < 2 * 2048 + 300
+        assert "stderr so far: '\ufffd\ufffd'" in message  # U+FFFD: not UTF-8
+        # The same command within its time, and a command that killed itself, are 200s.
+        r = await h.client.post(url, json={**slow, "timeout_sec": 120})
+        assert r.status_code == 200 and r.json()["stdout"] == "partial\n"
+        h.fake.scripts["kill -9 $$"] = (b"", b"", -1)
+        r = await h.client.post(url, json={"cmd": "/bin/sh", "args": ["-c", "kill -9 $$"]})
+        assert r.status_code == 200 and r.json()["exit_code"] == -1
+
+    run(sqlite_url, tmp_path, body)
+
+
 def test_exec_on_paused_or_foreign_capsule(sqlite_url: str, tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         cid = await h.capsule()

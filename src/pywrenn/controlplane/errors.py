@@ -11,6 +11,7 @@
     │   └── HostHasCapsules         409 host_has_capsules (+ top-level "capsule_ids")
     ├── LimitExceeded               429 limit_exceeded    (a team is at a limit)
     ├── AgentError                  502 agent_error       (the host agent answered with a failure)
+    │   └── CommandTimedOut         502 agent_error       (a foreground exec killed at its deadline)
     └── HostUnavailable             503 host_unavailable  (no host could be reached or chosen)
 
 Owns: that tree and `install_error_handlers(app)`. Services raise these and never an
@@ -96,6 +97,11 @@ class AgentError(ControlPlaneError):
     status, code = 502, "agent_error"
 
 
+class CommandTimedOut(AgentError):
+    """The guest killed a foreground command at its deadline; Wrenn answers that with
+    `agent_error` too. The caller's command, not a failure here: it is not logged."""
+
+
 class HostUnavailable(ControlPlaneError):
     status, code = 503, "host_unavailable"
 
@@ -142,7 +148,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ControlPlaneError)
         if isinstance(exc, HostHasCapsules):
             return envelope(exc.status, exc.code, exc.message, capsule_ids=exc.capsule_ids)
-        if exc.status >= 500:
+        if exc.status >= 500 and not isinstance(exc, CommandTimedOut):
             log.error("request failed: %s", exc.message)
         return envelope(exc.status, exc.code, exc.message)
 

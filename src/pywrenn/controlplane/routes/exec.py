@@ -25,7 +25,7 @@ from ..deps import ContextDep, ws_context
 from ..errors import InvalidInput
 from ..hostclient import AgentEvent, Selector
 from ..schemas.wrenn import BackgroundStarted, ExecBody, ExecResult, ProcessListing
-from ..services import guest
+from ..services import guest, timeouts
 from ..streams import lease_for
 from .wsguard import guarded
 
@@ -57,6 +57,8 @@ async def exec_command(capsule_id: str, body: ExecBody, ctx: ContextDep) -> Resp
         started = await guest.exec_background(t, body)
         return Response(started.model_dump_json(), status_code=202, media_type=JSON)
     result = await guest.exec_foreground(t, body)
+    # Killed at its deadline: 502 with its output so far, as Wrenn (the SDK raises).
+    timeouts.raise_if_timed_out(result, body.timeout_sec)
     return Response(result.model_dump_json(), media_type=JSON)
 
 
