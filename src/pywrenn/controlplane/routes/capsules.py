@@ -11,9 +11,8 @@ from fastapi import APIRouter, Response
 
 from ..deps import ContextDep
 from ..schemas.wrenn import CapsuleCreate, CapsuleMetrics, CapsulePublic, ForkBody
-from ..services import capsules, fork, guest, lifecycle
+from ..services import capsules, fork, lifecycle, metrics
 from ..states import CapsuleStatus
-from .exec import capsule_target
 
 router = APIRouter(prefix="/v1/capsules", tags=["capsules"])
 
@@ -77,6 +76,4 @@ async def ping_capsule(capsule_id: str, ctx: ContextDep) -> Response:
 
 @router.get("/{capsule_id}/metrics")
 async def capsule_metrics(capsule_id: str, ctx: ContextDep, range: str = "10m") -> CapsuleMetrics:
-    # Reading metrics is not use: it does not stamp the capsule as active.
-    t = await capsule_target(ctx, capsule_id, "report metrics", active=False)
-    return await guest.metrics(t, range, now=ctx.now)
+    return await metrics.capsule_metrics(ctx, capsule_id, range)

@@ -76,11 +76,9 @@ async def kill_process(capsule_id: str, selector: str, ctx: ContextDep) -> Respo
     return Response(status_code=204)
 
 
-async def capsule_target(
-    ctx: RequestContext, capsule_id: str, wanted: str, *, active: bool = True
-) -> guest.Target:
-    """The caller's running capsule and its host (`guest.target`), in the request's
-    session; `active` stamps it as used."""
+async def capsule_target(ctx: RequestContext, capsule_id: str, wanted: str) -> guest.Target:
+    """The caller's running capsule and its host (`guest.target`, which stamps it as
+    used), in the request's session."""
     return await guest.target(
         ctx.session,
         pool=ctx.hosts,
@@ -88,7 +86,6 @@ async def capsule_target(
         capsule_id=capsule_id,
         now=ctx.now,
         wanted=wanted,
-        active=active,
     )
 
 
