@@ -203,3 +203,25 @@ def test_pty_start_input_resize_reconnect_kill(sqlite_url: str, tmp_path: Path) 
             assert error["type"] == "error" and "not_found" in error["data"]
 
     run(sqlite_url, tmp_path, body)
+
+
+def test_pty_pings_the_client_and_takes_pongs(sqlite_url: str, tmp_path: Path) -> None:
+    """A keepalive `{"type": "ping"}` every WRENN_PTY_PING_INTERVAL_S (30 s; 50 ms here);
+    the SDK answers `pong`, and the terminal goes on as before."""
+
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        settings = h.app.state.settings
+        h.app.state.settings = settings.model_copy(update={"pty_ping_interval_s": 0.05})
+        async with h.ws(f"/api/v1/capsules/{cid}/pty") as ws:
+            await ws.send_text(json.dumps({"type": "start", "cmd": "/bin/bash"}))
+            assert (await ws.receive_json())["type"] == "started"
+            for _ in range(2):
+                assert await ws.receive_json() == {"type": "ping"}
+                await ws.send_text(json.dumps({"type": "pong"}))
+            await ws.send_bytes(b"still here\n")
+            while isinstance(message := await ws.receive(), TextMessage):
+                assert json.loads(message.data) == {"type": "ping"}
+            assert isinstance(message, BytesMessage) and message.data == b"still here\n"
+
+    run(sqlite_url, tmp_path, body)
