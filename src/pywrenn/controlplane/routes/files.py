@@ -16,7 +16,6 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from ..context import RequestContext
 from ..deps import ContextDep
 from ..errors import InvalidInput
 from ..multipart import (
@@ -35,8 +34,7 @@ router = APIRouter(prefix="/v1/capsules", tags=["files"])
 MAX_PATH_BYTES = 4096
 
 
-async def _target(ctx: RequestContext, capsule_id: str) -> Target:
-    return await capsule_target(ctx, capsule_id, "use files")
+USE_FILES = "use files"  # what a 409 says the capsule cannot do
 
 
 @router.post("/{capsule_id}/files/write")
@@ -46,7 +44,7 @@ async def write_file(
     request: Request,
     ctx: ContextDep,
 ) -> dict[str, str]:
-    t = await _target(ctx, capsule_id)
+    t = await capsule_target(ctx, capsule_id, USE_FILES)
     try:
         boundary = boundary_from_content_type(request.headers.get("content-type", ""))
         return {"path": await _upload(t, MultipartStream(request.stream(), boundary))}
@@ -74,7 +72,7 @@ async def read_file(
     body: PathBody,
     ctx: ContextDep,
 ) -> StreamingResponse:
-    t = await _target(ctx, capsule_id)
+    t = await capsule_target(ctx, capsule_id, USE_FILES)
     stack = AsyncExitStack()
     # Opened here, before the response starts: a missing file is still a clean 404.
     chunks = await stack.enter_async_context(t.host.read_file(t.capsule_id, body.path))
@@ -98,7 +96,7 @@ async def list_files(
     body: ListBody,
     ctx: ContextDep,
 ) -> ListDirResponse:
-    t = await _target(ctx, capsule_id)
+    t = await capsule_target(ctx, capsule_id, USE_FILES)
     return ListDirResponse(entries=await guest.list_dir(t, body.path, body.depth))
 
 
@@ -108,7 +106,7 @@ async def make_dir(
     body: PathBody,
     ctx: ContextDep,
 ) -> MakeDirResponse:
-    t = await _target(ctx, capsule_id)
+    t = await capsule_target(ctx, capsule_id, USE_FILES)
     return MakeDirResponse(entry=await guest.make_dir(t, body.path))
 
 
@@ -118,6 +116,6 @@ async def remove_file(
     body: PathBody,
     ctx: ContextDep,
 ) -> Response:
-    t = await _target(ctx, capsule_id)
+    t = await capsule_target(ctx, capsule_id, USE_FILES)
     await t.host.remove(t.capsule_id, body.path)
     return Response(status_code=204)

@@ -58,9 +58,6 @@ class TeamLimits:
         )
 
 
-DEFAULT_LIMITS = TeamLimits()
-
-
 def limits_of(settings: ControlPlaneSettings) -> TeamLimits:
     """The defaults the operator set (`WRENN_TEAM_MAX_*`)."""
     return TeamLimits(
