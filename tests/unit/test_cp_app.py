@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from pywrenn.controlplane import errors
 from pywrenn.controlplane.app import create_app
 from pywrenn.controlplane.bootstrap import bootstrap_admin
+from pywrenn.controlplane.routes import keys as key_routes
 from pywrenn.controlplane.settings import ControlPlaneSettings
 from tests.controlplane_db import sessions_for
 
@@ -146,6 +147,21 @@ def test_unknown_route_and_method_use_the_envelope(
         }
 
     with_client(body)
+
+
+def test_a_route_served_without_the_gate_fails_closed() -> None:
+    """Routes take the context the API gate opens for a proven key; without the gate there
+    is none, and the route answers 500 rather than run for nobody."""
+    app = FastAPI()
+    errors.install_error_handlers(app)
+    app.include_router(key_routes.router)
+
+    async def call() -> httpx.Response:
+        async with serve(app, raise_errors=False) as client:
+            return await client.get("/v1/api-keys", headers={"X-API-Key": "wrn_" + "0" * 32})
+
+    reply = asyncio.run(call())
+    assert reply.status_code == 500 and reply.json()["error"]["code"] == "internal_error"
 
 
 @pytest.mark.parametrize(
