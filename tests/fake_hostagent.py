@@ -9,8 +9,9 @@ control plane under test reaches it through its real `HostClient` over real HTTP
 HTTP client and routes, not a mocked object.
 
 Commands are scripted: `/bin/sh -c SCRIPT` looks SCRIPT up in `scripts` (stdout, stderr,
-exit code); anything else answers `ran: SCRIPT`. PTY processes echo their input.
-`fail(op, status, code)` makes the next `op` answer with that error; clearing
+exit code); anything else answers `ran: SCRIPT`. A script given a runtime (`runtimes`)
+past its exec's timeout is answered as killed at its deadline. PTY processes echo their
+input. `fail(op, status, code)` makes the next `op` answer with that error; clearing
 `create_gate` holds creates until it is set again. Every request is logged in `calls`.
 """
 
@@ -120,6 +121,9 @@ class FakeHostAgent:
         self.calls: list[str] = []
         self.exec_bodies: list[dict[str, Any]] = []
         self.scripts: dict[str, tuple[bytes, bytes, int]] = {}
+        # Seconds a script takes; a foreground exec past its timeout_sec is answered as the
+        # guest answers at the deadline: killed (exit -1), with the output scripted so far.
+        self.runtimes: dict[str, float] = {}
         self.create_gate = asyncio.Event()
         self.create_gate.set()
         self.create_arrived = asyncio.Event()  # set when a create reaches the fake
@@ -350,8 +354,12 @@ class FakeHostAgent:
             self._capsule(capsule_id)
             self.exec_bodies.append(body.model_dump())
             out, err, code = self._run(body.cmd, body.args)
+            error, duration_ms = None, 12.4
+            timeout_s = body.timeout_sec
+            if self.runtimes.get(_script(body.cmd, body.args), 0.0) >= timeout_s:
+                code, error, duration_ms = -1, "signal: killed", timeout_s * 1000 + 3.0
             return ExecResponse.of(
-                out, err, exit_code=code, error=None, duration_ms=12.4, pid=next(self._pids)
+                out, err, exit_code=code, error=error, duration_ms=duration_ms, pid=next(self._pids)
             )
 
         @app.post("/v1/capsules/{capsule_id}/exec/stream")
@@ -484,8 +492,13 @@ class FakeHostAgent:
         return app
 
     def _run(self, cmd: str, args: list[str]) -> tuple[bytes, bytes, int]:
-        script = args[1] if cmd == "/bin/sh" and len(args) >= 2 else cmd
+        script = _script(cmd, args)
         return self.scripts.get(script, (f"ran: {script}\n".encode(), b"", 0))
+
+
+def _script(cmd: str, args: list[str]) -> str:
+    """The script of `/bin/sh -c SCRIPT`, or the command itself."""
+    return args[1] if cmd == "/bin/sh" and len(args) >= 2 else cmd
 
 
 def _err(code: str, message: str) -> dict[str, Any]:

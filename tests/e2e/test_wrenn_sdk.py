@@ -117,6 +117,7 @@ def node(guest_image: ImageManifest, tmp_path_factory: pytest.TempPathFactory) -
         WRENN_API_LISTEN=f"127.0.0.1:{api_port}",
         WRENN_EGRESS_DEFAULT="false",  # no guest may reach out
         WRENN_SHUTDOWN_BUDGET_S="60",
+        WRENN_PTY_PING_INTERVAL_S="1",  # 30 s by default: short, so a test sees pings
     )
     env.pop("WRENN_HOST_TOKEN", None)  # the agent writes WRENN_DIR/host-token; we read it
     env.pop("WRENN_DATABASE_URL", None)
@@ -187,6 +188,18 @@ def test_commands(capsule: Capsule) -> None:
     assert events[-1].type == "exit"
 
 
+def test_a_command_past_its_timeout_raises_with_its_output(capsule: Capsule) -> None:
+    """As Wrenn: 502 agent_error, which the SDK raises, not a 200 with exit code -1."""
+    started = time.monotonic()
+    with pytest.raises(wrenn.WrennAgentError) as caught:
+        capsule.commands.run("echo partial; sleep 60", timeout=2)
+    assert time.monotonic() - started < 30  # killed at its deadline, not run out
+    assert caught.value.status_code == 502 and caught.value.code == "agent_error"
+    assert "timed out after 2s" in caught.value.message
+    assert "stdout so far: 'partial\\n'" in caught.value.message
+    assert capsule.commands.run("echo after").stdout == "after\n"  # the capsule is fine
+
+
 def test_files(capsule: Capsule) -> None:
     capsule.files.write("/tmp/e2e/a.txt", "hello file")
     assert capsule.files.read("/tmp/e2e/a.txt") == "hello file"
@@ -246,6 +259,26 @@ def test_pty_resize_and_reconnect(capsule: Capsule) -> None:
         again.write(b"echo K-$KEPT\n")
         assert b"K-yes" in read_until(again, b"K-yes")
         again.kill()
+
+
+def test_pty_keepalive_pings_are_answered(capsule: Capsule) -> None:
+    """The control plane pings an open terminal (every second here); the SDK yields a
+    `ping` event and answers `pong`, and the terminal goes on working."""
+    with capsule.pty(cols=80, rows=24) as term:
+        events = iter(term)
+        assert next(events).type.value == "started"
+        deadline = time.monotonic() + 30
+        while next(events).type.value != "ping":
+            assert time.monotonic() < deadline
+        term.write(b"echo P-$((40+2))\n")
+        seen = b""
+        for event in events:
+            if event.type.value == "output" and isinstance(event.data, bytes):
+                seen += event.data
+                if b"P-42" in seen:
+                    break
+        assert b"P-42" in seen
+        term.kill()
 
 
 def test_pause_resume_keeps_state(capsule: Capsule) -> None:
@@ -351,7 +384,14 @@ def test_destroy(node: Node) -> None:
     with Capsule(memory_mb=256, wait=True, api_key=node.api_key, base_url=node.base_url) as box:
         try:
             assert box.commands.run("echo alive").stdout == "alive\n"
+            with WrennClient(api_key=node.api_key, base_url=node.base_url) as client:
+                assert client.capsules.metrics(box.capsule_id).sandbox_id == box.capsule_id
         finally:
             box.destroy(wait=True)
         assert box.get_info().status.value == "stopped"
         box.destroy()  # a second destroy is fine
+        with (
+            WrennClient(api_key=node.api_key, base_url=node.base_url) as client,
+            pytest.raises(wrenn.WrennNotFoundError),  # as Wrenn: no metrics left
+        ):
+            client.capsules.metrics(box.capsule_id)

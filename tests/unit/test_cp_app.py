@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from pywrenn.controlplane import errors
 from pywrenn.controlplane.app import create_app
 from pywrenn.controlplane.bootstrap import bootstrap_admin
+from pywrenn.controlplane.routes import keys as key_routes
 from pywrenn.controlplane.settings import ControlPlaneSettings
 from tests.controlplane_db import sessions_for
 
@@ -135,17 +136,38 @@ def test_unknown_route_and_method_use_the_envelope(
         assert anonymous.json()["error"]["code"] == "unauthorized"
         auth = {"X-API-Key": await admin_key(db_url)}
         gone = await client.get("/api/v1/nothing-here", headers=auth)
-        assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+        assert gone.status_code == 404 and gone.json()["error"] == {
+            "code": "not_found",
+            "message": "not_found: not found: GET /api/v1/nothing-here",
+        }
         wrong = await client.put("/api/v1/api-keys", headers=auth)
-        assert wrong.status_code == 405 and "error" in wrong.json()
+        assert wrong.status_code == 405 and wrong.json()["error"] == {
+            "code": "invalid_request",
+            "message": "invalid_request: method not allowed: PUT /api/v1/api-keys",
+        }
 
     with_client(body)
+
+
+def test_a_route_served_without_the_gate_fails_closed() -> None:
+    """Routes take the context the API gate opens for a proven key; without the gate there
+    is none, and the route answers 500 rather than run for nobody."""
+    app = FastAPI()
+    errors.install_error_handlers(app)
+    app.include_router(key_routes.router)
+
+    async def call() -> httpx.Response:
+        async with serve(app, raise_errors=False) as client:
+            return await client.get("/v1/api-keys", headers={"X-API-Key": "wrn_" + "0" * 32})
+
+    reply = asyncio.run(call())
+    assert reply.status_code == 500 and reply.json()["error"]["code"] == "internal_error"
 
 
 @pytest.mark.parametrize(
     ("exc", "status", "code"),
     [
-        (errors.InvalidInput("invalid: x"), 400, "invalid_request"),
+        (errors.InvalidInput("invalid_request: x"), 400, "invalid_request"),
         (errors.Unauthorized("unauthorized: x"), 401, "unauthorized"),
         (errors.Forbidden("forbidden: x"), 403, "forbidden"),
         (errors.NotFound("not_found: x"), 404, "not_found"),
@@ -154,7 +176,7 @@ def test_unknown_route_and_method_use_the_envelope(
         (errors.HostHasCapsules("host-x", ["cl-a"]), 409, "host_has_capsules"),
         (errors.AgentError("agent_error: x"), 502, "agent_error"),
         (errors.HostUnavailable("host_unavailable: x"), 503, "host_unavailable"),
-        (errors.ControlPlaneError("internal: x"), 500, "internal_error"),
+        (errors.ControlPlaneError("internal_error: x"), 500, "internal_error"),
         (RuntimeError("boom"), 500, "internal_error"),
     ],
 )

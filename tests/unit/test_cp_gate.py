@@ -55,7 +55,7 @@ def test_chunked_json_over_the_cap_is_413(db_url: str, tmp_path: Path) -> None:
         big = await send_request(h.app, "POST", url, headers=headers, total=50 * MiB)
         assert big.status == 413
         assert big.body["error"]["code"] == "invalid_request"
-        assert big.body["error"]["message"].startswith("too large: body")
+        assert big.body["error"]["message"].startswith("invalid_request: body of more than")
         assert big.pulled <= CAP + 64 * 1024
         declared = await send_request(
             h.app, "POST", url, headers=headers, total=2 * MiB, declare_length=True

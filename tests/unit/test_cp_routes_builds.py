@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from pywrenn.controlplane import buildrunner
+from pywrenn.controlplane import buildlog
 from tests.cp_routes import Harness, run
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
@@ -132,7 +132,7 @@ def test_build_output_is_capped_per_build(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     cap = 64 * 1024
-    monkeypatch.setattr(buildrunner, "MAX_LOG_BYTES", cap)
+    monkeypatch.setattr(buildlog, "MAX_LOG_BYTES", cap)
 
     async def body(h: Harness) -> None:
         h.fake.scripts["noisy"] = (b"o" * 40_000, b"e" * 40_000, 0)

@@ -165,6 +165,27 @@ def test_metrics_ranges(sqlite_url: str, tmp_path: Path) -> None:
     run(sqlite_url, tmp_path, body)
 
 
+def test_metrics_of_a_paused_or_destroyed_capsule(sqlite_url: str, tmp_path: Path) -> None:
+    """A destroyed capsule has no metrics: 404 not_found, as Wrenn (the SDK raises
+    WrennNotFoundError); a paused one is in the wrong state (409)."""
+
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        url = f"/api/v1/capsules/{cid}/metrics"
+        assert (await h.client.post(f"/api/v1/capsules/{cid}/pause")).status_code == 200
+        paused = await h.client.get(url)
+        assert (paused.status_code, paused.json()["error"]["code"]) == (409, "invalid_state")
+        assert (await h.client.delete(f"/api/v1/capsules/{cid}")).status_code == 204
+        gone = await h.client.get(url)
+        assert gone.status_code == 404
+        assert gone.json()["error"] == {
+            "code": "not_found",
+            "message": f"not_found: capsule {cid} is stopped and has no metrics",
+        }
+
+    run(sqlite_url, tmp_path, body)
+
+
 def test_create_validates_and_needs_a_host(sqlite_url: str, tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         r = await h.client.post("/api/v1/capsules", json={"vcpus": 0})

@@ -70,6 +70,42 @@ def test_exec_foreground_and_background(sqlite_url: str, tmp_path: Path) -> None
     run(sqlite_url, tmp_path, body)
 
 
+def test_exec_killed_at_its_timeout_is_an_agent_error(sqlite_url: str, tmp_path: Path) -> None:
+    """Wrenn answers a foreground exec that hit its timeout with 502 agent_error (the SDK
+    raises); the output it wrote so far is in the message, its last 2048 characters."""
+
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        url = f"/api/v1/capsules/{cid}/exec"
+        h.fake.scripts["echo partial; sleep 60"] = (b"partial\n", b"warming up\n", 0)
+        h.fake.runtimes["echo partial; sleep 60"] = 60.0
+        slow = {"cmd": "/bin/sh", "args": ["-c", "echo partial; sleep 60"], "timeout_sec": 2}
+        r = await h.client.post(url, json=slow)
+        assert r.status_code == 502
+        assert r.json()["error"] == {
+            "code": "agent_error",
+            "message": "agent_error: command timed out after 2s and was killed; "
+            "stdout so far: 'partial\\n'; stderr so far: 'warming up\\n'",
+        }
+        # Long output keeps its tail; undecodable output is shown decoded, not base64.
+        h.fake.scripts["noisy"] = (b"x" * 5000 + b"END", b"\xff\xfe", 0)
+        h.fake.runtimes["noisy"] = 60.0
+        r = await h.client.post(url, json={"cmd": "/bin/sh", "args": ["-c", "noisy"]})
+        message = r.json()["error"]["message"]
+        assert r.status_code == 502 and "timed out after 30s" in message  # the default
+        assert "(its last 2048 of 5003 characters)" in message and "xEND'" in message
+        assert len(message) < 2 * 2048 + 300
+        assert "stderr so far: '\ufffd\ufffd'" in message  # U+FFFD: not UTF-8
+        # The same command within its time, and a command that killed itself, are 200s.
+        r = await h.client.post(url, json={**slow, "timeout_sec": 120})
+        assert r.status_code == 200 and r.json()["stdout"] == "partial\n"
+        h.fake.scripts["kill -9 $$"] = (b"", b"", -1)
+        r = await h.client.post(url, json={"cmd": "/bin/sh", "args": ["-c", "kill -9 $$"]})
+        assert r.status_code == 200 and r.json()["exit_code"] == -1
+
+    run(sqlite_url, tmp_path, body)
+
+
 def test_exec_on_paused_or_foreign_capsule(sqlite_url: str, tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         cid = await h.capsule()
@@ -165,5 +201,27 @@ def test_pty_start_input_resize_reconnect_kill(sqlite_url: str, tmp_path: Path) 
             await ws.send_text(json.dumps({"type": "connect", "tag": "pty-missing"}))
             error = await ws.receive_json()
             assert error["type"] == "error" and "not_found" in error["data"]
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_pty_pings_the_client_and_takes_pongs(sqlite_url: str, tmp_path: Path) -> None:
+    """A keepalive `{"type": "ping"}` every WRENN_PTY_PING_INTERVAL_S (30 s; 50 ms here);
+    the SDK answers `pong`, and the terminal goes on as before."""
+
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        settings = h.app.state.settings
+        h.app.state.settings = settings.model_copy(update={"pty_ping_interval_s": 0.05})
+        async with h.ws(f"/api/v1/capsules/{cid}/pty") as ws:
+            await ws.send_text(json.dumps({"type": "start", "cmd": "/bin/bash"}))
+            assert (await ws.receive_json())["type"] == "started"
+            for _ in range(2):
+                assert await ws.receive_json() == {"type": "ping"}
+                await ws.send_text(json.dumps({"type": "pong"}))
+            await ws.send_bytes(b"still here\n")
+            while isinstance(message := await ws.receive(), TextMessage):
+                assert json.loads(message.data) == {"type": "ping"}
+            assert isinstance(message, BytesMessage) and message.data == b"still here\n"
 
     run(sqlite_url, tmp_path, body)

@@ -43,6 +43,7 @@ def test_settings_defaults(tmp_path: Path) -> None:
     assert settings.effective_database_url() == f"sqlite:///{Layout(tmp_path).database_file}"
     assert settings.effective_proxy_domain() == "127.0.0.1:8080"
     assert settings.effective_agent_url() == "http://127.0.0.1:50051"
+    assert settings.pty_ping_interval_s == 30.0
     url = "postgresql://x@h/d"
     assert ControlPlaneSettings(database_url=url).database_url == "postgresql+psycopg://x@h/d"
 
@@ -55,6 +56,7 @@ def test_settings_defaults(tmp_path: Path) -> None:
         ("proxy_domain", "https://x.dev/api", "WRENN_PROXY_DOMAIN"),
         ("agent_url", "127.0.0.1:50051", "WRENN_AGENT_URL"),
         ("host_monitor_interval_s", 0, "interval"),
+        ("pty_ping_interval_s", 0, "interval"),
         ("api_listen", "nowhere", "listen"),
     ],
 )

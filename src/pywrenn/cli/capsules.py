@@ -6,6 +6,7 @@ Owns: the capsule commands and their table columns; `shell` lives in shell.py.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import typer
 
@@ -20,7 +21,9 @@ CAPSULE_COLUMNS = ["id", "status", "template", "vcpus", "memory_mb", "timeout_se
 @capsule_app.command("create")
 def capsule_create(
     ctx: typer.Context,
-    template: str = typer.Option("minimal-ubuntu", help="template name"),
+    template: str | None = typer.Option(
+        None, help="template name (default: the platform's base template)"
+    ),
     vcpus: int = typer.Option(1),
     memory_mb: int = typer.Option(512),
     timeout_sec: int = typer.Option(0, help="pause after this many idle seconds (0: never)"),
@@ -31,11 +34,14 @@ def capsule_create(
     """Create a capsule and wait until it runs."""
     with api(ctx, url, api_key) as client:
         with err.status("creating capsule"):
-            capsule = run(
-                lambda: client.create_capsule(
-                    template=template, vcpus=vcpus, memory_mb=memory_mb, timeout_sec=timeout_sec
-                )
-            )
+            body: dict[str, Any] = {
+                "vcpus": vcpus,
+                "memory_mb": memory_mb,
+                "timeout_sec": timeout_sec,
+            }
+            if template is not None:  # else the control plane's default
+                body["template"] = template
+            capsule = run(lambda: client.create_capsule(**body))
         show(capsule, as_json, CAPSULE_COLUMNS)
 
 

@@ -11,13 +11,14 @@ Knows nothing of: what the routes do.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
 
-from fastapi import APIRouter, FastAPI
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.openapi.utils import get_openapi
 from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pywrenn.layout import Layout
@@ -29,7 +30,7 @@ from .buildrunner import BuildRunner
 from .clock import Clock, system_clock
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
-from .deps import API_KEY_SCHEME, SessionDep
+from .deps import API_KEY_SCHEME
 from .errors import ENVELOPE_SCHEMA, install_error_handlers
 from .gate import ApiGate
 from .hostclient import HostAgentAPI, HostClient, file_token
@@ -64,6 +65,38 @@ def create_app(
 ) -> FastAPI:
     """The app. `host_agent` replaces the HTTP client of the local agent (tests, `wrenn up`);
     whoever passes it in also closes it."""
+    app = FastAPI(
+        title="pywrenn control plane",
+        description=(package_doc or "").strip().splitlines()[0],
+        version="0.1.0",
+        lifespan=_lifespan(settings, clock, host_agent),
+    )
+    app.state.settings = settings
+    app.state.clock = clock
+    app.state.auth_cache = AuthCache()
+    app.state.streams = StreamRegistry(
+        app.state.auth_cache, per_team_limit=settings.max_open_streams_per_team
+    )
+    install_error_handlers(app)
+    app.add_api_route("/health", health, methods=["GET"], tags=["health"])
+    outer = APIRouter(prefix=API_PREFIX)
+    for router in API_ROUTERS:
+        outer.include_router(router)
+    app.include_router(outer)
+    # Keys are checked, and bodies capped, before any body is read (gate.py).
+    app.add_middleware(ApiGate)
+    # The API also answers without `/api` (`/v1/...`): rewritten, not routed twice, as
+    # every route matched against two copies cost each request on the exec path.
+    app.add_middleware(BarePathsToApi)
+    app.openapi = lambda: _openapi_with_key(app)  # type: ignore[method-assign]
+    return app
+
+
+def _lifespan(
+    settings: ControlPlaneSettings, clock: Clock, host_agent: HostAgentAPI | None
+) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
+    """Migrate, open the engine, connect the local host, then run the background work
+    (host monitor, builds, boots) in one TaskGroup until the app stops."""
     url = settings.effective_database_url()
 
     @asynccontextmanager
@@ -77,7 +110,9 @@ def create_app(
             stack.push_async_callback(engine.dispose)
             app.state.engine = engine
             app.state.sessions = make_session_factory(engine)
-            app.state.hosts = await _connect_local_host(app, stack, host_agent)
+            app.state.hosts = await _connect_local_host(
+                app.state.sessions, settings, clock, stack, host_agent
+            )
             # Exiting the group waits for in-flight work (a boot ends within the host
             # client's create timeout), so no capsule row is left half-moved by a stop.
             monitor = HostMonitor(
@@ -91,7 +126,11 @@ def create_app(
                 # First round before serving: after a restart the rows match the hosts.
                 await monitor.run_once()
                 runner = BuildRunner(
-                    app.state.sessions, app.state.hosts, clock, Layout(settings.dir).builds_dir
+                    app.state.sessions,
+                    app.state.hosts,
+                    clock,
+                    Layout(settings.dir).builds_dir,
+                    app.state.background,
                 )
                 app.state.builds = runner
                 await runner.clean_interrupted()
@@ -104,55 +143,40 @@ def create_app(
                     watcher.cancel()
                     runner.cancel_all()  # a build is minutes long; a stop must not wait
 
-    async def _connect_local_host(
-        app: FastAPI, stack: AsyncExitStack, given: HostAgentAPI | None
-    ) -> HostPool:
-        address = settings.effective_agent_url()
-        client = given
-        if client is None:
-            token = file_token(Layout(settings.dir).host_token_file)
-            owned = HostClient(address, token)
-            stack.push_async_callback(owned.aclose)
-            client = owned
-        async with app.state.sessions() as session:
-            host = await host_rows.register_host(
-                session, name=LOCAL_HOST_NAME, address=address, now=clock()
-            )
-            await host_rows.mark_online(session, host_id=host.id, now=clock())
-        pool = HostPool()
-        pool.add(host.id, client)
-        return pool
+    return lifespan
 
-    app = FastAPI(
-        title="pywrenn control plane",
-        description=(package_doc or "").strip().splitlines()[0],
-        version="0.1.0",
-        lifespan=lifespan,
-    )
-    app.state.settings = settings
-    app.state.clock = clock
-    app.state.auth_cache = AuthCache()
-    app.state.streams = StreamRegistry(
-        app.state.auth_cache, per_team_limit=settings.max_open_streams_per_team
-    )
-    install_error_handlers(app)
 
-    @app.get("/health", tags=["health"])
-    async def health(session: SessionDep) -> Health:
+async def _connect_local_host(
+    sessions: async_sessionmaker[AsyncSession],
+    settings: ControlPlaneSettings,
+    clock: Clock,
+    stack: AsyncExitStack,
+    given: HostAgentAPI | None,
+) -> HostPool:
+    """The pool with the local host agent in it, registered (and marked online) as a host
+    row; its HTTP client is closed with `stack` unless it was `given`."""
+    address = settings.effective_agent_url()
+    client = given
+    if client is None:
+        token = file_token(Layout(settings.dir).host_token_file)
+        owned = HostClient(address, token)
+        stack.push_async_callback(owned.aclose)
+        client = owned
+    async with sessions() as session:
+        host = await host_rows.register_host(
+            session, name=LOCAL_HOST_NAME, address=address, now=clock()
+        )
+        await host_rows.mark_online(session, host_id=host.id, now=clock())
+    pool = HostPool()
+    pool.add(host.id, client)
+    return pool
+
+
+async def health(request: Request) -> Health:
+    """Not under /api: no caller, no context; only the database is asked."""
+    async with request.app.state.sessions() as session:
         await session.execute(text("SELECT 1"))
-        return Health(status="ok", database="ok")
-
-    outer = APIRouter(prefix=API_PREFIX)
-    for router in API_ROUTERS:
-        outer.include_router(router)
-    app.include_router(outer)
-    # Keys are checked, and bodies capped, before any body is read (gate.py).
-    app.add_middleware(ApiGate)
-    # The API also answers without `/api` (`/v1/...`): rewritten, not routed twice, as
-    # every route matched against two copies cost each request on the exec path.
-    app.add_middleware(BarePathsToApi)
-    app.openapi = lambda: _openapi_with_key(app)  # type: ignore[method-assign]
-    return app
+    return Health(status="ok", database="ok")
 
 
 def _openapi_with_key(app: FastAPI) -> dict[str, Any]:

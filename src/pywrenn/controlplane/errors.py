@@ -11,6 +11,7 @@
     │   └── HostHasCapsules         409 host_has_capsules (+ top-level "capsule_ids")
     ├── LimitExceeded               429 limit_exceeded    (a team is at a limit)
     ├── AgentError                  502 agent_error       (the host agent answered with a failure)
+    │   └── CommandTimedOut         502 agent_error       (a foreground exec killed at its deadline)
     └── HostUnavailable             503 host_unavailable  (no host could be reached or chosen)
 
 Owns: that tree and `install_error_handlers(app)`. Services raise these and never an
@@ -81,7 +82,7 @@ class HostHasCapsules(Conflict):
     code = "host_has_capsules"
 
     def __init__(self, host_id: str, capsule_ids: list[str]) -> None:
-        super().__init__(f"conflict: host {host_id} still has {len(capsule_ids)} capsules")
+        super().__init__(f"host_has_capsules: host {host_id} still has {len(capsule_ids)} capsules")
         self.capsule_ids = capsule_ids
 
 
@@ -94,6 +95,11 @@ class LimitExceeded(ControlPlaneError):
 
 class AgentError(ControlPlaneError):
     status, code = 502, "agent_error"
+
+
+class CommandTimedOut(AgentError):
+    """The guest killed a foreground command at its deadline; Wrenn answers that with
+    `agent_error` too. The caller's command, not a failure here: it is not logged."""
 
 
 class HostUnavailable(ControlPlaneError):
@@ -142,7 +148,7 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, ControlPlaneError)
         if isinstance(exc, HostHasCapsules):
             return envelope(exc.status, exc.code, exc.message, capsule_ids=exc.capsule_ids)
-        if exc.status >= 500:
+        if exc.status >= 500 and not isinstance(exc, CommandTimedOut):
             log.error("request failed: %s", exc.message)
         return envelope(exc.status, exc.code, exc.message)
 
@@ -150,17 +156,20 @@ def install_error_handlers(app: FastAPI) -> None:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-        message = f"invalid: {where or 'request'}: {first.get('msg', 'malformed')}"
+        message = f"invalid_request: {where or 'request'}: {first.get('msg', 'malformed')}"
         return envelope(400, "invalid_request", message)
 
-    async def on_http(_: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
         code = _HTTP_CODES.get(exc.status_code, "internal_error")
-        return envelope(exc.status_code, code, str(exc.detail))
+        # Starlette's detail is the status phrase ("Not Found"): say what it was about.
+        what = f"{request.method} {request.url.path}"
+        message = f"{code}: {str(exc.detail).lower()}: {what}"
+        return envelope(exc.status_code, code, message)
 
     async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return envelope(500, "internal_error", "internal: unexpected server error")
+        return envelope(500, "internal_error", "internal_error: unexpected server error")
 
     app.add_exception_handler(ControlPlaneError, on_domain)
     app.add_exception_handler(RequestValidationError, on_validation)

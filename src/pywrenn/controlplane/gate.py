@@ -1,14 +1,15 @@
 """The gate in front of the Wrenn API (pure ASGI middleware).
 
-Owns: for every HTTP request under `/api/`, checking the `X-API-Key` (the same check as
-`TeamDep`, `deps.authenticate_api_key`, with its short cache) before any byte of the body
-is read, and capping bodies by the bytes actually received (chunked too). A refused key
-gets the 401 envelope the dependency gives; an over-cap body a 413. The caller is left
-in the request's state, so `TeamDep` does not check the key a second time.
+Owns: for every HTTP request under `/api/`, checking the `X-API-Key`
+(`deps.authenticate_api_key`, with its short cache) before any byte of the body is read,
+opening the request's `RequestContext` for the caller it proved (left in the request's
+state for `deps.ContextDep`, and closed here once the response is done), and capping
+bodies by the bytes actually received (chunked too). A refused key gets the 401
+envelope; an over-cap body a 413.
 Uploads that stream (a file write, a build's multipart archive) are not capped here:
 their routes stream and bound them; they are still authenticated first.
 Knows nothing of: what routes do. WebSocket upgrades carry no body before the route
-authenticates them (`ws_caller`); they pass through.
+authenticates them (`deps.ws_context`); they pass through.
 
 Why the full key check here rather than "is there a key header at all": a bogus key
 must not make us read a body either, and this costs no more than before: the same cache
@@ -26,7 +27,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pywrenn.bodycap import declared_too_large, refuse, run_capped
 
-from .deps import API_KEY_HEADER, CALLER_STATE_KEY, authenticate_api_key
+from .context import RequestContext
+from .deps import API_KEY_HEADER, CONTEXT_STATE_KEY, authenticate_api_key
 from .errors import Unauthorized, envelope
 
 log = logging.getLogger(__name__)
@@ -54,10 +56,17 @@ class ApiGate:
             return
         except Exception:  # the database: the same envelope the error handlers give
             log.exception("key check failed on %s %s", scope["method"], scope["path"])
-            failed = envelope(500, "internal_error", "internal: unexpected server error")
+            failed = envelope(500, "internal_error", "internal_error: unexpected server error")
             await refuse(scope, send, failed)
             return
-        scope.setdefault("state", {})[CALLER_STATE_KEY] = caller
+        ctx = RequestContext.open(scope["app"].state, caller)
+        scope.setdefault("state", {})[CONTEXT_STATE_KEY] = ctx
+        try:
+            await self._capped(scope, receive, send, headers)
+        finally:
+            await ctx.aclose()
+
+    async def _capped(self, scope: Scope, receive: Receive, send: Send, headers: Headers) -> None:
         if _streams_an_upload(scope, headers):
             await self.app(scope, receive, send)
             return
@@ -70,7 +79,7 @@ class ApiGate:
 
 def _too_large(limit: int, declared: int | None = None) -> Response:
     size = f"of {declared} bytes" if declared is not None else f"of more than {limit} bytes"
-    message = f"too large: body {size}; the limit is {limit} bytes"
+    message = f"invalid_request: body {size} is too large; the limit is {limit} bytes"
     response: JSONResponse = envelope(413, "invalid_request", message)
     return response
 

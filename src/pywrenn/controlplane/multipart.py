@@ -20,7 +20,21 @@ from pywrenn.envd.multipart import (
     parse_header_params,
 )
 
-__all__ = ["MultipartError", "MultipartStream", "Part", "boundary_from_content_type"]
+from .errors import InvalidInput
+
+__all__ = [
+    "MultipartError",
+    "MultipartStream",
+    "Part",
+    "as_invalid_input",
+    "boundary_from_content_type",
+]
+
+
+def as_invalid_input(exc: MultipartError) -> InvalidInput:
+    """A malformed upload as the API answers it: 400 `invalid_request`, saying what was
+    wrong (the parser's messages carry its own `invalid:` prefix; the API's is the code)."""
+    return InvalidInput(f"invalid_request: {str(exc).removeprefix('invalid: ')}")
 
 
 @dataclass

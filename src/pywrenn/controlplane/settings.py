@@ -44,6 +44,10 @@ class ControlPlaneSettings(Settings):
         default=64 * 1024, ge=0, description="memory (MiB) of a team's capsules"
     )
     team_max_builds: int = Field(default=4, ge=0, description="builds a team may run at once")
+    pty_ping_interval_s: float = Field(
+        default=30.0,
+        description='how often a terminal WebSocket sends {"type": "ping"}; the SDK answers pong',
+    )
     max_open_streams_per_team: int = Field(
         default=256,
         ge=1,
@@ -78,7 +82,7 @@ class ControlPlaneSettings(Settings):
             raise ValueError(f"invalid: WRENN_AGENT_URL {value!r} must start with http(s)://")
         return value.rstrip("/")
 
-    @field_validator("host_monitor_interval_s", "host_heartbeat_grace_s")
+    @field_validator("host_monitor_interval_s", "host_heartbeat_grace_s", "pty_ping_interval_s")
     @classmethod
     def _check_positive(cls, value: float) -> float:
         if not value > 0:

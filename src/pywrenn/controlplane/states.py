@@ -48,27 +48,64 @@ class CapsuleStatus(StrEnum):
     ERROR = "error"
 
 
-S = CapsuleStatus
-
 ALLOWED: dict[CapsuleStatus, frozenset[CapsuleStatus]] = {
-    S.PENDING: frozenset({S.STARTING, S.RUNNING, S.STOPPING, S.MISSING, S.ERROR}),
-    S.STARTING: frozenset({S.RUNNING, S.STOPPING, S.MISSING, S.ERROR}),
-    S.RUNNING: frozenset({S.PAUSING, S.PAUSED, S.STOPPING, S.STOPPED, S.MISSING, S.ERROR}),
-    S.PAUSING: frozenset({S.PAUSED, S.RUNNING, S.STOPPING, S.ERROR}),
+    CapsuleStatus.PENDING: frozenset(
+        {
+            CapsuleStatus.STARTING,
+            CapsuleStatus.RUNNING,
+            CapsuleStatus.STOPPING,
+            CapsuleStatus.MISSING,
+            CapsuleStatus.ERROR,
+        }
+    ),
+    CapsuleStatus.STARTING: frozenset(
+        {CapsuleStatus.RUNNING, CapsuleStatus.STOPPING, CapsuleStatus.MISSING, CapsuleStatus.ERROR}
+    ),
+    CapsuleStatus.RUNNING: frozenset(
+        {
+            CapsuleStatus.PAUSING,
+            CapsuleStatus.PAUSED,
+            CapsuleStatus.STOPPING,
+            CapsuleStatus.STOPPED,
+            CapsuleStatus.MISSING,
+            CapsuleStatus.ERROR,
+        }
+    ),
+    CapsuleStatus.PAUSING: frozenset(
+        {CapsuleStatus.PAUSED, CapsuleStatus.RUNNING, CapsuleStatus.STOPPING, CapsuleStatus.ERROR}
+    ),
     # paused → running: the host resumed it on its own (after making a template from it).
-    S.PAUSED: frozenset({S.RESUMING, S.RUNNING, S.STOPPING, S.ERROR}),
-    S.RESUMING: frozenset({S.RUNNING, S.PAUSED, S.STOPPING, S.ERROR}),
-    S.STOPPING: frozenset({S.STOPPED, S.ERROR}),
-    S.STOPPED: frozenset(),
-    S.MISSING: frozenset({S.RUNNING, S.PAUSED, S.STOPPING, S.STOPPED, S.ERROR}),
-    S.ERROR: frozenset({S.STOPPING, S.STOPPED}),
+    CapsuleStatus.PAUSED: frozenset(
+        {CapsuleStatus.RESUMING, CapsuleStatus.RUNNING, CapsuleStatus.STOPPING, CapsuleStatus.ERROR}
+    ),
+    CapsuleStatus.RESUMING: frozenset(
+        {CapsuleStatus.RUNNING, CapsuleStatus.PAUSED, CapsuleStatus.STOPPING, CapsuleStatus.ERROR}
+    ),
+    CapsuleStatus.STOPPING: frozenset({CapsuleStatus.STOPPED, CapsuleStatus.ERROR}),
+    CapsuleStatus.STOPPED: frozenset(),
+    CapsuleStatus.MISSING: frozenset(
+        {
+            CapsuleStatus.RUNNING,
+            CapsuleStatus.PAUSED,
+            CapsuleStatus.STOPPING,
+            CapsuleStatus.STOPPED,
+            CapsuleStatus.ERROR,
+        }
+    ),
+    CapsuleStatus.ERROR: frozenset({CapsuleStatus.STOPPING, CapsuleStatus.STOPPED}),
 }
 
 # Statuses in which a capsule still holds (or may hold) resources on a host.
-LIVE: frozenset[CapsuleStatus] = frozenset(set(S) - {S.STOPPED, S.ERROR})
+LIVE: frozenset[CapsuleStatus] = frozenset(
+    set(CapsuleStatus) - {CapsuleStatus.STOPPED, CapsuleStatus.ERROR}
+)
 
 # Timestamps a move stamps, beside updated_at.
-_STAMPS = {S.RUNNING: "started_at", S.PAUSED: "paused_at", S.STOPPED: "stopped_at"}
+_STAMPS = {
+    CapsuleStatus.RUNNING: "started_at",
+    CapsuleStatus.PAUSED: "paused_at",
+    CapsuleStatus.STOPPED: "stopped_at",
+}
 
 
 def sources_of(to: CapsuleStatus) -> frozenset[CapsuleStatus]:

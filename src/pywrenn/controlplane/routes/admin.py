@@ -9,80 +9,33 @@ Any other key, including every tenant team's, is 403 `forbidden`.
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
-from pydantic import BaseModel, Field
 
-from pywrenn.ids import IdKind
-
-from .. import publicids
-from ..db.models import Team
-from ..deps import NowDep, SessionDep, TeamDep
+from ..context import RequestContext
+from ..deps import ContextDep
+from ..schemas.admin import TeamCreate, TeamCreated, TeamPublic
 from ..schemas.wrenn import ApiKeyCreated, ApiKeyPublic
-from ..services import admin, keys
+from ..services import admin
 
 router = APIRouter(prefix="/v1/admin", tags=["admin"])
 
 
-async def _admin(caller: TeamDep, session: SessionDep) -> keys.Caller:
-    await admin.require_admin(session, key_id=caller.key_id)
-    return caller
+async def _admin(ctx: ContextDep) -> RequestContext:
+    await admin.require_admin(ctx)
+    return ctx
 
 
-AdminDep = Annotated[keys.Caller, Depends(_admin)]
-
-
-class TeamCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=128)
-    slug: str = Field(default="", max_length=63)
-    max_capsules: int | None = Field(default=None, ge=0)
-    max_vcpus: int | None = Field(default=None, ge=0)
-    max_memory_mb: int | None = Field(default=None, ge=0)
-    max_builds: int | None = Field(default=None, ge=0)
-
-
-class TeamPublic(BaseModel):
-    id: str
-    name: str
-    slug: str
-    created_at: datetime
-    max_capsules: int | None
-    max_vcpus: int | None
-    max_memory_mb: int | None
-    max_builds: int | None
-
-    @classmethod
-    def of(cls, row: Team) -> TeamPublic:
-        return cls(
-            id=publicids.format_id(row.id, IdKind.TEAM),
-            name=row.name,
-            slug=row.slug,
-            created_at=row.created_at,
-            max_capsules=row.max_capsules,
-            max_vcpus=row.max_vcpus,
-            max_memory_mb=row.max_memory_mb,
-            max_builds=row.max_builds,
-        )
-
-
-class TeamCreated(BaseModel):
-    """Returned once: `api_key.key` is the team's first key, shown only here."""
-
-    team: TeamPublic
-    api_key: ApiKeyCreated
+AdminContextDep = Annotated[RequestContext, Depends(_admin)]
 
 
 @router.post("/teams", status_code=201)
-async def create_team(
-    body: TeamCreate, _: AdminDep, session: SessionDep, now: NowDep
-) -> TeamCreated:
+async def create_team(body: TeamCreate, ctx: AdminContextDep) -> TeamCreated:
     made = await admin.create_team(
-        session,
+        ctx,
         name=body.name,
         slug=body.slug,
-        now=now,
         limits=admin.LimitOverrides(
             capsules=body.max_capsules,
             vcpus=body.max_vcpus,
@@ -95,5 +48,5 @@ async def create_team(
 
 
 @router.get("/teams")
-async def list_teams(_: AdminDep, session: SessionDep) -> list[TeamPublic]:
-    return [TeamPublic.of(row) for row in await admin.list_teams(session)]
+async def list_teams(ctx: AdminContextDep) -> list[TeamPublic]:
+    return [TeamPublic.of(row) for row in await admin.list_teams(ctx)]

@@ -12,21 +12,23 @@ from __future__ import annotations
 
 import json
 import os
-from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import ValidationError
 
-from ..buildrunner import BuildRunner
-from ..db.models import TemplateBuild, TemplateBuildLog
-from ..deps import BackgroundDep, NowDep, SessionDep, SettingsDep, TeamDep, actor_of
+from ..deps import ContextDep
 from ..errors import InvalidInput
-from ..multipart import MultipartError, MultipartStream, boundary_from_content_type
+from ..multipart import (
+    MultipartError,
+    MultipartStream,
+    as_invalid_input,
+    boundary_from_content_type,
+)
+from ..schemas.builds import BuildCreate, BuildPublic, LogPage
 from ..services import builds
-from ..services.limits import limits_of
 
 router = APIRouter(prefix="/v1/builds", tags=["builds"])
 
@@ -34,88 +36,9 @@ MAX_FIELD_BYTES = 256 * 1024
 MAX_ARCHIVE_BYTES = 4 << 30
 
 
-class BuildCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=63)
-    recipe: str = Field(min_length=1)
-    healthcheck: str | None = None
-    vcpus: int = Field(default=1, ge=1, le=64)
-    memory_mb: int = Field(default=512, ge=128, le=1 << 20)
-    overwrite: bool = False
-
-
-class StepPublic(BaseModel):
-    index: int
-    text: str
-    status: str
-    started_at: str | None = None
-    finished_at: str | None = None
-    exit_code: int | None = None
-
-
-class BuildPublic(BaseModel):
-    id: str
-    name: str
-    base_template: str
-    status: str
-    current_step: int
-    total_steps: int
-    steps: list[StepPublic]
-    error: str | None
-    capsule_id: str | None  # the build's own capsule, while it runs
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-    @classmethod
-    def of(cls, row: TemplateBuild) -> BuildPublic:
-        return cls(
-            id=builds.api_id(row),
-            name=row.name,
-            base_template=row.base_template,
-            status=row.status,
-            current_step=row.current_step,
-            total_steps=len(row.steps),
-            steps=[StepPublic(**s) for s in row.steps],
-            error=row.error,
-            capsule_id=row.capsule_id,
-            created_at=row.created_at,
-            started_at=row.started_at,
-            finished_at=row.finished_at,
-        )
-
-
-class LogLine(BaseModel):
-    id: int
-    step: int
-    stream: str
-    text: str
-
-    @classmethod
-    def of(cls, row: TemplateBuildLog) -> LogLine:
-        return cls(id=row.id, step=row.step, stream=row.stream, text=row.text)
-
-
-class LogPage(BaseModel):
-    lines: list[LogLine]
-    next: int
-    done: bool
-
-
-def _runner(request: Request) -> BuildRunner:
-    runner: BuildRunner = request.app.state.builds
-    return runner
-
-
 @router.post("", status_code=202)
-async def create_build(
-    request: Request,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    background: BackgroundDep,
-    settings: SettingsDep,
-) -> BuildPublic:
-    runner = _runner(request)
+async def create_build(request: Request, ctx: ContextDep) -> BuildPublic:
+    runner = ctx.builds
     runner.archives_dir.mkdir(parents=True, exist_ok=True)
     upload = runner.archives_dir / f".upload-{os.getpid()}-{id(request)}"
     try:
@@ -129,56 +52,38 @@ async def create_build(
             overwrite=body.overwrite,
             archive_bytes=archive_bytes,
         )
-        row = await builds.submit(
-            session, team_id=team.team_id, spec=spec, now=now, team_limits=limits_of(settings)
-        )
+        row = await builds.submit(ctx, spec)
         if archive_bytes:
             upload.rename(runner.archive_path(row.id))
     finally:
         upload.unlink(missing_ok=True)
-    task = background.spawn(runner.run(row.id, actor_of(team)), name=f"build {builds.api_id(row)}")
-    runner.track(row.id, task)
+    runner.start(row.id, ctx.actor)
     return BuildPublic.of(row)
 
 
 @router.get("")
-async def list_builds(team: TeamDep, session: SessionDep) -> list[BuildPublic]:
-    return [BuildPublic.of(r) for r in await builds.list_builds(session, team_id=team.team_id)]
+async def list_builds(ctx: ContextDep) -> list[BuildPublic]:
+    return [BuildPublic.of(row) for row in await builds.list_builds(ctx)]
 
 
 @router.get("/{build_id}")
-async def get_build(build_id: str, team: TeamDep, session: SessionDep) -> BuildPublic:
-    return BuildPublic.of(await builds.get(session, team_id=team.team_id, build_id=build_id))
+async def get_build(build_id: str, ctx: ContextDep) -> BuildPublic:
+    return BuildPublic.of(await builds.get(ctx, build_id))
 
 
 @router.get("/{build_id}/logs")
 async def build_logs(
     build_id: str,
-    team: TeamDep,
-    session: SessionDep,
+    ctx: ContextDep,
     after: Annotated[int, Query(ge=0)] = 0,
     limit: Annotated[int, Query(ge=1, le=builds.MAX_LOG_PAGE)] = builds.MAX_LOG_PAGE,
 ) -> LogPage:
-    row = await builds.get(session, team_id=team.team_id, build_id=build_id)
-    # Read the status first: a build that was done before its lines were read has no more.
-    done = row.status in builds.FINISHED
-    lines = await builds.logs(session, build=row, after=after, limit=limit)
-    return LogPage(
-        lines=[LogLine.of(r) for r in lines],
-        next=lines[-1].id if lines else after,
-        done=done and len(lines) < limit,
-    )
+    return await builds.log_page(ctx, build_id, after=after, limit=limit)
 
 
 @router.post("/{build_id}/cancel", status_code=202)
-async def cancel_build(
-    build_id: str, request: Request, team: TeamDep, session: SessionDep, now: NowDep
-) -> JSONResponse:
-    row = await builds.get(session, team_id=team.team_id, build_id=build_id)
-    if row.status in builds.ACTIVE and not _runner(request).cancel(row.id):
-        # Queued here but not running in this process (or its process is gone).
-        await builds.finish(session, row.id, status="cancelled", now=now)
-    row = await builds.get(session, team_id=team.team_id, build_id=build_id)
+async def cancel_build(build_id: str, ctx: ContextDep) -> JSONResponse:
+    row = await builds.cancel(ctx, build_id)
     return JSONResponse(BuildPublic.of(row).model_dump(mode="json"), status_code=202)
 
 
@@ -193,7 +98,7 @@ async def _read_body(request: Request, upload: Path) -> tuple[BuildCreate, int]:
         where = ".".join(str(p) for p in first.get("loc", ()))
         raise InvalidInput(f"invalid_request: {where}: {first.get('msg')}") from None
     except MultipartError as exc:
-        raise InvalidInput(f"invalid_request: {exc}") from None
+        raise as_invalid_input(exc) from None
 
 
 async def _read_multipart(

@@ -17,12 +17,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from ..context import RequestContext
 from ..db.models import Capsule
-from ..deps import ClockDep, SessionsDep, TeamDep
+from ..deps import ContextDep
 from ..errors import LimitExceeded, envelope
 from ..schemas.wrenn import SSEEventPublic
 from ..services import capsules, events
-from ..services.keys import Caller
 from ..streams import Lease, lease_for
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
@@ -50,15 +50,14 @@ def frame(kind: str, payload: str) -> bytes:
 
 
 @router.get("/stream")
-async def stream(
-    request: Request, team: TeamDep, sessions: SessionsDep, clock: ClockDep
-) -> StreamingResponse:
-    async with sessions() as session:
-        start = await events.latest_id(session, team_id=team.team_id)
-    lease = lease_for(request, team, cancel_on_revoke=False)
+async def stream(request: Request, ctx: ContextDep) -> StreamingResponse:
+    # Sessions of the stream's own, one per poll: the request's would stay open with it.
+    async with ctx.sessions() as session:
+        start = await events.latest_id(session, team_id=ctx.team_id)
+    lease = lease_for(request, ctx.caller, cancel_on_revoke=False)
     return LeasedStream(
         lease,
-        event_frames(request, team, sessions, clock, after=start, lease=lease),
+        event_frames(request, ctx, after=start, lease=lease),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store"},
     )
@@ -81,20 +80,14 @@ class LeasedStream(StreamingResponse):
 
 
 async def event_frames(
-    request: Request,
-    team: Caller,
-    sessions: SessionsDep,
-    clock: ClockDep,
-    *,
-    after: int,
-    lease: Lease,
+    request: Request, ctx: RequestContext, *, after: int, lease: Lease
 ) -> AsyncIterator[bytes]:
-    connected = {"event": "connected", "timestamp": clock().isoformat()}
+    connected = {"event": "connected", "timestamp": ctx.clock().isoformat()}
     yield frame("connected", json.dumps(connected))
     quiet = 0.0
     while not await request.is_disconnected():
-        async with sessions() as session:
-            rows = await events.since(session, team_id=team.team_id, after=after)
+        async with ctx.sessions() as session:
+            rows = await events.since(session, team_id=ctx.team_id, after=after)
             for row in rows:
                 after = row.id
                 if row.event not in SDK_EVENTS:

@@ -15,15 +15,16 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import APIRouter, Request, Response, WebSocket
+from fastapi import APIRouter, Response, WebSocket
 
 from pywrenn.hostagent.wire import ProcessSpec
 
-from ..deps import HostsDep, NowDep, SessionDep, TeamDep, ws_caller
+from ..context import RequestContext
+from ..deps import ContextDep, ws_context
 from ..errors import InvalidInput
 from ..hostclient import AgentEvent, Selector
 from ..schemas.wrenn import BackgroundStarted, ExecBody, ExecResult, ProcessListing
-from ..services import guest
+from ..services import guest, timeouts
 from ..streams import lease_for
 from .wsguard import guarded
 
@@ -40,63 +41,60 @@ JSON = "application/json"
     responses={202: {"model": BackgroundStarted}},
     response_model=ExecResult,
 )
-async def exec_command(
-    capsule_id: str, body: ExecBody, request: Request, team: TeamDep
-) -> Response:
-    # The hottest route: app objects are read here rather than through one dependency
-    # each (every dependency costs FastAPI work on every call), and the database is
-    # touched only when the capsule's placement is not cached.
-    state = request.app.state
+async def exec_command(capsule_id: str, body: ExecBody, ctx: ContextDep) -> Response:
+    # The hottest route: the database is touched only when the capsule's placement is not
+    # cached (or its activity is due to be stamped), so no request session is opened.
     t = await guest.find_target(
-        state.sessions,
-        pool=state.hosts,
-        team_id=team.team_id,
+        ctx.sessions,
+        pool=ctx.hosts,
+        team_id=ctx.team_id,
         capsule_id=capsule_id,
-        now=state.clock(),
+        now=ctx.now,
         wanted="exec",
     )
     if body.background:
         started = await guest.exec_background(t, body)
         return Response(started.model_dump_json(), status_code=202, media_type=JSON)
     result = await guest.exec_foreground(t, body)
+    # Killed at its deadline: 502 with its output so far, as Wrenn (the SDK raises).
+    timeouts.raise_if_timed_out(result, body.timeout_sec)
     return Response(result.model_dump_json(), media_type=JSON)
 
 
 @router.get("/{capsule_id}/processes")
-async def list_processes(
-    capsule_id: str, team: TeamDep, session: SessionDep, now: NowDep, hosts: HostsDep
-) -> ProcessListing:
-    t = await guest.target(
-        session,
-        pool=hosts,
-        team_id=team.team_id,
-        capsule_id=capsule_id,
-        now=now,
-        wanted="list processes",
-    )
+async def list_processes(capsule_id: str, ctx: ContextDep) -> ProcessListing:
+    t = await capsule_target(ctx, capsule_id, "list processes")
     return await guest.list_processes(t)
 
 
 @router.delete("/{capsule_id}/processes/{selector}", status_code=204)
-async def kill_process(
-    capsule_id: str,
-    selector: str,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
-) -> Response:
+async def kill_process(capsule_id: str, selector: str, ctx: ContextDep) -> Response:
     process = guest.selector(selector)
-    t = await guest.target(
-        session, pool=hosts, team_id=team.team_id, capsule_id=capsule_id, now=now, wanted="kill"
-    )
+    t = await capsule_target(ctx, capsule_id, "kill")
     await t.host.kill(t.capsule_id, process)
     return Response(status_code=204)
 
 
+async def capsule_target(ctx: RequestContext, capsule_id: str, wanted: str) -> guest.Target:
+    """The caller's running capsule and its host (`guest.target`, which stamps it as
+    used), in the request's session."""
+    return await guest.target(
+        ctx.session,
+        pool=ctx.hosts,
+        team_id=ctx.team_id,
+        capsule_id=capsule_id,
+        now=ctx.now,
+        wanted=wanted,
+    )
+
+
 @router.websocket("/{capsule_id}/exec/stream")
 async def exec_stream(websocket: WebSocket, capsule_id: str) -> None:
-    async with guarded(websocket), ws_target(websocket, capsule_id, "exec") as t:
+    async with (
+        guarded(websocket),
+        ws_context(websocket) as ctx,
+        ws_target(websocket, ctx, capsule_id, "exec") as t,
+    ):
         await websocket.accept()
         request = _start_request(await websocket.receive_text())
         async with t.host.exec_stream(t.capsule_id, request) as events:
@@ -109,7 +107,10 @@ async def exec_stream(websocket: WebSocket, capsule_id: str) -> None:
 async def process_stream(websocket: WebSocket, capsule_id: str, selector: str) -> None:
     async with guarded(websocket):
         process = guest.selector(selector)
-        async with ws_target(websocket, capsule_id, "attach to a process") as t:
+        async with (
+            ws_context(websocket) as ctx,
+            ws_target(websocket, ctx, capsule_id, "attach to a process") as t,
+        ):
             await _attach(websocket, t, process)
 
 
@@ -128,21 +129,20 @@ async def _attach(websocket: WebSocket, t: guest.Target, process: Selector) -> N
 
 @asynccontextmanager
 async def ws_target(
-    websocket: WebSocket, capsule_id: str, wanted: str
+    websocket: WebSocket, ctx: RequestContext, capsule_id: str, wanted: str
 ) -> AsyncIterator[guest.Target]:
-    """`guest.target` for a WebSocket route, held as an open stream: auth from the
-    upgrade, a lease (the team's stream limit; ended if the key is revoked), a
-    short-lived session. Enter it before accepting, so a refusal is an HTTP answer."""
-    team = await ws_caller(websocket)
-    async with lease_for(websocket, team, cancel_on_revoke=True):
-        state = websocket.app.state
-        async with state.sessions() as session:
+    """`guest.target` for a WebSocket route, held as an open stream: a lease (the team's
+    stream limit; ended if the key is revoked) and a short-lived session of its own (the
+    socket may stay open for hours). Enter it before accepting, so a refusal is an HTTP
+    answer."""
+    async with lease_for(websocket, ctx.caller, cancel_on_revoke=True):
+        async with ctx.sessions() as session:
             t = await guest.target(
                 session,
-                pool=state.hosts,
-                team_id=team.team_id,
+                pool=ctx.hosts,
+                team_id=ctx.team_id,
                 capsule_id=capsule_id,
-                now=state.clock(),
+                now=ctx.now,
                 wanted=wanted,
             )
         yield t
@@ -154,9 +154,9 @@ def _start_request(frame: str) -> ProcessSpec:
     try:
         raw = json.loads(frame)
     except ValueError as exc:
-        raise InvalidInput(f"invalid: start frame: {exc}") from exc
+        raise InvalidInput(f"invalid_request: start frame: {exc}") from exc
     if not isinstance(raw, dict) or raw.get("type") != "start":
-        raise InvalidInput('invalid: the first frame must be {"type": "start", …}')
+        raise InvalidInput('invalid_request: the first frame must be {"type": "start", …}')
     return ProcessSpec(
         raw.get("cmd") or "", list(raw.get("args") or []), envs=raw.get("envs") or {}
     )

@@ -16,29 +16,25 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.background import BackgroundTask
 
-from ..deps import HostsDep, NowDep, SessionDep, TeamDep
+from ..deps import ContextDep
 from ..errors import InvalidInput
-from ..multipart import MultipartError, MultipartStream, boundary_from_content_type
+from ..multipart import (
+    MultipartError,
+    MultipartStream,
+    as_invalid_input,
+    boundary_from_content_type,
+)
 from ..schemas.wrenn import ListBody, ListDirResponse, MakeDirResponse, PathBody
 from ..services import guest
 from ..services.guest import Target
+from .exec import capsule_target
 
 router = APIRouter(prefix="/v1/capsules", tags=["files"])
 
 MAX_PATH_BYTES = 4096
 
 
-async def _target(
-    capsule_id: str, team: TeamDep, session: SessionDep, now: NowDep, hosts: HostsDep
-) -> Target:
-    return await guest.target(
-        session,
-        pool=hosts,
-        team_id=team.team_id,
-        capsule_id=capsule_id,
-        now=now,
-        wanted="use files",
-    )
+USE_FILES = "use files"  # what a 409 says the capsule cannot do
 
 
 @router.post("/{capsule_id}/files/write")
@@ -46,17 +42,14 @@ async def _target(
 async def write_file(
     capsule_id: str,
     request: Request,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
+    ctx: ContextDep,
 ) -> dict[str, str]:
-    t = await _target(capsule_id, team, session, now, hosts)
+    t = await capsule_target(ctx, capsule_id, USE_FILES)
     try:
         boundary = boundary_from_content_type(request.headers.get("content-type", ""))
         return {"path": await _upload(t, MultipartStream(request.stream(), boundary))}
     except MultipartError as exc:
-        raise InvalidInput(str(exc)) from exc
+        raise as_invalid_input(exc) from exc
 
 
 async def _upload(t: Target, parts: MultipartStream) -> str:
@@ -66,10 +59,10 @@ async def _upload(t: Target, parts: MultipartStream) -> str:
             path = (await part.read_small(MAX_PATH_BYTES)).decode("utf-8", errors="strict")
         elif part.name == "file":
             if not path:
-                raise InvalidInput("invalid: the path part must come before the file part")
+                raise InvalidInput("invalid_request: the path part must come before the file part")
             await t.host.write_file(t.capsule_id, path, part.body())
             return path
-    raise InvalidInput("invalid: multipart body has no file part")
+    raise InvalidInput("invalid_request: multipart body has no file part")
 
 
 @router.post("/{capsule_id}/files/read")
@@ -77,12 +70,9 @@ async def _upload(t: Target, parts: MultipartStream) -> str:
 async def read_file(
     capsule_id: str,
     body: PathBody,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
+    ctx: ContextDep,
 ) -> StreamingResponse:
-    t = await _target(capsule_id, team, session, now, hosts)
+    t = await capsule_target(ctx, capsule_id, USE_FILES)
     stack = AsyncExitStack()
     # Opened here, before the response starts: a missing file is still a clean 404.
     chunks = await stack.enter_async_context(t.host.read_file(t.capsule_id, body.path))
@@ -104,12 +94,9 @@ async def read_file(
 async def list_files(
     capsule_id: str,
     body: ListBody,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
+    ctx: ContextDep,
 ) -> ListDirResponse:
-    t = await _target(capsule_id, team, session, now, hosts)
+    t = await capsule_target(ctx, capsule_id, USE_FILES)
     return ListDirResponse(entries=await guest.list_dir(t, body.path, body.depth))
 
 
@@ -117,12 +104,9 @@ async def list_files(
 async def make_dir(
     capsule_id: str,
     body: PathBody,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
+    ctx: ContextDep,
 ) -> MakeDirResponse:
-    t = await _target(capsule_id, team, session, now, hosts)
+    t = await capsule_target(ctx, capsule_id, USE_FILES)
     return MakeDirResponse(entry=await guest.make_dir(t, body.path))
 
 
@@ -130,11 +114,8 @@ async def make_dir(
 async def remove_file(
     capsule_id: str,
     body: PathBody,
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    hosts: HostsDep,
+    ctx: ContextDep,
 ) -> Response:
-    t = await _target(capsule_id, team, session, now, hosts)
+    t = await capsule_target(ctx, capsule_id, USE_FILES)
     await t.host.remove(t.capsule_id, body.path)
     return Response(status_code=204)

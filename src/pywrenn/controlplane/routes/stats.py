@@ -2,99 +2,29 @@
 
 from __future__ import annotations
 
-from datetime import date, datetime, timedelta
+from datetime import date
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
 
-from ..deps import NowDep, SessionDep, TeamDep
-from ..errors import InvalidInput
+from ..deps import ContextDep
+from ..schemas.wrenn import CapsuleStats, UsageResponse
 from ..services import usage
 
 router = APIRouter(prefix="/v1/capsules", tags=["capsules"])
 
 
-class Current(BaseModel):
-    running_count: int
-    vcpus_reserved: int
-    memory_mb_reserved: int
-
-
-class Peaks(BaseModel):
-    running_count: int
-    vcpus: int
-    memory_mb: int
-
-
-class Series(BaseModel):
-    labels: list[datetime]
-    running: list[int]
-    vcpus: list[int]
-    memory_mb: list[int]
-
-
-class CapsuleStats(BaseModel):
-    range: str
-    current: Current
-    peaks: Peaks
-    series: Series
-
-
-class UsagePoint(BaseModel):
-    date: date
-    cpu_minutes: float
-    ram_mb_minutes: float
-
-
-class UsageResponse(BaseModel):
-    model_config = ConfigDict(populate_by_name=True)
-
-    from_: date = Field(serialization_alias="from")
-    to: date
-    points: list[UsagePoint]
-
-
 @router.get("/stats")
 async def capsule_stats(
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
-    range_: Annotated[str, Query(alias="range")] = "1h",
+    ctx: ContextDep, range_: Annotated[str, Query(alias="range")] = "1h"
 ) -> CapsuleStats:
-    if range_ not in usage.RANGES:
-        raise InvalidInput(f"invalid_request: range {range_!r}; use {', '.join(usage.RANGES)}")
-    since = now - usage.PEAK_WINDOW
-    intervals = await usage.team_intervals(session, team_id=team.team_id, since=since)
-    count, vcpus, memory = usage.running_at(intervals, now)
-    peak = usage.peaks(intervals, since, now)
-    labels, running, series_vcpus, series_memory = usage.series(
-        intervals, span=usage.RANGES[range_], now=now
-    )
-    return CapsuleStats(
-        range=range_,
-        current=Current(running_count=count, vcpus_reserved=vcpus, memory_mb_reserved=memory),
-        peaks=Peaks(running_count=peak[0], vcpus=peak[1], memory_mb=peak[2]),
-        series=Series(labels=labels, running=running, vcpus=series_vcpus, memory_mb=series_memory),
-    )
+    return await usage.capsule_stats(ctx, range_)
 
 
 @router.get("/usage", response_model_by_alias=True)
 async def capsule_usage(
-    team: TeamDep,
-    session: SessionDep,
-    now: NowDep,
+    ctx: ContextDep,
     from_: Annotated[date | None, Query(alias="from")] = None,
     to: date | None = None,
 ) -> UsageResponse:
-    last = to or now.date()
-    first = from_ or (last - timedelta(days=30))
-    if first > last or (last - first).days > 366:
-        raise InvalidInput(f"invalid_request: dates {first}..{last}")
-    start = datetime(first.year, first.month, first.day, tzinfo=now.tzinfo)
-    intervals = await usage.team_intervals(session, team_id=team.team_id, since=start)
-    points = [
-        UsagePoint(date=day, cpu_minutes=cpu, ram_mb_minutes=ram)
-        for day, cpu, ram in usage.daily_usage(intervals, first=first, last=last, now=now)
-    ]
-    return UsageResponse(from_=first, to=last, points=points)
+    return await usage.capsule_usage(ctx, first=from_, last=to)

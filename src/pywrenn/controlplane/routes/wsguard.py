@@ -37,7 +37,7 @@ async def guarded(websocket: WebSocket) -> AsyncIterator[None]:
         await _refuse(websocket, exc.status, exc.code, exc.message)
     except Exception:
         log.exception("websocket %s failed", websocket.url.path)
-        await _refuse(websocket, 500, "internal_error", "internal: unexpected server error")
+        await _refuse(websocket, 500, "internal_error", "internal_error: unexpected server error")
 
 
 async def _refuse(websocket: WebSocket, status: int, code: str, message: str) -> None:

@@ -6,7 +6,7 @@ JSON. Timestamps are aware UTC (the SDK rejects naive ones); lists are never nul
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Annotated
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pywrenn.ids import TAG_SCHEMA_PATTERN, IdKind
 
 from .. import publicids
+from ..basetemplates import BASE_TEMPLATE
 from ..db.models import ApiKey, Capsule, Event
 
 
@@ -111,11 +112,19 @@ class Health(BaseModel):
 class CapsuleCreate(BaseModel):
     """POST /v1/capsules. The SDK omits every field it was not given: defaults live here."""
 
-    template: StoredText = Field(default="minimal-ubuntu", min_length=1, max_length=128)
+    template: StoredText = Field(default=BASE_TEMPLATE, min_length=1, max_length=128)
     vcpus: int = Field(default=1, ge=1, le=64)
     memory_mb: int = Field(default=512, ge=64, le=1 << 20)
     timeout_sec: int = Field(default=0, ge=0, le=MAX_INT32)  # what the column holds
     metadata: dict[StoredText, StoredText] = Field(default_factory=dict)
+
+
+# Children one fork call may make (pywrenn's own call; SDK 0.3.0 has no fork).
+MAX_FORK = 16
+
+
+class ForkBody(BaseModel):
+    count: int = Field(default=1, ge=1, le=MAX_FORK)
 
 
 class MetricPoint(BaseModel):
@@ -129,6 +138,71 @@ class CapsuleMetrics(BaseModel):
     sandbox_id: str
     range: str
     points: list[MetricPoint]
+
+
+# -- stats and usage (a team's, from its lifecycle events) ---------------------------------
+class StatsCurrent(BaseModel):
+    running_count: int
+    vcpus_reserved: int
+    memory_mb_reserved: int
+
+
+class StatsPeaks(BaseModel):
+    running_count: int
+    vcpus: int
+    memory_mb: int
+
+
+class StatsSeries(BaseModel):
+    labels: list[datetime]
+    running: list[int]
+    vcpus: list[int]
+    memory_mb: list[int]
+
+
+class CapsuleStats(BaseModel):
+    range: str
+    current: StatsCurrent
+    peaks: StatsPeaks
+    series: StatsSeries
+
+
+class UsagePoint(BaseModel):
+    date: date
+    cpu_minutes: float
+    ram_mb_minutes: float
+
+
+class UsageResponse(BaseModel):
+    model_config = ConfigDict(populate_by_name=True)
+
+    from_: date = Field(serialization_alias="from")
+    to: date
+    points: list[UsagePoint]
+
+
+# -- snapshots (templates) -----------------------------------------------------------------
+class SnapshotCreate(BaseModel):
+    """The SDK sends the capsule as `sandbox_id` (wrenn-api.md §11), a name if given."""
+
+    sandbox_id: str = Field(min_length=1)
+    name: str | None = Field(default=None, max_length=63)
+
+
+class TemplatePublic(BaseModel):
+    """The SDK's Template; made from a service's view of one (`model_validate(view)`)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    name: str
+    type: str
+    vcpus: int
+    memory_mb: int
+    size_bytes: int
+    created_at: datetime
+    platform: bool
+    protected: bool
+    metadata: dict[str, str]
 
 
 # -- exec and processes --------------------------------------------------------------------

@@ -8,17 +8,18 @@ Knows nothing of: HTTP.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession
 
 from ..db.models import PLATFORM_TEAM_ID, ApiKey, Team
 from ..errors import Conflict, Forbidden, InvalidInput
 from . import keys, teams
+
+if TYPE_CHECKING:
+    from ..context import RequestContext
 
 
 @dataclass(frozen=True)
@@ -41,10 +42,11 @@ class NewTeam:
     api_key: str  # plaintext: shown once, never stored
 
 
-async def require_admin(session: AsyncSession, *, key_id: uuid.UUID) -> None:
-    """Forbidden unless this (live) key is an operator's. Read fresh on every call: admin
-    calls are rare, and a revoked admin key must stop at once."""
-    is_admin = await session.scalar(
+async def require_admin(ctx: RequestContext) -> None:
+    """Forbidden unless the caller's (live) key is an operator's. Read fresh on every call:
+    admin calls are rare, and a revoked admin key must stop at once."""
+    key_id = ctx.caller.key_id
+    is_admin = await ctx.session.scalar(
         select(ApiKey.is_admin).where(ApiKey.id == key_id, ApiKey.revoked_at.is_(None))
     )
     if not is_admin:
@@ -52,18 +54,18 @@ async def require_admin(session: AsyncSession, *, key_id: uuid.UUID) -> None:
 
 
 async def create_team(
-    session: AsyncSession,
+    ctx: RequestContext,
     *,
     name: str,
-    now: datetime,
     slug: str = "",
     limits: LimitOverrides = NO_OVERRIDES,
     key_name: str = "owner",
 ) -> NewTeam:
     """A team and its first API key (not an admin key), in one commit."""
+    session, now = ctx.session, ctx.now
     for what, value in vars(limits).items():
         if value is not None and value < 0:
-            raise InvalidInput(f"invalid: max_{what} {value} is negative")
+            raise InvalidInput(f"invalid_request: max_{what} {value} is negative")
     team = teams.add_team_nocommit(session, name=name, now=now, slug=slug)
     team.max_capsules, team.max_vcpus = limits.capsules, limits.vcpus
     team.max_memory_mb, team.max_builds = limits.memory_mb, limits.builds
@@ -78,9 +80,9 @@ async def create_team(
     return NewTeam(team, key, plaintext)
 
 
-async def list_teams(session: AsyncSession) -> list[Team]:
+async def list_teams(ctx: RequestContext) -> list[Team]:
     """Every live team but the platform's, oldest first."""
-    rows = await session.scalars(
+    rows = await ctx.session.scalars(
         select(Team)
         .where(Team.deleted_at.is_(None), Team.id != PLATFORM_TEAM_ID)
         .order_by(Team.created_at, Team.slug)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -20,11 +20,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pywrenn.ids import IdKind
 
 from .. import publicids
+from ..basetemplates import BASE_TEMPLATE, is_base
 from ..db.models import TemplateBuild, TemplateBuildLog
 from ..errors import Conflict, InvalidInput, NotFound
 from ..recipe import Recipe, RecipeError, check_expansion, parse_healthcheck, parse_recipe
+from ..schemas.builds import LogLine, LogPage
 from . import limits, templates
-from .limits import DEFAULT_LIMITS, TeamLimits
+
+if TYPE_CHECKING:
+    from ..context import RequestContext
 
 ACTIVE = ("queued", "running")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -55,7 +59,7 @@ def parse(row: TemplateBuild) -> Recipe:
 def validate(spec: BuildSpec) -> Recipe:
     if not templates.valid_name(spec.name):
         raise InvalidInput(f"invalid_request: template name {spec.name!r}")
-    if spec.name in templates.BASE_TEMPLATES:
+    if is_base(spec.name):
         raise Conflict(f"conflict: {spec.name!r} is a platform template")
     try:
         recipe = parse_recipe(spec.recipe)
@@ -68,17 +72,12 @@ def validate(spec: BuildSpec) -> Recipe:
     return recipe
 
 
-async def submit(
-    session: AsyncSession,
-    *,
-    team_id: uuid.UUID,
-    spec: BuildSpec,
-    now: datetime,
-    team_limits: TeamLimits = DEFAULT_LIMITS,
-) -> TemplateBuild:
-    """Queue a build; LimitExceeded if the team runs its limit of builds already."""
+async def submit(ctx: RequestContext, spec: BuildSpec) -> TemplateBuild:
+    """Queue a build for the caller's team; LimitExceeded if the team runs its limit of
+    builds already. `BuildRunner.start` runs it."""
+    session, team_id = ctx.session, ctx.team_id
     recipe = validate(spec)
-    base = recipe.base or "minimal-ubuntu"
+    base = recipe.base or BASE_TEMPLATE
     await templates.resolve_for_host(session, team_id=team_id, name=base)  # 404 if unknown
     # parse_recipe checked ENV growth from an empty environment; the build starts from the
     # base template's, which may be large already.
@@ -89,7 +88,7 @@ async def submit(
         raise InvalidInput(f"invalid_request: recipe: {exc}") from None
     if not spec.overwrite and await templates.find(session, team_id=team_id, name=spec.name):
         raise Conflict(f"conflict: template {spec.name!r} exists; pass overwrite=true")
-    await limits.reserve_build(session, team_id=team_id, defaults=team_limits)
+    await limits.reserve_build(session, team_id=team_id, defaults=ctx.team_limits)
     busy = await session.scalar(
         select(TemplateBuild.id).where(
             TemplateBuild.team_id == team_id,
@@ -117,20 +116,21 @@ async def submit(
             for s in recipe.steps
         ],
         current_step=0,
-        created_at=now,
+        created_at=ctx.now,
     )
     session.add(row)
     await session.commit()
     return row
 
 
-async def get(session: AsyncSession, *, team_id: uuid.UUID, build_id: str) -> TemplateBuild:
+async def get(ctx: RequestContext, build_id: str) -> TemplateBuild:
+    """One of the caller's team's builds, freshly read; NotFound otherwise."""
     key = publicids.try_parse(build_id, IdKind.BUILD)
     row = None
     if key is not None:
-        row = await session.scalar(
+        row = await ctx.session.scalar(
             select(TemplateBuild)
-            .where(TemplateBuild.id == key, TemplateBuild.team_id == team_id)
+            .where(TemplateBuild.id == key, TemplateBuild.team_id == ctx.team_id)
             .execution_options(populate_existing=True)
         )
     if row is None:
@@ -138,26 +138,47 @@ async def get(session: AsyncSession, *, team_id: uuid.UUID, build_id: str) -> Te
     return row
 
 
-async def list_builds(session: AsyncSession, *, team_id: uuid.UUID) -> list[TemplateBuild]:
-    rows = await session.scalars(
+async def list_builds(ctx: RequestContext) -> list[TemplateBuild]:
+    """The caller's team's latest builds, newest first."""
+    rows = await ctx.session.scalars(
         select(TemplateBuild)
-        .where(TemplateBuild.team_id == team_id)
+        .where(TemplateBuild.team_id == ctx.team_id)
         .order_by(TemplateBuild.created_at.desc())
         .limit(100)
     )
     return list(rows)
 
 
-async def logs(
-    session: AsyncSession, *, build: TemplateBuild, after: int, limit: int = MAX_LOG_PAGE
-) -> list[TemplateBuildLog]:
-    rows = await session.scalars(
-        select(TemplateBuildLog)
-        .where(TemplateBuildLog.build_id == build.id, TemplateBuildLog.id > after)
-        .order_by(TemplateBuildLog.id)
-        .limit(min(max(limit, 1), MAX_LOG_PAGE))
+async def log_page(
+    ctx: RequestContext, build_id: str, *, after: int, limit: int = MAX_LOG_PAGE
+) -> LogPage:
+    """A build's output lines after cursor `after`, the next cursor, and whether that was
+    the last of it."""
+    row = await get(ctx, build_id)
+    # Read the status first: a build that was done before its lines were read has no more.
+    done = row.status in FINISHED
+    lines = list(
+        await ctx.session.scalars(
+            select(TemplateBuildLog)
+            .where(TemplateBuildLog.build_id == row.id, TemplateBuildLog.id > after)
+            .order_by(TemplateBuildLog.id)
+            .limit(min(max(limit, 1), MAX_LOG_PAGE))
+        )
     )
-    return list(rows)
+    return LogPage(
+        lines=[LogLine.of(r) for r in lines],
+        next=lines[-1].id if lines else after,
+        done=done and len(lines) < limit,
+    )
+
+
+async def cancel(ctx: RequestContext, build_id: str) -> TemplateBuild:
+    """Stop a queued or running build; an ended one is returned as it is."""
+    row = await get(ctx, build_id)
+    if row.status in ACTIVE and not ctx.builds.cancel(row.id):
+        # Queued here but not running in this process (or its process is gone).
+        await finish(ctx.session, row.id, status="cancelled", now=ctx.now)
+    return await get(ctx, build_id)
 
 
 async def append_log(

@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -26,7 +26,9 @@ from ..errors import InvalidInput, NotFound
 from ..states import CapsuleStatus, can_move, sources_of, transition
 from .events import SYSTEM, Actor, EventSpec, record_nocommit
 
-S = CapsuleStatus
+if TYPE_CHECKING:
+    from ..context import RequestContext
+
 # A move races at most with a few others (request, monitor); after this many lost
 # compare-and-sets something is looping and we report "not moved".
 _CAS_ATTEMPTS = 8
@@ -98,15 +100,15 @@ def add_capsule_nocommit(
 ) -> Capsule:
     """Stage a `pending` capsule row; the caller commits (with other rows, in one go)."""
     if not template or len(template) > 128:
-        raise InvalidInput(f"invalid: template {template!r} must be 1..128 characters")
+        raise InvalidInput(f"invalid_request: template {template!r} must be 1..128 characters")
     if vcpus < 1 or memory_mb < 1 or timeout_sec < 0:
         raise InvalidInput(
-            f"invalid: vcpus {vcpus}, memory_mb {memory_mb}, timeout_sec {timeout_sec}"
+            f"invalid_request: vcpus {vcpus}, memory_mb {memory_mb}, timeout_sec {timeout_sec}"
         )
     row = Capsule(
         id=publicids.new_uuid(IdKind.CAPSULE),
         team_id=team_id,
-        status=S.PENDING.value,
+        status=CapsuleStatus.PENDING.value,
         template=template,
         template_id=template_id,
         vcpus=vcpus,
@@ -152,6 +154,18 @@ async def list_capsules(
         populate_existing=True
     )
     return list(await session.scalars(stmt))
+
+
+async def get_own(ctx: RequestContext, capsule_id: str) -> Capsule:
+    """`get_capsule` for a request's caller."""
+    return await get_capsule(ctx.session, team_id=ctx.team_id, capsule_id=capsule_id)
+
+
+async def list_own(
+    ctx: RequestContext, statuses: Iterable[CapsuleStatus] | None = None
+) -> list[Capsule]:
+    """`list_capsules` for a request's caller."""
+    return await list_capsules(ctx.session, team_id=ctx.team_id, statuses=statuses)
 
 
 async def move(
@@ -277,7 +291,7 @@ async def begin_destroy(
 ) -> DestroyStart:
     """Move a team's capsule to `stopping`; idempotent for stopping/stopped capsules."""
     row = await get_capsule(session, team_id=team_id, capsule_id=capsule_id)
-    change = await move(session, capsule_id=row.id, to=S.STOPPING, now=now, actor=actor)
+    change = await move(session, capsule_id=row.id, to=CapsuleStatus.STOPPING, now=now, actor=actor)
     row = await get_capsule(session, team_id=team_id, capsule_id=capsule_id)
     return DestroyStart(row, call_agent=change is not None)
 
@@ -292,7 +306,12 @@ async def mark_stopped(
 ) -> Change | None:
     """The host agent confirmed the capsule is gone (or it never reached a host)."""
     return await move(
-        session, capsule_id=capsule_id, to=S.STOPPED, now=now, actor=actor, reason=reason
+        session,
+        capsule_id=capsule_id,
+        to=CapsuleStatus.STOPPED,
+        now=now,
+        actor=actor,
+        reason=reason,
     )
 
 

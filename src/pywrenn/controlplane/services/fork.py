@@ -10,45 +10,32 @@ Knows nothing of: HTTP.
 
 from __future__ import annotations
 
-import uuid
-from datetime import datetime
-
-from sqlalchemy.ext.asyncio import AsyncSession
+from typing import TYPE_CHECKING
 
 from pywrenn.hostagent.wire import ForkRequest
 
 from ..db.models import Capsule
 from ..errors import ControlPlaneError, InvalidInput
-from ..hostpool import HostPool
-from ..states import CapsuleStatus as S
+from ..schemas.wrenn import MAX_FORK
+from ..states import CapsuleStatus
 from . import capsules, limits
-from .events import Actor
 from .lifecycle import action_spec, placement_values, running
-from .limits import DEFAULT_LIMITS, TeamLimits
 
-MAX_FORK = 16
+if TYPE_CHECKING:
+    from ..context import RequestContext
 
 
-async def fork_capsule(
-    session: AsyncSession,
-    *,
-    pool: HostPool,
-    team_id: uuid.UUID,
-    capsule_id: str,
-    count: int,
-    now: datetime,
-    actor: Actor,
-    team_limits: TeamLimits = DEFAULT_LIMITS,
-) -> list[Capsule]:
+async def fork_capsule(ctx: RequestContext, capsule_id: str, count: int) -> list[Capsule]:
     if not 1 <= count <= MAX_FORK:
         raise InvalidInput(f"invalid_request: count {count} is outside 1..{MAX_FORK}")
+    session, team_id, now, actor = ctx.session, ctx.team_id, ctx.now, ctx.actor
     source = await running(session, team_id=team_id, capsule_id=capsule_id, wanted="fork")
-    host = pool.client(source.host_id)
+    host = ctx.hosts.client(source.host_id)
     # Every child counts against the team's limits: check and insert all under one lock.
     await limits.reserve_capsules(
         session,
         team_id=team_id,
-        defaults=team_limits,
+        defaults=ctx.team_limits,
         count=count,
         vcpus=source.vcpus,
         memory_mb=source.memory_mb,
@@ -71,7 +58,11 @@ async def fork_capsule(
     await session.commit()
     for child in children:
         await capsules.move(
-            session, capsule_id=child.id, to=S.STARTING, now=now, allowed_from={S.PENDING}
+            session,
+            capsule_id=child.id,
+            to=CapsuleStatus.STARTING,
+            now=now,
+            allowed_from={CapsuleStatus.PENDING},
         )
     ids = [capsules.api_id(c) for c in children]
     try:
@@ -81,9 +72,9 @@ async def fork_capsule(
             await capsules.move(
                 session,
                 capsule_id=child.id,
-                to=S.ERROR,
+                to=CapsuleStatus.ERROR,
                 now=now,
-                allowed_from={S.STARTING},
+                allowed_from={CapsuleStatus.STARTING},
                 actor=actor,
                 error=exc.message,
                 action=(action_spec(child, "capsule.create", exc.message), actor),
@@ -94,9 +85,9 @@ async def fork_capsule(
         await capsules.move(
             session,
             capsule_id=child.id,
-            to=S.RUNNING,
+            to=CapsuleStatus.RUNNING,
             now=now,
-            allowed_from={S.STARTING},
+            allowed_from={CapsuleStatus.STARTING},
             actor=actor,
             values={"last_active_at": now, **placement_values(by_id[capsules.api_id(child)])},
             action=(action_spec(child, "capsule.create"), actor),

@@ -22,7 +22,7 @@ from ..errors import InvalidInput, NotFound
 async def register_host(session: AsyncSession, *, name: str, address: str, now: datetime) -> Host:
     """Add a host, or update the address of the host with that name (idempotent at start)."""
     if not address.startswith(("http://", "https://")):
-        raise InvalidInput(f"invalid: host address {address!r} must start with http(s)://")
+        raise InvalidInput(f"invalid_request: host address {address!r} must start with http(s)://")
     host = await session.scalar(select(Host).where(Host.name == name))
     if host is None:
         host = Host(

@@ -1,7 +1,8 @@
 """API keys: mint, authenticate, list, revoke.
 
 Owns: the key format (`wrn_` + 32 lowercase hex), what is stored (SHA-256 hex and the first
-8 characters for display, never the key), lookup, and `last_used_at` bookkeeping.
+8 characters for display, never the key), lookup, and `last_used_at` bookkeeping. The
+store functions take a session and the team; `*_own` are the same for a request's caller.
 
 Lookup is by the hash's unique index. That is timing-safe because an attacker who can
 time the index search learns about SHA-256 outputs of their own guesses, which says
@@ -19,6 +20,7 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -28,6 +30,9 @@ from pywrenn.ids import IdKind
 from .. import publicids
 from ..db.models import ApiKey, Team
 from ..errors import InvalidInput, NotFound, Unauthorized
+
+if TYPE_CHECKING:
+    from ..context import RequestContext
 
 KEY_PREFIX = "wrn_"
 PREFIX_LEN = 8  # shown in listings: "wrn_" and 4 hex digits, 16 bits of 128
@@ -77,7 +82,7 @@ def add_key_nocommit(
     """Stage a new key; return the row and the plaintext (the only time it exists)."""
     name = name.strip()
     if not name or len(name) > 128:
-        raise InvalidInput(f"invalid: key name {name!r} must be 1..128 characters")
+        raise InvalidInput(f"invalid_request: key name {name!r} must be 1..128 characters")
     plaintext = generate_key()
     row = ApiKey(
         id=publicids.new_uuid(IdKind.API_KEY),
@@ -176,3 +181,18 @@ async def revoke_key(
         row.revoked_at = now
         await session.commit()
     return row
+
+
+# -- the caller's own keys (`/v1/api-keys`) -------------------------------------------------
+async def list_own(ctx: RequestContext) -> list[ApiKey]:
+    return await list_keys(ctx.session, team_id=ctx.team_id)
+
+
+async def create_own(ctx: RequestContext, name: str) -> tuple[ApiKey, str]:
+    """A new key for the caller's team: the row and the plaintext (shown this once)."""
+    return await create_key(ctx.session, team_id=ctx.team_id, name=name, now=ctx.now)
+
+
+async def revoke_own(ctx: RequestContext, key_id: str) -> ApiKey:
+    """Revoke one of the caller's team's keys (the one in use, too)."""
+    return await revoke_key(ctx.session, team_id=ctx.team_id, key_id=key_id, now=ctx.now)

@@ -22,6 +22,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -35,10 +36,11 @@ from ..scheduler import pick_host
 from ..states import CapsuleStatus
 from . import capsules, limits, templates
 from .events import Actor, EventSpec, record_nocommit
-from .limits import DEFAULT_LIMITS, TeamLimits
+
+if TYPE_CHECKING:
+    from ..context import RequestContext
 
 log = logging.getLogger(__name__)
-S = CapsuleStatus
 
 # The API clamps a short auto-pause TTL up to a minute (wrenn-api.md §2); 0 is "never".
 MIN_TIMEOUT_SEC = 60
@@ -82,28 +84,22 @@ def action_spec(row: Capsule, event: str, error: str | None = None) -> EventSpec
     )
 
 
-async def begin_create(
-    session: AsyncSession,
-    *,
-    pool: HostPool,
-    team_id: uuid.UUID,
-    spec: CreateSpec,
-    now: datetime,
-    team_limits: TeamLimits = DEFAULT_LIMITS,
-) -> Capsule:
-    """Choose a host and insert the `pending` row, placed on it; the boot is `finish_create`.
+async def create(ctx: RequestContext, spec: CreateSpec) -> Capsule:
+    """Choose a host and insert the `pending` row, placed on it, then boot it in the app's
+    background (`finish_create`): the caller gets the row at once.
 
     LimitExceeded if the team's limits leave no room (checked and inserted under one lock).
     """
+    session = ctx.session
     # An unknown template is the caller's mistake: refuse before any row exists.
-    await templates.resolve_for_host(session, team_id=team_id, name=spec.template)
+    await templates.resolve_for_host(session, team_id=ctx.team_id, name=spec.template)
     host = await pick_host(
-        session, connected=pool.host_ids(), vcpus=spec.vcpus, memory_mb=spec.memory_mb
+        session, connected=ctx.hosts.host_ids(), vcpus=spec.vcpus, memory_mb=spec.memory_mb
     )
     await limits.reserve_capsules(
         session,
-        team_id=team_id,
-        defaults=team_limits,
+        team_id=ctx.team_id,
+        defaults=ctx.team_limits,
         count=1,
         vcpus=spec.vcpus,
         memory_mb=spec.memory_mb,
@@ -111,18 +107,24 @@ async def begin_create(
     try:
         row = await capsules.create_capsule(
             session,
-            team_id=team_id,
+            team_id=ctx.team_id,
             template=spec.template,
             vcpus=spec.vcpus,
             memory_mb=spec.memory_mb,
             timeout_sec=clamp_timeout(spec.timeout_sec),
             metadata=spec.metadata,
-            now=now,
+            now=ctx.now,
             host_id=host.id,
         )
     except BaseException:
         await session.rollback()  # let go of the team's lock at once
         raise
+    ctx.background.spawn(
+        finish_create(
+            ctx.sessions, pool=ctx.hosts, capsule_key=row.id, clock=ctx.clock, actor=ctx.actor
+        ),
+        name=f"create {capsules.api_id(row)}",
+    )
     return row
 
 
@@ -137,7 +139,11 @@ async def finish_create(
     """Boot the capsule on its host (runs in the app's background, after the 201)."""
     async with sessions() as session:
         started = await capsules.move(
-            session, capsule_id=capsule_key, to=S.STARTING, now=clock(), allowed_from={S.PENDING}
+            session,
+            capsule_id=capsule_key,
+            to=CapsuleStatus.STARTING,
+            now=clock(),
+            allowed_from={CapsuleStatus.PENDING},
         )
         row = await session.get(Capsule, capsule_key, populate_existing=True)
         if started is None or row is None:
@@ -160,9 +166,9 @@ async def finish_create(
             await capsules.move(
                 session,
                 capsule_id=capsule_key,
-                to=S.ERROR,
+                to=CapsuleStatus.ERROR,
                 now=clock(),
-                allowed_from={S.STARTING},
+                allowed_from={CapsuleStatus.STARTING},
                 actor=actor,
                 error=message,
             )
@@ -177,9 +183,9 @@ async def finish_create(
         running = await capsules.move(
             session,
             capsule_id=capsule_key,
-            to=S.RUNNING,
+            to=CapsuleStatus.RUNNING,
             now=clock(),
-            allowed_from={S.STARTING},
+            allowed_from={CapsuleStatus.STARTING},
             values=placement_values(info),
             action=(action_spec(row, "capsule.create"), actor),
         )
@@ -216,92 +222,67 @@ async def _destroy_on_host(pool: HostPool, row: Capsule) -> None:
         log.warning("destroying %s after a cancelled create: %s", capsules.api_id(row), exc)
 
 
-async def pause(
-    session: AsyncSession,
-    *,
-    pool: HostPool,
-    team_id: uuid.UUID,
-    capsule_id: str,
-    now: datetime,
-    actor: Actor,
-) -> Capsule:
+async def pause(ctx: RequestContext, capsule_id: str) -> Capsule:
     """Pause a running capsule; a paused one is returned as it is (pause is idempotent)."""
-    pool.running.forget(capsule_id)
-    row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
-    if row.status == S.PAUSED:
+    ctx.hosts.running.forget(capsule_id)
+    row = await capsules.get_capsule(ctx.session, team_id=ctx.team_id, capsule_id=capsule_id)
+    if row.status == CapsuleStatus.PAUSED:
         return row
-    host = pool.client(row.host_id)
+    host = ctx.hosts.client(row.host_id)
     return await _through_host(
-        session,
+        ctx,
         row,
-        team_id=team_id,
         action="pause",
-        path=(S.RUNNING, S.PAUSING, S.PAUSED),
+        path=(CapsuleStatus.RUNNING, CapsuleStatus.PAUSING, CapsuleStatus.PAUSED),
         call=lambda: host.pause(capsule_id),
-        now=now,
-        actor=actor,
     )
 
 
-async def resume(
-    session: AsyncSession,
-    *,
-    pool: HostPool,
-    team_id: uuid.UUID,
-    capsule_id: str,
-    now: datetime,
-    actor: Actor,
-    team_limits: TeamLimits = DEFAULT_LIMITS,
-) -> Capsule:
+async def resume(ctx: RequestContext, capsule_id: str) -> Capsule:
     """Resume a paused capsule on its host (same slot, same address); a paused capsule
     does not count against the team's limits, so bringing one back is checked like a
     create (the lock is held until the move to `resuming` commits)."""
-    pool.running.forget(capsule_id)
-    row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
-    host = pool.client(row.host_id)
-    if row.status == S.PAUSED:
+    ctx.hosts.running.forget(capsule_id)
+    row = await capsules.get_capsule(ctx.session, team_id=ctx.team_id, capsule_id=capsule_id)
+    host = ctx.hosts.client(row.host_id)
+    if row.status == CapsuleStatus.PAUSED:
         await limits.reserve_capsules(
-            session,
-            team_id=team_id,
-            defaults=team_limits,
+            ctx.session,
+            team_id=ctx.team_id,
+            defaults=ctx.team_limits,
             count=1,
             vcpus=row.vcpus,
             memory_mb=row.memory_mb,
         )
     return await _through_host(
-        session,
+        ctx,
         row,
-        team_id=team_id,
         action="resume",
-        path=(S.PAUSED, S.RESUMING, S.RUNNING),
+        path=(CapsuleStatus.PAUSED, CapsuleStatus.RESUMING, CapsuleStatus.RUNNING),
         call=lambda: host.resume(capsule_id),
-        now=now,
-        actor=actor,
-        settle_values={"last_active_at": now},
+        settle_values={"last_active_at": ctx.now},
     )
 
 
 async def _through_host(
-    session: AsyncSession,
+    ctx: RequestContext,
     row: Capsule,
     *,
-    team_id: uuid.UUID,
     action: str,
     path: tuple[CapsuleStatus, CapsuleStatus, CapsuleStatus],
     call: Callable[[], Awaitable[object]],
-    now: datetime,
-    actor: Actor,
     settle_values: dict[str, object] | None = None,
 ) -> Capsule:
     """source → via (claims the capsule), the host call, then via → target; on a host
     failure via → source, so the row never claims what the host did not do."""
     source, via, target = path
+    session, now, actor = ctx.session, ctx.now, ctx.actor
     capsule_id = capsules.api_id(row)
     moved = await capsules.move(
         session, capsule_id=row.id, to=via, now=now, allowed_from={source}, actor=actor
     )
     if moved is None:
-        raise await _wrong_state(session, team_id, capsule_id, action)
+        raise await _wrong_state(ctx, capsule_id, action)
     try:
         await call()
     except ControlPlaneError as exc:
@@ -320,32 +301,25 @@ async def _through_host(
         values=settle_values,
     )
     await record_action(session, row, f"capsule.{action}", actor=actor, now=now)
-    return await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+    return await capsules.get_capsule(session, team_id=ctx.team_id, capsule_id=capsule_id)
 
 
-async def destroy(
-    session: AsyncSession,
-    *,
-    pool: HostPool,
-    team_id: uuid.UUID,
-    capsule_id: str,
-    now: datetime,
-    actor: Actor,
-) -> None:
+async def destroy(ctx: RequestContext, capsule_id: str) -> None:
     """Stop a capsule for good. Idempotent: the SDK retries DELETE on transport errors.
 
     A row left `stopping` (its host was unreachable last time) asks the host again.
     """
-    pool.running.forget(capsule_id)
+    session, now, actor = ctx.session, ctx.now, ctx.actor
+    ctx.hosts.running.forget(capsule_id)
     start = await capsules.begin_destroy(
-        session, team_id=team_id, capsule_id=capsule_id, now=now, actor=actor
+        session, team_id=ctx.team_id, capsule_id=capsule_id, now=now, actor=actor
     )
     row = start.capsule
-    if row.status != S.STOPPING:
+    if row.status != CapsuleStatus.STOPPING:
         return  # already stopped
     if row.host_id is not None:
         try:
-            await pool.client(row.host_id).destroy(capsule_id)
+            await ctx.hosts.client(row.host_id).destroy(capsule_id)
         except NotFound:
             pass  # not (or no longer) on the host
         except Conflict:
@@ -355,13 +329,11 @@ async def destroy(
         await record_action(session, row, "capsule.destroy", actor=actor, now=now)
 
 
-async def ping(
-    session: AsyncSession, *, pool: HostPool, team_id: uuid.UUID, capsule_id: str, now: datetime
-) -> None:
+async def ping(ctx: RequestContext, capsule_id: str) -> None:
     """Count as activity: resets the host's auto-pause timer."""
-    row = await running(session, team_id=team_id, capsule_id=capsule_id, wanted="ping")
-    await pool.client(row.host_id).ping(capsule_id)
-    await capsules.touch(session, capsule_id=row.id, now=now)
+    row = await running(ctx.session, team_id=ctx.team_id, capsule_id=capsule_id, wanted="ping")
+    await ctx.hosts.client(row.host_id).ping(capsule_id)
+    await capsules.touch(ctx.session, capsule_id=row.id, now=ctx.now)
 
 
 async def running(
@@ -369,13 +341,11 @@ async def running(
 ) -> Capsule:
     """The team's capsule if it is running; InvalidState (409) naming its status if not."""
     row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
-    if row.status != S.RUNNING:
+    if row.status != CapsuleStatus.RUNNING:
         raise InvalidState(capsule_id, row.status, wanted)
     return row
 
 
-async def _wrong_state(
-    session: AsyncSession, team_id: uuid.UUID, capsule_id: str, wanted: str
-) -> InvalidState:
-    row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+async def _wrong_state(ctx: RequestContext, capsule_id: str, wanted: str) -> InvalidState:
+    row = await capsules.get_capsule(ctx.session, team_id=ctx.team_id, capsule_id=capsule_id)
     return InvalidState(capsule_id, row.status, wanted)

@@ -27,9 +27,14 @@ from ..errors import LimitExceeded, NotFound
 from ..settings import ControlPlaneSettings
 from ..states import CapsuleStatus
 
-S = CapsuleStatus
 COUNTED: frozenset[CapsuleStatus] = frozenset(
-    {S.PENDING, S.STARTING, S.RUNNING, S.PAUSING, S.RESUMING}
+    {
+        CapsuleStatus.PENDING,
+        CapsuleStatus.STARTING,
+        CapsuleStatus.RUNNING,
+        CapsuleStatus.PAUSING,
+        CapsuleStatus.RESUMING,
+    }
 )
 ACTIVE_BUILDS = ("queued", "running")
 
@@ -51,9 +56,6 @@ class TeamLimits:
             memory_mb=_pick(team.max_memory_mb, self.memory_mb),
             builds=_pick(team.max_builds, self.builds),
         )
-
-
-DEFAULT_LIMITS = TeamLimits()
 
 
 def limits_of(settings: ControlPlaneSettings) -> TeamLimits:

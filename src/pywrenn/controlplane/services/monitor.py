@@ -46,8 +46,6 @@ from ..states import CapsuleStatus
 from .capsules import Change, move, rows_on_host
 from .events import SYSTEM, EventSpec, record_nocommit
 
-S = CapsuleStatus
-
 # Host-agent states (hostagent/states.py) that mean "this capsule exists there".
 # Only settled states count: a host pausing or resuming a capsule (a template being made
 # from it, say) reports it in passing, and the rows must not flap with it.
@@ -109,7 +107,16 @@ class Row(NamedTuple):
 
 
 WATCHED = frozenset(
-    {S.PENDING, S.STARTING, S.RUNNING, S.PAUSED, S.MISSING, S.PAUSING, S.RESUMING, S.STOPPING}
+    {
+        CapsuleStatus.PENDING,
+        CapsuleStatus.STARTING,
+        CapsuleStatus.RUNNING,
+        CapsuleStatus.PAUSED,
+        CapsuleStatus.MISSING,
+        CapsuleStatus.PAUSING,
+        CapsuleStatus.RESUMING,
+        CapsuleStatus.STOPPING,
+    }
 )
 
 
@@ -137,24 +144,28 @@ def _plan_one(
     capsule_id: str, status: CapsuleStatus, report: Report, *, stale: bool
 ) -> tuple[CapsuleStatus, str] | None:
     if isinstance(report, _Unreachable):
-        if status in {S.PENDING, S.STARTING, S.RUNNING}:
-            return S.MISSING, "host_failure"
+        if status in {CapsuleStatus.PENDING, CapsuleStatus.STARTING, CapsuleStatus.RUNNING}:
+            return CapsuleStatus.MISSING, "host_failure"
         return None
-    if status in _CREATING | _MOVING | {S.STOPPING}:
+    if status in _CREATING | _MOVING | {CapsuleStatus.STOPPING}:
         return _plan_orphan(capsule_id, status, report) if stale else None
     auto = capsule_id in report.auto_paused
-    if status is S.MISSING:
+    if status is CapsuleStatus.MISSING:
         if report.alive(capsule_id):
-            return (S.PAUSED if report.paused(capsule_id) else S.RUNNING), "host_recovered"
-        return S.STOPPED, "confirmed_dead"
-    if status is S.RUNNING:
+            return (
+                CapsuleStatus.PAUSED if report.paused(capsule_id) else CapsuleStatus.RUNNING
+            ), "host_recovered"
+        return CapsuleStatus.STOPPED, "confirmed_dead"
+    if status is CapsuleStatus.RUNNING:
         if report.alive(capsule_id):
             if report.paused(capsule_id):
-                return S.PAUSED, "ttl_expired" if auto else "host_reported"
+                return CapsuleStatus.PAUSED, "ttl_expired" if auto else "host_reported"
             return None
-        return (S.PAUSED, "ttl_expired") if auto else (S.STOPPED, "orphaned")
-    if status is S.PAUSED and report.running(capsule_id):
-        return S.RUNNING, "host_reported"
+        return (
+            (CapsuleStatus.PAUSED, "ttl_expired") if auto else (CapsuleStatus.STOPPED, "orphaned")
+        )
+    if status is CapsuleStatus.PAUSED and report.running(capsule_id):
+        return CapsuleStatus.RUNNING, "host_reported"
     return None
 
 
@@ -165,15 +176,15 @@ def _plan_orphan(
     running, paused = report.running(capsule_id), report.paused(capsule_id)
     if report.alive(capsule_id) and not (running or paused):
         return None  # the host is still at it (creating, pausing, ...)
-    if status is S.STOPPING:
-        return None if report.alive(capsule_id) else (S.STOPPED, "confirmed_dead")
+    if status is CapsuleStatus.STOPPING:
+        return None if report.alive(capsule_id) else (CapsuleStatus.STOPPED, "confirmed_dead")
     if status in _CREATING:
         if running or paused:
-            return S.RUNNING, "create_adopted"  # paused there: the next round says so
-        return S.ERROR, "create_lost"
+            return CapsuleStatus.RUNNING, "create_adopted"  # paused there: the next round says so
+        return CapsuleStatus.ERROR, "create_lost"
     if running or paused:
-        return (S.RUNNING if running else S.PAUSED), "host_reported"
-    return S.ERROR, "operation_lost"
+        return (CapsuleStatus.RUNNING if running else CapsuleStatus.PAUSED), "host_reported"
+    return CapsuleStatus.ERROR, "operation_lost"
 
 
 def heartbeat_expired(last_ok: datetime | None, *, now: datetime, grace: timedelta) -> bool:
@@ -198,7 +209,9 @@ async def reconcile_host(
         if step.reason == "create_adopted" and isinstance(report, HostCapsules):
             values = dict(report.placements.get(step.capsule_id, {}))
         elif step.reason in ("create_lost", "operation_lost"):
-            what = {S.PAUSING: "pause", S.RESUMING: "resume"}.get(step.from_, "create")
+            what = {CapsuleStatus.PAUSING: "pause", CapsuleStatus.RESUMING: "resume"}.get(
+                step.from_, "create"
+            )
             error = (
                 f"{what} interrupted: its request ended (a control plane restart?) "
                 "and the host does not have the capsule"

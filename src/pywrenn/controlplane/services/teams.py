@@ -33,12 +33,14 @@ def slugify(name: str) -> str:
 def add_team_nocommit(session: AsyncSession, *, name: str, now: datetime, slug: str = "") -> Team:
     slug = slug or slugify(name)
     if not name.strip() or len(name) > 128:
-        raise InvalidInput(f"invalid: team name {name!r} must be 1..128 characters")
+        raise InvalidInput(f"invalid_request: team name {name!r} must be 1..128 characters")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         # PostgreSQL refuses NUL in text; no name needs a control character.
-        raise InvalidInput(f"invalid: team name {name!r} has a control character")
+        raise InvalidInput(f"invalid_request: team name {name!r} has a control character")
     if not _SLUG.match(slug):
-        raise InvalidInput(f"invalid: team slug {slug!r} must be lowercase letters, digits, -")
+        raise InvalidInput(
+            f"invalid_request: team slug {slug!r} must be lowercase letters, digits, -"
+        )
     team = Team(id=publicids.new_uuid(IdKind.TEAM), name=name, slug=slug, created_at=now)
     session.add(team)
     return team
@@ -54,7 +56,7 @@ def add_user_nocommit(
     session: AsyncSession, *, email: str, name: str, now: datetime, is_admin: bool = False
 ) -> User:
     if not _EMAIL.match(email) or len(email) > 320:
-        raise InvalidInput(f"invalid: email {email!r}")
+        raise InvalidInput(f"invalid_request: email {email!r}")
     user = User(
         id=publicids.new_uuid(IdKind.USER),
         email=email.lower(),
@@ -85,7 +87,7 @@ def add_member_nocommit(
     is_default: bool = False,
 ) -> Membership:
     if role not in ROLES:
-        raise InvalidInput(f"invalid: role {role!r} is not one of {', '.join(ROLES)}")
+        raise InvalidInput(f"invalid_request: role {role!r} is not one of {', '.join(ROLES)}")
     member = Membership(
         user_id=user_id, team_id=team_id, role=role, is_default=is_default, created_at=now
     )

@@ -13,6 +13,7 @@ import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +22,7 @@ from pywrenn.hostagent.wire import SnapshotRequest
 from pywrenn.ids import IdKind
 
 from .. import publicids
+from ..basetemplates import BASE_TEMPLATES, is_base
 from ..db.models import Capsule, Template
 from ..errors import Conflict, ControlPlaneError, InvalidInput, InvalidState, NotFound
 from ..hostpool import HostPool
@@ -28,10 +30,11 @@ from ..states import LIVE
 from . import capsules
 from .events import Actor, EventSpec, record_nocommit
 
+if TYPE_CHECKING:
+    from ..context import RequestContext
+
 log = logging.getLogger(__name__)
 
-# Platform base templates: the name users ask for → the image the host agents ship.
-BASE_TEMPLATES = {"minimal-ubuntu": "minimal"}
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}\Z")
 
 
@@ -74,17 +77,16 @@ def base_views(now: datetime) -> list[TemplateView]:
     return [TemplateView(name, "base", 1, 512, 0, now, True, True, {}) for name in BASE_TEMPLATES]
 
 
-async def list_templates(
-    session: AsyncSession, *, team_id: uuid.UUID, type_: str | None, now: datetime
-) -> list[TemplateView]:
+async def list_templates(ctx: RequestContext, type_: str | None) -> list[TemplateView]:
+    """The caller's team's templates and the platform's, optionally of one type."""
     rows = (
-        await session.scalars(
+        await ctx.session.scalars(
             select(Template)
-            .where(or_(Template.team_id == team_id, Template.platform.is_(True)))
+            .where(or_(Template.team_id == ctx.team_id, Template.platform.is_(True)))
             .order_by(Template.created_at, Template.name)
         )
     ).all()
-    out = base_views(now) + [view(r) for r in rows]
+    out = base_views(ctx.now) + [view(r) for r in rows]
     return [t for t in out if type_ is None or t.type == type_]
 
 
@@ -98,7 +100,7 @@ async def find(session: AsyncSession, *, team_id: uuid.UUID, name: str) -> Templ
 
 async def resolve_for_host(session: AsyncSession, *, team_id: uuid.UUID, name: str) -> str:
     """What the host agent calls template `name` for this team; NotFound if none."""
-    if name in BASE_TEMPLATES:
+    if is_base(name):
         return BASE_TEMPLATES[name]
     row = await find(session, team_id=team_id, name=name)
     if row is None:
@@ -116,7 +118,7 @@ class Defaults:
 
 
 async def defaults_for(session: AsyncSession, *, team_id: uuid.UUID, name: str) -> Defaults:
-    row = None if name in BASE_TEMPLATES else await find(session, team_id=team_id, name=name)
+    row = None if is_base(name) else await find(session, team_id=team_id, name=name)
     if row is None:
         return Defaults()
     env = {str(k): str(v) for k, v in (row.default_env or {}).items()}
@@ -150,7 +152,7 @@ async def snapshot_into_template(
     """Make (or with `overwrite`, remake) the team's template `name` from a capsule."""
     if not _NAME.match(name):
         raise InvalidInput(f"invalid_request: template name {name!r}")
-    if name in BASE_TEMPLATES:
+    if is_base(name):
         raise Conflict(f"conflict: {name!r} is a platform template")
     existing = await find(session, team_id=team_id, name=name)
     host = pool.client(source.host_id)
@@ -223,20 +225,14 @@ async def _delete_on_host(pool: HostPool, row: Template) -> None:
 
 
 async def create_snapshot(
-    session: AsyncSession,
-    *,
-    pool: HostPool,
-    team_id: uuid.UUID,
-    capsule_id: str,
-    name: str | None,
-    overwrite: bool,
-    now: datetime,
-    actor: Actor,
+    ctx: RequestContext, capsule_id: str, *, name: str | None, overwrite: bool
 ) -> TemplateView:
+    """A template from one of the caller's capsules, running or paused."""
+    session, team_id = ctx.session, ctx.team_id
     capsule = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
     if capsule.status not in ("running", "paused"):
         raise InvalidState(capsule_id, capsule.status, "snapshot")
-    name = name or f"{capsule_id}-{now.strftime('%Y%m%d%H%M%S')}"
+    name = name or f"{capsule_id}-{ctx.now.strftime('%Y%m%d%H%M%S')}"
     assert capsule.host_id is not None  # running or paused: placed
     source = SnapshotSource(
         capsule_id=capsule_id,
@@ -248,37 +244,29 @@ async def create_snapshot(
     )
     return await snapshot_into_template(
         session,
-        pool=pool,
+        pool=ctx.hosts,
         team_id=team_id,
         source=source,
         name=name,
         overwrite=overwrite,
-        now=now,
-        actor=actor,
+        now=ctx.now,
+        actor=ctx.actor,
     )
 
 
-async def delete_snapshot(
-    session: AsyncSession,
-    *,
-    pool: HostPool,
-    team_id: uuid.UUID,
-    name: str,
-    now: datetime,
-    actor: Actor,
-) -> None:
-    if name in BASE_TEMPLATES:
+async def delete_snapshot(ctx: RequestContext, name: str) -> None:
+    """Delete one of the caller's templates, on its host and then its row."""
+    if is_base(name):
         raise Conflict(f"conflict: {name!r} is a protected platform template")
-    row = await find(session, team_id=team_id, name=name)
+    row = await find(ctx.session, team_id=ctx.team_id, name=name)
     if row is None:
         raise NotFound(f"not_found: template {name!r}")
-    with_host = pool.host_ids()
-    if row.host_id in with_host:
+    if row.host_id in ctx.hosts.host_ids():
         try:
-            await pool.client(row.host_id).delete_template(host_name(row))
+            await ctx.hosts.client(row.host_id).delete_template(host_name(row))
         except NotFound:
             pass  # already gone on the host: the row is all that is left
-    await session.delete(row)
+    await ctx.session.delete(row)
     spec = EventSpec("template.snapshot.delete", "template", name, outcome="success")
-    record_nocommit(session, team_id=team_id, spec=spec, actor=actor, now=now)
-    await session.commit()
+    record_nocommit(ctx.session, team_id=ctx.team_id, spec=spec, actor=ctx.actor, now=ctx.now)
+    await ctx.session.commit()

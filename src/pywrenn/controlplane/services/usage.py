@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -21,6 +22,18 @@ from pywrenn.ids import IdKind
 
 from .. import publicids
 from ..db.models import Capsule, Event
+from ..errors import InvalidInput
+from ..schemas.wrenn import (
+    CapsuleStats,
+    StatsCurrent,
+    StatsPeaks,
+    StatsSeries,
+    UsagePoint,
+    UsageResponse,
+)
+
+if TYPE_CHECKING:
+    from ..context import RequestContext
 
 RANGES: dict[str, timedelta] = {
     "5m": timedelta(minutes=5),
@@ -125,3 +138,42 @@ async def team_intervals(
         (rid, str(meta.get("from", "")), str(meta.get("to", "")), at) for rid, meta, at in rows
     ]
     return [i for i in intervals_from(changes, sizes) if i.end is None or i.end >= since]
+
+
+# -- the caller's team, for the API (`/v1/capsules/stats`, `/v1/capsules/usage`) -----------
+async def capsule_stats(ctx: RequestContext, range_: str) -> CapsuleStats:
+    """Running now, 30-day peaks, and a series over `range_` (one of `RANGES`)."""
+    if range_ not in RANGES:
+        raise InvalidInput(f"invalid_request: range {range_!r}; use {', '.join(RANGES)}")
+    now = ctx.now
+    since = now - PEAK_WINDOW
+    intervals = await team_intervals(ctx.session, team_id=ctx.team_id, since=since)
+    count, vcpus, memory = running_at(intervals, now)
+    peak = peaks(intervals, since, now)
+    labels, running, series_vcpus, series_memory = series(intervals, span=RANGES[range_], now=now)
+    return CapsuleStats(
+        range=range_,
+        current=StatsCurrent(running_count=count, vcpus_reserved=vcpus, memory_mb_reserved=memory),
+        peaks=StatsPeaks(running_count=peak[0], vcpus=peak[1], memory_mb=peak[2]),
+        series=StatsSeries(
+            labels=labels, running=running, vcpus=series_vcpus, memory_mb=series_memory
+        ),
+    )
+
+
+async def capsule_usage(
+    ctx: RequestContext, *, first: date | None, last: date | None
+) -> UsageResponse:
+    """Daily CPU and RAM minutes from `first` to `last` (default: the 30 days to today)."""
+    now = ctx.now
+    last = last or now.date()
+    first = first or (last - timedelta(days=30))
+    if first > last or (last - first).days > 366:
+        raise InvalidInput(f"invalid_request: dates {first}..{last}")
+    start = datetime(first.year, first.month, first.day, tzinfo=now.tzinfo)
+    intervals = await team_intervals(ctx.session, team_id=ctx.team_id, since=start)
+    points = [
+        UsagePoint(date=day, cpu_minutes=cpu, ram_mb_minutes=ram)
+        for day, cpu, ram in daily_usage(intervals, first=first, last=last, now=now)
+    ]
+    return UsageResponse(from_=first, to=last, points=points)
