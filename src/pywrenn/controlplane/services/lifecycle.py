@@ -42,6 +42,11 @@ S = CapsuleStatus
 
 # The API clamps a short auto-pause TTL up to a minute (wrenn-api.md §2); 0 is "never".
 MIN_TIMEOUT_SEC = 60
+# Whom Wrenn's API runs commands and file operations as, in their home, on a capsule of a
+# base template (as Wrenn does; the image gives it passwordless sudo). A snapshot template
+# without a default user of its own keeps the one its guest agent was frozen with, so one
+# made on an older image (which has no such account) still starts.
+WRENN_API_USER = "wrenn-user"
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,13 @@ class CreateSpec:
     memory_mb: int
     timeout_sec: int
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+def default_user(template: str, defaults: templates.Defaults) -> str:
+    """The template's own default user; on a base template, `WRENN_API_USER`."""
+    if defaults.user or template not in templates.BASE_TEMPLATES:
+        return defaults.user
+    return WRENN_API_USER
 
 
 def clamp_timeout(timeout_sec: int) -> int:
@@ -149,7 +161,7 @@ async def finish_create(
             defaults = await templates.defaults_for(session, team_id=row.team_id, name=row.template)
             body = _agent_create(row, host_template).model_copy(
                 update={
-                    "default_user": defaults.user,
+                    "default_user": default_user(row.template, defaults),
                     "default_env": defaults.env,
                     "default_workdir": defaults.workdir,
                 }
