@@ -137,6 +137,7 @@ class SandboxManager:
         self.base = BaseSnapshots(self)
         self.netpool = NetworkPool(self, settings.network_pool_size)
         self.admission = Admission.from_settings(settings)
+        network.configure_resolver(settings.dns_upstreams)
 
     # -- queries ---------------------------------------------------------------------------
     def list_infos(self) -> list[CapsuleInfo]:
@@ -698,6 +699,7 @@ class SandboxManager:
                 )
                 await client.wait_health(timeout=10.0)
                 capsule.envd = client
+                await network.reattach_network(capsule.net)  # its resolver died with the agent
                 # A resume that died after its running state: the pause is consumed.
                 (run_dir / SNAPSHOT_META).unlink(missing_ok=True)
                 discard_pause(run_dir)
