@@ -35,7 +35,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
 
-from pywrenn.hostagent import dns, firewall
+from pywrenn.hostagent import firewall
 from pywrenn.hostagent.errors import HostError
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
 
@@ -128,6 +128,10 @@ async def reattach_network(net: SlotNetwork) -> None:
 
 def configure_resolver(upstreams: Sequence[tuple[str, int]]) -> None:
     """Where capsules' queries go (empty: the host's own resolv.conf nameservers)."""
+    # dns.py (and dnspython) is imported where used, as pyroute2 is: the control plane
+    # imports SlotNetwork from this module and needs neither.
+    from pywrenn.hostagent import dns
+
     dns.configure(upstreams)
 
 
@@ -143,6 +147,8 @@ def list_namespaces() -> list[str]:
 def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...]) -> None:
     from pyroute2 import IPRoute, NetNS, netns
     from pyroute2.netlink.exceptions import NetlinkError
+
+    from pywrenn.hostagent import dns
 
     undo: list[Callable[[], None]] = []
     try:
@@ -208,6 +214,8 @@ def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...
 def _remove_sync(net: SlotNetwork) -> None:
     from pyroute2 import IPRoute, netns
 
+    from pywrenn.hostagent import dns
+
     dns.forwarder().stop(net.index)
     _host_egress(net, add=False)  # before the namespace: no rule outlives it
     with IPRoute() as ip, contextlib.suppress(Exception):
@@ -220,6 +228,8 @@ def _remove_sync(net: SlotNetwork) -> None:
 def _reattach_sync(net: SlotNetwork) -> None:
     from pyroute2 import NetNS
     from pyroute2.netlink.exceptions import NetlinkError
+
+    from pywrenn.hostagent import dns
 
     # A namespace made by an agent older than the forwarder lacks its address and rules.
     try:
