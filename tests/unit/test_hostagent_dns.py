@@ -273,10 +273,15 @@ def test_a_capsule_over_its_rate_is_refused_without_the_upstream(stub: StubDnsSe
         assert wire is not None
         return parsed(wire).rcode()
 
-    async def main() -> list[int]:
-        return [await ask() for _ in range(4)]
+    async def main() -> tuple[list[int], bytes | None]:
+        rcodes = [await ask() for _ in range(4)]
+        # Malformed messages count too, and past the rate they get no answer at all.
+        broken = await answerer.answer(query("example.test").to_wire()[:-3], tcp=False)
+        return rcodes, broken
 
-    assert asyncio.run(main()) == [0, 0, dns.rcode.REFUSED, dns.rcode.REFUSED]
+    rcodes, broken = asyncio.run(main())
+    assert rcodes == [0, 0, dns.rcode.REFUSED, dns.rcode.REFUSED]
+    assert broken is None
     assert len(stub.queries) == 2
 
 

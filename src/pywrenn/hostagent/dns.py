@@ -204,13 +204,14 @@ class Answerer:
     async def answer(self, wire: bytes, *, tcp: bool) -> bytes | None:
         if not HEADER_BYTES <= len(wire) <= self.limits.max_query_bytes:
             return None
+        within_rate = self.bucket.take()  # every message counts, junk too
         try:
             query = dns.message.from_wire(wire)
         except dns.exception.DNSException:
-            return _formerr(wire)
+            return _formerr(wire) if within_rate else None
         if query.flags & dns.flags.QR:
             return None  # a response sent to a resolver: never answer one (no loops)
-        if not self.bucket.take():
+        if not within_rate:
             return self._over_limit(query, dns.rcode.REFUSED)
         rcode = self._check(query)
         if rcode is not None:
@@ -300,8 +301,8 @@ def _reply(query: dns.message.Message, rcode: dns.rcode.Rcode) -> bytes:
 
 
 def _formerr(wire: bytes) -> bytes | None:
-    """FORMERR for a message whose header parses but the rest does not; None for junk
-    that is not even a query header (nothing worth answering)."""
+    """FORMERR (header only) for a query whose header reads but whose rest does not; None
+    when the header says it is a response (never answered)."""
     (flags,) = struct.unpack("!H", wire[2:4])
     if flags & dns.flags.QR:
         return None
