@@ -35,6 +35,9 @@ from tests.integration.conftest import (
     wrenn_dir_with_cached_image,
 )
 
+# Wrenn's API runs commands and file operations as wrenn-user, in its home.
+HOME = "/home/wrenn-user"
+
 CONTROL_PLANE = (
     "import uvicorn;"
     "from pywrenn.controlplane.app import create_app;"
@@ -200,6 +203,20 @@ def test_a_command_past_its_timeout_raises_with_its_output(capsule: Capsule) -> 
     assert capsule.commands.run("echo after").stdout == "after\n"  # the capsule is fine
 
 
+def test_commands_run_as_wrenn_user_at_home_with_sudo(capsule: Capsule) -> None:
+    result = capsule.commands.run("whoami; pwd; echo $HOME")
+    assert result.stdout == f"wrenn-user\n{HOME}\n{HOME}\n", result
+    # Passwordless, and without "unable to resolve host": the hostname is in /etc/hosts.
+    sudo = capsule.commands.run("sudo -n true && sudo -n whoami")
+    assert (sudo.stdout, sudo.stderr, sudo.exit_code) == ("root\n", "", 0)
+    hosts = capsule.commands.run("getent hosts $(hostname)")
+    assert hosts.stdout.split() == ["127.0.1.1", capsule.capsule_id], hosts
+    # Files land as the same user, where its commands find them.
+    capsule.files.write(f"{HOME}/notes.txt", "mine")
+    owned = capsule.commands.run("stat -c %U notes.txt && cat notes.txt")
+    assert owned.stdout == "wrenn-user\nmine"
+
+
 def test_files(capsule: Capsule) -> None:
     capsule.files.write("/tmp/e2e/a.txt", "hello file")
     assert capsule.files.read("/tmp/e2e/a.txt") == "hello file"
@@ -224,15 +241,15 @@ def test_fifty_megabytes_stream_both_ways(capsule: Capsule) -> None:
     digest = hashlib.sha256()
     for _ in range(50):
         digest.update(chunk)
-    capsule.files.upload_stream("/root/big.bin", (chunk for _ in range(50)))
+    capsule.files.upload_stream(f"{HOME}/big.bin", (chunk for _ in range(50)))
     back = hashlib.sha256()
     size = 0
-    for part in capsule.files.download_stream("/root/big.bin"):
+    for part in capsule.files.download_stream(f"{HOME}/big.bin"):
         back.update(part)
         size += len(part)
     assert size == 50 * 1024 * 1024
     assert back.hexdigest() == digest.hexdigest()
-    capsule.files.remove("/root/big.bin")
+    capsule.files.remove(f"{HOME}/big.bin")
 
 
 def test_pty_resize_and_reconnect(capsule: Capsule) -> None:
@@ -282,21 +299,21 @@ def test_pty_keepalive_pings_are_answered(capsule: Capsule) -> None:
 
 
 def test_pause_resume_keeps_state(capsule: Capsule) -> None:
-    capsule.files.write("/root/state.txt", "kept")
+    capsule.files.write(f"{HOME}/state.txt", "kept")
     capsule.commands.run("sleep 600", background=True, tag="survivor")
     capsule.pause(wait=True)
     assert capsule.get_info().status.value == "paused"
     with pytest.raises(wrenn.WrennConflictError):
         capsule.commands.run("true")
     capsule.resume(wait=True)
-    assert capsule.files.read("/root/state.txt") == "kept"
+    assert capsule.files.read(f"{HOME}/state.txt") == "kept"
     assert "survivor" in [p.tag for p in capsule.commands.list()]
     with pytest.raises(wrenn.WrennConflictError):
         capsule.resume()
 
 
 def test_snapshot_into_template_and_create_from_it(node: Node, capsule: Capsule) -> None:
-    capsule.files.write("/root/from-snapshot.txt", "baked in")
+    capsule.files.write(f"{HOME}/from-snapshot.txt", "baked in")
     template = capsule.create_snapshot(name="baked")
     assert template.name == "baked"
     assert capsule.get_info().status.value == "running"  # the source keeps running
@@ -306,9 +323,9 @@ def test_snapshot_into_template_and_create_from_it(node: Node, capsule: Capsule)
         with Capsule(
             template="baked", wait=True, api_key=node.api_key, base_url=node.base_url
         ) as child:
-            assert child.files.read("/root/from-snapshot.txt") == "baked in"
-            child.files.write("/root/only-child.txt", "mine")
-            assert not capsule.files.exists("/root/only-child.txt")
+            assert child.files.read(f"{HOME}/from-snapshot.txt") == "baked in"
+            child.files.write(f"{HOME}/only-child.txt", "mine")
+            assert not capsule.files.exists(f"{HOME}/only-child.txt")
             with pytest.raises(wrenn.WrennConflictError):
                 client.snapshots.delete("baked")  # in use by the child
         client.snapshots.delete("baked")

@@ -137,7 +137,13 @@ def test_installed_rules_block_link_local_private_and_host(cleanup: list[SlotNet
         rule = f"-A FORWARD -d {cidr} -i tap0 -j REJECT --reject-with icmp-admin-prohibited"
         assert rule in forward
     assert not any(_lets_new_traffic_through(r) for r in forward)
-    assert "-A INPUT -i tap0 -j DROP" in _rules("INPUT", netns=net.netns)
+    # The namespace: nothing the guest starts reaches it but DNS at the resolver address.
+    assert _rules("INPUT", netns=net.netns)[1:] == [
+        "-A INPUT -i tap0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A INPUT -d 10.0.2.3/32 -i tap0 -p udp -m udp --dport 53 -j ACCEPT",
+        "-A INPUT -d 10.0.2.3/32 -i tap0 -p tcp -m tcp --dport 53 -j ACCEPT",
+        "-A INPUT -i tap0 -j DROP",
+    ]
     assert in_ns(net, "sysctl", "-n", "net.ipv6.conf.all.disable_ipv6").strip() == "1"
 
 
@@ -265,3 +271,157 @@ def test_guest_cannot_reach_the_host_while_the_agent_reaches_the_guest(
             await manager.close()
 
     asyncio.run(main())
+
+
+# Runs in the guest: resolve a name the stub serves and one it does not (timed), and ask
+# the forwarder over TCP by hand; prints one JSON line.
+GUEST_LOOKUPS = r"""
+import json, socket, struct, subprocess, time
+out = {}
+t = time.monotonic()
+out["resolved"] = socket.getaddrinfo("example.test", 80, socket.AF_INET)[0][4][0]
+out["resolve_s"] = time.monotonic() - t
+t = time.monotonic()
+try:
+    socket.getaddrinfo("missing.test", 80, socket.AF_INET)
+    out["missing"] = "resolved"
+except socket.gaierror as e:
+    out["missing"] = e.errno
+out["missing_s"] = time.monotonic() - t
+out["getent"] = subprocess.run(["getent", "hosts", "example.test"], capture_output=True,
+                               text=True).stdout.split()
+name = b"".join(bytes([len(p)]) + p for p in b"example.test".split(b".")) + b"\0"
+query = struct.pack("!HHHHHH", 0x4242, 0x0100, 1, 0, 0, 0) + name + struct.pack("!HH", 1, 1)
+with socket.create_connection(("10.0.2.3", 53), timeout=5) as s:
+    s.sendall(struct.pack("!H", len(query)) + query)
+    data = b""
+    while len(data) < 2 or len(data) < 2 + struct.unpack("!H", data[:2])[0]:
+        chunk = s.recv(4096)
+        if not chunk:
+            break
+        data += chunk
+out["tcp_id"] = struct.unpack("!H", data[2:4])[0]
+out["tcp_has_address"] = bytes([192, 0, 2, 10]) in data
+print(json.dumps(out))
+"""
+
+# Runs in the guest: try to open a connection to each (host, port); prints one JSON line.
+GUEST_CONNECTS = r"""
+import json, socket, sys
+result = {}
+for target in json.loads(sys.argv[1]):
+    host, port = target
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+        result[f"{host}:{port}"] = "connected"
+    except OSError as e:
+        result[f"{host}:{port}"] = type(e).__name__
+print(json.dumps(result))
+"""
+
+
+def test_a_guest_without_egress_resolves_names_and_reaches_nothing_else_of_the_host(
+    guest_image: ImageManifest, tmp_path: Path
+) -> None:
+    """One real capsule, egress off, its forwarder pointed at a stub DNS server on
+    loopback: a name resolves at once, a missing one fails at once, over UDP and TCP;
+    every host address but the resolver's port 53 stays closed; and after the agent
+    "dies" (its forwarder with it), the next agent's recovery serves DNS again."""
+    import json
+
+    from pywrenn.hostagent import dns
+    from tests.dns_stub import StubDnsServer
+
+    async def run(manager: SandboxManager, capsule_id: str, script: str, *args: str) -> str:
+        out = await GuestService(manager).exec(
+            capsule_id, ProcessSpec("python3", ["-c", script, *args])
+        )
+        assert out.exit_code == 0, out
+        return out.stdout.decode()
+
+    async def main(stub: StubDnsServer) -> None:
+        root = wrenn_dir_with_cached_image(tmp_path / "wrenn")
+        settings = HostAgentSettings(
+            dir=root,
+            network_pool_size=0,
+            egress_default=False,
+            dns_upstreams=((stub.host, stub.port),),
+        )
+        manager = SandboxManager(settings, QemuRuntime(Layout(root).cache_dir))
+        capsule_id = ""
+        listener: subprocess.Popen[str] | None = None
+        try:
+            await manager.recover()
+            info = await manager.create(CreateRequest(memory_mb=256, egress=False))
+            capsule_id = info.capsule_id
+            net = manager.capsule(capsule_id).net
+
+            lookups = json.loads(await run(manager, capsule_id, GUEST_LOOKUPS))
+            print("guest lookups:", lookups)
+            assert lookups["resolved"] == "192.0.2.10"
+            assert lookups["getent"] == ["192.0.2.10", "example.test"]
+            assert lookups["missing"] == socket.EAI_NONAME
+            assert lookups["tcp_id"] == 0x4242 and lookups["tcp_has_address"]
+            # Before: ~12 s per lookup (nothing answered 10.0.2.3). Generous for TCG.
+            assert lookups["resolve_s"] < 3 and lookups["missing_s"] < 3
+            asked = {q.question[0].name.to_text() for q in stub.queries}
+            assert {"example.test.", "missing.test."} <= asked
+
+            # A listener on every address of the namespace (10.0.2.2, 10.0.2.3 among them)
+            # and one on the host's side of the veth: the guest reaches neither.
+            serve = (
+                "import socket\n"
+                "s = socket.create_server(('0.0.0.0', 0))\n"
+                "print(s.getsockname()[1], flush=True)\n"
+                "s.settimeout(30)\n"
+                "c, a = s.accept()\n"
+                "print('accepted', a, flush=True)\n"
+            )
+            listener = subprocess.Popen(
+                ["ip", "netns", "exec", net.netns, sys.executable, "-c", serve],
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            assert listener.stdout is not None
+            ns_port = int(listener.stdout.readline())
+            host_server = await asyncio.start_server(lambda r, w: w.close(), net.veth_host_ip, 0)
+            host_port = host_server.sockets[0].getsockname()[1]
+            targets = [
+                ("10.0.2.2", ns_port),
+                ("10.0.2.3", ns_port),
+                (net.veth_host_ip, host_port),
+                (net.host_ip, host_port),
+                ("10.0.2.3", 53),
+            ]
+            reached = json.loads(
+                await run(manager, capsule_id, GUEST_CONNECTS, json.dumps(targets))
+            )
+            print("guest connects:", reached)
+            host_server.close()
+            await host_server.wait_closed()
+            assert reached.pop("10.0.2.3:53") == "connected"
+            assert all(outcome != "connected" for outcome in reached.values()), reached
+            listener.kill()
+            assert "accepted" not in (listener.communicate()[0] or "")
+
+            # The agent dies: its forwarder (and every socket of it) with it. The VM runs on.
+            await manager.close()
+            dns.forwarder().close()
+            manager = SandboxManager(settings, QemuRuntime(Layout(root).cache_dir))
+            report = await manager.recover()
+            assert capsule_id in report.adopted
+            getent = await GuestService(manager).exec(
+                capsule_id, ProcessSpec("getent", ["hosts", "example.test"])
+            )
+            assert getent.stdout.decode().split() == ["192.0.2.10", "example.test"]
+        finally:
+            if listener is not None and listener.poll() is None:
+                listener.kill()
+                listener.communicate()
+            if capsule_id:
+                await manager.destroy(capsule_id)
+            await manager.close()
+        assert dns.forwarder().serving() == []  # the namespace took its resolver with it
+
+    with StubDnsServer({"example.test": "192.0.2.10"}) as stub:
+        asyncio.run(main(stub))

@@ -33,6 +33,8 @@ def test_lifecycle_create_pause_resume_destroy(db_url: str, tmp_path: Path) -> N
         assert got["metadata"]["envd_version"] == "0.1.0"
         # The host got the image name behind the SDK's default template, and our team.
         assert h.fake.capsules[cid].body["template"] == "minimal"
+        # Wrenn's API runs commands as wrenn-user on a base template, as Wrenn does.
+        assert h.fake.capsules[cid].body["default_user"] == "wrenn-user"
         assert [c["id"] for c in (await h.client.get("/api/v1/capsules")).json()] == [cid]
 
         paused = await h.client.post(f"/api/v1/capsules/{cid}/pause")

@@ -33,6 +33,8 @@ def test_snapshot_list_create_from_and_delete(db_url: str, tmp_path: Path) -> No
         await h.settle()
         child = r.json()["id"]
         assert h.fake.capsules[child].body["template"].startswith("tpl-")
+        # No default user of its own: the guest keeps the one it was frozen with.
+        assert h.fake.capsules[child].body["default_user"] == ""
 
         # In use: the host refuses, and the row stays.
         r = await h.client.delete("/api/v1/snapshots/web")

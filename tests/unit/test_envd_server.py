@@ -236,6 +236,7 @@ def test_init_sets_env_vars_workdir_and_default_user(envd_server: AgentServer, t
         b'{"timestamp": "yesterday"}',
         b'{"entropy": "***"}',
         b'{"accessToken": 5}',
+        b'{"hostname": "cl-a\\n127.0.0.1 evil"}',
     ],
 )
 def test_init_rejects_bad_input(envd_server: AgentServer, body: bytes) -> None:

@@ -15,7 +15,7 @@ from pywrenn.hostagent.settings import HostAgentSettings
 DEFAULT = ["10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10"]
 
 
-def ns_rules(egress: bool, blocked: list[str] = DEFAULT) -> list[str]:
+def ns_rules(egress: bool, blocked: list[str] = DEFAULT, resolver: str | None = None) -> list[str]:
     net = SlotNetwork(7)
     text = firewall.namespace_rules(
         tap="tap0",
@@ -26,6 +26,7 @@ def ns_rules(egress: bool, blocked: list[str] = DEFAULT) -> list[str]:
         internal=(HOST_IP_NET, VETH_NET),
         blocked=[IPv4Network(b) for b in blocked],
         egress=egress,
+        resolver=resolver,
     )
     return text.splitlines()
 
@@ -58,6 +59,21 @@ def test_namespace_rejects_link_local_private_and_host_before_anything_passes(
     assert lines[first(lines, "-A INPUT -i tap0 -j DROP") - 1].endswith(
         "ESTABLISHED,RELATED -j ACCEPT"
     )
+
+
+@pytest.mark.parametrize("egress", [True, False])
+def test_the_guest_reaches_the_namespace_only_for_dns_at_the_resolver(egress: bool) -> None:
+    lines = ns_rules(egress, resolver="10.0.2.3")
+    assert [line for line in lines if line.startswith("-A INPUT")] == [
+        "-A INPUT -i tap0 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+        "-A INPUT -i tap0 -d 10.0.2.3/32 -p udp -m udp --dport 53 -j ACCEPT",
+        "-A INPUT -i tap0 -d 10.0.2.3/32 -p tcp -m tcp --dport 53 -j ACCEPT",
+        "-A INPUT -i tap0 -j DROP",
+    ]
+    # Forwarding is untouched: DNS is answered in the namespace, never routed out.
+    forward = [line for line in lines if line.startswith("-A FORWARD")]
+    assert forward == [line for line in ns_rules(egress) if line.startswith("-A FORWARD")]
+    assert not any(passes(line) for line in forward)
 
 
 def test_namespace_keeps_our_own_ranges_blocked_with_an_empty_list() -> None:

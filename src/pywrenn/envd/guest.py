@@ -1,16 +1,19 @@
 """Changes the agent makes to its machine, only when it runs as a capsule's guest agent.
 
-Owns: setting the clock, reseeding the kernel RNG and the hostname after `/init`. The
-same agent also runs on developer hosts and in tests, where touching the host's clock
-would be a disaster, so `running_in_guest()` decides by looking, not by a flag: in a
-capsule, PID 1 is our guest init.
+Owns: setting the clock, reseeding the kernel RNG, and the hostname (with the
+`127.0.1.1` line of /etc/hosts that makes it resolve) after `/init`. The same agent also
+runs on developer hosts and in tests, where touching the host's clock would be a
+disaster, so `running_in_guest()` decides by looking, not by a flag: in a capsule, PID 1
+is our guest init.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import logging
 import os
+import re
 import socket
 import struct
 import time
@@ -23,6 +26,16 @@ RNDADDENTROPY = 0x40085203
 RNDRESEEDCRNG = 0x5207
 # Leave the clock alone when it is already this close: stepping it is not free.
 CLOCK_TOLERANCE_S = 0.05
+HOSTS_PATH = "/etc/hosts"
+# Debian's address for the machine's own name (so `sudo`, which looks its host up, answers
+# at once instead of warning "unable to resolve host" after a DNS timeout).
+OWN_NAME_ADDRESS = "127.0.1.1"
+# RFC 1123 labels, dot-separated, at most 64 bytes (the kernel's limit): a name that
+# becomes a line of /etc/hosts must not carry spaces, newlines or comments.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
+MAX_HOSTNAME_BYTES = 64
+_DEFAULT_HOSTS = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
 
 
 def running_in_guest(proc_root: str = "/proc") -> bool:
@@ -61,5 +74,56 @@ def add_entropy(seed: bytes) -> None:
             log.warning("RNDRESEEDCRNG failed: %s", exc)
 
 
-def set_hostname(name: str) -> None:
+def valid_hostname(name: str) -> bool:
+    return len(name) <= MAX_HOSTNAME_BYTES and _HOSTNAME.match(name) is not None
+
+
+def set_hostname(name: str, hosts_path: str = HOSTS_PATH) -> None:
+    """Name the machine and make the name resolve (as Wrenn's guest init does)."""
+    if not valid_hostname(name):
+        raise ValueError(f"invalid hostname {name!r}")
     socket.sethostname(name)
+    write_hosts(name, hosts_path)
+
+
+def hosts_with_hostname(text: str, name: str) -> str:
+    """`text` (an /etc/hosts) whose one `127.0.1.1` line names `name`.
+
+    Every other line is kept as it was (localhost, IPv6, anything a user added); the
+    line goes right after the first `127.0.0.1` line, where Debian puts it.
+    """
+    kept = [line for line in text.splitlines() if _address(line) != OWN_NAME_ADDRESS]
+    ours = f"{OWN_NAME_ADDRESS}\t{name}"
+    at = next((i + 1 for i, line in enumerate(kept) if _address(line) == "127.0.0.1"), 0)
+    return "\n".join([*kept[:at], ours, *kept[at:]]) + "\n"
+
+
+def write_hosts(name: str, path: str = HOSTS_PATH) -> None:
+    """Rewrite `path` for `name`, atomically (a reader never sees half a file); nothing
+    is written when it already says so (every resume re-sends the same name)."""
+    try:
+        with open(path, encoding="utf-8", errors="surrogateescape") as f:
+            current = f.read()
+    except FileNotFoundError:
+        current = _DEFAULT_HOSTS
+    wanted = hosts_with_hostname(current, name)
+    if wanted == current:
+        return
+    temp = f"{path}.wrenn-{os.getpid()}"
+    fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape") as f:
+            f.write(wanted)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(temp, 0o644)  # whatever the umask: every user resolves names through it
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(temp)
+        raise
+
+
+def _address(line: str) -> str:
+    fields = line.split("#", 1)[0].split()
+    return fields[0] if fields else ""

@@ -2,7 +2,7 @@
 
 Owns: the handshake the host agent performs after every boot or restore (`/init`: access
 token, default user and workdir, global env vars, the host's clock, fresh entropy, the
-hostname) and the guest's resource figures.
+hostname and its /etc/hosts line) and the guest's resource figures.
 """
 
 from __future__ import annotations
@@ -88,6 +88,8 @@ class SystemService:
         timestamp = _optional_str(body, "timestamp")
         entropy = _optional_str(body, "entropy")
         hostname = _optional_str(body, "hostname")
+        if hostname and not guest.valid_hostname(hostname):
+            raise HTTPError(400, f"invalid: hostname {hostname!r} is not an RFC 1123 host name")
         epoch = parse_rfc3339(timestamp) if timestamp else None
         seed = _decode_b64(entropy, "entropy") if entropy else b""
         self._apply_to_machine(epoch, seed, hostname)

@@ -51,6 +51,9 @@ class FakeHostNetwork:
         await self.faults.enter("remove")
         self.built.pop(net.index, None)
 
+    async def reattach(self, net: SlotNetwork) -> None:
+        return None  # the fake runs no DNS forwarder
+
     async def slots_in_use(self) -> frozenset[int]:
         await self.faults.enter("slots_in_use")
         return frozenset(self.built) | frozenset(self.foreign)

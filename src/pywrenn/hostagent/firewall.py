@@ -12,7 +12,9 @@ Two layers, each enough on its own for what it guards (defense in depth):
    (10.11/16, 10.12/16: the host's side of every veth), to the operator's blocked ranges
    and to the host's side of this veth are REJECTed (the guest sees "unreachable" at
    once rather than a timeout); with egress off every other new connection is DROPped.
-   The guest cannot open a connection to the namespace itself (nothing listens there).
+   The guest cannot open a connection to the namespace itself, except to the capsule's
+   DNS forwarder (udp and tcp port 53 at the resolver address, dns.py), whatever egress
+   says: name resolution only, answered from the host agent's side.
    IPv6 is switched off in the namespace, so none of this can be walked around over v6.
 2. On the host, for packets that arrive on a capsule's veth (`wrn-veth-+`):
    - INPUT -> `WRENN-INPUT`: only replies (ESTABLISHED,RELATED) go on to the host's own
@@ -49,6 +51,7 @@ DEFAULT_BLOCKED_RANGES: tuple[IPv4Network, ...] = (
     IPv4Network("100.64.0.0/10"),  # carrier-grade NAT, also used by some clouds inside
 )
 
+DNS_PORT = 53
 CHAIN_INPUT = "WRENN-INPUT"
 CHAIN_FORWARD = "WRENN-FWD"
 CHAIN_EGRESS = "WRENN-EGRESS"
@@ -66,8 +69,11 @@ def namespace_rules(
     internal: Sequence[IPv4Network],
     blocked: Sequence[IPv4Network],
     egress: bool,
+    resolver: str | None = None,
 ) -> str:
-    """The whole ruleset of a fresh capsule namespace (nat and filter tables)."""
+    """The whole ruleset of a fresh capsule namespace (nat and filter tables).
+
+    `resolver`: the address where the guest may reach the DNS forwarder (port 53)."""
     never = _unique([LINK_LOCAL, *internal, *blocked, IPv4Network(f"{veth_host_ip}/32")])
     lines = [
         "*nat",
@@ -76,6 +82,7 @@ def namespace_rules(
         "COMMIT",
         "*filter",
         _line("INPUT", "-i", tap, *REPLIES, "-j", "ACCEPT"),
+        *(_line("INPUT", *rule) for rule in resolver_rules(tap=tap, resolver=resolver)),
         _line("INPUT", "-i", tap, "-j", "DROP"),
         _line("FORWARD", "-i", tap, *REPLIES, "-j", "ACCEPT"),
         *(_line("FORWARD", "-i", tap, "-d", str(n), *REJECT) for n in never),
@@ -84,6 +91,28 @@ def namespace_rules(
         lines.append(_line("FORWARD", "-i", tap, "-j", "DROP"))
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
+
+
+def resolver_rules(*, tap: str, resolver: str | None) -> list[list[str]]:
+    """INPUT rules (without the chain) letting the guest ask the forwarder: DNS only."""
+    if resolver is None:
+        return []
+    to_resolver = ["-i", tap, "-d", f"{resolver}/32"]
+    return [
+        [*to_resolver, "-p", proto, "-m", proto, "--dport", str(DNS_PORT), "-j", "ACCEPT"]
+        for proto in ("udp", "tcp")
+    ]
+
+
+def ensure_resolver_rules(netns: str, *, tap: str, resolver: str) -> None:
+    """Add the resolver rules to a namespace made before they existed (idempotent); they
+    go first in INPUT, before its DROP."""
+    prefix = ["ip", "netns", "exec", netns, "iptables", "-w"]
+    for rule in resolver_rules(tap=tap, resolver=resolver):
+        try:
+            run([*prefix, "-C", "INPUT", *rule])
+        except HostError:
+            run([*prefix, "-I", "INPUT", "1", *rule])
 
 
 def host_guard_rules(*, veth_glob: str, blocked: Sequence[IPv4Network]) -> str:

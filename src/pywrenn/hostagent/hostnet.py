@@ -45,6 +45,11 @@ class HostNetwork(Protocol):
         """Tear down whatever `create` may have built for `net`; missing pieces are fine."""
         ...
 
+    async def reattach(self, net: SlotNetwork) -> None:
+        """Serve a re-adopted capsule's network services again (its DNS forwarder died
+        with the previous agent); never raises: a running capsule is kept regardless."""
+        ...
+
     async def slots_in_use(self) -> frozenset[int]:
         """Slots whose namespace exists on this host, whoever made it (namespaces are
         host-wide: another agent, on another WRENN_DIR, may hold some)."""
@@ -52,7 +57,11 @@ class HostNetwork(Protocol):
 
 
 class LinuxHostNetwork:
-    """`HostNetwork` on this Linux host (network.py, firewall.py)."""
+    """`HostNetwork` on this Linux host (network.py, firewall.py, dns.py)."""
+
+    def __init__(self, *, dns_upstreams: Sequence[tuple[str, int]] = ()) -> None:
+        # Where capsules' DNS queries go (empty: the host's own resolv.conf nameservers).
+        network.configure_resolver(dns_upstreams)
 
     async def ensure_host_guards(self, blocked: Sequence[IPv4Network]) -> None:
         await network.ensure_host_guards(blocked)
@@ -68,6 +77,9 @@ class LinuxHostNetwork:
 
     async def remove(self, net: SlotNetwork) -> None:
         await _to_the_end(network.remove_network(net))
+
+    async def reattach(self, net: SlotNetwork) -> None:
+        await network.reattach_network(net)
 
     async def slots_in_use(self) -> frozenset[int]:
         names = await asyncio.to_thread(network.list_namespaces)

@@ -87,7 +87,9 @@ class SandboxManager:
         self.layout = Layout(settings.dir)
         self.layout.ensure()
         self.runtime = runtime
-        self.network: HostNetwork = network if network is not None else LinuxHostNetwork()
+        if network is None:
+            network = LinuxHostNetwork(dns_upstreams=settings.dns_upstreams)
+        self.network: HostNetwork = network
         self.connect_guest = connect_guest
         self.slots = SlotAllocator(self.layout)
         self._capsules: dict[str, Capsule] = {}

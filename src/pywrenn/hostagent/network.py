@@ -6,6 +6,7 @@ Owns: the addresses derived from a slot index and building/tearing down the plum
     wrn-veth-{i} ─────────── eth0 ─┐  DNAT host_ip → guest
     10.12.x.(2i)/31           10.12.x.(2i+1)/31
     route host_ip/32 ──────►         └─ tap0 10.0.2.2/24 ─────────── eth0 10.0.2.15
+                                          10.0.2.3/32  DNS forwarder (dns.py)
 
 Every guest has the same address (10.0.2.15): each sits alone in its namespace, so one
 memory snapshot serves every clone. The host reaches a guest at `host_ip` (10.11.x.i).
@@ -13,6 +14,13 @@ Egress (guest-initiated connections) is dropped in the namespace unless enabled;
 enabled, the namespace SNATs to its veth address and the host masquerades it. Even with
 egress on, a guest never reaches the host, link-local (metadata) or the blocked ranges:
 firewall.py holds those rules and says where each one sits.
+
+Name resolution: the guest's resolv.conf names 10.0.2.3, an address of tap0 where the
+host agent's forwarder (dns.py) listens on udp and tcp port 53, with or without egress.
+It is started with the network and stopped with it, and `reattach_network` starts it
+again for a capsule a restarted agent re-adopts. tap0 has one fixed MAC address in every
+namespace, as every guest has the same address: a guest restored into another namespace
+(a resume, a template clone) still has the right neighbour entries for .2 and .3.
 
 Safety: the agent installs `unreachable` routes for the two /16s it uses, so a packet
 for a capsule whose namespace is gone fails on the host and never leaves the machine.
@@ -37,6 +45,8 @@ HOST_IP_NET = IPv4Network("10.11.0.0/16")
 VETH_NET = IPv4Network("10.12.0.0/16")
 GUEST_IP = "10.0.2.15"
 GUEST_GATEWAY = "10.0.2.2"
+GUEST_RESOLVER = "10.0.2.3"  # what the image's resolv.conf names (images/rootfs.py)
+TAP_MAC = "02:77:72:6e:00:02"  # locally administered; the same in every namespace
 GUEST_PREFIX = 24
 TAP_NAME = "tap0"
 NS_PREFIX = "wrenn-ns-"
@@ -107,6 +117,24 @@ async def ensure_host_guards(blocked: Sequence[IPv4Network] = DEFAULT_BLOCKED_RA
     await asyncio.to_thread(_ensure_guards_sync, tuple(blocked))
 
 
+async def reattach_network(net: SlotNetwork) -> None:
+    """Serve a re-adopted capsule's resolver again (the sockets died with the previous
+    agent). Never raises: a running capsule is not given up for want of DNS."""
+    try:
+        await asyncio.to_thread(_reattach_sync, net)
+    except (HostError, OSError, RuntimeError) as exc:
+        log.warning("slot %d keeps running without DNS: %s", net.index, exc)
+
+
+def configure_resolver(upstreams: Sequence[tuple[str, int]]) -> None:
+    """Where capsules' queries go (empty: the host's own resolv.conf nameservers)."""
+    # dns.py (and dnspython) is imported where used, as pyroute2 is: the control plane
+    # imports SlotNetwork from this module and needs neither.
+    from pywrenn.hostagent import dns
+
+    dns.configure(upstreams)
+
+
 def list_namespaces() -> list[str]:
     from pyroute2 import netns
 
@@ -119,6 +147,8 @@ def list_namespaces() -> list[str]:
 def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...]) -> None:
     from pyroute2 import IPRoute, NetNS, netns
     from pyroute2.netlink.exceptions import NetlinkError
+
+    from pywrenn.hostagent import dns
 
     undo: list[Callable[[], None]] = []
     try:
@@ -146,7 +176,9 @@ def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...
             ns.link("set", index=eth0, state="up")
             ns.link("add", ifname=TAP_NAME, kind="tuntap", mode="tap")
             tap = ns.link_lookup(ifname=TAP_NAME)[0]
+            ns.link("set", index=tap, address=TAP_MAC)
             ns.addr("add", index=tap, address=GUEST_GATEWAY, prefixlen=GUEST_PREFIX)
+            ns.addr("add", index=tap, address=GUEST_RESOLVER, prefixlen=32)
             ns.link("set", index=tap, state="up", txqlen=5000)
             ns.route("add", dst="default", gateway=net.veth_host_ip)
         # IPv6 off (-e: a host without IPv6 has no such keys): the filter below is IPv4.
@@ -163,8 +195,11 @@ def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...
                 internal=(HOST_IP_NET, VETH_NET),
                 blocked=blocked,
                 egress=egress,
+                resolver=GUEST_RESOLVER,
             ),
         )
+        undo.append(lambda: dns.forwarder().stop(net.index))
+        dns.forwarder().serve(net.index, net.netns, GUEST_RESOLVER)
         if egress:
             undo.append(lambda: _host_egress(net, add=False))
             _host_egress(net, add=True)
@@ -179,12 +214,33 @@ def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...
 def _remove_sync(net: SlotNetwork) -> None:
     from pyroute2 import IPRoute, netns
 
+    from pywrenn.hostagent import dns
+
+    dns.forwarder().stop(net.index)
     _host_egress(net, add=False)  # before the namespace: no rule outlives it
     with IPRoute() as ip, contextlib.suppress(Exception):
         ip.route("del", dst=f"{net.host_ip}/32")
     _delete_link(net.veth_host)
     if net.netns in netns.listnetns():
         netns.remove(net.netns)
+
+
+def _reattach_sync(net: SlotNetwork) -> None:
+    from pyroute2 import NetNS
+    from pyroute2.netlink.exceptions import NetlinkError
+
+    from pywrenn.hostagent import dns
+
+    # A namespace made by an agent older than the forwarder lacks its address and rules.
+    try:
+        with NetNS(net.netns, flags=0) as ns:
+            tap = ns.link_lookup(ifname=TAP_NAME)[0]
+            if GUEST_RESOLVER not in {a.get_attr("IFA_ADDRESS") for a in ns.get_addr(index=tap)}:
+                ns.addr("add", index=tap, address=GUEST_RESOLVER, prefixlen=32)
+    except (NetlinkError, IndexError) as exc:
+        raise HostError(f"namespace {net.netns}: {exc}") from exc
+    firewall.ensure_resolver_rules(net.netns, tap=TAP_NAME, resolver=GUEST_RESOLVER)
+    dns.forwarder().serve(net.index, net.netns, GUEST_RESOLVER)
 
 
 def _ensure_guards_sync(blocked: tuple[IPv4Network, ...]) -> None:

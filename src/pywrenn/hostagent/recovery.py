@@ -201,6 +201,7 @@ class Recovery:
             await client.aclose()
             raise
         capsule.envd = client
+        await self.network.reattach(capsule.net)  # its resolver died with the agent
         # A resume that died after its running state: the pause is consumed.
         (run_dir / SNAPSHOT_META).unlink(missing_ok=True)
         discard_pause(run_dir)

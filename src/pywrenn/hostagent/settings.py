@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pywrenn.config import DEFAULT_WRENN_DIR, parse_listen
+from pywrenn.hostagent.dns import parse_upstreams
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
 
 # A host token shorter than this is refused at start: it is the only thing between a
@@ -33,6 +34,9 @@ class HostAgentSettings(BaseSettings):
     # Ranges no guest may reach, egress or not (comma-separated CIDRs; empty: none beyond
     # link-local and the agent's own capsule ranges, which are always blocked).
     blocked_ranges: Annotated[tuple[IPv4Network, ...], NoDecode] = DEFAULT_BLOCKED_RANGES
+    # Where capsules' DNS queries are forwarded: comma-separated `ip` or `ip:port` (`[v6]:port`);
+    # empty: the nameservers of the host's /etc/resolv.conf, read at start.
+    dns_upstreams: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
     default_vcpus: int = 1
     default_memory_mb: int = 512
     max_vcpus: int = 8
@@ -75,6 +79,13 @@ class HostAgentSettings(BaseSettings):
     @classmethod
     def _check_ranges(cls, value: tuple[IPv4Network, ...]) -> tuple[IPv4Network, ...]:
         return tuple(dict.fromkeys(value))
+
+    @field_validator("dns_upstreams", mode="before")
+    @classmethod
+    def _parse_upstreams(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_upstreams(value)
+        return value
 
     @field_validator("agent_listen")
     @classmethod

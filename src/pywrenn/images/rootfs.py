@@ -1,8 +1,12 @@
-"""The guest root filesystem: a minimal Debian, our user, the agent, and `wrenn-init`.
+"""The guest root filesystem: a minimal Debian, our users, the agent, and `wrenn-init`.
 
-Owns: debootstrap's arguments, what is written into the tree (user, sudoers, hosts, the
+Owns: debootstrap's arguments, what is written into the tree (users, sudoers, hosts, the
 agent's sources, the guest init), what is trimmed away, the cached "base" tree, and
 `mkfs.ext4 -d`. Knows nothing of: kernels, manifests or where the image ends up.
+
+Two unprivileged accounts, each with passwordless sudo: `wrenn-user`, whom Wrenn's API
+runs commands as (the control plane makes it a capsule's default user), and `user`, whom
+E2B's clients and our recipe builds run as. Root stays the guest agent's own fallback.
 
 The tree is built in two layers so that a change to the agent does not redo debootstrap:
 the *base* (Debian + user + trims, keyed by suite and package list) is kept as a tarball in
@@ -26,7 +30,9 @@ __all__ = [
     "PACKAGES",
     "SUITE",
     "USER",
+    "USERS",
     "VARIANT",
+    "WRENN_USER",
     "agent_files",
     "configure_base",
     "debootstrap",
@@ -43,7 +49,9 @@ SUITE = "bookworm"
 VARIANT = "minbase"
 PACKAGES: tuple[str, ...] = ("python3", "iproute2", "ca-certificates", "sudo")
 USER = "user"
-USER_UID = 1000
+WRENN_USER = "wrenn-user"
+# (name, uid): `user` keeps uid 1000, which E2B templates and earlier images gave it.
+USERS: tuple[tuple[str, int], ...] = ((USER, 1000), (WRENN_USER, 1001))
 HOSTNAME = "wrenn"
 GUEST_INIT = Path(__file__).parent / "guest" / "wrenn_init.py"
 GUEST_INIT_PATH = "usr/local/sbin/wrenn-init"
@@ -78,8 +86,8 @@ _HOSTS = f"""\
 ::1\tlocalhost ip6-localhost ip6-loopback
 """
 
-# 10.0.2.3 is where QEMU user networking answers DNS, and where the TAP setup of a capsule's
-# network namespace is expected to provide it, matching the fixed 10.0.2.15/24 guest address.
+# 10.0.2.3 is where QEMU user networking answers DNS, and where the host agent's forwarder
+# answers in a capsule's network namespace (hostagent/dns.py), beside the fixed 10.0.2.15/24.
 _RESOLV = "nameserver 10.0.2.3\n"
 
 _FSTAB = "# the root (/dev/vda) is mounted read-write by the initramfs\n"
@@ -132,7 +140,7 @@ def debootstrap(target: Path, mirror: str, cache_dir: Path) -> None:
 
 
 def configure_base(target: Path) -> None:
-    """Everything that does not depend on our own code: names, DNS, the default user."""
+    """Everything that does not depend on our own code: names, DNS, the users."""
     etc = target / "etc"
     (etc / "hostname").write_text(f"{HOSTNAME}\n")
     (etc / "hosts").write_text(_HOSTS)
@@ -142,25 +150,31 @@ def configure_base(target: Path) -> None:
     (etc / "fstab").write_text(_FSTAB)
     (etc / "dpkg" / "dpkg.cfg.d").mkdir(parents=True, exist_ok=True)
     (etc / "dpkg" / "dpkg.cfg.d" / "01-wrenn-nodoc").write_text(_DPKG_NODOC)
+    for name, uid in USERS:
+        _add_sudo_user(target, name, uid)
+
+
+def _add_sudo_user(target: Path, name: str, uid: int) -> None:
+    """A login account with a home, bash, and passwordless sudo (`/etc/sudoers.d/{name}`)."""
     run(
-        "add user",
+        f"add user {name}",
         [
             "chroot",
             str(target),
             "useradd",
             "--uid",
-            str(USER_UID),
+            str(uid),
             "--user-group",
             "--create-home",
             "--home-dir",
-            f"/home/{USER}",
+            f"/home/{name}",
             "--shell",
             "/bin/bash",
-            USER,
+            name,
         ],
     )
-    sudoers = etc / "sudoers.d" / "wrenn-user"
-    sudoers.write_text(f"{USER} ALL=(ALL:ALL) NOPASSWD: ALL\n")
+    sudoers = target / "etc" / "sudoers.d" / name
+    sudoers.write_text(f"{name} ALL=(ALL:ALL) NOPASSWD: ALL\n")
     sudoers.chmod(0o440)
 
 

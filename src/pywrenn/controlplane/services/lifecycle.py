@@ -29,6 +29,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from pywrenn.hostagent.wire import CapsuleCreate as AgentCreate
 from pywrenn.hostagent.wire import HostCapsule as AgentCapsule
 
+from ..basetemplates import is_base
 from ..db.models import Capsule
 from ..errors import Conflict, ControlPlaneError, InvalidState, NotFound
 from ..hostpool import HostPool
@@ -44,6 +45,11 @@ log = logging.getLogger(__name__)
 
 # The API clamps a short auto-pause TTL up to a minute (wrenn-api.md §2); 0 is "never".
 MIN_TIMEOUT_SEC = 60
+# Whom Wrenn's API runs commands and file operations as, in their home, on a capsule of a
+# base template (as Wrenn does; the image gives it passwordless sudo). A snapshot template
+# without a default user of its own keeps the one its guest agent was frozen with, so one
+# made on an older image (which has no such account) still starts.
+WRENN_API_USER = "wrenn-user"
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,13 @@ class CreateSpec:
     memory_mb: int
     timeout_sec: int
     metadata: dict[str, str] = field(default_factory=dict)
+
+
+def default_user(template: str, defaults: templates.Defaults) -> str:
+    """The template's own default user; on a base template, `WRENN_API_USER`."""
+    if defaults.user or not is_base(template):
+        return defaults.user
+    return WRENN_API_USER
 
 
 def clamp_timeout(timeout_sec: int) -> int:
@@ -155,7 +168,7 @@ async def finish_create(
             defaults = await templates.defaults_for(session, team_id=row.team_id, name=row.template)
             body = _agent_create(row, host_template).model_copy(
                 update={
-                    "default_user": defaults.user,
+                    "default_user": default_user(row.template, defaults),
                     "default_env": defaults.env,
                     "default_workdir": defaults.workdir,
                 }
