@@ -39,6 +39,7 @@ from pywrenn.hostagent.gate import HostAgentGate, error_body, presented_token, t
 from pywrenn.hostagent.guest_ops import GuestNotFound, GuestOps
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager
 from pywrenn.hostagent.metrics import RANGES
+from pywrenn.hostagent.proxy import HostProxy, resolver_for
 from pywrenn.hostagent.schemas import (
     BackgroundRequest,
     CapsuleCreate,
@@ -154,6 +155,7 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
 
     # The gate checks the token before any body is read, and caps bodies (gate.py).
     app.add_middleware(HostAgentGate, token=token)
+    app.mount("/proxy", HostProxy(resolver_for(manager)))  # the port proxy (proxy.py)
 
     # A second check where the routes are, in case a route is ever served without the
     # gate. async: FastAPI runs a plain `def` dependency in a worker thread.

@@ -2,9 +2,10 @@
 
 Owns: refusing a request before any byte of its body is read unless it carries the host
 token (constant-time compare), and capping non-file bodies by the bytes actually received
-(chunked ones too, not only a declared Content-Length). File uploads stream unlimited,
-but only after the token check. Also the error envelope both use, `error_body`.
-Knows nothing of: routes beyond which paths are public and which one streams a file.
+(chunked ones too, not only a declared Content-Length). File uploads and the port
+proxy's requests (`/proxy/…`, proxy.py) stream unlimited, but only after the token
+check. Also the error envelope both use, `error_body`.
+Knows nothing of: routes beyond which paths are public and which ones stream.
 
 Why middleware and not a FastAPI dependency: FastAPI reads and parses a JSON body
 before it resolves dependencies, so a dependency would check the token too late. Pure
@@ -80,5 +81,8 @@ async def _refuse(scope: Scope, send: Send, status: int, code: str, message: str
 
 
 def _streams_a_file(scope: Scope) -> bool:
-    """`PUT /v1/capsules/{id}/files`: the one body that may be large (streamed on)."""
+    """`PUT /v1/capsules/{id}/files` and the port proxy: the bodies that may be large
+    (streamed on)."""
+    if scope["path"].startswith("/proxy/"):
+        return True
     return bool(scope["method"] == "PUT" and scope["path"].endswith("/files"))
