@@ -7,6 +7,7 @@ loopback socket, for the port-proxy tests.
              and it waits for `finish_upload` before reading on (if that is cleared)
   /stream    a chunked event stream: `one`, then waits for `release`, then `two`
   /big?n=N   N bytes in 64 KiB chunks, counting what it has written in `produced`
+  /hang      answers only once `release` is set
   /ws        WebSocket echo (text and binary; offers the `echo` subprotocol)
   /status/S  answers status S
 Every request is counted in `requests`.
@@ -44,6 +45,7 @@ class FakeGuestServer:
         app.router.add_post("/upload", self._upload)
         app.router.add_get("/stream", self._stream)
         app.router.add_get("/big", self._big)
+        app.router.add_get("/hang", self._hang)
         app.router.add_get("/ws", self._ws)
         app.router.add_get("/status/{code}", self._status)
         return app
@@ -60,6 +62,9 @@ class FakeGuestServer:
         try:
             yield self
         finally:
+            # Handlers still waiting would hold the shutdown for its whole grace period.
+            self.release.set()
+            self.finish_upload.set()
             await runner.cleanup()
 
     async def _echo(self, request: web.Request) -> web.Response:
@@ -106,6 +111,11 @@ class FakeGuestServer:
             self.produced += len(block)
         await response.write_eof()
         return response
+
+    async def _hang(self, request: web.Request) -> web.Response:
+        self.requests += 1
+        await self.release.wait()
+        return web.Response(text="late")
 
     async def _ws(self, request: web.Request) -> web.WebSocketResponse:
         self.requests += 1
