@@ -489,3 +489,14 @@ async def _stalls(count: object) -> None:
         return still >= 25
 
     await until(stalled, budget_s=60, what="the guest's writes to stall")
+
+
+def test_wrenn_up_says_where_ports_are_served() -> None:
+    from pywrenn.controlplane.settings import ControlPlaneSettings
+    from pywrenn.node import proxy_hint
+
+    local = proxy_hint(ControlPlaneSettings(api_listen="127.0.0.1:8080"))
+    assert "http://{port}-{capsule_id}.localhost:8080" in local
+    assert "base_url http://localhost:8080/api" in local
+    named = proxy_hint(ControlPlaneSettings(proxy_domain="sandbox.example.com"))
+    assert "WRENN_PROXY_DOMAIN=sandbox.example.com" in named and "base_url" not in named
