@@ -88,6 +88,8 @@ class FakeHostAgent:
         self.create_gate = asyncio.Event()
         self.create_gate.set()
         self.create_arrived = asyncio.Event()  # set when a create reaches the fake
+        self.resume_gate = asyncio.Event()  # cleared: resumes wait until it is set again
+        self.resume_gate.set()
         self.now_unix = now_unix
         self._failures: dict[str, _Failure] = {}
         self._pids = itertools.count(100)
@@ -300,6 +302,7 @@ class FakeHostAgent:
 
         @app.post("/v1/capsules/{cid}/resume")
         async def resume(cid: str) -> dict[str, Any]:
+            await self.resume_gate.wait()
             self._check("resume")
             capsule = self._capsule(cid, running=False)
             if capsule.state != "paused":

@@ -21,6 +21,7 @@ from httpx_ws import WebSocketDisconnect, WebSocketUpgradeError, aconnect_ws
 from sqlalchemy import update
 
 from pywrenn.controlplane.db.models import Capsule
+from pywrenn.controlplane.proxy import PortProxy
 from pywrenn.controlplane.proxy.forward import host_headers, host_url
 from pywrenn.controlplane.proxy.policy import ProxyPolicy, admits, set_policy
 from pywrenn.controlplane.proxy.routing import Route, route_of
@@ -293,6 +294,50 @@ def test_a_paused_capsule_is_resumed_once_by_concurrent_requests(
             assert row is not None and row.status == "running"
 
     run(db_url, tmp_path, body)
+
+
+def test_a_request_during_the_proxys_own_resume_waits_for_it(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        assert (await h.client.post(f"/api/v1/capsules/{cid}/pause")).status_code == 200
+        key = capsules.row_key(cid)
+
+        async def status() -> str:
+            async with h.app.state.sessions() as session:
+                row = await session.get(Capsule, key, populate_existing=True)
+                assert row is not None
+                return row.status
+
+        async with FakeGuestServer().serve() as guest:
+            h.fake.resume_gate.clear()
+            first = asyncio.create_task(h.client.get("/echo", headers=at(guest.port, cid)))
+            try:
+                await until(lambda: status_is(status, "resuming"), what="the row: resuming")
+                second = asyncio.create_task(h.client.get("/echo", headers=at(guest.port, cid)))
+                # The second read `resuming` and waits for the same wake (not a 503).
+                access = port_proxy(h).access
+                await until(lambda: access.waiting[cid] == 2 or second.done(), what="2 waiting")
+                assert not second.done(), second.result().text
+            finally:
+                h.fake.resume_gate.set()
+            assert [(await first).status_code, (await second).status_code] == [200, 200]
+        assert h.fake.calls.count(f"POST /v1/capsules/{cid}/resume") == 1
+
+    run(sqlite_url, tmp_path, body)
+
+
+def port_proxy(h: Harness) -> PortProxy:
+    layer = h.app.middleware_stack
+    while not isinstance(layer, PortProxy):
+        layer = layer.app  # type: ignore[union-attr]
+    return layer
+
+
+async def status_is(read: object, wanted: str) -> bool:
+    assert callable(read)
+    return bool(await read() == wanted)
 
 
 def test_auto_resume_off_and_a_host_that_paused_it(sqlite_url: str, tmp_path: Path) -> None:

@@ -346,6 +346,7 @@ class HostClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token()}"}
 
+    @property
     def bearer_token(self) -> str:
         """The host token, for the port proxy (controlplane/proxy/), which streams to the
         agent's `/proxy/…` on its own connections."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -81,6 +82,7 @@ class CapsuleAccess:
     def __init__(self) -> None:
         self._known: dict[str, tuple[uuid.UUID, ProxyPolicy]] = {}  # running capsules
         self._resuming: dict[str, asyncio.Task[None]] = {}
+        self.waiting: Counter[str] = Counter()  # requests waiting for a capsule to wake
 
     async def target(
         self,
@@ -102,7 +104,8 @@ class CapsuleAccess:
                 f"forbidden: capsule {route.capsule_id} takes no public traffic; send its"
                 " team's X-API-Key or its e2b-traffic-access-token",
             )
-        if seen.status == S.PAUSED and seen.policy.auto_resume:
+        waking = route.capsule_id in self._resuming  # its row may already say `resuming`
+        if waking or (seen.status == S.PAUSED and seen.policy.auto_resume):
             actor = actor_of(caller) if caller is not None else PROXY_ACTOR
             await self._resume_once(state, seen, route.capsule_id, actor)
             seen = await self._see(state, route.capsule_id)
@@ -157,11 +160,16 @@ class CapsuleAccess:
             task = asyncio.create_task(_resume(state, seen, capsule_id, actor))
             self._resuming[capsule_id] = task
             task.add_done_callback(lambda done: self._resumed(capsule_id, done))
+        self.waiting[capsule_id] += 1
         try:
             # Shielded: a waiter that goes away must not cancel the others' resume.
             await asyncio.shield(task)
         except ControlPlaneError as exc:
             raise ProxyError(exc.status, exc.code, exc.message) from exc
+        finally:
+            self.waiting[capsule_id] -= 1
+            if not self.waiting[capsule_id]:
+                del self.waiting[capsule_id]
 
     def _resumed(self, capsule_id: str, task: asyncio.Task[None]) -> None:
         self._resuming.pop(capsule_id, None)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Protocol, runtime_checkable
 
 import yarl
 from starlette.types import Receive, Scope, Send
@@ -35,21 +34,13 @@ from pywrenn.httprelay import (
 from pywrenn.proxyerrors import PROXY_ERROR_HEADER, ProxyError
 
 from ..deps import API_KEY_HEADER
+from ..errors import HostUnavailable
+from ..hostclient import HostClient
 from .policy import TRAFFIC_TOKEN_HEADER
 from .routing import Route, header
 
 CONNECT_TIMEOUT_S = 5.0
 _CREDENTIALS = (API_KEY_HEADER.lower(), TRAFFIC_TOKEN_HEADER.decode(), "authorization")
-
-
-@runtime_checkable
-class ProxyHost(Protocol):
-    """What the proxy needs of a host's client (`HostClient`): where the agent is, and
-    its token."""
-
-    base_url: str
-
-    def bearer_token(self) -> str: ...
 
 
 class HostRefused(Exception):
@@ -112,10 +103,16 @@ async def forward(
 ) -> None:
     """Relay the request to the host agent and its answer back. Raises ProxyError (and
     HostRefused) only before anything reached the client."""
-    if not isinstance(host, ProxyHost):
+    # The HTTP client of a host knows where its agent is and its token; a host reached
+    # some other way (none yet) could not be proxied to.
+    if not isinstance(host, HostClient):
         raise ProxyError(503, "host_unavailable", "host_unavailable: its host cannot proxy")
     url = host_url(host.base_url, route, scope)
-    headers = host_headers(scope, host.bearer_token())
+    try:
+        token = host.bearer_token
+    except HostUnavailable as exc:  # the token file cannot be read
+        raise ProxyError(503, exc.code, exc.message, retry_after_s=5) from exc
+    headers = host_headers(scope, token)
     relay = Relay(
         connect_timeout_s=CONNECT_TIMEOUT_S,
         idle_timeout_s=idle_timeout_s,

@@ -15,6 +15,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pywrenn.proxyerrors import ProxyError, send_error
 
 from ..deps import API_KEY_HEADER
+from ..errors import HostUnavailable
 from ..hostpool import HostPool
 from ..settings import ControlPlaneSettings
 from .access import CapsuleAccess
@@ -64,8 +65,8 @@ class PortProxy:
         pool: HostPool = state.hosts
         try:
             host = pool.client(target.host_id)
-        except Exception as exc:  # HostUnavailable: no client for that host here
-            raise ProxyError(503, "host_unavailable", str(exc), retry_after_s=5) from exc
+        except HostUnavailable as exc:  # no client for that host in this control plane
+            raise ProxyError(503, exc.code, exc.message, retry_after_s=5) from exc
         limit = settings.proxy_max_connections_per_team
         try:
             with self.relays.hold(target.team_id, limit=limit):
