@@ -31,6 +31,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from pywrenn.controlplane.hostclient import HostClient
+from pywrenn.hostagent.gate import HostAgentGate
+from pywrenn.hostagent.proxy import GuestEndpoint, HostProxy
 from pywrenn.hostagent.wire import (
     NDJSON,
     AgentEvent,
@@ -61,6 +63,7 @@ from pywrenn.hostagent.wire import (
     TemplatePublic,
     encode_event,
 )
+from pywrenn.proxyerrors import ProxyError
 
 TOKEN = "fake-host-token"
 # How long an attach waits for news before ending its (buffered) response; the control
@@ -127,10 +130,16 @@ class FakeHostAgent:
         self.create_gate = asyncio.Event()
         self.create_gate.set()
         self.create_arrived = asyncio.Event()  # set when a create reaches the fake
+        self.resume_gate = asyncio.Event()  # cleared: resumes wait until it is set again
+        self.resume_gate.set()
         self.now_unix = now_unix
         self._failures: dict[str, _Failure] = {}
         self._pids = itertools.count(100)
         self.app = self._build()
+        # The real port proxy, behind the real gate: a running capsule's "guest" is
+        # 127.0.0.1, so a test's server on a loopback port stands in for a guest's.
+        self.proxy = HostProxy(self._guest_endpoint)
+        self.proxy_touches = 0
 
     def fail(self, op: str, status: int, code: str, message: str = "injected") -> None:
         """The next call of `op` (e.g. "create", "pause", "exec") answers this error."""
@@ -140,7 +149,12 @@ class FakeHostAgent:
     async def serve(self) -> AsyncIterator[HostClient]:
         """The fake on 127.0.0.1 (a free port), and a `HostClient` that talks to it."""
         config = uvicorn.Config(
-            self.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off"
+            self._asgi,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            lifespan="off",
+            interface="asgi3",  # a bound method: uvicorn would guess ASGI 2
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
@@ -156,6 +170,28 @@ class FakeHostAgent:
             await client.aclose()
             server.should_exit = True
             await task
+
+    async def _asgi(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] in ("http", "websocket") and scope["path"].startswith("/proxy/"):
+            self.calls.append(f"{scope.get('method', 'WS')} {scope['path']}")
+            await HostAgentGate(self.proxy, token=TOKEN)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+    def _guest_endpoint(self, capsule_id: str) -> GuestEndpoint:
+        capsule = self.capsules.get(capsule_id)
+        if capsule is None:
+            raise ProxyError(404, "not_found", f"not found: capsule {capsule_id}")
+        if capsule.state != "running":
+            raise ProxyError(409, "invalid_state", f"invalid_state: {capsule_id} is paused")
+
+        def touch() -> None:
+            self.proxy_touches += 1
+
+        def alive() -> bool:
+            return self.capsules.get(capsule_id) is capsule and capsule.state == "running"
+
+        return GuestEndpoint("127.0.0.1", alive=alive, touch=touch)
 
     # -- helpers ------------------------------------------------------------------------
     def _check(self, op: str) -> None:
@@ -325,6 +361,7 @@ class FakeHostAgent:
 
         @app.post("/v1/capsules/{capsule_id}/resume")
         async def resume(capsule_id: str) -> HostCapsule:
+            await self.resume_gate.wait()
             self._check("resume")
             capsule = self._capsule(capsule_id, running=False)
             if capsule.state != "paused":

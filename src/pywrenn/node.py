@@ -62,6 +62,7 @@ def up(settings: ControlPlaneSettings, console: Console) -> None:
             f"[bold green]pywrenn is up[/]: http://{host}:{port}  "
             f"(SDK base_url http://{host}:{port}/api, docs /docs)"
         )
+        console.print(proxy_hint(settings))
         console.print(f"admin API key: {layout.admin_api_key_file}; logs: {layout.logs_dir}")
         uvicorn.run(
             create_app(settings),
@@ -73,6 +74,16 @@ def up(settings: ControlPlaneSettings, console: Console) -> None:
         )
     finally:
         _stop_agent(agent, console)
+
+
+def proxy_hint(settings: ControlPlaneSettings) -> str:
+    """Where capsule ports are served, and how SDK users get URLs under that domain (the
+    `wrenn` SDK takes the base URL's host:port unless WRENN_PROXY_DOMAIN is set)."""
+    domain = settings.effective_proxy_domain()
+    hint = f"port proxy: http://{{port}}-{{capsule_id}}.{domain}  (SDK: WRENN_PROXY_DOMAIN={domain}"
+    if not settings.proxy_domain:
+        hint += f", or base_url http://{domain}/api"
+    return hint + ")"
 
 
 def _ensure_image(layout: Layout, console: Console) -> None:

@@ -41,7 +41,10 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
 def test_settings_defaults(tmp_path: Path) -> None:
     settings = ControlPlaneSettings(dir=tmp_path)
     assert settings.effective_database_url() == f"sqlite:///{Layout(tmp_path).database_file}"
-    assert settings.effective_proxy_domain() == "127.0.0.1:8080"
+    # `*.localhost` resolves to loopback; `*.127.0.0.1` resolves nowhere.
+    assert settings.effective_proxy_domain() == "localhost:8080"
+    on_a_name = ControlPlaneSettings(dir=tmp_path, api_listen="box.lan:9000")
+    assert on_a_name.effective_proxy_domain() == "box.lan:9000"
     assert settings.effective_agent_url() == "http://127.0.0.1:50051"
     assert settings.pty_ping_interval_s == 30.0
     url = "postgresql://x@h/d"

@@ -38,6 +38,7 @@ def call(app: FastAPI, method: str, path: str, **kwargs: object) -> Answer:
         ("POST", "/v1/capsules", ""),
         ("POST", "/v1/capsules/cl-x/exec", ""),
         ("PUT", "/v1/capsules/cl-x/files", "path=/tmp/f"),
+        ("POST", "/proxy/cl-0123456789abcdef/8888/upload", ""),  # streams, but token first
     ],
 )
 @pytest.mark.parametrize("headers", [{}, {"authorization": "Bearer wrong"}])

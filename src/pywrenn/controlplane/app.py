@@ -36,6 +36,7 @@ from .gate import ApiGate
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
 from .monitorloop import HostMonitor
+from .proxy import PortProxy
 from .routes import admin, builds, capsules, events, exec, files, keys, pty, snapshots, stats
 from .schemas.wrenn import Health
 from .services import hosts as host_rows
@@ -88,6 +89,7 @@ def create_app(
     # The API also answers without `/api` (`/v1/...`): rewritten, not routed twice, as
     # every route matched against two copies cost each request on the exec path.
     app.add_middleware(BarePathsToApi)
+    app.add_middleware(PortProxy)  # outermost: `{port}-{id}.{domain}` never reaches the API
     app.openapi = lambda: _openapi_with_key(app)  # type: ignore[method-assign]
     return app
 

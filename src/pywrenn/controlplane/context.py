@@ -69,9 +69,10 @@ class RequestContext:
     builds: BuildRunner
     auth_cache: AuthCache
     _db: _LazySession
+    acting: Actor | None = None  # who events name when no key acts (e.g. the port proxy)
 
     @classmethod
-    def open(cls, state: State, caller: Caller) -> RequestContext:
+    def open(cls, state: State, caller: Caller, *, acting: Actor | None = None) -> RequestContext:
         """A context for `caller` from the app's state (set up by its lifespan)."""
         clock: Clock = state.clock
         return cls(
@@ -85,6 +86,7 @@ class RequestContext:
             builds=state.builds,
             auth_cache=state.auth_cache,
             _db=_LazySession(state.sessions),
+            acting=acting,
         )
 
     @property
@@ -99,6 +101,8 @@ class RequestContext:
     @property
     def actor(self) -> Actor:
         """Who to name in events: the API key the request came with."""
+        if self.acting is not None:
+            return self.acting
         return Actor("api_key", self.caller.key_api_id, self.caller.key_name)
 
     @property

@@ -303,6 +303,12 @@ class HostClient:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token()}"}
 
+    @property
+    def bearer_token(self) -> str:
+        """The host token, for the port proxy (controlplane/proxy/), which streams to the
+        agent's `/proxy/…` on its own connections."""
+        return self._token()
+
     def _url(self, *segments: str | int) -> yarl.URL:
         """`{base_url}/v1/{segments…}`, each segment quoted whole (`/`, `%`, `?`, `#`
         included), marked encoded so that neither yarl nor aiohttp re-normalises it."""

@@ -12,6 +12,7 @@ from pydantic import Field, field_validator
 from pywrenn.config import Settings, parse_listen
 from pywrenn.layout import Layout
 
+_LOCAL_HOSTS = frozenset({"127.0.0.1", "::1", "0.0.0.0", "::", "localhost"})
 _DRIVER_PREFIXES = {
     "postgres://": "postgresql+psycopg://",
     "postgresql://": "postgresql+psycopg://",
@@ -25,7 +26,16 @@ class ControlPlaneSettings(Settings):
 
     proxy_domain: str = Field(
         default="",
-        description="domain of `{port}-{id}.{domain}` proxy URLs; empty means WRENN_API_LISTEN",
+        description=(
+            "domain of `{port}-{id}.{domain}` proxy URLs; empty: any Host whose first label"
+            " is `{port}-{id}` is proxied, and `wrenn up` shows localhost:PORT"
+        ),
+    )
+    proxy_max_connections_per_team: int = Field(
+        default=512, ge=1, description="proxied requests and WebSockets a team may have open"
+    )
+    proxy_idle_timeout_s: float = Field(
+        default=300.0, gt=0, description="a proxied HTTP exchange idle this long either way ends"
     )
     agent_url: str = Field(
         default="",
@@ -95,9 +105,14 @@ class ControlPlaneSettings(Settings):
         return f"sqlite:///{Layout(self.dir).database_file}"
 
     def effective_proxy_domain(self) -> str:
+        """The domain proxy URLs are made under. On a loopback or wildcard listener it is
+        `localhost:PORT`: `*.localhost` resolves to loopback (libnss-myhostname, browsers),
+        where `*.127.0.0.1` resolves nowhere."""
         if self.proxy_domain:
             return self.proxy_domain
         host, port = parse_listen(self.api_listen)
+        if host in _LOCAL_HOSTS:
+            host = "localhost"
         return f"{host}:{port}"
 
     def effective_agent_url(self) -> str:

@@ -21,6 +21,7 @@ from pywrenn.hostagent.errors import install_error_handlers
 from pywrenn.hostagent.gate import HostAgentGate
 from pywrenn.hostagent.guest_ops import GuestService
 from pywrenn.hostagent.manager import SandboxManager
+from pywrenn.hostagent.proxy import HostProxy, resolver_for
 from pywrenn.hostagent.routes import ROUTERS
 from pywrenn.hostagent.routes.deps import AgentContext
 from pywrenn.hostagent.templates import TemplateService
@@ -36,6 +37,7 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
     install_error_handlers(app)
     # The gate checks the token before any body is read, and caps bodies (gate.py).
     app.add_middleware(HostAgentGate, token=token)
+    app.mount("/proxy", HostProxy(resolver_for(manager)))  # the port proxy (proxy.py)
     for router in ROUTERS:
         # A router's routes already carry its prefix and dependencies: they go onto the
         # app as they are. `include_router` would match them through one more layer per

@@ -2,8 +2,9 @@
 
 Owns: refusing a request before any byte of its body is read unless it carries the host
 token (constant-time compare), and capping non-file bodies by the bytes actually received
-(chunked ones too, not only a declared Content-Length). File uploads stream unlimited,
-but only after the token check. The answers it sends (401, 413) and the limit are
+(chunked ones too, not only a declared Content-Length). File uploads and the port
+proxy's requests (`/proxy/…`, proxy.py) stream unlimited, but only after the token
+check. The answers it sends (401, 413) and the limit are
 errors.py's, with every other error the API answers.
 Knows nothing of: routes beyond which paths are public and which one streams a file.
 
@@ -67,5 +68,8 @@ class HostAgentGate:
 
 
 def _streams_a_file(scope: Scope) -> bool:
-    """`PUT /v1/capsules/{id}/files`: the one body that may be large (streamed on)."""
+    """`PUT /v1/capsules/{id}/files` and the port proxy: the bodies that may be large
+    (streamed on)."""
+    if scope["path"].startswith("/proxy/"):
+        return True
     return bool(scope["method"] == "PUT" and scope["path"].endswith("/files"))

@@ -226,6 +226,11 @@ class Capsule(Base):
     paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The port proxy (controlplane/proxy/): may anyone with the URL reach its ports, or
+    # only its team's keys and the traffic token; does a request wake it when paused.
+    public_traffic: Mapped[bool] = mapped_column(Boolean, default=True)
+    traffic_token: Mapped[str | None] = mapped_column(String(128))
+    auto_resume: Mapped[bool] = mapped_column(Boolean, default=True)
 
 
 class Event(Base):

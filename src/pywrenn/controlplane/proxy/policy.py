@@ -1,0 +1,76 @@
+"""Who may use a capsule's ports, and whether a request wakes it: the per-capsule proxy
+settings kept in its row (`public_traffic`, `traffic_token`, `auto_resume`).
+
+Owns: `ProxyPolicy`, the decision `admits`, and `set_policy` for whoever creates
+capsules with other settings (the E2B API: `allowPublicTraffic`, `autoResume`).
+
+    public_traffic  True (default, Wrenn's rule): anyone with the URL; ids are unguessable
+                    (16 random base-36 digits, ~82 bits)
+                    False (E2B's allowPublicTraffic=false): only a key of the capsule's team,
+                    or the `e2b-traffic-access-token` header equal to `traffic_token`
+    auto_resume     True (default): a request to a paused capsule resumes it
+
+A request carrying an `X-API-Key` is checked whatever the policy: a bad key is 401, and
+a key of another team is answered like an unknown capsule (404), never with its data.
+Knows nothing of: HTTP.
+"""
+
+from __future__ import annotations
+
+import hmac
+import secrets
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from ..db.models import Capsule
+
+TRAFFIC_TOKEN_HEADER = b"e2b-traffic-access-token"
+
+
+@dataclass(frozen=True)
+class ProxyPolicy:
+    public_traffic: bool = True
+    traffic_token: str | None = None
+    auto_resume: bool = True
+
+
+def policy_of(row: Capsule) -> ProxyPolicy:
+    return ProxyPolicy(
+        public_traffic=row.public_traffic is not False,
+        traffic_token=row.traffic_token,
+        auto_resume=row.auto_resume is not False,
+    )
+
+
+def admits(policy: ProxyPolicy, *, own_team: bool, presented_token: str | None) -> bool:
+    """May this request reach the capsule's ports? (`own_team`: it carries a key of the
+    capsule's team.)"""
+    if policy.public_traffic or own_team:
+        return True
+    expected = policy.traffic_token
+    if not expected or not presented_token:
+        return False
+    return hmac.compare_digest(presented_token.encode(), expected.encode())
+
+
+def new_traffic_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+async def set_policy(session: AsyncSession, *, capsule_key: uuid.UUID, policy: ProxyPolicy) -> None:
+    """Store a capsule's proxy settings and commit. The proxy caches a running capsule's
+    settings for up to `placements.TTL_S` (2 s)."""
+    await session.execute(
+        update(Capsule)
+        .where(Capsule.id == capsule_key)
+        .values(
+            public_traffic=policy.public_traffic,
+            traffic_token=policy.traffic_token,
+            auto_resume=policy.auto_resume,
+        )
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
