@@ -6,7 +6,7 @@ record of what ENV/WORKDIR/USER steps have set so far while a build runs.
 Every error is a `RecipeError` naming the first physical line of the instruction.
 Knows nothing of: capsules, how steps are executed, the build archive's contents.
 
-Past our ~400-line guide on purpose: it is one small language, pure, and tested as one
+Length: past our ~400-line guide on purpose: it is one small language, pure, and tested as one
 (`test_recipe.py`); its two halves need each other (parsing checks each ENV and WORKDIR
 by applying it to a `BuildState`, and applying takes the parsed instructions), so a
 split would only add an import cycle or a third module of shared types.

@@ -3,6 +3,8 @@
 Owns: request and reply shapes for `process.Process` and `filesystem.Filesystem`, file
 transfer over `/files`, and turning Connect errors into `EnvdProtocolError(code=...)`.
 `EnvdClient` mixes this in; it provides `_http` and `_auth_headers()`.
+Length: one method per envd RPC the host agent uses, each small; splitting process and
+filesystem calls into two mixins would only add a class.
 """
 
 from __future__ import annotations

@@ -1,7 +1,9 @@
 """Name resolution for capsules: a DNS forwarder at 10.0.2.3:53 in every slot's namespace.
 
 Owns: the forwarder's sockets, its event loop (one thread for every capsule), the bounds
-on what a capsule may ask, and the query policy hook. Knows nothing of: VMs or capsules
+on what a capsule may ask, and the query policy hook.
+Length: one job (a bounded forwarder: UDP and TCP listeners, limits, upstream tries);
+due to split into a package when domain-based egress rules land in its policy hook. Knows nothing of: VMs or capsules
 beyond their slot. The address on tap0 and the firewall rule that lets the guest reach
 it belong to network.py and firewall.py.
 
