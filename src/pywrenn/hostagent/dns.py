@@ -3,9 +3,9 @@
 Owns: the forwarder's sockets, its event loop (one thread for every capsule), the bounds
 on what a capsule may ask, and the query policy hook.
 Length: one job (a bounded forwarder: UDP and TCP listeners, limits, upstream tries);
-due to split into a package when domain-based egress rules land in its policy hook. Knows nothing of: VMs or capsules
-beyond their slot. The address on tap0 and the firewall rule that lets the guest reach
-it belong to network.py and firewall.py.
+due to split into a package when domain-based egress rules land in its policy hook.
+Knows nothing of: VMs or capsules beyond their slot. The address on tap0 and the
+firewall rule that lets the guest reach it belong to network.py and firewall.py.
 
 Why a forwarder in the host agent rather than a resolver daemon (dnsmasq) per namespace:
 a daemon inside the namespace reaches upstreams only through the capsule's veth, which
