@@ -104,7 +104,7 @@ def test_user_template_has_the_files_and_processes_and_8_creates_at_once(
     source = create(api)["id"]
     children: list[str] = []
     try:
-        sh(api, source, "echo baked > /home/user/marker")
+        sh(api, source, "echo baked > /home/wrenn-user/marker")
         r = api.post(
             f"/v1/capsules/{source}/exec",
             json={"cmd": "sleep", "args": ["4242"], "background": True},
@@ -117,7 +117,7 @@ def test_user_template_has_the_files_and_processes_and_8_creates_at_once(
         children = [c["id"] for c in made]
         assert len(set(children)) == 8
         for capsule_id in children:
-            assert sh(api, capsule_id, "cat /home/user/marker") == "baked\n"
+            assert sh(api, capsule_id, "cat /home/wrenn-user/marker") == "baked\n"
             assert "sleep 4242" in sh(api, capsule_id, PROCESSES)
         fresh_identity(api, children[:2])
         assert made[0]["metadata"]["template"] == "with-sleeper"
@@ -243,18 +243,18 @@ def wait_build(api: httpx.Client, build_id: str) -> dict[str, Any]:
 
 def test_fork_into_three_independent_children(node: Node, api: httpx.Client) -> None:  # noqa: F811
     with Capsule(memory_mb=256, wait=True, api_key=node.api_key, base_url=node.base_url) as box:
-        box.files.write("/home/user/who", "source")
+        box.files.write("/home/wrenn-user/who", "source")
         r = api.post(f"/v1/capsules/{box.capsule_id}/fork", json={"count": 3})
         assert r.status_code == 201, r.text
         children = [c["id"] for c in r.json()]
         try:
             assert len(set(children)) == 3
             for i, child in enumerate(children):
-                assert sh(api, child, "cat /home/user/who") == "source"
-                sh(api, child, f"printf child-{i} > /home/user/who")
+                assert sh(api, child, "cat /home/wrenn-user/who") == "source"
+                sh(api, child, f"printf child-{i} > /home/wrenn-user/who")
             for i, child in enumerate(children):
-                assert sh(api, child, "cat /home/user/who") == f"child-{i}"
-            assert box.files.read("/home/user/who") == "source"  # the source is untouched
+                assert sh(api, child, "cat /home/wrenn-user/who") == f"child-{i}"
+            assert box.files.read("/home/wrenn-user/who") == "source"  # the source is untouched
             assert box.get_info().status.value == "running"
             fresh_identity(api, children)
         finally:
