@@ -27,13 +27,21 @@ import logging
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import aiohttp
 import yarl
 from multidict import CIMultiDict
 from starlette.types import Message, Receive, Scope, Send
 
+from pywrenn.proxyerrors import ProxyError
+
 log = logging.getLogger(__name__)
+
+# The client's own Authorization crosses the control plane → host hop under this name;
+# headers with INTERNAL_PREFIX are ours and never reach a guest.
+CLIENT_AUTHORIZATION = "x-wrenn-client-authorization"
+INTERNAL_PREFIX = "x-wrenn-"
 
 Headers = list[tuple[str, str]]
 
@@ -406,3 +414,18 @@ def _close_code(code: object) -> int:
     if isinstance(code, int) and 1000 <= code < 5000 and code not in _RESERVED_CLOSE_CODES:
         return code
     return 1000
+
+
+def parse_port(text: str) -> int:
+    """A guest port from a proxy URL (both hops parse it the same way)."""
+    if not (text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535):
+        raise ProxyError(400, "invalid_request", f"invalid: port {text[:8]!r} is not 1-65535")
+    return int(text)
+
+
+def check_guest_path(path: str) -> None:
+    """No `.` or `..` segment, even percent-encoded: no hop may resolve one into a path
+    outside the capsule's (browsers never send them; they resolve them first)."""
+    segments = unquote(path).replace("\\", "/").split("/")
+    if any(segment in (".", "..") for segment in segments):
+        raise ProxyError(400, "invalid_request", "invalid: dot segments in the request path")

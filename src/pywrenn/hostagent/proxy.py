@@ -20,30 +20,34 @@ import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from urllib.parse import unquote
+from typing import TYPE_CHECKING
 
 import yarl
 from starlette.types import Receive, Scope, Send
 
 from pywrenn.hostagent.errors import CapsuleNotFound, CapsuleStateConflict
-from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.states import CapsuleState
 from pywrenn.httprelay import (
+    CLIENT_AUTHORIZATION,
+    INTERNAL_PREFIX,
     Headers,
     Relay,
     UpstreamError,
+    check_guest_path,
     forwardable,
+    parse_port,
     relay_http,
     relay_websocket,
 )
 from pywrenn.ids import IdKind, is_valid_id
 from pywrenn.proxyerrors import PROXY_ERROR_HEADER, ProxyError, send_error
 
+if TYPE_CHECKING:  # the manager loads the VM runtime; the control plane imports this module
+    from pywrenn.hostagent.manager import SandboxManager
+
 PREFIX = "/proxy/"
 # The control plane moves the client's own `Authorization` here: on its hop to us that
 # header carries our host token.
-CLIENT_AUTHORIZATION = "x-wrenn-client-authorization"
-INTERNAL_PREFIX = "x-wrenn-"
 MAX_RELAYS_PER_CAPSULE = 256
 CONNECT_TIMEOUT_S = 5.0
 IDLE_TIMEOUT_S = 300.0
@@ -112,20 +116,6 @@ def parse_path(scope: Scope) -> ProxyPath:
     guest_path = slash + guest or "/"
     check_guest_path(guest_path)
     return ProxyPath(capsule_id, port, guest_path, query.decode("ascii"))
-
-
-def parse_port(text: str) -> int:
-    if not (text.isascii() and text.isdigit() and len(text) <= 5 and 1 <= int(text) <= 65535):
-        raise ProxyError(400, "invalid_request", f"invalid: port {text[:8]!r} is not 1-65535")
-    return int(text)
-
-
-def check_guest_path(path: str) -> None:
-    """No `.` or `..` segment, even percent-encoded: no hop may resolve one into a path
-    outside the capsule's (browsers never send them; they resolve them first)."""
-    segments = unquote(path).replace("\\", "/").split("/")
-    if any(segment in (".", "..") for segment in segments):
-        raise ProxyError(400, "invalid_request", "invalid: dot segments in the request path")
 
 
 def guest_headers(scope: Scope) -> Headers:

@@ -22,11 +22,13 @@ from contextlib import contextmanager
 import yarl
 from starlette.types import Receive, Scope, Send
 
-from pywrenn.hostagent.proxy import CLIENT_AUTHORIZATION, INTERNAL_PREFIX, check_guest_path
 from pywrenn.httprelay import (
+    CLIENT_AUTHORIZATION,
+    INTERNAL_PREFIX,
     Headers,
     Relay,
     UpstreamError,
+    check_guest_path,
     forwardable,
     relay_http,
     relay_websocket,

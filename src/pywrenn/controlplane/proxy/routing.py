@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from starlette.types import Scope
 
-from pywrenn.hostagent.proxy import parse_port
+from pywrenn.httprelay import parse_port
 from pywrenn.ids import IdKind, is_valid_id
 from pywrenn.proxyerrors import ProxyError
 
