@@ -16,6 +16,9 @@ aiohttp waits likewise on the upstream socket. So at most a few socket buffers o
 are ever in flight, however large it is. Each relay gets its own aiohttp session and no
 connection is reused across requests: no pooled connection can be stale (a peer that
 closed it, a guest that was paused) and no cookie jar is shared between clients.
+Also the few rules both hops share about a proxied request's path, port and our own
+headers (`parse_port`, `check_guest_path`, `INTERNAL_PREFIX`).
+Length: HTTP and WebSocket relays side by side, with the shared rules of both hops.
 """
 
 from __future__ import annotations

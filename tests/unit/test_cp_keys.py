@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from pywrenn.controlplane.caller import Caller
 from pywrenn.controlplane.db.models import ApiKey
 from pywrenn.controlplane.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from pywrenn.controlplane.services import keys, teams
@@ -90,7 +91,7 @@ def test_a_team_never_sees_another_teams_key(db_url: str) -> None:
             a = await teams.create_team(session, name="A", now=NOW)
             b = await teams.create_team(session, name="B", now=NOW)
             row, _ = await keys.create_key(session, team_id=a.id, name="a", now=NOW)
-            caller_a_key = keys.Caller(a.id, row.id, "a").key_api_id
+            caller_a_key = Caller(a.id, row.id, "a").key_api_id
             with pytest.raises(NotFound):
                 await keys.revoke_key(session, team_id=b.id, key_id=caller_a_key, now=NOW)
             with pytest.raises(NotFound):

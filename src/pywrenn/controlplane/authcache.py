@@ -17,8 +17,9 @@ from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from .caller import Caller
 from .services import keys
-from .services.keys import Caller, hash_key
+from .services.keys import hash_key
 
 TTL_S = 2.0
 MAX_ENTRIES = 4096

@@ -16,25 +16,45 @@ Knows nothing of: what services do with it.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from .caller import Caller
 from .services.events import Actor
-from .services.keys import Caller
 from .services.limits import TeamLimits, limits_of
 
 if TYPE_CHECKING:
     from starlette.datastructures import State
 
-    from .authcache import AuthCache
-    from .background import Background
-    from .buildrunner import BuildRunner
     from .clock import Clock
     from .hostpool import HostPool
     from .settings import ControlPlaneSettings
+
+
+# What services use of the app's long-lived helpers, as protocols: importing the
+# classes (buildrunner, background, authcache) would close an import cycle through the
+# services they call.
+class BackgroundWork(Protocol):
+    def spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> Any: ...
+
+
+class BuildQueue(Protocol):
+    archives_dir: Path
+
+    def archive_path(self, build_id: uuid.UUID) -> Path: ...
+
+    def start(self, build_id: uuid.UUID, actor: Actor) -> None: ...
+
+    def cancel(self, build_id: uuid.UUID) -> bool: ...
+
+
+class KeyCache(Protocol):
+    def clear(self) -> None: ...
 
 
 class _LazySession:
@@ -65,9 +85,9 @@ class RequestContext:
     settings: ControlPlaneSettings
     hosts: HostPool
     sessions: async_sessionmaker[AsyncSession]  # for sessions that outlive the request's
-    background: Background
-    builds: BuildRunner
-    auth_cache: AuthCache
+    background: BackgroundWork
+    builds: BuildQueue
+    auth_cache: KeyCache
     _db: _LazySession
     acting: Actor | None = None  # who events name when no key acts (e.g. the port proxy)
 

@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import State
 
 from .authcache import AuthCache
+from .caller import Caller
 from .clock import Clock
 from .context import RequestContext
 from .errors import Unauthorized
@@ -33,7 +34,7 @@ API_KEY_SCHEME = {"APIKeyHeader": {"type": "apiKey", "in": "header", "name": API
 CONTEXT_STATE_KEY = "pywrenn_context"
 
 
-async def authenticate_api_key(state: State, api_key: str | None) -> keys.Caller:
+async def authenticate_api_key(state: State, api_key: str | None) -> Caller:
     """The caller behind `api_key` (the app's `state`: auth cache, sessions, clock), or
     Unauthorized. The one key check of HTTP requests, run by the gate."""
     if not api_key:

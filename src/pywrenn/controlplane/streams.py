@@ -24,9 +24,9 @@ from types import TracebackType
 from starlette.requests import HTTPConnection
 
 from .authcache import AuthCache
+from .caller import Caller
 from .deps import API_KEY_HEADER
 from .errors import LimitExceeded, StreamRevoked, Unauthorized
-from .services.keys import Caller
 
 log = logging.getLogger(__name__)
 

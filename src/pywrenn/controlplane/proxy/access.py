@@ -35,6 +35,7 @@ from starlette.datastructures import State
 
 from pywrenn.proxyerrors import ProxyError
 
+from ..caller import Caller
 from ..clock import Clock
 from ..context import RequestContext
 from ..db.models import Capsule
@@ -44,7 +45,6 @@ from ..hostpool import HostPool
 from ..services import capsules, lifecycle
 from ..services.events import Actor
 from ..services.guest import TOUCH_EVERY_S
-from ..services.keys import Caller
 from ..states import CapsuleStatus
 from .policy import ProxyPolicy, admits, policy_of
 from .routing import Route

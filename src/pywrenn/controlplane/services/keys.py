@@ -18,7 +18,6 @@ import hmac
 import re
 import secrets
 import uuid
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
@@ -28,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from pywrenn.ids import IdKind
 
 from .. import publicids
+from ..caller import Caller
 from ..db.models import ApiKey, Team
 from ..errors import InvalidInput, NotFound, Unauthorized
 
@@ -52,23 +52,6 @@ def hash_key(plaintext: str) -> str:
 
 def looks_like_key(value: str) -> bool:
     return _KEY.match(value) is not None
-
-
-@dataclass(frozen=True)
-class Caller:
-    """The authenticated side of a request: a team, through one of its keys."""
-
-    team_id: uuid.UUID
-    key_id: uuid.UUID
-    key_name: str
-
-    @property
-    def team_api_id(self) -> str:
-        return publicids.format_id(self.team_id, IdKind.TEAM)
-
-    @property
-    def key_api_id(self) -> str:
-        return publicids.format_id(self.key_id, IdKind.API_KEY)
 
 
 def add_key_nocommit(
