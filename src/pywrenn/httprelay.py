@@ -27,7 +27,8 @@ import asyncio
 import contextlib
 import errno
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -432,3 +433,27 @@ def check_guest_path(path: str) -> None:
     segments = unquote(path).replace("\\", "/").split("/")
     if any(segment in (".", "..") for segment in segments):
         raise ProxyError(400, "invalid_request", "invalid: dot segments in the request path")
+
+
+class OpenRelays:
+    """Open proxied requests and WebSockets per key (a team, a capsule), capped; both
+    hops use one."""
+
+    def __init__(self) -> None:
+        self.open: dict[object, int] = {}
+
+    @contextmanager
+    def hold(self, key: object, *, limit: int, holder: str = "the team") -> Iterator[None]:
+        count = self.open.get(key, 0)
+        if count >= limit:
+            message = f"limit_exceeded: {holder} has {limit} open proxy connections"
+            raise ProxyError(429, "limit_exceeded", message, retry_after_s=1)
+        self.open[key] = count + 1
+        try:
+            yield
+        finally:
+            left = self.open[key] - 1
+            if left:
+                self.open[key] = left
+            else:
+                del self.open[key]

@@ -17,8 +17,7 @@ the gate checked the host token before this runs, and does not cap these bodies)
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -31,6 +30,7 @@ from pywrenn.httprelay import (
     CLIENT_AUTHORIZATION,
     INTERNAL_PREFIX,
     Headers,
+    OpenRelays,
     Relay,
     UpstreamError,
     check_guest_path,
@@ -158,7 +158,7 @@ class HostProxy:
         self.max_relays_per_capsule = max_relays_per_capsule
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
-        self.open: dict[str, int] = {}  # open relays per capsule
+        self.relays = OpenRelays()  # open relays per capsule
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket"):
@@ -167,7 +167,11 @@ class HostProxy:
         try:
             where = parse_path(scope)
             endpoint = self.resolve(where.capsule_id)
-            with self._hold(where.capsule_id):
+            with self.relays.hold(
+                where.capsule_id,
+                limit=self.max_relays_per_capsule,
+                holder=f"capsule {where.capsule_id}",
+            ):
                 await self._relay(scope, receive, send, where, endpoint)
         except UpstreamError as exc:
             assert where is not None
@@ -193,20 +197,3 @@ class HostProxy:
             await relay_websocket(relay, scope, receive, send, url, headers)
         else:
             await relay_http(relay, scope, receive, send, url, headers)
-
-    @contextmanager
-    def _hold(self, capsule_id: str) -> Iterator[None]:
-        count = self.open.get(capsule_id, 0)
-        if count >= self.max_relays_per_capsule:
-            limit = self.max_relays_per_capsule
-            message = f"limit_exceeded: capsule {capsule_id} has {limit} open proxy connections"
-            raise ProxyError(429, "limit_exceeded", message, retry_after_s=1)
-        self.open[capsule_id] = count + 1
-        try:
-            yield
-        finally:
-            left = self.open[capsule_id] - 1
-            if left:
-                self.open[capsule_id] = left
-            else:
-                del self.open[capsule_id]

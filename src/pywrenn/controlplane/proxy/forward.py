@@ -16,8 +16,7 @@ Knows nothing of: who may send the request (access.py).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 
 import yarl
 from starlette.types import Receive, Scope, Send
@@ -142,26 +141,3 @@ def _host_error(exc: UpstreamError, route: Route) -> Exception:
         return ProxyError(504, "upstream_timeout", f"upstream_timeout: {exc.detail}")
     message = f"host_unavailable: the host of capsule {route.capsule_id}: {exc.detail}"
     return ProxyError(503, "host_unavailable", message, retry_after_s=1)
-
-
-class OpenRelays:
-    """Open proxied requests and WebSockets per team, capped."""
-
-    def __init__(self) -> None:
-        self.open: dict[object, int] = {}
-
-    @contextmanager
-    def hold(self, team: object, *, limit: int) -> Iterator[None]:
-        count = self.open.get(team, 0)
-        if count >= limit:
-            message = f"limit_exceeded: the team has {limit} open proxy connections"
-            raise ProxyError(429, "limit_exceeded", message, retry_after_s=1)
-        self.open[team] = count + 1
-        try:
-            yield
-        finally:
-            left = self.open[team] - 1
-            if left:
-                self.open[team] = left
-            else:
-                del self.open[team]

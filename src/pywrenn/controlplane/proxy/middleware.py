@@ -12,6 +12,7 @@ from __future__ import annotations
 from starlette.datastructures import State
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from pywrenn.httprelay import OpenRelays
 from pywrenn.proxyerrors import ProxyError, send_error
 
 from ..deps import API_KEY_HEADER
@@ -19,7 +20,7 @@ from ..errors import HostUnavailable
 from ..hostpool import HostPool
 from ..settings import ControlPlaneSettings
 from .access import CapsuleAccess
-from .forward import HostRefused, OpenRelays, forward
+from .forward import HostRefused, forward
 from .policy import TRAFFIC_TOKEN_HEADER
 from .routing import Route, header, route_of
 
