@@ -344,11 +344,18 @@ def test_stop_closes_the_slot_and_serve_is_idempotent(served: Served) -> None:
             s.recv(512)
 
 
+def _dns_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name == "wrenn-dns"}
+
+
 def test_the_forwarder_thread_ends_on_close(stub: StubDnsServer) -> None:
+    # Other tests' agents may hold the process-wide forwarder open: watch only this one's.
+    before = _dns_threads()
     box = Served([("127.0.0.1", stub.port)])
-    assert any(t.name == "wrenn-dns" for t in threading.enumerate())
+    started = _dns_threads() - before
+    assert len(started) == 1
     box.forwarder.close()
-    assert not any(t.name == "wrenn-dns" for t in threading.enumerate())
+    assert not any(t.is_alive() for t in started)
 
 
 # -- configuration ------------------------------------------------------------------------
