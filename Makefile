@@ -44,9 +44,10 @@ integration: install
 e2e: install
 	$(BIN)/pytest -q tests/e2e
 
+# Every bench, one JSON summary (bench-summary.json) and a table; `BENCH_ARGS=--quick` for
+# a smoke run. Run on a quiet machine: the figures are wall-clock.
 bench: install
-	$(BIN)/python bench/envd_calls.py
-	$(BIN)/python bench/vmm.py
+	$(BIN)/python bench/summary.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -264,10 +264,12 @@ class EnvdCalls:
                 if response.status_code != 200:
                     raise _rpc_error(path, response.status_code, await read_prefix(response))
                 refuse_encoded(response, path)
-                async for chunk in chunks_until(response.aiter_raw(), end_by, path):
+                chunks = chunks_until(response.aiter_raw(), end_by, path)
+                async for chunk in chunks:
                     for envelope in decoder.feed(chunk):
                         message = envelope.json()
                         if envelope.end_stream:
+                            await _drain_after_end(chunks)
                             _raise_end_error(path, message)
                             return
                         with guest_shapes(path):
@@ -399,6 +401,25 @@ def _process_info(item: dict[str, Any]) -> ProcessInfo:
         envs={str(k): str(v) for k, v in dict(config.get("envs", {})).items()},
         cwd=cwd if cwd is None else str(cwd),
     )
+
+
+# After a stream's end message only the chunked body's terminator should be left. Reading
+# it lets the connection go back to the pool: closing a response mid-body closes its
+# connection, and a new TCP connection per exec costs milliseconds (more in a TCG guest).
+_DRAIN_BYTES = 4096
+_DRAIN_WAIT_S = 0.25
+
+
+async def _drain_after_end(chunks: AsyncGenerator[bytes, None]) -> None:
+    """Read what follows the end message, a little and briefly; past that, the pool
+    simply drops the connection (as it would have anyway)."""
+    left = _DRAIN_BYTES
+    with contextlib.suppress(TimeoutError, EnvdError, httpx.HTTPError):
+        async with asyncio.timeout(_DRAIN_WAIT_S):
+            async for rest in chunks:
+                left -= len(rest)
+                if left < 0:
+                    return
 
 
 def _raise_end_error(path: str, message: Any) -> None:

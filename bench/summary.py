@@ -1,0 +1,223 @@
+"""Every bench in one run: one JSON summary (each figure beside its same-run baseline and
+their ratio) and a short table on stdout. This is what `make bench` runs.
+
+Each bench is its own script printing its own JSON report (run one alone for details);
+this runs them one after another, keeps each full report under `reports`, and pulls out
+the headline figures with the extractor named for that bench below. A bench that fails
+is recorded with its exit code and the tail of its stderr, and the others still run.
+
+Usage: python bench/summary.py [--out bench-summary.json] [--only NAME ...] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+BENCH_DIR = Path(__file__).resolve().parent
+Report = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Figure:
+    """One measured number beside the baseline measured in the same run."""
+
+    bench: str
+    name: str
+    value: float
+    baseline_name: str | None = None
+    baseline: float | None = None
+    unit: str = "ms"
+
+    @property
+    def ratio(self) -> float | None:
+        if not self.baseline:  # none measured, or zero
+            return None
+        return round(self.value / self.baseline, 3)
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "ratio": self.ratio}
+
+
+def _envd_calls(r: Report) -> list[Figure]:
+    unary = r["unary_list"]
+    return [
+        Figure(
+            "envd_calls",
+            "guest agent unary call p50",
+            unary["agent"]["p50_ms"],
+            "bare http.server",
+            unary["baseline_bare_http_server"]["p50_ms"],
+        ),
+        Figure(
+            "envd_calls",
+            "guest agent CPU per unary call",
+            unary["agent"]["server_cpu_ms_per_call"],
+        ),
+    ]
+
+
+def _vmm(r: Report) -> list[Figure]:
+    figures = []
+    for op in ("cold_boot", "pause", "restore", "template_clone"):
+        if op in r:
+            figures.append(
+                Figure(
+                    "vmm",
+                    f"{op} p50",
+                    r[op]["ours"]["p50"] * 1000,
+                    "bare QEMU + QMP",
+                    r[op]["bare_qemu"]["p50"] * 1000,
+                )
+            )
+    if "clone_pss_mb" in r:
+        figures.append(
+            Figure("vmm", "idle clone PSS p50", r["clone_pss_mb"]["ours"]["p50"], unit="MB")
+        )
+    return figures
+
+
+def _controlplane(r: Report) -> list[Figure]:
+    trips = r["exec_true_round_trip"]
+    first = r["create_to_first_output"]
+    return [
+        Figure(
+            "controlplane",
+            "exec `true` via control plane p50",
+            trips["control_plane"]["p50_ms"],
+            "via host agent",
+            trips["host_agent"]["p50_ms"],
+        ),
+        Figure(
+            "controlplane",
+            "exec `true` via host agent p50",
+            trips["host_agent"]["p50_ms"],
+            "guest agent direct",
+            trips["envd"]["p50_ms"],
+        ),
+        Figure(
+            "controlplane",
+            "create -> first output via control plane p50",
+            first["control_plane"]["p50_ms"],
+            "via host agent",
+            first["host_agent_direct"]["p50_ms"],
+        ),
+    ]
+
+
+def _templates(r: Report) -> list[Figure]:
+    made = r["create_from_template"]
+    return [
+        Figure(
+            "templates",
+            f"create ({label.replace('_', ' ')}) p50",
+            made[label]["control_plane"]["p50_ms"],
+            "bare QEMU restore",
+            made[label]["bare_qemu_restore"]["p50_ms"],
+        )
+        for label in ("1_at_a_time", "8_at_once")
+    ] + [Figure("templates", "idle clone PSS mean", r["idle_clone_pss_mb"]["mean"], unit="MB")]
+
+
+def _generic(name: str) -> Callable[[Report], list[Figure]]:
+    """For a bench that lists its own figures under `figures` (the same fields as Figure)."""
+
+    def extract(r: Report) -> list[Figure]:
+        return [Figure(bench=name, **f) for f in r.get("figures", [])]
+
+    return extract
+
+
+# (script, arguments for the full run, arguments for --quick, extractor)
+BENCHES: dict[str, tuple[list[str], list[str], Callable[[Report], list[Figure]]]] = {
+    "envd_calls": ([], ["--calls", "300", "--stream-mb", "20"], _envd_calls),
+    "vmm": ([], ["--runs", "3", "--boot-runs", "2"], _vmm),
+    "controlplane": ([], ["--runs", "10", "--creates", "2"], _controlplane),
+    "templates": ([], ["--runs", "3", "--rounds", "1"], _templates),
+}
+
+
+def _optional_benches() -> None:
+    """Benches whose scripts report their own `figures` join when their file exists."""
+    for path in sorted(BENCH_DIR.glob("*.py")):
+        name = path.stem
+        if name in BENCHES or name in {"summary", "node", "figures"} or name.startswith("_"):
+            continue
+        if "figures" in path.read_text(errors="replace"):
+            BENCHES[name] = ([], ["--quick"], _generic(name))
+
+
+def run_one(name: str, quick: bool) -> tuple[Report | None, dict[str, Any]]:
+    full, fast, _ = BENCHES[name]
+    argv = [sys.executable, str(BENCH_DIR / f"{name}.py"), *(fast if quick else full)]
+    began = time.monotonic()
+    proc = subprocess.run(argv, capture_output=True, text=True, check=False)
+    run = {"argv": argv[1:], "seconds": round(time.monotonic() - began, 1), "exit": proc.returncode}
+    if proc.returncode != 0:
+        run["stderr_tail"] = proc.stderr[-2000:]
+        return None, run
+    try:
+        return json.loads(proc.stdout[proc.stdout.index("{") :]), run
+    except ValueError as exc:
+        run["error"] = f"no JSON report on stdout: {exc}"
+        return None, run
+
+
+def table(figures: list[Figure]) -> str:
+    rows = [("bench", "figure", "value", "baseline", "ratio")]
+    for f in figures:
+        base = f"{f.baseline:.1f} {f.unit} ({f.baseline_name})" if f.baseline is not None else "-"
+        ratio = f"{f.ratio:.2f}x" if f.ratio is not None else "-"
+        rows.append((f.bench, f.name, f"{f.value:.2f} {f.unit}", base, ratio))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
+    )
+
+
+def main() -> int:
+    _optional_benches()
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=Path("bench-summary.json"))
+    parser.add_argument("--only", nargs="*", choices=sorted(BENCHES), default=None)
+    parser.add_argument("--quick", action="store_true", help="few runs each: a smoke test")
+    args = parser.parse_args()
+    names = args.only or list(BENCHES)
+    summary: dict[str, Any] = {
+        "started_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg()},
+        "runs": {},
+        "reports": {},
+        "figures": [],
+    }
+    figures: list[Figure] = []
+    for name in names:
+        print(f"running bench/{name}.py ...", file=sys.stderr, flush=True)
+        report, run = run_one(name, args.quick)
+        summary["runs"][name] = run
+        if report is not None:
+            summary["reports"][name] = report
+            try:
+                figures += BENCHES[name][2](report)
+            except (KeyError, TypeError) as exc:
+                run["error"] = f"report lacks an expected field: {exc!r}"
+    summary["figures"] = [f.as_json() for f in figures]
+    summary["machine"]["load_avg_at_end"] = os.getloadavg()
+    args.out.write_text(json.dumps(summary, indent=2) + "\n")
+    print(table(figures))
+    failed = [n for n, r in summary["runs"].items() if r["exit"] != 0 or "error" in r]
+    print(f"\nsummary: {args.out} ({len(figures)} figures; failed: {', '.join(failed) or 'none'})")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
