@@ -73,6 +73,7 @@ def serve_agent(root: Path, port: int, envd_port: int, profile: str | None) -> N
     from tests.fake_host import fake_image
 
     from pywrenn.envdclient import EnvdClient
+    from pywrenn.envdclient._h1 import H1Pool
     from pywrenn.hostagent.app import create_app
     from pywrenn.hostagent.fakenet import FakeHostNetwork
     from pywrenn.hostagent.manager import SandboxManager
@@ -81,27 +82,13 @@ def serve_agent(root: Path, port: int, envd_port: int, profile: str | None) -> N
 
     fake_image(root)
     runtime = FakeRuntime()
-    real = httpx.AsyncHTTPTransport()
-
-    class ToLoopbackEnvd(httpx.AsyncBaseTransport):
-        """Process and filesystem calls go to the real guest agent; the rest to the fake."""
-
-        def __init__(self, fake: httpx.AsyncBaseTransport) -> None:
-            self.fake = fake
-
-        async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-            if request.url.path.startswith(("/process.", "/filesystem.")):
-                request.url = request.url.copy_with(host="127.0.0.1", port=envd_port)
-                return await real.handle_async_request(request)
-            return await self.fake.handle_async_request(request)
 
     def connect(url: str, *, access_token: str | None = None) -> EnvdClient:
-        fake = runtime.connect_guest(url, access_token=access_token)
-        return EnvdClient(
-            url,
-            access_token=access_token,
-            transport=ToLoopbackEnvd(fake._http._transport),  # the fake guest, for the rest
-        )
+        # The fake answers the lifecycle calls (over its mock transport); Connect RPCs and
+        # process streams take the client's own HTTP/1.1 pool, here to the loopback agent.
+        client = runtime.connect_guest(url, access_token=access_token)
+        client._h1 = H1Pool("127.0.0.1", envd_port)
+        return client
 
     settings = HostAgentSettings(
         dir=root, memory_capacity_mb=64 * 1024, default_memory_mb=256, network_pool_size=0
@@ -116,7 +103,7 @@ def serve_agent(root: Path, port: int, envd_port: int, profile: str | None) -> N
         return
     import cProfile
 
-    profiler = cProfile.Profile()
+    profiler = cProfile.Profile(time.process_time)  # CPU, not wall: load-independent
     profiler.enable()
     try:
         server.run()

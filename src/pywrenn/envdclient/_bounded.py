@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
-from typing import Any
-
-import httpx
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
+from typing import Any, Protocol
 
 from pywrenn.envdclient._errors import EnvdProtocolError, EnvdTimeout
 
@@ -29,6 +27,7 @@ __all__ = [
     "MAX_REPLY_BYTES",
     "MAX_STREAM_MESSAGE",
     "STREAM_IDLE_S",
+    "Reply",
     "chunks_until",
     "deadline",
     "guest_shapes",
@@ -44,6 +43,21 @@ MAX_ERROR_BYTES = 64 * 1024
 MAX_STREAM_MESSAGE = 1024 * 1024
 # envd sends a keepalive every 30 s on process streams (we ask for it); 4 missed = dead.
 STREAM_IDLE_S = 120.0
+
+
+class Reply(Protocol):
+    """An answer whose body is read as it arrives: an `httpx.Response` or an `H1Reply`."""
+
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+
+    @property
+    def is_success(self) -> bool: ...
+
+    def aiter_raw(self) -> AsyncIterator[bytes]: ...
 
 
 @contextlib.asynccontextmanager
@@ -77,14 +91,14 @@ async def chunks_until(
         yield chunk
 
 
-def refuse_encoded(response: httpx.Response, what: str) -> None:
+def refuse_encoded(response: Reply, what: str) -> None:
     """We ask for identity and count raw bytes; a compressed body could be a bomb."""
     encoding = response.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in {"", "identity"}:
         raise EnvdProtocolError(f"unsupported: {what} answered Content-Encoding {encoding!r}")
 
 
-async def read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
+async def read_capped(response: Reply, limit: int, what: str) -> bytes:
     """The whole body, or EnvdProtocolError as soon as it passes `limit` bytes."""
     refuse_encoded(response, what)
     declared = response.headers.get("content-length", "")
@@ -98,7 +112,7 @@ async def read_capped(response: httpx.Response, limit: int, what: str) -> bytes:
     return bytes(body)
 
 
-async def read_prefix(response: httpx.Response, limit: int = MAX_ERROR_BYTES) -> bytes:
+async def read_prefix(response: Reply, limit: int = MAX_ERROR_BYTES) -> bytes:
     """At most the first `limit` bytes of the body (for error messages); the rest is
     left unread (the connection is closed, not drained)."""
     body = bytearray()

@@ -6,11 +6,13 @@ import asyncio
 import base64
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from pywrenn.envdclient._bounded import MAX_ERROR_BYTES
 from pywrenn.envdclient._errors import EnvdError, EnvdProtocolError, EnvdTimeout
+from pywrenn.envdclient._h1 import H1Pool
 from pywrenn.envdclient._ops import EnvdCalls
 
 __all__ = ["EnvdClient", "ExecResult"]
@@ -60,8 +62,18 @@ class EnvdClient(EnvdCalls):
             headers={"Accept-Encoding": "identity"},
             transport=transport,
         )
+        # Connect RPCs and process streams (the exec hot path) over our own small
+        # HTTP/1.1 pool on the real network; a given transport carries them too.
+        split = urlsplit(base_url)
+        self._h1 = (
+            H1Pool(split.hostname or "", split.port or 80, connect_timeout=timeout)
+            if transport is None
+            else None
+        )
 
     async def aclose(self) -> None:
+        if self._h1 is not None:
+            await self._h1.aclose()
         await self._http.aclose()
 
     def _auth_headers(self) -> dict[str, str]:

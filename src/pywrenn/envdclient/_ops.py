@@ -13,7 +13,7 @@ import asyncio
 import base64
 import contextlib
 import json
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +24,7 @@ from pywrenn.envdclient._bounded import (
     MAX_REPLY_BYTES,
     MAX_STREAM_MESSAGE,
     STREAM_IDLE_S,
+    Reply,
     chunks_until,
     deadline,
     guest_shapes,
@@ -33,6 +34,7 @@ from pywrenn.envdclient._bounded import (
     refuse_encoded,
 )
 from pywrenn.envdclient._errors import EnvdError, EnvdProtocolError, EnvdTimeout, EnvdUnavailable
+from pywrenn.envdclient._h1 import H1Pool, H1ProtocolError
 from pywrenn.envdclient.envelope import EnvelopeDecoder, encode
 from pywrenn.ids import Selector
 
@@ -126,6 +128,31 @@ class EnvdCalls:
     """The guest agent's process and filesystem calls, mixed into `EnvdClient`."""
 
     _http: httpx.AsyncClient
+    _h1: H1Pool | None
+
+    @contextlib.asynccontextmanager
+    async def _post(
+        self, path: str, body: bytes, headers: dict[str, str], *, read_timeout: float
+    ) -> AsyncIterator[Reply]:
+        """POST `body` to a Connect route; the answer once its head arrived. Transport
+        failures become EnvdTimeout (`read_timeout` of silence) or EnvdUnavailable;
+        a broken HTTP answer is EnvdProtocolError."""
+        try:
+            if self._h1 is not None:
+                async with self._h1.post(path, body, headers, read_timeout=read_timeout) as reply:
+                    yield reply
+            else:
+                timeout = httpx.Timeout(10.0, read=read_timeout, write=read_timeout)
+                async with self._http.stream(
+                    "POST", path, content=body, headers=headers, timeout=timeout
+                ) as response:
+                    yield response
+        except (TimeoutError, httpx.TimeoutException) as exc:
+            raise EnvdTimeout(f"timeout: {path}: no bytes for {read_timeout}s") from exc
+        except H1ProtocolError as exc:
+            raise EnvdProtocolError(f"malformed: {path} answer: {exc}") from exc
+        except (OSError, httpx.HTTPError) as exc:
+            raise EnvdUnavailable(f"unreachable: {path}: {exc}") from exc
 
     def _auth_headers(self) -> dict[str, str]:
         raise NotImplementedError
@@ -169,11 +196,13 @@ class EnvdCalls:
             "Content-Type": UNARY_JSON,
             "Connect-Protocol-Version": "1",
         }
-        status, content = await self._unary(
-            "POST", path, json=message, headers=headers, timeout=timeout
-        )
-        if status != 200:
-            raise _rpc_error(path, status, content)
+        async with (
+            deadline(timeout, f"POST {path}"),
+            self._post(path, json.dumps(message).encode(), headers, read_timeout=timeout) as r,
+        ):
+            if r.status_code != 200:
+                raise _rpc_error(path, r.status_code, await read_prefix(r))
+            content = await read_capped(r, MAX_REPLY_BYTES, f"POST {path}")
         body = parse_json(content, path)
         return body if isinstance(body, dict) else {}
 
@@ -257,33 +286,28 @@ class EnvdCalls:
         # process. Memory is bounded per message; a silent guest by the idle timeout.
         loop = asyncio.get_running_loop()
         end_by = None if timeout is None else loop.time() + timeout + STREAM_END_SLACK_S
-        try:
-            async with self._http.stream(
-                "POST", path, content=encode(request), headers=headers, timeout=_STREAM_TIMEOUT
-            ) as response:
-                if response.status_code != 200:
-                    raise _rpc_error(path, response.status_code, await read_prefix(response))
-                refuse_encoded(response, path)
-                chunks = chunks_until(response.aiter_raw(), end_by, path)
-                async for chunk in chunks:
-                    for envelope in decoder.feed(chunk):
-                        message = envelope.json()
-                        if envelope.end_stream:
-                            await _drain_after_end(chunks)
-                            _raise_end_error(path, message)
-                            return
-                        with guest_shapes(path):
-                            event = _event(message) if isinstance(message, dict) else None
-                        if event is not None:
-                            yield event
-                raise EnvdProtocolError(
-                    f"truncated: {path} ended without an end-stream message "
-                    f"({decoder.pending} bytes left)"
-                )
-        except httpx.TimeoutException as exc:
-            raise EnvdTimeout(f"timeout: {path}: no bytes for {STREAM_IDLE_S}s") from exc
-        except httpx.HTTPError as exc:
-            raise EnvdUnavailable(f"unreachable: {path}: {exc}") from exc
+        async with self._post(
+            path, encode(request), headers, read_timeout=STREAM_IDLE_S
+        ) as response:
+            if response.status_code != 200:
+                raise _rpc_error(path, response.status_code, await read_prefix(response))
+            refuse_encoded(response, path)
+            chunks = chunks_until(response.aiter_raw(), end_by, path)
+            async for chunk in chunks:
+                for envelope in decoder.feed(chunk):
+                    message = envelope.json()
+                    if envelope.end_stream:
+                        await _drain_after_end(chunks)
+                        _raise_end_error(path, message)
+                        return
+                    with guest_shapes(path):
+                        event = _event(message) if isinstance(message, dict) else None
+                    if event is not None:
+                        yield event
+            raise EnvdProtocolError(
+                f"truncated: {path} ended without an end-stream message "
+                f"({decoder.pending} bytes left)"
+            )
 
     # -- files -----------------------------------------------------------------------------
     async def stat(self, path: str, *, user: str | None = None) -> EntryInfo:

@@ -40,7 +40,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pywrenn.envdclient import EnvdClient, EnvdError, EnvdTimeout, EnvdUnavailable
+from pywrenn.envdclient import (
+    EnvdClient,
+    EnvdError,
+    EnvdProtocolError,
+    EnvdTimeout,
+    EnvdUnavailable,
+)
 from pywrenn.vmm import host
 from pywrenn.vmm.accel import HostKey, choose_accel
 from pywrenn.vmm.errors import (
@@ -900,17 +906,19 @@ async def _ready_agent(
     """
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
+    fields = dict(init_fields or {})
+    new_token = fields.get("accessToken")
+    gave_up_once = False
     async with EnvdClient(vm.network.agent_url(), access_token=agent_token) as agent:
         while True:
             try:
-                # A total deadline per attempt (not per read). Generous: an /init the
-                # guest handled but we gave up on cannot be retried (the guest then
-                # wants the token it just got), and a loaded TCG guest can be slow.
+                # A total deadline per attempt (not per read); a loaded TCG guest can be
+                # slow, so it is generous.
                 await agent.init(
                     timestamp=rfc3339_now(),
                     entropy=secrets.token_bytes(64),
                     timeout=max(min(deadline - loop.time(), INIT_ATTEMPT_S), 1.0),
-                    **dict(init_fields or {}),
+                    **fields,
                 )
                 return
             except (EnvdUnavailable, EnvdTimeout) as exc:
@@ -919,9 +927,19 @@ async def _ready_agent(
                     raise BootError(
                         f"agent not ready: {vm.vm_id} (vmm alive: {alive}): {exc}"
                     ) from exc
+                gave_up_once = True  # this attempt may yet have reached the guest
                 await asyncio.sleep(0.01)
             except EnvdError as exc:
+                # An attempt we gave up on may have reached the guest after all: it then
+                # holds the token that attempt carried and wants it from now on.
+                if _refused(exc) and gave_up_once and new_token and agent.access_token != new_token:
+                    agent.access_token = str(new_token)
+                    continue
                 raise BootError(f"agent refused /init: {vm.vm_id}: {exc}") from exc
+
+
+def _refused(exc: EnvdError) -> bool:
+    return isinstance(exc, EnvdProtocolError) and exc.code == "401"
 
 
 def rfc3339_now() -> str:
