@@ -26,6 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from pywrenn import __version__
 from pywrenn.envdclient._ops import ProcessEvent, Selector
 from pywrenn.hostagent import loops
+from pywrenn.hostagent.egress_routes import network_router
 from pywrenn.hostagent.errors import (
     CapsuleNotFound,
     CapsuleStateConflict,
@@ -166,6 +167,7 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
         return JSONResponse(error_body("unauthorized", "missing or wrong host token"), 401)
 
     auth = [Depends(authorised)]
+    app.include_router(network_router(manager, auth))  # PUT /v1/capsules/{id}/network
 
     @app.get("/health")
     async def health() -> dict[str, object]:

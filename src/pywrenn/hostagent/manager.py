@@ -26,7 +26,7 @@ from typing import Any
 
 from pywrenn import __version__, images
 from pywrenn.envdclient import EnvdClient, EnvdError
-from pywrenn.hostagent import network
+from pywrenn.hostagent import egress, network
 from pywrenn.hostagent.admission import Admission
 from pywrenn.hostagent.basesnapshot import BaseSnapshots, discard
 from pywrenn.hostagent.capsule import Capsule, CapsuleInfo
@@ -106,6 +106,8 @@ class CreateRequest:
     default_workdir: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     egress: bool | None = None
+    allow_out: list[str] = field(default_factory=list)  # IPv4 ranges; see egress.py
+    deny_out: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -192,10 +194,11 @@ class SandboxManager:
             raise InvalidRequest(f"invalid: timeout_sec {request.timeout_sec} is negative")
         self.admission.admit(capsule_id, memory_mb, self._capsules.values())
         source = self._resolve_template(request.template, vcpus, memory_mb)
-        egress = self.settings.egress_default if request.egress is None else request.egress
+        internet = self.settings.egress_default if request.egress is None else request.egress
+        policy = egress.policy(internet, request.allow_out, request.deny_out)
 
         started = time.monotonic()
-        pooled = self.netpool.take(capsule_id, egress=egress)
+        pooled = self.netpool.take(capsule_id, egress=policy.forwarded)
         slot = pooled if pooled is not None else await self.allocate_slot(capsule_id)
         net = SlotNetwork(slot)
         run_dir = self.layout.sandbox_dir(capsule_id)
@@ -213,10 +216,12 @@ class SandboxManager:
             versions=source.versions,
             metadata=dict(request.metadata),
             envd_access_token=secrets.token_urlsafe(24),
-            egress=egress,
+            egress=internet,
             default_user=request.default_user,
             default_env=dict(request.default_env),
             default_workdir=request.default_workdir,
+            allow_out=[str(r) for r in policy.allow],
+            deny_out=[str(r) for r in policy.deny],
         )
         capsule = Capsule(capsule_id=capsule_id, state=S.CREATING, meta=meta)
         self._capsules[capsule_id] = capsule
@@ -224,8 +229,9 @@ class SandboxManager:
             try:
                 if pooled is None:
                     await network.create_network(
-                        net, egress=egress, blocked=self.settings.blocked_ranges
+                        net, egress=policy.forwarded, blocked=self.settings.blocked_ranges
                     )
+                await egress.install(net, policy)
                 crash_point("create.after_network")
                 networked = time.monotonic()
                 run_dir.mkdir(parents=True)
@@ -395,9 +401,11 @@ class SandboxManager:
             vm: VMHandle | None = None
             try:
                 read_meta(run_dir)  # refuse early, and keep the snapshot, if it is not whole
+                policy = _policy_of(capsule.meta)
                 await network.create_network(
-                    net, egress=capsule.meta.egress, blocked=self.settings.blocked_ranges
+                    net, egress=policy.forwarded, blocked=self.settings.blocked_ranges
                 )
+                await egress.install(net, policy)
                 crash_point("resume.after_network")
                 # In place, the snapshot stays on disk until the running state is written
                 # below: a failure or a crash before then leaves the capsule resumable.
@@ -435,6 +443,40 @@ class SandboxManager:
             capsule.touch()
             capsule.move_to(S.RUNNING)
         log.info("resumed %s", capsule_id)
+        return capsule.info()
+
+    async def update_network(
+        self, capsule_id: str, *, internet: bool | None, allow: list[str], deny: list[str]
+    ) -> CapsuleInfo:
+        """Replace a capsule's egress policy: live if it runs, at its resume if paused."""
+        capsule = self.capsule(capsule_id)
+        internet = self.settings.egress_default if internet is None else internet
+        policy = egress.policy(internet, allow, deny)
+        async with capsule.lifecycle:
+            meta = replace(
+                capsule.meta,
+                egress=internet,
+                allow_out=[str(r) for r in policy.allow],
+                deny_out=[str(r) for r in policy.deny],
+            )
+            if capsule.state is S.RUNNING and capsule.vm is not None:
+                await egress.update(capsule.net, policy)
+                capsule.meta = meta
+                self._write_running_state(capsule)
+            elif capsule.state is S.PAUSED:
+                # The pause's own record is what a restarted agent resumes from.
+                path = self.layout.sandbox_dir(capsule_id) / SNAPSHOT_META
+                write_json_atomic(path, meta.to_json())
+                capsule.meta = meta
+            else:
+                raise CapsuleStateConflict(capsule_id, capsule.state.value, "change its network")
+        log.info(
+            "egress of %s: internet=%s allow=%d deny=%d",
+            capsule_id,
+            internet,
+            len(policy.allow),
+            len(policy.deny),
+        )
         return capsule.info()
 
     # -- startup and shutdown -------------------------------------------------------------
@@ -779,6 +821,10 @@ def capsule_versions(source: dict[str, str], *, vmm: str, accel: str) -> dict[st
         "vmm_accel": accel,
         "agent_version": __version__,
     }
+
+
+def _policy_of(meta: SnapshotMeta) -> egress.EgressPolicy:
+    return egress.policy(meta.egress, meta.allow_out, meta.deny_out)
 
 
 def _never_left_pausing(capsule: Capsule) -> None:

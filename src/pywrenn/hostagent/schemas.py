@@ -30,6 +30,17 @@ class CapsuleCreate(_Strict):
     default_workdir: str = Field(default="", max_length=4096)
     metadata: dict[str, str] = Field(default_factory=dict)
     egress: bool | None = None
+    # IPv4 addresses or CIDRs (hostagent/egress.py); allow wins over deny.
+    allow_out: list[str] = Field(default_factory=list, max_length=256)
+    deny_out: list[str] = Field(default_factory=list, max_length=256)
+
+
+class NetworkUpdate(_Strict):
+    """PUT /v1/capsules/{id}/network: the whole egress policy, replaced at once."""
+
+    egress: bool | None = None  # None: the host's default
+    allow_out: list[str] = Field(default_factory=list, max_length=256)
+    deny_out: list[str] = Field(default_factory=list, max_length=256)
 
 
 class CapsuleResume(_Strict):
@@ -51,6 +62,7 @@ class CapsulePublic(BaseModel):
     last_active_at: float
     metadata: dict[str, str]
     versions: dict[str, str]
+    envd_access_token: str = ""
 
     @classmethod
     def of(cls, info: CapsuleInfo) -> CapsulePublic:
@@ -69,6 +81,7 @@ class CapsulePublic(BaseModel):
             last_active_at=info.last_active_at,
             metadata=info.metadata,
             versions=info.versions,
+            envd_access_token=info.envd_access_token,
         )
 
 
