@@ -153,6 +153,7 @@ class FakeHostAgent:
             "last_active_at": self.now_unix,
             "metadata": body.get("metadata", {}),
             "versions": {"envd_version": "0.1.0", "agent_version": "fake"},
+            "envd_access_token": f"token-of-{capsule_id}",
         }
 
     def _entry(self, capsule: FakeCapsule, path: str) -> dict[str, Any]:
@@ -271,6 +272,15 @@ class FakeHostAgent:
             if capsule.state != "paused":
                 raise _Failure(409, "conflict", f"conflict: {cid} is {capsule.state}")
             capsule.state = "running"
+            return self._public(cid)
+
+        @app.put("/v1/capsules/{cid}/network")
+        async def network(cid: str, request: Request) -> dict[str, Any]:
+            self._check("network")
+            capsule = self._capsule(cid, running=False)
+            if capsule.state not in ("running", "paused"):
+                raise _Failure(409, "conflict", f"conflict: {cid} is {capsule.state}")
+            capsule.body.update(await request.json())  # egress, allow_out, deny_out
             return self._public(cid)
 
         @app.post("/v1/capsules/{cid}/ping")

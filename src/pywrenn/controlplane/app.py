@@ -30,6 +30,8 @@ from .clock import Clock, system_clock
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
 from .deps import API_KEY_SCHEME, SessionDep
+from .e2b import router as e2b_api
+from .e2b.deadlines import Deadlines
 from .errors import ENVELOPE_SCHEMA, install_error_handlers
 from .gate import ApiGate
 from .hostclient import HostAgentAPI, HostClient, file_token
@@ -98,10 +100,13 @@ def create_app(
                 watcher = group.create_task(
                     monitor.run_forever(settings.host_monitor_interval_s), name="host-monitor"
                 )
+                app.state.e2b_deadlines = Deadlines(app.state.sessions, app.state.hosts, clock)
+                ender = group.create_task(app.state.e2b_deadlines.run_forever(), name="deadlines")
                 try:
                     yield
                 finally:
                     watcher.cancel()
+                    ender.cancel()
                     runner.cancel_all()  # a build is minutes long; a stop must not wait
 
     async def _connect_local_host(
@@ -146,6 +151,7 @@ def create_app(
     for router in API_ROUTERS:
         outer.include_router(router)
     app.include_router(outer)
+    e2b_api.install(app)  # E2B's REST API at the root (/sandboxes, /v2/sandboxes, …)
     # Keys are checked, and bodies capped, before any body is read (gate.py).
     app.add_middleware(ApiGate)
     # The API also answers without `/api` (`/v1/...`): rewritten, not routed twice, as

@@ -44,6 +44,7 @@ from pywrenn.hostagent.schemas import (
     ExecStreamRequest,
     ForkRequest,
     MetricsResponse,
+    NetworkUpdate,
     ProcessList,
     SnapshotRequest,
     Started,
@@ -192,6 +193,7 @@ class HostAgentAPI(Protocol):
     async def pause(self, capsule_id: str) -> CapsulePublic: ...
     async def resume(self, capsule_id: str) -> CapsulePublic: ...
     async def ping(self, capsule_id: str) -> CapsulePublic: ...
+    async def set_network(self, capsule_id: str, body: NetworkUpdate) -> CapsulePublic: ...
     async def metrics(self, capsule_id: str, range_: str) -> MetricsResponse: ...
     async def exec(self, capsule_id: str, body: ExecRequest) -> ExecResponse: ...
     def exec_stream(
@@ -454,6 +456,11 @@ class HostClient:
 
     async def destroy(self, capsule_id: str) -> None:
         await self._call("DELETE", self._capsule_url(capsule_id), timeout=LIFECYCLE_TIMEOUT)
+
+    async def set_network(self, capsule_id: str, body: NetworkUpdate) -> CapsulePublic:
+        url = self._capsule_url(capsule_id, "network")
+        r = await self._call("PUT", url, json_body=body.model_dump())
+        return CapsulePublic.model_validate_json(r.content)
 
     async def pause(self, capsule_id: str) -> CapsulePublic:
         url = self._capsule_url(capsule_id, "pause")

@@ -200,6 +200,7 @@ class Capsule(Base):
     __table_args__ = (
         Index(None, "team_id", "status"),
         Index(None, "host_id", "status"),
+        Index(None, "deadline_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -226,6 +227,21 @@ class Capsule(Base):
     paused_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     last_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # What clients of the guest agent present as X-Access-Token (the host agent made it).
+    envd_access_token: Mapped[str | None] = mapped_column(String(128))
+    # A deadline for the running capsule (E2B's timeout, controlplane/e2b/deadlines.py):
+    # at `deadline_at` it is paused or stopped, as `on_deadline` says. It belongs to the
+    # run it was set in: a pause after `deadline_set_at` makes it void.
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deadline_set_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    on_deadline: Mapped[str | None] = mapped_column(String(8))  # pause|kill
+    auto_resume: Mapped[bool | None] = mapped_column(Boolean)
+    # Egress: internet on/off (NULL: the host's default) and {allow_out, deny_out: [CIDR],
+    # allow_public_traffic} as asked; the host agent enforces them.
+    allow_internet_access: Mapped[bool | None] = mapped_column(Boolean)
+    network: Mapped[dict[str, Any] | None] = mapped_column(JSONDict)
+    # Required by the port proxy when `network.allow_public_traffic` is false.
+    traffic_access_token: Mapped[str | None] = mapped_column(String(128))
 
 
 class Event(Base):

@@ -133,8 +133,11 @@ async def finish_create(
     capsule_key: uuid.UUID,
     clock: Callable[[], datetime],
     actor: Actor,
+    env: dict[str, str] | None = None,
 ) -> None:
-    """Boot the capsule on its host (runs in the app's background, after the 201)."""
+    """Boot the capsule on its host (runs in the app's background, after the 201).
+
+    `env`: variables for every process of the capsule, over the template's defaults."""
     async with sessions() as session:
         started = await capsules.move(
             session, capsule_id=capsule_key, to=S.STARTING, now=clock(), allowed_from={S.PENDING}
@@ -150,7 +153,7 @@ async def finish_create(
             body = _agent_create(row, host_template).model_copy(
                 update={
                     "default_user": defaults.user,
-                    "default_env": defaults.env,
+                    "default_env": {**defaults.env, **(env or {})},
                     "default_workdir": defaults.workdir,
                 }
             )
@@ -199,12 +202,22 @@ def _agent_create(row: Capsule, host_template: str) -> AgentCreate:
         timeout_sec=row.timeout_sec,
         team_id=str(row.team_id),
         metadata=dict(row.metadata_),
+        egress=row.allow_internet_access,
+        allow_out=list((row.network or {}).get("allow_out", [])),
+        deny_out=list((row.network or {}).get("deny_out", [])),
     )
 
 
 def placement_values(info: AgentCapsule) -> dict[str, object]:
     """What the host agent told us about where and on what a capsule runs, as columns."""
-    return {"slot_index": info.slot_index, "host_ip": info.host_ip, "versions": dict(info.versions)}
+    values: dict[str, object] = {
+        "slot_index": info.slot_index,
+        "host_ip": info.host_ip,
+        "versions": dict(info.versions),
+    }
+    if info.envd_access_token:
+        values["envd_access_token"] = info.envd_access_token
+    return values
 
 
 async def _destroy_on_host(pool: HostPool, row: Capsule) -> None:
