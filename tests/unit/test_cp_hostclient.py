@@ -32,6 +32,7 @@ from pywrenn.hostagent.schemas import (
     ExecRequest,
     ExecStreamRequest,
     ForkRequest,
+    NetworkUpdate,
     SnapshotRequest,
 )
 
@@ -88,6 +89,7 @@ BODIES: dict[str, Callable[[], Any]] = {
     "ExecRequest": lambda: ExecRequest(cmd="true"),
     "ExecStreamRequest": lambda: ExecStreamRequest(cmd="true"),
     "BackgroundRequest": lambda: BackgroundRequest(cmd="true"),
+    "NetworkUpdate": lambda: NetworkUpdate(allow_out=["10.1.2.3/32"]),
 }
 SEGMENTS = ("capsule_id", "selector", "name")
 # Query parameters: hostile values must stay in the query.
