@@ -179,7 +179,8 @@ def test_list_filters_orders_and_pages(db_url: str, tmp_path: Path) -> None:
             got = await e.call(pages, limit=4, order="desc")
             assert [i for page in got for i in page] == sorted([*ids, plain], reverse=True)
             query = SandboxQuery(metadata=tricky)
-            assert sorted(sum(await e.call(pages, query=query), [])) == sorted(ids)
+            found = [i for page in await e.call(pages, query=query) for i in page]
+            assert sorted(found) == sorted(ids)
             query = SandboxQuery(metadata={**tricky, "n": "3"}, state=[SandboxState.RUNNING])
             assert await e.call(pages, query=query) == [[ids[3]]]
             query = SandboxQuery(state=[SandboxState.PAUSED], template="base")

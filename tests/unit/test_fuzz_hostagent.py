@@ -37,7 +37,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from pywrenn.envdclient import EnvdClient
-from pywrenn.hostagent import network
+from pywrenn.hostagent import egress, network
 from pywrenn.hostagent.app import create_app
 from pywrenn.hostagent.capsule import Capsule
 from pywrenn.hostagent.manager import SandboxManager
@@ -184,9 +184,14 @@ def quiet_network() -> Iterator[list[str]]:
     async def remove_network(net: network.SlotNetwork) -> None:
         calls.append(f"remove {net.index}")
 
+    async def egress_rules(net: network.SlotNetwork, policy: egress.EgressPolicy) -> None:
+        calls.append(f"egress {net.index}")
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(network, "create_network", create_network)
         mp.setattr(network, "remove_network", remove_network)
+        mp.setattr(egress, "install", egress_rules)
+        mp.setattr(egress, "update", egress_rules)
         mp.setattr(network, "list_namespaces", lambda: [])
         yield calls
 

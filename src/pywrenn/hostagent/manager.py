@@ -18,7 +18,7 @@ import secrets
 import shutil
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -462,11 +462,11 @@ class SandboxManager:
             if capsule.state is S.RUNNING and capsule.vm is not None:
                 await egress.update(capsule.net, policy)
                 capsule.meta = meta
-                self._write_running_state(capsule)
+                self._record(capsule, lambda: self._write_running_state(capsule))
             elif capsule.state is S.PAUSED:
                 # The pause's own record is what a restarted agent resumes from.
                 path = self.layout.sandbox_dir(capsule_id) / SNAPSHOT_META
-                write_json_atomic(path, meta.to_json())
+                self._record(capsule, lambda: write_json_atomic(path, meta.to_json()))
                 capsule.meta = meta
             else:
                 raise CapsuleStateConflict(capsule_id, capsule.state.value, "change its network")
@@ -478,6 +478,13 @@ class SandboxManager:
             len(policy.deny),
         )
         return capsule.info()
+
+    @staticmethod
+    def _record(capsule: Capsule, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except OSError as exc:
+            raise HostError(f"cannot record {capsule.capsule_id}'s network: {exc}") from exc
 
     # -- startup and shutdown -------------------------------------------------------------
     async def recover(self) -> RecoveryReport:
