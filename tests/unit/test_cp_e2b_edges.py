@@ -7,6 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from pywrenn.controlplane import publicids
+from pywrenn.controlplane.db.models import Capsule
+from pywrenn.controlplane.e2b import network, store
+from pywrenn.controlplane.e2b.errors import Unsupported
+from pywrenn.controlplane.errors import InvalidInput
+from pywrenn.ids import IdKind
 from tests.asgi_probe import MiB, send_request
 from tests.cp_routes import Harness, run
 
@@ -91,3 +97,36 @@ def test_openapi_documents_the_e2b_routes_with_their_envelope(
         assert "/volumes" not in paths  # refusals are not part of the API
 
     run(sqlite_url, tmp_path, body)
+
+
+def test_egress_entries_are_sorted_normalised_and_refused_by_name() -> None:
+    lists = network.parse_lists(["8.8.8.8", "10.1.2.3/16", "8.8.8.8/32"], ["0.0.0.0/0"])
+    assert lists.allow_ranges == ("8.8.8.8/32", "10.1.0.0/16")
+    assert lists.deny_ranges == ("0.0.0.0/0",)
+    with pytest.raises(Unsupported, match="domain rules in allowOut"):
+        network.parse_lists(["api.example.com", "*.example.org"], [])
+    with pytest.raises(InvalidInput, match="only for allowOut"):
+        network.parse_lists([], ["example.com"])
+    with pytest.raises(Unsupported, match="IPv6"):
+        network.parse_lists(["2001:db8::/32"], [])
+    with pytest.raises(InvalidInput, match="not an IP"):
+        network.parse_lists(["-bad-"], [])
+    with pytest.raises(InvalidInput, match="at most"):
+        network.parse_lists([f"10.0.{i // 256}.{i % 256}" for i in range(300)], [])
+
+
+def test_a_capsule_made_before_tokens_were_kept_gets_its_token_from_its_host(
+    db_url: str, tmp_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        capsule_id = await h.capsule()
+        key = publicids.parse(capsule_id, IdKind.CAPSULE)
+        async with h.app.state.sessions() as session:
+            await store.set_columns(session, key, envd_access_token=None)
+        r = await h.client.get(f"/sandboxes/{capsule_id}")
+        assert r.json()["envdAccessToken"] == f"token-of-{capsule_id}"
+        async with h.app.state.sessions() as session:
+            row = await session.get(Capsule, key)
+            assert row is not None and row.envd_access_token == f"token-of-{capsule_id}"
+
+    run(db_url, tmp_path, body)

@@ -399,3 +399,32 @@ def test_another_team_sees_none_of_it_through_the_sdk(db_url: str, tmp_path: Pat
             assert (await e.call(sbx.get_info)).state == SandboxState.RUNNING
 
     run(db_url, tmp_path, body)
+
+
+def test_another_teams_template_is_exactly_an_unknown_one(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        mine = await h.capsule()
+        r = await h.client.post(f"/sandboxes/{mine}/snapshots", json={"name": "secret-tpl"})
+        assert r.status_code == 201, r.text
+        other = {"X-API-Key": await h.other_team_key()}
+
+        async def ask(method: str, path: str, name: str) -> httpx.Response:
+            body = {"templateID": name} if method == "POST" else None
+            return await h.client.request(method, path.format(name=name), json=body, headers=other)
+
+        for method, path in (
+            ("DELETE", "/templates/{name}"),
+            ("GET", "/templates/aliases/{name}"),
+            ("POST", "/v2/sandboxes"),
+        ):
+            theirs = await ask(method, path, "secret-tpl")
+            nobody = await ask(method, path, "never-made")
+            assert theirs.status_code == nobody.status_code == 404, (method, path)
+            assert theirs.text.replace("secret-tpl", "never-made") == nobody.text
+        r = await h.client.get("/snapshots", params={"name": "secret-tpl"}, headers=other)
+        assert r.json() == []
+        assert [t["name"] for t in (await h.client.get("/api/v1/snapshots")).json()].count(
+            "secret-tpl"
+        ) == 1  # still there, for its team
+
+    run(sqlite_url, tmp_path, body)
