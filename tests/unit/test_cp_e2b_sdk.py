@@ -5,6 +5,7 @@ PostgreSQL. The SDK never reaches a guest agent here: every call below is a REST
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from e2b import (
 from pywrenn.controlplane.e2b.deadlines import Deadlines
 from tests.cp_routes import NOW, Harness, run
 from tests.e2b_harness import E2B, served
+from tests.waiting import until
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
 
@@ -428,3 +430,30 @@ def test_another_teams_template_is_exactly_an_unknown_one(sqlite_url: str, tmp_p
         ) == 1  # still there, for its team
 
     run(sqlite_url, tmp_path, body)
+
+
+def test_the_loop_is_woken_for_a_nearer_deadline(sqlite_url: str, tmp_path: Path) -> None:
+    """Asleep until a far deadline (or 30 s), the loop acts as soon as it is woken."""
+
+    async def body(h: Harness) -> None:
+        now = [NOW]
+        loop = Deadlines(h.app.state.sessions, h.app.state.hosts, lambda: now[0])
+        far = await h.capsule()
+        await h.client.post(f"/sandboxes/{far}/timeout", json={"timeout": 3600})
+        task = asyncio.create_task(loop.run_forever())
+        try:
+            near = await h.capsule()
+            r = await h.client.post(f"/sandboxes/{near}/timeout", json={"timeout": 5})
+            assert r.status_code == 204
+            now[0] = NOW + timedelta(seconds=6)
+            loop.wake()
+            await until(lambda: _is(h, near, "paused"), what="paused at its deadline")
+            assert await _status(h, far) == "running"
+        finally:
+            task.cancel()
+
+    run(sqlite_url, tmp_path, body)
+
+
+async def _is(h: Harness, capsule_id: str, status: str) -> bool:
+    return await _status(h, capsule_id) == status

@@ -58,6 +58,8 @@ class Deadlines:
 
     async def run_forever(self) -> None:
         while True:
+            # Cleared before the round: a deadline set while it runs wakes the next one.
+            self._wake.clear()
             try:
                 nearest = await self.run_once()
             except Exception:  # one bad round (the database away) must not end the loop
@@ -67,7 +69,6 @@ class Deadlines:
             if nearest is not None:
                 ahead = (nearest - self._clock()).total_seconds()
                 delay = min(MAX_SLEEP_S, max(MIN_SLEEP_S, ahead))
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:
