@@ -91,6 +91,7 @@ def test_openapi_documents_the_e2b_routes_with_their_envelope(
         paths = schema["paths"]
         for path in ("/v2/sandboxes", "/sandboxes/{capsule_id}/connect", "/snapshots"):
             assert path in paths
+        assert paths["/v2/sandboxes"]["post"]["security"] == [{"APIKeyHeader": []}]
         default = paths["/v2/sandboxes"]["post"]["responses"]["default"]
         ref = default["content"]["application/json"]["schema"]["$ref"]
         assert ref.endswith("/E2BError")

@@ -69,6 +69,11 @@ Handler = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 class E2BRoute(APIRoute):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # OpenAPI: the key the gate checks (the scheme app.py declares for /api).
+        self.openapi_extra = {"security": [{"APIKeyHeader": []}], **(self.openapi_extra or {})}
+
     def get_route_handler(self) -> Handler:
         handler = super().get_route_handler()
 
