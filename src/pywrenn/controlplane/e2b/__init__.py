@@ -5,6 +5,10 @@ The SDK is pointed at the control plane with `E2B_API_URL` and a pywrenn API key
 `/templates/...`), apart from Wrenn's `/api/v1` and `/v1`. An E2B sandbox is a capsule:
 one table, visible through both APIs. docs/e2b.md lists what is served and what is not.
 
+Owns: E2B's wire format (paths, bodies, envelope, statuses) and what E2B has that Wrenn
+does not (absolute deadlines, egress lists as E2B spells them, snapshot and template
+names). Knows nothing of: how capsules are made, paused or placed (services/ do that).
+
     gate.py       key check and body cap before any body byte (E2B's error envelope)
     errors.py     E2B's `{"code", "message"}` envelope for every failure of these routes
     models.py     the wire bodies, as the SDK's generated client names them
