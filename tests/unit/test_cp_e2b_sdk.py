@@ -160,6 +160,32 @@ def test_deadline_kills_or_pauses_and_belongs_to_its_run(db_url: str, tmp_path: 
     run(db_url, tmp_path, body)
 
 
+def test_an_auto_resumed_sandbox_gets_its_timeout_again(db_url: str, tmp_path: Path) -> None:
+    """E2B's autoResume is the port proxy's auto_resume: a sandbox paused at its deadline
+    and woken (by a proxied request, or Wrenn's API) gets a fresh deadline as long."""
+
+    async def body(h: Harness) -> None:
+        async with served(h) as url:
+            e = E2B(url, h.key)
+            lifecycle = {"on_timeout": "pause", "auto_resume": True}
+            sbx = await e.call(Sandbox.create, "base", timeout=60, lifecycle=lifecycle, **e.opts())
+            sid = sbx.sandbox_id
+            assert (await e.call(sbx.get_info)).lifecycle == lifecycle
+            await _deadlines(h, after_s=61).run_once()
+            assert await _status(h, sid) == "paused"
+            # What the port proxy does for a request to it (proxy/access.py).
+            r = await h.client.post(f"/api/v1/capsules/{sid}/resume")
+            assert r.status_code == 200, r.text
+            woken_at = NOW + timedelta(seconds=70)
+            nearest = await _deadlines(h, after_s=70).run_once()
+            assert nearest == woken_at + timedelta(seconds=60)
+            assert (await e.call(sbx.get_info)).end_at == woken_at + timedelta(seconds=60)
+            await _deadlines(h, after_s=131).run_once()
+            assert await _status(h, sid) == "paused"
+
+    run(db_url, tmp_path, body)
+
+
 def test_list_filters_orders_and_pages(db_url: str, tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         async with served(h) as url:

@@ -6,6 +6,11 @@ which `set_timeout` and `connect` move). `on_deadline` says what happens: `pause
 for the run it was set in: a capsule paused after it was set (by anyone) and resumed
 through Wrenn's API follows Wrenn's rules until E2B sets a new one (views.deadline_holds).
 
+Except with `auto_resume` (E2B's `autoResume`, the port proxy's setting): a capsule woken
+by a request through the port proxy, or resumed through Wrenn's API, starts a fresh
+deadline as long as the one it had, as E2B resets an auto-resumed sandbox's timeout.
+Each round gives it (`_rearm`), so it comes within `MAX_SLEEP_S` of the resume.
+
 The loop sleeps until the nearest deadline, at most `MAX_SLEEP_S` (so deadlines set by
 another control plane on the same database are seen), and `wake()` cuts the sleep short
 when this one sets a nearer deadline. A failed pause or stop is logged and tried again
@@ -20,7 +25,7 @@ import logging
 import uuid
 from datetime import datetime, timedelta
 
-from sqlalchemy import ColumnElement, func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from starlette.datastructures import State
 
@@ -81,6 +86,7 @@ class Deadlines:
         """Act on every deadline that has passed; the nearest one still ahead, if any."""
         now = self._clock()
         async with self._sessions() as session:
+            await _rearm(session, now)
             due = (
                 await session.execute(
                     select(Capsule.id, Capsule.team_id, Capsule.on_deadline)
@@ -122,6 +128,38 @@ class Deadlines:
             return False
         finally:
             await ctx.aclose()
+
+
+async def _rearm(session: AsyncSession, now: datetime) -> None:
+    """A fresh deadline, as long as the last one, for each running auto-resume capsule
+    whose deadline a pause voided (it was resumed by other means than E2B's connect)."""
+    woken = (
+        await session.execute(
+            select(Capsule.id, Capsule.deadline_at, Capsule.deadline_set_at)
+            .where(
+                Capsule.status == CapsuleStatus.RUNNING.value,
+                Capsule.auto_resume.is_(True),
+                Capsule.on_deadline.is_not(None),
+                Capsule.deadline_at.is_not(None),
+                Capsule.deadline_set_at.is_not(None),
+                Capsule.paused_at > Capsule.deadline_set_at,
+            )
+            .limit(BATCH)
+        )
+    ).all()
+    for key, deadline_at, set_at in woken:
+        assert deadline_at is not None and set_at is not None  # the query's own condition
+        # Compare-and-set: a `set_timeout` meanwhile wins.
+        await session.execute(
+            update(Capsule)
+            .where(Capsule.id == key, Capsule.deadline_set_at == set_at)
+            .values(deadline_at=now + (deadline_at - set_at), deadline_set_at=now)
+            .execution_options(synchronize_session=False)
+        )
+        log.info(
+            "deadlines: %s resumed: a fresh deadline", publicids.format_id(key, IdKind.CAPSULE)
+        )
+    await session.commit()
 
 
 def _holding() -> list[ColumnElement[bool]]:
