@@ -76,7 +76,9 @@ def test_create_run_pause_wake_connect_kill_a_real_capsule(node: Node) -> None: 
         # The guest agent through the port proxy, with the token the control plane
         # handed out, on a private sandbox: no traffic token needed for the guest agent.
         assert sbx.commands.run("echo hi").stdout == "hi\n"
-        result = sbx.commands.run("echo $GREETING > /root/note; cat /root/note")
+        # As Wrenn's API: a base template's commands run as wrenn-user, in its home.
+        assert sbx.commands.run("whoami; pwd").stdout == "wrenn-user\n/home/wrenn-user\n"
+        result = sbx.commands.run("echo $GREETING > note; cat note")
         assert result.stdout == "hello from e2b\n"
 
         assert sid in [s.sandbox_id for s in Sandbox.list(**opts).next_items()]
@@ -111,13 +113,13 @@ def test_create_run_pause_wake_connect_kill_a_real_capsule(node: Node) -> None: 
         assert sbx.get_info().state == SandboxState.PAUSED
         assert _wrenn(node, sid)["status"] == "paused"
         # autoResume: a request through the proxy wakes it.
-        assert sbx.commands.run("cat /root/note").stdout == "hello from e2b\n"
+        assert sbx.commands.run("cat note").stdout == "hello from e2b\n"
         assert sbx.get_info().state == SandboxState.RUNNING
 
         assert sbx.pause() is True
         resumed = Sandbox.connect(sid, timeout=300, **_proxied(node))
         assert resumed.get_info().state == SandboxState.RUNNING
-        assert resumed.commands.run("cat /root/note").stdout == "hello from e2b\n"
+        assert resumed.commands.run("cat note").stdout == "hello from e2b\n"
         # The list came back with the network at resume; a live change replaces it.
         assert _out_chain(host_ip)[1] == f"-A WRENN-OUT -d {ALLOWED} -j ACCEPT"
         sbx.update_network({"deny_out": ["198.51.100.0/24"]})
