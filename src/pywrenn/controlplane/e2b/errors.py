@@ -62,7 +62,7 @@ class Unsupported(InvalidInput):
 def validation_message(exc: RequestValidationError) -> str:
     first = exc.errors()[0] if exc.errors() else {}
     where = ".".join(str(part) for part in first.get("loc", ()) if part != "body")
-    return f"invalid: {where or 'request'}: {first.get('msg', 'malformed')}"
+    return f"invalid_request: {where or 'request'}: {first.get('msg', 'malformed')}"
 
 
 Handler = Callable[[Request], Coroutine[Any, Any, Response]]
@@ -91,6 +91,6 @@ class E2BRoute(APIRoute):
                 return envelope(exc.status_code, str(exc.detail))
             except Exception:
                 log.exception("unhandled error on %s %s", request.method, request.url.path)
-                return envelope(500, "internal: unexpected server error", retry=False)
+                return envelope(500, "internal_error: unexpected server error", retry=False)
 
         return guarded

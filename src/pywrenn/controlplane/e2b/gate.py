@@ -63,7 +63,7 @@ class E2BGate:
             return
         except Exception:  # the database
             log.exception("key check failed on %s %s", scope["method"], scope["path"])
-            await refuse(scope, send, envelope(500, "internal: unexpected server error"))
+            await refuse(scope, send, envelope(500, "internal_error: unexpected server error"))
             return
         ctx = RequestContext.open(scope["app"].state, caller)
         scope.setdefault("state", {})[CONTEXT_STATE_KEY] = ctx

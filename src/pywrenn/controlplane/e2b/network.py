@@ -48,11 +48,15 @@ def parse_lists(allow: list[str] | None, deny: list[str] | None) -> EgressLists:
     for entry in deny or []:
         network = _range(entry, "denyOut")
         if network is None:
-            raise InvalidInput(f"invalid: denyOut {entry!r}: domain names are only for allowOut")
+            raise InvalidInput(
+                f"invalid_request: denyOut {entry!r}: domain names are only for allowOut"
+            )
         deny_ranges.append(network)
     for name, entries in (("allowOut", allow_ranges + domains), ("denyOut", deny_ranges)):
         if len(entries) > MAX_ENTRIES:
-            raise InvalidInput(f"invalid: {name} has {len(entries)} entries; at most {MAX_ENTRIES}")
+            raise InvalidInput(
+                f"invalid_request: {name} has {len(entries)} entries; at most {MAX_ENTRIES}"
+            )
     lists = EgressLists(_unique(allow_ranges), _unique(deny_ranges), _unique(domains))
     if lists.allow_domains and not DOMAIN_RULES_ENFORCED:
         raise Unsupported(
@@ -79,7 +83,9 @@ def _range(entry: str, field: str) -> str | None:
     except ValueError:
         if _DOMAIN.match(text.lower()):
             return None
-        raise InvalidInput(f"invalid: {field} {entry!r} is not an IP, a CIDR or a domain") from None
+        raise InvalidInput(
+            f"invalid_request: {field} {entry!r} is not an IP, a CIDR or a domain"
+        ) from None
     if network.version != 4:
         raise Unsupported(f"IPv6 {field} entry {entry!r} (capsules have no IPv6)")
     return str(network)

@@ -126,7 +126,7 @@ def refuse_unsupported(body: NewSandbox) -> None:
     if not body.auto_pause_memory:
         raise Unsupported("autoPauseMemory: false (filesystem-only pause)")
     if body.auto_resume and body.auto_resume.enabled and not body.auto_pause:
-        raise InvalidInput("invalid: autoResume needs autoPause (on_timeout 'pause')")
+        raise InvalidInput("invalid_request: autoResume needs autoPause (on_timeout 'pause')")
     if body.network is not None:
         refuse_network_extras(body.network)
         if body.network.mask_request_host:
@@ -144,7 +144,9 @@ def refuse_network_extras(config: NetworkConfig | NetworkUpdate) -> None:
         try:
             ipaddress.IPv4Address(server)
         except ValueError:
-            raise InvalidInput(f"invalid: dnsServers {server!r} is not an IPv4 address") from None
+            raise InvalidInput(
+                f"invalid_request: dnsServers {server!r} is not an IPv4 address"
+            ) from None
 
 
 def _lists(config: NetworkConfig | NetworkUpdate | None) -> tuple[list[str], list[str]]:
@@ -234,7 +236,7 @@ def parse_metadata(raw: str | None) -> dict[str, str]:
     try:
         pairs = urllib.parse.parse_qsl(raw, keep_blank_values=True, strict_parsing=True)
     except ValueError as exc:
-        raise InvalidInput(f"invalid: metadata {raw[:80]!r}: {exc}") from exc
+        raise InvalidInput(f"invalid_request: metadata {raw[:80]!r}: {exc}") from exc
     return {urllib.parse.unquote(k): urllib.parse.unquote(v) for k, v in pairs}
 
 
@@ -284,7 +286,7 @@ def _unix(seconds: int) -> datetime:
     try:
         return datetime.fromtimestamp(seconds, UTC)
     except (OverflowError, OSError, ValueError) as exc:
-        raise InvalidInput(f"invalid: start {seconds} is not a time") from exc
+        raise InvalidInput(f"invalid_request: start {seconds} is not a time") from exc
 
 
 @router.put("/sandboxes/{capsule_id}/network", status_code=204)

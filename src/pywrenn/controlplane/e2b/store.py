@@ -143,7 +143,7 @@ def decode_token(token: str) -> tuple[datetime, uuid.UUID]:
             raise ValueError("naive time")
         return when, uuid.UUID(key)
     except (binascii.Error, ValueError, TypeError) as exc:
-        raise InvalidInput(f"invalid: nextToken {token[:40]!r}") from exc
+        raise InvalidInput(f"invalid_request: nextToken {token[:40]!r}") from exc
 
 
 def statuses(states: Iterable[str]) -> frozenset[CapsuleStatus]:
@@ -155,5 +155,5 @@ def statuses(states: Iterable[str]) -> frozenset[CapsuleStatus]:
         elif state == "paused":
             out |= PAUSED
         else:
-            raise InvalidInput(f"invalid: state {state!r}; use running or paused")
+            raise InvalidInput(f"invalid_request: state {state!r}; use running or paused")
     return frozenset(out)
