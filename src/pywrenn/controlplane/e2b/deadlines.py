@@ -32,13 +32,13 @@ from starlette.datastructures import State
 from pywrenn.ids import IdKind
 
 from .. import publicids
+from ..caller import Caller
 from ..clock import Clock
 from ..context import RequestContext
 from ..db.models import Capsule
 from ..errors import ControlPlaneError
 from ..services import lifecycle
 from ..services.events import Actor
-from ..services.keys import Caller
 from ..states import CapsuleStatus
 
 log = logging.getLogger(__name__)
