@@ -54,6 +54,7 @@ from pywrenn.hostagent.wire import (
     MetricRange,
     MetricsResponse,
     NetworkPoolStatus,
+    NetworkUpdate,
     ProcessList,
     ProcessPublic,
     ResizeRequest,
@@ -231,6 +232,7 @@ class FakeHostAgent:
             last_active_at=self.now_unix,
             metadata=request.metadata,
             versions={"envd_version": "0.1.0", "agent_version": "fake"},
+            envd_access_token=f"token-of-{capsule_id}",
         )
 
     def _entry(self, capsule: FakeCapsule, path: str) -> EntryPublic:
@@ -367,6 +369,16 @@ class FakeHostAgent:
             if capsule.state != "paused":
                 raise _Failure(409, "conflict", f"conflict: {capsule_id} is {capsule.state}")
             capsule.state = "running"
+            return self._public(capsule_id)
+
+        @app.put("/v1/capsules/{capsule_id}/network")
+        async def network(capsule_id: str, body: NetworkUpdate) -> HostCapsule:
+            self._check("network")
+            capsule = self._capsule(capsule_id, running=False)
+            if capsule.state not in ("running", "paused"):
+                raise _Failure(409, "conflict", f"conflict: {capsule_id} is {capsule.state}")
+            # Kept where the create's policy is, so tests read the capsule's current one.
+            capsule.request = capsule.request.model_copy(update=body.model_dump())
             return self._public(capsule_id)
 
         @app.post("/v1/capsules/{capsule_id}/ping")

@@ -26,7 +26,13 @@ from pywrenn.controlplane.hostclient import (
     LineSplitter,
     parse_event,
 )
-from pywrenn.hostagent.wire import CapsuleCreate, ForkRequest, ProcessSpec, SnapshotRequest
+from pywrenn.hostagent.wire import (
+    CapsuleCreate,
+    ForkRequest,
+    NetworkUpdate,
+    ProcessSpec,
+    SnapshotRequest,
+)
 
 CID = "cl-0123456789abcdef"
 OTHER = "cl-zzzzzzzzzzzzzzzz"
@@ -78,6 +84,7 @@ BODIES: dict[str, Callable[[], Any]] = {
     "CapsuleCreate": lambda: CapsuleCreate(capsule_id=CID),
     "SnapshotRequest": lambda: SnapshotRequest(name="tpl-0123456789abcdef"),
     "ForkRequest": lambda: ForkRequest(count=1),
+    "NetworkUpdate": lambda: NetworkUpdate(allow_out=["10.1.2.3/32"]),
 }
 # What each method that starts a process is asked to run (a background one keeps stdin).
 SPECS: dict[str, ProcessSpec] = {

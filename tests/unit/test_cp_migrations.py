@@ -118,3 +118,35 @@ def test_keys_made_by_an_admin_user_become_admin_keys(empty_url: str) -> None:
             assert [(h[0], bool(a)) for h, a in rows] == [("2", True), ("3", False)]
     finally:
         engine.dispose()
+
+
+def test_e2b_columns_build_on_the_port_proxys(empty_url: str) -> None:
+    """0015 (E2B) adds its own columns and none of the proxy's (0014): E2B's autoResume,
+    allowPublicTraffic and traffic token are the proxy's `auto_resume`, `public_traffic`
+    and `traffic_token`; a downgrade to 0014 leaves those."""
+    from alembic import command
+
+    config = migrate.alembic_config(empty_url)
+
+    def capsule_columns() -> set[str]:
+        engine = migrate.make_sync_engine(empty_url)
+        try:
+            with engine.connect() as conn:
+                return {c["name"] for c in inspect(conn).get_columns("capsules")}
+        finally:
+            engine.dispose()
+
+    command.upgrade(config, "0014")
+    proxys = capsule_columns()
+    assert {"public_traffic", "traffic_token", "auto_resume"} <= proxys
+    command.upgrade(config, "0015")
+    assert capsule_columns() - proxys == {
+        "envd_access_token",
+        "deadline_at",
+        "deadline_set_at",
+        "on_deadline",
+        "allow_internet_access",
+        "network",
+    }
+    command.downgrade(config, "0014")
+    assert capsule_columns() == proxys

@@ -23,11 +23,12 @@ from sqlalchemy import update
 from pywrenn.controlplane.db.models import Capsule
 from pywrenn.controlplane.proxy import PortProxy
 from pywrenn.controlplane.proxy.forward import host_headers, host_url
-from pywrenn.controlplane.proxy.policy import ProxyPolicy, admits, set_policy
+from pywrenn.controlplane.proxy.policy import ENVD_PORT, ProxyPolicy, admits, set_policy
 from pywrenn.controlplane.proxy.routing import Route, route_of
 from pywrenn.controlplane.services import capsules
 from pywrenn.httprelay import forwardable
 from pywrenn.proxyerrors import ProxyError, render, wants_json
+from pywrenn.vmm import AGENT_PORT
 from tests.cp_routes import NOW, Harness, run
 from tests.proxy_guest import FakeGuestServer, echoed, serve_asgi
 from tests.waiting import until
@@ -88,13 +89,18 @@ def test_route_from_e2b_headers_on_any_host() -> None:
 
 # -- who may use a capsule's ports ------------------------------------------------------------
 def test_policy() -> None:
-    assert admits(ProxyPolicy(), own_team=False, presented_token=None)
+    assert admits(ProxyPolicy(), port=8000, own_team=False, presented_token=None)
     private = ProxyPolicy(public_traffic=False, traffic_token="tok")
-    assert admits(private, own_team=True, presented_token=None)
-    assert admits(private, own_team=False, presented_token="tok")
-    assert not admits(private, own_team=False, presented_token="tok2")
-    assert not admits(private, own_team=False, presented_token=None)
-    assert not admits(ProxyPolicy(public_traffic=False), own_team=False, presented_token="")
+    assert admits(private, port=8000, own_team=True, presented_token=None)
+    assert admits(private, port=8000, own_team=False, presented_token="tok")
+    assert not admits(private, port=8000, own_team=False, presented_token="tok2")
+    assert not admits(private, port=8000, own_team=False, presented_token=None)
+    no_token = ProxyPolicy(public_traffic=False)
+    assert not admits(no_token, port=8000, own_team=False, presented_token="")
+    # The guest agent's port checks its own token (X-Access-Token), as in E2B: the `e2b`
+    # SDK reaches it with no traffic token and no key.
+    assert admits(private, port=ENVD_PORT, own_team=False, presented_token=None)
+    assert ENVD_PORT == AGENT_PORT
 
 
 # -- headers and URLs ---------------------------------------------------------------------------

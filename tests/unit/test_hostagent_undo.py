@@ -58,6 +58,7 @@ def paused_holds(held: dict[str, object]) -> dict[str, object]:
     "faults",
     [
         [("network", "create", HostError("no veth"))],
+        [("network", "install_egress_lists", HostError("iptables-restore failed"))],
         # A base snapshot that fails to restore is booted instead: both must fail.
         [
             ("runtime", "restore", SnapshotError("restore failed: timeout")),
@@ -65,7 +66,7 @@ def paused_holds(held: dict[str, object]) -> dict[str, object]:
         ],
         [("runtime", "version", VMError("no qemu"))],
     ],
-    ids=["network", "vm", "version"],
+    ids=["network", "egress lists", "vm", "version"],
 )
 async def test_a_failed_create_leaves_nothing(
     host: FakeHost, faults: list[tuple[str, str, Exception]]
@@ -182,6 +183,7 @@ async def test_a_pause_whose_commit_fails_is_paused_after_a_restart(
     ("where", "op", "error"),
     [
         ("network", "create", HostError("no veth")),
+        ("network", "install_egress_lists", HostError("iptables-restore failed")),
         ("runtime", "restore", SnapshotError("restore failed: agent not ready")),
     ],
 )

@@ -1,10 +1,10 @@
 """`create_app(settings)`: the control plane's FastAPI app.
 
 Owns: assembling routers (under `/api/v1` as the SDK's default base URL expects, and
-bare `/v1`), the lifespan (migrate, open the engine, register the local host agent and
-its client, open the TaskGroup that owns background work; undo all of it on the way
-out), `/health`, and the error handlers. OpenAPI is served at `/openapi.json`, docs at
-`/docs`.
+bare `/v1`; E2B's REST API at the root, `e2b/`), the lifespan (migrate, open the engine,
+register the local host agent and its client, open the TaskGroup that owns background
+work and the E2B deadline loop; undo all of it on the way out), `/health`, and the error
+handlers. OpenAPI is served at `/openapi.json`, docs at `/docs`.
 Knows nothing of: what the routes do.
 """
 
@@ -31,6 +31,8 @@ from .clock import Clock, system_clock
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
 from .deps import API_KEY_SCHEME
+from .e2b import router as e2b_api
+from .e2b.deadlines import Deadlines
 from .errors import ENVELOPE_SCHEMA, install_error_handlers
 from .gate import ApiGate
 from .hostclient import HostAgentAPI, HostClient, file_token
@@ -84,6 +86,7 @@ def create_app(
     for router in API_ROUTERS:
         outer.include_router(router)
     app.include_router(outer)
+    e2b_api.install(app)  # E2B's REST API at the root (/sandboxes, /v2/sandboxes, …)
     # Keys are checked, and bodies capped, before any body is read (gate.py).
     app.add_middleware(ApiGate)
     # The API also answers without `/api` (`/v1/...`): rewritten, not routed twice, as
@@ -98,7 +101,7 @@ def _lifespan(
     settings: ControlPlaneSettings, clock: Clock, host_agent: HostAgentAPI | None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Migrate, open the engine, connect the local host, then run the background work
-    (host monitor, builds, boots) in one TaskGroup until the app stops."""
+    (host monitor, builds, boots, E2B deadlines) in one TaskGroup until the app stops."""
     url = settings.effective_database_url()
 
     @asynccontextmanager
@@ -139,10 +142,13 @@ def _lifespan(
                 watcher = group.create_task(
                     monitor.run_forever(settings.host_monitor_interval_s), name="host-monitor"
                 )
+                app.state.e2b_deadlines = Deadlines(app.state)
+                ender = group.create_task(app.state.e2b_deadlines.run_forever(), name="deadlines")
                 try:
                     yield
                 finally:
                     watcher.cancel()
+                    ender.cancel()
                     runner.cancel_all()  # a build is minutes long; a stop must not wait
 
     return lifespan

@@ -92,9 +92,17 @@ class RequestContext:
     acting: Actor | None = None  # who events name when no key acts (e.g. the port proxy)
 
     @classmethod
-    def open(cls, state: State, caller: Caller, *, acting: Actor | None = None) -> RequestContext:
-        """A context for `caller` from the app's state (set up by its lifespan)."""
-        clock: Clock = state.clock
+    def open(
+        cls,
+        state: State,
+        caller: Caller,
+        *,
+        acting: Actor | None = None,
+        clock: Clock | None = None,
+    ) -> RequestContext:
+        """A context for `caller` from the app's state (set up by its lifespan). `clock`:
+        the time of a loop that runs on its own (E2B's deadlines), if not the app's."""
+        clock = clock or state.clock
         return cls(
             caller=caller,
             now=clock(),

@@ -51,6 +51,7 @@ from pywrenn.hostagent.wire import (
     InputRequest,
     MalformedEvent,
     MetricsResponse,
+    NetworkUpdate,
     ProcessList,
     ProcessSpec,
     ResizeRequest,
@@ -139,6 +140,7 @@ class HostAgentAPI(Protocol):
     async def pause(self, capsule_id: str) -> HostCapsule: ...
     async def resume(self, capsule_id: str) -> HostCapsule: ...
     async def ping(self, capsule_id: str) -> HostCapsule: ...
+    async def set_network(self, capsule_id: str, body: NetworkUpdate) -> HostCapsule: ...
     async def metrics(self, capsule_id: str, range_: str) -> MetricsResponse: ...
     async def exec(self, capsule_id: str, spec: ProcessSpec) -> ExecResponse: ...
     def exec_stream(
@@ -419,6 +421,11 @@ class HostClient:
 
     async def destroy(self, capsule_id: str) -> None:
         await self._call("DELETE", self._capsule_url(capsule_id), timeout=LIFECYCLE_TIMEOUT)
+
+    async def set_network(self, capsule_id: str, body: NetworkUpdate) -> HostCapsule:
+        url = self._capsule_url(capsule_id, "network")
+        r = await self._call("PUT", url, json_body=body.model_dump())
+        return HostCapsule.model_validate_json(r.content)
 
     async def pause(self, capsule_id: str) -> HostCapsule:
         url = self._capsule_url(capsule_id, "pause")

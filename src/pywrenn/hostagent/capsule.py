@@ -36,6 +36,9 @@ class CapsuleInfo:
     last_active_at: float  # unix seconds
     metadata: dict[str, str]
     versions: dict[str, str]
+    # What the guest agent requires as `X-Access-Token`: the control plane hands it to
+    # clients that reach the guest agent through the proxy (the E2B SDK).
+    envd_access_token: str = ""
 
 
 @dataclass
@@ -112,4 +115,5 @@ class Capsule:
             last_active_at=self.last_active_at,
             metadata=dict(m.metadata),
             versions=dict(m.versions),
+            envd_access_token=m.envd_access_token,
         )

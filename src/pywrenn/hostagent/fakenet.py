@@ -1,10 +1,12 @@
 """A `HostNetwork` with no host behind it: a test and bench tool, never for serving.
 
 Owns: `FakeHostNetwork`, which keeps in memory what `LinuxHostNetwork` would build: the
-slots whose network exists (and with which egress), whether the host guards are in,
-and namespaces some other agent holds (`foreign`). With `vmm.FakeRuntime` it lets a
+slots whose network exists (and with which egress), the egress lists each was given
+(`lists`, and every live change in `changes`), whether the host guards are in, and
+namespaces some other agent holds (`foreign`). With `vmm.FakeRuntime` it lets a
 `SandboxManager` run with no root, no QEMU and no namespaces. Its `faults` (a
-`vmm.FaultPlan`: operations "ensure_host_guards", "create", "remove", "slots_in_use")
+`vmm.FaultPlan`: operations "ensure_host_guards", "create", "install_egress_lists",
+"change_egress", "remove", "slots_in_use")
 make any call slow or fail.
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from ipaddress import IPv4Network
 
+from pywrenn.hostagent.egress import EgressPolicy
 from pywrenn.hostagent.errors import HostError
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
 from pywrenn.hostagent.hostnet import HostNetwork
@@ -28,6 +31,8 @@ class FakeHostNetwork:
     ) -> None:
         self.faults = FaultPlan(latency=dict(latency or {}))
         self.built: dict[int, bool] = {}  # slot -> egress
+        self.lists: dict[int, EgressPolicy] = {}  # slot -> its policy, when it has lists
+        self.changes: list[tuple[int, EgressPolicy]] = []  # live changes, in order
         self.guards: tuple[IPv4Network, ...] | None = None
         self.foreign = set(foreign)
 
@@ -47,9 +52,25 @@ class FakeHostNetwork:
             raise HostError(f"conflict: namespace {net.netns} already exists")
         self.built[net.index] = egress
 
+    async def install_egress_lists(self, net: SlotNetwork, policy: EgressPolicy) -> None:
+        await self.faults.enter("install_egress_lists")
+        if net.index not in self.built:
+            raise HostError(f"namespace {net.netns} does not exist")
+        if policy.needs_chain:  # as egress.install: no lists, no chain
+            self.lists[net.index] = policy
+
+    async def change_egress(self, net: SlotNetwork, policy: EgressPolicy) -> None:
+        await self.faults.enter("change_egress")
+        if net.index not in self.built:
+            raise HostError(f"namespace {net.netns} does not exist")
+        self.built[net.index] = policy.forwarded
+        self.lists[net.index] = policy
+        self.changes.append((net.index, policy))
+
     async def remove(self, net: SlotNetwork) -> None:
         await self.faults.enter("remove")
         self.built.pop(net.index, None)
+        self.lists.pop(net.index, None)
 
     async def reattach(self, net: SlotNetwork) -> None:
         return None  # the fake runs no DNS forwarder

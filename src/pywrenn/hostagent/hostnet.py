@@ -1,7 +1,8 @@
 """What the host agent asks of the host's network, behind one protocol.
 
 Owns: `HostNetwork` (the guards installed at start, a slot's network built and torn
-down, which slots' namespaces exist on the host) and `LinuxHostNetwork`, the real one:
+down, its egress allow/deny lists installed and changed, which slots' namespaces exist
+on the host) and `LinuxHostNetwork`, the real one:
 network.py and firewall.py, pyroute2 and iptables, as root. `fakenet.FakeHostNetwork`
 keeps the same facts in memory, so a `SandboxManager` runs with no root and no
 namespaces (tests, benches).
@@ -16,7 +17,8 @@ from collections.abc import Awaitable, Sequence
 from ipaddress import IPv4Network
 from typing import Protocol, TypeVar
 
-from pywrenn.hostagent import network
+from pywrenn.hostagent import egress, network
+from pywrenn.hostagent.egress import EgressPolicy
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.vmm import NetworkSpec
@@ -41,6 +43,16 @@ class HostNetwork(Protocol):
         """Build slot `net`'s network and its filter rules; on failure nothing is left."""
         ...
 
+    async def install_egress_lists(self, net: SlotNetwork, policy: EgressPolicy) -> None:
+        """Add `policy`'s allow and deny lists to slot `net`'s fresh network, which
+        `create` built with egress `policy.forwarded`; nothing if it has no lists."""
+        ...
+
+    async def change_egress(self, net: SlotNetwork, policy: EgressPolicy) -> None:
+        """Replace the egress policy of slot `net`'s live network in place, never leaving
+        it more open than the old or the new policy (egress.py)."""
+        ...
+
     async def remove(self, net: SlotNetwork) -> None:
         """Tear down whatever `create` may have built for `net`; missing pieces are fine."""
         ...
@@ -57,7 +69,7 @@ class HostNetwork(Protocol):
 
 
 class LinuxHostNetwork:
-    """`HostNetwork` on this Linux host (network.py, firewall.py, dns.py)."""
+    """`HostNetwork` on this Linux host (network.py, firewall.py, dns.py, egress.py)."""
 
     def __init__(self, *, dns_upstreams: Sequence[tuple[str, int]] = ()) -> None:
         # Where capsules' DNS queries go (empty: the host's own resolv.conf nameservers).
@@ -74,6 +86,12 @@ class LinuxHostNetwork:
         blocked: Sequence[IPv4Network] = DEFAULT_BLOCKED_RANGES,
     ) -> None:
         await _to_the_end(network.create_network(net, egress=egress, blocked=blocked))
+
+    async def install_egress_lists(self, net: SlotNetwork, policy: EgressPolicy) -> None:
+        await _to_the_end(egress.install(net, policy))
+
+    async def change_egress(self, net: SlotNetwork, policy: EgressPolicy) -> None:
+        await _to_the_end(egress.update(net, policy))
 
     async def remove(self, net: SlotNetwork) -> None:
         await _to_the_end(network.remove_network(net))

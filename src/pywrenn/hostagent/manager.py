@@ -20,10 +20,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from pywrenn.envdclient import EnvdError
-from pywrenn.hostagent import guestlink
+from pywrenn.hostagent import egress, guestlink
 from pywrenn.hostagent.admission import Admission
 from pywrenn.hostagent.basesnapshot import BaseSnapshots
 from pywrenn.hostagent.capsule import Capsule, CapsuleInfo
+from pywrenn.hostagent.egress import EgressPolicy
 from pywrenn.hostagent.errors import (
     CapsuleNotFound,
     CapsuleStateConflict,
@@ -68,6 +69,8 @@ class CreateRequest:
     default_workdir: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     egress: bool | None = None
+    allow_out: list[str] = field(default_factory=list)  # IPv4 ranges; see egress.py
+    deny_out: list[str] = field(default_factory=list)
 
 
 class SandboxManager:
@@ -179,23 +182,24 @@ class SandboxManager:
         # The ttl is checked by the API model (`wire.CapsuleCreate`).
         self.admission.admit(capsule_id, memory_mb, self._capsules.values())
         source = resolve_source(self.layout, request.template, vcpus, memory_mb)
-        egress = self.settings.egress_default if request.egress is None else request.egress
+        policy = self._egress_policy(request.egress, request.allow_out, request.deny_out)
 
         started = time.monotonic()
-        pooled = self.netpool.take(capsule_id, egress=egress)
+        pooled = self.netpool.take(capsule_id, egress=policy.forwarded)
         if pooled is None:
             slot = await allocate_slot(self.slots, self.network, capsule_id)
         else:
             slot = pooled
-        meta = self._new_meta(capsule_id, request, source, slot, vcpus, memory_mb, egress)
+        meta = self._new_meta(capsule_id, request, source, slot, vcpus, memory_mb, policy)
         capsule = Capsule(capsule_id=capsule_id, state=CapsuleState.CREATING, meta=meta)
         self._capsules[capsule_id] = capsule
         async with capsule.lifecycle:
             try:
                 if pooled is None:
                     await self.network.create(
-                        capsule.net, egress=egress, blocked=self.settings.blocked_ranges
+                        capsule.net, egress=policy.forwarded, blocked=self.settings.blocked_ranges
                     )
+                await self.network.install_egress_lists(capsule.net, policy)
                 crash_point("create.after_network")
                 networked = time.monotonic()
                 if await self.steps.start(capsule, source):
@@ -232,7 +236,7 @@ class SandboxManager:
         slot: int,
         vcpus: int,
         memory_mb: int,
-        egress: bool,
+        policy: EgressPolicy,
     ) -> SnapshotMeta:
         """What a new capsule records about itself (its `wrenn-snapshot.json` to be)."""
         return SnapshotMeta(
@@ -249,11 +253,21 @@ class SandboxManager:
             versions=source.versions,
             metadata=dict(request.metadata),
             envd_access_token=secrets.token_urlsafe(24),
-            egress=egress,
+            egress=policy.internet,
             default_user=request.default_user,
             default_env=dict(request.default_env),
             default_workdir=request.default_workdir,
+            allow_out=[str(r) for r in policy.allow],
+            deny_out=[str(r) for r in policy.deny],
         )
+
+    def _egress_policy(
+        self, internet: bool | None, allow: list[str], deny: list[str]
+    ) -> EgressPolicy:
+        """What a capsule may reach (InvalidRequest naming a bad range); `internet`
+        None is the host's default."""
+        on = self.settings.egress_default if internet is None else internet
+        return egress.policy(on, allow, deny)
 
     async def destroy(self, capsule_id: str) -> None:
         capsule = self.capsule(capsule_id)
@@ -297,6 +311,29 @@ class SandboxManager:
             capsule.move_to(CapsuleState.RESUMING)
             await self.steps.resume(capsule, timeout_sec=timeout_sec)
         log.info("resumed %s", capsule_id)
+        return capsule.info()
+
+    # -- network ---------------------------------------------------------------------------
+    async def update_network(
+        self, capsule_id: str, *, internet: bool | None, allow: list[str], deny: list[str]
+    ) -> CapsuleInfo:
+        """Replace a capsule's egress policy: live if it runs, at its resume if paused."""
+        capsule = self.capsule(capsule_id)
+        policy = self._egress_policy(internet, allow, deny)
+        async with capsule.lifecycle:
+            if capsule.state is CapsuleState.RUNNING and capsule.vm is not None:
+                await self.steps.change_live_egress(capsule, policy)
+            elif capsule.state is CapsuleState.PAUSED:
+                self.steps.change_paused_egress(capsule, policy)
+            else:
+                raise CapsuleStateConflict(capsule_id, capsule.state.value, "change its network")
+        log.info(
+            "egress of %s: internet=%s allow=%d deny=%d",
+            capsule_id,
+            policy.internet,
+            len(policy.allow),
+            len(policy.deny),
+        )
         return capsule.info()
 
     # -- startup and shutdown -------------------------------------------------------------

@@ -45,6 +45,9 @@ class SnapshotMeta:
     default_user: str = ""
     default_env: dict[str, str] = field(default_factory=dict)
     default_workdir: str = ""
+    # Per-capsule egress lists (IPv4 CIDRs, egress.py): allow wins over deny.
+    allow_out: list[str] = field(default_factory=list)
+    deny_out: list[str] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -72,6 +75,8 @@ class SnapshotMeta:
                 default_user=str(data.get("default_user", "")),
                 default_env=_str_map(data.get("default_env")),
                 default_workdir=str(data.get("default_workdir", "")),
+                allow_out=_str_list(data.get("allow_out")),
+                deny_out=_str_list(data.get("deny_out")),
             )
         except (TypeError, ValueError) as exc:
             raise MetaError(f"invalid: snapshot meta field: {exc}") from exc
@@ -147,6 +152,14 @@ def _parse_time(value: object) -> datetime:
 
 def _format_time(value: datetime) -> str:
     return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def _str_list(value: object) -> list[str]:
+    if not value:
+        return []
+    if not isinstance(value, list):
+        raise ValueError("expected a list of strings")
+    return [str(v) for v in value]
 
 
 def _str_map(value: object) -> dict[str, str]:

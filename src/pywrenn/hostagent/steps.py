@@ -17,16 +17,19 @@ import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from pywrenn.envdclient import EnvdError
+from pywrenn.hostagent import egress
 from pywrenn.hostagent.capsule import Capsule
+from pywrenn.hostagent.egress import EgressPolicy
 from pywrenn.hostagent.errors import HostAgentError, HostError
 from pywrenn.hostagent.faults import crash_hook, crash_point
 from pywrenn.hostagent.guestlink import GuestConnector
 from pywrenn.hostagent.hostnet import HostNetwork, tap_spec
-from pywrenn.hostagent.meta import RUNNING_STATE, write_json_atomic
+from pywrenn.hostagent.meta import RUNNING_STATE, SnapshotMeta, write_json_atomic
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.slots import SlotAllocator, return_slot_network
 from pywrenn.hostagent.sources import Source, capsule_versions, start_vm
@@ -161,9 +164,11 @@ class LifecycleSteps:
         vm: VMHandle | None = None
         try:
             read_meta(run_dir)  # refuse early, and keep the snapshot, if it is not whole
+            policy = egress_policy(capsule.meta)
             await self.network.create(
-                capsule.net, egress=capsule.meta.egress, blocked=self.settings.blocked_ranges
+                capsule.net, egress=policy.forwarded, blocked=self.settings.blocked_ranges
             )
+            await self.network.install_egress_lists(capsule.net, policy)
             crash_point("resume.after_network")
             # In place, the snapshot stays on disk until the running state is written
             # below: a failure or a crash before then leaves the capsule resumable.
@@ -230,6 +235,22 @@ class LifecycleSteps:
             if trashed is not None:
                 await asyncio.to_thread(shutil.rmtree, trashed, True)
 
+    # -- network ---------------------------------------------------------------------------
+    async def change_live_egress(self, capsule: Capsule, policy: EgressPolicy) -> None:
+        """Give a running capsule `policy` at once, then record it in its running state
+        (what a restarted agent re-adopts it with)."""
+        await self.network.change_egress(capsule.net, policy)
+        capsule.meta = with_egress(capsule.meta, policy)
+        _record(capsule, lambda: self.write_running_state(capsule))
+
+    def change_paused_egress(self, capsule: Capsule, policy: EgressPolicy) -> None:
+        """Record `policy` in a paused capsule's pause record: its resume (by this agent
+        or a restarted one) builds the network from it."""
+        meta = with_egress(capsule.meta, policy)
+        path = self.layout.sandbox_dir(capsule.capsule_id) / SNAPSHOT_META
+        _record(capsule, lambda: write_json_atomic(path, meta.to_json()))
+        capsule.meta = meta
+
     # -- small parts -----------------------------------------------------------------------
     def attach_guest(self, capsule: Capsule) -> None:
         assert capsule.vm is not None
@@ -249,3 +270,24 @@ class LifecycleSteps:
         with contextlib.suppress(Exception):
             return (await self.runtime.info(vm)).state is not VMState.GONE
         return False
+
+
+def egress_policy(meta: SnapshotMeta) -> EgressPolicy:
+    """The egress policy a capsule's record holds."""
+    return egress.policy(meta.egress, meta.allow_out, meta.deny_out)
+
+
+def with_egress(meta: SnapshotMeta, policy: EgressPolicy) -> SnapshotMeta:
+    return replace(
+        meta,
+        egress=policy.internet,
+        allow_out=[str(r) for r in policy.allow],
+        deny_out=[str(r) for r in policy.deny],
+    )
+
+
+def _record(capsule: Capsule, write: Callable[[], None]) -> None:
+    try:
+        write()
+    except OSError as exc:
+        raise HostError(f"cannot record {capsule.capsule_id}'s network: {exc}") from exc

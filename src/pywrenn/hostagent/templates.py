@@ -174,6 +174,8 @@ class TemplateService:
             default_workdir=meta.default_workdir,
             metadata={**meta.metadata, "forked_from": capsule_id},
             egress=meta.egress,
+            allow_out=list(meta.allow_out),
+            deny_out=list(meta.deny_out),
         )
         # All or nothing: a fork that made only some children undoes those it made, so no
         # capsule runs that the caller was never told about.

@@ -200,6 +200,7 @@ class Capsule(Base):
     __table_args__ = (
         Index(None, "team_id", "status"),
         Index(None, "host_id", "status"),
+        Index(None, "deadline_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
@@ -228,9 +229,22 @@ class Capsule(Base):
     last_active_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The port proxy (controlplane/proxy/): may anyone with the URL reach its ports, or
     # only its team's keys and the traffic token; does a request wake it when paused.
+    # The E2B API sets them from `network.allowPublicTraffic` and `autoResume`.
     public_traffic: Mapped[bool] = mapped_column(Boolean, default=True)
     traffic_token: Mapped[str | None] = mapped_column(String(128))
     auto_resume: Mapped[bool] = mapped_column(Boolean, default=True)
+    # What clients of the guest agent present as X-Access-Token (the host agent made it).
+    envd_access_token: Mapped[str | None] = mapped_column(String(128))
+    # A deadline for the running capsule (E2B's timeout, controlplane/e2b/deadlines.py):
+    # at `deadline_at` it is paused or stopped, as `on_deadline` says. It belongs to the
+    # run it was set in: a pause after `deadline_set_at` makes it void.
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    deadline_set_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    on_deadline: Mapped[str | None] = mapped_column(String(8))  # pause|kill
+    # Egress: internet on/off (NULL: the host's default) and {allow_out, deny_out: [CIDR],
+    # allow_domains} as asked; the host agent enforces them.
+    allow_internet_access: Mapped[bool | None] = mapped_column(Boolean)
+    network: Mapped[dict[str, Any] | None] = mapped_column(JSONDict)
 
 
 class Event(Base):

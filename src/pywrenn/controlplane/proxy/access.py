@@ -4,9 +4,9 @@ it when paused, and stamping its activity.
 Owns: `CapsuleAccess.target`, which answers with where to send the request (its host)
 or a ProxyError: 401 a bad key; 404 unknown, stopped, or another team's (a key of
 another team gets exactly the unknown capsule's answer); 403 private without the team's
-key or the traffic token; 409 paused with auto-resume off, or failed; 503 (Retry-After)
-starting, pausing, resuming, or its host lost; and whatever a resume answered (429
-limits, 502, 503).
+key or the traffic token (on any port but the guest agent's, policy.py); 409 paused
+with auto-resume off, or failed; 503 (Retry-After) starting, pausing, resuming, or its
+host lost; and whatever a resume answered (429 limits, 502, 503).
 
 - No database on the hot path: a running capsule's team, host and settings are kept
   while `pool.running` (placements.py, 2 s, forgotten by every lifecycle call in this
@@ -96,7 +96,9 @@ class CapsuleAccess:
         if seen is None or seen.status in _GONE or (caller and caller.team_id != seen.team_id):
             raise _not_found(route.capsule_id)
         own_team = caller is not None
-        if not admits(seen.policy, own_team=own_team, presented_token=traffic_token):
+        if not admits(
+            seen.policy, port=route.port, own_team=own_team, presented_token=traffic_token
+        ):
             raise ProxyError(
                 403,
                 "forbidden",

@@ -7,7 +7,10 @@ capsules with other settings (the E2B API: `allowPublicTraffic`, `autoResume`).
     public_traffic  True (default, Wrenn's rule): anyone with the URL; ids are unguessable
                     (16 random base-36 digits, ~82 bits)
                     False (E2B's allowPublicTraffic=false): only a key of the capsule's team,
-                    or the `e2b-traffic-access-token` header equal to `traffic_token`
+                    or the `e2b-traffic-access-token` header equal to `traffic_token`;
+                    but the guest agent's port (`ENVD_PORT`) stays open, as in E2B: the
+                    guest agent checks its own `X-Access-Token`, and the `e2b` SDK sends
+                    no traffic token to it
     auto_resume     True (default): a request to a paused capsule resumes it
 
 A request carrying an `X-API-Key` is checked whatever the policy: a bad key is 401, and
@@ -28,6 +31,9 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from ..db.models import Capsule
 
 TRAFFIC_TOKEN_HEADER = b"e2b-traffic-access-token"
+# The guest agent's port in every guest (vmm.AGENT_PORT; not imported: the control plane
+# loads nothing of the VM runtime). test_cp_proxy.py holds the two equal.
+ENVD_PORT = 49983
 
 
 @dataclass(frozen=True)
@@ -45,10 +51,10 @@ def policy_of(row: Capsule) -> ProxyPolicy:
     )
 
 
-def admits(policy: ProxyPolicy, *, own_team: bool, presented_token: str | None) -> bool:
-    """May this request reach the capsule's ports? (`own_team`: it carries a key of the
+def admits(policy: ProxyPolicy, *, port: int, own_team: bool, presented_token: str | None) -> bool:
+    """May this request reach the capsule's `port`? (`own_team`: it carries a key of the
     capsule's team.)"""
-    if policy.public_traffic or own_team:
+    if policy.public_traffic or own_team or port == ENVD_PORT:
         return True
     expected = policy.traffic_token
     if not expected or not presented_token:

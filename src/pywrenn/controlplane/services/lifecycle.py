@@ -103,6 +103,19 @@ async def create(ctx: RequestContext, spec: CreateSpec) -> Capsule:
 
     LimitExceeded if the team's limits leave no room (checked and inserted under one lock).
     """
+    row = await begin_create(ctx, spec)
+    ctx.background.spawn(
+        finish_create(
+            ctx.sessions, pool=ctx.hosts, capsule_key=row.id, clock=ctx.clock, actor=ctx.actor
+        ),
+        name=f"create {capsules.api_id(row)}",
+    )
+    return row
+
+
+async def begin_create(ctx: RequestContext, spec: CreateSpec) -> Capsule:
+    """Choose a host and insert the `pending` row, placed on it; the boot is
+    `finish_create` (the E2B API sets its own columns in between)."""
     session = ctx.session
     # An unknown template is the caller's mistake: refuse before any row exists.
     await templates.resolve_for_host(session, team_id=ctx.team_id, name=spec.template)
@@ -132,12 +145,6 @@ async def create(ctx: RequestContext, spec: CreateSpec) -> Capsule:
     except BaseException:
         await session.rollback()  # let go of the team's lock at once
         raise
-    ctx.background.spawn(
-        finish_create(
-            ctx.sessions, pool=ctx.hosts, capsule_key=row.id, clock=ctx.clock, actor=ctx.actor
-        ),
-        name=f"create {capsules.api_id(row)}",
-    )
     return row
 
 
@@ -148,8 +155,11 @@ async def finish_create(
     capsule_key: uuid.UUID,
     clock: Callable[[], datetime],
     actor: Actor,
+    env: dict[str, str] | None = None,
 ) -> None:
-    """Boot the capsule on its host (runs in the app's background, after the 201)."""
+    """Boot the capsule on its host (runs in the app's background, after the 201).
+
+    `env`: variables for every process of the capsule, over the template's defaults."""
     async with sessions() as session:
         started = await capsules.move(
             session,
@@ -169,7 +179,7 @@ async def finish_create(
             body = _agent_create(row, host_template).model_copy(
                 update={
                     "default_user": default_user(row.template, defaults),
-                    "default_env": defaults.env,
+                    "default_env": {**defaults.env, **(env or {})},
                     "default_workdir": defaults.workdir,
                 }
             )
@@ -218,12 +228,22 @@ def _agent_create(row: Capsule, host_template: str) -> AgentCreate:
         timeout_sec=row.timeout_sec,
         team_id=str(row.team_id),
         metadata=dict(row.metadata_),
+        egress=row.allow_internet_access,
+        allow_out=list((row.network or {}).get("allow_out", [])),
+        deny_out=list((row.network or {}).get("deny_out", [])),
     )
 
 
 def placement_values(info: AgentCapsule) -> dict[str, object]:
     """What the host agent told us about where and on what a capsule runs, as columns."""
-    return {"slot_index": info.slot_index, "host_ip": info.host_ip, "versions": dict(info.versions)}
+    values: dict[str, object] = {
+        "slot_index": info.slot_index,
+        "host_ip": info.host_ip,
+        "versions": dict(info.versions),
+    }
+    if info.envd_access_token:
+        values["envd_access_token"] = info.envd_access_token
+    return values
 
 
 async def _destroy_on_host(pool: HostPool, row: Capsule) -> None:

@@ -38,6 +38,7 @@ def capsule(info: CapsuleInfo) -> HostCapsule:
         last_active_at=info.last_active_at,
         metadata=info.metadata,
         versions=info.versions,
+        envd_access_token=info.envd_access_token,
     )
 
 

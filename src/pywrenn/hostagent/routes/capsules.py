@@ -1,11 +1,18 @@
-"""A capsule's lifecycle: list, create, get, destroy, pause, resume, ping."""
+"""A capsule's lifecycle: list, create, get, destroy, pause, resume, ping; and its
+egress policy (`PUT .../network`: the manager applies it, egress.py builds the rules)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
 from pywrenn.hostagent.manager import CreateRequest
-from pywrenn.hostagent.wire import CapsuleCreate, CapsuleList, CapsuleResume, HostCapsule
+from pywrenn.hostagent.wire import (
+    CapsuleCreate,
+    CapsuleList,
+    CapsuleResume,
+    HostCapsule,
+    NetworkUpdate,
+)
 
 from . import _convert
 from .deps import AUTH, context
@@ -58,3 +65,12 @@ async def resume_capsule(
 @router.post("/{capsule_id}/ping")
 async def ping_capsule(capsule_id: str, request: Request) -> HostCapsule:
     return _convert.capsule(context(request).manager.ping(capsule_id))
+
+
+@router.put("/{capsule_id}/network")
+async def update_network(capsule_id: str, body: NetworkUpdate, request: Request) -> HostCapsule:
+    """Replace the capsule's egress policy: live if it runs, at its resume if paused."""
+    info = await context(request).manager.update_network(
+        capsule_id, internet=body.egress, allow=body.allow_out, deny=body.deny_out
+    )
+    return _convert.capsule(info)

@@ -9,6 +9,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from ._fields import Strict, TemplateName, check_capsule_id
 
 MAX_FORK = 16
+MAX_EGRESS_RANGES = 256  # per list (hostagent/egress.py checks each entry)
 MetricRange = Literal["10m", "2h", "24h"]  # the host's metric rings (metrics.RANGES)
 
 
@@ -25,11 +26,22 @@ class CapsuleCreate(Strict):
     default_workdir: str = Field(default="", max_length=4096)
     metadata: dict[str, str] = Field(default_factory=dict)
     egress: bool | None = None
+    # IPv4 addresses or CIDRs (hostagent/egress.py); allow wins over deny.
+    allow_out: list[str] = Field(default_factory=list, max_length=MAX_EGRESS_RANGES)
+    deny_out: list[str] = Field(default_factory=list, max_length=MAX_EGRESS_RANGES)
 
     @field_validator("capsule_id")
     @classmethod
     def _id_or_empty(cls, value: str) -> str:
         return check_capsule_id(value) if value else value
+
+
+class NetworkUpdate(Strict):
+    """PUT /v1/capsules/{id}/network: the whole egress policy, replaced at once."""
+
+    egress: bool | None = None  # None: the host's default
+    allow_out: list[str] = Field(default_factory=list, max_length=MAX_EGRESS_RANGES)
+    deny_out: list[str] = Field(default_factory=list, max_length=MAX_EGRESS_RANGES)
 
 
 class CapsuleResume(Strict):
@@ -54,6 +66,9 @@ class HostCapsule(BaseModel):
     last_active_at: float  # unix seconds
     metadata: dict[str, str]
     versions: dict[str, str]
+    # What the guest agent takes as `X-Access-Token` (the E2B SDK presents it, through
+    # the port proxy).
+    envd_access_token: str = ""
 
 
 class CapsuleList(BaseModel):
