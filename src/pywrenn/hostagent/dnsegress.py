@@ -7,7 +7,7 @@ and writing `WRENN-DNS` into the capsule's namespace.
 Knows nothing of: the rest of the egress chain (egress.py), sockets (dns.py).
 
 What the resolver refuses. A capsule whose policy has domain names and is otherwise
-closed (internet off, or `0.0.0.0/0` denied: what E2B asks for with domain rules) gets
+closed (internet off, or 0.0.0.0/0 denied: what E2B asks for with domain rules) gets
 REFUSED for every name no pattern allows, without asking upstream: it could not connect
 to the address anyway, and the query never carries data out (DNS tunnelling, see
 docs/security.md). A capsule with internet open resolves every name as before.
