@@ -25,6 +25,7 @@ from tests.e2b_harness import E2B, served
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+NOT_FOUND = b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
 class Sniffer:
@@ -42,7 +43,7 @@ class Sniffer:
             head = exc.partial if isinstance(exc, asyncio.IncompleteReadError) else b""
         self.heads.append(head)
         if self.upstream is None or not head.endswith(b"\r\n\r\n"):
-            writer.write(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")
+            writer.write(NOT_FOUND)
             await writer.drain()
             writer.close()
             return
