@@ -157,7 +157,11 @@ def a_records(reply: bytes) -> list[tuple[IPv4Address, int]]:
 def read_chain(netns: str) -> list[Learned]:
     """The entries of `WRENN-DNS` in `netns` (none when it has no such chain)."""
     argv = ["ip", "netns", "exec", netns, "iptables", "-w", "-S", domains.CHAIN]
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    try:
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    except (OSError, subprocess.SubprocessError) as exc:
+        log.warning("%s: cannot read %s: %s", netns, domains.CHAIN, exc)
+        return []
     return domains.parse_chain(done.stdout.splitlines()) if done.returncode == 0 else []
 
 
