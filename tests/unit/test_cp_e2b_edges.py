@@ -104,8 +104,12 @@ def test_egress_entries_are_sorted_normalised_and_refused_by_name() -> None:
     lists = network.parse_lists(["8.8.8.8", "10.1.2.3/16", "8.8.8.8/32"], ["0.0.0.0/0"])
     assert lists.allow_ranges == ("8.8.8.8/32", "10.1.0.0/16")
     assert lists.deny_ranges == ("0.0.0.0/0",)
-    with pytest.raises(Unsupported, match="domain rules in allowOut"):
-        network.parse_lists(["api.example.com", "*.example.org"], [])
+    names = network.parse_lists(["API.example.com.", "*.example.org", "api.example.com"], [])
+    assert names.allow_domains == ("api.example.com", "*.example.org")
+    assert network.stored(names)["allow_domains"] == ["api.example.com", "*.example.org"]
+    for bad in ("*example.org", "a.*.example.org", "example", "x" * 250 + ".com"):
+        with pytest.raises(InvalidInput, match="not an IP"):
+            network.parse_lists([bad], [])
     with pytest.raises(InvalidInput, match="only for allowOut"):
         network.parse_lists([], ["example.com"])
     with pytest.raises(Unsupported, match="IPv6"):

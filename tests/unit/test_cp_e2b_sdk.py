@@ -317,11 +317,20 @@ def test_network_rules_reach_the_host_and_change_live(db_url: str, tmp_path: Pat
             await e.call(sbx.pause)
             await e.call(sbx.update_network, {"allow_internet_access": False})
             assert h.fake.capsules[sbx.sandbox_id].body["egress"] is False
-            # Domains need a resolver per capsule, which is not there yet: refused, named.
-            with pytest.raises(SandboxException, match="domain rules in allowOut"):
-                await e.call(
-                    Sandbox.create, "base", network={"allow_out": ["example.com"]}, **e.opts()
-                )
+            # Names go to the host with the ranges; the SDK reads them back in allow_out.
+            named = await e.call(
+                Sandbox.create,
+                "base",
+                network={"allow_out": ["Example.com", "1.1.1.1"], "deny_out": ["0.0.0.0/0"]},
+                **e.opts(),
+            )
+            made = h.fake.capsules[named.sandbox_id].body
+            assert (made["allow_out"], made["allow_domains"]) == (["1.1.1.1/32"], ["example.com"])
+            info = await e.call(named.get_info)
+            assert info.network is not None
+            assert info.network["allow_out"] == ["1.1.1.1/32", "example.com"]
+            await e.call(named.update_network, {"allow_out": ["*.example.org"]})
+            assert h.fake.capsules[named.sandbox_id].body["allow_domains"] == ["*.example.org"]
             for bad in (["::1"], ["not an address!"]):
                 with pytest.raises(SandboxException, match="400"):
                     await e.call(Sandbox.create, "base", network={"deny_out": bad}, **e.opts())

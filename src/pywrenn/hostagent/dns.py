@@ -3,7 +3,7 @@
 Owns: the forwarder's sockets, its event loop (one thread for every capsule), the bounds
 on what a capsule may ask, and the query policy hook.
 Length: one job (a bounded forwarder: UDP and TCP listeners, limits, upstream tries);
-due to split into a package when domain-based egress rules land in its policy hook.
+domain egress rules live behind its two hooks, in dnsegress.py.
 Knows nothing of: VMs or capsules beyond their slot. The address on tap0 and the
 firewall rule that lets the guest reach it belong to network.py and firewall.py.
 
@@ -30,8 +30,9 @@ therefore fails within seconds, never by the guest's own timeouts, and one capsu
 cannot queue work that delays another's.
 
 Policy: `QueryPolicy.allows(slot, name, rdtype)` is asked before a query goes upstream
-(`AllowAll` today). It is where domain-based egress rules (E2B's `allowOut` names) will
-go; they would also need the addresses a name resolved to, which this module sees.
+(REFUSED when it says no), and `AnswerHook.answered(slot, name, reply)` is awaited with
+every upstream answer before it goes back to the guest. The host agent's forwarder has
+`dnsegress.DomainEgress` as both (E2B's `allowOut` names); alone, this module allows all.
 
 Lifetime: the sockets belong to the agent process. An agent restart closes them, and
 recovery serves again for every re-adopted capsule (`network.reattach_network`); in
@@ -95,6 +96,12 @@ class Limits:
 class QueryPolicy(Protocol):
     def allows(self, slot: int, name: dns.name.Name, rdtype: int) -> bool:
         """May capsule `slot` look `name` up (record type `rdtype`)? No: REFUSED."""
+        ...
+
+
+class AnswerHook(Protocol):
+    async def answered(self, slot: int, name: dns.name.Name, reply: bytes) -> None:
+        """Capsule `slot` is about to get `reply` (wire bytes) to its query for `name`."""
         ...
 
 
@@ -192,12 +199,14 @@ class Answerer:
         upstreams: Callable[[], Sequence[Upstream]],
         limits: Limits,
         policy: QueryPolicy,
+        answers: AnswerHook | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.slot = slot
         self.upstreams = upstreams
         self.limits = limits
         self.policy = policy
+        self.answers = answers
         self.bucket = TokenBucket(limits.queries_per_s, limits.burst, clock)
         self.in_flight = 0
         self.refused = 0  # over the rate or the in-flight limit, since the last warning
@@ -223,9 +232,18 @@ class Answerer:
         self.in_flight += 1
         try:
             reply = await self._ask_upstream(query, wire, tcp=tcp)
+            if reply is not None and self.answers is not None:
+                await self._tell(query.question[0].name, reply)
         finally:
             self.in_flight -= 1
         return reply if reply is not None else _reply(query, dns.rcode.SERVFAIL)
+
+    async def _tell(self, name: dns.name.Name, reply: bytes) -> None:
+        assert self.answers is not None
+        try:
+            await self.answers.answered(self.slot, name, reply)
+        except Exception:  # the guest still gets its answer; a hook's bug is only logged
+            log.exception("slot %d: answer hook failed for %s", self.slot, name)
 
     def _check(self, query: dns.message.Message) -> dns.rcode.Rcode | None:
         """The rcode refusing `query`, or None when it may go upstream."""
@@ -525,10 +543,13 @@ class Forwarder:
         *,
         limits: Limits | None = None,
         policy: QueryPolicy | None = None,
+        answers: AnswerHook | None = None,
     ) -> None:
         self._upstreams: tuple[Upstream, ...] = tuple(upstreams)
         self.limits = limits or Limits()
+        # Read when a capsule is first served: set both before serving any.
         self.policy: QueryPolicy = policy or AllowAll()
+        self.answers = answers
         self._servers: dict[int, SlotServer] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -559,7 +580,11 @@ class Forwarder:
     def serve_sockets(self, slot: int, udp: socket.socket, tcp: socket.socket) -> None:
         """Answer capsule `slot`'s queries on these bound sockets (they are now ours)."""
         answerer = Answerer(
-            slot, upstreams=lambda: self._upstreams, limits=self.limits, policy=self.policy
+            slot,
+            upstreams=lambda: self._upstreams,
+            limits=self.limits,
+            policy=self.policy,
+            answers=self.answers,
         )
         server = SlotServer(answerer)
 

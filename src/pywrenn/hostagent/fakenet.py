@@ -72,7 +72,7 @@ class FakeHostNetwork:
         self.built.pop(net.index, None)
         self.lists.pop(net.index, None)
 
-    async def reattach(self, net: SlotNetwork) -> None:
+    async def reattach(self, net: SlotNetwork, policy: EgressPolicy) -> None:
         return None  # the fake runs no DNS forwarder
 
     async def slots_in_use(self) -> frozenset[int]:

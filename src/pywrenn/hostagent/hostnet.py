@@ -13,12 +13,14 @@ Knows nothing of: VMs, capsules, or slot claims (slots.py).
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Sequence
 from ipaddress import IPv4Network
 from typing import Protocol, TypeVar
 
 from pywrenn.hostagent import egress, network
 from pywrenn.hostagent.egress import EgressPolicy
+from pywrenn.hostagent.errors import HostError
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.vmm import NetworkSpec
@@ -26,6 +28,8 @@ from pywrenn.vmm import NetworkSpec
 __all__ = ["HostNetwork", "LinuxHostNetwork", "tap_spec"]
 
 T = TypeVar("T")
+
+log = logging.getLogger("pywrenn.hostagent.hostnet")
 
 
 class HostNetwork(Protocol):
@@ -57,9 +61,10 @@ class HostNetwork(Protocol):
         """Tear down whatever `create` may have built for `net`; missing pieces are fine."""
         ...
 
-    async def reattach(self, net: SlotNetwork) -> None:
+    async def reattach(self, net: SlotNetwork, policy: EgressPolicy) -> None:
         """Serve a re-adopted capsule's network services again (its DNS forwarder died
-        with the previous agent); never raises: a running capsule is kept regardless."""
+        with the previous agent, and with it what `policy`'s names had resolved to);
+        never raises: a running capsule is kept regardless."""
         ...
 
     async def slots_in_use(self) -> frozenset[int]:
@@ -96,7 +101,11 @@ class LinuxHostNetwork:
     async def remove(self, net: SlotNetwork) -> None:
         await _to_the_end(network.remove_network(net))
 
-    async def reattach(self, net: SlotNetwork) -> None:
+    async def reattach(self, net: SlotNetwork, policy: EgressPolicy) -> None:
+        try:
+            await egress.reattach(net, policy)
+        except (HostError, OSError, ValueError) as exc:
+            log.warning("slot %d: its names open nothing until looked up again: %s", net.index, exc)
         await network.reattach_network(net)
 
     async def slots_in_use(self) -> frozenset[int]:

@@ -71,6 +71,7 @@ class CreateRequest:
     egress: bool | None = None
     allow_out: list[str] = field(default_factory=list)  # IPv4 ranges; see egress.py
     deny_out: list[str] = field(default_factory=list)
+    allow_domains: list[str] = field(default_factory=list)  # names; see domains.py
 
 
 class SandboxManager:
@@ -182,7 +183,9 @@ class SandboxManager:
         # The ttl is checked by the API model (`wire.CapsuleCreate`).
         self.admission.admit(capsule_id, memory_mb, self._capsules.values())
         source = resolve_source(self.layout, request.template, vcpus, memory_mb)
-        policy = self._egress_policy(request.egress, request.allow_out, request.deny_out)
+        policy = self._egress_policy(
+            request.egress, request.allow_out, request.deny_out, request.allow_domains
+        )
 
         started = time.monotonic()
         pooled = self.netpool.take(capsule_id, egress=policy.forwarded)
@@ -259,15 +262,16 @@ class SandboxManager:
             default_workdir=request.default_workdir,
             allow_out=[str(r) for r in policy.allow],
             deny_out=[str(r) for r in policy.deny],
+            allow_domains=list(policy.domains),
         )
 
     def _egress_policy(
-        self, internet: bool | None, allow: list[str], deny: list[str]
+        self, internet: bool | None, allow: list[str], deny: list[str], names: list[str]
     ) -> EgressPolicy:
-        """What a capsule may reach (InvalidRequest naming a bad range); `internet`
-        None is the host's default."""
+        """What a capsule may reach (InvalidRequest naming a bad range or name);
+        `internet` None is the host's default."""
         on = self.settings.egress_default if internet is None else internet
-        return egress.policy(on, allow, deny)
+        return egress.policy(on, allow, deny, names)
 
     async def destroy(self, capsule_id: str) -> None:
         capsule = self.capsule(capsule_id)
@@ -315,11 +319,17 @@ class SandboxManager:
 
     # -- network ---------------------------------------------------------------------------
     async def update_network(
-        self, capsule_id: str, *, internet: bool | None, allow: list[str], deny: list[str]
+        self,
+        capsule_id: str,
+        *,
+        internet: bool | None,
+        allow: list[str],
+        deny: list[str],
+        names: list[str] | None = None,
     ) -> CapsuleInfo:
         """Replace a capsule's egress policy: live if it runs, at its resume if paused."""
         capsule = self.capsule(capsule_id)
-        policy = self._egress_policy(internet, allow, deny)
+        policy = self._egress_policy(internet, allow, deny, names or [])
         async with capsule.lifecycle:
             if capsule.state is CapsuleState.RUNNING and capsule.vm is not None:
                 await self.steps.change_live_egress(capsule, policy)
@@ -328,11 +338,12 @@ class SandboxManager:
             else:
                 raise CapsuleStateConflict(capsule_id, capsule.state.value, "change its network")
         log.info(
-            "egress of %s: internet=%s allow=%d deny=%d",
+            "egress of %s: internet=%s allow=%d deny=%d names=%d",
             capsule_id,
             policy.internet,
             len(policy.allow),
             len(policy.deny),
+            len(policy.domains),
         )
         return capsule.info()
 

@@ -48,6 +48,7 @@ class SnapshotMeta:
     # Per-capsule egress lists (IPv4 CIDRs, egress.py): allow wins over deny.
     allow_out: list[str] = field(default_factory=list)
     deny_out: list[str] = field(default_factory=list)
+    allow_domains: list[str] = field(default_factory=list)  # names (domains.py patterns)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -77,6 +78,7 @@ class SnapshotMeta:
                 default_workdir=str(data.get("default_workdir", "")),
                 allow_out=_str_list(data.get("allow_out")),
                 deny_out=_str_list(data.get("deny_out")),
+                allow_domains=_str_list(data.get("allow_domains")),
             )
         except (TypeError, ValueError) as exc:
             raise MetaError(f"invalid: snapshot meta field: {exc}") from exc

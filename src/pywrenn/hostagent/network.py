@@ -34,10 +34,14 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network
+from typing import TYPE_CHECKING
 
 from pywrenn.hostagent import firewall
 from pywrenn.hostagent.errors import HostError
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
+
+if TYPE_CHECKING:
+    from pywrenn.hostagent import dns
 
 log = logging.getLogger("pywrenn.hostagent.network")
 
@@ -199,7 +203,7 @@ def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...
             ),
         )
         undo.append(lambda: dns.forwarder().stop(net.index))
-        dns.forwarder().serve(net.index, net.netns, GUEST_RESOLVER)
+        _forwarder().serve(net.index, net.netns, GUEST_RESOLVER)
         if egress:
             undo.append(lambda: _host_egress(net, add=False))
             _host_egress(net, add=True)
@@ -214,9 +218,10 @@ def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...
 def _remove_sync(net: SlotNetwork) -> None:
     from pyroute2 import IPRoute, netns
 
-    from pywrenn.hostagent import dns
+    from pywrenn.hostagent import dns, dnsegress
 
     dns.forwarder().stop(net.index)
+    dnsegress.rules().forget(net.index)  # its learned addresses go with the namespace
     _host_egress(net, add=False)  # before the namespace: no rule outlives it
     with IPRoute() as ip, contextlib.suppress(Exception):
         ip.route("del", dst=f"{net.host_ip}/32")
@@ -229,8 +234,6 @@ def _reattach_sync(net: SlotNetwork) -> None:
     from pyroute2 import NetNS
     from pyroute2.netlink.exceptions import NetlinkError
 
-    from pywrenn.hostagent import dns
-
     # A namespace made by an agent older than the forwarder lacks its address and rules.
     try:
         with NetNS(net.netns, flags=0) as ns:
@@ -240,7 +243,17 @@ def _reattach_sync(net: SlotNetwork) -> None:
     except (NetlinkError, IndexError) as exc:
         raise HostError(f"namespace {net.netns}: {exc}") from exc
     firewall.ensure_resolver_rules(net.netns, tap=TAP_NAME, resolver=GUEST_RESOLVER)
-    dns.forwarder().serve(net.index, net.netns, GUEST_RESOLVER)
+    _forwarder().serve(net.index, net.netns, GUEST_RESOLVER)
+
+
+def _forwarder() -> dns.Forwarder:
+    """The process's DNS forwarder, asking the process's domain egress rules (a capsule's
+    answerer takes them when it is first served, so they are set before every serve)."""
+    from pywrenn.hostagent import dns, dnsegress
+
+    forwarder = dns.forwarder()
+    forwarder.policy = forwarder.answers = dnsegress.rules()
+    return forwarder
 
 
 def _ensure_guards_sync(blocked: tuple[IPv4Network, ...]) -> None:

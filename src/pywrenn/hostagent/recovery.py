@@ -50,6 +50,7 @@ from pywrenn.hostagent.meta import (
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.slots import SlotAllocator
 from pywrenn.hostagent.states import CapsuleState
+from pywrenn.hostagent.steps import egress_policy
 from pywrenn.hostagent.sweep import startup_sweep, trash_dir
 from pywrenn.layout import SNAPSHOT_META, Layout, parse_leftover
 from pywrenn.vmm import Runtime, SnapshotError, VMError, discard_pause, read_meta
@@ -201,7 +202,8 @@ class Recovery:
             await client.aclose()
             raise
         capsule.envd = client
-        await self.network.reattach(capsule.net)  # its resolver died with the agent
+        # Its resolver died with the agent, and the names' learned addresses with it.
+        await self.network.reattach(capsule.net, egress_policy(meta))
         # A resume that died after its running state: the pause is consumed.
         (run_dir / SNAPSHOT_META).unlink(missing_ok=True)
         discard_pause(run_dir)

@@ -274,7 +274,7 @@ class LifecycleSteps:
 
 def egress_policy(meta: SnapshotMeta) -> EgressPolicy:
     """The egress policy a capsule's record holds."""
-    return egress.policy(meta.egress, meta.allow_out, meta.deny_out)
+    return egress.policy(meta.egress, meta.allow_out, meta.deny_out, meta.allow_domains)
 
 
 def with_egress(meta: SnapshotMeta, policy: EgressPolicy) -> SnapshotMeta:
@@ -283,6 +283,7 @@ def with_egress(meta: SnapshotMeta, policy: EgressPolicy) -> SnapshotMeta:
         egress=policy.internet,
         allow_out=[str(r) for r in policy.allow],
         deny_out=[str(r) for r in policy.deny],
+        allow_domains=list(policy.domains),
     )
 
 

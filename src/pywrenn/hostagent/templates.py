@@ -176,6 +176,7 @@ class TemplateService:
             egress=meta.egress,
             allow_out=list(meta.allow_out),
             deny_out=list(meta.deny_out),
+            allow_domains=list(meta.allow_domains),
         )
         # All or nothing: a fork that made only some children undoes those it made, so no
         # capsule runs that the caller was never told about.

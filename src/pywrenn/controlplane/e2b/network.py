@@ -5,10 +5,10 @@ what cannot be enforced, and the stored shape (`capsules.network`).
 
 E2B's rules, kept: an entry is a CIDR (`8.8.8.0/24`), a bare IP (`8.8.8.8`, stored as
 `/32`) or, in `allowOut` only, a domain (`example.com`, `*.example.com`); allow wins over
-deny; `allow_internet_access: false` is `denyOut: ["0.0.0.0/0"]`.
-Domain entries are recognised but refused with 400: enforcing them needs the capsule's
-DNS forwarder (hostagent/dns.py, which sees each capsule's lookups) to open the answers'
-addresses in its egress chain, which it does not do yet (`DOMAIN_RULES_ENFORCED`).
+deny; `allow_internet_access: false` is `denyOut: ["0.0.0.0/0"]`. Domains are enforced
+by the capsule's resolver on its host (hostagent/domains.py: the addresses an allowed
+name resolves to are opened for the answer's TTL), which is not E2B's SNI/Host check:
+docs/e2b.md, "Network", says where the two differ.
 IPv6 entries are refused: capsules have no IPv6.
 """
 
@@ -22,7 +22,6 @@ from typing import Any
 from ..errors import InvalidInput
 from .errors import Unsupported
 
-DOMAIN_RULES_ENFORCED = False
 MAX_ENTRIES = 256  # the host agent's cap per list
 _DOMAIN = re.compile(r"(\*\.)?([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z][a-z0-9-]{0,62}\Z")
 
@@ -43,7 +42,7 @@ def parse_lists(allow: list[str] | None, deny: list[str] | None) -> EgressLists:
         if network is not None:
             allow_ranges.append(network)
         else:
-            domains.append(entry.strip().lower())
+            domains.append(entry.strip().lower().removesuffix("."))
     deny_ranges: list[str] = []
     for entry in deny or []:
         network = _range(entry, "denyOut")
@@ -57,13 +56,7 @@ def parse_lists(allow: list[str] | None, deny: list[str] | None) -> EgressLists:
             raise InvalidInput(
                 f"invalid_request: {name} has {len(entries)} entries; at most {MAX_ENTRIES}"
             )
-    lists = EgressLists(_unique(allow_ranges), _unique(deny_ranges), _unique(domains))
-    if lists.allow_domains and not DOMAIN_RULES_ENFORCED:
-        raise Unsupported(
-            f"domain rules in allowOut ({', '.join(lists.allow_domains[:3])}) are not enforced"
-            " yet; use IP addresses or CIDR ranges"
-        )
-    return lists
+    return EgressLists(_unique(allow_ranges), _unique(deny_ranges), _unique(domains))
 
 
 def stored(lists: EgressLists) -> dict[str, Any]:
@@ -81,7 +74,8 @@ def _range(entry: str, field: str) -> str | None:
     try:
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        if _DOMAIN.match(text.lower()):
+        name = text.lower().removesuffix(".")
+        if len(name) <= 253 and _DOMAIN.match(name):
             return None
         raise InvalidInput(
             f"invalid_request: {field} {entry!r} is not an IP, a CIDR or a domain"

@@ -302,6 +302,7 @@ async def update_network(capsule_id: str, body: NetworkUpdate, ctx: ContextDep) 
         egress=body.allow_internet_access,
         allow_out=list(lists.allow_ranges),
         deny_out=list(lists.deny_ranges),
+        allow_domains=list(lists.allow_domains),
     )
     await ctx.hosts.client(row.host_id).set_network(capsule_id, update)
     await store.set_columns(

@@ -231,6 +231,7 @@ def _agent_create(row: Capsule, host_template: str) -> AgentCreate:
         egress=row.allow_internet_access,
         allow_out=list((row.network or {}).get("allow_out", [])),
         deny_out=list((row.network or {}).get("deny_out", [])),
+        allow_domains=list((row.network or {}).get("allow_domains", [])),
     )
 
 

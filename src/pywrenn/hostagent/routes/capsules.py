@@ -71,6 +71,10 @@ async def ping_capsule(capsule_id: str, request: Request) -> HostCapsule:
 async def update_network(capsule_id: str, body: NetworkUpdate, request: Request) -> HostCapsule:
     """Replace the capsule's egress policy: live if it runs, at its resume if paused."""
     info = await context(request).manager.update_network(
-        capsule_id, internet=body.egress, allow=body.allow_out, deny=body.deny_out
+        capsule_id,
+        internet=body.egress,
+        allow=body.allow_out,
+        deny=body.deny_out,
+        names=body.allow_domains,
     )
     return _convert.capsule(info)

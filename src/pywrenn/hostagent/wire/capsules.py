@@ -29,6 +29,8 @@ class CapsuleCreate(Strict):
     # IPv4 addresses or CIDRs (hostagent/egress.py); allow wins over deny.
     allow_out: list[str] = Field(default_factory=list, max_length=MAX_EGRESS_RANGES)
     deny_out: list[str] = Field(default_factory=list, max_length=MAX_EGRESS_RANGES)
+    # Names (`example.com`, `*.example.com`; hostagent/domains.py) the capsule may reach.
+    allow_domains: list[str] = Field(default_factory=list, max_length=MAX_EGRESS_RANGES)
 
     @field_validator("capsule_id")
     @classmethod
@@ -42,6 +44,7 @@ class NetworkUpdate(Strict):
     egress: bool | None = None  # None: the host's default
     allow_out: list[str] = Field(default_factory=list, max_length=MAX_EGRESS_RANGES)
     deny_out: list[str] = Field(default_factory=list, max_length=MAX_EGRESS_RANGES)
+    allow_domains: list[str] = Field(default_factory=list, max_length=MAX_EGRESS_RANGES)
 
 
 class CapsuleResume(Strict):
