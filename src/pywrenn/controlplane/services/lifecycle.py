@@ -35,6 +35,7 @@ from ..errors import Conflict, ControlPlaneError, InvalidState, NotFound
 from ..hostpool import HostPool
 from ..scheduler import pick_host
 from ..states import CapsuleStatus
+from ..statuswatch import SESSION_KEY, SETTLING, StatusWatch
 from . import capsules, limits, templates
 from .events import Actor, EventSpec, record_nocommit
 
@@ -372,9 +373,23 @@ async def ping(ctx: RequestContext, capsule_id: str) -> None:
 async def running(
     session: AsyncSession, *, team_id: uuid.UUID, capsule_id: str, wanted: str
 ) -> Capsule:
-    """The team's capsule if it is running; InvalidState (409) naming its status if not."""
-    row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+    """The team's capsule once it runs: one on its way (starting, resuming, pausing) is
+    waited for, up to the app's `capsule_wait_s` (statuswatch.py), so work sent right
+    after a create or a resume is done, not refused. InvalidState (409) naming its
+    status if it does not end up running."""
+
+    async def read() -> Capsule:
+        # A fresh transaction each time: a read transaction keeps seeing its snapshot.
+        await session.commit()
+        return await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+
+    watch = session.info.get(SESSION_KEY)
+    if not isinstance(watch, StatusWatch):
+        watch = StatusWatch(budget_s=0)  # a session not of the app's: no one signals it
+    row = await watch.settle(capsule_id, read, lambda r: CapsuleStatus(r.status))
     if row.status != CapsuleStatus.RUNNING:
+        if row.status in SETTLING:
+            wanted = f"{wanted} (waited {watch.budget_s:g} s for it to run)"
         raise InvalidState(capsule_id, row.status, wanted)
     return row
 
