@@ -55,7 +55,8 @@ def _root(node: Node) -> str:  # noqa: F811
 
 
 def _opts(node: Node, **more: Any) -> dict[str, Any]:  # noqa: F811
-    return {"api_key": node.api_key, "api_url": _root(node), "request_timeout": 300, **more}
+    # The SDK's own defaults otherwise (timeouts, retries, HTTP version), as a user has them.
+    return {"api_key": node.api_key, "api_url": _root(node), **more}
 
 
 def _proxied(node: Node) -> dict[str, Any]:  # noqa: F811
