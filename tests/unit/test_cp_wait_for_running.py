@@ -125,3 +125,15 @@ def test_the_port_proxy_waits_for_a_starting_capsule(sqlite_url: str, tmp_path: 
             assert guest.requests == 1
 
     run(sqlite_url, tmp_path, body)
+
+
+def test_e2b_connect_waits_for_a_starting_sandbox(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await _starting(h)
+        connect = asyncio.create_task(h.client.post(f"/v2/sandboxes/{cid}/connect", json={}))
+        await until(lambda: _watch(h).waiting() == 1, what="the connect waiting")
+        h.fake.create_gate.set()
+        r = await connect
+        assert (r.status_code, r.json()["sandboxID"]) == (200, cid)
+
+    run(sqlite_url, tmp_path, body)
