@@ -9,6 +9,12 @@ plane's root, and the SDK sends the sandbox and port in its `E2b-Sandbox-Id` and
 the proxy's E2B routing, the token the control plane handed out being the one the guest
 agent checks, a private sandbox's guest agent reachable without a traffic token, and
 E2B's autoResume waking a paused sandbox on a request.
+
+Then the acceptance suite: what code written for E2B calls, once through `Sandbox` (one
+test per area, on the module's shared sandbox) and once through `AsyncSandbox` (one test,
+its own sandbox), with the SDK's default HTTP settings. One module keeps it to one node;
+the shared sandboxes keep the VM time to a restore each (plus a child per fork and
+snapshot), which is why it is one long file rather than several.
 """
 
 from __future__ import annotations
