@@ -47,6 +47,7 @@ e2e: install
 bench: install
 	$(BIN)/python bench/envd_calls.py
 	$(BIN)/python bench/vmm.py
+	$(BIN)/python bench/e2b_first_output.py
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
