@@ -128,6 +128,18 @@ def _templates(r: Report) -> list[Figure]:
     ] + [Figure("templates", "idle clone PSS mean", r["idle_clone_pss_mb"]["mean"], unit="MB")]
 
 
+def _e2b_first_output(r: Report) -> list[Figure]:
+    return [
+        Figure(
+            "e2b_first_output",
+            "create -> first output via E2B's API p50",
+            r["e2b_api"]["create_to_first_output"]["p50_ms"],
+            "via Wrenn's API",
+            r["wrenn_api_baseline"]["create_to_first_output"]["p50_ms"],
+        )
+    ]
+
+
 def _generic(name: str) -> Callable[[Report], list[Figure]]:
     """For a bench that lists its own figures under `figures` (the same fields as Figure)."""
 
@@ -143,6 +155,7 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[Report], list[Figure]]]
     "vmm": ([], ["--runs", "3", "--boot-runs", "2"], _vmm),
     "controlplane": ([], ["--runs", "10", "--creates", "2"], _controlplane),
     "templates": ([], ["--runs", "3", "--rounds", "1"], _templates),
+    "e2b_first_output": ([], ["--runs", "2"], _e2b_first_output),
 }
 
 

@@ -145,6 +145,10 @@ def test_cli_for_people(node: Node) -> None:
     assert wrenn("capsule", "exec", capsule_id, "echo from-cli") == "from-cli\n"
     failing = runner.invoke(app, ["capsule", "exec", capsule_id, "exit 3"], env=env)
     assert failing.exit_code == 3
+    # As docker exec: the argv as typed, no shell re-splitting it, its exit code ours.
+    argv = ["sh", "-c", 'printf "%s|" "$@"; exit 4', "sh", "a b", "$HOME"]
+    direct = runner.invoke(app, ["capsule", "exec", capsule_id, "--", *argv], env=env)
+    assert (direct.exit_code, direct.stdout) == (4, "a b|$HOME|")
     made = json.loads(wrenn("snapshot", "create", capsule_id, "--name", "cli-tpl", "--json"))
     assert made["name"] == "cli-tpl"
     assert "cli-tpl" in [t["name"] for t in json.loads(wrenn("snapshot", "list", "--json"))]

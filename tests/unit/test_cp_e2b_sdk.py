@@ -17,6 +17,7 @@ from e2b import (
     RateLimitException,
     Sandbox,
     SandboxException,
+    SandboxNotRunningException,
     SandboxQuery,
     SandboxState,
     Template,
@@ -502,3 +503,27 @@ def test_the_loop_is_woken_for_a_nearer_deadline(sqlite_url: str, tmp_path: Path
 
 async def _is(h: Harness, capsule_id: str, status: str) -> bool:
     return await _status(h, capsule_id) == status
+
+
+def test_the_guest_agent_port_of_a_gone_sandbox_answers_as_e2b(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """E2B's proxy answers a sandbox it does not have with 502 "… was not found" on the
+    guest agent's port: the SDK's `is_running()` is then False and a command raises
+    SandboxNotRunningException (a 404 would be a NotFoundException, as for a file)."""
+
+    async def body(h: Harness) -> None:
+        async with served(h) as url:
+            e = E2B(url, h.key)
+            sbx = await e.call(Sandbox.create, "base", sandbox_url=url, **e.opts())
+            assert await e.call(sbx.kill) is True
+            assert await e.call(sbx.is_running) is False
+            with pytest.raises(SandboxNotRunningException, match="was not found"):
+                await e.call(sbx.commands.run, "true")
+            # Another port keeps the proxy's own answer (the wrenn SDK's code runner
+            # gives up at once on a 4xx).
+            headers = {"E2b-Sandbox-Id": sbx.sandbox_id, "E2b-Sandbox-Port": "8000"}
+            r = await h.client.get("/", headers=headers)
+            assert (r.status_code, r.headers["x-wrenn-proxy-error"]) == (404, "not_found")
+
+    run(sqlite_url, tmp_path, body)

@@ -5,6 +5,7 @@ Owns: the capsule commands and their table columns; `shell` lives in shell.py.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -63,25 +64,49 @@ def capsule_get(
         show(run(lambda: client.get_capsule(capsule_id)), as_json, CAPSULE_COLUMNS)
 
 
-@capsule_app.command("exec")
+COMMAND = typer.Argument(
+    ...,
+    metavar="COMMAND [ARG]...",
+    help="one argument: a shell command line (`sh -c`); more: the argv itself, unquoted",
+)
+
+
+# As `docker exec`: options come before the capsule id, and everything after it is the
+# command (so `wrenn capsule exec ID ls -la` passes `-la` on to `ls`); `--` is optional.
+@capsule_app.command("exec", context_settings={"allow_interspersed_args": False})
 def capsule_exec(
     ctx: typer.Context,
     capsule_id: str,
-    command: str,
-    timeout_sec: int = typer.Option(60),
+    command: list[str] = COMMAND,
+    timeout_sec: int = typer.Option(60, help="kill the command after this long (0: never)"),
     url: str = URL,
     api_key: str = KEY,
     as_json: bool = AS_JSON,
 ) -> None:
-    """Run a shell command in a capsule; exit with its exit code."""
+    """Run a command in a capsule, print its output, exit with its exit code."""
+    if command[0] == "--":
+        # Arguments after the capsule id are not parsed further, so `--` arrives as one.
+        command = command[1:]
+    if not command:
+        err.print("no command: wrenn capsule exec ID [--] COMMAND [ARG]...")
+        raise typer.Exit(2)
+    argv: str | list[str] = command[0] if len(command) == 1 else command
     with api(ctx, url, api_key) as client:
-        result = run(lambda: client.exec(capsule_id, command, timeout_sec=timeout_sec))
+        result = run(lambda: client.exec(capsule_id, argv, timeout_sec=timeout_sec))
     if as_json:
         out.print_json(json.dumps(result))
     else:
-        typer.echo(result["stdout"], nl=False)
-        typer.echo(result["stderr"], nl=False, err=True)
+        typer.echo(_output(result, "stdout"), nl=False)
+        typer.echo(_output(result, "stderr"), nl=False, err=True)
     raise typer.Exit(int(result["exit_code"]) & 0xFF)
+
+
+def _output(result: dict[str, Any], stream: str) -> str | bytes:
+    """A stream as the guest wrote it: output that is not UTF-8 comes base64-encoded."""
+    text = str(result.get(stream) or "")
+    if result.get("encoding") == "base64":
+        return base64.b64decode(text)
+    return text
 
 
 capsule_app.command("shell")(capsule_shell)

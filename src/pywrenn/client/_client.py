@@ -4,6 +4,7 @@ people's tools)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,9 @@ from pywrenn.client._errors import APIError
 __all__ = ["WrennAPI"]
 
 DEFAULT_TIMEOUT = 60.0
+# Beyond an exec's own limit: a capsule still starting is waited for (WRENN_CAPSULE_WAIT_S,
+# 60 s by default), then the guest kills the command at its deadline and answers.
+EXEC_SLACK_S = 75.0
 
 
 class WrennAPI:
@@ -57,11 +61,26 @@ class WrennAPI:
     def destroy(self, capsule_id: str) -> None:
         self._call("DELETE", f"/v1/capsules/{capsule_id}")
 
-    def exec(self, capsule_id: str, command: str, *, timeout_sec: int | None = None) -> Any:
-        body: dict[str, Any] = {"cmd": "/bin/sh", "args": ["-c", command]}
+    def exec(
+        self, capsule_id: str, command: str | Sequence[str], *, timeout_sec: int | None = None
+    ) -> Any:
+        """Run a command to its end. A string runs through `/bin/sh -c`; a sequence is
+        the argv itself (its first item the program), with no shell to re-split it."""
+        if isinstance(command, str):
+            body: dict[str, Any] = {"cmd": "/bin/sh", "args": ["-c", command]}
+        else:
+            if not command:
+                raise ValueError("exec: an empty argv")
+            body = {"cmd": command[0], "args": list(command[1:])}
         if timeout_sec is not None:
             body["timeout_sec"] = timeout_sec
-        return self._call("POST", f"/v1/capsules/{capsule_id}/exec", json=body)
+        # The answer comes when the command ends (and, for a capsule still starting, after
+        # it runs): wait past the command's own limit, and forever for "no limit" (0).
+        wait: float | None = DEFAULT_TIMEOUT
+        if timeout_sec is not None:
+            wait = None if timeout_sec == 0 else max(DEFAULT_TIMEOUT, timeout_sec + EXEC_SLACK_S)
+        path = f"/v1/capsules/{capsule_id}/exec"
+        return self._call("POST", path, json=body, timeout=wait)
 
     def wait_status(self, capsule_id: str, wanted: set[str], *, timeout: float) -> Any:
         deadline = time.monotonic() + timeout

@@ -43,6 +43,7 @@ from .routes import admin, builds, capsules, events, exec, files, keys, pty, sna
 from .schemas.wrenn import Health
 from .services import hosts as host_rows
 from .settings import ControlPlaneSettings
+from .statuswatch import SESSION_KEY, StatusWatch
 from .streams import StreamRegistry
 
 API_ROUTERS = (
@@ -114,7 +115,11 @@ def _lifespan(
             engine = make_engine(url)
             stack.push_async_callback(engine.dispose)
             app.state.engine = engine
-            app.state.sessions = make_session_factory(engine)
+            # Status moves wake requests waiting for their capsule (statuswatch.py).
+            app.state.status_watch = StatusWatch(budget_s=settings.capsule_wait_s)
+            app.state.sessions = make_session_factory(
+                engine, info={SESSION_KEY: app.state.status_watch}
+            )
             app.state.hosts = await _connect_local_host(
                 app.state.sessions, settings, clock, stack, host_agent
             )

@@ -58,6 +58,14 @@ class ControlPlaneSettings(Settings):
         default=30.0,
         description='how often a terminal WebSocket sends {"type": "ping"}; the SDK answers pong',
     )
+    capsule_wait_s: float = Field(
+        default=60.0,
+        ge=0,
+        description=(
+            "how long a command, file call, terminal or proxied request waits for a capsule"
+            " that is starting, pausing or resuming before it is refused"
+        ),
+    )
     max_open_streams_per_team: int = Field(
         default=256,
         ge=1,

@@ -131,7 +131,9 @@ def guest_headers(scope: Scope) -> Headers:
 def upstream_error(exc: UpstreamError, where: ProxyPath) -> ProxyError:
     capsule, port = where.capsule_id, where.port
     if exc.kind == "refused":
-        return ProxyError(502, "port_closed", f"nothing listens on port {port} in {capsule}")
+        # "port is not open" is what the e2b SDK reads as "running, but unreachable".
+        message = f"port_closed: nothing listens on port {port} in {capsule} (port is not open)"
+        return ProxyError(502, "port_closed", message)
     if exc.kind in ("timeout", "idle"):
         return ProxyError(504, "upstream_timeout", f"port {port} in {capsule}: {exc.detail}")
     if exc.kind == "stopped":

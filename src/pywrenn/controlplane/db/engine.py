@@ -79,6 +79,9 @@ def make_engine(url: str, *, echo: bool = False, pool_size: int = 10) -> AsyncEn
     )
 
 
-def make_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+def make_session_factory(
+    engine: AsyncEngine, *, info: dict[str, object] | None = None
+) -> async_sessionmaker[AsyncSession]:
+    """`info`: what every session carries in its `info` (the app's status watch)."""
     # expire_on_commit=False: services commit, then routes read the row to build a reply.
-    return async_sessionmaker(engine, expire_on_commit=False)
+    return async_sessionmaker(engine, expire_on_commit=False, info=info)

@@ -22,6 +22,7 @@ from ..errors import Conflict, InvalidState
 from ..proxy.policy import ProxyPolicy, new_traffic_token, set_policy
 from ..services import fork, lifecycle
 from ..states import CapsuleStatus
+from ..statuswatch import SETTLING
 from . import store, views
 from .deps import DeadlinesDep
 from .errors import E2BRoute, Unsupported
@@ -79,6 +80,8 @@ async def connect_sandbox(
     """The sandbox, running: resumed if it was paused (201), as it is if it runs (200)."""
     body = body or ConnectSandbox()
     row = await store.visible(ctx, capsule_id)
+    if row.status in SETTLING:  # starting, pausing, resuming: see where it lands
+        row = await lifecycle.settled(ctx.session, team_id=ctx.team_id, capsule_id=capsule_id)
     resumed = row.status == S.PAUSED
     if resumed:
         if body.memory is False:

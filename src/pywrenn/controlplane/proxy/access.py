@@ -5,8 +5,9 @@ Owns: `CapsuleAccess.target`, which answers with where to send the request (its 
 or a ProxyError: 401 a bad key; 404 unknown, stopped, or another team's (a key of
 another team gets exactly the unknown capsule's answer); 403 private without the team's
 key or the traffic token (on any port but the guest agent's, policy.py); 409 paused
-with auto-resume off, or failed; 503 (Retry-After) starting, pausing, resuming, or its
-host lost; and whatever a resume answered (429 limits, 502, 503).
+with auto-resume off, or failed; 503 (Retry-After) its host lost, or still starting,
+pausing or resuming after `capsule_wait_s` (it is waited for first, statuswatch.py); and
+whatever a resume answered (429 limits, 502, 503).
 
 - No database on the hot path: a running capsule's team, host and settings are kept
   while `pool.running` (placements.py, 2 s, forgotten by every lifecycle call in this
@@ -46,6 +47,7 @@ from ..services import capsules, lifecycle
 from ..services.events import Actor
 from ..services.guest import TOUCH_EVERY_S
 from ..states import CapsuleStatus
+from ..statuswatch import SETTLING, StatusWatch
 from .policy import ProxyPolicy, admits, policy_of
 from .routing import Route
 
@@ -54,7 +56,6 @@ S = CapsuleStatus
 PROXY_ACTOR = Actor("system", None, "port proxy")
 MAX_KNOWN = 8192
 _GONE = frozenset({S.STOPPING, S.STOPPED})
-_SETTLING = frozenset({S.PENDING, S.STARTING, S.PAUSING, S.RESUMING})
 
 
 @dataclass(frozen=True)
@@ -106,6 +107,11 @@ class CapsuleAccess:
                 " team's X-API-Key or its e2b-traffic-access-token",
             )
         waking = route.capsule_id in self._resuming  # its row may already say `resuming`
+        if seen.status in SETTLING and not waking:
+            # Starting, pausing or resuming: wait for it (bounded), then take it as it is.
+            seen = await self._settled(state, route.capsule_id)
+            if seen is None or seen.status in _GONE:
+                raise _not_found(route.capsule_id)
         if waking or (seen.status == S.PAUSED and seen.policy.auto_resume):
             await self._resume_once(state, seen, route.capsule_id, caller)
             seen = await self._see(state, route.capsule_id)
@@ -153,6 +159,14 @@ class CapsuleAccess:
                 last_active_at=row.last_active_at,
             )
         return seen
+
+    async def _settled(self, state: State, capsule_id: str) -> _Seen | None:
+        watch: StatusWatch = state.status_watch
+        return await watch.settle(
+            capsule_id,
+            lambda: self._see(state, capsule_id),
+            lambda seen: seen.status if seen is not None else None,
+        )
 
     async def _resume_once(
         self, state: State, seen: _Seen, capsule_id: str, caller: Caller | None
@@ -226,7 +240,7 @@ def _not_found(capsule_id: str) -> ProxyError:
 
 
 def _not_running(capsule_id: str, status: CapsuleStatus) -> ProxyError:
-    if status in _SETTLING:
+    if status in SETTLING:
         message = f"not_running: capsule {capsule_id} is {status.value}; retry shortly"
         return ProxyError(503, "not_running", message, retry_after_s=1)
     if status == S.MISSING:

@@ -21,10 +21,21 @@ from ..hostpool import HostPool
 from ..settings import ControlPlaneSettings
 from .access import CapsuleAccess
 from .forward import HostRefused, forward
-from .policy import TRAFFIC_TOKEN_HEADER
+from .policy import ENVD_PORT, TRAFFIC_TOKEN_HEADER
 from .routing import Route, header, route_of
 
 _API_KEY = API_KEY_HEADER.lower().encode()
+
+
+def as_envd_answer(route: Route, error: ProxyError) -> ProxyError:
+    """A refusal on the guest agent's port as E2B's proxy words it, since only the e2b SDK
+    talks to that port: a sandbox it does not have (unknown, killed, past its timeout) is
+    502 "… was not found", which the SDK turns into `is_running()` False and
+    `SandboxNotRunningException` (a 404 would read as a missing file or process)."""
+    if error.status != 404:
+        return error
+    message = f"not_found: sandbox {route.capsule_id} was not found"
+    return ProxyError(502, error.code, message)
 
 
 class PortProxy:
@@ -39,6 +50,7 @@ class PortProxy:
             return
         state: State = scope["app"].state
         settings: ControlPlaneSettings = state.settings
+        route: Route | None = None
         try:
             route = route_of(scope, settings.proxy_domain)
             if route is None:
@@ -46,6 +58,8 @@ class PortProxy:
                 return
             await self._proxy(state, settings, route, scope, receive, send)
         except ProxyError as exc:
+            if route is not None and route.port == ENVD_PORT:
+                exc = as_envd_answer(route, exc)
             await send_error(scope, send, exc)
 
     async def _proxy(

@@ -24,6 +24,7 @@ from .. import publicids
 from ..db.models import Capsule
 from ..errors import InvalidInput, NotFound
 from ..states import CapsuleStatus, can_move, sources_of, transition
+from ..statuswatch import SESSION_KEY, StatusWatch
 from .events import SYSTEM, Actor, EventSpec, record_nocommit
 
 if TYPE_CHECKING:
@@ -188,6 +189,7 @@ async def move(
     Returns the Change, or None if the capsule is gone or its status (at the moment of
     the UPDATE) is not an allowed source. Never moves a capsule against the table. Reads
     and writes in one transaction that it commits, so call it with no pending changes.
+    After the commit it wakes whoever waits on the capsule in this process.
     """
     allowed = sources_of(to) if allowed_from is None else frozenset(allowed_from)
     extra = dict(values or {})
@@ -225,10 +227,19 @@ async def move(
                     session, team_id=current.team_id, spec=action[0], actor=action[1], now=now
                 )
             await session.commit()
+            _signal_moved(session, change.capsule_id)
             return change
         # Someone moved it between our read and our write: look again.
     await session.commit()
     return None
+
+
+def _signal_moved(session: AsyncSession, capsule_id: str) -> None:
+    """Wake requests waiting for this capsule to settle (statuswatch.py); the app's
+    sessions carry its watch in their `info`."""
+    watch = session.info.get(SESSION_KEY)
+    if isinstance(watch, StatusWatch):
+        watch.changed(capsule_id)
 
 
 async def record_placement(

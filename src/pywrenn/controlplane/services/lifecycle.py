@@ -35,6 +35,7 @@ from ..errors import Conflict, ControlPlaneError, InvalidState, NotFound
 from ..hostpool import HostPool
 from ..scheduler import pick_host
 from ..states import CapsuleStatus
+from ..statuswatch import SESSION_KEY, SETTLING, StatusWatch
 from . import capsules, limits, templates
 from .events import Actor, EventSpec, record_nocommit
 
@@ -373,11 +374,34 @@ async def ping(ctx: RequestContext, capsule_id: str) -> None:
 async def running(
     session: AsyncSession, *, team_id: uuid.UUID, capsule_id: str, wanted: str
 ) -> Capsule:
-    """The team's capsule if it is running; InvalidState (409) naming its status if not."""
-    row = await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+    """The team's capsule once it runs: one on its way (starting, resuming, pausing) is
+    waited for (`settled`), so work sent right after a create or a resume is done, not
+    refused. InvalidState (409) naming its status if it does not end up running."""
+    row = await settled(session, team_id=team_id, capsule_id=capsule_id)
     if row.status != CapsuleStatus.RUNNING:
+        if row.status in SETTLING:
+            wanted = f"{wanted} (waited {watch_of(session).budget_s:g} s for it to run)"
         raise InvalidState(capsule_id, row.status, wanted)
     return row
+
+
+async def settled(session: AsyncSession, *, team_id: uuid.UUID, capsule_id: str) -> Capsule:
+    """The team's capsule once it is out of SETTLING (pending, starting, pausing,
+    resuming), or as it is after the app's `capsule_wait_s` (statuswatch.py)."""
+
+    async def read() -> Capsule:
+        # A fresh transaction each time: a read transaction keeps seeing its snapshot.
+        await session.commit()
+        return await capsules.get_capsule(session, team_id=team_id, capsule_id=capsule_id)
+
+    return await watch_of(session).settle(capsule_id, read, lambda r: CapsuleStatus(r.status))
+
+
+def watch_of(session: AsyncSession) -> StatusWatch:
+    """The app's watch, which its sessions carry; a session of its own (a test's, a
+    tool's) has none, and waits for nothing."""
+    watch = session.info.get(SESSION_KEY)
+    return watch if isinstance(watch, StatusWatch) else StatusWatch(budget_s=0)
 
 
 async def _wrong_state(ctx: RequestContext, capsule_id: str, wanted: str) -> InvalidState:
