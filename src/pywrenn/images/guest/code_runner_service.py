@@ -79,7 +79,9 @@ def drop_privileges() -> dict[str, str]:
     return env
 
 
-def call(method: str, path: str, body: dict[str, object] | None = None) -> object:
+def call(
+    method: str, path: str, body: dict[str, object] | None = None, timeout: float = 30.0
+) -> object:
     data = None if body is None else json.dumps(body).encode()
     request = urllib.request.Request(
         f"http://127.0.0.1:{PORT}{path}",
@@ -87,7 +89,7 @@ def call(method: str, path: str, body: dict[str, object] | None = None) -> objec
         method=method,
         headers={"Content-Type": "application/json"},
     )
-    with urllib.request.urlopen(request, timeout=30) as answer:  # noqa: S310 (loopback)
+    with urllib.request.urlopen(request, timeout=timeout) as answer:  # noqa: S310 (loopback)
         return json.loads(answer.read() or b"null")
 
 
@@ -101,7 +103,8 @@ def open_warm_kernel(server: int) -> None:
         if os.waitpid(server, os.WNOHANG)[0] != 0:
             raise SystemExit("jupyter server exited while starting")
         try:
-            kernel = call("POST", "/api/kernels", {"name": KERNEL})
+            # A long timeout: a retried POST would start a second kernel.
+            kernel = call("POST", "/api/kernels", {"name": KERNEL}, timeout=600.0)
             assert isinstance(kernel, dict)
             kernel_id = str(kernel["id"])
         except (OSError, urllib.error.URLError, ValueError):
@@ -111,21 +114,35 @@ def open_warm_kernel(server: int) -> None:
 
 
 def wait_for_kernel(kernel_id: str, budget_s: float) -> None:
-    """Ask the kernel for its info until it answers: it has then run its warm-up, and
-    the server sees it idle. (The server itself asks only once a client connects.)"""
+    """Ask the kernel for its info and wait for the answer: it has then run its warm-up,
+    and the server sees it idle. (The server itself asks only once a client connects.)"""
     # Imported here: the rest of this file is stdlib-only and jupyter_client is slow to
     # import under TCG; it is installed beside the server.
+    import queue
+
     from jupyter_client import BlockingKernelClient
     from jupyter_core.paths import jupyter_runtime_dir
 
     connection_file = os.path.join(jupyter_runtime_dir(), f"kernel-{kernel_id}.json")
     client = BlockingKernelClient(connection_file=connection_file)
     client.load_connection_file()
-    client.start_channels()
+    # No heartbeat channel: a kernel busy with its warm-up under TCG misses heartbeats,
+    # and jupyter_client's wait_for_ready takes that for a dead kernel. One request,
+    # queued by ZeroMQ until the kernel listens, and one long wait for its reply.
+    client.start_channels(hb=False)
     try:
-        client.wait_for_ready(timeout=max(1.0, budget_s))
-    except RuntimeError as exc:
-        raise SystemExit(f"kernel {kernel_id} not ready: {exc}") from exc
+        request = client.kernel_info()
+        deadline = time.monotonic() + budget_s
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SystemExit(f"kernel {kernel_id} did not answer in {budget_s:.0f}s")
+            try:
+                reply = client.get_shell_msg(timeout=remaining)
+            except queue.Empty:
+                continue
+            if reply.get("parent_header", {}).get("msg_id") == request:
+                return
     finally:
         client.stop_channels()
 
