@@ -126,6 +126,16 @@ class Layout:
         """Name prefix of an image build's scratch dirs in images/ (mkdtemp adds the rest)."""
         return f".{_safe_name(template)}.build-"
 
+    def image_templates(self) -> list[str]:
+        """The images built here: every `images/{template}/` holding a manifest."""
+        if not self.images_dir.is_dir():
+            return []
+        return sorted(
+            path.name
+            for path in self.images_dir.iterdir()
+            if not path.name.startswith(".") and (path / "manifest.json").is_file()
+        )
+
     def image_builds(self) -> list[tuple[str, Path]]:
         """(template, scratch dir) of every image build dir in images/, live or dead."""
         found = []

@@ -1,8 +1,9 @@
 """`wrenn up`: a whole node on one machine, the embedded default.
 
-Owns: the start-up order of a single-machine node: the guest image (built if missing,
-with progress), the host agent (a child process, so its VMs and its shutdown are its
-own), the database and the first admin key, then the control plane in the foreground.
+Owns: the start-up order of a single-machine node: the guest images (the minimal one and
+the code runner's, built if missing, with progress), the host agent (a child process, so
+its VMs and its shutdown are its own), the database and the first admin key, then the
+control plane in the foreground.
 Ctrl-C stops the control plane, then asks the host agent to pause running capsules and
 stop; a second Ctrl-C stops at once (VMs keep running and are re-adopted next time).
 The same control plane and host agent, pointed at PostgreSQL and many machines, are the
@@ -41,6 +42,8 @@ from pywrenn.controlplane.db.migrate import upgrade_to_head
 from pywrenn.controlplane.settings import ControlPlaneSettings
 from pywrenn.hostagent import dirlock
 from pywrenn.hostagent.server import PARENT_FD_ENV
+from pywrenn.images.coderunner import TEMPLATE as CODE_RUNNER_IMAGE
+from pywrenn.images.manifest import DEFAULT_TEMPLATE
 from pywrenn.layout import Layout
 
 AGENT_START_TIMEOUT_S = 180.0  # recovery of many paused capsules happens before it serves
@@ -53,6 +56,8 @@ def up(settings: ControlPlaneSettings, console: Console) -> None:
     layout.ensure()
     layout.logs_dir.mkdir(parents=True, exist_ok=True)
     _ensure_image(layout, console)
+    if settings.code_runner_image:
+        _ensure_code_runner_image(layout, console)
     stop_leftover_agent(layout, console)
     agent = _start_agent(settings, layout, console)
     try:
@@ -86,16 +91,26 @@ def proxy_hint(settings: ControlPlaneSettings) -> str:
     return hint + ")"
 
 
-def _ensure_image(layout: Layout, console: Console) -> None:
-    with console.status("guest image: checking") as status:
+def _ensure_image(layout: Layout, console: Console, template: str = DEFAULT_TEMPLATE) -> None:
+    label = "guest image" if template == DEFAULT_TEMPLATE else f"{template} image"
+    with console.status(f"{label}: checking") as status:
 
         def report(event: images.StepEvent) -> None:
             if event.state == "start":
-                status.update(f"guest image: {event.step}")
+                status.update(f"{label}: {event.step}")
             elif event.state in ("done", "cached"):
-                console.print(f"  guest image: {event.step} {event.state} ({event.elapsed:.1f}s)")
+                console.print(f"  {label}: {event.step} {event.state} ({event.elapsed:.1f}s)")
 
-        images.build_image(layout, progress=report)
+        images.build_image(layout, template=template, progress=report)
+
+
+def _ensure_code_runner_image(layout: Layout, console: Console) -> None:
+    """The code runner's image (built once, from PyPI; cached after). The node serves
+    without it: only `code-runner-beta` creates fail, with the reason in the log."""
+    try:
+        _ensure_image(layout, console, CODE_RUNNER_IMAGE)
+    except images.ImageError as exc:
+        console.print(f"[yellow]code-runner image not built[/] ({exc}); code-runner-beta is off")
 
 
 def stop_leftover_agent(

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -111,7 +112,14 @@ async def _keys(database_url: str) -> tuple[str, str, str]:
 
 @pytest.fixture(scope="module")
 def node(guest_image: ImageManifest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Node]:  # noqa: F811
-    root = wrenn_dir_with_cached_image(tmp_path_factory.mktemp("node"))
+    with running_node(wrenn_dir_with_cached_image(tmp_path_factory.mktemp("node"))) as started:
+        yield started
+
+
+@contextmanager
+def running_node(root: Path) -> Iterator[Node]:
+    """A host agent and a control plane on `root` (a WRENN_DIR with an image), stopped
+    by pid at the end, with every capsule they still hold destroyed."""
     agent_port, api_port = free_port(), free_port()
     env = dict(
         os.environ,

@@ -46,6 +46,8 @@ class Node:
             WRENN_AGENT_LISTEN=f"127.0.0.1:{self.agent_port}",
             WRENN_EGRESS_DEFAULT="false",  # no guest may reach out
             WRENN_HOST_MONITOR_INTERVAL_S="1",
+            # The code runner's image is not linked here: building it would take minutes.
+            WRENN_CODE_RUNNER_IMAGE="false",
         )
         env.pop("WRENN_DATABASE_URL", None)
         env.pop("WRENN_HOST_TOKEN", None)

@@ -19,6 +19,7 @@ import pytest
 from pywrenn.hostagent.manager import DEFAULT_TEMPLATE, SandboxManager
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.images import ImageManifest, StepEvent, build_image
+from pywrenn.images.coderunner import TEMPLATE as CODE_RUNNER_IMAGE
 from pywrenn.layout import Layout
 from pywrenn.vmm import QemuRuntime
 
@@ -46,31 +47,52 @@ def guest_image() -> ImageManifest:
 BASE_SIZES = ((1, 512), (1, 256))
 
 
-async def _bake_base_snapshots(root: Path) -> list[str]:
+async def _bake_base_snapshots(
+    root: Path,
+    template: str = DEFAULT_TEMPLATE,
+    sizes: tuple[tuple[int, int], ...] = BASE_SIZES,
+) -> list[str]:
     manager = SandboxManager(HostAgentSettings(dir=root), QemuRuntime(Layout(root).cache_dir))
     try:
         return [
-            (await manager.base.ensure(DEFAULT_TEMPLATE, vcpus, memory_mb)).name
-            for vcpus, memory_mb in BASE_SIZES
+            (await manager.base.ensure(template, vcpus, memory_mb)).name
+            for vcpus, memory_mb in sizes
         ]
     finally:
         await manager.close()
+
+
+@pytest.fixture(scope="session")
+def code_runner_image(guest_image: ImageManifest) -> ImageManifest:
+    """The code-runner image (wheels from PyPI on its first build; cached after) and its
+    base snapshot at the size the SDK's code runner asks for (the node's default)."""
+    root = image_cache_root()
+    started = time.monotonic()
+    manifest = build_image(Layout(root), template=CODE_RUNNER_IMAGE)
+    print(f"code-runner image ready in {time.monotonic() - started:.1f}s")
+    baked = asyncio.run(_bake_base_snapshots(root, CODE_RUNNER_IMAGE, ((1, 512),)))
+    print(f"code-runner snapshot ready in {time.monotonic() - started:.1f}s: {baked}")
+    return manifest
 
 
 def image_cache_root() -> Path:
     return Path(os.environ.get("WRENN_IMAGE_CACHE", str(DEFAULT_IMAGE_CACHE)))
 
 
-def wrenn_dir_with_cached_image(root: Path) -> Path:
-    """Make `root` a WRENN_DIR that shares the cached guest image and accelerator answer.
+def wrenn_dir_with_cached_image(root: Path, extra_images: tuple[str, ...] = ()) -> Path:
+    """Make `root` a WRENN_DIR that shares the cached guest image (and `extra_images`,
+    e.g. the code runner's) and accelerator answer.
 
     Everything else (capsules, slots, database) is the test's own. Linking, not copying:
-    the image is large and read-only to its users.
+    the image is large and read-only to its users. Only the images asked for: a host
+    agent bakes every image it finds (in the background), which a test not using one
+    should not pay for.
     """
     cache = image_cache_root()
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "kernels").symlink_to(cache / "kernels")
-    (root / "images" / "minimal").symlink_to(cache / "images" / "minimal")
+    for image in (DEFAULT_TEMPLATE, *extra_images):
+        (root / "images" / image).symlink_to(cache / "images" / image)
     (root / "cache").mkdir(exist_ok=True)
     accel = cache / "cache" / "vmm-accel.json"
     if accel.exists():

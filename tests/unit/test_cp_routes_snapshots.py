@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pywrenn.controlplane.basetemplates import BASE_TEMPLATES
 from tests.cp_routes import Harness, run
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
@@ -22,10 +23,10 @@ def test_snapshot_list_create_from_and_delete(db_url: str, tmp_path: Path) -> No
             False,
         )
         listed = (await h.client.get("/api/v1/snapshots")).json()
-        assert {t["name"] for t in listed} == {"minimal-ubuntu", "web"}
+        assert {t["name"] for t in listed} == {*BASE_TEMPLATES, "web"}
         bases = (await h.client.get("/api/v1/snapshots", params={"type": "base"})).json()
-        assert [t["name"] for t in bases] == ["minimal-ubuntu"]
-        assert bases[0]["protected"] is True
+        assert [t["name"] for t in bases] == list(BASE_TEMPLATES)
+        assert all(base["protected"] for base in bases)
 
         # A capsule from the snapshot is created on the host from the snapshot's host name.
         r = await h.client.post("/api/v1/capsules", json={"template": "web"})
@@ -75,7 +76,7 @@ def test_snapshot_errors(db_url: str, tmp_path: Path) -> None:
         # Another team sees neither the snapshot nor the capsule.
         other = {"X-API-Key": await h.other_team_key()}
         theirs = (await h.client.get("/api/v1/snapshots", headers=other)).json()
-        assert {t["name"] for t in theirs} == {"minimal-ubuntu"}
+        assert {t["name"] for t in theirs} == set(BASE_TEMPLATES)
         r = await h.client.post(
             "/api/v1/snapshots", json={"sandbox_id": cid, "name": "steal"}, headers=other
         )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from pywrenn.images.guest import wrenn_init
@@ -32,3 +34,21 @@ def test_cmdline_value() -> None:
 def test_refuses_to_run_unless_pid_1() -> None:
     with pytest.raises(SystemExit, match="PID 1"):
         wrenn_init.main()
+
+
+def test_image_services_are_the_executables_in_name_order(tmp_path: Path) -> None:
+    for name, mode in (("b-jupyter", 0o755), ("a-first", 0o700), ("notes", 0o644), (".x", 0o755)):
+        (tmp_path / name).write_text("#!/bin/sh\n")
+        (tmp_path / name).chmod(mode)
+    (tmp_path / "subdir").mkdir()
+    services = wrenn_init.image_services(str(tmp_path))
+    assert [s.name for s in services] == ["a-first", "b-jupyter"]
+    assert services[1].argv == (str(tmp_path / "b-jupyter"),)
+    assert wrenn_init.image_services(str(tmp_path / "missing")) == []
+
+
+def test_a_service_that_cannot_start_is_retried_later() -> None:
+    service = wrenn_init.Service("broken", ("/nonexistent/service",), {})
+    service.start_or_retry()
+    assert service.pid == 0
+    assert service.restart_at > 0

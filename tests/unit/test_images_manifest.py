@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -85,4 +86,23 @@ def test_bad_manifest_is_a_manifest_error(tmp_path: Path, edit: object, message:
     path = manifest_path(layout)
     path.write_text(edit(json.loads(path.read_text())))  # type: ignore[operator]
     with pytest.raises(ManifestError, match=message):
+        load_manifest(layout)
+
+
+def test_ready_command_round_trips(tmp_path: Path) -> None:
+    layout, manifest = built(tmp_path)
+    assert load_manifest(layout).ready == ""
+    assert "ready" not in json.loads(manifest_path(layout).read_text())
+    ready = dataclasses.replace(manifest, ready="test -e /run/ready", ready_timeout_s=60.0)
+    write_manifest(layout, ready)
+    loaded = load_manifest(layout)
+    assert (loaded.ready, loaded.ready_timeout_s) == ("test -e /run/ready", 60.0)
+
+
+def test_ready_without_a_timeout_is_refused(tmp_path: Path) -> None:
+    layout, _ = built(tmp_path)
+    data = json.loads(manifest_path(layout).read_text())
+    data["ready"] = {"command": "true"}
+    manifest_path(layout).write_text(json.dumps(data))
+    with pytest.raises(ManifestError, match="ready"):
         load_manifest(layout)

@@ -8,11 +8,17 @@ Knows nothing of: template rows (services/templates.py) or how an image is built
 
 from __future__ import annotations
 
+from pywrenn.images.coderunner import TEMPLATE as CODE_RUNNER_IMAGE
 from pywrenn.images.manifest import DEFAULT_TEMPLATE as BASE_IMAGE
 
 BASE_TEMPLATE = "minimal-ubuntu"
+# The `wrenn` SDK's code runner (`wrenn.code_runner.Capsule`) asks for this name.
+CODE_RUNNER_TEMPLATE = "code-runner-beta"
 # API name → the image's name on every host agent (its directory under images/).
-BASE_TEMPLATES: dict[str, str] = {BASE_TEMPLATE: BASE_IMAGE}
+BASE_TEMPLATES: dict[str, str] = {
+    BASE_TEMPLATE: BASE_IMAGE,
+    CODE_RUNNER_TEMPLATE: CODE_RUNNER_IMAGE,
+}
 
 
 def is_base(name: str) -> bool:

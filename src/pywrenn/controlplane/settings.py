@@ -37,6 +37,13 @@ class ControlPlaneSettings(Settings):
     proxy_idle_timeout_s: float = Field(
         default=300.0, gt=0, description="a proxied HTTP exchange idle this long either way ends"
     )
+    code_runner_image: bool = Field(
+        default=True,
+        description=(
+            "`wrenn up` builds the code-runner image (Jupyter, for the SDK's code runner;"
+            " minutes the first time, cached after) and the host agent bakes its snapshot"
+        ),
+    )
     agent_url: str = Field(
         default="",
         description="base URL of the local host agent; empty means http://WRENN_AGENT_LISTEN",

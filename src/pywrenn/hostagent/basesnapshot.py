@@ -27,7 +27,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from pywrenn import images
-from pywrenn.envdclient import EnvdError
+from pywrenn.envdclient import EnvdClient, EnvdError
 from pywrenn.hostagent.errors import HostAgentError, HostError
 from pywrenn.hostagent.guestlink import GuestConnector
 from pywrenn.hostagent.hostnet import HostNetwork, tap_spec
@@ -217,6 +217,7 @@ class BaseSnapshots:
                         timeout=self.boot_timeout_s,
                     )
                     async with self.connect_guest(vm.network.agent_url()) as client:
+                        await _wait_ready(client, manifest)
                         await client.snapshot_prepare()
                     await runtime.template_snapshot(vm, staging)
                     vm = None  # consumed
@@ -238,6 +239,21 @@ class BaseSnapshots:
         finally:
             shutil.rmtree(builder_dir, ignore_errors=True)
             shutil.rmtree(staging, ignore_errors=True)
+
+
+async def _wait_ready(client: EnvdClient, manifest: images.ImageManifest) -> None:
+    """Wait for the image's own boot services (its `ready` command), if it has any: the
+    snapshot must hold them running, or every capsule would start them anew."""
+    if not manifest.ready:
+        return
+    started = time.monotonic()
+    result = await client.run(manifest.ready, timeout=manifest.ready_timeout_s)
+    if result.exit_code != 0:
+        detail = (result.stderr or result.stdout).decode(errors="replace")[-500:]
+        raise HostError(
+            f"image {manifest.template} not ready (exit {result.exit_code}): {detail.strip()}"
+        )
+    log.info("image %s ready after %.1fs", manifest.template, time.monotonic() - started)
 
 
 @asynccontextmanager

@@ -362,11 +362,15 @@ class SandboxManager:
 
     async def ensure_base_snapshot(self) -> None:
         """Bake the base template's snapshot at the default size if there is none, so
-        creates restore instead of booting. A failure is logged: creates then boot."""
+        creates restore instead of booting, and every other image's in the background
+        (the code runner's waits for its Jupyter kernel: minutes under TCG, which must
+        not hold up serving). A failure is logged: creates then boot."""
         settings = self.settings
-        await self.base.ensure_logged(
-            DEFAULT_TEMPLATE, settings.default_vcpus, settings.default_memory_mb
-        )
+        vcpus, memory_mb = settings.default_vcpus, settings.default_memory_mb
+        await self.base.ensure_logged(DEFAULT_TEMPLATE, vcpus, memory_mb)
+        for template in self.layout.image_templates():
+            if template != DEFAULT_TEMPLATE:
+                self.base.bake_later(template, vcpus, memory_mb)
 
     async def pause_all(self, *, budget_s: float) -> None:
         """Pause every running capsule, two at a time, within `budget_s` seconds."""

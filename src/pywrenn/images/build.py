@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pywrenn.images import kernel, rootfs
+from pywrenn.images import coderunner, kernel, rootfs
 from pywrenn.images.commands import require_tools
 from pywrenn.images.errors import BuildStepFailed
 from pywrenn.images.initramfs import build_initramfs
@@ -97,7 +97,7 @@ def build_image(
     with _build_lock(layout, template):
         with step("resolve inputs"):
             package = kernel.resolve_kernel_package()
-            inputs = gather_inputs(package, rootfs_size)
+            inputs = gather_inputs(package, rootfs_size, template)
         current = read_versions(layout, template)
         if not force and current is not None and current.get("input") == inputs.input_hash:
             step.cached("image", f"input {inputs.input_hash[:12]}")
@@ -159,6 +159,13 @@ def _build(
             rootfs.save_base(tree, base_tarball)
     with step("install agent"):
         rootfs.install_agent(tree)
+    ready, ready_timeout_s = "", 0.0
+    if template == coderunner.TEMPLATE:
+        with step("download wheels"):
+            wheels = coderunner.download_wheels(layout.cache_dir)
+        with step("install code runner"):
+            coderunner.install(tree, wheels)
+        ready, ready_timeout_s = coderunner.READY_COMMAND, coderunner.READY_TIMEOUT_S
     with step("mkfs.ext4"):
         rootfs.make_ext4(tree, out / "rootfs.ext4", inputs.rootfs_size)
 
@@ -182,6 +189,8 @@ def _build(
             rootfs=rootfs_file,
             cmdline=DEFAULT_CMDLINE,
             versions=_versions(inputs, unpacked.release, [m.name for m in modules]),
+            ready=ready,
+            ready_timeout_s=ready_timeout_s,
         )
         write_manifest(layout, manifest)
     return manifest

@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pywrenn.images import rootfs
+from pywrenn.images import coderunner, rootfs
 from pywrenn.images.kernel import KernelPackage
 from pywrenn.images.modules import GUEST_MODULES
 
@@ -65,6 +65,8 @@ class BuildInputs:
     base_sources: str
     image_sources: str
     agent: str
+    # What a variant image adds on top of the minimal tree ("" for minimal itself).
+    variant_layer: str = ""
 
     def _digest(self, fields: dict[str, object]) -> str:
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
@@ -82,7 +84,17 @@ class BuildInputs:
         return self._digest(base)[:16]
 
 
-def gather_inputs(kernel: KernelPackage, rootfs_size: str) -> BuildInputs:
+def variant_layer(template: str) -> str:
+    """Hash of what `template` adds to the minimal tree: its pins and its sources."""
+    if template != coderunner.TEMPLATE:
+        return ""
+    sources = hash_files(_named((_HERE / "coderunner.py", *coderunner.GUEST_SOURCES)))
+    return f"{coderunner.wheels_key()}:{sources}"
+
+
+def gather_inputs(
+    kernel: KernelPackage, rootfs_size: str, template: str = "minimal"
+) -> BuildInputs:
     return BuildInputs(
         builder=BUILDER_VERSION,
         kernel_package=kernel.name,
@@ -95,4 +107,5 @@ def gather_inputs(kernel: KernelPackage, rootfs_size: str) -> BuildInputs:
         base_sources=hash_files(_named(_BASE_SOURCES)),
         image_sources=hash_files(_named(_IMAGE_SOURCES)),
         agent=hash_files((name, path) for name, path in rootfs.agent_files()),
+        variant_layer=variant_layer(template),
     )

@@ -50,6 +50,10 @@ class ImageManifest:
     rootfs: Path
     cmdline: str
     versions: dict[str, str]
+    # A command (bash -l -c, as root, in the guest) that ends 0 once the image's own boot
+    # services are up; a base snapshot is taken only after it. Empty: the agent is enough.
+    ready: str = ""
+    ready_timeout_s: float = 0.0
 
 
 def manifest_path(layout: Layout, template: str = DEFAULT_TEMPLATE) -> Path:
@@ -75,6 +79,8 @@ def write_manifest(layout: Layout, manifest: ImageManifest) -> Path:
         "cmdline": manifest.cmdline,
         "versions": dict(sorted(manifest.versions.items())),
     }
+    if manifest.ready:
+        data["ready"] = {"command": manifest.ready, "timeout_s": manifest.ready_timeout_s}
     partial = path.with_name(f".{MANIFEST_NAME}.partial")
     partial.write_text(json.dumps(data, indent=2) + "\n")
     partial.replace(path)
@@ -118,6 +124,7 @@ def load_manifest(layout: Layout, template: str = DEFAULT_TEMPLATE) -> ImageMani
         rootfs=_file(layout, data, "rootfs", path),
         cmdline=_string(data, "cmdline", path),
         versions=_versions(data, path),
+        **_ready(data, path),
     )
     if manifest.template != template:
         raise ManifestError(
@@ -141,6 +148,17 @@ def _file(layout: Layout, data: dict[str, Any], key: str, path: Path) -> Path:
             "rebuild with `wrenn image build --force`"
         )
     return file
+
+
+def _ready(data: dict[str, Any], path: Path) -> dict[str, Any]:
+    value = data.get("ready")
+    if value is None:
+        return {}
+    command = value.get("command") if isinstance(value, dict) else None
+    timeout = value.get("timeout_s") if isinstance(value, dict) else None
+    if not isinstance(command, str) or not command or not isinstance(timeout, int | float):
+        raise ManifestError(f"invalid manifest {path}: 'ready' needs a command and timeout_s")
+    return {"ready": command, "ready_timeout_s": float(timeout)}
 
 
 def _versions(data: dict[str, Any], path: Path) -> dict[str, str]:

@@ -47,7 +47,18 @@ __all__ = [
 
 SUITE = "bookworm"
 VARIANT = "minbase"
-PACKAGES: tuple[str, ...] = ("python3", "iproute2", "ca-certificates", "sudo")
+# What agent code expects of a default capsule: pip, git, curl and ps/free/top (procps)
+# beside Python. Node.js is left out: Debian's nodejs and npm add ~150 MB to every rootfs.
+PACKAGES: tuple[str, ...] = (
+    "python3",
+    "python3-pip",
+    "iproute2",
+    "ca-certificates",
+    "sudo",
+    "git",
+    "curl",
+    "procps",
+)
 USER = "user"
 WRENN_USER = "wrenn-user"
 # (name, uid): `user` keeps uid 1000, which E2B templates and earlier images gave it.

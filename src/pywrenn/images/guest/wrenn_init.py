@@ -1,8 +1,9 @@
 #!/usr/bin/python3 -IS
 """wrenn-init: PID 1 inside a capsule (installed as /usr/local/sbin/wrenn-init).
 
-Owns: the guest's early mounts, its hostname, keeping the agent (envd) running, reaping
-every orphan, and a clean power-off on SIGTERM. Knows nothing of: the agent's protocol.
+Owns: the guest's early mounts, its hostname, keeping the agent (envd) and the image's
+boot services (/etc/wrenn/services/*) running, reaping every orphan, and a clean
+power-off on SIGTERM. Knows nothing of: the agent's protocol.
 
 Standard library only, and a small part of it: under TCG every imported module costs ~20x
 its host time, and `subprocess`, `dataclasses`, `pathlib` and `socket` together added about
@@ -20,6 +21,10 @@ import time
 AGENT_ARGV = ("-m", "pywrenn.envd", "--host", "0.0.0.0", "--port", "49983")
 AGENT_PYTHONPATH = "/opt/wrenn"
 DEFAULT_HOSTNAME = "wrenn"
+PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# An image's own boot services (the code-runner image's Jupyter server, say): supervised
+# like the agent.
+SERVICES_DIR = "/etc/wrenn/services"
 
 _MS_RDONLY, _MS_NOSUID, _MS_NODEV, _MS_REMOUNT = 1, 2, 4, 32
 _LINUX_REBOOT_CMD_POWER_OFF = 0x4321FEDC
@@ -114,43 +119,74 @@ def set_hostname() -> None:
         log(f"sethostname failed: {os.strerror(ctypes.get_errno())}")
 
 
-class Agent:
-    """The one supervised child: its pid (0 when not running) and restart schedule."""
+class Service:
+    """One supervised child: its pid (0 when not running) and restart schedule."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str, argv: tuple[str, ...], env: dict[str, str]) -> None:
+        self.name = name
+        self.argv = argv
+        self.env = env
         self.pid = 0
         self.started = 0.0
         self.backoff = 0.0
         self.restart_at = 0.0  # monotonic time of the next start when pid == 0
 
     def start(self) -> None:
-        env = {
-            "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-            "HOME": "/root",
-            "LANG": "C.UTF-8",
-            "PYTHONPATH": AGENT_PYTHONPATH,
-            "PYTHONUNBUFFERED": "1",
-        }
         # posix_spawn, not subprocess: the child must start with an empty signal mask
         # (ours blocks everything we wait for), and only this loop may reap children.
         self.pid = os.posix_spawn(
-            sys.executable, [sys.executable, *AGENT_ARGV], env, setsigmask=(), setsid=True
+            self.argv[0], list(self.argv), self.env, setsigmask=(), setsid=True
         )
         self.started = time.monotonic()
-        log(f"started agent pid {self.pid}: python3 {' '.join(AGENT_ARGV)}")
+        log(f"started {self.name} pid {self.pid}: {' '.join(self.argv)}")
 
     def exited(self, status: int) -> None:
         lived = time.monotonic() - self.started
         self.backoff = next_backoff(self.backoff, lived)
         self.restart_at = time.monotonic() + self.backoff
         log(
-            f"agent pid {self.pid} exited (status {os.waitstatus_to_exitcode(status)}) after "
-            f"{lived:.1f}s; restarting in {self.backoff:.1f}s"
+            f"{self.name} pid {self.pid} exited (status {os.waitstatus_to_exitcode(status)}) "
+            f"after {lived:.1f}s; restarting in {self.backoff:.1f}s"
         )
         self.pid = 0
 
+    def start_or_retry(self) -> None:
+        try:
+            self.start()
+        except OSError as exc:
+            log(f"cannot start {self.name}: {exc}")
+            self.started = time.monotonic()
+            self.exited(1 << 8)
 
-def reap(agent: Agent) -> None:
+
+def agent_service() -> Service:
+    env = {
+        "PATH": PATH,
+        "HOME": "/root",
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": AGENT_PYTHONPATH,
+        "PYTHONUNBUFFERED": "1",
+    }
+    return Service("agent", (sys.executable, *AGENT_ARGV), env)
+
+
+def image_services(directory: str = SERVICES_DIR) -> list[Service]:
+    """The image's own boot services: each executable file in `directory`, started as
+    root after the agent (a service drops privileges itself), in name order."""
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    env = {"PATH": PATH, "HOME": "/root", "LANG": "C.UTF-8"}
+    services = []
+    for name in names:
+        path = f"{directory}/{name}"
+        if not name.startswith(".") and os.path.isfile(path) and os.access(path, os.X_OK):
+            services.append(Service(name, (path,), env))
+    return services
+
+
+def reap(services: list[Service]) -> None:
     """Collect every exited child; orphans re-parented to PID 1 end up here too."""
     while True:
         try:
@@ -159,8 +195,9 @@ def reap(agent: Agent) -> None:
             return
         if pid == 0:
             return
-        if pid == agent.pid:
-            agent.exited(status)
+        for service in services:
+            if pid == service.pid:
+                service.exited(status)
 
 
 def wait_children(grace: float) -> bool:
@@ -204,23 +241,19 @@ def main() -> None:
     os.chdir("/")
     mount_early()
     set_hostname()
-    agent = Agent()
-    agent.start()
+    services = [agent_service(), *image_services()]
+    for service in services:
+        service.start_or_retry()
     while True:
-        timeout = 3600.0
-        if agent.pid == 0:
-            timeout = max(0.0, agent.restart_at - time.monotonic())
-        info = signal.sigtimedwait(HANDLED, timeout)
+        now = time.monotonic()
+        waits = [max(0.0, s.restart_at - now) for s in services if s.pid == 0]
+        info = signal.sigtimedwait(HANDLED, min(waits, default=3600.0))
         if info is not None and info.si_signo in STOP_SIGNALS:
             power_off()
-        reap(agent)
-        if agent.pid == 0 and time.monotonic() >= agent.restart_at:
-            try:
-                agent.start()
-            except OSError as exc:
-                log(f"cannot start agent: {exc}")
-                agent.started = time.monotonic()
-                agent.exited(1 << 8)
+        reap(services)
+        for service in services:
+            if service.pid == 0 and time.monotonic() >= service.restart_at:
+                service.start_or_retry()
 
 
 if __name__ == "__main__":
