@@ -34,12 +34,15 @@ from .deps import API_KEY_SCHEME
 from .e2b import router as e2b_api
 from .e2b.deadlines import Deadlines
 from .errors import ENVELOPE_SCHEMA, install_error_handlers
-from .gate import ApiGate
+from .gate import PUBLIC_PATHS, ApiGate
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
 from .monitorloop import HostMonitor
 from .proxy import PortProxy
 from .routes import admin, builds, capsules, events, exec, files, keys, pty, snapshots, stats
+from .routes import audit as audit_routes
+from .routes import auth as auth_routes
+from .routes import teams as team_routes
 from .schemas.wrenn import Health
 from .services import hosts as host_rows
 from .settings import ControlPlaneSettings
@@ -56,6 +59,10 @@ API_ROUTERS = (
     snapshots.router,
     builds.router,
     admin.router,
+    # People (people/): accounts, sessions, teams and members, the audit log.
+    auth_routes.router,
+    team_routes.router,
+    audit_routes.router,
 )
 LOCAL_HOST_NAME = "local"
 
@@ -202,7 +209,8 @@ def _openapi_with_key(app: FastAPI) -> dict[str, Any]:
         for path, operations in schema.get("paths", {}).items():
             if path.startswith(API_PREFIX + "/"):
                 for operation in operations.values():
-                    operation["security"] = [{name: []} for name in API_KEY_SCHEME]
+                    public = path in PUBLIC_PATHS  # sign-up, sign-in: nobody yet
+                    operation["security"] = [] if public else [{n: []} for n in API_KEY_SCHEME]
                     operation["responses"].pop("422", None)
                     operation["responses"]["default"] = {
                         "description": "Error",
