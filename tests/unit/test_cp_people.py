@@ -8,16 +8,20 @@ without the CSRF token (403) and with an ended session (401).
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+from httpx_ws import WebSocketDisconnect, WebSocketUpgradeError, aconnect_ws
 from sqlalchemy import select, update
 
 from pywrenn.controlplane.db.models import ApiKey, UserSession
 from pywrenn.controlplane.publicids import format_id
 from pywrenn.ids import IdKind
 from tests.cp_routes import NOW, Harness, run
-from tests.people_client import PASSWORD, Browser, browser
+from tests.people_client import BASE_URL, PASSWORD, Browser, browser
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
 
@@ -392,5 +396,37 @@ def test_the_first_admin_signs_in_after_wrenn_admin_set_password(
             # Setting it again ends their sessions.
             assert await asyncio.to_thread(set_password, "another secret!") == 0
             assert (await admin.get("/api/v1/me")).status_code == 401
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_a_sessions_terminal_and_event_stream_end_when_it_signs_out(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        async with browser(h) as ann:
+            await ann.signup("ann@example.com")
+            cid = await _capsule(ann, h)
+            url = f"/api/v1/capsules/{cid}/pty"
+            # Another site's page cannot open the terminal with the cookie.
+            with pytest.raises(WebSocketUpgradeError) as refused:
+                async with aconnect_ws(url, ann.client, headers={"Origin": "http://evil.test"}):
+                    pass
+            assert refused.value.response.status_code == 403
+            sse = asyncio.create_task(ann.client.get("/api/v1/events/stream", timeout=60.0))
+            async with aconnect_ws(url, ann.client, headers={"Origin": BASE_URL}) as pty:
+                await pty.send_text(json.dumps({"type": "start", "cmd": "/bin/bash"}))
+                assert (await pty.receive_json())["type"] == "started"
+                assert (await ann.post("/api/v1/auth/logout")).status_code == 204
+
+                async def until_closed() -> None:
+                    with contextlib.suppress(WebSocketDisconnect):
+                        while True:
+                            await pty.receive()
+
+                await asyncio.wait_for(until_closed(), 15.0)
+            response = await asyncio.wait_for(sse, 15.0)
+            assert response.status_code == 200
+            assert "connected" in response.text
 
     run(sqlite_url, tmp_path, body)
