@@ -28,6 +28,7 @@ from .authcache import AuthCache
 from .background import Background
 from .buildrunner import BuildRunner
 from .clock import Clock, system_clock
+from .dashboard import pages as dashboard
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
 from .deps import API_KEY_SCHEME
@@ -94,6 +95,7 @@ def create_app(
         outer.include_router(router)
     app.include_router(outer)
     e2b_api.install(app)  # E2B's REST API at the root (/sandboxes, /v2/sandboxes, …)
+    dashboard.install(app)  # the pages at `/` (dashboard/; docs/dashboard.md)
     # Keys are checked, and bodies capped, before any body is read (gate.py).
     app.add_middleware(ApiGate)
     # The API also answers without `/api` (`/v1/...`): rewritten, not routed twice, as
