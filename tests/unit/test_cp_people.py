@@ -446,12 +446,16 @@ def test_a_sessions_terminal_and_event_stream_end_when_it_signs_out(
                 assert (await pty.receive_json())["type"] == "started"
                 assert (await ann.post("/api/v1/auth/logout")).status_code == 204
 
+                frames: list[str] = []
+
                 async def until_closed() -> None:
                     with contextlib.suppress(WebSocketDisconnect):
                         while True:
-                            await pty.receive()
+                            message = await pty.receive()
+                            frames.append(str(getattr(message, "data", "")))
 
                 await asyncio.wait_for(until_closed(), 15.0)
+                assert any("the session was revoked" in f for f in frames), frames
             response = await asyncio.wait_for(sse, 15.0)
             assert response.status_code == 200
             assert "connected" in response.text

@@ -138,9 +138,10 @@ class Lease:
             # Undo our cancel, as asyncio.timeout does; a cancel from anyone else
             # (shutdown) still propagates.
             if self._owner.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
-                raise StreamRevoked(
-                    f"unauthorized: API key {self.caller.key_api_id} was revoked; stream closed"
+                credential = (
+                    "the session" if self.caller.is_person else f"API key {self.caller.key_api_id}"
                 )
+                raise StreamRevoked(f"unauthorized: {credential} was revoked; stream closed")
         return False
 
     async def _watch(self) -> None:
