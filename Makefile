@@ -14,7 +14,13 @@ run: install
 test: install lint typecheck
 	$(BIN)/pytest -q tests
 
-install: system-deps $(STAMP)
+install: system-deps $(STAMP) $(WEB_STAMP)
+
+# The dashboard's front-end libraries (xterm.js), exactly as web/package-lock.json pins
+# them, from the npm registry; the control plane serves web/node_modules at /static/vendor.
+WEB_STAMP = web/node_modules/.package-lock.json
+$(WEB_STAMP): web/package.json web/package-lock.json
+	npm ci --prefix web --ignore-scripts --no-audit --no-fund
 
 system-deps:
 	@scripts/install-system-deps

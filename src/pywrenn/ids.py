@@ -27,6 +27,7 @@ class IdKind(StrEnum):
     HOST = "host"
     BUILD = "bld"
     TEMPLATE = "tpl"
+    SESSION = "ses"  # a person's browser session (controlplane/people/)
 
 
 _PATTERN = re.compile(rf"(?P<prefix>[a-z]+)-(?P<body>[0-9a-z]{{{_RANDOM_LEN}}})")

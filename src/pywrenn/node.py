@@ -207,6 +207,10 @@ def _first_admin_key(settings: ControlPlaneSettings, layout: Layout, console: Co
     if key is not None:
         save_admin_key(layout.admin_api_key_file, key)
         console.print(f"[bold]first start[/]: admin API key (shown once): [bold]{key}[/]")
+        console.print(
+            "dashboard sign-in: run [bold]wrenn admin set-password admin@localhost[/],"
+            " then sign in as admin@localhost"
+        )
 
 
 def _stop_agent(agent: subprocess.Popen[bytes], console: Console) -> None:

@@ -36,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from pywrenn.controlplane import gate
 from pywrenn.controlplane.app import create_app
 from pywrenn.controlplane.settings import ControlPlaneSettings
 from tests.cp_routes import Harness, harness
@@ -52,6 +53,8 @@ from tests.fuzzing import (
 pytest_plugins = ["tests.controlplane_pg", "tests.fuzz_summary"]
 
 STREAMING = ["/api/v1/events/stream"]
+# Sign-up and sign-in answer anyone (their own refusals are tested in test_cp_people.py).
+PUBLIC_PATHS = sorted(gate.PUBLIC_PATHS)
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -156,7 +159,7 @@ def test_with_key(
         assert response.status_code in (400, 404), response.text
 
 
-@WITHOUT_KEY.exclude(path=["/health"]).parametrize()
+@WITHOUT_KEY.exclude(path=["/health", *PUBLIC_PATHS]).parametrize()
 def test_without_key(
     case: schemathesis.Case, served: ServedControlPlane, http: requests.Session
 ) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import typer
 
 from pywrenn import __version__
+from pywrenn.cli.admin import admin_app
 from pywrenn.cli.capsules import capsule_app
 from pywrenn.cli.common import CliState
 from pywrenn.cli.images import image_app
@@ -19,6 +20,7 @@ from pywrenn.cli.teams import team_app
 from pywrenn.cli.templates import template_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help="pywrenn: microVM sandboxes.")
+app.add_typer(admin_app, name="admin")
 app.add_typer(image_app, name="image")
 app.add_typer(capsule_app, name="capsule")
 app.add_typer(key_app, name="key")

@@ -28,18 +28,22 @@ from .authcache import AuthCache
 from .background import Background
 from .buildrunner import BuildRunner
 from .clock import Clock, system_clock
+from .dashboard import pages as dashboard
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
 from .deps import API_KEY_SCHEME
 from .e2b import router as e2b_api
 from .e2b.deadlines import Deadlines
 from .errors import ENVELOPE_SCHEMA, install_error_handlers
-from .gate import ApiGate
+from .gate import PUBLIC_PATHS, ApiGate
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
 from .monitorloop import HostMonitor
 from .proxy import PortProxy
 from .routes import admin, builds, capsules, events, exec, files, keys, pty, snapshots, stats
+from .routes import audit as audit_routes
+from .routes import auth as auth_routes
+from .routes import teams as team_routes
 from .schemas.wrenn import Health
 from .services import hosts as host_rows
 from .settings import ControlPlaneSettings
@@ -57,6 +61,10 @@ API_ROUTERS = (
     snapshots.router,
     builds.router,
     admin.router,
+    # People (people/): accounts, sessions, teams and members, the audit log.
+    auth_routes.router,
+    team_routes.router,
+    audit_routes.router,
 )
 LOCAL_HOST_NAME = "local"
 
@@ -88,6 +96,7 @@ def create_app(
         outer.include_router(router)
     app.include_router(outer)
     e2b_api.install(app)  # E2B's REST API at the root (/sandboxes, /v2/sandboxes, …)
+    dashboard.install(app)  # the pages at `/` (dashboard/; docs/dashboard.md)
     # Keys are checked, and bodies capped, before any body is read (gate.py).
     app.add_middleware(ApiGate)
     # The API also answers without `/api` (`/v1/...`): rewritten, not routed twice, as
@@ -207,7 +216,8 @@ def _openapi_with_key(app: FastAPI) -> dict[str, Any]:
         for path, operations in schema.get("paths", {}).items():
             if path.startswith(API_PREFIX + "/"):
                 for operation in operations.values():
-                    operation["security"] = [{name: []} for name in API_KEY_SCHEME]
+                    public = path in PUBLIC_PATHS  # sign-up, sign-in: nobody yet
+                    operation["security"] = [] if public else [{n: []} for n in API_KEY_SCHEME]
                     operation["responses"].pop("422", None)
                     operation["responses"]["default"] = {
                         "description": "Error",

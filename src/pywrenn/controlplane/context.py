@@ -128,9 +128,11 @@ class RequestContext:
 
     @property
     def actor(self) -> Actor:
-        """Who to name in events: the API key the request came with."""
+        """Who to name in events: the API key the request came with, or the signed-in person."""
         if self.acting is not None:
             return self.acting
+        if self.caller.is_person:
+            return Actor("user", self.caller.user_api_id, self.caller.user_email)
         return Actor("api_key", self.caller.key_api_id, self.caller.key_name)
 
     @property

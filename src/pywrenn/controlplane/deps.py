@@ -15,13 +15,14 @@ from typing import Annotated
 
 from fastapi import Depends, Request, WebSocket
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
-from starlette.datastructures import State
+from starlette.datastructures import Headers, State
 
 from .authcache import AuthCache
 from .caller import Caller
 from .clock import Clock
 from .context import RequestContext
 from .errors import Unauthorized
+from .people import auth as people_auth
 from .services import keys
 
 API_KEY_HEADER = "X-API-Key"
@@ -52,6 +53,16 @@ async def authenticate_api_key(state: State, api_key: str | None) -> Caller:
     return caller
 
 
+async def authenticate_request(state: State, headers: Headers, method: str) -> Caller:
+    """The caller of an HTTP request: its `X-API-Key` if it has one, else the person
+    behind its session cookie (with the CSRF check on state-changing methods). Both give
+    the same kind of `Caller`, so every route treats them alike."""
+    api_key = headers.get(API_KEY_HEADER)
+    if api_key or people_auth.session_token(headers) is None:
+        return await authenticate_api_key(state, api_key)
+    return await people_auth.session_caller(state, headers, method)
+
+
 # `async def`, as a plain `def` dependency would run in a worker thread (one thread hop
 # per request); and no `yield`: the gate, not FastAPI, closes the context.
 async def _context(request: Request) -> RequestContext:
@@ -66,15 +77,19 @@ ContextDep = Annotated[RequestContext, Depends(_context)]
 
 @asynccontextmanager
 async def ws_context(websocket: WebSocket) -> AsyncIterator[RequestContext]:
-    """The context of a WebSocket route, whose upgrade carries the same X-API-Key. Enter
+    """The context of a WebSocket route, whose upgrade carries the same X-API-Key (or a
+    browser's session cookie, people/auth.py). Enter
     it inside the route's error guard (routes/wsguard.py), so a refusal is still sent
     as an HTTP envelope before the socket is accepted."""
     api_key = websocket.headers.get(API_KEY_HEADER)
-    if not api_key:
-        raise Unauthorized("unauthorized: missing X-API-Key header")
     state = websocket.app.state
-    async with state.sessions() as session:
-        caller = await keys.authenticate(session, plaintext=api_key, now=state.clock())
+    if not api_key and people_auth.session_token(websocket.headers) is not None:
+        caller = await people_auth.ws_session_caller(state, websocket.headers)
+    elif not api_key:
+        raise Unauthorized("unauthorized: missing X-API-Key header")
+    else:
+        async with state.sessions() as session:
+            caller = await keys.authenticate(session, plaintext=api_key, now=state.clock())
     ctx = RequestContext.open(state, caller)
     try:
         yield ctx

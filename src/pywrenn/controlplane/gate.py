@@ -1,7 +1,8 @@
 """The gate in front of the Wrenn API (pure ASGI middleware).
 
 Owns: for every HTTP request under `/api/`, checking the `X-API-Key`
-(`deps.authenticate_api_key`, with its short cache) before any byte of the body is read,
+(`deps.authenticate_api_key`, with its short cache), or a browser's session cookie and
+CSRF token (`people/auth.py`), before any byte of the body is read,
 opening the request's `RequestContext` for the caller it proved (left in the request's
 state for `deps.ContextDep`, and closed here once the response is done), and capping
 bodies by the bytes actually received (chunked too). A refused key gets the 401
@@ -28,8 +29,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from pywrenn.bodycap import declared_too_large, refuse, run_capped
 
 from .context import RequestContext
-from .deps import API_KEY_HEADER, CONTEXT_STATE_KEY, authenticate_api_key
-from .errors import Unauthorized, envelope
+from .deps import CONTEXT_STATE_KEY, authenticate_request
+from .errors import Forbidden, Unauthorized, envelope
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ MAX_JSON_BODY = 1024 * 1024  # the host agent's cap too: more could not be passe
 API_PREFIX = "/api/"
 _FILE_WRITE = re.compile(r"/api/v1/capsules/[^/]+/files/(?:stream/)?write\Z")
 _BUILDS = "/api/v1/builds"
+# The only API paths served to nobody in particular (they make the session): routes/auth.py.
+PUBLIC_PATHS = frozenset({"/api/v1/auth/signup", "/api/v1/auth/login"})
 
 
 class ApiGate:
@@ -49,9 +52,12 @@ class ApiGate:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
+        if scope["path"].rstrip("/") in PUBLIC_PATHS:  # sign-up, sign-in: no caller yet
+            await self._capped(scope, receive, send, headers)
+            return
         try:
-            caller = await authenticate_api_key(scope["app"].state, headers.get(API_KEY_HEADER))
-        except Unauthorized as exc:
+            caller = await authenticate_request(scope["app"].state, headers, scope["method"])
+        except (Unauthorized, Forbidden) as exc:
             await refuse(scope, send, envelope(exc.status, exc.code, exc.message))
             return
         except Exception:  # the database: the same envelope the error handlers give

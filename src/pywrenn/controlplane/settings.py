@@ -78,6 +78,19 @@ class ControlPlaneSettings(Settings):
         ge=1,
         description="SSE and WebSocket streams one team may hold open on this control plane",
     )
+    # People: browser sign-in (people/, docs/people.md).
+    signup_enabled: bool = Field(
+        default=True, description="anyone who reaches the API may sign up (a person and a team)"
+    )
+    session_idle_timeout_s: float = Field(
+        default=6 * 3600.0, gt=0, description="a browser session unused this long ends"
+    )
+    session_max_age_s: float = Field(
+        default=24 * 3600.0, gt=0, description="a browser session ends this long after sign-in"
+    )
+    session_cookie_secure: bool = Field(
+        default=False, description="mark session cookies Secure (set it when served over HTTPS)"
+    )
 
     @field_validator("database_url")
     @classmethod

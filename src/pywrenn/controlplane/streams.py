@@ -27,6 +27,7 @@ from .authcache import AuthCache
 from .caller import Caller
 from .deps import API_KEY_HEADER
 from .errors import LimitExceeded, StreamRevoked, Unauthorized
+from .people import auth as people_auth
 
 log = logging.getLogger(__name__)
 
@@ -137,9 +138,10 @@ class Lease:
             # Undo our cancel, as asyncio.timeout does; a cancel from anyone else
             # (shutdown) still propagates.
             if self._owner.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
-                raise StreamRevoked(
-                    f"unauthorized: API key {self.caller.key_api_id} was revoked; stream closed"
+                credential = (
+                    "the session" if self.caller.is_person else f"API key {self.caller.key_api_id}"
                 )
+                raise StreamRevoked(f"unauthorized: {credential} was revoked; stream closed")
         return False
 
     async def _watch(self) -> None:
@@ -168,8 +170,12 @@ def lease_for(connection: HTTPConnection, caller: Caller, *, cancel_on_revoke: b
     state = connection.app.state
     plaintext = connection.headers.get(API_KEY_HEADER, "")
     cache: AuthCache = state.auth_cache
+    session_token = people_auth.session_token(connection.headers)
 
     async def check() -> None:
+        if caller.is_person and session_token is not None:  # a browser's stream
+            await people_auth.recheck(state, session_token, caller)
+            return
         caller_now = await cache.authenticate(plaintext, sessions=state.sessions, now=state.clock)
         if caller_now.key_id != caller.key_id:  # cannot happen for one key; be certain
             raise Unauthorized("unauthorized: API key changed hands")

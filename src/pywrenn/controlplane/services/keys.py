@@ -30,6 +30,7 @@ from .. import publicids
 from ..caller import Caller
 from ..db.models import ApiKey, Team
 from ..errors import InvalidInput, NotFound, Unauthorized
+from .events import EventSpec, record_nocommit
 
 if TYPE_CHECKING:
     from ..context import RequestContext
@@ -172,10 +173,29 @@ async def list_own(ctx: RequestContext) -> list[ApiKey]:
 
 
 async def create_own(ctx: RequestContext, name: str) -> tuple[ApiKey, str]:
-    """A new key for the caller's team: the row and the plaintext (shown this once)."""
-    return await create_key(ctx.session, team_id=ctx.team_id, name=name, now=ctx.now)
+    """A new key for the caller's team: the row and the plaintext (shown this once).
+    Audited (`api_key.create`) in the same transaction."""
+    row, plaintext = add_key_nocommit(
+        ctx.session, team_id=ctx.team_id, name=name, now=ctx.now, created_by=ctx.caller.user_id
+    )
+    await ctx.session.flush()
+    _audit(ctx, "api_key.create", row)
+    await ctx.session.commit()
+    return row, plaintext
 
 
 async def revoke_own(ctx: RequestContext, key_id: str) -> ApiKey:
-    """Revoke one of the caller's team's keys (the one in use, too)."""
-    return await revoke_key(ctx.session, team_id=ctx.team_id, key_id=key_id, now=ctx.now)
+    """Revoke one of the caller's team's keys (the one in use, too); audited
+    (`api_key.revoke`) when it was live."""
+    row = await get_key(ctx.session, team_id=ctx.team_id, key_id=key_id)
+    if row.revoked_at is None:
+        row.revoked_at = ctx.now
+        _audit(ctx, "api_key.revoke", row)
+        await ctx.session.commit()
+    return row
+
+
+def _audit(ctx: RequestContext, event: str, row: ApiKey) -> None:
+    key_id = publicids.format_id(row.id, IdKind.API_KEY)
+    spec = EventSpec(event, "api_key", key_id, outcome="success", metadata={"name": row.name})
+    record_nocommit(ctx.session, team_id=ctx.team_id, spec=spec, actor=ctx.actor, now=ctx.now)

@@ -1,0 +1,70 @@
+"""The dashboard against a real node (host agent + control plane subprocesses, a QEMU
+capsule): a person signs up in Debian's `chromium` (driven by Playwright), creates a
+capsule from the page, sees it come up live, runs `echo hello` in its terminal and sees
+`hello`, pauses and resumes it, and destroys it. Run under the VM lock."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.e2e.test_wrenn_sdk import Node, node  # noqa: F401
+from tests.integration.conftest import guest_image  # noqa: F401
+from tests.unit.test_dashboard_browser import CHROMIUM, PASSWORD, shot
+
+BOOT_MS = 240_000  # a boot or a pause under TCG on a busy machine
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def _row_status(page: Page, cid: str, status: str) -> None:
+    row = page.locator(f"tr[data-capsule='{cid}']")
+    expect(row).to_have_attribute("data-status", status, timeout=BOOT_MS)
+
+
+def test_echo_hello_in_a_real_capsules_terminal(node: Node, browser: Browser) -> None:  # noqa: F811
+    url = node.base_url.removesuffix("/api")
+    context = browser.new_context(viewport={"width": 1100, "height": 800})
+    page = context.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())
+    page.goto(url + "/signup")
+    page.get_by_label("Email").fill("vm@example.com")
+    page.get_by_label("Password (8 or more characters)").fill(PASSWORD)
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_url(url + "/capsules")
+
+    page.get_by_role("button", name="Create").click()
+    row = page.locator("tr[data-capsule]")
+    expect(row).to_have_count(1, timeout=60_000)
+    cid = row.get_attribute("data-capsule")
+    assert cid is not None
+    _row_status(page, cid, "running")
+
+    page.get_by_role("link", name=cid).click()
+    terminal = page.locator("#terminal")
+    expect(terminal.locator(".xterm-rows")).to_be_visible(timeout=60_000)
+    page.wait_for_timeout(2000)  # the shell's prompt
+    terminal.click()
+    page.keyboard.type("echo hello")
+    page.keyboard.press("Enter")
+    lines = terminal.locator(".xterm-rows > div")
+    expect(lines.filter(has_text=re.compile(r"^\s*hello\s*$"))).to_have_count(1, timeout=60_000)
+    shot(page, "vm-capsule-terminal")
+
+    page.goto(url + "/capsules")
+    page.locator(f"tr[data-capsule='{cid}']").get_by_role("button", name="Pause").click()
+    _row_status(page, cid, "paused")
+    page.locator(f"tr[data-capsule='{cid}']").get_by_role("button", name="Resume").click()
+    _row_status(page, cid, "running")
+    page.locator(f"tr[data-capsule='{cid}']").get_by_role("button", name="Destroy").click()
+    _row_status(page, cid, "stopped")
+    context.close()

@@ -1,0 +1,95 @@
+"""The dashboard's pages (controlplane/dashboard/) over HTTP against the app on a fake host
+agent: who may see which page, that a page shows only the caller's team, that stored
+text is escaped, and the headers every page carries. The browser itself is driven in
+tests/e2e/test_dashboard_browser.py."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import update
+
+from pywrenn.controlplane.db.models import UserSession
+from tests.cp_routes import NOW, Harness, run
+from tests.people_client import browser
+
+pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
+
+PAGES = ["/capsules", "/keys", "/members", "/audit", "/account"]
+
+
+def test_pages_need_a_live_session(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        async with browser(h) as ann:
+            for path in ["/", *PAGES, "/capsules/cl-0000000000000000"]:
+                r = await ann.get(path, follow_redirects=False)
+                assert (r.status_code, r.headers["location"]) == (303, "/signin"), path
+            assert (await ann.get("/capsules/rows")).status_code == 401
+            for path in ("/signin", "/signup"):
+                r = await ann.get(path)
+                assert r.status_code == 200 and "<form" in r.text
+            # An API key is not a way into the pages.
+            r = await h.client.get("/capsules", follow_redirects=False)
+            assert r.status_code == 303
+
+            await ann.signup("ann@example.com")
+            r = await ann.get("/", follow_redirects=False)
+            assert r.headers["location"] == "/capsules"
+            for path in PAGES:
+                r = await ann.get(path)
+                assert r.status_code == 200, path
+                assert "ann@example.com" in r.text
+                assert r.headers["x-frame-options"] == "DENY"
+                assert "default-src 'self'" in r.headers["content-security-policy"]
+                assert "https://" not in r.text  # no CDN: every script is served here
+            async with h.app.state.sessions() as session:
+                await session.execute(update(UserSession).values(expires_at=NOW))
+                await session.commit()
+            r = await ann.get("/capsules", follow_redirects=False)
+            assert r.headers["location"] == "/signin"
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_pages_show_only_the_sessions_team_and_escape_stored_text(
+    db_url: str, tmp_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        async with browser(h) as ann, browser(h) as eve:
+            await ann.signup("ann@example.com", team_name="<b>Ann</b>")
+            hostile = {"<script>alert(1)</script>": "<img src=x onerror=alert(2)>"}
+            r = await ann.post("/api/v1/capsules", json={"metadata": hostile})
+            assert r.status_code == 201
+            await h.settle()
+            cid = r.json()["id"]
+            await ann.post("/api/v1/api-keys", json={"name": "ann-secret-key"})
+
+            page = (await ann.get(f"/capsules/{cid}")).text
+            assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+            assert "<img src=x" not in page
+            assert "<b>Ann</b>" not in (await ann.get("/members")).text
+            listed = (await ann.get("/capsules")).text
+            assert cid in listed and cid in (await ann.get("/capsules/rows")).text
+            assert "ann-secret-key" in (await ann.get("/keys")).text
+
+            await eve.signup("eve@example.com")
+            assert cid not in (await eve.get("/capsules")).text
+            assert cid not in (await eve.get("/capsules/rows")).text
+            r = await eve.get(f"/capsules/{cid}")
+            assert r.status_code == 404 and "alert(1)" not in r.text
+            assert "ann-secret-key" not in (await eve.get("/keys")).text
+            assert "ann@example.com" not in (await eve.get("/members")).text
+            assert cid not in (await eve.get("/audit")).text
+
+    run(db_url, tmp_path, body)
+
+
+def test_signup_page_says_when_sign_up_is_off(sqlite_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        settings = h.app.state.settings
+        h.app.state.settings = settings.model_copy(update={"signup_enabled": False})
+        async with browser(h) as b:
+            r = await b.get("/signup")
+            assert "turned off" in r.text and "data-form" not in r.text
+
+    run(sqlite_url, tmp_path, body)

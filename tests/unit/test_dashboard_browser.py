@@ -1,0 +1,191 @@
+"""The dashboard in a real browser: Playwright drives Debian's `chromium` against the
+control plane served over HTTP on loopback, with a fake host agent (no VM: the fake's
+terminal echoes what is typed; `tests/e2e/test_dashboard_terminal.py` runs `echo hello`
+in a real capsule).
+
+One walk through the pages as a person would: sign up, sign in, make a key and see it
+once, a capsule created elsewhere appearing live, pause and resume, the terminal (typed
+input reaches the capsule, resize is sent), revoke the key, sign out; then another
+team's person sees none of it, and a request without the CSRF token is refused.
+Screenshots of each page go to `test-output/dashboard/` (docs/dashboard.md lists them).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+from playwright.sync_api import Browser, Page, expect, sync_playwright
+
+from tests.cp_routes import Harness, harness
+from tests.fuzzing import LoopThread, entered_in_thread, serve_asgi
+
+pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright's own download is not used
+SHOTS = Path(__file__).resolve().parents[2] / "test-output" / "dashboard"
+PASSWORD = "correct horse battery"
+WAIT_MS = 15_000
+
+
+@dataclass
+class Served:
+    thread: LoopThread
+    h: Harness
+    url: str
+
+
+@pytest.fixture
+def served(sqlite_url: str, tmp_path: Path) -> Iterator[Served]:
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def both():  # type: ignore[no-untyped-def]
+        async with harness(sqlite_url, tmp_path) as h, serve_asgi(h.app) as url:
+            yield h, url
+
+    with entered_in_thread(both) as (thread, (h, url)):
+        yield Served(thread, h, url)
+
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    with sync_playwright() as p:
+        launched = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield launched
+        launched.close()
+
+
+def shot(page: Page, name: str) -> None:
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{name}.png"), full_page=True)
+
+
+def sign_up(page: Page, url: str, email: str, team: str) -> None:
+    page.goto(url + "/signup")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password (8 or more characters)").fill(PASSWORD)
+    page.get_by_label("Team name").fill(team)
+    shot(page, f"signup-{email.split('@')[0]}")
+    page.get_by_role("button", name="Create account").click()
+    page.wait_for_url(url + "/capsules")
+
+
+def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) -> None:
+    if SHOTS.exists():
+        shutil.rmtree(SHOTS)
+    url = served.url
+    ann = browser.new_context(viewport={"width": 1200, "height": 800})
+    page = ann.new_page()
+    page.on("dialog", lambda dialog: dialog.accept())  # the confirmations
+
+    sign_up(page, url, "ann@example.com", "Ann's team")
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(url + "/signin")
+    shot(page, "signin")
+    page.get_by_label("Email").fill("ann@example.com")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.wait_for_url(url + "/capsules")
+
+    # A key, shown once.
+    page.get_by_role("link", name="API keys").click()
+    page.get_by_label("Name").fill("laptop")
+    page.get_by_role("button", name="Create key").click()
+    shown = page.locator("[data-new-key-value]")
+    expect(shown).to_have_text(re.compile(r"wrn_[0-9a-f]{32}"), timeout=WAIT_MS)
+    key = shown.inner_text()
+    assert re.fullmatch(r"wrn_[0-9a-f]{32}", key)
+    shot(page, "keys-new")
+
+    # A capsule made with the key elsewhere appears in the open list, no reload.
+    page.get_by_role("link", name="Capsules").click()
+    page.wait_for_url(url + "/capsules")
+    page.wait_for_timeout(1500)  # the event stream is open
+    with httpx.Client(base_url=url, headers={"X-API-Key": key}) as api:
+        made = api.post("/api/v1/capsules", json={})
+        assert made.status_code == 201, made.text
+        cid = made.json()["id"]
+    row = page.locator(f"tr[data-capsule='{cid}']")
+    expect(row).to_have_attribute("data-status", "running", timeout=WAIT_MS)
+    # And one made from the page's own form.
+    page.get_by_role("button", name="Create").click()
+    expect(page.locator("tr[data-capsule]")).to_have_count(2, timeout=WAIT_MS)
+    shot(page, "capsules")
+
+    # Pause and resume, confirmed, followed live.
+    row.get_by_role("button", name="Pause").click()
+    expect(row).to_have_attribute("data-status", "paused", timeout=WAIT_MS)
+    row.get_by_role("button", name="Resume").click()
+    expect(row).to_have_attribute("data-status", "running", timeout=WAIT_MS)
+
+    # The terminal: what is typed reaches the capsule's PTY, and its output is shown.
+    page.get_by_role("link", name=cid).click()
+    page.wait_for_url(url + f"/capsules/{cid}")
+    terminal = page.locator("#terminal")
+    expect(terminal.locator(".xterm-rows")).to_be_visible(timeout=WAIT_MS)
+    page.wait_for_timeout(500)
+    terminal.click()
+    page.keyboard.type("echo hello")
+    page.keyboard.press("Enter")
+    expect(terminal.locator(".xterm-rows")).to_contain_text("echo hello", timeout=WAIT_MS)
+    fake = served.h.fake.capsules[cid]
+    ptys = [p for p in fake.processes.values() if p.pty]
+    assert ptys and b"".join(ptys[-1].inputs).endswith(b"echo hello\r")
+    page.set_viewport_size({"width": 700, "height": 500})
+    page.wait_for_timeout(500)
+    assert len(ptys[-1].sizes) >= 1  # the resize reached the PTY
+    shot(page, "capsule-terminal")
+
+    for name, path in [("members", "/members"), ("audit", "/audit"), ("account", "/account")]:
+        page.goto(url + path)
+        shot(page, name)
+    expect(page.locator("body")).to_contain_text("ann@example.com")
+    page.goto(url + "/audit")
+    expect(page.locator("table")).to_contain_text("api_key.create")
+
+    # Phone width: the list still fits and works.
+    phone = ann.new_page()
+    phone.set_viewport_size({"width": 390, "height": 800})
+    phone.goto(url + "/capsules")
+    expect(phone.locator(f"tr[data-capsule='{cid}']")).to_be_visible()
+    shot(phone, "capsules-phone")
+    phone.close()
+
+    # Revoke the key: it stops working.
+    page.goto(url + "/keys")
+    page.get_by_role("button", name="Revoke").click()
+    expect(page.locator("tr[data-key]")).to_have_count(0, timeout=WAIT_MS)
+    with httpx.Client(base_url=url, headers={"X-API-Key": key}) as api:
+        assert api.get("/api/v1/capsules").status_code == 401
+
+    # Another team's person sees none of it.
+    eve = browser.new_context()
+    other = eve.new_page()
+    sign_up(other, url, "eve@example.com", "Eve's team")
+    expect(other.locator("tr[data-capsule]")).to_have_count(0)
+    assert other.goto(url + f"/capsules/{cid}").status == 404  # type: ignore[union-attr]
+    other.goto(url + "/keys")
+    expect(other.locator("body")).not_to_contain_text("laptop")
+    other.goto(url + "/members")
+    expect(other.locator("body")).not_to_contain_text("ann@example.com")
+    # A script that leaves out the CSRF token is refused, cookie or not.
+    status = other.evaluate(
+        """() => fetch('/api/v1/capsules', {method: 'POST', body: '{}',
+             headers: {'Content-Type': 'application/json'}}).then(r => r.status)"""
+    )
+    assert status == 403
+    eve.close()
+
+    # Sign out: the pages send Ann back to sign in.
+    page.goto(url + "/capsules")
+    page.get_by_role("button", name="Sign out").click()
+    page.wait_for_url(url + "/signin")
+    page.goto(url + "/capsules")
+    page.wait_for_url(url + "/signin")
+    ann.close()
