@@ -5,6 +5,10 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
+# The dashboard's front-end libraries (xterm.js), exactly as web/package-lock.json pins
+# them, from the npm registry; the control plane serves web/node_modules at /static/vendor.
+# (Defined before `install`: make expands a rule's prerequisites as it reads the rule.)
+WEB_STAMP = web/node_modules/.package-lock.json
 
 .PHONY: run test install system-deps lint typecheck unit integration e2e bench clean
 
@@ -16,9 +20,6 @@ test: install lint typecheck
 
 install: system-deps $(STAMP) $(WEB_STAMP)
 
-# The dashboard's front-end libraries (xterm.js), exactly as web/package-lock.json pins
-# them, from the npm registry; the control plane serves web/node_modules at /static/vendor.
-WEB_STAMP = web/node_modules/.package-lock.json
 $(WEB_STAMP): web/package.json web/package-lock.json
 	npm ci --prefix web --ignore-scripts --no-audit --no-fund
 
