@@ -93,3 +93,25 @@ def test_signup_page_says_when_sign_up_is_off(sqlite_url: str, tmp_path: Path) -
             assert "turned off" in r.text and "data-form" not in r.text
 
     run(sqlite_url, tmp_path, body)
+
+
+def test_keys_page_offers_key_management_to_owners_and_admins_only(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        async with browser(h) as ann, browser(h) as bob:
+            team = (await ann.signup("ann@example.com"))["team_id"]
+            await bob.signup("bob@example.com")
+            members = f"/api/v1/teams/{team}/members"
+            assert (await ann.post(members, json={"email": "bob@example.com"})).status_code == 201
+            assert (await bob.post("/api/v1/auth/switch-team", json={"team_id": team})).is_success
+            await ann.post("/api/v1/api-keys", json={"name": "team-key"})
+
+            owner = (await ann.get("/keys")).text
+            assert 'data-form="key"' in owner and "Revoke</button>" in owner
+            member = (await bob.get("/keys")).text
+            assert "team-key" in member
+            assert 'data-form="key"' not in member and "Revoke</button>" not in member
+            assert "owners and admins" in member
+
+    run(sqlite_url, tmp_path, body)

@@ -351,6 +351,93 @@ def test_members_roles_switch_and_leave(db_url: str, tmp_path: Path) -> None:
     run(db_url, tmp_path, body)
 
 
+def test_only_owners_and_admins_manage_keys_by_session(db_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        async with browser(h) as ann, browser(h) as bob, browser(h) as eve:
+            a = await ann.signup("ann@example.com")
+            team = a["team_id"]
+            b = await bob.signup("bob@example.com")
+            await eve.signup("eve@example.com")
+            members = f"/api/v1/teams/{team}/members"
+            assert (await ann.post(members, json={"email": "bob@example.com"})).status_code == 201
+            assert (await bob.post("/api/v1/auth/switch-team", json={"team_id": team})).is_success
+            made = (await ann.post("/api/v1/api-keys", json={"name": "ann's"})).json()
+            key_id, ann_key = made["id"], made["key"]
+
+            # A member reads the team's keys but makes and revokes none.
+            assert [k["id"] for k in (await bob.get("/api/v1/api-keys")).json()] == [key_id]
+            for r in (
+                await bob.post("/api/v1/api-keys", json={"name": "bob's"}),
+                await bob.delete(f"/api/v1/api-keys/{key_id}"),
+            ):
+                assert r.status_code == 403, r.text
+                assert r.json()["error"]["code"] == "forbidden"
+                assert "owners and admins" in r.json()["error"]["message"]
+            r = await h.client.get("/api/v1/capsules", headers={"X-API-Key": ann_key})
+            assert r.status_code == 200
+            assert [k["id"] for k in (await ann.get("/api/v1/api-keys")).json()] == [key_id]
+
+            # Another team's owner touches none of them: a revoke is 404, a new key is hers.
+            assert (await eve.delete(f"/api/v1/api-keys/{key_id}")).status_code == 404
+            assert (await eve.post("/api/v1/api-keys", json={"name": "eve's"})).status_code == 201
+            assert [k["id"] for k in (await ann.get("/api/v1/api-keys")).json()] == [key_id]
+
+            # A key of the team keeps doing both, whoever made it.
+            as_key = {"X-API-Key": ann_key}
+            r = await h.client.post("/api/v1/api-keys", json={"name": "by key"}, headers=as_key)
+            assert r.status_code == 201, r.text
+            r = await h.client.delete(f"/api/v1/api-keys/{r.json()['id']}", headers=as_key)
+            assert r.status_code == 204
+
+            # An admin may.
+            r = await ann.patch(f"{members}/{b['user']['id']}", json={"role": "admin"})
+            assert r.status_code == 200
+            r = await bob.post("/api/v1/api-keys", json={"name": "bob's"})
+            assert r.status_code == 201, r.text
+            assert (await bob.delete(f"/api/v1/api-keys/{key_id}")).status_code == 204
+
+    run(db_url, tmp_path, body)
+
+
+def test_sign_in_and_sign_out_are_in_the_audit_log(db_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        async with browser(h) as one, browser(h) as two, browser(h) as eve:
+            a = await one.signup("ann@example.com")
+            await eve.signup("eve@example.com")
+            assert (await two.login("ann@example.com", "wrong password")).status_code == 401
+            assert (await two.login("ann@example.com")).status_code == 200
+            assert (await two.post("/api/v1/auth/logout")).status_code == 204
+            assert (await one.post("/api/v1/auth/logout-all")).status_code == 204
+            assert (await one.login("ann@example.com")).status_code == 200
+
+            audit = (await one.get("/api/v1/audit-logs")).json()["items"]
+            auth = [e for e in audit if e["action"].startswith("auth.")]
+            assert [e["action"] for e in auth] == [
+                "auth.login",
+                "auth.logout",
+                "auth.logout",
+                "auth.login",
+            ]
+            assert [e["metadata"].get("scope") for e in auth] == [
+                None,
+                "everywhere",
+                "this",
+                None,
+            ]
+            for e in auth:
+                assert e["resource_id"] == a["user"]["id"]
+                assert e["actor"] == {
+                    "type": "user",
+                    "id": a["user"]["id"],
+                    "name": "ann@example.com",
+                }
+            # Another team's log has none of Ann's comings and goings.
+            theirs = (await eve.get("/api/v1/audit-logs")).json()["items"]
+            assert all(e["actor"]["name"] != "ann@example.com" for e in theirs)
+
+    run(db_url, tmp_path, body)
+
+
 def test_audit_log_pages_and_names_the_actor(sqlite_url: str, tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         async with browser(h) as ann:

@@ -129,6 +129,9 @@ async def login(
         lifetimes=lifetimes,
         user_agent=user_agent,
     )
+    # Failed sign-ins name no team, so only a successful one is in a team's log.
+    spec = EventSpec("auth.login", "user", publicids.format_id(user.id, IdKind.USER), "success")
+    record_nocommit(session, team_id=team_id, spec=spec, actor=person_actor(user), now=now)
     await session.commit()
     return SignedIn(user, row, token)
 

@@ -30,7 +30,7 @@ from . import sessions
 from .accounts import SignedIn
 from .auth import lifetimes_of
 
-MANAGERS = ("owner", "admin")
+MANAGERS = teams.MANAGERS
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,7 @@ def _own_team(ctx: RequestContext, team_id: str) -> uuid.UUID:
 
 
 async def _role_of(ctx: RequestContext, user_id: uuid.UUID) -> str | None:
-    found: str | None = await ctx.session.scalar(
-        select(Membership.role).where(
-            Membership.user_id == user_id, Membership.team_id == ctx.team_id
-        )
-    )
-    return found
+    return await teams.role_in(ctx.session, user_id=user_id, team_id=ctx.team_id)
 
 
 async def _require_manager(ctx: RequestContext) -> str:

@@ -1,13 +1,18 @@
 """A signed-in person's own sessions: sign out, sign out everywhere, list, revoke one.
 
 Owns: these four acts for the request's person (an API key has no sessions: Forbidden).
+Signing out is audited (`auth.logout`, in the log of the session's team).
 Knows nothing of: cookies (routes/auth.py clears them).
 """
 
 from __future__ import annotations
 
+from pywrenn.ids import IdKind
+
+from .. import publicids
 from ..context import RequestContext
 from ..db.models import UserSession
+from ..services.events import EventSpec, record_nocommit
 from . import sessions
 from .auth import lifetimes_of
 from .members import require_person
@@ -18,13 +23,22 @@ async def sign_out(ctx: RequestContext) -> None:
     row = await ctx.session.get(UserSession, ctx.caller.session_id)
     if row is not None and row.revoked_at is None:
         row.revoked_at = ctx.now
+        _audit_logout(ctx, "this")
         await ctx.session.commit()
 
 
 async def sign_out_everywhere(ctx: RequestContext) -> None:
     person = require_person(ctx)
     await sessions.revoke_all_nocommit(ctx.session, user_id=person, now=ctx.now)
+    _audit_logout(ctx, "everywhere")
     await ctx.session.commit()
+
+
+def _audit_logout(ctx: RequestContext, scope: str) -> None:
+    assert ctx.caller.user_id is not None
+    user_id = publicids.format_id(ctx.caller.user_id, IdKind.USER)
+    spec = EventSpec("auth.logout", "user", user_id, "success", metadata={"scope": scope})
+    record_nocommit(ctx.session, team_id=ctx.team_id, spec=spec, actor=ctx.actor, now=ctx.now)
 
 
 async def list_own(ctx: RequestContext) -> list[UserSession]:

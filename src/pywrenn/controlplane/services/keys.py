@@ -29,7 +29,8 @@ from pywrenn.ids import IdKind
 from .. import publicids
 from ..caller import Caller
 from ..db.models import ApiKey, Team
-from ..errors import InvalidInput, NotFound, Unauthorized
+from ..errors import Forbidden, InvalidInput, NotFound, Unauthorized
+from . import teams
 from .events import EventSpec, record_nocommit
 
 if TYPE_CHECKING:
@@ -172,9 +173,21 @@ async def list_own(ctx: RequestContext) -> list[ApiKey]:
     return await list_keys(ctx.session, team_id=ctx.team_id)
 
 
+async def _require_key_manager(ctx: RequestContext) -> None:
+    """A signed-in person manages the team's keys only as an owner or admin. A key caller
+    may: a key already holds everything a new key of its team would."""
+    person = ctx.caller.user_id
+    if person is None:
+        return
+    role = await teams.role_in(ctx.session, user_id=person, team_id=ctx.team_id)
+    if role not in teams.MANAGERS:
+        raise Forbidden("forbidden: only a team's owners and admins create or revoke its API keys")
+
+
 async def create_own(ctx: RequestContext, name: str) -> tuple[ApiKey, str]:
     """A new key for the caller's team: the row and the plaintext (shown this once).
     Audited (`api_key.create`) in the same transaction."""
+    await _require_key_manager(ctx)
     row, plaintext = add_key_nocommit(
         ctx.session, team_id=ctx.team_id, name=name, now=ctx.now, created_by=ctx.caller.user_id
     )
@@ -187,6 +200,7 @@ async def create_own(ctx: RequestContext, name: str) -> tuple[ApiKey, str]:
 async def revoke_own(ctx: RequestContext, key_id: str) -> ApiKey:
     """Revoke one of the caller's team's keys (the one in use, too); audited
     (`api_key.revoke`) when it was live."""
+    await _require_key_manager(ctx)
     row = await get_key(ctx.session, team_id=ctx.team_id, key_id=key_id)
     if row.revoked_at is None:
         row.revoked_at = ctx.now

@@ -21,6 +21,7 @@ from ..db.models import Membership, Team, User
 from ..errors import Conflict, InvalidInput, NotFound
 
 ROLES = ("owner", "admin", "member")
+MANAGERS = ("owner", "admin")  # the roles that manage a team's members and API keys
 _SLUG = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}\Z")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\Z")
 
@@ -127,6 +128,14 @@ async def teams_of(session: AsyncSession, *, user_id: uuid.UUID) -> list[tuple[T
         .order_by(Team.created_at)
     )
     return [(team, role) for team, role in rows]
+
+
+async def role_in(session: AsyncSession, *, user_id: uuid.UUID, team_id: uuid.UUID) -> str | None:
+    """The person's role in the team, or None when they are not a member."""
+    found: str | None = await session.scalar(
+        select(Membership.role).where(Membership.user_id == user_id, Membership.team_id == team_id)
+    )
+    return found
 
 
 async def any_user_exists(session: AsyncSession) -> bool:
