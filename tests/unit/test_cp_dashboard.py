@@ -115,3 +115,45 @@ def test_keys_page_offers_key_management_to_owners_and_admins_only(
             assert "owners and admins" in member
 
     run(sqlite_url, tmp_path, body)
+
+
+def test_capsule_page_has_a_file_browser_over_the_sdks_file_routes(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        async with browser(h) as ann, browser(h) as eve:
+            await ann.signup("ann@example.com")
+            r = await ann.post("/api/v1/capsules", json={})
+            assert r.status_code == 201
+            await h.settle()
+            cid = r.json()["id"]
+
+            page = (await ann.get(f"/capsules/{cid}")).text
+            assert f'id="files" class="card" data-capsule-id="{cid}"' in page
+            assert page.count('id="files"') == 1
+            assert 'data-start="/home/wrenn-user"' in page  # Wrenn's default user's home
+
+            # What the page's script does: the SDK's routes, by cookie, with the CSRF header.
+            files = f"/api/v1/capsules/{cid}/files"
+            name = '/tmp/<img src=x>a&b".txt'  # guest text the script sets only as textContent
+            upload = {"path": (None, name), "file": ("x", b"hello\n")}
+            r = await ann.post(f"{files}/write", files=upload)
+            assert r.status_code == 200 and r.json() == {"path": name}, r.text
+            listed = (await ann.post(f"{files}/list", json={"path": "/tmp", "depth": 1})).json()
+            assert [e["path"] for e in listed["entries"]] == [name]
+            r = await ann.post(f"{files}/read", json={"path": name})
+            assert r.content == b"hello\n"
+            ann.csrf = False
+            r = await ann.post(f"{files}/remove", json={"path": name})
+            assert r.status_code == 403 and r.json()["error"]["code"] == "forbidden"
+            ann.csrf = True
+            assert (await ann.post(f"{files}/remove", json={"path": name})).status_code == 204
+            listed = (await ann.post(f"{files}/list", json={"path": "/tmp"})).json()
+            assert listed["entries"] == []
+
+            # Another team's person reaches none of it.
+            await eve.signup("eve@example.com")
+            r = await eve.post(f"{files}/list", json={"path": "/tmp"})
+            assert r.status_code == 404
+
+    run(sqlite_url, tmp_path, body)

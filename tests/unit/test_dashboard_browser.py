@@ -5,7 +5,7 @@ in a real capsule).
 
 One walk through the pages as a person would: sign up, sign in, make a key and see it
 once, a capsule created elsewhere appearing live, pause and resume, the terminal (typed
-input reaches the capsule, resize is sent), revoke the key, sign out; then another
+input reaches the capsule, resize is sent), the file browser, revoke the key, sign out; then another
 team's person sees none of it, and a request without the CSRF token is refused.
 Screenshots of each page go to `test-output/dashboard/` (docs/dashboard.md lists them).
 """
@@ -125,6 +125,7 @@ def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) 
     expect(row).to_have_attribute("data-status", "running", timeout=WAIT_MS)
 
     # The terminal: what is typed reaches the capsule's PTY, and its output is shown.
+    served.h.fake.capsules[cid].dirs.update({"/home", "/home/wrenn-user"})  # the guest's
     page.get_by_role("link", name=cid).click()
     page.wait_for_url(url + f"/capsules/{cid}")
     terminal = page.locator("#terminal")
@@ -141,6 +142,30 @@ def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) 
     page.wait_for_timeout(500)
     assert len(ptys[-1].sizes) >= 1  # the resize reached the PTY
     shot(page, "capsule-terminal")
+
+    # The file browser: opens at the default user's home; up, into a folder, upload,
+    # download and delete (confirmed); a guest's file name is shown as text.
+    files = page.locator("#files")
+    where = files.locator("[data-files-path]")
+    expect(where).to_have_value("/home/wrenn-user", timeout=WAIT_MS)
+    files.get_by_role("button", name="Up", exact=True).click()
+    expect(where).to_have_value("/home", timeout=WAIT_MS)
+    files.get_by_role("button", name="wrenn-user/").click()
+    expect(where).to_have_value("/home/wrenn-user", timeout=WAIT_MS)
+    name, content = "<img src=x>notes.txt", b"hello files\n"
+    upload = {"name": name, "mimeType": "text/plain", "buffer": content}
+    files.locator("input[type=file]").set_input_files(files=[upload])
+    files.get_by_role("button", name="Upload", exact=True).click()
+    entry = files.locator("tr[data-file-entry]", has_text=name)
+    expect(entry).to_have_count(1, timeout=WAIT_MS)
+    assert fake.files[f"/home/wrenn-user/{name}"] == content
+    shot(page, "capsule-files")
+    with page.expect_download() as got:
+        entry.get_by_role("button", name="Download").click()
+    assert Path(got.value.path()).read_bytes() == content
+    entry.get_by_role("button", name="Delete").click()
+    expect(entry).to_have_count(0, timeout=WAIT_MS)
+    assert f"/home/wrenn-user/{name}" not in fake.files
 
     for name, path in [("members", "/members"), ("audit", "/audit"), ("account", "/account")]:
         page.goto(url + path)

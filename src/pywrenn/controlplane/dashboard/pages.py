@@ -1,5 +1,5 @@
-"""The dashboard's pages: sign in/up, capsules (live), one capsule with its terminal,
-API keys, members, the audit log, the person's sessions.
+"""The dashboard's pages: sign in/up, capsules (live), one capsule with its terminal and
+file browser, API keys, members, the audit log, the person's sessions.
 
 A page finds its person by the session cookie (`people.auth.resolve`) and opens a
 `RequestContext` for them, exactly as the API gate does; without a live session it
@@ -32,6 +32,9 @@ from ..services.capsules import api_id
 HERE = Path(__file__).parent
 # `make install` runs `npm ci` in web/ (package.json + package-lock.json) beside src/.
 VENDOR_DIR = HERE.parents[3] / "web" / "node_modules"
+# Who a capsule's commands run as when its template names nobody (the control plane's
+# default user, docs/images.md), so where the file browser opens.
+DEFAULT_USER = "wrenn-user"
 PAGE_PATHS = ("/", "/signin", "/signup", "/capsules", "/keys", "/members", "/audit", "/account")
 
 _env = Environment(
@@ -181,8 +184,18 @@ async def capsule_page(request: Request, capsule_id: str) -> Response:
             capsule_id=api_id(row),
             capsule=row,
             has_xterm=(VENDOR_DIR / "@xterm" / "xterm" / "lib" / "xterm.js").is_file(),
+            files_start=await _start_dir(ctx, row.template),
             **await _chrome(ctx),
         )
+
+
+async def _start_dir(ctx: RequestContext, template: str) -> str:
+    """Where the file browser opens: the template's workdir, else its user's home."""
+    defaults = await templates.defaults_for(ctx.session, team_id=ctx.team_id, name=template)
+    if defaults.workdir:
+        return defaults.workdir
+    user = defaults.user or DEFAULT_USER
+    return "/root" if user == "root" else f"/home/{user}"
 
 
 @router.get("/keys")

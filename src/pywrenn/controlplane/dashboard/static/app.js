@@ -1,5 +1,6 @@
 // The dashboard's script: forms and buttons call the API with the CSRF header, the
-// capsule list follows the event stream, and the terminal speaks the PTY WebSocket.
+// capsule list follows the event stream, the terminal speaks the PTY WebSocket, and the
+// file browser calls the SDK's file routes. Guest text is only ever set as textContent.
 "use strict";
 
 function cookie(name) {
@@ -149,5 +150,130 @@ function openTerminal() {
   term.focus();
 }
 
+// -- the file browser -------------------------------------------------------------------
+// Every act is the SDK's own route (/api/v1/capsules/{id}/files/...), path in the body.
+function parentOf(path) {
+  const trimmed = path.replace(/\/+$/, "");
+  const cut = trimmed.lastIndexOf("/");
+  return cut <= 0 ? "/" : trimmed.slice(0, cut);
+}
+
+function joinPath(dir, name) {
+  return (dir.endsWith("/") ? dir : dir + "/") + name;
+}
+
+function openFiles() {
+  const box = document.getElementById("files");
+  if (!box) return;
+  const base = "/api/v1/capsules/" + encodeURIComponent(box.dataset.capsuleId) + "/files/";
+  const pathField = box.querySelector("[data-files-path]");
+  const rows = box.querySelector("[data-file-rows]");
+  const status = box.querySelector("[data-files-status]");
+  let current = box.dataset.start || "/";
+
+  function button(label, onClick, danger) {
+    const b = document.createElement("button");
+    b.type = "button";
+    b.textContent = label;
+    if (danger) b.className = "danger";
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  function row(entry) {
+    const tr = document.createElement("tr");
+    tr.dataset.fileEntry = entry.path;
+    const isDir = entry.type === "dir" || entry.type === "directory";
+    const name = document.createElement("td");
+    if (isDir) name.append(button(entry.name + "/", () => list(entry.path)));
+    else name.textContent = entry.name;
+    const size = document.createElement("td");
+    size.textContent = isDir ? "" : String(entry.size);
+    const perms = document.createElement("td");
+    perms.textContent = entry.permissions;
+    const acts = document.createElement("td");
+    if (!isDir) acts.append(button("Download", () => download(entry)));
+    acts.append(button("Delete", () => remove(entry), true));
+    tr.append(name, size, perms, acts);
+    return tr;
+  }
+
+  async function list(path) {
+    try {
+      const found = await call("POST", base + "list", { path, depth: 1 });
+      current = path;
+      pathField.value = path;
+      rows.replaceChildren(...found.entries.map(row));
+      status.textContent = found.entries.length ? "" : "This folder is empty.";
+    } catch (error) {
+      showError(error.message);
+    }
+  }
+
+  async function download(entry) {
+    try {
+      const response = await fetch(base + "read", {
+        method: "POST", credentials: "same-origin",
+        headers: { "X-CSRF-Token": cookie("wrenn_csrf"), "Content-Type": "application/json" },
+        body: JSON.stringify({ path: entry.path }),
+      });
+      if (!response.ok) throw new Error(await failure(response, "download"));
+      const url = URL.createObjectURL(await response.blob());
+      const link = document.createElement("a");
+      link.href = url;
+      link.download = entry.name;
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(url), 10000);
+    } catch (error) {
+      showError(error.message);
+    }
+  }
+
+  async function remove(entry) {
+    if (!confirm("Delete " + entry.path + "?")) return;
+    try {
+      await call("POST", base + "remove", { path: entry.path });
+      await list(current);
+    } catch (error) {
+      showError(error.message);
+    }
+  }
+
+  box.querySelector("[data-files-go]").addEventListener("submit", (event) => {
+    event.preventDefault();
+    list(pathField.value);
+  });
+  box.querySelector("[data-files-up]").addEventListener("click", () => list(parentOf(current)));
+  box.querySelector("[data-files-upload]").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const form = event.target;
+    const file = form.elements.file.files[0];
+    if (!file) return;
+    // The control plane streams the upload, so the path part must come before the file.
+    const body = new FormData();
+    body.append("path", joinPath(current, file.name));
+    body.append("file", file);
+    try {
+      const response = await fetch(base + "write", {
+        method: "POST", credentials: "same-origin",
+        headers: { "X-CSRF-Token": cookie("wrenn_csrf") }, body,
+      });
+      if (!response.ok) throw new Error(await failure(response, "upload"));
+      form.reset();
+      await list(current);
+    } catch (error) {
+      showError(error.message);
+    }
+  });
+  list(current);
+}
+
+async function failure(response, what) {
+  try { return (await response.json()).error.message; } catch (e) { return what + ": " + response.status; }
+}
+
 followEvents();
 openTerminal();
+openFiles();
