@@ -9,13 +9,19 @@ from pathlib import Path
 
 from sqlalchemy import update
 
+from pywrenn.controlplane.dashboard.pages import PAGE_PATHS
 from pywrenn.controlplane.db.models import UserSession
+from pywrenn.controlplane.e2b.gate import is_e2b_path
 from tests.cp_routes import NOW, Harness, run
 from tests.people_client import browser
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
 
-PAGES = ["/capsules", "/keys", "/members", "/audit", "/account"]
+PAGES = ["/capsules", "/capsule-templates", "/keys", "/members", "/audit", "/account"]
+
+
+def test_no_page_path_is_one_of_e2bs_api_paths() -> None:
+    assert not [path for path in PAGE_PATHS if is_e2b_path(path)]
 
 
 def test_pages_need_a_live_session(sqlite_url: str, tmp_path: Path) -> None:
@@ -157,3 +163,39 @@ def test_capsule_page_has_a_file_browser_over_the_sdks_file_routes(
             assert r.status_code == 404
 
     run(sqlite_url, tmp_path, body)
+
+
+def test_templates_page_lists_the_teams_and_deletes_through_the_api(
+    db_url: str, tmp_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        async with browser(h) as ann, browser(h) as eve:
+            await ann.signup("ann@example.com")
+            r = await ann.post("/api/v1/capsules", json={})
+            await h.settle()
+            cid = r.json()["id"]
+            r = await ann.post("/api/v1/snapshots", json={"sandbox_id": cid, "name": "web-1"})
+            assert r.status_code == 201, r.text
+            r = await ann.post("/api/v1/capsules", json={"template": "web-1"})
+            assert r.status_code == 201, r.text
+            await h.settle()
+            child = r.json()["id"]
+
+            page = (await ann.get("/capsule-templates")).text
+            assert 'data-template="web-1"' in page and 'data-template="minimal-ubuntu"' in page
+            # Only the team's own have a delete button: the platform's are protected.
+            assert page.count('data-action="DELETE"') == 1
+            assert 'data-url="/api/v1/snapshots/web-1"' in page
+            await eve.signup("eve@example.com")
+            assert "web-1" not in (await eve.get("/capsule-templates")).text
+
+            # What the button does: in use, the API refuses with a message the page shows.
+            r = await ann.delete("/api/v1/snapshots/web-1")
+            assert r.status_code == 409 and r.json()["error"]["message"]
+            assert (await ann.delete(f"/api/v1/capsules/{child}")).status_code == 204
+            await h.settle()
+            assert (await eve.delete("/api/v1/snapshots/web-1")).status_code == 404
+            assert (await ann.delete("/api/v1/snapshots/web-1")).status_code == 204
+            assert "web-1" not in (await ann.get("/capsule-templates")).text
+
+    run(db_url, tmp_path, body)

@@ -167,7 +167,13 @@ def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) 
     expect(entry).to_have_count(0, timeout=WAIT_MS)
     assert f"/home/wrenn-user/{name}" not in fake.files
 
-    for name, path in [("members", "/members"), ("audit", "/audit"), ("account", "/account")]:
+    pages = [
+        ("templates", "/capsule-templates"),
+        ("members", "/members"),
+        ("audit", "/audit"),
+        ("account", "/account"),
+    ]
+    for name, path in pages:
         page.goto(url + path)
         shot(page, name)
     expect(page.locator("body")).to_contain_text("ann@example.com")

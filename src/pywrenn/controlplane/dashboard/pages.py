@@ -1,5 +1,5 @@
 """The dashboard's pages: sign in/up, capsules (live), one capsule with its terminal and
-file browser, API keys, members, the audit log, the person's sessions.
+file browser, templates and snapshots, API keys, members, the audit log, the person's sessions.
 
 A page finds its person by the session cookie (`people.auth.resolve`) and opens a
 `RequestContext` for them, exactly as the API gate does; without a live session it
@@ -35,7 +35,19 @@ VENDOR_DIR = HERE.parents[3] / "web" / "node_modules"
 # Who a capsule's commands run as when its template names nobody (the control plane's
 # default user, docs/images.md), so where the file browser opens.
 DEFAULT_USER = "wrenn-user"
-PAGE_PATHS = ("/", "/signin", "/signup", "/capsules", "/keys", "/members", "/audit", "/account")
+# E2B's API owns `/templates` and `/snapshots` at the root (e2b/gate.py), hence
+# `/capsule-templates`; the dashboard's tests check no page path is one of E2B's.
+PAGE_PATHS = (
+    "/",
+    "/signin",
+    "/signup",
+    "/capsules",
+    "/capsule-templates",
+    "/keys",
+    "/members",
+    "/audit",
+    "/account",
+)
 
 _env = Environment(
     loader=FileSystemLoader(HERE / "templates"),
@@ -196,6 +208,23 @@ async def _start_dir(ctx: RequestContext, template: str) -> str:
         return defaults.workdir
     user = defaults.user or DEFAULT_USER
     return "/root" if user == "root" else f"/home/{user}"
+
+
+@router.get("/capsule-templates")
+async def template_list(request: Request) -> Response:
+    """The platform's base templates and the team's own (snapshots and builds); deleting
+    one is the SDK's `DELETE /v1/snapshots/{name}`, which refuses one in use (409)."""
+    async with _person(request) as ctx:
+        if ctx is None:
+            return _to_signin()
+        rows = await templates.list_templates(ctx, None)
+        return _render(
+            "templates.html",
+            request,
+            title="Templates",
+            templates=rows,
+            **await _chrome(ctx),
+        )
 
 
 @router.get("/keys")
