@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
@@ -36,16 +37,13 @@ import httpx
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from node import cpu_seconds, free_port  # noqa: E402
 
 TOKEN = "bench-host-token-" + "x" * 32
 IDLE_S = 3.0
 TARGET_MS = 1.5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
@@ -57,11 +55,6 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
         except OSError:
             time.sleep(0.02)
     raise RuntimeError(f"nothing listening on port {port}")
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 # -- the host agent, served by this same script in a child process -------------------------
@@ -199,8 +192,6 @@ def measure(runs: int, profile: str | None) -> dict[str, Any]:
             agent.kill()
         envd.terminate()
         envd.wait(timeout=10)
-        import shutil
-
         shutil.rmtree(root, ignore_errors=True)
 
 
