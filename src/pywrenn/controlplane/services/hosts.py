@@ -96,7 +96,7 @@ async def create_host(
     if len(tags) > MAX_TAGS:
         raise InvalidInput(f"invalid_request: at most {MAX_TAGS} tags")
     if await session.scalar(select(Host.id).where(Host.name == name)) is not None:
-        raise Conflict(f"already_exists: a host named {name!r} exists")
+        raise Conflict(f"conflict: a host named {name!r} exists")
     host = Host(
         id=key,
         name=name,
