@@ -119,7 +119,8 @@ class FakeCapsule:
 class FakeHostAgent:
     """A test double for the host agent's wire API; see the module docstring."""
 
-    def __init__(self, *, now_unix: float = 0.0) -> None:
+    def __init__(self, *, now_unix: float = 0.0, token: str = TOKEN) -> None:
+        self.token = token  # the bearer token it demands (a registered agent's own)
         self.capsules: dict[str, FakeCapsule] = {}
         self.templates: dict[str, str] = {"minimal": ""}  # host name -> source capsule
         self.calls: list[str] = []
@@ -164,7 +165,7 @@ class FakeHostAgent:
                 task.result()  # raises why it could not start
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        client = HostClient(f"http://127.0.0.1:{port}", lambda: TOKEN)
+        client = HostClient(f"http://127.0.0.1:{port}", lambda: self.token)
         try:
             yield client
         finally:
@@ -175,7 +176,7 @@ class FakeHostAgent:
     async def _asgi(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket") and scope["path"].startswith("/proxy/"):
             self.calls.append(f"{scope.get('method', 'WS')} {scope['path']}")
-            await HostAgentGate(self.proxy, token=TOKEN)(scope, receive, send)
+            await HostAgentGate(self.proxy, token=self.token)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -274,7 +275,7 @@ class FakeHostAgent:
         async def envelope(request: Request, call_next: Any) -> Response:
             self.calls.append(f"{request.method} {request.url.path}")
             public = request.url.path == "/health"
-            if not public and request.headers.get("authorization") != f"Bearer {TOKEN}":
+            if not public and request.headers.get("authorization") != f"Bearer {self.token}":
                 return JSONResponse(_err("unauthorized", "bad token"), status_code=401)
             response: Response = await call_next(request)
             return response
