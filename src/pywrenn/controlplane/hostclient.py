@@ -315,6 +315,11 @@ class HostClient:
         return {"Authorization": f"Bearer {self._token()}"}
 
     @property
+    def tls(self) -> ssl.SSLContext | None:
+        """What verifies this agent's certificate (None: the system's CAs)."""
+        return self._tls
+
+    @property
     def bearer_token(self) -> str:
         """The host token, for the port proxy (controlplane/proxy/), which streams to the
         agent's `/proxy/…` on its own connections."""
