@@ -6,10 +6,12 @@ tests/unit/test_dashboard_browser.py."""
 from __future__ import annotations
 
 import asyncio
-from datetime import timedelta
+import uuid
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from sqlalchemy import update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from pywrenn.controlplane import publicids
 from pywrenn.controlplane.dashboard import charts
@@ -336,20 +338,7 @@ def test_usage_page_charts_the_teams_capsule_hours_per_day(sqlite_url: str, tmp_
             # Two days ago, a capsule ran for three hours (the events usage is made from).
             start = NOW - timedelta(days=2)
             async with h.app.state.sessions() as session:
-                for moved, at in (("running", start), ("paused", start + timedelta(hours=3))):
-                    was = "starting" if moved == "running" else "running"
-                    session.add(
-                        Event(
-                            team_id=team,
-                            event="capsule.state.changed",
-                            resource_type="capsule",
-                            resource_id="cl-00000000000000aa",
-                            actor_type="system",
-                            metadata_={"from": was, "to": moved},
-                            created_at=at,
-                        )
-                    )
-                await session.commit()
+                await ran_for(session, team, start=start, hours=3)
             day = start.date().isoformat()
             page = (await ann.get("/usage")).text
             assert f'<tr data-usage-day="{day}"><td>{day}</td><td>3.0</td>' in page
@@ -359,6 +348,28 @@ def test_usage_page_charts_the_teams_capsule_hours_per_day(sqlite_url: str, tmp_
             assert f'data-day="{day}" data-value="0.0"' in other
 
     run(sqlite_url, tmp_path, body)
+
+
+async def ran_for(
+    session: AsyncSession, team_id: uuid.UUID, *, start: datetime, hours: float, capsule: str = ""
+) -> None:
+    """The state changes of a capsule of the team that ran `hours` from `start`: what
+    usage is made from (services/usage.py)."""
+    capsule = capsule or "cl-00000000000000aa"
+    moves = (("starting", "running", start), ("running", "paused", start + timedelta(hours=hours)))
+    for was, moved, at in moves:
+        session.add(
+            Event(
+                team_id=team_id,
+                event="capsule.state.changed",
+                resource_type="capsule",
+                resource_id=capsule,
+                actor_type="system",
+                metadata_={"from": was, "to": moved},
+                created_at=at,
+            )
+        )
+    await session.commit()
 
 
 def test_bar_chart_scales_to_a_round_top() -> None:

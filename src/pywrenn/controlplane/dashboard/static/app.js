@@ -299,8 +299,10 @@ function niceCeiling(value) {  // 1, 2 or 5 × 10^k, as charts.py's
   return 10 * power;
 }
 
-function short(value) {
-  return value >= 100 ? String(Math.round(value)) : String(Math.round(value * 10) / 10);
+function short(value) {  // an axis label: whole from 100, one decimal from 1, else two digits
+  if (value >= 100) return String(Math.round(value));
+  if (value >= 1 || value === 0) return String(Math.round(value * 10) / 10);
+  return String(Number(value.toPrecision(2)));
 }
 
 function lineChart(box, caption, points, range) {
