@@ -1,8 +1,8 @@
 """The dashboard against a real node (host agent + control plane subprocesses, a QEMU
 capsule): a person signs up in Debian's `chromium` (driven by Playwright), creates a
-capsule from the page, sees it come up live, runs `echo hello` in its terminal and sees
-`hello`, sees its charts drawn, uploads a file through the file browser and downloads it back, pauses and
-resumes it, and destroys it. Run under the VM lock."""
+capsule from the page, sees it come up live and its charts drawn, runs `echo hello` in
+its terminal and sees `hello`, uploads a file through the file browser and downloads it
+back, pauses and resumes it, and destroys it. Run under the VM lock."""
 
 from __future__ import annotations
 
