@@ -44,7 +44,13 @@ def test_no_page_path_is_one_of_e2bs_api_paths() -> None:
 def test_pages_need_a_live_session(sqlite_url: str, tmp_path: Path) -> None:
     async def body(h: Harness) -> None:
         async with browser(h) as ann:
-            for path in ["/", *PAGES, "/capsules/cl-0000000000000000"]:
+            for path in [
+                "/",
+                *PAGES,
+                "/capsules/cl-0000000000000000",
+                "/builds/bld-0000000000000000",
+                "/hosts",
+            ]:
                 r = await ann.get(path, follow_redirects=False)
                 assert (r.status_code, r.headers["location"]) == (303, "/signin"), path
             assert (await ann.get("/capsules/rows")).status_code == 401
