@@ -1,12 +1,14 @@
 """The dashboard against a real node (host agent + control plane subprocesses, a QEMU
 capsule): a person signs up in Debian's `chromium` (driven by Playwright), creates a
-capsule from the page, sees it come up live, runs `echo hello` in its terminal and sees
-`hello`, pauses and resumes it, and destroys it. Run under the VM lock."""
+capsule from the page, sees it come up live and its charts drawn, runs `echo hello` in
+its terminal and sees `hello`, uploads a file through the file browser and downloads it
+back, pauses and resumes it, and destroys it. Run under the VM lock."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
@@ -50,6 +52,8 @@ def test_echo_hello_in_a_real_capsules_terminal(node: Node, browser: Browser) ->
     _row_status(page, cid, "running")
 
     page.get_by_role("link", name=cid).click()
+    # The real host's metrics reach the charts (its first samples may take a moment).
+    expect(page.locator("#metrics")).to_have_attribute("data-drawn", "10m", timeout=60_000)
     terminal = page.locator("#terminal")
     expect(terminal.locator(".xterm-rows")).to_be_visible(timeout=60_000)
     page.wait_for_timeout(2000)  # the shell's prompt
@@ -59,6 +63,20 @@ def test_echo_hello_in_a_real_capsules_terminal(node: Node, browser: Browser) ->
     lines = terminal.locator(".xterm-rows > div")
     expect(lines.filter(has_text=re.compile(r"^\s*hello\s*$"))).to_have_count(1, timeout=60_000)
     shot(page, "vm-capsule-terminal")
+
+    # The file browser against the real guest: upload into the user's home, download back.
+    files = page.locator("#files")
+    expect(files.locator("[data-files-path]")).to_have_value("/home/wrenn-user")
+    content = b"hello from the page\n" + bytes(range(256))
+    upload = {"name": "page-upload.bin", "mimeType": "application/octet-stream", "buffer": content}
+    files.locator("input[type=file]").set_input_files(files=[upload])
+    files.get_by_role("button", name="Upload", exact=True).click()
+    entry = files.locator("tr[data-file-entry='/home/wrenn-user/page-upload.bin']")
+    expect(entry).to_have_count(1, timeout=60_000)
+    with page.expect_download() as got:
+        entry.get_by_role("button", name="Download").click()
+    assert Path(got.value.path()).read_bytes() == content
+    shot(page, "vm-capsule-files")
 
     page.goto(url + "/capsules")
     page.locator(f"tr[data-capsule='{cid}']").get_by_role("button", name="Pause").click()

@@ -4,9 +4,11 @@ terminal echoes what is typed; `tests/e2e/test_dashboard_terminal.py` runs `echo
 in a real capsule).
 
 One walk through the pages as a person would: sign up, sign in, make a key and see it
-once, a capsule created elsewhere appearing live, pause and resume, the terminal (typed
-input reaches the capsule, resize is sent), the file browser, revoke the key, sign out; then another
-team's person sees none of it, and a request without the CSRF token is refused.
+once, a capsule created elsewhere appearing live, pause and resume, the capsule's charts
+and processes (kill one), the terminal (typed input reaches the capsule, resize is sent),
+the file browser, a build followed live and one cancelled, usage, revoke the key, sign
+out; then another team's person sees none of it, and a request without the CSRF token is
+refused; the operator sees the hosts page, which others get 404 from.
 Screenshots of each page go to `test-output/dashboard/` (docs/dashboard.md lists them).
 """
 
@@ -14,16 +16,21 @@ from __future__ import annotations
 
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from sqlalchemy import select
 
-from tests.cp_routes import Harness, harness
+from pywrenn.controlplane.db.models import Membership, User
+from pywrenn.controlplane.people import accounts
+from tests.cp_routes import NOW, Harness, harness
 from tests.fuzzing import LoopThread, entered_in_thread, serve_asgi
+from tests.unit.test_cp_dashboard import ran_for
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
 
@@ -76,6 +83,33 @@ def sign_up(page: Page, url: str, email: str, team: str) -> None:
     page.wait_for_url(url + "/capsules")
 
 
+def seed_usage(served: Served, email: str) -> None:
+    """Hours the person's team ran capsules on the last few days (the clock is fixed)."""
+
+    async def seed() -> None:
+        async with served.h.app.state.sessions() as session:
+            team = await session.scalar(
+                select(Membership.team_id).join(User).where(User.email == email)
+            )
+            assert team is not None
+            for days_ago, hours in ((1, 5.5), (2, 3.0), (4, 12.0), (9, 1.25)):
+                start = NOW - timedelta(days=days_ago, hours=-1)
+                await ran_for(
+                    session, team, start=start, hours=hours, capsule=f"cl-{days_ago:016x}"
+                )
+
+    served.thread.run(seed())
+
+
+def on_loop(served: Served, act: Callable[[], object]) -> None:
+    """Run `act` on the app's loop (the fake's gates are that loop's asyncio events)."""
+
+    async def call() -> None:
+        act()
+
+    served.thread.run(call())
+
+
 def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) -> None:
     if SHOTS.exists():
         shutil.rmtree(SHOTS)
@@ -124,10 +158,34 @@ def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) 
     row.get_by_role("button", name="Resume").click()
     expect(row).to_have_attribute("data-status", "running", timeout=WAIT_MS)
 
-    # The terminal: what is typed reaches the capsule's PTY, and its output is shown.
+    # The capsule's charts, one a resource, over the host's three rings.
     served.h.fake.capsules[cid].dirs.update({"/home", "/home/wrenn-user"})  # the guest's
+    with httpx.Client(base_url=url, headers={"X-API-Key": key}) as api:
+        run = {"cmd": "sleep", "args": ["600"], "background": True, "tag": "sleeper"}
+        sleeper = api.post(f"/api/v1/capsules/{cid}/exec", json=run).json()["pid"]
     page.get_by_role("link", name=cid).click()
     page.wait_for_url(url + f"/capsules/{cid}")
+    metrics = page.locator("#metrics")
+    expect(metrics).to_have_attribute("data-drawn", "10m", timeout=WAIT_MS)
+    expect(metrics.locator("svg.chart polyline")).to_have_count(3)
+    metrics.get_by_role("button", name="2 h").click()
+    expect(metrics).to_have_attribute("data-drawn", "2h", timeout=WAIT_MS)
+    expect(metrics.get_by_role("button", name="2 h")).to_have_attribute("aria-pressed", "true")
+    expect(metrics.get_by_role("button", name="10 min")).to_have_attribute("aria-pressed", "false")
+    metrics.get_by_role("button", name="24 h").click()
+    expect(metrics).to_have_attribute("data-drawn", "24h", timeout=WAIT_MS)
+
+    # Its processes: the one started with the key is listed, killed (confirmed), gone.
+    processes = page.locator("#processes")
+    row_of = processes.locator(f"tr[data-pid='{sleeper}']")
+    expect(row_of).to_contain_text("sleep 600", timeout=WAIT_MS)
+    expect(row_of).to_contain_text("sleeper")
+    shot(page, "capsule-resources")
+    row_of.get_by_role("button", name="Kill").click()
+    expect(row_of).to_have_count(0, timeout=WAIT_MS)
+    assert served.h.fake.capsules[cid].processes[sleeper].exit_code == -9
+
+    # The terminal: what is typed reaches the capsule's PTY, and its output is shown.
     terminal = page.locator("#terminal")
     expect(terminal.locator(".xterm-rows")).to_be_visible(timeout=WAIT_MS)
     page.wait_for_timeout(500)
@@ -167,6 +225,41 @@ def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) 
     expect(entry).to_have_count(0, timeout=WAIT_MS)
     assert f"/home/wrenn-user/{name}" not in fake.files
 
+    # A build from the page: its output followed live, then how it ended.
+    served.h.fake.scripts["make"] = (b"compiled <b>ok</b>\n", b"warning: none\n", 0)
+    page.get_by_role("link", name="Builds").click()
+    page.get_by_label("Template name").fill("app")
+    page.get_by_label("Recipe").fill("RUN make")
+    page.get_by_role("button", name="Start build").click()
+    page.wait_for_url(re.compile(re.escape(url) + r"/builds/bld-"))
+    log = page.locator("#build-log")
+    expect(log).to_contain_text("compiled <b>ok</b>", timeout=WAIT_MS)
+    expect(page.locator("[data-build-status]")).to_have_text("succeeded", timeout=WAIT_MS)
+    expect(log).to_have_attribute("data-complete", "true", timeout=WAIT_MS)
+    shot(page, "build-log")
+    # One held at its capsule's boot, cancelled from its page (confirmed).
+    on_loop(served, served.h.fake.create_gate.clear)
+    page.goto(url + "/builds")
+    page.get_by_label("Template name").fill("slow")
+    page.get_by_label("Recipe").fill("RUN make")
+    page.get_by_role("button", name="Start build").click()
+    page.wait_for_url(re.compile(re.escape(url) + r"/builds/bld-"))
+    page.get_by_role("button", name="Cancel build").click()
+    expect(page.locator("[data-build-status]")).to_have_text("cancelled", timeout=WAIT_MS)
+    on_loop(served, served.h.fake.create_gate.set)
+    page.goto(url + "/builds")
+    expect(page.locator("tr[data-build]")).to_have_count(2)
+    shot(page, "builds")
+
+    # Usage: capsule-hours per day, one bar a day.
+    seed_usage(served, "ann@example.com")
+    page.get_by_role("link", name="Usage").click()
+    chart = page.locator("svg[data-usage-chart]")
+    expect(chart.locator("rect.bar")).to_have_count(30)
+    day = (NOW - timedelta(days=4)).date().isoformat()
+    expect(chart.locator(f"rect[data-day='{day}']")).to_have_attribute("data-value", "12.0")
+    shot(page, "usage")
+
     pages = [
         ("templates", "/capsule-templates"),
         ("members", "/members"),
@@ -186,6 +279,11 @@ def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) 
     phone.goto(url + "/capsules")
     expect(phone.locator(f"tr[data-capsule='{cid}']")).to_be_visible()
     shot(phone, "capsules-phone")
+    phone.goto(url + f"/capsules/{cid}")
+    expect(phone.locator("#metrics")).to_have_attribute("data-drawn", "10m", timeout=WAIT_MS)
+    box = phone.locator("#metrics svg.chart").first.bounding_box()
+    assert box is not None and box["x"] + box["width"] <= 390  # the charts fit the phone
+    shot(phone, "capsule-phone")
     phone.close()
 
     # Revoke the key: it stops working.
@@ -212,6 +310,31 @@ def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) 
     )
     assert status == 403
     eve.close()
+
+    # Hosts are for the operator (`wrenn up`'s admin@localhost); anyone else gets 404.
+    assert page.goto(url + "/hosts").status == 404  # type: ignore[union-attr]
+    expect(page.get_by_role("link", name="Hosts")).to_have_count(0)
+
+    async def operator_password() -> None:
+        async with served.h.app.state.sessions() as session:
+            await accounts.set_password(
+                session, email="admin@localhost", password=PASSWORD, now=NOW
+            )
+
+    served.thread.run(operator_password())
+    admin = browser.new_context(viewport={"width": 1200, "height": 800})
+    op = admin.new_page()
+    op.goto(url + "/signin")
+    op.get_by_label("Email").fill("admin@localhost")
+    op.get_by_label("Password").fill(PASSWORD)
+    op.get_by_role("button", name="Sign in").click()
+    op.wait_for_url(url + "/capsules")
+    op.get_by_role("link", name="Hosts").click()
+    hosts = op.locator("tr[data-host]")
+    expect(hosts).to_have_count(1)
+    expect(hosts.locator("td[data-running]")).to_have_text("2")  # Ann's two, every team's
+    shot(op, "hosts")
+    admin.close()
 
     # Sign out: the pages send Ann back to sign in.
     page.goto(url + "/capsules")

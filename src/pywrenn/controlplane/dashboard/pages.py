@@ -1,5 +1,6 @@
-"""The dashboard's pages: sign in/up, capsules (live), one capsule with its terminal and
-file browser, templates and snapshots, API keys, members, the audit log, the person's sessions.
+"""The dashboard's pages: sign in/up, capsules (live), one capsule with its charts,
+processes, terminal and file browser, templates and snapshots, builds with their logs,
+usage, API keys, members, the audit log, the person's sessions, and hosts for operators.
 
 A page finds its person by the session cookie (`people.auth.resolve`) and opens a
 `RequestContext` for them, exactly as the API gate does; without a live session it
@@ -26,8 +27,10 @@ from ..context import RequestContext
 from ..errors import NotFound, Unauthorized
 from ..people import audit, auth, members, mysessions
 from ..people.cookies import CSRF_COOKIE
-from ..services import capsules, keys, templates
+from ..schemas.builds import BuildPublic
+from ..services import builds, capsules, keys, templates, usage
 from ..services.capsules import api_id
+from . import charts, hostsview
 
 HERE = Path(__file__).parent
 # `make install` runs `npm ci` in web/ (package.json + package-lock.json) beside src/.
@@ -35,6 +38,9 @@ VENDOR_DIR = HERE.parents[3] / "web" / "node_modules"
 # Who a capsule's commands run as when its template names nobody (the control plane's
 # default user, docs/images.md), so where the file browser opens.
 DEFAULT_USER = "wrenn-user"
+# The capsule page's chart ranges: the host agent's three rings (hostagent/metrics.py).
+METRIC_RANGES = {"10m": "10 min", "2h": "2 h", "24h": "24 h"}
+USAGE_DAYS = 30
 # E2B's API owns `/templates` and `/snapshots` at the root (e2b/gate.py), hence
 # `/capsule-templates`; the dashboard's tests check no page path is one of E2B's.
 PAGE_PATHS = (
@@ -43,6 +49,9 @@ PAGE_PATHS = (
     "/signup",
     "/capsules",
     "/capsule-templates",
+    "/builds",
+    "/usage",
+    "/hosts",
     "/keys",
     "/members",
     "/audit",
@@ -133,6 +142,7 @@ async def _chrome(ctx: RequestContext) -> dict[str, Any]:
         "team": current,
         "team_api_id": ctx.caller.team_api_id,
         "role": next((role for t, role in teams if t.id == ctx.team_id), ""),
+        "operator": user.is_admin,
     }
 
 
@@ -197,6 +207,7 @@ async def capsule_page(request: Request, capsule_id: str) -> Response:
             capsule=row,
             has_xterm=(VENDOR_DIR / "@xterm" / "xterm" / "lib" / "xterm.js").is_file(),
             files_start=await _start_dir(ctx, row.template),
+            metric_ranges=METRIC_RANGES,
             **await _chrome(ctx),
         )
 
@@ -225,6 +236,63 @@ async def template_list(request: Request) -> Response:
             templates=rows,
             **await _chrome(ctx),
         )
+
+
+@router.get("/builds")
+async def build_list(request: Request) -> Response:
+    """The team's builds, newest first, and a form that starts one (`POST /v1/builds`)."""
+    async with _person(request) as ctx:
+        if ctx is None:
+            return _to_signin()
+        rows = [BuildPublic.of(row) for row in await builds.list_builds(ctx)]
+        return _render("builds.html", request, title="Builds", builds=rows, **await _chrome(ctx))
+
+
+@router.get("/builds/{build_id}")
+async def build_page(request: Request, build_id: str) -> Response:
+    """One build: its steps, its output followed live (`GET /v1/builds/{id}/logs?after=`)
+    and a cancel button while it is queued or running."""
+    async with _person(request) as ctx:
+        if ctx is None:
+            return _to_signin()
+        try:
+            row = BuildPublic.of(await builds.get(ctx, build_id))
+        except NotFound:
+            return _render("missing.html", request, title="Not found", what=build_id, status=404)
+        return _render("build.html", request, title=row.name, build=row, **await _chrome(ctx))
+
+
+@router.get("/usage")
+async def usage_page(request: Request) -> Response:
+    """Capsule-hours per UTC day over the last 30 days, drawn on the server as SVG."""
+    async with _person(request) as ctx:
+        if ctx is None:
+            return _to_signin()
+        days = await usage.team_daily_hours(ctx, days=USAGE_DAYS)
+        chart = charts.bar_chart([(d.day.isoformat(), d.capsule_hours) for d in days])
+        return _render(
+            "usage.html",
+            request,
+            title="Usage",
+            days=days,
+            chart=chart,
+            total=round(sum(d.capsule_hours for d in days), 3),
+            **await _chrome(ctx),
+        )
+
+
+@router.get("/hosts")
+async def host_list(request: Request) -> Response:
+    """The platform's hosts, for operators (`users.is_admin`) only: anyone else gets the
+    same 404 as a page that does not exist."""
+    async with _person(request) as ctx:
+        if ctx is None:
+            return _to_signin()
+        chrome = await _chrome(ctx)
+        if not chrome["operator"]:
+            return _render("missing.html", request, title="Not found", what="", status=404)
+        rows = await hostsview.host_rows(ctx)
+        return _render("hosts.html", request, title="Hosts", hosts=rows, **chrome)
 
 
 @router.get("/keys")

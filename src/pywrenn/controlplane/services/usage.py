@@ -2,9 +2,10 @@
 
 Owns: turning `capsule.state.changed` events into running intervals per capsule, and those
 into the SDK's `CapsuleStats` (current, 30-day peaks, a series) and `UsageResponse`
-(daily cpu-minutes and RAM-MB-minutes). Pure functions over intervals do the arithmetic;
-one query per request fetches the events. No sampler table is needed: every move into or
-out of `running` is an event with its time.
+(daily cpu-minutes and RAM-MB-minutes), and the dashboard's daily capsule-hours
+(`team_daily_hours`: the SDK's usage has no per-capsule count). Pure functions over
+intervals do the arithmetic; one query per request fetches the events. No sampler table
+is needed: every move into or out of `running` is an event with its time.
 """
 
 from __future__ import annotations
@@ -102,19 +103,53 @@ def daily_usage(
 ) -> list[tuple[date, float, float]]:
     """(day, cpu-minutes, RAM-MB-minutes) for each UTC day from `first` to `last`."""
     out = []
-    day = first
-    while day <= last:
-        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
-        end = start + timedelta(days=1)
+    for day, start, end in _days(first, last):
         cpu = ram = 0.0
         for i in intervals:
-            overlap = min(end, i.end or now, now) - max(start, i.start)
-            minutes = max(overlap.total_seconds(), 0.0) / 60.0
+            minutes = _minutes_within(i, start, end, now)
             cpu += minutes * i.vcpus
             ram += minutes * i.memory_mb
         out.append((day, round(cpu, 3), round(ram, 3)))
-        day += timedelta(days=1)
     return out
+
+
+@dataclass(frozen=True)
+class DayHours:
+    """One UTC day of a team's running capsules, in hours (the dashboard's usage chart)."""
+
+    day: date
+    capsule_hours: float  # each running capsule counts one, whatever its size
+    vcpu_hours: float
+    memory_gib_hours: float
+
+
+def daily_hours(
+    intervals: list[Interval], *, first: date, last: date, now: datetime
+) -> list[DayHours]:
+    """Capsule-hours (and vCPU- and GiB-hours) for each UTC day from `first` to `last`."""
+    out = []
+    for day, start, end in _days(first, last):
+        capsules = vcpus = memory = 0.0
+        for i in intervals:
+            hours = _minutes_within(i, start, end, now) / 60.0
+            capsules += hours
+            vcpus += hours * i.vcpus
+            memory += hours * i.memory_mb / 1024.0
+        out.append(DayHours(day, round(capsules, 3), round(vcpus, 3), round(memory, 3)))
+    return out
+
+
+def _days(first: date, last: date) -> Iterable[tuple[date, datetime, datetime]]:
+    day = first
+    while day <= last:
+        start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+        yield day, start, start + timedelta(days=1)
+        day += timedelta(days=1)
+
+
+def _minutes_within(i: Interval, start: datetime, end: datetime, now: datetime) -> float:
+    overlap = min(end, i.end or now, now) - max(start, i.start)
+    return max(overlap.total_seconds(), 0.0) / 60.0
 
 
 async def team_intervals(
@@ -177,3 +212,12 @@ async def capsule_usage(
         for day, cpu, ram in daily_usage(intervals, first=first, last=last, now=now)
     ]
     return UsageResponse(from_=first, to=last, points=points)
+
+
+async def team_daily_hours(ctx: RequestContext, *, days: int) -> list[DayHours]:
+    """The caller's team's last `days` UTC days (today included), for the dashboard."""
+    now = ctx.now
+    first = now.date() - timedelta(days=days - 1)
+    start = datetime(first.year, first.month, first.day, tzinfo=UTC)
+    intervals = await team_intervals(ctx.session, team_id=ctx.team_id, since=start)
+    return daily_hours(intervals, first=first, last=now.date(), now=now)

@@ -1,6 +1,8 @@
 // The dashboard's script: forms and buttons call the API with the CSRF header, the
-// capsule list follows the event stream, the terminal speaks the PTY WebSocket, and the
-// file browser calls the SDK's file routes. Guest text is only ever set as textContent.
+// capsule list follows the event stream, the terminal speaks the PTY WebSocket, the
+// file browser calls the SDK's file routes, the capsule's charts are drawn as inline SVG
+// from its metrics, its processes are listed and killed, and a build's output is followed.
+// Guest text is only ever set as textContent.
 "use strict";
 
 function cookie(name) {
@@ -34,6 +36,7 @@ async function call(method, url, body) {
 function then(target, result) {
   if (target === "reload") location.reload();
   else if (target === "stay") refreshCapsules();
+  else if (target === "build") location.assign("/builds/" + encodeURIComponent(result.id));
   else if (target === "show-key") {
     document.querySelector("[data-new-key-value]").textContent = result.key;
     document.querySelector("[data-new-key]").hidden = false;
@@ -274,6 +277,184 @@ async function failure(response, what) {
   try { return (await response.json()).error.message; } catch (e) { return what + ": " + response.status; }
 }
 
+// -- the capsule's charts ----------------------------------------------------------------
+// `GET /api/v1/capsules/{id}/metrics?range=` over the host's rings (10 min at 5 s steps,
+// 2 h at 1 min, 24 h at 10 min); each chart is redrawn at its ring's step.
+const SVG_NS = "http://www.w3.org/2000/svg";
+const RANGE_SECONDS = { "10m": 600, "2h": 7200, "24h": 86400 };
+const RANGE_STEP_MS = { "10m": 5000, "2h": 60000, "24h": 600000 };
+const MIB = 1024 * 1024;
+
+function svg(name, attrs, text) {
+  const node = document.createElementNS(SVG_NS, name);
+  for (const [key, value] of Object.entries(attrs || {})) node.setAttribute(key, String(value));
+  if (text !== undefined) node.textContent = text;
+  return node;
+}
+
+function niceCeiling(value) {  // 1, 2 or 5 × 10^k, as charts.py's
+  if (!(value > 0)) return 1;
+  const power = Math.pow(10, Math.floor(Math.log10(value)));
+  for (const step of [1, 2, 5, 10]) if (value <= step * power) return step * power;
+  return 10 * power;
+}
+
+function short(value) {  // an axis label: whole from 100, one decimal from 1, else two digits
+  if (value >= 100) return String(Math.round(value));
+  if (value >= 1 || value === 0) return String(Math.round(value * 10) / 10);
+  return String(Number(value.toPrecision(2)));
+}
+
+function lineChart(box, caption, points, range) {
+  const W = 320, H = 130, L = 36, R = 6, T = 8, B = 18;
+  const span = RANGE_SECONDS[range];
+  const end = points.length ? points[points.length - 1].t : 0;
+  const top = niceCeiling(Math.max(0, ...points.map((p) => p.v)));
+  const x = (t) => L + (W - L - R) * (1 - (end - t) / span);
+  const y = (v) => T + (H - T - B) * (1 - v / top);
+  const latest = points.length ? short(points[points.length - 1].v) : "none";
+  const chart = svg("svg", {
+    viewBox: `0 0 ${W} ${H}`, role: "img", class: "chart",
+    "aria-label": `${caption}, last ${range}: latest ${latest}, scale 0 to ${short(top)}`,
+  });
+  chart.append(
+    svg("line", { x1: L, y1: y(0), x2: W - R, y2: y(0), class: "axis" }),
+    svg("line", { x1: L, y1: y(top), x2: W - R, y2: y(top), class: "grid" }),
+    svg("text", { x: L - 4, y: y(top) + 4, "text-anchor": "end" }, short(top)),
+    svg("text", { x: L - 4, y: y(0) + 4, "text-anchor": "end" }, "0"),
+    svg("text", { x: L, y: H - 4 }, "−" + range),
+    svg("text", { x: W - R, y: H - 4, "text-anchor": "end" }, "now"),
+  );
+  if (points.length) {
+    const line = points.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ");
+    chart.append(svg("polyline", { points: line, class: "series" }));
+  } else {
+    chart.append(svg("text", { x: (W + L) / 2, y: H / 2, "text-anchor": "middle" }, "no samples yet"));
+  }
+  box.replaceChildren(chart);
+}
+
+function openMetrics() {
+  const box = document.getElementById("metrics");
+  if (!box) return;
+  const url = "/api/v1/capsules/" + encodeURIComponent(box.dataset.capsuleId) + "/metrics?range=";
+  let timer = null;
+  async function draw() {
+    const range = box.dataset.range;
+    clearTimeout(timer);
+    try {
+      const found = await call("GET", url + encodeURIComponent(range));
+      const series = (pick) => found.points.map((p) => ({ t: p.timestamp_unix, v: pick(p) }));
+      lineChart(box.querySelector("[data-chart=cpu]"), "CPU %", series((p) => p.cpu_pct), range);
+      lineChart(box.querySelector("[data-chart=memory]"), "Memory MiB", series((p) => p.mem_bytes / MIB), range);
+      lineChart(box.querySelector("[data-chart=disk]"), "Disk MiB", series((p) => p.disk_bytes / MIB), range);
+      box.dataset.drawn = range;
+    } catch (error) {
+      showError(error.message);
+      return;  // a paused or destroyed capsule has no metrics: stop asking
+    }
+    timer = setTimeout(draw, RANGE_STEP_MS[range]);
+  }
+  for (const button of box.querySelectorAll("[data-metrics-range]")) {
+    button.addEventListener("click", () => {
+      for (const other of box.querySelectorAll("[data-metrics-range]")) {
+        other.setAttribute("aria-pressed", String(other === button));
+      }
+      box.dataset.range = button.dataset.metricsRange;
+      draw();
+    });
+  }
+  draw();
+}
+
+// -- the capsule's processes -------------------------------------------------------------
+function openProcesses() {
+  const box = document.getElementById("processes");
+  if (!box) return;
+  const base = "/api/v1/capsules/" + encodeURIComponent(box.dataset.capsuleId) + "/processes";
+  const rows = box.querySelector("[data-process-rows]");
+  const status = box.querySelector("[data-processes-status]");
+
+  function row(process) {
+    const tr = document.createElement("tr");
+    tr.dataset.pid = String(process.pid);
+    const command = [process.cmd, ...(process.args || [])].join(" ");
+    for (const text of [String(process.pid), process.tag || "", command]) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.append(td);
+    }
+    const acts = document.createElement("td");
+    const kill = document.createElement("button");
+    kill.type = "button";
+    kill.className = "danger";
+    kill.textContent = "Kill";
+    kill.addEventListener("click", async () => {
+      if (!confirm("Kill process " + process.pid + " (" + command + ")?")) return;
+      kill.disabled = true;
+      try {
+        await call("DELETE", base + "/" + process.pid);
+        await load();
+      } catch (error) {
+        showError(error.message);
+        kill.disabled = false;
+      }
+    });
+    acts.append(kill);
+    tr.append(acts);
+    return tr;
+  }
+
+  async function load() {
+    try {
+      const found = await call("GET", base);
+      rows.replaceChildren(...found.processes.map(row));
+      status.textContent = found.processes.length ? "" : "No processes.";
+    } catch (error) {
+      showError(error.message);
+    }
+  }
+  box.querySelector("[data-processes-refresh]").addEventListener("click", load);
+  load();
+}
+
+// -- a build's output, followed ----------------------------------------------------------
+// `GET /api/v1/builds/{id}/logs?after=N` pages through the stored lines; polled once a
+// second until the build ends, then the page reloads once to show how it ended.
+const BUILD_POLL_MS = 1000;
+
+function followBuild() {
+  const log = document.getElementById("build-log");
+  if (!log) return;
+  const url = "/api/v1/builds/" + encodeURIComponent(log.dataset.buildId) + "/logs?after=";
+  let cursor = 0;
+  async function poll() {
+    let page;
+    try {
+      page = await call("GET", url + cursor);
+    } catch (error) {
+      showError(error.message);
+      return;
+    }
+    const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    for (const line of page.lines) {
+      const span = document.createElement("span");
+      span.className = "log-" + line.stream;
+      span.textContent = line.text;
+      log.append(span);
+    }
+    if (atEnd) log.scrollTop = log.scrollHeight;
+    cursor = page.next;
+    if (!page.done) setTimeout(poll, BUILD_POLL_MS);
+    else if (log.dataset.active === "true") location.reload();
+    else log.dataset.complete = "true";
+  }
+  poll();
+}
+
 followEvents();
 openTerminal();
 openFiles();
+openMetrics();
+openProcesses();
+followBuild();
