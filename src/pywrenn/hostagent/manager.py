@@ -95,13 +95,17 @@ class SandboxManager:
             network = LinuxHostNetwork(dns_upstreams=settings.dns_upstreams)
         self.network: HostNetwork = network
         self.connect_guest = connect_guest
-        self.slots = SlotAllocator(self.layout)
+        first_slot, last_slot = settings.slots
+        self.slots = SlotAllocator(self.layout, first=first_slot, last=last_slot)
         self._capsules: dict[str, Capsule] = {}
         self._auto_paused: list[str] = []
         self._draining = False
         # False when the agent stops because its parent (`wrenn up`) died: VMs are left
         # running for the next agent to re-adopt, instead of paused (see server.py).
         self.pause_on_shutdown = True
+        # Told of state changes the agent makes on its own (events.EventQueue.report when
+        # the host is registered with a control plane); must not block or raise.
+        self.report_event: EventHook = _no_events
         self.spawner = Spawner()
         self.base = BaseSnapshots(
             layout=self.layout,
