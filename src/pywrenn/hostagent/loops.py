@@ -28,10 +28,13 @@ from pywrenn.hostagent.capsule import Capsule
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.metrics import MetricPoint
 from pywrenn.hostagent.states import CapsuleState
+from pywrenn.vmm import VMState
 
 log = logging.getLogger("pywrenn.hostagent.loops")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+# The longest the runtime may take to say whether one capsule's VM still exists.
+VM_CHECK_TIMEOUT_S = 2.0
 # The longest one capsule's sample may take (the guest's /metrics call included); a
 # guest that stalls loses its own sample and nobody else's.
 SAMPLE_TIMEOUT_S = 5.0
@@ -70,8 +73,44 @@ def due_for_pause(capsule: Capsule, now: float) -> bool:
 
 
 async def reaper_loop(manager: SandboxManager) -> None:
-    """Pause capsules idle past their timeout (pause, never destroy: work is kept)."""
-    await supervise("reaper", manager.settings.reaper_interval_s, lambda: reap_once(manager))
+    """Pause capsules idle past their timeout (pause, never destroy: work is kept), and
+    mark failed the running capsules whose VM process is gone."""
+
+    async def step() -> None:
+        await reap_once(manager)
+        await find_dead_vms(manager)
+
+    await supervise("reaper", manager.settings.reaper_interval_s, step)
+
+
+async def find_dead_vms(manager: SandboxManager) -> list[str]:
+    """Running capsules whose VM process has exited become failed (an `error` event for
+    the control plane); their files stay until a destroy. A VM whose state cannot be
+    read is left alone: only a runtime that says "gone" counts."""
+    found: list[str] = []
+    for capsule in manager.capsules():
+        vm = capsule.vm
+        if capsule.state is not CapsuleState.RUNNING or vm is None:
+            continue
+        try:
+            async with asyncio.timeout(VM_CHECK_TIMEOUT_S):
+                gone = (await manager.runtime.info(vm)).state is VMState.GONE
+        except Exception as exc:
+            log.debug("reaper: state of %s unknown: %r", capsule.capsule_id, exc)
+            continue
+        if not gone or capsule.lifecycle.locked():
+            continue  # an operation in progress decides for itself
+        async with capsule.lifecycle:
+            if capsule.state is not CapsuleState.RUNNING or capsule.vm is not vm:
+                continue
+            log.warning(
+                "reaper: VM of %s (pid %d) is gone; capsule failed", capsule.capsule_id, vm.pid
+            )
+            capsule.move_to(CapsuleState.FAILED)
+            await manager.steps.close_guest(capsule)
+        manager.report_event(capsule.capsule_id, CapsuleState.FAILED, "VM process exited")
+        found.append(capsule.capsule_id)
+    return found
 
 
 async def reap_once(manager: SandboxManager) -> None:

@@ -6,7 +6,7 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pywrenn.config import DEFAULT_WRENN_DIR, parse_listen
@@ -62,6 +62,12 @@ class HostAgentSettings(BaseSettings):
     # machine, each with its own WRENN_DIR and a disjoint range, never share a namespace,
     # TAP, veth, address or per-capsule rule, and sweep only their own.
     slots: Annotated[tuple[int, int], NoDecode] = (1, MAX_SLOT)
+    # HTTPS for the agent's API: both or neither (WRENN_AGENT_TLS_CERT, _KEY: PEM files).
+    agent_tls_cert: Path | None = None
+    agent_tls_key: Path | None = None
+    # The CA that signed an https control plane's certificate (WRENN_CP_CA); None: the
+    # system's trust store.
+    cp_ca: Path | None = None
 
     @field_validator("host_token")
     @classmethod
@@ -106,6 +112,14 @@ class HostAgentSettings(BaseSettings):
         if not 1 <= first <= last <= MAX_SLOT:
             raise ValueError(f"invalid: slot range {first}-{last} is outside 1..{MAX_SLOT}")
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HostAgentSettings:
+        if (self.agent_tls_cert is None) != (self.agent_tls_key is None):
+            raise ValueError(
+                "invalid: set both WRENN_AGENT_TLS_CERT and WRENN_AGENT_TLS_KEY, or neither"
+            )
+        return self
 
     @field_validator("agent_listen")
     @classmethod
