@@ -82,6 +82,7 @@ async def register_host(
     """Register with a one-time token, saving (replacing) the credentials file; the
     heartbeat interval the control plane asked for. Runs on its own loop and client
     before serving."""
+    settings.dir.mkdir(parents=True, exist_ok=True)  # its filesystem's size is a spec
     client = _client(registration.control_plane, settings.cp_ca)
     try:
         _, interval = await register(

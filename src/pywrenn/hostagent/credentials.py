@@ -19,9 +19,8 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pywrenn.layout import Layout
 from pywrenn.vmm import fsync_dir
-
-CREDENTIALS_FILE = "host-credentials.json"
 
 
 class CredentialsError(Exception):
@@ -78,7 +77,7 @@ def parse_time(value: object) -> datetime:
 
 
 def credentials_path(wrenn_dir: Path) -> Path:
-    return wrenn_dir / CREDENTIALS_FILE
+    return Layout(wrenn_dir).host_credentials_file
 
 
 def load(path: Path) -> Credentials | None:
