@@ -28,7 +28,7 @@ from pywrenn.hostagent.cpclient import MAX_ANSWER_BYTES, ControlPlaneError, Unau
 from pywrenn.hostagent.events import CapsuleEvent, EventQueue, push_events
 from pywrenn.hostagent.heartbeat import heartbeat_loop, host_load
 from pywrenn.hostagent.manager import CreateRequest
-from pywrenn.hostagent.server import stop_when_host_deleted
+from pywrenn.hostagent.server import join_cluster, stop_when_host_deleted
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.states import CapsuleState
 from tests.fake_host import FakeHost, fake_image
@@ -400,3 +400,20 @@ def test_credentials_file_round_trip_and_refusals(tmp_path: Path) -> None:
         with pytest.raises(creds_file.CredentialsError):
             creds_file.load(path)
     assert dataclasses.replace(saved, address="").address == ""
+
+
+def test_join_cluster_exits_with_one_line_on_a_refused_token(tmp_path: Path) -> None:
+    settings = HostAgentSettings(dir=tmp_path, memory_capacity_mb=1024)
+    with StandInControlPlane() as cp:
+        with pytest.raises(SystemExit, match=r"host agent: unauthorized: .*stand-in says"):
+            join_cluster(
+                settings, AGENT_TOKEN, registration=Registration("wrt_bad", cp.url), address=None
+            )
+        link = join_cluster(
+            settings, AGENT_TOKEN, registration=Registration("wrt_valid", cp.url), address=None
+        )
+    assert link is not None and link.session.host_id == HOST_ID
+    assert link.session.address == "http://127.0.0.1:50051"  # http:// + WRENN_AGENT_LISTEN
+    (tmp_path / "host-credentials.json").write_text("{broken")
+    with pytest.raises(SystemExit, match="host agent: malformed"):
+        join_cluster(settings, AGENT_TOKEN, registration=None, address=None)

@@ -181,13 +181,9 @@ def join_cluster(
 def uvicorn_config(
     settings: HostAgentSettings, manager: SandboxManager, token: str, cluster: ClusterLink | None
 ) -> uvicorn.Config:
+    """The agent's server: HTTPS when WRENN_AGENT_TLS_CERT and _KEY are set."""
     host, port = parse_listen(settings.agent_listen)
-    tls: dict[str, str] = {}
-    if settings.agent_tls_cert is not None and settings.agent_tls_key is not None:
-        tls = {
-            "ssl_certfile": str(settings.agent_tls_cert),
-            "ssl_keyfile": str(settings.agent_tls_key),
-        }
+    cert, key = settings.agent_tls_cert, settings.agent_tls_key
     return uvicorn.Config(
         create_app(manager, token=token, cluster=cluster),
         host=host,
@@ -195,7 +191,8 @@ def uvicorn_config(
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=5,
-        **tls,  # type: ignore[arg-type]
+        ssl_certfile=str(cert) if cert is not None else None,
+        ssl_keyfile=str(key) if key is not None else None,
     )
 
 
