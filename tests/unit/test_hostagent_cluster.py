@@ -319,6 +319,22 @@ async def test_the_reaper_and_a_dead_vm_are_events(host: FakeHost) -> None:
         await manager.destroy(capsule_id)
 
 
+async def test_the_sampler_finds_a_dead_vm_behind_a_silent_guest(host: FakeHost) -> None:
+    manager = host.manager
+    queue = EventQueue()
+    manager.report_event = queue.report
+    alive = await manager.create(CreateRequest())
+    dying = await manager.create(CreateRequest())
+    vm = manager.capsule(dying.capsule_id).vm
+    assert vm is not None
+    await host.runtime.kill(vm)  # its guest stops answering with it
+    await loops.sample_all(manager, 1.0)
+    assert [(e.capsule_id, e.state) for e in queue.take()] == [(dying.capsule_id, "error")]
+    assert manager.get(alive.capsule_id).state is CapsuleState.RUNNING
+    for capsule_id in (alive.capsule_id, dying.capsule_id):
+        await manager.destroy(capsule_id)
+
+
 async def test_a_caller_asked_pause_is_no_event(host: FakeHost) -> None:
     queue = EventQueue()
     host.manager.report_event = queue.report

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -73,22 +73,20 @@ def due_for_pause(capsule: Capsule, now: float) -> bool:
 
 
 async def reaper_loop(manager: SandboxManager) -> None:
-    """Pause capsules idle past their timeout (pause, never destroy: work is kept), and
-    mark failed the running capsules whose VM process is gone."""
-
-    async def step() -> None:
-        await reap_once(manager)
-        await find_dead_vms(manager)
-
-    await supervise("reaper", manager.settings.reaper_interval_s, step)
+    """Pause capsules idle past their timeout (pause, never destroy: work is kept)."""
+    await supervise("reaper", manager.settings.reaper_interval_s, lambda: reap_once(manager))
 
 
-async def find_dead_vms(manager: SandboxManager) -> list[str]:
-    """Running capsules whose VM process has exited become failed (an `error` event for
-    the control plane); their files stay until a destroy. A VM whose state cannot be
-    read is left alone: only a runtime that says "gone" counts."""
+async def find_dead_vms(
+    manager: SandboxManager, capsules: Iterable[Capsule] | None = None
+) -> list[str]:
+    """Running capsules (of `capsules`, default all) whose VM process has exited become
+    failed (an `error` event for the control plane); their files stay until a destroy.
+    A VM whose state cannot be read is left alone: only a runtime that says "gone"
+    counts. The sampler asks only about guests that did not answer: asking the runtime
+    costs a QMP round trip, which must not compete with a pause's for every capsule."""
     found: list[str] = []
-    for capsule in manager.capsules():
+    for capsule in list(manager.capsules() if capsules is None else capsules):
         vm = capsule.vm
         if capsule.state is not CapsuleState.RUNNING or vm is None:
             continue
@@ -132,28 +130,39 @@ async def sampler_loop(manager: SandboxManager) -> None:
 
 
 async def sample_all(manager: SandboxManager, interval: float) -> None:
-    """Sample every running capsule at once, each under its own deadline."""
+    """Sample every running capsule at once, each under its own deadline; then see
+    whether the VMs of the guests that did not answer are still there."""
     running = [c for c in manager.capsules() if c.state is CapsuleState.RUNNING]
     deadline = min(SAMPLE_TIMEOUT_S, interval)
+    silent: list[Capsule] = []
     async with asyncio.TaskGroup() as group:
         for capsule in running:
-            group.create_task(_sample_guarded(manager, capsule, interval, deadline))
+            group.create_task(_sample_guarded(manager, capsule, interval, deadline, silent))
+    if silent:
+        await find_dead_vms(manager, silent)
 
 
 async def _sample_guarded(
-    manager: SandboxManager, capsule: Capsule, interval: float, deadline: float
+    manager: SandboxManager,
+    capsule: Capsule,
+    interval: float,
+    deadline: float,
+    silent: list[Capsule],
 ) -> None:
     # Never raises: an exception here would cancel the other capsules' samples.
     try:
         async with asyncio.timeout(deadline):
-            await sample(manager, capsule, interval)
+            if not await sample(manager, capsule, interval):
+                silent.append(capsule)
     except TimeoutError:
         _bad_sample(capsule.capsule_id, f"no sample within {deadline:.1f}s")
+        silent.append(capsule)
     except Exception as exc:
         log.warning("sampler: %s failed: %r", capsule.capsule_id, exc)
 
 
-async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> None:
+async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> bool:
+    """One capsule's activity and metrics; False if its guest agent did not answer."""
     settings = manager.settings
     busy = False
     if capsule.vm is not None:
@@ -170,17 +179,18 @@ async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> 
     if busy:
         capsule.touch()
     if capsule.envd is None:
-        return
+        return True
     try:
         reported = await capsule.envd.metrics()
     except EnvdError as exc:
         _bad_sample(capsule.capsule_id, f"/metrics failed: {exc}")
-        return
+        return False
     point = guest_point(reported, time.time())
     if point is None:
         _bad_sample(capsule.capsule_id, f"/metrics answered bad values: {_describe(reported)}")
-        return
+        return True  # it answered: alive, if lying
     capsule.metrics.add(point)
+    return True
 
 
 def guest_point(reported: object, timestamp: float) -> MetricPoint | None:
