@@ -85,6 +85,11 @@ class Layout:
         return self.root / "host-token"
 
     @property
+    def host_credentials_file(self) -> Path:
+        """A registered agent's credentials with its control plane (0600; credentials.py)."""
+        return self.root / "host-credentials.json"
+
+    @property
     def agent_lock_file(self) -> Path:
         """Held (flock) by the one host agent of this WRENN_DIR; holds its pid."""
         return self.root / "agent.lock"

@@ -56,9 +56,33 @@ def envd(
     serve_forever(AgentConfig(host=host, port=port))
 
 
-def agent() -> None:
-    """Run the host agent (owns this machine's capsule VMs); settings from WRENN_*."""
+def agent(
+    register: str = typer.Option(
+        "",
+        "--register",
+        help="one-time registration token (wrt_...) from the control plane's POST /v1/hosts",
+    ),
+    control_plane: str = typer.Option(
+        "", "--control-plane", help="the control plane's URL (with --register)"
+    ),
+    address: str = typer.Option(
+        "",
+        "--address",
+        help="where the control plane reaches this agent (default: http(s)://WRENN_AGENT_LISTEN)",
+    ),
+) -> None:
+    """Run the host agent (owns this machine's capsule VMs); settings from WRENN_*.
+
+    With --register TOKEN --control-plane URL it registers with that control plane and
+    saves $WRENN_DIR/host-credentials.json (0600); later starts reuse the file
+    (heartbeats, capsule events). Without either, a standalone agent.
+    """
+    from pywrenn.hostagent.cluster import Registration
     from pywrenn.hostagent.server import serve
     from pywrenn.hostagent.settings import HostAgentSettings
 
-    serve(HostAgentSettings())
+    if bool(register) != bool(control_plane):
+        err.print("[red]--register and --control-plane go together[/]")
+        raise typer.Exit(2)
+    registration = Registration(register, control_plane) if register else None
+    serve(HostAgentSettings(), registration=registration, address=address or None)

@@ -17,6 +17,7 @@ from fastapi import FastAPI
 
 from pywrenn import __version__
 from pywrenn.hostagent import loops
+from pywrenn.hostagent.cluster import ClusterLink
 from pywrenn.hostagent.errors import install_error_handlers
 from pywrenn.hostagent.gate import HostAgentGate
 from pywrenn.hostagent.guest_ops import GuestService
@@ -27,11 +28,21 @@ from pywrenn.hostagent.routes.deps import AgentContext
 from pywrenn.hostagent.templates import TemplateService
 
 
-def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -> FastAPI:
+def create_app(
+    manager: SandboxManager,
+    *,
+    token: str,
+    run_loops: bool = True,
+    cluster: ClusterLink | None = None,
+) -> FastAPI:
+    """The agent's app; `cluster`: heartbeats and events to the control plane this host
+    is registered with (cluster.py), None for a standalone agent."""
     if not token:
         raise ValueError("empty: the host token must not be empty; auth would be off")
     app = FastAPI(
-        title="pywrenn host agent", version=__version__, lifespan=_lifespan(manager, run_loops)
+        title="pywrenn host agent",
+        version=__version__,
+        lifespan=_lifespan(manager, run_loops, cluster),
     )
     app.state.agent = AgentContext(manager, GuestService(manager), TemplateService(manager), token)
     install_error_handlers(app)
@@ -47,7 +58,7 @@ def create_app(manager: SandboxManager, *, token: str, run_loops: bool = True) -
 
 
 def _lifespan(
-    manager: SandboxManager, run_loops: bool
+    manager: SandboxManager, run_loops: bool, cluster: ClusterLink | None
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -61,6 +72,9 @@ def _lifespan(
             if run_loops:
                 tasks.append(group.create_task(loops.reaper_loop(manager)))
                 tasks.append(group.create_task(loops.sampler_loop(manager)))
+            if cluster is not None:
+                cluster.attach(manager)
+                tasks.append(group.create_task(cluster.run(manager)))
             try:
                 yield
             finally:
@@ -73,5 +87,7 @@ def _lifespan(
             await manager.pause_all(budget_s=manager.settings.shutdown_budget_s)
         finally:
             await manager.close()
+            if cluster is not None:
+                await cluster.close()  # the shutdown's pauses are events too
 
     return lifespan

@@ -33,9 +33,13 @@ which finds leftovers by namespace name, always removes both.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import ipaddress
+import os
 import subprocess
-from collections.abc import Sequence
+import tempfile
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from pywrenn.hostagent.errors import HostError
@@ -55,6 +59,8 @@ DNS_PORT = 53
 CHAIN_INPUT = "WRENN-INPUT"
 CHAIN_FORWARD = "WRENN-FWD"
 CHAIN_EGRESS = "WRENN-EGRESS"
+# A file in /run/lock (host-wide, whatever WRENN_DIR): held while the host chains change.
+HOST_GUARDS_LOCK = "pywrenn-host-guards.lock"
 REJECT = ["-j", "REJECT", "--reject-with", "icmp-admin-prohibited"]
 REPLIES = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"]
 
@@ -153,7 +159,29 @@ def egress_rules(*, veth: str, source: str, internal: IPv4Network) -> list[list[
 
 
 def install_host_guards(*, veth_glob: str, blocked: Sequence[IPv4Network]) -> None:
-    """Create or rebuild the host chains and put their jumps first (idempotent)."""
+    """Create or rebuild the host chains and put their jumps first (idempotent).
+
+    Host-wide, shared by every agent on the machine: `WRENN-INPUT` and `WRENN-FWD` are
+    replaced in one atomic restore (never seen empty, so another agent's capsules are
+    never unguarded), `WRENN-EGRESS` is only created, never flushed (it holds every
+    agent's per-capsule ACCEPTs), and the check-then-insert of each jump runs under a
+    host-wide lock so two agents starting together add it once."""
+    with _host_guards_lock():
+        _install_host_guards(veth_glob=veth_glob, blocked=blocked)
+
+
+@contextlib.contextmanager
+def _host_guards_lock() -> Iterator[None]:
+    directory = Path("/run/lock") if Path("/run/lock").is_dir() else Path(tempfile.gettempdir())
+    fd = os.open(directory / HOST_GUARDS_LOCK, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _install_host_guards(*, veth_glob: str, blocked: Sequence[IPv4Network]) -> None:
     try:
         run(["iptables", "-w", "-N", CHAIN_EGRESS])
     except HostError:

@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -28,10 +28,13 @@ from pywrenn.hostagent.capsule import Capsule
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.metrics import MetricPoint
 from pywrenn.hostagent.states import CapsuleState
+from pywrenn.vmm import VMState
 
 log = logging.getLogger("pywrenn.hostagent.loops")
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
+# The longest the runtime may take to say whether one capsule's VM still exists.
+VM_CHECK_TIMEOUT_S = 2.0
 # The longest one capsule's sample may take (the guest's /metrics call included); a
 # guest that stalls loses its own sample and nobody else's.
 SAMPLE_TIMEOUT_S = 5.0
@@ -74,6 +77,40 @@ async def reaper_loop(manager: SandboxManager) -> None:
     await supervise("reaper", manager.settings.reaper_interval_s, lambda: reap_once(manager))
 
 
+async def find_dead_vms(
+    manager: SandboxManager, capsules: Iterable[Capsule] | None = None
+) -> list[str]:
+    """Running capsules (of `capsules`, default all) whose VM process has exited become
+    failed (an `error` event for the control plane); their files stay until a destroy.
+    A VM whose state cannot be read is left alone: only a runtime that says "gone"
+    counts. The sampler asks only about guests that did not answer: asking the runtime
+    costs a QMP round trip, which must not compete with a pause's for every capsule."""
+    found: list[str] = []
+    for capsule in list(manager.capsules() if capsules is None else capsules):
+        vm = capsule.vm
+        if capsule.state is not CapsuleState.RUNNING or vm is None:
+            continue
+        try:
+            async with asyncio.timeout(VM_CHECK_TIMEOUT_S):
+                gone = (await manager.runtime.info(vm)).state is VMState.GONE
+        except Exception as exc:
+            log.debug("reaper: state of %s unknown: %r", capsule.capsule_id, exc)
+            continue
+        if not gone or capsule.lifecycle.locked():
+            continue  # an operation in progress decides for itself
+        async with capsule.lifecycle:
+            if capsule.state is not CapsuleState.RUNNING or capsule.vm is not vm:
+                continue
+            log.warning(
+                "reaper: VM of %s (pid %d) is gone; capsule failed", capsule.capsule_id, vm.pid
+            )
+            capsule.move_to(CapsuleState.FAILED)
+            await manager.steps.close_guest(capsule)
+        manager.report_event(capsule.capsule_id, CapsuleState.FAILED, "VM process exited")
+        found.append(capsule.capsule_id)
+    return found
+
+
 async def reap_once(manager: SandboxManager) -> None:
     now = time.time()
     for capsule in manager.capsules():
@@ -93,28 +130,39 @@ async def sampler_loop(manager: SandboxManager) -> None:
 
 
 async def sample_all(manager: SandboxManager, interval: float) -> None:
-    """Sample every running capsule at once, each under its own deadline."""
+    """Sample every running capsule at once, each under its own deadline; then see
+    whether the VMs of the guests that did not answer are still there."""
     running = [c for c in manager.capsules() if c.state is CapsuleState.RUNNING]
     deadline = min(SAMPLE_TIMEOUT_S, interval)
+    silent: list[Capsule] = []
     async with asyncio.TaskGroup() as group:
         for capsule in running:
-            group.create_task(_sample_guarded(manager, capsule, interval, deadline))
+            group.create_task(_sample_guarded(manager, capsule, interval, deadline, silent))
+    if silent:
+        await find_dead_vms(manager, silent)
 
 
 async def _sample_guarded(
-    manager: SandboxManager, capsule: Capsule, interval: float, deadline: float
+    manager: SandboxManager,
+    capsule: Capsule,
+    interval: float,
+    deadline: float,
+    silent: list[Capsule],
 ) -> None:
     # Never raises: an exception here would cancel the other capsules' samples.
     try:
         async with asyncio.timeout(deadline):
-            await sample(manager, capsule, interval)
+            if not await sample(manager, capsule, interval):
+                silent.append(capsule)
     except TimeoutError:
         _bad_sample(capsule.capsule_id, f"no sample within {deadline:.1f}s")
+        silent.append(capsule)
     except Exception as exc:
         log.warning("sampler: %s failed: %r", capsule.capsule_id, exc)
 
 
-async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> None:
+async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> bool:
+    """One capsule's activity and metrics; False if its guest agent did not answer."""
     settings = manager.settings
     busy = False
     if capsule.vm is not None:
@@ -131,17 +179,18 @@ async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> 
     if busy:
         capsule.touch()
     if capsule.envd is None:
-        return
+        return True
     try:
         reported = await capsule.envd.metrics()
     except EnvdError as exc:
         _bad_sample(capsule.capsule_id, f"/metrics failed: {exc}")
-        return
+        return False
     point = guest_point(reported, time.time())
     if point is None:
         _bad_sample(capsule.capsule_id, f"/metrics answered bad values: {_describe(reported)}")
-        return
+        return True  # it answered: alive, if lying
     capsule.metrics.add(point)
+    return True
 
 
 def guest_point(reported: object, timestamp: float) -> MetricPoint | None:

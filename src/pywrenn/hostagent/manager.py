@@ -42,7 +42,7 @@ from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.slots import SlotAllocator, allocate_slot
 from pywrenn.hostagent.sources import Source, resolve_source
 from pywrenn.hostagent.spawner import Spawner
-from pywrenn.hostagent.states import CapsuleState
+from pywrenn.hostagent.states import CapsuleState, EventHook, ignore_event
 from pywrenn.hostagent.steps import LifecycleSteps
 from pywrenn.ids import IdKind, is_valid_id, new_id
 from pywrenn.layout import Layout
@@ -95,13 +95,17 @@ class SandboxManager:
             network = LinuxHostNetwork(dns_upstreams=settings.dns_upstreams)
         self.network: HostNetwork = network
         self.connect_guest = connect_guest
-        self.slots = SlotAllocator(self.layout)
+        first_slot, last_slot = settings.slots
+        self.slots = SlotAllocator(self.layout, first=first_slot, last=last_slot)
         self._capsules: dict[str, Capsule] = {}
         self._auto_paused: list[str] = []
         self._draining = False
         # False when the agent stops because its parent (`wrenn up`) died: VMs are left
         # running for the next agent to re-adopt, instead of paused (see server.py).
         self.pause_on_shutdown = True
+        # Told of state changes the agent makes on its own (events.EventQueue.report when
+        # the host is registered with a control plane); must not block or raise.
+        self.report_event: EventHook = ignore_event
         self.spawner = Spawner()
         self.base = BaseSnapshots(
             layout=self.layout,
@@ -296,9 +300,11 @@ class SandboxManager:
             try:
                 await self.steps.pause_to_disk(capsule)
             finally:
-                _never_left_pausing(capsule)
+                if _never_left_pausing(capsule):
+                    self.report_event(capsule_id, CapsuleState.FAILED, "pause failed; VM gone")
             if auto:
                 self._auto_paused.append(capsule_id)
+                self.report_event(capsule_id, CapsuleState.PAUSED, "idle timeout")
         log.info("paused %s%s", capsule_id, " (idle)" if auto else "")
         return capsule.info()
 
@@ -385,6 +391,7 @@ class SandboxManager:
             async with gate:
                 try:
                     await self.pause(capsule_id)
+                    self.report_event(capsule_id, CapsuleState.PAUSED, "agent shutdown")
                 except HostAgentError as exc:
                     log.warning("shutdown pause of %s failed: %s", capsule_id, exc)
 
@@ -405,8 +412,9 @@ class SandboxManager:
             await self.steps.close_guest(capsule)
 
 
-def _never_left_pausing(capsule: Capsule) -> None:
+def _never_left_pausing(capsule: Capsule) -> bool:
     # `steps.pause_to_disk` ends in running, paused or failed; anything it did not foresee
     # (a cancellation between steps) must not leave the capsule pausing forever.
     if capsule.state is CapsuleState.PAUSING:
         capsule.move_to(CapsuleState.FAILED)
+    return capsule.state is CapsuleState.FAILED  # the pause ended it: worth an event

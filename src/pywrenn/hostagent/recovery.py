@@ -18,8 +18,8 @@ Owns: the order and rules of recovery (see docs/hostagent.md, "Startup recovery"
    fails startup.
 5. `unused_ephemeral_templates`: fork templates no capsule uses any more (a fork that
    died before its children existed) are removed.
-6. `_reap_stray_namespaces`: namespaces of our slots that no running capsule uses, and
-   claims no capsule holds, are released.
+6. `_reap_stray_namespaces`: namespaces of our slots (claimed here, inside WRENN_SLOTS)
+   that no running capsule uses, and claims no capsule holds, are released.
 """
 
 from __future__ import annotations
@@ -230,15 +230,25 @@ class Recovery:
     async def _reap_stray_namespaces(self, capsules: dict[str, Capsule]) -> None:
         """Remove namespaces of our slots that no running capsule uses (crash leftovers).
 
-        Only slots claimed in this WRENN_DIR: namespaces are host-wide, and those of
-        another agent on the same machine are not ours to remove."""
+        Only slots claimed in this WRENN_DIR and inside this agent's range (WRENN_SLOTS):
+        namespaces are host-wide, and those of another agent on the same machine are not
+        ours to remove, even if a stale claim here (from before the range changed) names
+        one of its slots."""
         owned = {c.meta.slot_index for c in capsules.values() if c.state is CapsuleState.RUNNING}
         ours = set(self.slots.claimed())
         for slot in sorted(await self.network.slots_in_use()):
-            if slot in ours and slot not in owned:
-                log.info("recovery: removing stray namespace of slot %d", slot)
-                with contextlib.suppress(HostError, ValueError):
-                    await self.network.remove(SlotNetwork(slot))
+            if slot not in ours or slot in owned:
+                continue
+            if not self.slots.in_range(slot):
+                log.warning(
+                    "recovery: namespace of slot %d is claimed here but outside this agent's "
+                    "range; left alone",
+                    slot,
+                )
+                continue
+            log.info("recovery: removing stray namespace of slot %d", slot)
+            with contextlib.suppress(HostError, ValueError):
+                await self.network.remove(SlotNetwork(slot))
         # Claims of no capsule (the network pool's, an interrupted bake's or template
         # build's) are leftovers of a process that did not stop cleanly.
         for slot, owner in self.slots.claimed().items():

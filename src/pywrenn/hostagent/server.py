@@ -16,6 +16,7 @@ us exits and needs a fork hook in the parent; a pipe needs neither.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -31,6 +32,9 @@ import uvicorn
 from pywrenn.config import parse_listen
 from pywrenn.hostagent import dirlock
 from pywrenn.hostagent.app import create_app
+from pywrenn.hostagent.cluster import ClusterLink, Registration, load_link, register_host
+from pywrenn.hostagent.cpclient import ControlPlaneError
+from pywrenn.hostagent.credentials import CredentialsError
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.settings import MIN_HOST_TOKEN_CHARS, HostAgentSettings
 from pywrenn.layout import Layout
@@ -151,21 +155,77 @@ def watch_parent(fd: int, on_gone: Callable[[], None]) -> threading.Thread:
     return thread
 
 
-def serve(settings: HostAgentSettings) -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    # Before anything reads or changes WRENN_DIR; held until the process ends.
-    lock = take_dir_lock(settings)
-    manager, token = build(settings)
+def join_cluster(
+    settings: HostAgentSettings,
+    token: str,
+    *,
+    registration: Registration | None,
+    address: str | None,
+) -> ClusterLink | None:
+    """Register if asked, then the link to the control plane from the credentials file;
+    None (a standalone agent) without either. Exits (status 1, one line) on a refused
+    token or an unusable file."""
+    try:
+        interval = None
+        if registration is not None:
+            interval = asyncio.run(
+                register_host(settings, registration, agent_token=token, address=address)
+            )
+        if interval is None:
+            return load_link(settings, address=address)
+        return load_link(settings, address=address, heartbeat_interval_s=interval)
+    except (ControlPlaneError, CredentialsError, ValueError) as exc:
+        raise SystemExit(f"host agent: {exc}") from None
+
+
+def uvicorn_config(
+    settings: HostAgentSettings, manager: SandboxManager, token: str, cluster: ClusterLink | None
+) -> uvicorn.Config:
+    """The agent's server: HTTPS when WRENN_AGENT_TLS_CERT and _KEY are set."""
     host, port = parse_listen(settings.agent_listen)
-    config = uvicorn.Config(
-        create_app(manager, token=token),
+    cert, key = settings.agent_tls_cert, settings.agent_tls_key
+    return uvicorn.Config(
+        create_app(manager, token=token, cluster=cluster),
         host=host,
         port=port,
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=5,
+        ssl_certfile=str(cert) if cert is not None else None,
+        ssl_keyfile=str(key) if key is not None else None,
     )
+
+
+def stop_when_host_deleted(
+    server: uvicorn.Server, manager: SandboxManager, cluster: ClusterLink | None
+) -> None:
+    """A deleted host's capsules are destroyed by the heartbeat; then the server stops
+    (nothing left to pause) and the process exits with status 0."""
+    if cluster is None:
+        return
+
+    def deleted() -> None:
+        manager.pause_on_shutdown = False
+        server.should_exit = True  # uvicorn's main loop polls it
+
+    cluster.on_host_deleted = deleted
+
+
+def serve(
+    settings: HostAgentSettings,
+    *,
+    registration: Registration | None = None,
+    address: str | None = None,
+) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # Before anything reads or changes WRENN_DIR; held until the process ends.
+    lock = take_dir_lock(settings)
+    manager, token = build(settings)
+    cluster = join_cluster(settings, token, registration=registration, address=address)
+    config = uvicorn_config(settings, manager, token, cluster)
+    host, port = config.host, config.port
     server = uvicorn.Server(config)
+    stop_when_host_deleted(server, manager, cluster)
 
     def second_signal(signum: int, _frame: FrameType | None) -> None:
         log.warning("second signal: exiting now; VMs keep running and are re-adopted later")
@@ -189,8 +249,14 @@ def serve(settings: HostAgentSettings) -> None:
     parent_fd = parent_fd_from_env()
     if parent_fd is not None:
         watch_parent(parent_fd, parent_gone)
+    scheme = "https" if settings.agent_tls_cert is not None else "http"
     log.info(
-        "host agent on http://%s:%d (WRENN_DIR=%s, pid %d)", host, port, settings.dir, os.getpid()
+        "host agent on %s://%s:%d (WRENN_DIR=%s, pid %d)",
+        scheme,
+        host,
+        port,
+        settings.dir,
+        os.getpid(),
     )
     try:
         server.run()

@@ -6,12 +6,13 @@ from ipaddress import IPv4Network
 from pathlib import Path
 from typing import Annotated, Any
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from pywrenn.config import DEFAULT_WRENN_DIR, parse_listen
 from pywrenn.hostagent.dns import parse_upstreams
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
+from pywrenn.hostagent.slots import MAX_SLOT, parse_slot_range
 
 # A host token shorter than this is refused at start: it is the only thing between a
 # caller on the agent's port and every capsule on the host.
@@ -57,6 +58,16 @@ class HostAgentSettings(BaseSettings):
     # memory (MemTotal, or this many MiB when set) times the overcommit factor.
     memory_capacity_mb: int = Field(default=0, ge=0)
     memory_overcommit: float = Field(default=1.5, gt=0, le=16)
+    # Network slots this agent may build (WRENN_SLOTS=first-last): several agents on one
+    # machine, each with its own WRENN_DIR and a disjoint range, never share a namespace,
+    # TAP, veth, address or per-capsule rule, and sweep only their own.
+    slots: Annotated[tuple[int, int], NoDecode] = (1, MAX_SLOT)
+    # HTTPS for the agent's API: both or neither (WRENN_AGENT_TLS_CERT, _KEY: PEM files).
+    agent_tls_cert: Path | None = None
+    agent_tls_key: Path | None = None
+    # The CA that signed an https control plane's certificate (WRENN_CP_CA); None: the
+    # system's trust store.
+    cp_ca: Path | None = None
 
     @field_validator("host_token")
     @classmethod
@@ -86,6 +97,29 @@ class HostAgentSettings(BaseSettings):
         if isinstance(value, str):
             return parse_upstreams(value)
         return value
+
+    @field_validator("slots", mode="before")
+    @classmethod
+    def _parse_slots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_slot_range(value)
+        return value
+
+    @field_validator("slots")
+    @classmethod
+    def _check_slots(cls, value: tuple[int, int]) -> tuple[int, int]:
+        first, last = value
+        if not 1 <= first <= last <= MAX_SLOT:
+            raise ValueError(f"invalid: slot range {first}-{last} is outside 1..{MAX_SLOT}")
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> HostAgentSettings:
+        if (self.agent_tls_cert is None) != (self.agent_tls_key is None):
+            raise ValueError(
+                "invalid: set both WRENN_AGENT_TLS_CERT and WRENN_AGENT_TLS_KEY, or neither"
+            )
+        return self
 
     @field_validator("agent_listen")
     @classmethod

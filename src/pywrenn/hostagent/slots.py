@@ -37,18 +37,40 @@ class SlotTaken(HostAgentError):
         self.index = index
 
 
+def parse_slot_range(text: str) -> tuple[int, int]:
+    """`first-last` (WRENN_SLOTS) as a pair, or ValueError saying what is wrong."""
+    first_text, sep, last_text = text.strip().partition("-")
+    if not sep or not first_text.strip().isdigit() or not last_text.strip().isdigit():
+        raise ValueError(f"invalid: slot range {text!r} is not first-last (e.g. 1-1000)")
+    first, last = int(first_text), int(last_text)
+    if not 1 <= first <= last <= MAX_SLOT:
+        raise ValueError(f"invalid: slot range {text!r} is not within 1..{MAX_SLOT}, first <= last")
+    return first, last
+
+
 class SlotAllocator:
-    def __init__(self, layout: Layout, *, max_slot: int = MAX_SLOT) -> None:
+    """Claims in one WRENN_DIR; new slots only from `first..last` (WRENN_SLOTS), so agents
+    on one machine with disjoint ranges never build the same namespace, TAP or chain."""
+
+    def __init__(self, layout: Layout, *, first: int = 1, last: int = MAX_SLOT) -> None:
+        if not 1 <= first <= last <= MAX_SLOT:
+            raise ValueError(f"invalid: slot range {first}-{last} is outside 1..{MAX_SLOT}")
         self._layout = layout
-        self._max_slot = max_slot
+        self.first = first
+        self.last = last
         self._lock = threading.Lock()
         layout.slots_dir.mkdir(parents=True, exist_ok=True)
 
+    def in_range(self, index: int) -> bool:
+        """Whether slot `index` is this agent's to build, sweep or reap."""
+        return self.first <= index <= self.last
+
     def allocate(self, owner: str, *, busy: frozenset[int] = frozenset()) -> int:
-        """Claim the lowest free slot for `owner` (a capsule id), skipping `busy` ones."""
+        """Claim the lowest free slot of the range for `owner` (a capsule id), skipping
+        `busy` ones."""
         with self._lock:
             taken = set(self.claimed()) | busy
-            for index in range(1, self._max_slot + 1):
+            for index in range(self.first, self.last + 1):
                 if index in taken:
                     continue
                 try:
@@ -56,14 +78,26 @@ class SlotAllocator:
                 except SlotTaken:
                     continue  # another process won the race for it; try the next
                 return index
-        raise NoCapacity(f"exhausted: all {self._max_slot} network slots are claimed")
+        count = self.last - self.first + 1
+        raise NoCapacity(
+            f"exhausted: all {count} network slots ({self.first}-{self.last}) are claimed"
+        )
 
     def reserve(self, index: int, owner: str) -> None:
         """Claim a specific slot: for a capsule that already had it (resume, recovery).
 
         A claim file that already names `owner` is adopted; one naming anyone else is a
-        conflict.
+        conflict. A slot outside the range is still reserved (the capsule has it; the range
+        changed since) and logged: another agent's range may now hold it.
         """
+        if not self.in_range(index):
+            log.warning(
+                "slot %d of %s is outside this agent's range %d-%d (WRENN_SLOTS changed?)",
+                index,
+                owner,
+                self.first,
+                self.last,
+            )
         with self._lock:
             try:
                 self._claim(index, owner)
@@ -97,8 +131,8 @@ class SlotAllocator:
         return out
 
     def _claim(self, index: int, owner: str) -> None:
-        if not 1 <= index <= self._max_slot:
-            raise HostAgentError(f"invalid: slot {index} is outside 1..{self._max_slot}")
+        if not 1 <= index <= MAX_SLOT:
+            raise HostAgentError(f"invalid: slot {index} is outside 1..{MAX_SLOT}")
         path = self._layout.slot_claim(index)
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)

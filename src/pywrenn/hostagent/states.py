@@ -6,6 +6,7 @@ in the table raises `CapsuleStateConflict` naming both states.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 
 from pywrenn.hostagent.errors import CapsuleStateConflict
@@ -51,3 +52,12 @@ ALLOWED: dict[CapsuleState, frozenset[CapsuleState]] = {
 def check_transition(capsule_id: str, current: CapsuleState, target: CapsuleState) -> None:
     if target not in ALLOWED[current]:
         raise CapsuleStateConflict(capsule_id, current.value, f"become {target.value}")
+
+
+# Told of a state change the agent made on its own: (capsule id, new state, why). The
+# manager's `report_event`; events.EventQueue.report when registered with a control plane.
+EventHook = Callable[[str, CapsuleState, str | None], None]
+
+
+def ignore_event(capsule_id: str, state: CapsuleState, reason: str | None) -> None:
+    return None

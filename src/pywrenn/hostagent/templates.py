@@ -128,11 +128,22 @@ class TemplateService:
                         info = await self._build(capsule_id, name, ephemeral=ephemeral)
                 finally:
                     if was_running:
-                        await self.manager.resume(capsule_id)
+                        await self._resume_after_snapshot(capsule_id)
             finally:
                 capsule.snapshotting = False
         log.info("template %s made from %s", name, capsule_id)
         return info
+
+    async def _resume_after_snapshot(self, capsule_id: str) -> None:
+        try:
+            await self.manager.resume(capsule_id)
+        except Exception:
+            # The caller hears the failure; the control plane also learns the capsule it
+            # had running stays paused (a state the agent chose).
+            self.manager.report_event(
+                capsule_id, CapsuleState.PAUSED, "resume after snapshot failed"
+            )
+            raise
 
     async def delete(self, name: str) -> None:
         if name in PROTECTED:
