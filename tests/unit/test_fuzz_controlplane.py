@@ -55,7 +55,8 @@ pytest_plugins = ["tests.controlplane_pg", "tests.fuzz_summary"]
 STREAMING = ["/api/v1/events/stream"]
 # Sign-up and sign-in answer anyone (their own refusals are tested in test_cp_people.py);
 # host agents' calls check their own tokens, after the body (test_cp_hosts.py).
-PUBLIC_PATHS = sorted(gate.PUBLIC_PATHS) + [
+PUBLIC_PATHS = [
+    *sorted(gate.PUBLIC_PATHS),
     "/api/v1/hosts/register",
     "/api/v1/hosts/auth/refresh",
     "/api/v1/hosts/{host_id}/heartbeat",
