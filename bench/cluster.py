@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from bench.node import DEFAULT_IMAGE_CACHE, free_port, stats, wait_up  # noqa: E402
 
 WRENN = [sys.executable, "-c", "from pywrenn.cli.app import main; main()"]
-CAPSULE = {"template": "minimal", "memory_mb": 256, "vcpus": 1}
+CAPSULE = {"template": "minimal-ubuntu", "memory_mb": 256, "vcpus": 1}
 
 
 @contextmanager

@@ -86,6 +86,8 @@ class Cluster:
         agent.host_id = creds["host_id"]
         agent.host_token = creds["host_token"]
         agent.refresh_token = creds["refresh_token"]
+        beat = await self.heartbeat(agent)  # as the agent does once it listens
+        assert beat.status_code == 200, beat.text
         for app in self.planes:  # as each plane's sync loop would, within seconds
             async with app.state.sessions() as session:
                 await app.state.hosts.sync(session)

@@ -20,8 +20,10 @@ import httpx
 import psycopg
 import pytest
 
+from pywrenn.controlplane import publicids
+from pywrenn.ids import IdKind
 from pywrenn.images import ImageManifest
-from tests.controlplane_db import driver_url, drop_pg
+from tests.controlplane_db import driver_url, drop_pg, libpq_url
 from tests.e2e.test_wrenn_sdk import free_port, wait_healthy
 from tests.integration.conftest import (
     guest_image,  # noqa: F401
@@ -34,7 +36,7 @@ pytest_plugins = ["tests.controlplane_pg"]
 WRENN = [sys.executable, "-c", "from pywrenn.cli.app import main; main()"]
 BEAT_S = 1.0
 HOST_MEMORY_MB = 1024  # four 256 MiB capsules per host
-CAPSULE = {"template": "minimal", "memory_mb": 256, "vcpus": 1}
+CAPSULE = {"template": "minimal-ubuntu", "memory_mb": 256, "vcpus": 1}
 
 
 def _env(**extra: str) -> dict[str, str]:
@@ -136,6 +138,7 @@ def test_two_control_planes_three_agents(
     pg_url: str,
     tmp_path: Path,
 ) -> None:
+    DB_URL[:] = [pg_url]
     planes = [Plane(tmp_path / f"cp{i}", pg_url) for i in range(2)]
     agents = [Agent(tmp_path / f"agent{i}", f"{200 + 40 * i}-{239 + 40 * i}") for i in range(3)]
     try:
@@ -170,7 +173,7 @@ def _scenario(planes: list[Plane], agents: list[Agent]) -> None:
         assert r.status_code == 201, r.text
         ids.append(r.json()["id"])
     for capsule_id in ids:
-        _wait(lambda c=capsule_id: _status(cp[0], c) == "running", 180, f"{capsule_id} running")
+        _wait(lambda c=capsule_id: _running(cp[0], c), 180, f"{capsule_id} running")
     per_host = {a.host_id: _host(cp[0], a)["capsules"].get("running", 0) for a in agents}
     assert sorted(per_host.values()) == [4, 4, 4], per_host
     # Every host full: the next create fails at once, with a clear code.
@@ -246,6 +249,24 @@ def _host(client: httpx.Client, agent: Agent) -> dict[str, Any]:
     assert r.status_code == 200, r.text
     host: dict[str, Any] = r.json()
     return host
+
+
+def _running(client: httpx.Client, capsule_id: str) -> bool:
+    """Running yet; a capsule that failed fails the test at once, with its error."""
+    capsule = client.get(f"/v1/capsules/{capsule_id}").json()
+    if capsule["status"] in ("error", "stopped"):
+        raise AssertionError(f"{capsule}: {_error_of(capsule_id)}")
+    return bool(capsule["status"] == "running")
+
+
+DB_URL: list[str] = []  # the test's database, to read a failed capsule's error
+
+
+def _error_of(capsule_id: str) -> str:
+    key = publicids.parse(capsule_id, IdKind.CAPSULE)
+    with psycopg.connect(libpq_url(DB_URL[0])) as conn:
+        row = conn.execute("SELECT error FROM capsules WHERE id = %s", (key,)).fetchone()
+    return str(row[0] if row else None)
 
 
 def _status(client: httpx.Client, capsule_id: str) -> str:

@@ -63,6 +63,14 @@ def test_a_host_registers_once_with_its_token_and_only_an_admin_manages_hosts(
             )
             assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
         got = (await c.client.get(f"/api/v1/hosts/{host['id']}")).json()
+        assert got["status"] == "pending"  # online at its first heartbeat
+        beat = await c.client.post(
+            f"/api/v1/hosts/{host['id']}/heartbeat",
+            json={},
+            headers={"Authorization": f"Bearer {creds['host_token']}", **NO_KEY},
+        )
+        assert beat.status_code == 200, beat.text
+        got = (await c.client.get(f"/api/v1/hosts/{host['id']}")).json()
         assert got["status"] == "online" and got["address"] == address
         assert (got["cpus"], got["memory_mb"], got["arch"]) == (2, 1024, "x86_64")
         # Tenants' keys: 403 on every operator call, nothing leaks.

@@ -129,14 +129,15 @@ async def register(
     host.agent_token = specs.agent_token
     host.agent_version = specs.agent_version[:64]
     host.kind = "registered"
-    host.status = "online"
-    host.last_heartbeat_at = now
+    # Online at its first heartbeat: the agent sends it once it accepts connections
+    # (registration comes before its recovery and before it listens).
+    host.status = "pending"
     creds = _issue_credentials_nocommit(host, now=now)
     record_nocommit(
         session,
         team_id=None,
         spec=EventSpec(
-            event="host.up",
+            event="host.register",
             resource_type="host",
             resource_id=publicids.format_id(host.id, IdKind.HOST),
             metadata={"reason": "registered", "address": host.address},
