@@ -1,5 +1,6 @@
 """A cluster on one machine, as docs/cluster.md builds it: two `wrenn serve` on one real
-PostgreSQL, three `wrenn agent --register` with their own WRENN_DIR, port and slot range.
+PostgreSQL behind a (minimal, in-test) load balancer, three `wrenn agent --register` with
+their own WRENN_DIR, port and slot range.
 
 Heartbeats every second (so "three missed" is seconds, not minutes). Every process is
 ours, ended by its PID; every capsule is destroyed at the end and no QEMU is left.
@@ -7,10 +8,12 @@ ours, ended by its PID; every capsule is destroyed at the end and no QEMU is lef
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -110,6 +113,66 @@ class Agent:
         self.proc.wait(timeout=30)
 
 
+class Balancer:
+    """The load balancer a cluster sits behind, in its simplest form: each TCP connection
+    goes to the first control plane that accepts it. Agents reach the control planes
+    through it, so one of them dying costs a reconnect, not the cluster."""
+
+    def __init__(self, backends: list[int]) -> None:
+        self.backends = backends
+        self.port = free_port()
+        self._loop = asyncio.new_event_loop()
+        self._ready = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="balancer", daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Balancer:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        server = self._loop.run_until_complete(
+            asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        )
+        self._ready.set()
+        try:
+            self._loop.run_forever()
+        finally:
+            server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        for port in self.backends:
+            try:
+                up_reader, up_writer = await asyncio.open_connection("127.0.0.1", port)
+                break
+            except OSError:
+                continue
+        else:
+            writer.close()
+            return
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while chunk := await src.read(65536):
+                    dst.write(chunk)
+                    await dst.drain()
+            except OSError:
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+
 def _wait(check: Callable[[], Any], budget_s: float, what: str) -> Any:
     deadline = time.monotonic() + budget_s
     last: Any = None
@@ -141,13 +204,14 @@ def test_two_control_planes_three_agents(
     DB_URL[:] = [pg_url]
     planes = [Plane(tmp_path / f"cp{i}", pg_url) for i in range(2)]
     agents = [Agent(tmp_path / f"agent{i}", f"{200 + 40 * i}-{239 + 40 * i}") for i in range(3)]
-    try:
-        _scenario(planes, agents)
-    finally:
-        _teardown(planes, agents)
+    with Balancer([p.port for p in planes]) as balancer:
+        try:
+            _scenario(planes, agents, balancer)
+        finally:
+            _teardown(planes, agents)
 
 
-def _scenario(planes: list[Plane], agents: list[Agent]) -> None:
+def _scenario(planes: list[Plane], agents: list[Agent], balancer: Balancer) -> None:
     first, second = planes
     first.start()
     second.start()  # after the first: the database is migrated and the admin key made once
@@ -160,7 +224,8 @@ def _scenario(planes: list[Plane], agents: list[Agent]) -> None:
         made = cp[index % 2].post("/v1/hosts", json={"name": f"host-{index}"})
         assert made.status_code == 201, made.text
         agent.host_id = made.json()["host"]["id"]
-        agent.start("--register", made.json()["registration_token"], "--control-plane", first.url)
+        token = made.json()["registration_token"]
+        agent.start("--register", token, "--control-plane", balancer.url)
     for agent in agents:
         _wait(lambda a=agent: _host(cp[1], a)["status"] == "online", 240, f"{agent.host_id} online")
         creds = agent.root / "host-credentials.json"
