@@ -151,6 +151,23 @@ def test_heartbeats_need_the_hosts_own_token_and_refresh_rotates_it(
         r = await c.client.post(
             "/api/v1/hosts/auth/refresh", json={"refresh_token": old_refresh}, headers=NO_KEY
         )
+        assert r.status_code == 401  # the new host token was used: the old refresh died
+        # An agent that dies before saving a refresh's answer refreshes again with the
+        # spent token; that works until it uses the newer host token.
+        spent = a.refresh_token
+        r = await c.client.post(
+            "/api/v1/hosts/auth/refresh", json={"refresh_token": spent}, headers=NO_KEY
+        )
+        assert r.status_code == 200  # answer "lost"
+        r = await c.client.post(
+            "/api/v1/hosts/auth/refresh", json={"refresh_token": spent}, headers=NO_KEY
+        )
+        assert r.status_code == 200, r.text
+        a.host_token, a.refresh_token = r.json()["host_token"], r.json()["refresh_token"]
+        assert (await c.heartbeat(a)).status_code == 200
+        r = await c.client.post(
+            "/api/v1/hosts/auth/refresh", json={"refresh_token": spent}, headers=NO_KEY
+        )
         assert r.status_code == 401
         # An expired host token is refused.
         c.clock.advance(timedelta(days=8).total_seconds())

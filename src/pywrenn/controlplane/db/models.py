@@ -163,6 +163,9 @@ class Host(Base):
     host_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     refresh_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     refresh_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The refresh token spent on the last refresh, still good until the new host token
+    # is first used: an agent that died before saving the new ones can refresh again.
+    previous_refresh_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
     last_placed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

@@ -2,7 +2,9 @@
 
 Owns: issuing a registration token (1 h, one use), turning it into credentials at
 `POST /v1/hosts/register` (the host's specs and address are recorded then), rotating them
-at `POST /v1/hosts/auth/refresh`, and checking the host token an agent presents on its
+at `POST /v1/hosts/auth/refresh` (the spent refresh token stays good until the new host
+token is first used, so an agent that died before saving the answer is not locked out),
+and checking the host token an agent presents on its
 heartbeats and events. Every token we issue is random (256 bits) and kept as its SHA-256
 only, so a database dump does not let anyone act as a host; comparisons go through the
 hash lookup, never a plain `==` on secrets.
@@ -17,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pywrenn.ids import IdKind
@@ -81,6 +83,7 @@ def issue_registration_nocommit(host: Host, *, now: datetime) -> RegistrationTok
 
 def _issue_credentials_nocommit(host: Host, *, now: datetime) -> Credentials:
     host_token, refresh = _new(HOST_TOKEN_PREFIX), _new(REFRESH_PREFIX)
+    host.previous_refresh_token_hash = None
     host.host_token_hash = _digest(host_token)
     host.host_token_expires_at = now + HOST_TOKEN_TTL
     host.refresh_token_hash = _digest(refresh)
@@ -153,9 +156,15 @@ async def refresh(session: AsyncSession, *, refresh_token: str, now: datetime) -
     """Rotate: a new host token and refresh token; the presented ones stop working."""
     if not refresh_token.startswith(REFRESH_PREFIX) or len(refresh_token) > 128:
         raise Unauthorized("unauthorized: invalid or expired refresh token")
+    presented = _digest(refresh_token)
     host = await session.scalar(
         select(Host)
-        .where(Host.refresh_token_hash == _digest(refresh_token))
+        .where(
+            or_(
+                Host.refresh_token_hash == presented,
+                Host.previous_refresh_token_hash == presented,
+            )
+        )
         .with_for_update()
         .execution_options(populate_existing=True)
     )
@@ -163,6 +172,9 @@ async def refresh(session: AsyncSession, *, refresh_token: str, now: datetime) -
     if host is None or expires is None or expires <= now:
         raise Unauthorized("unauthorized: invalid or expired refresh token")
     creds = _issue_credentials_nocommit(host, now=now)
+    # The presented token stays good until the new host token is first used (below): if
+    # the agent dies before it has saved the answer, it can refresh again with it.
+    host.previous_refresh_token_hash = presented
     await session.commit()
     return creds
 
@@ -188,4 +200,6 @@ async def authenticate_host(
         or expires <= now
     ):
         raise Unauthorized("unauthorized: invalid or expired host token")
+    # It uses the credentials of its last refresh, so it has them: the old refresh token dies.
+    host.previous_refresh_token_hash = None
     return host

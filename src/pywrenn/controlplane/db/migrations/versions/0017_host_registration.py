@@ -45,17 +45,23 @@ def upgrade() -> None:
         batch.add_column(sa.Column("host_token_expires_at", TS, nullable=True))
         batch.add_column(sa.Column("refresh_token_hash", sa.String(64), nullable=True))
         batch.add_column(sa.Column("refresh_token_expires_at", TS, nullable=True))
+        batch.add_column(sa.Column("previous_refresh_token_hash", sa.String(64), nullable=True))
         batch.add_column(sa.Column("last_placed_at", TS, nullable=True))
         batch.create_index("ix_hosts_registration_token_hash", ["registration_token_hash"])
         batch.create_index("ix_hosts_refresh_token_hash", ["refresh_token_hash"])
+        batch.create_index(
+            "ix_hosts_previous_refresh_token_hash", ["previous_refresh_token_hash"]
+        )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("hosts") as batch:
+        batch.drop_index("ix_hosts_previous_refresh_token_hash")
         batch.drop_index("ix_hosts_refresh_token_hash")
         batch.drop_index("ix_hosts_registration_token_hash")
         for column in (
             "last_placed_at",
+            "previous_refresh_token_hash",
             "refresh_token_expires_at",
             "refresh_token_hash",
             "host_token_expires_at",
