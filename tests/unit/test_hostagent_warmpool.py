@@ -224,9 +224,7 @@ async def test_a_restarted_agent_sweeps_members_and_never_lists_them(tmp_path: P
     assert len(members(first)) == 2
     # A hand-over cut after the member's dir became the capsule's, before its running
     # state: that VM must go too.
-    member = first.manager.warmpool.take(
-        KEY, first.manager.warmpool._ready[KEY][0].source, egress=True
-    )
+    member = first.manager.warmpool.take(KEY, egress=True)
     assert member is not None
     moved = await first.runtime.relocate(
         member.vm, first.manager.layout.sandbox_dir("cl-warm000000000009")

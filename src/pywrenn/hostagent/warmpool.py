@@ -140,16 +140,13 @@ class WarmPool:
         )
 
     # -- taking ----------------------------------------------------------------------------
-    def take(self, key: PoolKey, source: Source, *, egress: bool) -> WarmMember | None:
-        """A frozen member for a create of `key` from `source`, now the caller's; None
-        (a miss) if there is none, or none whose network has the egress it wants.
-        Synchronous: two creates racing can never get the same member."""
+    def take(self, key: PoolKey, *, egress: bool) -> WarmMember | None:
+        """A frozen member for a create of `key`, now the caller's; None (a miss) if
+        there is none, or none whose network has the egress it wants. Synchronous: two
+        creates racing can never get the same member."""
         if not self.pooled(key):
             return None
         members = self._ready[key]
-        for stale in [m for m in members if m.source.template_dir != source.template_dir]:
-            members.remove(stale)  # its base snapshot was re-baked since
-            self.drop(stale)
         member = members.pop(0) if members and egress == self.egress else None
         if member is None:
             self.misses += 1
@@ -157,6 +154,21 @@ class WarmPool:
             self.hits += 1
         self.refill()
         return member
+
+    def confirm(self, member: WarmMember | None, source: Source) -> WarmMember | None:
+        """`member` if it was restored from `source` (what the create resolved); a
+        member of a base snapshot baked anew since is dropped (a miss), with the rest of
+        its kind."""
+        if member is None or member.source.template_dir == source.template_dir:
+            return member
+        self.hits -= 1
+        self.misses += 1
+        self.drop(member)
+        members = self._ready[member.key]
+        for stale in [m for m in members if m.source.template_dir != source.template_dir]:
+            members.remove(stale)
+            self.drop(stale)
+        return None
 
     def give_back(self, member: WarmMember) -> None:
         """A member taken by a create refused before it used it (admission)."""

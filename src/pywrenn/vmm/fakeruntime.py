@@ -15,6 +15,9 @@ is simulated by giving the new manager the same `FakeRuntime`: its VMs "outlived
 old one and are adopted from their run dirs.
 
 Knows nothing of: QEMU, capsules, slots, or the host agent.
+
+Length: one stand-in for every call of the `Runtime` protocol (each short), kept in one
+module beside the guest answers they share, as `qemu.py` is for QEMU.
 """
 
 from __future__ import annotations
