@@ -122,12 +122,12 @@ def test_warm_pool(tmp_path: Path, guest_image: ImageManifest) -> None:
             assert manager.capsule(ids[0]).state is CapsuleState.RUNNING
             assert await run(manager, ids[0], "echo $WARM; hostname") == f"a\n{ids[0]}"
 
-            for capsule_id in ids:
-                await manager.destroy(capsule_id)
             await wait_ready(manager, 2)  # refilled
             for members in manager.warmpool._ready.values():
                 slots_seen.update(m.slot for m in members)
         finally:
+            for capsule in manager.capsules():
+                await manager.destroy(capsule.capsule_id)
             await manager.close()
         assert manager.slots.claimed() == {}
         assert qemu_pids_under(root) == []

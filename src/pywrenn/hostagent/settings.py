@@ -55,8 +55,9 @@ class HostAgentSettings(BaseSettings):
     # Slot networks built ahead of creates (0: build each one during its create).
     network_pool_size: int = Field(default=2, ge=0, le=64)
     # Capsules restored, warmed and frozen ahead of creates, per template and size
-    # (poolsizes.py: `minimal:2,code-runner-beta@2x1024:1`; `0` or empty: none).
-    warm_pool: Annotated[tuple[PoolSize, ...], NoDecode] = (PoolSize("minimal", 2),)
+    # (poolsizes.py: `minimal:2,code-runner-beta@2x1024:1`; `0` or empty: none). Off
+    # until the crash-step and end-to-end suites have run with it on (docs/hostagent.md).
+    warm_pool: Annotated[tuple[PoolSize, ...], NoDecode] = ()
     # Memory admission (admission.py): capsules holding RAM may reserve up to the host's
     # memory (MemTotal, or this many MiB when set) times the overcommit factor.
     memory_capacity_mb: int = Field(default=0, ge=0)

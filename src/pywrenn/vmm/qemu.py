@@ -194,7 +194,11 @@ def build_argv(cfg: LaunchConfig, *, binary: str = QEMU_BINARY) -> list[str]:
         "-kernel", str(cfg.kernel),
         "-initrd", str(cfg.initramfs),
         "-append", cfg.cmdline,
-        "-drive", f"id=root,file={cfg.disk},format=qcow2,if=none,cache=writeback",
+        # auto-read-only=off: the disk stays open read-write by its fd for the VM's life.
+        # With it on, a migration's inactivation reopens the file by its path, which a
+        # moved run dir (`relocate`) no longer has (bdrv_inactivate_all() failed).
+        "-drive",
+        f"id=root,file={cfg.disk},format=qcow2,if=none,cache=writeback,auto-read-only=off",
         "-device", "virtio-blk-device,drive=root",
         "-netdev", _netdev(cfg.network),
         "-device", _netdevice(cfg.network),
