@@ -133,7 +133,16 @@ class NetworkPoolStatus(BaseModel):
     size: int  # how many the pool keeps
 
 
+class WarmPoolStatus(BaseModel):
+    hits: int  # creates that took a warm capsule
+    misses: int  # creates of a pooled template and size that found none
+    ready: int  # frozen capsules waiting for a create
+    size: int  # how many the pool keeps (all templates and sizes)
+    held_mb: int  # memory they hold, counted in admission
+
+
 class AgentHealth(BaseModel):
     status: Literal["ok"]
     version: str
     network_pool: NetworkPoolStatus
+    warm_pool: WarmPoolStatus | None = None
