@@ -391,8 +391,9 @@ class FakeHostAgent:
         async def metrics(capsule_id: str, range: MetricRange = "10m") -> MetricsResponse:
             self._capsule(capsule_id, running=False)
             # The oldest point has no network rates, as from an older agent (or a first
-            # sample); the others carry some, up to MiB/s so a chart needs a unit.
-            rates = ((4000.0, None, None), (100.0, 2048.0, 512.0), (1.0, FAKE_NET_RX_BPS, 96.0))
+            # sample); the others carry some, up to MiB/s so a chart needs a unit, and in
+            # the last 10 min the sent rate has one point only (a chart must still show it).
+            rates = ((4000.0, None, None), (100.0, 2048.0, None), (1.0, FAKE_NET_RX_BPS, 96.0))
             points = [
                 MetricPointPublic(
                     timestamp_unix=self.now_unix - age,

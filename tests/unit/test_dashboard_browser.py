@@ -173,6 +173,8 @@ def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) 
     network = metrics.locator("figure", has=page.locator("[data-chart=network]"))
     expect(network.locator("polyline.series.rx")).to_have_count(1)
     expect(network.locator("polyline.series.tx")).to_have_count(1)
+    expect(network.locator("circle.dot.tx")).to_have_count(1)  # one point: a line can't show it
+    expect(network.locator("circle.dot.rx")).to_have_count(0)
     expect(network.locator("figcaption")).to_contain_text("Network (MiB/s)")
     label = f"Network MiB/s, last 10m: latest received {FAKE_NET_RX_BPS / 2**20}, sent"
     expect(network.locator("svg.chart")).to_have_attribute("aria-label", re.compile(label))

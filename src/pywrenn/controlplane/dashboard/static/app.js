@@ -337,6 +337,10 @@ function lineChart(box, caption, pointsOrLines, range) {
   for (const line of lines.filter((l) => l.points.length)) {
     const drawn = line.points.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ");
     chart.append(svg("polyline", { points: drawn, class: ("series " + line.cls).trim() }));
+    if (line.points.length === 1) {  // a one-point polyline draws nothing: mark the point
+      const [p] = line.points;
+      chart.append(svg("circle", { cx: x(p.t).toFixed(1), cy: y(p.v).toFixed(1), r: 2.5, class: ("dot " + line.cls).trim() }));
+    }
   }
   if (!all.length) {
     chart.append(svg("text", { x: (W + L) / 2, y: H / 2, "text-anchor": "middle" }, "no samples yet"));
