@@ -84,6 +84,10 @@ class MetricPointPublic(BaseModel):
     cpu_pct: float
     mem_bytes: int
     disk_bytes: int
+    # Bytes per second from the guest's side: rx into the guest (the host-side veth's tx),
+    # tx out of it (the veth's rx). Null when not measured; absent from older agents.
+    net_rx_bps: float | None = Field(default=None, ge=0)
+    net_tx_bps: float | None = Field(default=None, ge=0)
 
 
 class MetricsResponse(BaseModel):
