@@ -135,7 +135,7 @@ class Bare:
 
 
 CREATED = re.compile(
-    r"created (\S+) .* in ([0-9.]+)s \(network ([0-9.]+)s( pooled)?, vm ([0-9.]+)s\)"
+    r"created (\S+) .* in ([0-9.]+)s \(network ([0-9.]+)s( pooled)?, vm ([0-9.]+)s( warm)?\)"
 )
 
 

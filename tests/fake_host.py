@@ -12,6 +12,7 @@ from pathlib import Path
 
 from pywrenn.hostagent.fakenet import FakeHostNetwork
 from pywrenn.hostagent.manager import SandboxManager
+from pywrenn.hostagent.poolsizes import parse_pool_sizes
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.images import ImageManifest
 from pywrenn.images.manifest import DEFAULT_CMDLINE, write_manifest
@@ -53,13 +54,17 @@ class FakeHost:
     runtime: FakeRuntime = field(default_factory=FakeRuntime)
     network: FakeHostNetwork = field(default_factory=FakeHostNetwork)
     pool_size: int = 0
+    warm_pool: str = "0"  # WRENN_WARM_POOL; none unless a test asks
+    memory_capacity_mb: int = 64 * 1024
 
     def __post_init__(self) -> None:
         settings = HostAgentSettings(
             dir=self.root,
             network_pool_size=self.pool_size,
-            memory_capacity_mb=64 * 1024,
+            memory_capacity_mb=self.memory_capacity_mb,
+            memory_overcommit=1.0,
             default_memory_mb=256,
+            warm_pool=parse_pool_sizes(self.warm_pool),
         )
         self.manager = SandboxManager(
             settings, self.runtime, network=self.network, connect_guest=self.runtime.connect_guest

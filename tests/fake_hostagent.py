@@ -71,6 +71,7 @@ TOKEN = "fake-host-token"
 # plane re-attaches, as it would after a dropped host connection.
 ATTACH_WAIT_S = 0.5
 CREATED_AT = "2026-01-01T00:00:00Z"
+FAKE_NET_RX_BPS = 3.5 * 1024 * 1024  # the newest metric point's receive rate
 
 
 class _Failure(Exception):
@@ -390,11 +391,20 @@ class FakeHostAgent:
         @app.get("/v1/capsules/{capsule_id}/metrics")
         async def metrics(capsule_id: str, range: MetricRange = "10m") -> MetricsResponse:
             self._capsule(capsule_id, running=False)
+            # The oldest point has no network rates, as from an older agent (or a first
+            # sample); the others carry some, up to MiB/s so a chart needs a unit, and in
+            # the last 10 min the sent rate has one point only (a chart must still show it).
+            rates = ((4000.0, None, None), (100.0, 2048.0, None), (1.0, FAKE_NET_RX_BPS, 96.0))
             points = [
                 MetricPointPublic(
-                    timestamp_unix=self.now_unix - age, cpu_pct=1.5, mem_bytes=1, disk_bytes=2
+                    timestamp_unix=self.now_unix - age,
+                    cpu_pct=1.5,
+                    mem_bytes=1,
+                    disk_bytes=2,
+                    net_rx_bps=rx,
+                    net_tx_bps=tx,
                 )
-                for age in (4000.0, 100.0, 1.0)
+                for age, rx, tx in rates
             ]
             return MetricsResponse(range=range, points=points)
 

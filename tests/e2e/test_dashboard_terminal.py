@@ -2,7 +2,8 @@
 capsule): a person signs up in Debian's `chromium` (driven by Playwright), creates a
 capsule from the page, sees it come up live and its charts drawn, runs `echo hello` in
 its terminal and sees `hello`, uploads a file through the file browser and downloads it
-back, pauses and resumes it, and destroys it. Run under the VM lock."""
+back, sees that traffic on the network chart, pauses and resumes it, and destroys it.
+Run under the VM lock."""
 
 from __future__ import annotations
 
@@ -18,6 +19,10 @@ from tests.integration.conftest import guest_image  # noqa: F401
 from tests.unit.test_dashboard_browser import CHROMIUM, PASSWORD, shot
 
 BOOT_MS = 240_000  # a boot or a pause under TCG on a busy machine
+# The uploaded file: big enough that its transfer stands out of the background traffic
+# on the slot's veth (the sampler's own /metrics calls, the terminal: well under 64 KiB/s).
+UPLOAD_BYTES = 2 * 1024 * 1024
+MOVED_BPS = 64 * 1024  # a sample holding at least half the transfer, over a 5 s step
 
 
 @pytest.fixture
@@ -67,7 +72,7 @@ def test_echo_hello_in_a_real_capsules_terminal(node: Node, browser: Browser) ->
     # The file browser against the real guest: upload into the user's home, download back.
     files = page.locator("#files")
     expect(files.locator("[data-files-path]")).to_have_value("/home/wrenn-user")
-    content = b"hello from the page\n" + bytes(range(256))
+    content = b"hello from the page\n" + bytes(range(256)) * (UPLOAD_BYTES // 256)
     upload = {"name": "page-upload.bin", "mimeType": "application/octet-stream", "buffer": content}
     files.locator("input[type=file]").set_input_files(files=[upload])
     files.get_by_role("button", name="Upload", exact=True).click()
@@ -77,6 +82,23 @@ def test_echo_hello_in_a_real_capsules_terminal(node: Node, browser: Browser) ->
         entry.get_by_role("button", name="Download").click()
     assert Path(got.value.path()).read_bytes() == content
     shot(page, "vm-capsule-files")
+
+    # The transfer went over the capsule's veth: the host measured it, both ways, and the
+    # chart (redrawn every 5 s) moved from bytes to a larger unit.
+    network = page.locator("#metrics figure", has=page.locator("[data-chart=network]"))
+    caption = network.locator("figcaption")
+    expect(caption).to_contain_text(re.compile(r"Network \((KiB|MiB)/s\)"), timeout=60_000)
+    expect(network.locator("polyline.series.rx")).to_have_count(1)
+    expect(network.locator("polyline.series.tx")).to_have_count(1)
+    answer = page.request.get(f"{url}/api/v1/capsules/{cid}/metrics?range=10m")
+    assert answer.ok, answer.text()
+    points = answer.json()["points"]
+    received = [p["net_rx_bps"] for p in points if p["net_rx_bps"] is not None]
+    sent = [p["net_tx_bps"] for p in points if p["net_tx_bps"] is not None]
+    assert max(received) >= MOVED_BPS, received  # the upload, into the guest
+    assert max(sent) >= MOVED_BPS, sent  # the download, out of it
+    assert min(received + sent) >= 0
+    shot(page, "vm-capsule-network")
 
     page.goto(url + "/capsules")
     page.locator(f"tr[data-capsule='{cid}']").get_by_role("button", name="Pause").click()

@@ -21,6 +21,7 @@ from pywrenn.controlplane.e2b.gate import is_e2b_path
 from pywrenn.controlplane.people import accounts
 from pywrenn.ids import IdKind
 from tests.cp_routes import NOW, Harness, run
+from tests.fake_hostagent import FAKE_NET_RX_BPS
 from tests.people_client import PASSWORD, browser
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
@@ -239,11 +240,16 @@ def test_capsule_page_charts_and_processes_go_through_the_sdks_routes(
             ranges = ("10m", "2h", "24h")
             for r_ in ranges:
                 assert f'data-metrics-range="{r_}"' in page
-            # What the charts fetch: each range, by cookie; the host keeps a ring for each.
+            for chart in ("cpu", "memory", "disk", "network"):
+                assert f'data-chart="{chart}"' in page
+            assert "not sampled" not in page
+            # What the charts fetch: each range, by cookie; the host keeps a ring for each,
+            # and its points' network rates (null where unmeasured) reach the page.
             for r_ in ranges:
                 got = await ann.get(f"/api/v1/capsules/{cid}/metrics", params={"range": r_})
                 assert got.status_code == 200 and got.json()["range"] == r_, got.text
-                assert got.json()["points"]
+                newest = got.json()["points"][-1]
+                assert (newest["net_rx_bps"], newest["net_tx_bps"]) == (FAKE_NET_RX_BPS, 96.0)
             assert (await ann.get(f"/api/v1/capsules/{cid}/metrics?range=3d")).status_code == 400
 
             # What the processes table does: list, then kill with the CSRF header.

@@ -6,8 +6,10 @@ import asyncio
 from pathlib import Path
 
 import pytest
+import wrenn.models
 
 from tests.cp_routes import Harness, run
+from tests.fake_hostagent import FAKE_NET_RX_BPS
 
 # The database fixtures, and `sqlite_url` for tests where the database does not matter.
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
@@ -161,6 +163,15 @@ def test_metrics_ranges(sqlite_url: str, tmp_path: Path) -> None:
         assert isinstance(r.json()["points"][0]["timestamp_unix"], int)
         wide = (await h.client.get(f"/api/v1/capsules/{cid}/metrics?range=2h")).json()
         assert len(wide["points"]) == 3
+        # Network rates pass through, null where the host had none (an older agent's point).
+        assert [(p["net_rx_bps"], p["net_tx_bps"]) for p in wide["points"]] == [
+            (None, None),
+            (2048.0, None),
+            (FAKE_NET_RX_BPS, 96.0),
+        ]
+        # The `wrenn` SDK's model reads the answer as before: the extra fields are ignored.
+        parsed = wrenn.models.CapsuleMetrics.model_validate(wide)
+        assert parsed.points is not None and [p.cpu_pct for p in parsed.points] == [1.5] * 3
         bad = await h.client.get(f"/api/v1/capsules/{cid}/metrics?range=3d")
         assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_request"
 

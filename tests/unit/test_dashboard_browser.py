@@ -29,6 +29,7 @@ from sqlalchemy import select
 from pywrenn.controlplane.db.models import Membership, User
 from pywrenn.controlplane.people import accounts
 from tests.cp_routes import NOW, Harness, harness
+from tests.fake_hostagent import FAKE_NET_RX_BPS
 from tests.fuzzing import LoopThread, entered_in_thread, serve_asgi
 from tests.unit.test_cp_dashboard import ran_for
 
@@ -167,7 +168,17 @@ def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) 
     page.wait_for_url(url + f"/capsules/{cid}")
     metrics = page.locator("#metrics")
     expect(metrics).to_have_attribute("data-drawn", "10m", timeout=WAIT_MS)
-    expect(metrics.locator("svg.chart polyline")).to_have_count(3)
+    expect(metrics.locator("svg.chart polyline")).to_have_count(5)
+    # The network chart: received and sent, on a unit the peak (3.5 MiB/s) reads well in.
+    network = metrics.locator("figure", has=page.locator("[data-chart=network]"))
+    expect(network.locator("polyline.series.rx")).to_have_count(1)
+    expect(network.locator("polyline.series.tx")).to_have_count(1)
+    expect(network.locator("circle.dot.tx")).to_have_count(1)  # one point: a line can't show it
+    expect(network.locator("circle.dot.rx")).to_have_count(0)
+    expect(network.locator("figcaption")).to_contain_text("Network (MiB/s)")
+    label = f"Network MiB/s, last 10m: latest received {FAKE_NET_RX_BPS / 2**20}, sent"
+    expect(network.locator("svg.chart")).to_have_attribute("aria-label", re.compile(label))
+    expect(metrics).not_to_contain_text("not sampled")
     metrics.get_by_role("button", name="2 h").click()
     expect(metrics).to_have_attribute("data-drawn", "2h", timeout=WAIT_MS)
     expect(metrics.get_by_role("button", name="2 h")).to_have_attribute("aria-pressed", "true")

@@ -18,7 +18,7 @@ from typing import Any, cast
 import pytest
 
 from pywrenn.envdclient import EnvdClient
-from pywrenn.hostagent import loops
+from pywrenn.hostagent import loops, netrates
 from pywrenn.hostagent.app import create_app
 from pywrenn.hostagent.capsule import Capsule
 from pywrenn.hostagent.manager import SandboxManager
@@ -103,6 +103,110 @@ async def test_sample_stores_a_good_answer(manager: SandboxManager) -> None:
             await loops.sample(manager, c, 1.0)
     [point] = c.metrics.points("10m")
     assert (point.cpu_pct, point.mem_bytes, point.disk_bytes) == (12.5, 1000, 2000)
+
+
+class FakeVeths:
+    """Counter files in a temporary /sys/class/net, and a clock the sampler reads."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.now = 1000.0
+
+    def set(self, slot: int, *, host_rx: int, host_tx: int) -> None:
+        stats = self.root / f"wrn-veth-{slot}" / "statistics"
+        stats.mkdir(parents=True, exist_ok=True)
+        (stats / "rx_bytes").write_text(str(host_rx))
+        (stats / "tx_bytes").write_text(str(host_tx))
+
+    def remove(self, slot: int) -> None:
+        for name in ("rx_bytes", "tx_bytes"):
+            (self.root / f"wrn-veth-{slot}" / "statistics" / name).unlink()
+
+    def clock(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def veths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeVeths:
+    root = tmp_path / "sys-class-net"
+    root.mkdir()
+    monkeypatch.setattr(netrates, "SYS_NET", root)
+    return FakeVeths(root)
+
+
+async def test_sample_records_the_guests_network_rates(
+    manager: SandboxManager, veths: FakeVeths
+) -> None:
+    async with FakeGuest({"/metrics": json_body(GOOD)}) as guest:
+        c = capsule(manager, "cl-net", guest.url, 3)
+        async with closing(c):
+            veths.set(3, host_rx=1_000, host_tx=2_000)
+            await loops.sample(manager, c, 5.0, clock=veths.clock)
+            # 10 s later: the host side sent 50,000 bytes (into the guest), got 10,000.
+            veths.now += 10.0
+            veths.set(3, host_rx=11_000, host_tx=52_000)
+            await loops.sample(manager, c, 5.0, clock=veths.clock)
+    # The first sample had nothing to compare with: unmeasured, so out of the step's mean.
+    latest = c.metrics.points("10m")[-1]
+    assert (latest.net_rx_bps, latest.net_tx_bps) == (5000.0, 1000.0)
+
+
+def test_a_point_without_rates_has_them_unmeasured() -> None:
+    point = loops.guest_point(GOOD, 0.0)
+    assert point is not None and (point.net_rx_bps, point.net_tx_bps) == (None, None)
+    rates = netrates.GuestRates(rx_bps=1.26, tx_bps=0.0)
+    measured = loops.guest_point(GOOD, 0.0, rates)
+    assert measured is not None and (measured.net_rx_bps, measured.net_tx_bps) == (1.3, 0.0)
+
+
+async def test_sample_gives_no_rate_for_counters_gone_back_or_vanished(
+    manager: SandboxManager, veths: FakeVeths
+) -> None:
+    async with FakeGuest({"/metrics": json_body(GOOD)}) as guest:
+        c = capsule(manager, "cl-reset", guest.url, 3)
+        async with closing(c):
+            veths.set(3, host_rx=90_000, host_tx=90_000)
+            await loops.sample(manager, c, 5.0, clock=veths.clock)
+            veths.now += 5.0
+            veths.set(3, host_rx=100, host_tx=100)  # the veth was rebuilt
+            await loops.sample(manager, c, 5.0, clock=veths.clock)
+            veths.now += 5.0
+            veths.remove(3)  # the slot is being torn down
+            await loops.sample(manager, c, 5.0, clock=veths.clock)
+            veths.now += 5.0
+            veths.set(3, host_rx=600, host_tx=100)  # back: one read is not a rate
+            await loops.sample(manager, c, 5.0, clock=veths.clock)
+            veths.now += 5.0
+            veths.set(3, host_rx=1100, host_tx=100)
+            await loops.sample(manager, c, 5.0, clock=veths.clock)
+    # Only the last sample compared two good reads; the others are unmeasured, never
+    # negative, and the step's mean (the samples share one) is that one rate.
+    for range_ in ("10m", "2h"):
+        latest = c.metrics.points(range_)[-1]
+        assert (latest.net_rx_bps, latest.net_tx_bps) == (0.0, 100.0)
+        rates = [r for p in c.metrics.points(range_) for r in (p.net_rx_bps, p.net_tx_bps)]
+        assert all(r is None or r >= 0 for r in rates)
+
+
+async def test_traffic_above_the_floor_keeps_a_capsule_busy(
+    manager: SandboxManager, veths: FakeVeths
+) -> None:
+    floor = manager.settings.net_floor_bps
+    async with FakeGuest({"/metrics": json_body(GOOD)}) as guest:
+        c = capsule(manager, "cl-busy", guest.url, 3)
+        async with closing(c):
+            veths.set(3, host_rx=0, host_tx=0)
+            c.last_active_at = 0.0
+            await loops.sample(manager, c, 1.0, clock=veths.clock)
+            assert c.last_active_at == 0.0  # one read: no rate, no activity
+            veths.now += 1.0
+            veths.set(3, host_rx=0, host_tx=int(floor) // 2)  # below the floor
+            await loops.sample(manager, c, 1.0, clock=veths.clock)
+            assert c.last_active_at == 0.0
+            veths.now += 1.0
+            veths.set(3, host_rx=int(floor), host_tx=int(floor))  # rx + tx above it
+            await loops.sample(manager, c, 1.0, clock=veths.clock)
+            assert c.last_active_at > 0.0
 
 
 @pytest.mark.parametrize(

@@ -56,6 +56,23 @@ def test_rings_downsample() -> None:
     assert all(p.mem_bytes == 100 for p in coarse)
 
 
+def test_rings_average_network_rates_over_measured_samples() -> None:
+    rings = MetricRings()
+    for i in range(120):  # two minutes, one sample a second
+        unmeasured = i in (0, 60)  # a first sample, a rebuilt veth: no rate
+        rx = None if unmeasured else float(i % 2) * 1000  # 0, 1000, 0, ...
+        tx = None if unmeasured else 600.0 * (1 + i // 60)  # 600 then 1200
+        rings.add(MetricPoint(float(i), 1.0, 1, 1, net_rx_bps=rx, net_tx_bps=tx))
+    rings.add(MetricPoint(120.0, 1.0, 1, 1))  # an open bucket with no rate at all
+    fine = rings.points("10m")
+    assert (fine[0].net_rx_bps, fine[0].net_tx_bps) == (500.0, 600.0)  # samples 1..4
+    assert (fine[1].net_rx_bps, fine[1].net_tx_bps) == (600.0, 600.0)  # samples 5..9
+    coarse = rings.points("2h")
+    # An unmeasured sample is not a zero: each minute's mean is its measured samples'.
+    assert [p.net_tx_bps for p in coarse] == [600.0, 1200.0, None]
+    assert [p.net_rx_bps for p in coarse] == [round(30_000 / 59, 1)] * 2 + [None]
+
+
 def test_rings_are_bounded_and_reject_unknown_ranges() -> None:
     rings = MetricRings()
     for i in range(1000):

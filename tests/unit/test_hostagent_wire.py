@@ -25,6 +25,7 @@ from pywrenn.envdclient import ProcessEvent
 from pywrenn.hostagent import metrics
 from pywrenn.hostagent.app import create_app
 from pywrenn.hostagent.manager import SandboxManager
+from pywrenn.hostagent.routes import _convert
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.wire import (
     DEFAULT_EXEC_TIMEOUT_S,
@@ -37,6 +38,7 @@ from pywrenn.hostagent.wire import (
     InputRequest,
     MalformedEvent,
     MetricRange,
+    MetricsResponse,
     ProcessSpec,
     TerminalSize,
     decode_event,
@@ -143,6 +145,31 @@ def test_a_malformed_line_is_refused(line: bytes) -> None:
 # -- models -----------------------------------------------------------------------------------
 def test_metric_ranges_are_the_hosts_rings() -> None:
     assert get_args(MetricRange) == metrics.RANGES
+
+
+def test_metric_points_of_an_older_agent_still_parse() -> None:
+    """Network rates are optional: an agent from before them sends none, and the control
+    plane reads its points with the rates unmeasured (null), not zero."""
+    before = {"timestamp_unix": 1.0, "cpu_pct": 2.0, "mem_bytes": 3, "disk_bytes": 4}
+    old = json.dumps({"range": "10m", "points": [before]})
+    [point] = MetricsResponse.model_validate_json(old).points
+    assert (point.cpu_pct, point.net_rx_bps, point.net_tx_bps) == (2.0, None, None)
+    new = MetricsResponse(range="10m", points=[point.model_copy(update={"net_rx_bps": 5.5})])
+    [again] = MetricsResponse.model_validate_json(new.model_dump_json()).points
+    assert (again.net_rx_bps, again.net_tx_bps) == (5.5, None)
+
+
+def test_a_host_points_become_wire_points_with_their_rates() -> None:
+    point = metrics.MetricPoint(1.0, 2.0, 3, 4, net_rx_bps=10.0, net_tx_bps=20.0)
+    public = _convert.metric_point(point)
+    assert (public.net_rx_bps, public.net_tx_bps) == (10.0, 20.0)
+    assert _convert.metric_point(metrics.MetricPoint(1.0, 2.0, 3, 4)).net_rx_bps is None
+
+
+def test_a_negative_rate_is_refused_on_the_wire() -> None:
+    bad = {"timestamp_unix": 1.0, "cpu_pct": 0, "mem_bytes": 0, "disk_bytes": 0, "net_tx_bps": -1}
+    with pytest.raises(ValidationError):
+        MetricsResponse.model_validate({"range": "10m", "points": [bad]})
 
 
 def test_input_data_is_bytes_in_python_and_base64_on_the_wire() -> None:

@@ -60,7 +60,7 @@ def test_microvm_essentials() -> None:
     assert opt(argv, "-serial") == ["chardev:console"]
     assert opt(argv, "-append") == ["console=ttyS0 tsc_early_khz=2100000"]
     assert opt(argv, "-drive") == [
-        "id=root,file=/r/cap1/disk.qcow2,format=qcow2,if=none,cache=writeback"
+        "id=root,file=/r/cap1/disk.qcow2,format=qcow2,if=none,cache=writeback,auto-read-only=off"
     ]
     assert "-incoming" not in argv
     assert "acpi=off" not in " ".join(argv)  # ACPI finds the virtio-mmio devices

@@ -3,7 +3,8 @@
 Owns: what holds RAM (capsules creating, running, pausing, resuming or stopping: their VM
 exists or is about to; a paused capsule holds only disk), the host's capacity (MemTotal,
 or WRENN_MEMORY_CAPACITY_MB, times WRENN_MEMORY_OVERCOMMIT) and the refusal, NoCapacity
-(503 `exhausted`), naming what is held and what was asked.
+(503 `exhausted`), naming what is held and what was asked. Memory held outside the
+capsule table (the warm pool's frozen members, warmpool.py) counts too (`also_held`).
 
 A create or resume awaits (slot, lock) before its capsule's own state counts, so
 `admit` also records a reservation for the capsule: two requests racing through that
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -59,18 +60,27 @@ class Admission:
     """The host's memory budget; `admit` is synchronous, so a check and its reservation
     happen with no other coroutine in between."""
 
-    def __init__(self, capacity_mb: int) -> None:
+    def __init__(self, capacity_mb: int, *, also_held: Callable[[], int] | None = None) -> None:
         self.capacity_mb = capacity_mb
+        # Memory held outside the capsule table: the warm pool's frozen members.
+        self.also_held = also_held or (lambda: 0)
         self._reserved: dict[str, _Reservation] = {}
 
     @classmethod
-    def from_settings(cls, settings: HostAgentSettings) -> Admission:
+    def from_settings(
+        cls, settings: HostAgentSettings, *, also_held: Callable[[], int] | None = None
+    ) -> Admission:
         physical = settings.memory_capacity_mb or host_memory_mb()
-        return cls(int(physical * settings.memory_overcommit))
+        return cls(int(physical * settings.memory_overcommit), also_held=also_held)
+
+    def fits(self, memory_mb: int, capsules: Iterable[Capsule]) -> bool:
+        """Would `memory_mb` more fit now (nothing reserved)?"""
+        return self.held_mb(capsules) + memory_mb <= self.capacity_mb
 
     def held_mb(self, capsules: Iterable[Capsule]) -> int:
-        """Memory of the capsules that hold RAM, plus reservations not yet counted."""
-        held = 0
+        """Memory of the capsules that hold RAM, plus reservations not yet counted,
+        plus what is held outside the table (`also_held`)."""
+        held = self.also_held()
         counted: set[str] = set()
         for capsule in capsules:
             if capsule.state in HOLDS_MEMORY:

@@ -65,6 +65,7 @@ def _lifespan(
         await manager.recover()  # before the first request: no Create may race a slot
         await manager.ensure_base_snapshot()
         manager.netpool.refill()
+        manager.warmpool.start()
         # The loops are supervised (`loops.supervise`): an iteration that raises is logged
         # and the loop goes on, so a guest's bad answer cannot end this TaskGroup.
         async with asyncio.TaskGroup() as group:

@@ -15,6 +15,7 @@ from typing import Any
 from pywrenn.envdclient import EnvdClient
 from pywrenn.hostagent.meta import RunningState, SnapshotMeta
 from pywrenn.hostagent.metrics import MetricRings
+from pywrenn.hostagent.netrates import VethReading
 from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.states import CapsuleState, check_transition
 from pywrenn.vmm import AGENT_PORT, VMHandle
@@ -51,9 +52,9 @@ class Capsule:
     last_active_at: float = field(default_factory=time.time)
     lifecycle: asyncio.Lock = field(default_factory=asyncio.Lock)
     metrics: MetricRings = field(default_factory=MetricRings)
-    # For the activity sampler: the VMM's CPU ticks and the veth byte count last seen.
+    # For the activity sampler: the VMM's CPU ticks and the veth counters last seen.
     cpu_ticks: int | None = None
-    net_bytes: int | None = None
+    net_reading: VethReading | None = None
     # Set while a template is made from this (running) capsule; see CapsuleState.SNAPSHOTTING.
     snapshotting: bool = False
 

@@ -2,8 +2,9 @@
 
 Owns: deciding when an idle capsule is paused, and what counts as activity: API calls
 (the manager's `touch`), and guest CPU or network use above a floor, measured from the
-VMM process's CPU time and the slot's veth byte counters. Busy capsules with no API
-traffic are not paused.
+VMM process's CPU time and the slot's veth byte counters (`netrates.py`; the same reads
+give each metric point its network rates). Busy capsules with no API traffic are not
+paused.
 
 Guest vs host: a guest is root in its VM and may lie or stall. Every loop runs under
 `supervise` (a failed iteration is logged and the next one comes after the interval; only
@@ -27,6 +28,7 @@ from pywrenn.envdclient import EnvdError
 from pywrenn.hostagent.capsule import Capsule
 from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.metrics import MetricPoint
+from pywrenn.hostagent.netrates import GuestRates, guest_rates, read_veth
 from pywrenn.hostagent.states import CapsuleState
 from pywrenn.vmm import VMState
 
@@ -161,8 +163,18 @@ async def _sample_guarded(
         log.warning("sampler: %s failed: %r", capsule.capsule_id, exc)
 
 
-async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> bool:
-    """One capsule's activity and metrics; False if its guest agent did not answer."""
+async def sample(
+    manager: SandboxManager,
+    capsule: Capsule,
+    interval: float,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+) -> bool:
+    """One capsule's activity and metrics; False if its guest agent did not answer.
+
+    Network rates are over the time between two reads of the veth (`clock`), not the
+    nominal interval: a late round would otherwise overstate them.
+    """
     settings = manager.settings
     busy = False
     if capsule.vm is not None:
@@ -171,11 +183,11 @@ async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> 
             pct = 100.0 * (ticks - capsule.cpu_ticks) / _CLK_TCK / interval
             busy = busy or pct > settings.cpu_busy_pct
         capsule.cpu_ticks = ticks
-    net_bytes = _veth_bytes(capsule.net.veth_host)
-    if net_bytes is not None and capsule.net_bytes is not None:
-        rate = (net_bytes - capsule.net_bytes) / interval
-        busy = busy or rate > settings.net_floor_bps
-    capsule.net_bytes = net_bytes
+    reading = read_veth(capsule.net.veth_host, clock())
+    rates = guest_rates(capsule.net_reading, reading)
+    capsule.net_reading = reading
+    if rates is not None:
+        busy = busy or rates.total_bps > settings.net_floor_bps
     if busy:
         capsule.touch()
     if capsule.envd is None:
@@ -185,7 +197,7 @@ async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> 
     except EnvdError as exc:
         _bad_sample(capsule.capsule_id, f"/metrics failed: {exc}")
         return False
-    point = guest_point(reported, time.time())
+    point = guest_point(reported, time.time(), rates)
     if point is None:
         _bad_sample(capsule.capsule_id, f"/metrics answered bad values: {_describe(reported)}")
         return True  # it answered: alive, if lying
@@ -193,8 +205,11 @@ async def sample(manager: SandboxManager, capsule: Capsule, interval: float) -> 
     return True
 
 
-def guest_point(reported: object, timestamp: float) -> MetricPoint | None:
-    """The guest's `/metrics` answer as a point, or None if any value is not a sane number.
+def guest_point(
+    reported: object, timestamp: float, rates: GuestRates | None = None
+) -> MetricPoint | None:
+    """The guest's `/metrics` answer as a point, with the host-measured network rates
+    (None: not measured), or None if any reported value is not a sane number.
 
     The guest may send anything: strings, lists, bools, NaN, 10**400. Each field must be
     a real number (not a bool), finite, non-negative and under its bound.
@@ -207,7 +222,12 @@ def guest_point(reported: object, timestamp: float) -> MetricPoint | None:
     if cpu is None or mem is None or disk is None:
         return None
     return MetricPoint(
-        timestamp=timestamp, cpu_pct=float(cpu), mem_bytes=int(mem), disk_bytes=int(disk)
+        timestamp=timestamp,
+        cpu_pct=float(cpu),
+        mem_bytes=int(mem),
+        disk_bytes=int(disk),
+        net_rx_bps=None if rates is None else round(rates.rx_bps, 1),
+        net_tx_bps=None if rates is None else round(rates.tx_bps, 1),
     )
 
 
@@ -260,12 +280,4 @@ def _cpu_ticks(pid: int) -> int | None:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(fields[11]) + int(fields[12])
     except (OSError, IndexError, ValueError):
-        return None
-
-
-def _veth_bytes(ifname: str) -> int | None:
-    base = Path("/sys/class/net") / ifname / "statistics"
-    try:
-        return int((base / "rx_bytes").read_text()) + int((base / "tx_bytes").read_text())
-    except (OSError, ValueError):
         return None

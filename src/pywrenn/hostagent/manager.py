@@ -4,26 +4,25 @@ Owns: the capsule table; create, destroy, pause, resume, list, get and ping: whe
 may run (the capsule's own lock, its state in the table of `states.py`, memory
 admission, draining at shutdown) and what a failure leaves. How each step happens on
 the host is `steps.py`; what a create starts from, `sources.py`; startup recovery,
-`recovery.py`; guest operations (exec, files, processes, PTY), `guest_ops.py`;
-background loops, `loops.py`; templates and forks, `templates.py`.
+`recovery.py`; guest ops, `guest_ops.py`; background loops, `loops.py`; templates
+and forks, `templates.py`; capsules kept warm for creates, `warmpool.py`.
+Length: every operation's guard (lock, state, admission, drain, undo) lives here, beside
+the others, with the hooks that report what the agent did on its own (`report_event`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
-import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
 
 from pywrenn.envdclient import EnvdError
 from pywrenn.hostagent import egress, guestlink
 from pywrenn.hostagent.admission import Admission
 from pywrenn.hostagent.basesnapshot import BaseSnapshots
 from pywrenn.hostagent.capsule import Capsule, CapsuleInfo
+from pywrenn.hostagent.createrequest import DEFAULT_TEMPLATE, CreateRequest, new_meta
 from pywrenn.hostagent.egress import EgressPolicy
 from pywrenn.hostagent.errors import (
     CapsuleNotFound,
@@ -31,47 +30,26 @@ from pywrenn.hostagent.errors import (
     HostAgentError,
     HostError,
     InvalidRequest,
+    NoCapacity,
 )
 from pywrenn.hostagent.faults import crash_hook, crash_point
 from pywrenn.hostagent.guestlink import GuestConnector
 from pywrenn.hostagent.hostnet import HostNetwork, LinuxHostNetwork
-from pywrenn.hostagent.meta import SnapshotMeta
 from pywrenn.hostagent.netpool import NetworkPool
+from pywrenn.hostagent.poolsizes import PoolKey
 from pywrenn.hostagent.recovery import Recovery, RecoveryReport
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.slots import SlotAllocator, allocate_slot
-from pywrenn.hostagent.sources import Source, resolve_source
+from pywrenn.hostagent.sources import resolve_source
 from pywrenn.hostagent.spawner import Spawner
 from pywrenn.hostagent.states import CapsuleState, EventHook, ignore_event
 from pywrenn.hostagent.steps import LifecycleSteps
+from pywrenn.hostagent.warmpool import WarmMember, WarmPool
 from pywrenn.ids import IdKind, is_valid_id, new_id
 from pywrenn.layout import Layout
 from pywrenn.vmm import Runtime, VMError
-from pywrenn.vmm.snapshot import DISK_FILE
 
 log = logging.getLogger("pywrenn.hostagent")
-
-DEFAULT_TEMPLATE = "minimal"
-NIL_UUID = str(uuid.UUID(int=0))  # "the platform": team/template of the base image
-
-
-@dataclass(frozen=True)
-class CreateRequest:
-    capsule_id: str = ""
-    template: str = DEFAULT_TEMPLATE
-    vcpus: int = 0
-    memory_mb: int = 0
-    timeout_sec: int = 0
-    team_id: str = NIL_UUID
-    template_id: str = NIL_UUID
-    default_user: str = ""
-    default_env: dict[str, str] = field(default_factory=dict)
-    default_workdir: str = ""
-    metadata: dict[str, str] = field(default_factory=dict)
-    egress: bool | None = None
-    allow_out: list[str] = field(default_factory=list)  # IPv4 ranges; see egress.py
-    deny_out: list[str] = field(default_factory=list)
-    allow_domains: list[str] = field(default_factory=list)  # names; see domains.py
 
 
 class SandboxManager:
@@ -124,7 +102,25 @@ class SandboxManager:
             egress=settings.egress_default,
             blocked=settings.blocked_ranges,
         )
-        self.admission = Admission.from_settings(settings)
+        self.admission = Admission.from_settings(
+            settings, also_held=lambda: self.warmpool.held_mb()
+        )
+        self.warmpool = WarmPool(
+            layout=self.layout,
+            runtime=runtime,
+            slots=self.slots,
+            network=self.network,
+            connect_guest=connect_guest,
+            spawner=self.spawner,
+            sizes={
+                size.key(settings.default_vcpus, settings.default_memory_mb): size.count
+                for size in settings.warm_pool
+            },
+            egress=settings.egress_default,
+            blocked=settings.blocked_ranges,
+            restore_timeout_s=settings.restore_timeout_s,
+            has_room=lambda memory_mb: self.admission.fits(memory_mb, self._capsules.values()),
+        )
         self.steps = LifecycleSteps(
             settings=settings,
             layout=self.layout,
@@ -185,31 +181,35 @@ class SandboxManager:
                 f"invalid: memory_mb {memory_mb} is outside 128..{self.settings.max_memory_mb}"
             )
         # The ttl is checked by the API model (`wire.CapsuleCreate`).
-        self.admission.admit(capsule_id, memory_mb, self._capsules.values())
-        source = resolve_source(self.layout, request.template, vcpus, memory_mb)
         policy = self._egress_policy(
             request.egress, request.allow_out, request.deny_out, request.allow_domains
         )
-
+        key = PoolKey(request.template, vcpus, memory_mb)
+        warm = self._take_warm_and_admit(capsule_id, key, policy.forwarded)
+        try:
+            source = resolve_source(self.layout, request.template, vcpus, memory_mb)
+        except BaseException:
+            if warm is not None:
+                self.warmpool.give_back(warm)
+            raise
+        warm = self.warmpool.confirm(warm, source)
         started = time.monotonic()
-        pooled = self.netpool.take(capsule_id, egress=policy.forwarded)
-        if pooled is None:
-            slot = await allocate_slot(self.slots, self.network, capsule_id)
-        else:
-            slot = pooled
-        meta = self._new_meta(capsule_id, request, source, slot, vcpus, memory_mb, policy)
+        slot, built = await self._slot_for(capsule_id, warm, policy.forwarded)
+        meta = new_meta(self.layout, capsule_id, request, source, slot, (vcpus, memory_mb), policy)
         capsule = Capsule(capsule_id=capsule_id, state=CapsuleState.CREATING, meta=meta)
         self._capsules[capsule_id] = capsule
         async with capsule.lifecycle:
             try:
-                if pooled is None:
+                if not built:
                     await self.network.create(
                         capsule.net, egress=policy.forwarded, blocked=self.settings.blocked_ranges
                     )
                 await self.network.install_egress_lists(capsule.net, policy)
                 crash_point("create.after_network")
                 networked = time.monotonic()
-                if await self.steps.start(capsule, source):
+                if warm is not None:
+                    await self.steps.start_warm(capsule, warm)
+                elif await self.steps.start(capsule, source):
                     # Booted: no snapshot of this image and size yet; the next restores.
                     meta = capsule.meta
                     self.base.bake_later(meta.template_name, meta.vcpus, meta.memory_mb)
@@ -224,50 +224,59 @@ class SandboxManager:
                 raise
         done = time.monotonic()
         log.info(
-            "created %s slot=%d template=%s in %.3fs (network %.3fs%s, vm %.3fs)",
+            "created %s slot=%d template=%s in %.3fs (network %.3fs%s, vm %.3fs%s)",
             capsule_id,
             slot,
             request.template,
             done - started,
             networked - started,
-            " pooled" if pooled is not None else "",
+            " pooled" if built and warm is None else "",
             done - networked,
+            " warm" if warm is not None else "",
         )
         return capsule.info()
 
-    def _new_meta(
-        self,
-        capsule_id: str,
-        request: CreateRequest,
-        source: Source,
-        slot: int,
-        vcpus: int,
-        memory_mb: int,
-        policy: EgressPolicy,
-    ) -> SnapshotMeta:
-        """What a new capsule records about itself (its `wrenn-snapshot.json` to be)."""
-        return SnapshotMeta(
-            team_id=request.team_id or NIL_UUID,
-            template_id=request.template_id or NIL_UUID,
-            vcpus=vcpus,
-            memory_mb=memory_mb,
-            timeout_sec=request.timeout_sec,
-            slot_index=slot,
-            base_image=str(source.base_image),
-            disk_overlay=str(self.layout.sandbox_dir(capsule_id) / DISK_FILE),
-            created_at=datetime.now(UTC),
-            template_name=request.template,
-            versions=source.versions,
-            metadata=dict(request.metadata),
-            envd_access_token=secrets.token_urlsafe(24),
-            egress=policy.internet,
-            default_user=request.default_user,
-            default_env=dict(request.default_env),
-            default_workdir=request.default_workdir,
-            allow_out=[str(r) for r in policy.allow],
-            deny_out=[str(r) for r in policy.deny],
-            allow_domains=list(policy.domains),
-        )
+    def _take_warm_and_admit(
+        self, capsule_id: str, key: PoolKey, egress: bool
+    ) -> WarmMember | None:
+        """A warm member for this create (or None), and its admission, in one
+        synchronous step: the member's memory becomes the capsule's instead of the
+        pool's (never counted twice), and no other create can take it."""
+        warm = self.warmpool.take(key, egress=egress)
+        try:
+            self._admit(capsule_id, key.memory_mb)
+        except NoCapacity:
+            if warm is not None:
+                self.warmpool.give_back(warm)
+            raise
+        return warm
+
+    async def _slot_for(
+        self, capsule_id: str, warm: WarmMember | None, egress: bool
+    ) -> tuple[int, bool]:
+        """The new capsule's slot, and whether its network is built already (a warm
+        member's, or one from the network pool)."""
+        if warm is not None:
+            try:
+                self.slots.relabel(warm.slot, capsule_id)
+            except OSError as exc:
+                self.warmpool.drop(warm)
+                raise HostError(f"create failed: cannot claim slot {warm.slot}: {exc}") from exc
+            return warm.slot, True
+        pooled = self.netpool.take(capsule_id, egress=egress)
+        if pooled is not None:
+            return pooled, True
+        return await allocate_slot(self.slots, self.network, capsule_id), False
+
+    def _admit(self, capsule_id: str, memory_mb: int) -> None:
+        """Admission; a capsule that does not fit evicts the warm pool and asks again
+        (users' capsules come before capsules kept warm for them)."""
+        try:
+            self.admission.admit(capsule_id, memory_mb, self._capsules.values())
+        except NoCapacity:
+            if not self.warmpool.evict():
+                raise
+            self.admission.admit(capsule_id, memory_mb, self._capsules.values())
 
     def _egress_policy(
         self, internet: bool | None, allow: list[str], deny: list[str], names: list[str]
@@ -317,7 +326,7 @@ class SandboxManager:
             # pausing a paused one, which a reaper race makes routine).
             if capsule.state is not CapsuleState.PAUSED:
                 raise CapsuleStateConflict(capsule_id, capsule.state.value, "resume")
-            self.admission.admit(capsule_id, capsule.meta.memory_mb, self._capsules.values())
+            self._admit(capsule_id, capsule.meta.memory_mb)
             capsule.move_to(CapsuleState.RESUMING)
             await self.steps.resume(capsule, timeout_sec=timeout_sec)
         log.info("resumed %s", capsule_id)
@@ -404,6 +413,7 @@ class SandboxManager:
             log.warning("shutdown: pause budget of %.0fs spent; VMs left running", budget_s)
 
     async def close(self) -> None:
+        await self.warmpool.close()
         await self.netpool.close()
         # Every background task (bakes): a cancelled bake cleans up its VM, slot and
         # namespace before it ends.

@@ -2,6 +2,8 @@
 
 Owns: storing and downsampling samples. The sampler (manager) feeds one point per
 interval; the coarser rings take the mean of the finer points that fall in their step.
+A network rate the sampler could not measure (its first sample, a rebuilt veth) is None
+and left out of the mean; a step with none measured stays None.
 """
 
 from __future__ import annotations
@@ -17,6 +19,10 @@ class MetricPoint:
     cpu_pct: float
     mem_bytes: int
     disk_bytes: int
+    # Bytes per second from the guest's side (netrates.py): rx into the guest (the
+    # host-side veth's tx), tx out of it (the veth's rx). None: not measured.
+    net_rx_bps: float | None = None
+    net_tx_bps: float | None = None
 
 
 @dataclass(frozen=True)
@@ -83,4 +89,11 @@ def _mean(points: list[MetricPoint]) -> MetricPoint:
         cpu_pct=round(sum(p.cpu_pct for p in points) / n, 2),
         mem_bytes=sum(p.mem_bytes for p in points) // n,
         disk_bytes=sum(p.disk_bytes for p in points) // n,
+        net_rx_bps=_mean_of_measured([p.net_rx_bps for p in points]),
+        net_tx_bps=_mean_of_measured([p.net_tx_bps for p in points]),
     )
+
+
+def _mean_of_measured(values: list[float | None]) -> float | None:
+    measured = [v for v in values if v is not None]
+    return round(sum(measured) / len(measured), 1) if measured else None

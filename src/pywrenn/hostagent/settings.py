@@ -12,6 +12,7 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pywrenn.config import DEFAULT_WRENN_DIR, parse_listen
 from pywrenn.hostagent.dns import parse_upstreams
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
+from pywrenn.hostagent.poolsizes import PoolSize, parse_pool_sizes
 from pywrenn.hostagent.slots import MAX_SLOT, parse_slot_range
 
 # A host token shorter than this is refused at start: it is the only thing between a
@@ -54,6 +55,10 @@ class HostAgentSettings(BaseSettings):
     restore_timeout_s: float = 60.0
     # Slot networks built ahead of creates (0: build each one during its create).
     network_pool_size: int = Field(default=2, ge=0, le=64)
+    # Capsules restored, warmed and frozen ahead of creates, per template and size
+    # (poolsizes.py: `minimal:2,code-runner-beta@2x1024:1`; `0` or empty: none). Off
+    # until the crash-step and end-to-end suites have run with it on (docs/hostagent.md).
+    warm_pool: Annotated[tuple[PoolSize, ...], NoDecode] = ()
     # Memory admission (admission.py): capsules holding RAM may reserve up to the host's
     # memory (MemTotal, or this many MiB when set) times the overcommit factor.
     memory_capacity_mb: int = Field(default=0, ge=0)
@@ -120,6 +125,13 @@ class HostAgentSettings(BaseSettings):
                 "invalid: set both WRENN_AGENT_TLS_CERT and WRENN_AGENT_TLS_KEY, or neither"
             )
         return self
+
+    @field_validator("warm_pool", mode="before")
+    @classmethod
+    def _parse_warm_pool(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return parse_pool_sizes(value)
+        return value
 
     @field_validator("agent_listen")
     @classmethod

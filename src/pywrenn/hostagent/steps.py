@@ -35,6 +35,7 @@ from pywrenn.hostagent.slots import SlotAllocator, return_slot_network
 from pywrenn.hostagent.sources import Source, capsule_versions, start_vm
 from pywrenn.hostagent.states import CapsuleState
 from pywrenn.hostagent.sweep import pause_complete, trash_dir
+from pywrenn.hostagent.warmpool import WarmMember
 from pywrenn.layout import SNAPSHOT_META, Layout, leftovers_beside
 from pywrenn.vmm import (
     Runtime,
@@ -97,6 +98,33 @@ class LifecycleSteps:
         self.attach_guest(capsule)
         self.write_running_state(capsule)
         return booted
+
+    async def start_warm(self, capsule: Capsule, member: WarmMember) -> None:
+        """Make a frozen warm-pool member (its slot already the capsule's) this new
+        capsule: its run dir becomes the capsule's, it runs again and its guest agent
+        gets the capsule's identity with a fresh clock and entropy (`thaw`'s /init),
+        then it is recorded running. A failure kills the VM; `release` does the rest."""
+        run_dir = self.layout.sandbox_dir(capsule.capsule_id)
+        try:
+            vm = await self.runtime.relocate(member.vm, run_dir)
+        except BaseException:
+            with contextlib.suppress(VMError):
+                await self.runtime.kill(member.vm)
+            await asyncio.to_thread(shutil.rmtree, member.vm.run_dir, True)
+            raise
+        capsule.vm = vm
+        crash_point("create.after_vm")
+        await self.runtime.thaw(
+            vm,
+            timeout=self.settings.restore_timeout_s,
+            init_fields=capsule.guest_fields(first_init=True),
+        )
+        versions = capsule_versions(
+            member.source.versions, vmm=await self.runtime.version(), accel=vm.accel
+        )
+        capsule.meta = replace(capsule.meta, versions=versions)
+        self.attach_guest(capsule)
+        self.write_running_state(capsule)
 
     # -- pause ---------------------------------------------------------------------------------
     async def pause_to_disk(self, capsule: Capsule) -> None:

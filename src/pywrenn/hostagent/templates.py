@@ -35,6 +35,7 @@ from typing import Any
 
 from pywrenn.envdclient import EnvdError
 from pywrenn.hostagent.capsule import CapsuleInfo
+from pywrenn.hostagent.createrequest import CreateRequest
 from pywrenn.hostagent.errors import (
     CapsuleStateConflict,
     HostAgentError,
@@ -44,7 +45,7 @@ from pywrenn.hostagent.errors import (
 )
 from pywrenn.hostagent.faults import crash_point
 from pywrenn.hostagent.hostnet import tap_spec
-from pywrenn.hostagent.manager import CreateRequest, SandboxManager
+from pywrenn.hostagent.manager import SandboxManager
 from pywrenn.hostagent.meta import TEMPLATE_META, read_json, write_json_atomic
 from pywrenn.hostagent.slots import borrowed_slot_network
 from pywrenn.hostagent.states import CapsuleState

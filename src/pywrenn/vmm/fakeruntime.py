@@ -15,6 +15,9 @@ is simulated by giving the new manager the same `FakeRuntime`: its VMs "outlived
 old one and are adopted from their run dirs.
 
 Knows nothing of: QEMU, capsules, slots, or the host agent.
+
+Length: one stand-in for every call of the `Runtime` protocol (each short), kept in one
+module beside the guest answers they share, as `qemu.py` is for QEMU.
 """
 
 from __future__ import annotations
@@ -75,8 +78,9 @@ class _FakeVM:
 
 class FakeRuntime:
     """`Runtime` with no VMs (see the module doc). `latency` maps operation names
-    ("boot", "restore", "pause_to_dir", "template_snapshot", "cont", "kill", "adopt",
-    "info", "version", and "guest {path}" for guest calls) to seconds."""
+    ("boot", "restore", "pause_to_dir", "template_snapshot", "cont", "freeze", "thaw",
+    "relocate", "kill", "adopt", "info", "version", and "guest {path}" for guest calls)
+    to seconds."""
 
     def __init__(
         self,
@@ -235,6 +239,34 @@ class FakeRuntime:
     async def cont(self, vm: VMHandle, *, timeout: float = 10.0) -> None:
         await self.faults.enter("cont")
         self._live(vm).state = VMState.RUNNING
+
+    async def freeze(self, vm: VMHandle, *, timeout: float = 10.0) -> None:
+        await self.faults.enter("freeze")
+        self._live(vm).state = VMState.PAUSED
+
+    async def thaw(
+        self,
+        vm: VMHandle,
+        *,
+        timeout: float = 30.0,
+        agent_token: str | None = None,
+        init_fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        fake = self._live(vm)
+        fake.state = VMState.RUNNING
+        await self._ready(fake, "thaw", init_fields)
+
+    async def relocate(self, vm: VMHandle, run_dir: Path) -> VMHandle:
+        await self.faults.enter("relocate")
+        fake = self._live(vm)
+        if run_dir.exists():
+            raise VMGoneError(f"exists: cannot move {vm.vm_id} to {run_dir}")
+        old_key = _key(vm.run_dir)
+        os.rename(vm.run_dir, run_dir)
+        del self._vms[old_key]
+        fake.handle = VMHandle(run_dir.name, vm.pid, run_dir, vm.network, vm.accel)
+        self._vms[_key(run_dir)] = fake
+        return fake.handle
 
     async def kill(self, vm: VMHandle, *, timeout: float = 10.0) -> None:
         await self.faults.enter("kill")

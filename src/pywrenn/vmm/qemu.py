@@ -194,7 +194,11 @@ def build_argv(cfg: LaunchConfig, *, binary: str = QEMU_BINARY) -> list[str]:
         "-kernel", str(cfg.kernel),
         "-initrd", str(cfg.initramfs),
         "-append", cfg.cmdline,
-        "-drive", f"id=root,file={cfg.disk},format=qcow2,if=none,cache=writeback",
+        # auto-read-only=off: the disk stays open read-write by its fd for the VM's life.
+        # With it on, a migration's inactivation reopens the file by its path, which a
+        # moved run dir (`relocate`) no longer has (bdrv_inactivate_all() failed).
+        "-drive",
+        f"id=root,file={cfg.disk},format=qcow2,if=none,cache=writeback,auto-read-only=off",
         "-device", "virtio-blk-device,drive=root",
         "-netdev", _netdev(cfg.network),
         "-device", _netdevice(cfg.network),
@@ -494,6 +498,44 @@ class QemuRuntime:
                 log.info("continuing %s, left %s by an interrupted snapshot", vm.vm_id, status)
                 await qmp.execute("cont", timeout=timeout)
 
+    async def freeze(self, vm: VMHandle, *, timeout: float = 10.0) -> None:
+        async with _qmp(vm, timeout=timeout) as qmp:
+            await qmp.execute("stop", timeout=timeout)
+
+    async def thaw(
+        self,
+        vm: VMHandle,
+        *,
+        timeout: float = 30.0,
+        agent_token: str | None = None,
+        init_fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        try:
+            async with _qmp(vm, timeout=min(timeout, 10.0)) as qmp:
+                await qmp.execute("cont")
+            await _ready_agent(
+                vm, timeout=timeout, agent_token=agent_token, init_fields=init_fields
+            )
+        except BaseException:
+            await self.kill(vm)
+            raise
+
+    async def relocate(self, vm: VMHandle, run_dir: Path) -> VMHandle:
+        # QEMU keeps its open files (disk, log, pidfile) and its listening QMP socket
+        # across a rename of their dir; its argv keeps naming the old socket path, which
+        # vm.json records as the VM's marker (`_marker`), so kill and adopt still know it.
+        if run_dir.exists():
+            raise VMError(f"exists: cannot move {vm.vm_id} to {run_dir}")
+        os.rename(vm.run_dir, run_dir)
+        with contextlib.suppress(OSError, ValueError, VMError):
+            record = _read_record(run_dir)
+            record["vm_id"] = run_dir.name
+            tmp = run_dir / f".{VM_STATE}.tmp"
+            _write_private(tmp, (json.dumps(record, indent=2) + "\n").encode())
+            tmp.replace(run_dir / VM_STATE)
+        log.info("moved %s to %s", vm.vm_id, run_dir)
+        return replace(vm, vm_id=run_dir.name, run_dir=run_dir)
+
     async def kill(self, vm: VMHandle, *, timeout: float = 10.0, grace: float = 0.0) -> None:
         """SIGKILL the VM, but only while its pid is still this run dir's QEMU: a pid
         recycled since (the VM died, another process got the number) is never signalled."""
@@ -586,6 +628,8 @@ class QemuRuntime:
             "memory_mb": cfg.memory_mb,
             "memory_file": str(cfg.memory_file) if cfg.memory_file else None,
             "memory_shared": cfg.memory_shared,
+            # What only this VM's argv holds, wherever its run dir moves (`relocate`).
+            "qmp_socket": str(run / QMP_SOCK),
             "vmm_version": await self.version(),
             "started_ns": time.time_ns(),
         }
@@ -955,7 +999,12 @@ def _read_record(run_dir: Path) -> dict[str, Any]:
 
 
 def _marker(run_dir: Path) -> str:
-    # What only this run dir's QEMU has in its argv: its QMP socket path.
+    # What only this run dir's QEMU has in its argv: the QMP socket path it was started
+    # with, as vm.json records it (the run dir may have moved since: `relocate`).
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        recorded = json.loads((run_dir / VM_STATE).read_text()).get("qmp_socket")
+        if isinstance(recorded, str) and recorded:
+            return recorded
     return str(run_dir / QMP_SOCK)
 
 

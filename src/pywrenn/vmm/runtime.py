@@ -211,6 +211,30 @@ class Runtime(Protocol):
         Only for a VM whose snapshot dir was discarded: from here its disk changes."""
         ...
 
+    async def freeze(self, vm: VMHandle, *, timeout: float = 10.0) -> None:
+        """Stop the VM's vCPUs and keep it in memory (no CPU) until `thaw`.
+
+        What a warm pool holds: a VM whose guest already ran its first requests."""
+        ...
+
+    async def thaw(
+        self,
+        vm: VMHandle,
+        *,
+        timeout: float = 30.0,
+        agent_token: str | None = None,
+        init_fields: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Let a frozen VM run and give its guest agent a fresh clock and entropy (and
+        `init_fields`) with the same /init a restore ends with; the VM is killed if that
+        fails. `agent_token`: as `restore`."""
+        ...
+
+    async def relocate(self, vm: VMHandle, run_dir: Path) -> VMHandle:
+        """Move a live VM's run dir to `run_dir` (a rename on one filesystem; `run_dir`
+        must not exist). The returned handle reaches, kills and adopts it there."""
+        ...
+
     async def kill(self, vm: VMHandle, *, timeout: float = 10.0) -> None:
         """Make sure the VM's process is gone (idempotent)."""
         ...

@@ -132,6 +132,10 @@ class MetricPoint(BaseModel):
     cpu_pct: float
     mem_bytes: int
     disk_bytes: int
+    # Beyond Wrenn's point (the `wrenn` SDK ignores them): bytes per second received and
+    # sent by the guest; null where the host did not measure them (or is older).
+    net_rx_bps: float | None = None
+    net_tx_bps: float | None = None
 
 
 class CapsuleMetrics(BaseModel):

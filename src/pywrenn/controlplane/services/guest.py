@@ -228,6 +228,8 @@ async def metrics(t: Target, range_: str, *, now: datetime) -> CapsuleMetrics:
             cpu_pct=p.cpu_pct,
             mem_bytes=p.mem_bytes,
             disk_bytes=p.disk_bytes,
+            net_rx_bps=p.net_rx_bps,
+            net_tx_bps=p.net_tx_bps,
         )
         for p in found.points
         if p.timestamp_unix >= since

@@ -67,6 +67,8 @@ def metric_point(p: MetricPoint) -> MetricPointPublic:
         cpu_pct=p.cpu_pct,
         mem_bytes=p.mem_bytes,
         disk_bytes=p.disk_bytes,
+        net_rx_bps=p.net_rx_bps,
+        net_tx_bps=p.net_tx_bps,
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
-from pywrenn.hostagent.manager import CreateRequest
+from pywrenn.hostagent.createrequest import CreateRequest
 from pywrenn.hostagent.wire import (
     CapsuleCreate,
     CapsuleList,

@@ -1,11 +1,17 @@
-"""`GET /health` (no token: liveness and the network pool) and a capsule's metrics."""
+"""`GET /health` (no token: liveness, the network and warm pools) and capsule metrics."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter, Request
 
 from pywrenn import __version__
-from pywrenn.hostagent.wire import AgentHealth, MetricRange, MetricsResponse, NetworkPoolStatus
+from pywrenn.hostagent.wire import (
+    AgentHealth,
+    MetricRange,
+    MetricsResponse,
+    NetworkPoolStatus,
+    WarmPoolStatus,
+)
 
 from . import _convert
 from .deps import AUTH, context
@@ -15,9 +21,22 @@ router = APIRouter()
 
 @router.get("/health")
 async def health(request: Request) -> AgentHealth:
-    pool = context(request).manager.netpool
+    manager = context(request).manager
+    pool = manager.netpool
     status = NetworkPoolStatus(ready=pool.ready, size=pool.size)
-    return AgentHealth(status="ok", version=__version__, network_pool=status)
+    warm = manager.warmpool.stats()
+    return AgentHealth(
+        status="ok",
+        version=__version__,
+        network_pool=status,
+        warm_pool=WarmPoolStatus(
+            hits=warm.hits,
+            misses=warm.misses,
+            ready=warm.ready,
+            size=warm.size,
+            held_mb=warm.held_mb,
+        ),
+    )
 
 
 @router.get("/v1/capsules/{capsule_id}/metrics", dependencies=AUTH)

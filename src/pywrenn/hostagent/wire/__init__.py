@@ -30,6 +30,7 @@ from .capsules import (
     SnapshotRequest,
     TemplateList,
     TemplatePublic,
+    WarmPoolStatus,
 )
 from .events import NDJSON, AgentEvent, MalformedEvent, StreamEvent, decode_event, encode_event
 from .files import DirMade, EntryList, EntryPublic, FileWritten
@@ -86,6 +87,7 @@ __all__ = [
     "TemplateList",
     "TemplatePublic",
     "TerminalSize",
+    "WarmPoolStatus",
     "decode_event",
     "encode_event",
 ]

@@ -84,6 +84,10 @@ class MetricPointPublic(BaseModel):
     cpu_pct: float
     mem_bytes: int
     disk_bytes: int
+    # Bytes per second from the guest's side: rx into the guest (the host-side veth's tx),
+    # tx out of it (the veth's rx). Null when not measured; absent from older agents.
+    net_rx_bps: float | None = Field(default=None, ge=0)
+    net_tx_bps: float | None = Field(default=None, ge=0)
 
 
 class MetricsResponse(BaseModel):
@@ -133,7 +137,16 @@ class NetworkPoolStatus(BaseModel):
     size: int  # how many the pool keeps
 
 
+class WarmPoolStatus(BaseModel):
+    hits: int  # creates that took a warm capsule
+    misses: int  # creates of a pooled template and size that found none
+    ready: int  # frozen capsules waiting for a create
+    size: int  # how many the pool keeps (all templates and sizes)
+    held_mb: int  # memory they hold, counted in admission
+
+
 class AgentHealth(BaseModel):
     status: Literal["ok"]
     version: str
     network_pool: NetworkPoolStatus
+    warm_pool: WarmPoolStatus | None = None

@@ -305,14 +305,23 @@ function short(value) {  // an axis label: whole from 100, one decimal from 1, e
   return String(Number(value.toPrecision(2)));
 }
 
-function lineChart(box, caption, points, range) {
+// One series: `lineChart(box, "CPU %", points, range)`; several, on one scale:
+// `lineChart(box, "Network KiB/s", [{ name: "received", cls: "rx", points }, …], range)`.
+function lineChart(box, caption, pointsOrLines, range) {
+  const lines = pointsOrLines.length && pointsOrLines[0].points
+    ? pointsOrLines
+    : [{ name: "", cls: "", points: pointsOrLines }];
   const W = 320, H = 130, L = 36, R = 6, T = 8, B = 18;
   const span = RANGE_SECONDS[range];
-  const end = points.length ? points[points.length - 1].t : 0;
-  const top = niceCeiling(Math.max(0, ...points.map((p) => p.v)));
+  const all = lines.flatMap((line) => line.points);
+  const end = Math.max(0, ...all.map((p) => p.t));
+  const top = niceCeiling(Math.max(0, ...all.map((p) => p.v)));
   const x = (t) => L + (W - L - R) * (1 - (end - t) / span);
   const y = (v) => T + (H - T - B) * (1 - v / top);
-  const latest = points.length ? short(points[points.length - 1].v) : "none";
+  const latest = lines.map((line) => {
+    const last = line.points.length ? short(line.points[line.points.length - 1].v) : "none";
+    return line.name ? `${line.name} ${last}` : last;
+  }).join(", ");
   const chart = svg("svg", {
     viewBox: `0 0 ${W} ${H}`, role: "img", class: "chart",
     "aria-label": `${caption}, last ${range}: latest ${latest}, scale 0 to ${short(top)}`,
@@ -325,13 +334,43 @@ function lineChart(box, caption, points, range) {
     svg("text", { x: L, y: H - 4 }, "−" + range),
     svg("text", { x: W - R, y: H - 4, "text-anchor": "end" }, "now"),
   );
-  if (points.length) {
-    const line = points.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ");
-    chart.append(svg("polyline", { points: line, class: "series" }));
-  } else {
+  for (const line of lines.filter((l) => l.points.length)) {
+    const drawn = line.points.map((p) => `${x(p.t).toFixed(1)},${y(p.v).toFixed(1)}`).join(" ");
+    chart.append(svg("polyline", { points: drawn, class: ("series " + line.cls).trim() }));
+    if (line.points.length === 1) {  // a one-point polyline draws nothing: mark the point
+      const [p] = line.points;
+      chart.append(svg("circle", { cx: x(p.t).toFixed(1), cy: y(p.v).toFixed(1), r: 2.5, class: ("dot " + line.cls).trim() }));
+    }
+  }
+  if (!all.length) {
     chart.append(svg("text", { x: (W + L) / 2, y: H / 2, "text-anchor": "middle" }, "no samples yet"));
   }
   box.replaceChildren(chart);
+}
+
+// Bytes per second in the binary unit the peak reaches, so the axis reads "2" MiB/s, not
+// "2097152" B/s; every line of a chart shares the one unit.
+const RATE_UNITS = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
+function rateUnit(peak) {
+  let power = 0;
+  while (power < RATE_UNITS.length - 1 && peak >= Math.pow(1024, power + 1)) power++;
+  return { name: RATE_UNITS[power], divisor: Math.pow(1024, power) };
+}
+
+// The guest's receive and transmit rates; points the host did not measure (null: its
+// first sample, or an older host) are left out rather than drawn as zero.
+function networkChart(box, points, range) {
+  const measured = (key) => points
+    .filter((p) => typeof p[key] === "number")
+    .map((p) => ({ t: p.timestamp_unix, v: p[key] }));
+  const rx = measured("net_rx_bps"), tx = measured("net_tx_bps");
+  const unit = rateUnit(Math.max(0, ...rx.map((p) => p.v), ...tx.map((p) => p.v)));
+  const scaled = (line) => line.map((p) => ({ t: p.t, v: p.v / unit.divisor }));
+  box.closest("figure").querySelector("[data-unit]").textContent = unit.name;
+  lineChart(box, "Network " + unit.name, [
+    { name: "received", cls: "rx", points: scaled(rx) },
+    { name: "sent", cls: "tx", points: scaled(tx) },
+  ], range);
 }
 
 function openMetrics() {
@@ -348,6 +387,7 @@ function openMetrics() {
       lineChart(box.querySelector("[data-chart=cpu]"), "CPU %", series((p) => p.cpu_pct), range);
       lineChart(box.querySelector("[data-chart=memory]"), "Memory MiB", series((p) => p.mem_bytes / MIB), range);
       lineChart(box.querySelector("[data-chart=disk]"), "Disk MiB", series((p) => p.disk_bytes / MIB), range);
+      networkChart(box.querySelector("[data-chart=network]"), found.points, range);
       box.dataset.drawn = range;
     } catch (error) {
       showError(error.message);
