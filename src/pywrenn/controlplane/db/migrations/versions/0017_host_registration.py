@@ -49,9 +49,7 @@ def upgrade() -> None:
         batch.add_column(sa.Column("last_placed_at", TS, nullable=True))
         batch.create_index("ix_hosts_registration_token_hash", ["registration_token_hash"])
         batch.create_index("ix_hosts_refresh_token_hash", ["refresh_token_hash"])
-        batch.create_index(
-            "ix_hosts_previous_refresh_token_hash", ["previous_refresh_token_hash"]
-        )
+        batch.create_index("ix_hosts_previous_refresh_token_hash", ["previous_refresh_token_hash"])
 
 
 def downgrade() -> None:
