@@ -108,8 +108,15 @@ def register_body(token: str, address: str, memory_mb: int = 1024, cpus: int = 2
 
 @asynccontextmanager
 async def cluster(
-    db_url: str, tmp_path: Path, *, hosts: int = 0, planes: int = 1, **settings: Any
+    db_url: str,
+    tmp_path: Path,
+    *,
+    hosts: int = 0,
+    planes: int = 1,
+    agent_tls: tuple[Path, Path] | None = None,
+    **settings: Any,
 ) -> AsyncIterator[Cluster]:
+    """`agent_tls`: (certificate, key) the fake agents serve https with."""
     clock = Clock()
     async with AsyncExitStack() as stack:
         apps, clients = [], []
@@ -136,7 +143,7 @@ async def cluster(
         agents = []
         for _ in range(hosts):
             fake = FakeHostAgent(now_unix=clock().timestamp(), token=AGENT_TOKEN)
-            served = await stack.enter_async_context(fake.serve())
+            served = await stack.enter_async_context(fake.serve(tls=agent_tls))
             agents.append(Agent(fake, served.base_url))
         made = Cluster(apps, clients, agents, clock, admin_key)
         for agent in agents:

@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import posixpath
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -149,8 +151,9 @@ class FakeHostAgent:
         self._failures[op] = _Failure(status, code, message)
 
     @asynccontextmanager
-    async def serve(self) -> AsyncIterator[HostClient]:
-        """The fake on 127.0.0.1 (a free port), and a `HostClient` that talks to it."""
+    async def serve(self, *, tls: tuple[Path, Path] | None = None) -> AsyncIterator[HostClient]:
+        """The fake on 127.0.0.1 (a free port), and a `HostClient` that talks to it.
+        `tls`: (certificate, key) to serve https with; the client trusts that certificate."""
         config = uvicorn.Config(
             self._asgi,
             host="127.0.0.1",
@@ -158,6 +161,8 @@ class FakeHostAgent:
             log_level="warning",
             lifespan="off",
             interface="asgi3",  # a bound method: uvicorn would guess ASGI 2
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
@@ -166,7 +171,9 @@ class FakeHostAgent:
                 task.result()  # raises why it could not start
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        client = HostClient(f"http://127.0.0.1:{port}", lambda: self.token)
+        scheme = "https" if tls else "http"
+        trust = ssl.create_default_context(cafile=str(tls[0])) if tls else None
+        client = HostClient(f"{scheme}://127.0.0.1:{port}", lambda: self.token, tls=trust)
         try:
             yield client
         finally:

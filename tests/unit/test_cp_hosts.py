@@ -6,16 +6,24 @@ loopback that register through the real API; every database is real (SQLite, Pos
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
+import uvicorn
+from fastapi import FastAPI
 from sqlalchemy import update
+from typer.testing import CliRunner
 
+from pywrenn.cli.app import app as cli
 from pywrenn.controlplane.db.engine import make_engine
 from pywrenn.controlplane.db.models import Host
 from pywrenn.controlplane.leader import Leadership
-from tests.cp_cluster import Agent, Cluster, cluster, register_body
+from tests.cp_cluster import AGENT_TOKEN, Agent, Cluster, cluster, register_body
 from tests.cp_routes import NOW
 from tests.fake_hostagent import FakeHostAgent
 
@@ -414,3 +422,115 @@ def test_a_registered_agent_is_called_with_its_own_token(db_url: str, tmp_path: 
             assert status == "error"  # the agent refused our call: no capsule, a clear error
 
     run(db_url, tmp_path, body)
+
+
+@asynccontextmanager
+async def _served(app: FastAPI) -> AsyncIterator[str]:
+    """A control plane on a real port, for the CLI's synchronous client."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
+
+
+def test_wrenn_host_commands(db_url: str, tmp_path: Path) -> None:
+    runner = CliRunner()
+
+    async def body(c: Cluster) -> None:
+        (a,) = c.agents
+        async with _served(c.planes[0]) as url:
+            env = {"WRENN_API_URL": url, "WRENN_API_KEY": c.admin_key}
+
+            def wrenn(*args: str, code: int = 0) -> str:
+                result = runner.invoke(cli, list(args), env=env)
+                assert result.exit_code == code, result.output
+                return result.stdout
+
+            async def run_cli(*args: str, code: int = 0) -> str:
+                return await asyncio.to_thread(wrenn, *args, code=code)
+
+            made = json.loads(
+                await run_cli("host", "create", "--name", "b", "--tag", "zone:b", "--json")
+            )
+            assert made["host"]["tags"] == ["zone:b"] and made["registration_token"].startswith(
+                "wrt_"
+            )
+            printed = await run_cli("host", "create", "--name", "c")
+            assert printed.strip().startswith("wrt_")  # the token alone on stdout, for scripts
+            listed = json.loads(await run_cli("host", "list", "--json"))
+            assert {h["name"] for h in listed} == {"b", "c", a.host_id}  # unnamed: its id
+            got = json.loads(await run_cli("host", "get", a.host_id, "--json"))
+            assert got["status"] == "online" and got["memory_mb"] == 1024
+            assert json.loads(await run_cli("host", "drain", a.host_id, "--json"))["draining"]
+            again = json.loads(await run_cli("host", "drain", a.host_id, "--undo", "--json"))
+            assert again["draining"] is False
+            assert json.loads(await run_cli("host", "tag", "add", a.host_id, "gpu", "--json")) == [
+                "gpu"
+            ]
+            assert (await run_cli("host", "tag", "list", a.host_id)).split() == ["gpu"]
+            await run_cli("host", "tag", "remove", a.host_id, "gpu")
+            token = json.loads(await run_cli("host", "token", made["host"]["id"], "--json"))
+            assert token["registration_token"].startswith("wrt_")
+            assert "capsule_unavailable" not in await run_cli("host", "list")  # a table prints
+            r = await c.client.post("/api/v1/capsules", json={})
+            assert r.status_code == 201
+            await c.settle()
+            await run_cli("host", "delete", a.host_id, code=1)  # capsules there: refused
+            await run_cli("host", "delete", a.host_id, "--force")
+            await run_cli("host", "get", a.host_id, code=1)
+            await run_cli("host", "get", "host-../../etc", code=1)
+
+    run(db_url, tmp_path, body, hosts=1)
+
+
+def _self_signed(where: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (its own CA), made with `openssl`."""
+    where.mkdir(parents=True, exist_ok=True)
+    cert, key = where / "cert.pem", where / "key.pem"
+    subprocess.run(
+        [
+            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
+            "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return cert, key
+
+
+def test_agents_served_over_https_are_verified_with_the_agent_ca(
+    db_url: str, tmp_path: Path
+) -> None:
+    trusted, stranger = _self_signed(tmp_path / "ca"), _self_signed(tmp_path / "other")
+
+    async def body(c: Cluster) -> None:
+        (good,) = c.agents
+        assert good.address.startswith("https://")
+        r = await c.client.post("/api/v1/capsules", json={})
+        assert r.status_code == 201, r.text
+        await c.settle()
+        got = (await c.client.get(f"/api/v1/capsules/{r.json()['id']}")).json()
+        assert got["status"] == "running"
+        # An agent whose certificate our CA did not sign gets no capsule.
+        fake = FakeHostAgent(token=AGENT_TOKEN)
+        async with fake.serve(tls=stranger) as served:
+            await c.register(Agent(fake, served.base_url))
+            await c.client.post(f"/api/v1/hosts/{good.host_id}/drain")
+            r = await c.client.post("/api/v1/capsules", json={})
+            assert r.status_code == 201, r.text
+            await c.settle()
+            got = (await c.client.get(f"/api/v1/capsules/{r.json()['id']}")).json()
+            assert got["status"] == "error"
+            assert fake.capsules == {}
+
+    run(db_url, tmp_path, body, hosts=1, agent_tls=trusted, agent_ca_file=str(trusted[0]))
