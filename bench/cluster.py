@@ -91,6 +91,7 @@ class Cluster:
             WRENN_TEAM_MAX_CAPSULES="500",
             WRENN_TEAM_MAX_MEMORY_MB="1000000",
             WRENN_TEAM_MAX_VCPUS="1000",
+            WRENN_SCHEDULER_CPU_OVERCOMMIT="64",  # 48 one-vCPU capsules on one 2-core host
         )
         proc = subprocess.Popen([*WRENN, "serve"], env=env, stdout=self.log, stderr=self.log)
         self.procs.append(proc)
