@@ -142,6 +142,7 @@ def burst(url: str, key: str, count: int) -> dict[str, Any]:
     posts: list[float] = []
     ready: list[float] = []
     ids: list[str] = []
+    errors: list[str] = []
 
     def one(_: int) -> None:
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=300) as api:
@@ -152,12 +153,17 @@ def burst(url: str, key: str, count: int) -> dict[str, Any]:
             capsule_id = r.json()["id"]
             ids.append(capsule_id)
             while True:
-                status = api.get(f"/v1/capsules/{capsule_id}").json()["status"]
+                got = api.get(f"/v1/capsules/{capsule_id}")
+                if got.status_code != 200:  # a loaded control plane may answer 5xx/429
+                    errors.append(f"GET {got.status_code}: {got.text[:200]}")
+                    time.sleep(0.2)
+                    continue
+                status = got.json()["status"]
                 if status == "running":
                     break
                 if status == "error":
                     raise SystemExit(f"{capsule_id} failed to start")
-                time.sleep(0.02)
+                time.sleep(0.05)
             ready.append(time.perf_counter() - began)
 
     began = time.perf_counter()
@@ -170,7 +176,7 @@ def burst(url: str, key: str, count: int) -> dict[str, Any]:
             api.delete(f"/v1/capsules/{capsule_id}")
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline and any(
-            api.get(f"/v1/capsules/{c}").json()["status"] != "stopped" for c in ids
+            api.get(f"/v1/capsules/{c}").json().get("status") != "stopped" for c in ids
         ):
             time.sleep(0.5)
     return {
@@ -180,6 +186,8 @@ def burst(url: str, key: str, count: int) -> dict[str, Any]:
         "post": stats(posts),
         "to_running": stats(ready),
         "spread": spread,
+        "poll_errors": len(errors),
+        "first_poll_error": errors[0] if errors else None,
     }
 
 
