@@ -20,9 +20,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import posixpath
+import ssl
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -120,7 +122,8 @@ class FakeCapsule:
 class FakeHostAgent:
     """A test double for the host agent's wire API; see the module docstring."""
 
-    def __init__(self, *, now_unix: float = 0.0) -> None:
+    def __init__(self, *, now_unix: float = 0.0, token: str = TOKEN) -> None:
+        self.token = token  # the bearer token it demands (a registered agent's own)
         self.capsules: dict[str, FakeCapsule] = {}
         self.templates: dict[str, str] = {"minimal": ""}  # host name -> source capsule
         self.calls: list[str] = []
@@ -148,8 +151,9 @@ class FakeHostAgent:
         self._failures[op] = _Failure(status, code, message)
 
     @asynccontextmanager
-    async def serve(self) -> AsyncIterator[HostClient]:
-        """The fake on 127.0.0.1 (a free port), and a `HostClient` that talks to it."""
+    async def serve(self, *, tls: tuple[Path, Path] | None = None) -> AsyncIterator[HostClient]:
+        """The fake on 127.0.0.1 (a free port), and a `HostClient` that talks to it.
+        `tls`: (certificate, key) to serve https with; the client trusts that certificate."""
         config = uvicorn.Config(
             self._asgi,
             host="127.0.0.1",
@@ -157,6 +161,8 @@ class FakeHostAgent:
             log_level="warning",
             lifespan="off",
             interface="asgi3",  # a bound method: uvicorn would guess ASGI 2
+            ssl_certfile=str(tls[0]) if tls else None,
+            ssl_keyfile=str(tls[1]) if tls else None,
         )
         server = uvicorn.Server(config)
         task = asyncio.create_task(server.serve())
@@ -165,7 +171,9 @@ class FakeHostAgent:
                 task.result()  # raises why it could not start
             await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
-        client = HostClient(f"http://127.0.0.1:{port}", lambda: TOKEN)
+        scheme = "https" if tls else "http"
+        trust = ssl.create_default_context(cafile=str(tls[0])) if tls else None
+        client = HostClient(f"{scheme}://127.0.0.1:{port}", lambda: self.token, tls=trust)
         try:
             yield client
         finally:
@@ -176,7 +184,7 @@ class FakeHostAgent:
     async def _asgi(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] in ("http", "websocket") and scope["path"].startswith("/proxy/"):
             self.calls.append(f"{scope.get('method', 'WS')} {scope['path']}")
-            await HostAgentGate(self.proxy, token=TOKEN)(scope, receive, send)
+            await HostAgentGate(self.proxy, token=self.token)(scope, receive, send)
             return
         await self.app(scope, receive, send)
 
@@ -275,7 +283,7 @@ class FakeHostAgent:
         async def envelope(request: Request, call_next: Any) -> Response:
             self.calls.append(f"{request.method} {request.url.path}")
             public = request.url.path == "/health"
-            if not public and request.headers.get("authorization") != f"Bearer {TOKEN}":
+            if not public and request.headers.get("authorization") != f"Bearer {self.token}":
                 return JSONResponse(_err("unauthorized", "bad token"), status_code=401)
             response: Response = await call_next(request)
             return response

@@ -27,6 +27,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import ssl
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -118,6 +119,8 @@ class Relay:
     check_every_s: float = 1.0
     on_activity: Callable[[], None] = lambda: None
     alive: Callable[[], bool] | None = None
+    # Verifies an https upstream (None: the system's CAs), e.g. an agent's own CA.
+    tls: ssl.SSLContext | None = None
     drop_response_headers: frozenset[str] = frozenset()
     # Called with the upstream's status and headers before the client sees them: raise
     # an UpstreamError to answer the client yourself instead.
@@ -167,7 +170,7 @@ async def relay_http(
     async with aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
-        connector=aiohttp.TCPConnector(limit=0, force_close=True),
+        connector=aiohttp.TCPConnector(limit=0, force_close=True, ssl=relay.tls or True),
         timeout=timeout,
     ) as session:
         try:
@@ -343,7 +346,7 @@ async def relay_websocket(
     timeout = aiohttp.ClientTimeout(total=None, connect=relay.connect_timeout_s)
     async with aiohttp.ClientSession(
         cookie_jar=aiohttp.DummyCookieJar(),
-        connector=aiohttp.TCPConnector(limit=0, force_close=True),
+        connector=aiohttp.TCPConnector(limit=0, force_close=True, ssl=relay.tls or True),
         timeout=timeout,
     ) as session:
         try:

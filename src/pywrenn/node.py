@@ -1,4 +1,5 @@
-"""`wrenn up`: a whole node on one machine, the embedded default.
+"""`wrenn up`: a whole node on one machine, the embedded default; `wrenn serve`: a
+cluster's control plane alone.
 
 Owns: the start-up order of a single-machine node: the guest images (the minimal one and
 the code runner's, built if missing, with progress), the host agent (a child process, so
@@ -79,6 +80,27 @@ def up(settings: ControlPlaneSettings, console: Console) -> None:
         )
     finally:
         _stop_agent(agent, console)
+
+
+def serve(settings: ControlPlaneSettings, console: Console) -> None:
+    """A control plane with no agent beside it (`wrenn serve`): hosts register themselves."""
+    layout = Layout(settings.dir)
+    layout.ensure()
+    _first_admin_key(settings, layout, console)
+    host, port = parse_listen(settings.api_listen)
+    console.print(f"[bold green]control plane up[/]: http://{host}:{port} (no local host agent)")
+    console.print(
+        "add a host: [bold]wrenn host create[/], then on that machine "
+        "[bold]wrenn agent --register TOKEN --control-plane URL[/]"
+    )
+    uvicorn.run(
+        create_app(settings, local_host=False),
+        host=host,
+        port=port,
+        log_level="warning",
+        ws="wsproto",
+        timeout_graceful_shutdown=5,
+    )
 
 
 def proxy_hint(settings: ControlPlaneSettings) -> str:

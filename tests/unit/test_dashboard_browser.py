@@ -297,6 +297,15 @@ def test_a_person_walks_through_the_dashboard(served: Served, browser: Browser) 
     shot(phone, "capsule-phone")
     phone.close()
 
+    # The dark theme follows the system's: the page's background turns dark.
+    dark = ann.new_page()
+    dark.emulate_media(color_scheme="dark")
+    dark.goto(url + f"/capsules/{cid}")
+    background = dark.evaluate("getComputedStyle(document.body).backgroundColor")
+    assert background == "rgb(13, 17, 23)", background
+    shot(dark, "capsule-dark")
+    dark.close()
+
     # Revoke the key: it stops working.
     page.goto(url + "/keys")
     page.get_by_role("button", name="Revoke").click()

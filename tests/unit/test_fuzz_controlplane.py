@@ -53,8 +53,15 @@ from tests.fuzzing import (
 pytest_plugins = ["tests.controlplane_pg", "tests.fuzz_summary"]
 
 STREAMING = ["/api/v1/events/stream"]
-# Sign-up and sign-in answer anyone (their own refusals are tested in test_cp_people.py).
-PUBLIC_PATHS = sorted(gate.PUBLIC_PATHS)
+# Sign-up and sign-in answer anyone (their own refusals are tested in test_cp_people.py);
+# host agents' calls check their own tokens, after the body (test_cp_hosts.py).
+PUBLIC_PATHS = [
+    *sorted(gate.PUBLIC_PATHS),
+    "/api/v1/hosts/register",
+    "/api/v1/hosts/auth/refresh",
+    "/api/v1/hosts/{host_id}/heartbeat",
+    "/api/v1/hosts/{host_id}/capsule-events",
+]
 CHECKS = [
     not_a_server_error,
     status_code_conformance,

@@ -260,7 +260,7 @@ async def test_a_deleted_host_destroys_its_capsules_and_stops_the_server(
 
 # -- capsule events --------------------------------------------------------------------------
 def event(i: int) -> CapsuleEvent:
-    return CapsuleEvent(f"cl-{i:016d}", "paused", "idle timeout", datetime.now(UTC))
+    return CapsuleEvent(f"cl-{i:016d}", "paused", "ttl_expired", datetime.now(UTC))
 
 
 async def test_events_go_in_batches_and_are_retried(
@@ -310,8 +310,8 @@ async def test_the_reaper_and_a_dead_vm_are_events(host: FakeHost) -> None:
     assert await loops.find_dead_vms(manager) == [dying.capsule_id]
     got = [(e.capsule_id, e.state, e.reason) for e in queue.take()]
     assert got == [
-        (idle.capsule_id, "paused", "idle timeout"),
-        (dying.capsule_id, "error", "VM process exited"),
+        (idle.capsule_id, "paused", "ttl_expired"),
+        (dying.capsule_id, "error", "vm_exited"),
     ]
     assert manager.get(dying.capsule_id).state is CapsuleState.FAILED
     assert manager.drain_auto_paused() == [idle.capsule_id]  # the listing still has it

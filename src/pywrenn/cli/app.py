@@ -12,9 +12,10 @@ from pywrenn import __version__
 from pywrenn.cli.admin import admin_app
 from pywrenn.cli.capsules import capsule_app
 from pywrenn.cli.common import CliState
+from pywrenn.cli.hosts import host_app
 from pywrenn.cli.images import image_app
 from pywrenn.cli.keys import key_app
-from pywrenn.cli.serve import agent, envd, up
+from pywrenn.cli.serve import agent, envd, serve, up
 from pywrenn.cli.snapshots import snapshot_app
 from pywrenn.cli.teams import team_app
 from pywrenn.cli.templates import template_app
@@ -23,6 +24,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help="pywrenn: mic
 app.add_typer(admin_app, name="admin")
 app.add_typer(image_app, name="image")
 app.add_typer(capsule_app, name="capsule")
+app.add_typer(host_app, name="host")
 app.add_typer(key_app, name="key")
 app.add_typer(snapshot_app, name="snapshot")
 app.add_typer(team_app, name="team")
@@ -42,6 +44,7 @@ def version() -> None:
 
 
 app.command()(up)
+app.command()(serve)
 app.command()(envd)
 app.command()(agent)
 

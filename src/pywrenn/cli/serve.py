@@ -1,4 +1,4 @@
-"""`wrenn up`, `wrenn agent`, `wrenn envd`: the commands that run a long-lived process.
+"""`wrenn up`, `wrenn serve`, `wrenn agent`, `wrenn envd`: the long-lived processes.
 
 Owns: reading each process's settings once (its own settings class, from WRENN_*) and
 handing them to the process's entry point. Imports of the server code are deferred so
@@ -27,6 +27,22 @@ def up() -> None:
     settings = ControlPlaneSettings()
     err.print(f"[bold]pywrenn {__version__}[/] WRENN_DIR={settings.dir}")
     run_node(settings, err)
+
+
+def serve() -> None:
+    """Run a control plane alone (a cluster's: hosts join with `wrenn agent --register`).
+
+    Settings from WRENN_*: WRENN_DATABASE_URL (PostgreSQL, shared by every control plane
+    of the cluster), WRENN_API_LISTEN, WRENN_DIR. Migrates the database; on the first
+    start of a new database the admin API key is printed once and saved to
+    $WRENN_DIR/admin-api-key.
+    """
+    from pywrenn.controlplane.settings import ControlPlaneSettings
+    from pywrenn.node import serve as run_control_plane
+
+    settings = ControlPlaneSettings()
+    err.print(f"[bold]pywrenn {__version__}[/] control plane, WRENN_DIR={settings.dir}")
+    run_control_plane(settings, err)
 
 
 def envd(

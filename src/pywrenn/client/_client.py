@@ -7,6 +7,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 
@@ -170,6 +171,40 @@ class WrennAPI:
     def list_teams(self) -> Any:
         return self._call("GET", "/v1/admin/teams")
 
+    # -- hosts (an admin key only) --------------------------------------------------------
+    def create_host(self, *, name: str | None = None, tags: list[str] | None = None) -> Any:
+        """A pending host and its one-time registration token (`registration_token`)."""
+        return self._call("POST", "/v1/hosts", json={"name": name, "tags": tags or []})
+
+    def list_hosts(self) -> Any:
+        return self._call("GET", "/v1/hosts")
+
+    def get_host(self, host_id: str) -> Any:
+        return self._call("GET", f"/v1/hosts/{_segment(host_id)}")
+
+    def host_delete_preview(self, host_id: str) -> Any:
+        return self._call("GET", f"/v1/hosts/{_segment(host_id)}/delete-preview")
+
+    def delete_host(self, host_id: str, *, force: bool = False) -> None:
+        params = {"force": "true"} if force else {}
+        self._call("DELETE", f"/v1/hosts/{_segment(host_id)}", params=params)
+
+    def host_token(self, host_id: str) -> Any:
+        return self._call("POST", f"/v1/hosts/{_segment(host_id)}/token")
+
+    def drain_host(self, host_id: str, *, undo: bool = False) -> Any:
+        action = "undrain" if undo else "drain"
+        return self._call("POST", f"/v1/hosts/{_segment(host_id)}/{action}")
+
+    def host_tags(self, host_id: str) -> Any:
+        return self._call("GET", f"/v1/hosts/{_segment(host_id)}/tags")
+
+    def add_host_tag(self, host_id: str, tag: str) -> Any:
+        return self._call("POST", f"/v1/hosts/{_segment(host_id)}/tags", json={"tag": tag})
+
+    def remove_host_tag(self, host_id: str, tag: str) -> None:
+        self._call("DELETE", f"/v1/hosts/{_segment(host_id)}/tags/{_segment(tag)}")
+
     # -- transport -------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
@@ -186,3 +221,8 @@ class WrennAPI:
         if response.status_code == 204 or not response.content:
             return None
         return response.json()
+
+
+def _segment(value: str) -> str:
+    """One path segment, quoted whole: an id typed by a person never changes the path."""
+    return quote(value, safe="")

@@ -11,6 +11,8 @@ Knows nothing of: what the routes do.
 from __future__ import annotations
 
 import asyncio
+import logging
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from typing import Any
@@ -35,15 +37,18 @@ from .deps import API_KEY_SCHEME
 from .e2b import router as e2b_api
 from .e2b.deadlines import Deadlines
 from .errors import ENVELOPE_SCHEMA, install_error_handlers
-from .gate import PUBLIC_PATHS, ApiGate
+from .gate import ApiGate, is_unkeyed
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
+from .leader import Leadership
 from .monitorloop import HostMonitor
 from .proxy import PortProxy
 from .routes import admin, builds, capsules, events, exec, files, keys, pty, snapshots, stats
 from .routes import audit as audit_routes
 from .routes import auth as auth_routes
+from .routes import hosts as host_routes
 from .routes import teams as team_routes
+from .scheduler import scheduler_policy
 from .schemas.wrenn import Health
 from .services import hosts as host_rows
 from .settings import ControlPlaneSettings
@@ -61,6 +66,7 @@ API_ROUTERS = (
     snapshots.router,
     builds.router,
     admin.router,
+    host_routes.router,
     # People (people/): accounts, sessions, teams and members, the audit log.
     auth_routes.router,
     team_routes.router,
@@ -74,14 +80,16 @@ def create_app(
     *,
     clock: Clock = system_clock,
     host_agent: HostAgentAPI | None = None,
+    local_host: bool = True,
 ) -> FastAPI:
     """The app. `host_agent` replaces the HTTP client of the local agent (tests, `wrenn up`);
-    whoever passes it in also closes it."""
+    whoever passes it in also closes it. `local_host=False` (`wrenn serve`): no agent
+    beside us; every host registers itself (routes/hosts.py)."""
     app = FastAPI(
         title="pywrenn control plane",
         description=(package_doc or "").strip().splitlines()[0],
         version="0.1.0",
-        lifespan=_lifespan(settings, clock, host_agent),
+        lifespan=_lifespan(settings, clock, host_agent if local_host else None, local_host),
     )
     app.state.settings = settings
     app.state.clock = clock
@@ -108,7 +116,7 @@ def create_app(
 
 
 def _lifespan(
-    settings: ControlPlaneSettings, clock: Clock, host_agent: HostAgentAPI | None
+    settings: ControlPlaneSettings, clock: Clock, host_agent: HostAgentAPI | None, local_host: bool
 ) -> Callable[[FastAPI], AbstractAsyncContextManager[None]]:
     """Migrate, open the engine, connect the local host, then run the background work
     (host monitor, builds, boots, E2B deadlines) in one TaskGroup until the app stops."""
@@ -129,9 +137,15 @@ def _lifespan(
             app.state.sessions = make_session_factory(
                 engine, info={SESSION_KEY: app.state.status_watch}
             )
-            app.state.hosts = await _connect_local_host(
-                app.state.sessions, settings, clock, stack, host_agent
-            )
+            pool = HostPool(tls=_agent_tls(settings))
+            stack.push_async_callback(pool.aclose)
+            if local_host:
+                await _connect_local_host(
+                    pool, app.state.sessions, settings, clock, stack, host_agent
+                )
+            app.state.hosts = pool
+            leadership = Leadership(engine)
+            stack.push_async_callback(leadership.aclose)
             # Exiting the group waits for in-flight work (a boot ends within the host
             # client's create timeout), so no capsule row is left half-moved by a stop.
             monitor = HostMonitor(
@@ -139,6 +153,8 @@ def _lifespan(
                 app.state.hosts,
                 clock,
                 grace_s=settings.host_heartbeat_grace_s,
+                heartbeat_interval_s=settings.host_heartbeat_interval_s,
+                leadership=leadership,
             )
             async with asyncio.TaskGroup() as group:
                 app.state.background = Background(group)
@@ -150,11 +166,15 @@ def _lifespan(
                     clock,
                     Layout(settings.dir).builds_dir,
                     app.state.background,
+                    scheduler_policy(settings),
                 )
                 app.state.builds = runner
                 await runner.clean_interrupted()
                 watcher = group.create_task(
                     monitor.run_forever(settings.host_monitor_interval_s), name="host-monitor"
+                )
+                syncer = group.create_task(
+                    _sync_hosts_forever(app.state.sessions, pool), name="host-sync"
                 )
                 app.state.e2b_deadlines = Deadlines(app.state)
                 ender = group.create_task(app.state.e2b_deadlines.run_forever(), name="deadlines")
@@ -162,20 +182,44 @@ def _lifespan(
                     yield
                 finally:
                     watcher.cancel()
+                    syncer.cancel()
                     ender.cancel()
                     runner.cancel_all()  # a build is minutes long; a stop must not wait
 
     return lifespan
 
 
+HOST_SYNC_INTERVAL_S = 2.0
+
+
+async def _sync_hosts_forever(sessions: async_sessionmaker[AsyncSession], pool: HostPool) -> None:
+    """Every control plane keeps a client for every registered host (registered through
+    any of them), so any of them can place on it and serve its capsules."""
+    while True:
+        await asyncio.sleep(HOST_SYNC_INTERVAL_S)
+        try:
+            async with sessions() as session:
+                await pool.sync(session)
+        except Exception:  # the next round tries again; a dead database shows elsewhere
+            logging.getLogger(__name__).exception("host sync failed")
+
+
+def _agent_tls(settings: ControlPlaneSettings) -> ssl.SSLContext | None:
+    """How agents served over https are verified: WRENN_AGENT_CA_FILE, else system CAs."""
+    if not settings.agent_ca_file:
+        return None
+    return ssl.create_default_context(cafile=settings.agent_ca_file)
+
+
 async def _connect_local_host(
+    pool: HostPool,
     sessions: async_sessionmaker[AsyncSession],
     settings: ControlPlaneSettings,
     clock: Clock,
     stack: AsyncExitStack,
     given: HostAgentAPI | None,
-) -> HostPool:
-    """The pool with the local host agent in it, registered (and marked online) as a host
+) -> None:
+    """Put the local host agent in the pool, registered (and marked online) as a host
     row; its HTTP client is closed with `stack` unless it was `given`."""
     address = settings.effective_agent_url()
     client = given
@@ -189,9 +233,7 @@ async def _connect_local_host(
             session, name=LOCAL_HOST_NAME, address=address, now=clock()
         )
         await host_rows.mark_online(session, host_id=host.id, now=clock())
-    pool = HostPool()
     pool.add(host.id, client)
-    return pool
 
 
 async def health(request: Request) -> Health:
@@ -216,7 +258,7 @@ def _openapi_with_key(app: FastAPI) -> dict[str, Any]:
         for path, operations in schema.get("paths", {}).items():
             if path.startswith(API_PREFIX + "/"):
                 for operation in operations.values():
-                    public = path in PUBLIC_PATHS  # sign-up, sign-in: nobody yet
+                    public = is_unkeyed(path)  # sign-up, sign-in, agents: no key
                     operation["security"] = [] if public else [{n: []} for n in API_KEY_SCHEME]
                     operation["responses"].pop("422", None)
                     operation["responses"]["default"] = {

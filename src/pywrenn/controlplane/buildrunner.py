@@ -34,7 +34,7 @@ from .db.models import TemplateBuild
 from .errors import ControlPlaneError
 from .hostpool import HostPool
 from .recipe import BuildState, Recipe, Step, Workdir, parse_healthcheck
-from .scheduler import pick_host
+from .scheduler import Policy, Request, pick_host
 from .services import builds, templates
 from .services.events import Actor
 
@@ -51,8 +51,10 @@ class BuildRunner:
         clock: Callable[[], datetime],
         archives_dir: Path,
         background: Background,
+        policy: Policy | None = None,
     ) -> None:
         self._sessions = sessions
+        self._policy = policy or Policy()
         self._pool = pool
         self._clock = clock
         self.archives_dir = archives_dir
@@ -106,9 +108,16 @@ class BuildRunner:
                 host_row = await pick_host(
                     session,
                     connected=self._pool.host_ids(),
-                    vcpus=row.vcpus,
-                    memory_mb=row.memory_mb,
+                    request=Request(
+                        team_id=row.team_id,
+                        template=row.base_template,
+                        vcpus=row.vcpus,
+                        memory_mb=row.memory_mb,
+                    ),
+                    policy=self._policy,
+                    now=self._clock(),
                 )
+                await session.commit()  # the host's row lock: a build has no capsule row
                 capsule_id = new_id(IdKind.CAPSULE)
                 capsule = BuildCapsule(self._pool.client(host_row.id), capsule_id, log_)
                 await self._build(session, row, recipe, host_row.id, capsule, actor)

@@ -106,6 +106,12 @@ class HostUnavailable(ControlPlaneError):
     status, code = 503, "host_unavailable"
 
 
+class CapacityUnavailable(ControlPlaneError):
+    """No host has room (memory, disk) for the capsule, or every fitting host drains."""
+
+    status, code = 503, "capacity_unavailable"
+
+
 # Statuses Starlette/FastAPI raise themselves (unknown route, wrong method, body too big).
 _HTTP_CODES = {
     400: "invalid_request",

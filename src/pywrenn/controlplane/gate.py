@@ -40,6 +40,17 @@ _FILE_WRITE = re.compile(r"/api/v1/capsules/[^/]+/files/(?:stream/)?write\Z")
 _BUILDS = "/api/v1/builds"
 # The only API paths served to nobody in particular (they make the session): routes/auth.py.
 PUBLIC_PATHS = frozenset({"/api/v1/auth/signup", "/api/v1/auth/login"})
+# Host agents' own calls (routes/hosts.py): they carry a registration, refresh or host
+# token that the route checks, never an API key. Bodies are still capped here.
+AGENT_PATHS = re.compile(
+    r"/api/v1/hosts/(?:register|auth/refresh|(?:host-[A-Za-z0-9]{1,64}|\{host_id\})/(?:heartbeat|capsule-events))\Z"
+)
+
+
+def is_unkeyed(path: str) -> bool:
+    """A path served without an API key or session: sign-up/in, and the agents' calls."""
+    path = path.rstrip("/")
+    return path in PUBLIC_PATHS or AGENT_PATHS.match(path) is not None
 
 
 class ApiGate:
@@ -52,7 +63,7 @@ class ApiGate:
             await self.app(scope, receive, send)
             return
         headers = Headers(scope=scope)
-        if scope["path"].rstrip("/") in PUBLIC_PATHS:  # sign-up, sign-in: no caller yet
+        if is_unkeyed(scope["path"]):  # sign-up, sign-in, host agents: no key to check
             await self._capped(scope, receive, send, headers)
             return
         try:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -286,9 +287,12 @@ def _query(params: dict[str, Any] | None) -> dict[str, str] | None:
 class HostClient:
     """`HostAgentAPI` over HTTP to one agent's base URL, with its bearer token."""
 
-    def __init__(self, base_url: str, token: Callable[[], str]) -> None:
+    def __init__(
+        self, base_url: str, token: Callable[[], str], *, tls: ssl.SSLContext | None = None
+    ) -> None:
         self.base_url = base_url.rstrip("/")
         self._token = token
+        self._tls = tls  # verifies an agent served over https (None: the system's CAs)
         self._session: aiohttp.ClientSession | None = None
 
     def _http(self) -> aiohttp.ClientSession:
@@ -296,7 +300,10 @@ class HostClient:
         if self._session is None or self._session.closed:
             # No base URL: aiohttp would join each path onto it and resolve dot segments.
             # `_url` builds the whole URL, already encoded, and aiohttp sends it as is.
-            self._session = aiohttp.ClientSession(timeout=DEFAULT_TIMEOUT, auto_decompress=False)
+            connector = aiohttp.TCPConnector(ssl=self._tls) if self._tls is not None else None
+            self._session = aiohttp.ClientSession(
+                timeout=DEFAULT_TIMEOUT, auto_decompress=False, connector=connector
+            )
         return self._session
 
     async def aclose(self) -> None:
@@ -306,6 +313,11 @@ class HostClient:
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self._token()}"}
+
+    @property
+    def tls(self) -> ssl.SSLContext | None:
+        """What verifies this agent's certificate (None: the system's CAs)."""
+        return self._tls
 
     @property
     def bearer_token(self) -> str:

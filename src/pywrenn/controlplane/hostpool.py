@@ -1,23 +1,45 @@
 """The host agents this control plane can reach: host row id → its `HostAgentAPI`.
 
-Owns: the lookup a capsule's `host_id` goes through (the app opens and closes the
-clients themselves). A capsule whose host has no client (removed, or never connected
-since a restart) is HostUnavailable, so the caller gets 503 rather than a crash.
+Owns: the lookup a capsule's `host_id` goes through, and keeping it in step with the
+hosts table (`sync`): a host registered through any control plane gets a client here
+within a sync (every few seconds, and at once on this control plane's own register or
+heartbeat), one deleted loses it. The local host (`wrenn up`) is added by the app with
+its own client. A capsule whose host has no client (removed, or not yet synced) is
+HostUnavailable, so the caller gets 503 rather than a crash.
 Knows nothing of: how a host is chosen (`scheduler.py`) or what is asked of it.
 """
 
 from __future__ import annotations
 
+import logging
+import ssl
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 
+from sqlalchemy import select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .db.models import Host
 from .errors import HostUnavailable
-from .hostclient import HostAgentAPI
+from .hostclient import HostAgentAPI, HostClient
 from .placements import RunningPlacements
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Registered:
+    address: str
+    token: str
+    client: HostClient
 
 
 class HostPool:
-    def __init__(self) -> None:
+    def __init__(self, *, tls: ssl.SSLContext | None = None) -> None:
         self._clients: dict[uuid.UUID, HostAgentAPI] = {}
+        self._registered: dict[uuid.UUID, _Registered] = {}  # a subset of _clients
+        self._tls = tls
         # Lifecycle calls forget a capsule here before they change it.
         self.running = RunningPlacements()
 
@@ -32,3 +54,40 @@ class HostPool:
         if found is None:
             raise HostUnavailable(f"host_unavailable: no connection to host {host_id}")
         return found
+
+    async def sync(self, session: AsyncSession) -> None:
+        """Clients for every registered host in the table, with its current address and
+        token; none for deleted (or not yet registered) ones."""
+        rows = (
+            await session.execute(
+                select(Host.id, Host.address, Host.agent_token).where(
+                    Host.kind == "registered", Host.address != "", Host.agent_token.is_not(None)
+                )
+            )
+        ).all()
+        wanted = {key: (address, token) for key, address, token in rows if token}
+        for key in [k for k in self._registered if k not in wanted]:
+            await self._drop(key)
+        for key, (address, token) in wanted.items():
+            have = self._registered.get(key)
+            if have is not None and (have.address, have.token) == (address, token):
+                continue
+            if have is not None:
+                await self._drop(key)
+            client = HostClient(address, _constant(token), tls=self._tls)
+            self._registered[key] = _Registered(address, token, client)
+            self._clients[key] = client
+            log.info("hosts: client for %s at %s", key, address)
+
+    async def _drop(self, key: uuid.UUID) -> None:
+        gone = self._registered.pop(key)
+        self._clients.pop(key, None)
+        await gone.client.aclose()
+
+    async def aclose(self) -> None:
+        for key in list(self._registered):
+            await self._drop(key)
+
+
+def _constant(token: str) -> Callable[[], str]:
+    return lambda: token

@@ -1,32 +1,277 @@
-"""Where a new capsule runs.
+"""Where a new capsule runs: admission control, then least-loaded (or round-robin).
 
-Owns: `pick_host`, the one decision the multi-host version replaces. Today there is one
-host agent per control plane, so the choice is the online host we hold a client for;
-none is HostUnavailable (503 `host_unavailable`), which the SDK maps to its own error.
+Owns: `pick_host`. A host is a candidate when it is online, not draining, this control
+plane holds a client for it, and its tags allow the team and template:
+
+- a host tagged `team:<slug>` takes only those teams' capsules, and a team with such a
+  host online places only there (its own machines);
+- a host tagged `template:<name>` likewise for templates;
+- a snapshot template lives on the host it was made on (Wrenn's model: resume and
+  templates stay where their files are), so its capsules go there only.
+
+Admission: the capsule's memory (and disk, when the host reported its disk) must fit in
+what the host reported minus what our rows hold there (paused capsules count a fraction
+of their memory: resuming needs it back); vCPUs may be overcommitted by a factor. Hosts
+that never reported their size (the local host of `wrenn up`) admit anything: their agent
+refuses with `exhausted` when it has no room.
+
+Why it never over-admits, even with several control planes: the chosen host's row is
+locked (`FOR UPDATE` on PostgreSQL; SQLite's single writer) before its usage is counted,
+and stays locked until the caller commits the new capsule's row; a second create for that
+host waits, then counts the first. A host that no longer fits after the wait is dropped
+and the choice made again (after a rollback, so no two host locks are ever held).
 Knows nothing of: what happens on the host once chosen.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from datetime import datetime
 
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .db.models import Host
-from .errors import HostUnavailable
-from .services.hosts import list_hosts
+from .db.models import Capsule, Host, Team, Template
+from .errors import CapacityUnavailable, HostUnavailable
+from .settings import ControlPlaneSettings
+from .states import CapsuleStatus
+
+# Statuses whose memory is held on the host (paused: a fraction of it).
+_HOLDING_MEMORY = frozenset(
+    {
+        CapsuleStatus.PENDING,
+        CapsuleStatus.STARTING,
+        CapsuleStatus.RUNNING,
+        CapsuleStatus.PAUSING,
+        CapsuleStatus.RESUMING,
+        CapsuleStatus.MISSING,
+    }
+)
+_PAUSED = frozenset({CapsuleStatus.PAUSED})
+_ATTEMPTS = 8
+
+
+@dataclass(frozen=True)
+class Policy:
+    mode: str = "least-loaded"  # or round-robin
+    cpu_overcommit: float = 4.0
+    paused_memory_fraction: float = 0.5
+    reserved_memory_mb: int = 0
+
+
+def scheduler_policy(settings: ControlPlaneSettings) -> Policy:
+    return Policy(
+        mode=settings.scheduler,
+        cpu_overcommit=settings.scheduler_cpu_overcommit,
+        paused_memory_fraction=settings.scheduler_paused_memory_fraction,
+        reserved_memory_mb=settings.scheduler_reserved_memory_mb,
+    )
+
+
+@dataclass(frozen=True)
+class Request:
+    team_id: uuid.UUID
+    template: str
+    vcpus: int
+    memory_mb: int
+    disk_mb: int = 0
+
+
+@dataclass(frozen=True)
+class Usage:
+    vcpus: int = 0
+    memory_mb: float = 0.0
+    disk_mb: int = 0
 
 
 async def pick_host(
-    session: AsyncSession, *, connected: frozenset[uuid.UUID], vcpus: int, memory_mb: int
+    session: AsyncSession,
+    *,
+    connected: frozenset[uuid.UUID],
+    request: Request,
+    policy: Policy,
+    now: datetime,
 ) -> Host:
-    """An online host we can reach, for a capsule of this size.
+    """The host for `request`, its row locked until the caller commits (or rolls back).
 
-    The size is not weighed yet (the agent refuses with `exhausted` when it has no slot);
-    the multi-host scheduler will use it to spread load.
-    """
-    del vcpus, memory_mb
-    for host in await list_hosts(session):
-        if host.status == "online" and host.id in connected:
+    HostUnavailable (503 `host_unavailable`) when no host is online at all;
+    CapacityUnavailable (503 `capacity_unavailable`) when hosts are up but none fits."""
+    refused: set[uuid.UUID] = set()
+    for _ in range(_ATTEMPTS):
+        hosts = await _eligible(session, connected=connected, request=request)
+        if not hosts:
+            raise HostUnavailable(
+                "host_unavailable: no online host to place a capsule on" + _why_none(request)
+            )
+        usage = await _usage(session, [h.id for h in hosts], policy)
+        ranked = [h for h in _rank(hosts, usage, request, policy) if h.id not in refused]
+        if not ranked:
+            break
+        host = ranked[0]
+        await _lock(session, host.id)
+        fresh = (await _usage(session, [host.id], policy)).get(host.id, Usage())
+        if _fits(host, fresh, request, policy):
+            host.last_placed_at = now
+            await session.flush()
             return host
-    raise HostUnavailable("host_unavailable: no online host to place a capsule on")
+        refused.add(host.id)
+        await session.rollback()  # let go of the lock before trying another host
+    raise CapacityUnavailable(
+        f"capacity_unavailable: no host has room for a capsule of {request.vcpus} vCPU and "
+        f"{request.memory_mb} MiB (every eligible host is full or draining)"
+    )
+
+
+def _why_none(request: Request) -> str:
+    return f" (template {request.template!r})"
+
+
+async def _eligible(
+    session: AsyncSession, *, connected: frozenset[uuid.UUID], request: Request
+) -> list[Host]:
+    hosts = list(
+        await session.scalars(
+            select(Host)
+            .where(Host.status == "online")
+            .order_by(Host.created_at, Host.name)
+            .execution_options(populate_existing=True)
+        )
+    )
+    hosts = [h for h in hosts if h.id in connected]
+    pinned_to = await _template_host(session, request)
+    if pinned_to is not None:
+        hosts = [h for h in hosts if h.id == pinned_to]
+    slug = await session.scalar(select(Team.slug).where(Team.id == request.team_id))
+    hosts = _by_tag(hosts, "team:", {f"team:{slug}", f"team:{request.team_id}"})
+    hosts = _by_tag(hosts, "template:", {f"template:{request.template}"})
+    draining = [h for h in hosts if h.draining]
+    if hosts and len(draining) == len(hosts):
+        raise CapacityUnavailable(
+            f"capacity_unavailable: every host that could take template {request.template!r}"
+            " is draining"
+        )
+    return [h for h in hosts if not h.draining]
+
+
+def _by_tag(hosts: list[Host], prefix: str, mine: set[str]) -> list[Host]:
+    """Hosts pinned to me if any is up; else the hosts pinned to nobody of this kind."""
+    pinned = [h for h in hosts if mine & set(h.tags or [])]
+    if pinned:
+        return pinned
+    return [h for h in hosts if not any(t.startswith(prefix) for t in (h.tags or []))]
+
+
+async def _template_host(session: AsyncSession, request: Request) -> uuid.UUID | None:
+    """The host a snapshot template's files are on (None: a base template, everywhere)."""
+    return await session.scalar(
+        select(Template.host_id).where(
+            Template.team_id == request.team_id,
+            Template.name == request.template,
+            Template.type == "snapshot",
+        )
+    )
+
+
+async def _usage(
+    session: AsyncSession, host_ids: list[uuid.UUID], policy: Policy
+) -> dict[uuid.UUID, Usage]:
+    found = await session.execute(
+        select(
+            Capsule.host_id,
+            Capsule.status,
+            func.coalesce(func.sum(Capsule.vcpus), 0),
+            func.coalesce(func.sum(Capsule.memory_mb), 0),
+            func.coalesce(func.sum(Capsule.disk_size_mb), 0),
+        )
+        .where(
+            Capsule.host_id.in_(host_ids),
+            Capsule.status.in_([s.value for s in _HOLDING_MEMORY | _PAUSED]),
+        )
+        .group_by(Capsule.host_id, Capsule.status)
+    )
+    out: dict[uuid.UUID, Usage] = {}
+    for host_id, status, vcpus, memory, disk in found:
+        if host_id is None:
+            continue
+        paused = CapsuleStatus(status) in _PAUSED
+        was = out.get(host_id, Usage())
+        out[host_id] = Usage(
+            vcpus=was.vcpus + (0 if paused else int(vcpus)),
+            memory_mb=was.memory_mb
+            + float(memory) * (policy.paused_memory_fraction if paused else 1.0),
+            disk_mb=was.disk_mb + int(disk or 0),
+        )
+    return out
+
+
+def _free(host: Host, used: Usage, request: Request, policy: Policy) -> float | None:
+    """The smallest share of the host's capacity left after placing `request`; None if it
+    does not fit. Dimensions the host did not report are not limits."""
+    shares: list[float] = []
+    if host.memory_mb:
+        total = host.memory_mb - policy.reserved_memory_mb
+        left = total - used.memory_mb - request.memory_mb
+        if total <= 0 or left < 0:
+            return None
+        shares.append(left / total)
+    if host.disk_mb and request.disk_mb:
+        left_disk = host.disk_mb - used.disk_mb - request.disk_mb
+        if left_disk < 0:
+            return None
+        shares.append(left_disk / host.disk_mb)
+    if host.cpus:
+        cpu_total = host.cpus * policy.cpu_overcommit
+        cpu_left = cpu_total - used.vcpus - request.vcpus
+        if cpu_left < 0:
+            return None
+        shares.append(cpu_left / cpu_total)
+    return min(shares) if shares else 1.0
+
+
+def _fits(host: Host, used: Usage, request: Request, policy: Policy) -> bool:
+    return _free(host, used, request, policy) is not None
+
+
+def _rank(
+    hosts: list[Host], usage: dict[uuid.UUID, Usage], request: Request, policy: Policy
+) -> list[Host]:
+    scored = [(h, _free(h, usage.get(h.id, Usage()), request, policy)) for h in hosts]
+    fitting = [(h, free) for h, free in scored if free is not None]
+    if policy.mode == "round-robin":
+        never = datetime.min.replace(tzinfo=None)
+        return [
+            h
+            for h, _ in sorted(
+                fitting,
+                key=lambda pair: (
+                    pair[0].last_placed_at.replace(tzinfo=None) if pair[0].last_placed_at else never
+                ),
+            )
+        ]
+    # Least loaded: the most room left wins; ties go to the host placed on longest ago,
+    # so a burst of creates spreads instead of piling on the first host.
+    return [
+        h
+        for h, _ in sorted(
+            fitting,
+            key=lambda pair: (
+                -(pair[1] or 0.0),
+                pair[0].last_placed_at.timestamp() if pair[0].last_placed_at else 0.0,
+            ),
+        )
+    ]
+
+
+async def _lock(session: AsyncSession, host_id: uuid.UUID) -> None:
+    """Hold the host's row until the caller's commit: creates for it queue here."""
+    if session.get_bind().dialect.name == "sqlite":
+        # SQLite: the first write takes the database's write lock (one writer at a time).
+        await session.execute(
+            update(Host)
+            .where(Host.id == host_id)
+            .values(name=Host.name)
+            .execution_options(synchronize_session=False)
+        )
+        return
+    await session.execute(select(Host.id).where(Host.id == host_id).with_for_update())

@@ -50,7 +50,36 @@ class ControlPlaneSettings(Settings):
     )
     host_monitor_interval_s: float = Field(default=10.0, description="host monitor period")
     host_heartbeat_grace_s: float = Field(
-        default=90.0, description="a host silent this long is unreachable (3 missed beats)"
+        default=90.0,
+        description="the local host (`wrenn up`) silent this long to the monitor is unreachable",
+    )
+    host_heartbeat_interval_s: float = Field(
+        default=30.0,
+        description=(
+            "how often registered agents send a heartbeat; one silent for 3 intervals is"
+            " unreachable and its capsules missing"
+        ),
+    )
+    scheduler: str = Field(
+        default="least-loaded",
+        pattern=r"^(least-loaded|round-robin)$",
+        description="how a host is chosen for a new capsule: least-loaded or round-robin",
+    )
+    scheduler_cpu_overcommit: float = Field(
+        default=4.0, gt=0, description="vCPUs admitted per host CPU (CPU is shared, memory is not)"
+    )
+    scheduler_paused_memory_fraction: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="share of a paused capsule's memory its host keeps for it (resume needs it)",
+    )
+    scheduler_reserved_memory_mb: int = Field(
+        default=0, ge=0, description="memory (MiB) per host kept for the host itself"
+    )
+    agent_ca_file: str = Field(
+        default="",
+        description="CA bundle to verify agents served over https (empty: the system's)",
     )
     # Per-team ceilings (services/limits.py); a team row's max_* columns override them.
     team_max_capsules: int = Field(
@@ -120,7 +149,12 @@ class ControlPlaneSettings(Settings):
             raise ValueError(f"invalid: WRENN_AGENT_URL {value!r} must start with http(s)://")
         return value.rstrip("/")
 
-    @field_validator("host_monitor_interval_s", "host_heartbeat_grace_s", "pty_ping_interval_s")
+    @field_validator(
+        "host_monitor_interval_s",
+        "host_heartbeat_grace_s",
+        "host_heartbeat_interval_s",
+        "pty_ping_interval_s",
+    )
     @classmethod
     def _check_positive(cls, value: float) -> float:
         if not value > 0:

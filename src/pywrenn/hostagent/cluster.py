@@ -41,6 +41,9 @@ class Registration:
     control_plane: str
 
 
+SERVING_POLL_S = 0.05
+
+
 def _stay(_: None = None) -> None:
     return None
 
@@ -51,12 +54,18 @@ class ClusterLink:
     events: EventQueue = field(default_factory=EventQueue)
     # What a deleted host does once its capsules are gone: stop the server (server.py).
     on_host_deleted: Callable[[], None] = _stay
+    # Whether the agent accepts connections yet (server.py: uvicorn's `started`). The
+    # first heartbeat makes the host `online`, and the control plane then places capsules
+    # on it: that must not happen while recovery runs and nothing listens.
+    serving: Callable[[], bool] = lambda: True
 
     def attach(self, manager: SandboxManager) -> None:
         manager.report_event = self.events.report
 
     async def run(self, manager: SandboxManager) -> None:
         """Heartbeats and event pushing, until cancelled (or the host is deleted)."""
+        while not self.serving():
+            await asyncio.sleep(SERVING_POLL_S)
         async with asyncio.TaskGroup() as group:
             pusher = group.create_task(push_events(self.events, self.session))
             await heartbeat_loop(manager, self.session, on_host_deleted=self.on_host_deleted)

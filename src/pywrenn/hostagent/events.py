@@ -8,10 +8,12 @@ batch with exponential backoff. Past `MAX_QUEUED` events the oldest are dropped 
 counted: the control plane's monitor lists every capsule anyway and reconciles what was
 lost.
 
-Which changes are events (where `SandboxManager.report_event` is called): an idle capsule paused
-by the reaper, capsules paused at shutdown, a VM found dead (`error`), a pause that left
-the capsule failed, a capsule that stayed paused because the resume after a snapshot
-failed. Changes a control plane asked for are answered to its request instead.
+Which changes are events (where `SandboxManager.report_event` is called), with the reason
+code each carries: an idle capsule paused by the reaper (`ttl_expired`), capsules paused
+at shutdown (`host_shutdown`), a VM found dead (`error`, `vm_exited`), a pause that left
+the capsule failed (`pause_failed`), a capsule that stayed paused because the resume after
+a snapshot failed (`resume_failed`). Changes a control plane asked for are answered to its
+request instead.
 """
 
 from __future__ import annotations

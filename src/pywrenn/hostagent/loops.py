@@ -108,7 +108,7 @@ async def find_dead_vms(
             )
             capsule.move_to(CapsuleState.FAILED)
             await manager.steps.close_guest(capsule)
-        manager.report_event(capsule.capsule_id, CapsuleState.FAILED, "VM process exited")
+        manager.report_event(capsule.capsule_id, CapsuleState.FAILED, "vm_exited")
         found.append(capsule.capsule_id)
     return found
 

@@ -310,10 +310,10 @@ class SandboxManager:
                 await self.steps.pause_to_disk(capsule)
             finally:
                 if _never_left_pausing(capsule):
-                    self.report_event(capsule_id, CapsuleState.FAILED, "pause failed; VM gone")
+                    self.report_event(capsule_id, CapsuleState.FAILED, "pause_failed")
             if auto:
                 self._auto_paused.append(capsule_id)
-                self.report_event(capsule_id, CapsuleState.PAUSED, "idle timeout")
+                self.report_event(capsule_id, CapsuleState.PAUSED, "ttl_expired")
         log.info("paused %s%s", capsule_id, " (idle)" if auto else "")
         return capsule.info()
 
@@ -400,7 +400,7 @@ class SandboxManager:
             async with gate:
                 try:
                     await self.pause(capsule_id)
-                    self.report_event(capsule_id, CapsuleState.PAUSED, "agent shutdown")
+                    self.report_event(capsule_id, CapsuleState.PAUSED, "host_shutdown")
                 except HostAgentError as exc:
                     log.warning("shutdown pause of %s failed: %s", capsule_id, exc)
 

@@ -200,7 +200,8 @@ def stop_when_host_deleted(
     server: uvicorn.Server, manager: SandboxManager, cluster: ClusterLink | None
 ) -> None:
     """A deleted host's capsules are destroyed by the heartbeat; then the server stops
-    (nothing left to pause) and the process exits with status 0."""
+    (nothing left to pause) and the process exits with status 0. Heartbeats start once
+    the server listens (`ClusterLink.serving`)."""
     if cluster is None:
         return
 
@@ -209,6 +210,7 @@ def stop_when_host_deleted(
         server.should_exit = True  # uvicorn's main loop polls it
 
     cluster.on_host_deleted = deleted
+    cluster.serving = lambda: bool(server.started)
 
 
 def serve(

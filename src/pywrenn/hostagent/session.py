@@ -8,15 +8,13 @@ Refreshes run one at a time; a caller whose 401 came from a token another caller
 already replaced just retries with the new one (two refreshes in a row would spend the
 rotated refresh token twice, and the second would be refused).
 
-Rotation and crashes: the control plane kills the old refresh token when it answers a
-refresh, so the new one exists only in that answer until it is on disk. The answer is
-saved (credentials.save: temp file, fsync, rename, fsync dir) before anything else
-happens, the new host token included; only then does the session switch to it. A crash
-before the save completes loses the new tokens (the file still holds the old, dead
-ones): the host must be registered again. No order avoids that without the control
-plane keeping the old refresh token valid for a while; this one keeps the window to a
-single local write. If the write itself fails (disk full), the new credentials are kept
-in memory, used, and the write is retried before every later call.
+Rotation and crashes: the answer to a refresh is saved (credentials.save: temp file,
+fsync, rename, fsync dir) before anything else happens; only then does the session
+switch to the new host token. A crash before the save completes leaves the old tokens in
+the file: the control plane keeps the spent refresh token good until the new host token
+is first used, so the restarted agent refreshes again with it. If the write itself fails
+(disk full), the new credentials are kept in memory, used, and the write is retried
+before every later call.
 """
 
 from __future__ import annotations

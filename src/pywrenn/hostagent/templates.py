@@ -141,9 +141,7 @@ class TemplateService:
         except Exception:
             # The caller hears the failure; the control plane also learns the capsule it
             # had running stays paused (a state the agent chose).
-            self.manager.report_event(
-                capsule_id, CapsuleState.PAUSED, "resume after snapshot failed"
-            )
+            self.manager.report_event(capsule_id, CapsuleState.PAUSED, "resume_failed")
             raise
 
     async def delete(self, name: str) -> None:

@@ -7,8 +7,8 @@ libraries `make install` put in `web/node_modules` (xterm.js, pinned by
 Every page reads through the same services as the API, with the `RequestContext` of the
 person's session, so a page never shows what a key of their team could not see. Every
 change a page makes goes through the API (`/api/v1/...`) with the CSRF header.
-The one page beyond a team's reach is the operators' hosts page (`hostsview.py`, which
-counts capsules per host until the hosts API answers that).
-Knows nothing of: the database's tables outside `hostsview.py` (services answer), how
+The one page beyond a team's reach is the operators' hosts page (`hostsview.py`, over
+the services behind `GET /v1/hosts`).
+Knows nothing of: the database's tables (services answer), how
 the API checks its callers (people/auth.py does).
 """

@@ -1,24 +1,19 @@
-"""What the hosts page shows: each host with its running and paused capsule counts.
+"""What the hosts page shows: each host with its load, drain state, tags and capsules.
 
-Owns: one row per host, read from `services.hosts.list_hosts` and one grouped count of
-capsules by host and status. Kept apart from the pages so it can be re-pointed at the
-hosts API (`GET /v1/hosts`, whose `load` carries these counts) once that exists.
+Owns: one row per host, from the same services `GET /v1/hosts` uses
+(`services.hosts.list_hosts` and `capsule_counts`).
 Knows nothing of: who may see it (pages.py lets only operators in).
 """
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from sqlalchemy import func, select
-
 from pywrenn.ids import IdKind
 
 from .. import publicids
-from ..db.models import Capsule
 from ..services import hosts
 from ..states import CapsuleStatus
 
@@ -35,19 +30,15 @@ class HostRow:
     last_heartbeat_at: datetime | None
     running: int
     paused: int
+    draining: bool = False
+    tags: tuple[str, ...] = ()
+    load: str = ""  # "768 / 1024 MiB, 3 vCPU" as the host last reported
 
 
 async def host_rows(ctx: RequestContext) -> list[HostRow]:
     """Every host, oldest first, with its capsules of every team counted (operators only)."""
     found = await hosts.list_hosts(ctx.session)
-    counted = await ctx.session.execute(
-        select(Capsule.host_id, Capsule.status, func.count())
-        .where(Capsule.status.in_((CapsuleStatus.RUNNING, CapsuleStatus.PAUSED)))
-        .group_by(Capsule.host_id, Capsule.status)
-    )
-    counts: dict[tuple[uuid.UUID | None, str], int] = {
-        (host_id, str(status)): int(n) for host_id, status, n in counted.all()
-    }
+    counts = await hosts.capsule_counts(ctx.session)
     return [
         HostRow(
             id=publicids.format_id(h.id, IdKind.HOST),
@@ -55,8 +46,19 @@ async def host_rows(ctx: RequestContext) -> list[HostRow]:
             address=h.address,
             status=h.status,
             last_heartbeat_at=h.last_heartbeat_at,
-            running=counts.get((h.id, CapsuleStatus.RUNNING), 0),
-            paused=counts.get((h.id, CapsuleStatus.PAUSED), 0),
+            running=counts.get(h.id, {}).get(CapsuleStatus.RUNNING, 0),
+            paused=counts.get(h.id, {}).get(CapsuleStatus.PAUSED, 0),
+            draining=h.draining,
+            tags=tuple(h.tags or ()),
+            load=_load(h.load, h.memory_mb),
         )
         for h in found
     ]
+
+
+def _load(load: dict[str, int] | None, memory_mb: int | None) -> str:
+    if not load:
+        return ""
+    used = load.get("memory_mb_used", 0)
+    of = f" / {memory_mb}" if memory_mb else ""
+    return f"{used}{of} MiB, {load.get('vcpus_used', 0)} vCPU"

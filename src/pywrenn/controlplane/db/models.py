@@ -132,16 +132,41 @@ class UserSession(Base):
 
 
 class Host(Base):
-    """A machine running a host agent; `status` is online|unreachable|draining."""
+    """A machine running a host agent; `status` is pending|online|unreachable.
+
+    `kind` is `local` (the agent `wrenn up` runs beside us: no heartbeats, its token from
+    WRENN_DIR) or `registered` (`wrenn agent --register`: heartbeats, reached with the
+    `agent_token` it sent). Tokens we issue are kept as SHA-256 hashes only.
+    """
 
     __tablename__ = "hosts"
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    address: Mapped[str] = mapped_column(String(255))  # the agent's base URL
+    address: Mapped[str] = mapped_column(String(255))  # the agent's base URL ("" until registered)
     status: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
     last_heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(16), default="local")
+    arch: Mapped[str | None] = mapped_column(String(32))
+    cpus: Mapped[int | None] = mapped_column(Integer)
+    memory_mb: Mapped[int | None] = mapped_column(Integer)
+    disk_mb: Mapped[int | None] = mapped_column(Integer)
+    draining: Mapped[bool] = mapped_column(Boolean, default=False)
+    tags: Mapped[list[str]] = mapped_column(JSONDict, default=list)
+    load: Mapped[dict[str, Any] | None] = mapped_column(JSONDict)
+    agent_token: Mapped[str | None] = mapped_column(String(255))
+    agent_version: Mapped[str | None] = mapped_column(String(64))
+    registration_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    registration_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    host_token_hash: Mapped[str | None] = mapped_column(String(64))
+    host_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    refresh_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    refresh_token_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The refresh token spent on the last refresh, still good until the new host token
+    # is first used: an agent that died before saving the new ones can refresh again.
+    previous_refresh_token_hash: Mapped[str | None] = mapped_column(String(64), index=True)
+    last_placed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class Template(Base):

@@ -118,6 +118,7 @@ async def forward(
         connect_timeout_s=CONNECT_TIMEOUT_S,
         idle_timeout_s=idle_timeout_s,
         check_response=_check_host_answer,
+        tls=host.tls,
     )
     try:
         if scope["type"] == "websocket":

@@ -33,7 +33,7 @@ from ..basetemplates import is_base
 from ..db.models import Capsule
 from ..errors import Conflict, ControlPlaneError, InvalidState, NotFound
 from ..hostpool import HostPool
-from ..scheduler import pick_host
+from ..scheduler import Request, pick_host, scheduler_policy
 from ..states import CapsuleStatus
 from ..statuswatch import SESSION_KEY, SETTLING, StatusWatch
 from . import capsules, limits, templates
@@ -121,7 +121,13 @@ async def begin_create(ctx: RequestContext, spec: CreateSpec) -> Capsule:
     # An unknown template is the caller's mistake: refuse before any row exists.
     await templates.resolve_for_host(session, team_id=ctx.team_id, name=spec.template)
     host = await pick_host(
-        session, connected=ctx.hosts.host_ids(), vcpus=spec.vcpus, memory_mb=spec.memory_mb
+        session,
+        connected=ctx.hosts.host_ids(),
+        request=Request(
+            team_id=ctx.team_id, template=spec.template, vcpus=spec.vcpus, memory_mb=spec.memory_mb
+        ),
+        policy=scheduler_policy(ctx.settings),
+        now=ctx.now,
     )
     await limits.reserve_capsules(
         session,

@@ -302,6 +302,7 @@ function niceCeiling(value) {  // 1, 2 or 5 × 10^k, as charts.py's
 function short(value) {  // an axis label: whole from 100, one decimal from 1, else two digits
   if (value >= 100) return String(Math.round(value));
   if (value >= 1 || value === 0) return String(Math.round(value * 10) / 10);
+  if (value < 0.01) return value.toExponential(0);  // "1e-6": "0.000001" would not fit
   return String(Number(value.toPrecision(2)));
 }
 
