@@ -219,3 +219,29 @@ def test_a_key_revoked_through_the_api_is_refused_at_once(db_url: str, tmp_path:
         assert (await h.client.get("/api/v1/capsules", headers=headers)).status_code == 401
 
     run(db_url, tmp_path, body)
+
+
+def test_a_burst_of_creates_holds_no_database_connection_through_the_boots(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Boots take seconds; a create waiting on its host must not keep a pooled database
+    connection, or a burst larger than the pool starves every other request."""
+
+    async def body(h: Harness) -> None:
+        h.fake.create_gate.clear()  # every boot waits on the host
+        burst = 30  # past the engine's pool (10 + 10 overflow)
+        for _ in range(burst):
+            r = await h.client.post("/api/v1/capsules", json={"memory_mb": 256})
+            assert r.status_code == 201, r.text
+        for _ in range(50):  # until every create is at the host
+            await asyncio.sleep(0.05)
+            if sum(c.startswith("POST /v1/capsules") for c in h.fake.calls) >= burst:
+                break
+        listed = await asyncio.wait_for(h.client.get("/api/v1/capsules"), timeout=10)
+        assert listed.status_code == 200 and len(listed.json()) == burst
+        h.fake.create_gate.set()
+        await h.settle()
+        statuses = {c["status"] for c in (await h.client.get("/api/v1/capsules")).json()}
+        assert statuses == {"running"}
+
+    run(db_url, tmp_path, body)

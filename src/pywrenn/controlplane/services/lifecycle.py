@@ -190,6 +190,9 @@ async def finish_create(
                     "default_workdir": defaults.workdir,
                 }
             )
+            # End the read transaction: a boot takes seconds, and a pooled connection
+            # held through each one runs the pool dry under a burst of creates.
+            await session.commit()
             info = await pool.client(row.host_id).create(body)
         except Exception as exc:
             message = exc.message if isinstance(exc, ControlPlaneError) else repr(exc)
