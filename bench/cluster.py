@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from bench.node import DEFAULT_IMAGE_CACHE, free_port, stats, wait_up  # noqa: E402
 
 WRENN = [sys.executable, "-c", "from pywrenn.cli.app import main; main()"]
+READY_BUDGET_S = 300.0
 CAPSULE = {"template": "minimal-ubuntu", "memory_mb": 256, "vcpus": 1}
 
 
@@ -152,7 +153,10 @@ def burst(url: str, key: str, count: int) -> dict[str, Any]:
             posts.append(time.perf_counter() - began)
             capsule_id = r.json()["id"]
             ids.append(capsule_id)
+            deadline = time.monotonic() + READY_BUDGET_S
             while True:
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"{capsule_id} not running in {READY_BUDGET_S:.0f}s")
                 got = api.get(f"/v1/capsules/{capsule_id}")
                 if got.status_code != 200:  # a loaded control plane may answer 5xx/429
                     errors.append(f"GET {got.status_code}: {got.text[:200]}")
