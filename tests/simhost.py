@@ -238,7 +238,15 @@ async def served(app: ASGIApp) -> AsyncIterator[str]:
     """`app` (a control plane, say) served on 127.0.0.1 in this loop, lifespan included;
     its base URL. Simulated hosts need a URL to register and heartbeat to."""
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+        uvicorn.Config(
+            app,
+            log_level="warning",
+            lifespan="on",
+            timeout_graceful_shutdown=2,
+            # Longer than clients keep idle connections: with uvicorn's 5 s, a pooled
+            # connection the server has just closed meets the next request (ReadError).
+            timeout_keep_alive=75,
+        )
     )
     sock = _listening_socket(0)
     url = f"http://127.0.0.1:{sock.getsockname()[1]}"

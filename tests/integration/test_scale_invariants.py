@@ -5,7 +5,7 @@ Many capsules are created concurrently through the API; then no host holds more 
 than it reported (by the rows, and by each agent's own table), every running capsule is on
 exactly one host (its row and the agents agree), and after a tenth of the fleet fails,
 their capsules go `missing`, and come back `running` once those hosts recover.
-No VM, namespace or firewall rule is made; the sizes are the module's constants.
+No VM, namespace or firewall rule is made.
 """
 
 from __future__ import annotations
@@ -37,17 +37,19 @@ from tests.simhost import SimulatedFleet, served
 
 pytest_plugins = ["tests.controlplane_pg"]
 
-# Not yet green: under a burst of creates, heartbeats wait long enough that hosts turn
-# unreachable, capsules still being created go `missing` and then `stopped` while their
-# agents run them; and a fleet of 20 registering at once saw a connection reset. Run it
-# with WRENN_SCALE_TEST=1 while those are fixed.
+# Opt-in until it is reliably green: under a burst of creates the control plane's answers
+# to heartbeats can take longer than the agent's deadline (ReadTimeout), hosts turn
+# unreachable, and capsules still being created go `missing`, then `stopped`, while their
+# agents run them. It passed once at these sizes and failed once; WRENN_SCALE_TEST=1 runs it.
 pytestmark = pytest.mark.skipif(
-    os.environ.get("WRENN_SCALE_TEST") != "1", reason="WRENN_SCALE_TEST=1 runs it (not green yet)"
+    os.environ.get("WRENN_SCALE_TEST") != "1", reason="opt-in (WRENN_SCALE_TEST=1): flaky"
 )
 
-# Sizes: WRENN_SCALE_HOSTS, WRENN_SCALE_CAPSULES override them (a quicker or larger run).
-HOSTS = int(os.environ.get("WRENN_SCALE_HOSTS", "50"))
-CAPSULES = int(os.environ.get("WRENN_SCALE_CAPSULES", "2000"))
+# Sizes: WRENN_SCALE_HOSTS, WRENN_SCALE_CAPSULES override them. 20 and 400 by default:
+# in one process on 2 shared cores, creates ran at ~4/s (50 hosts, 1,000 capsules took
+# 258 s to create), so 50 and 2,000 do not fit a test's few minutes yet.
+HOSTS = int(os.environ.get("WRENN_SCALE_HOSTS", "20"))
+CAPSULES = int(os.environ.get("WRENN_SCALE_CAPSULES", "400"))
 CAPSULE_MEMORY_MB = 128
 # Room for 1.2 times a fair share each: the fleet ends ~83% full, and placement must spread.
 HOST_MEMORY_MB = math.ceil(CAPSULES * 1.2 / HOSTS) * CAPSULE_MEMORY_MB
@@ -117,11 +119,7 @@ async def _all_online(app: FastAPI) -> bool:
 
 async def _all_running(app: FastAPI) -> bool:
     capsules, _ = await _rows(app)
-    if len(capsules) == CAPSULES and all(c.status == "running" for c in capsules):
-        return True
-    errors = {c.error for c in capsules if c.error}
-    print("statuses:", Counter(c.status for c in capsules), "errors:", list(errors)[:3])
-    return False
+    return len(capsules) == CAPSULES and all(c.status == "running" for c in capsules)
 
 
 async def _create(api: httpx.AsyncClient) -> None:
@@ -134,9 +132,12 @@ async def _create(api: httpx.AsyncClient) -> None:
             statuses[r.status_code] += 1
             assert r.status_code == 201, r.text
 
+    started = time.monotonic()
     async with asyncio.TaskGroup() as group:
         for _ in range(CAPSULES):
             group.create_task(one())
+    took = time.monotonic() - started
+    print(f"created {CAPSULES} capsules in {took:.1f}s ({CAPSULES / took:.1f}/s)")
     assert statuses == {201: CAPSULES}
 
 
@@ -181,12 +182,14 @@ async def _fail_and_recover(app: FastAPI, fleet: SimulatedFleet) -> None:
         rows, _ = await _rows(app)
         return all(c.status == "missing" for c in rows if c.id in on_failed)
 
-    await _until(all_missing, "the failed hosts' capsules missing")
+    took = await _until(all_missing, "the failed hosts' capsules missing")
+    print(f"{len(on_failed)} capsules of {len(failed)} failed hosts missing after {took:.1f}s")
     rows, _ = await _rows(app)
     assert all(c.status == "running" for c in rows if c.id not in on_failed)
     await asyncio.gather(*(h.recover() for h in failed))
 
-    await _until(lambda: _all_running(app), "the recovered hosts' capsules running again")
+    took = await _until(lambda: _all_running(app), "the recovered hosts' capsules running again")
+    print(f"reconciled {took:.1f}s after recovery")
 
 
 def test_at_scale_no_host_is_over_admitted_and_failed_hosts_reconcile(
