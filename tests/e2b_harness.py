@@ -8,33 +8,19 @@ port, for the unmodified `e2b` SDK, which is synchronous and speaks real HTTP.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import uvicorn
-
 from tests.cp_routes import Harness
+from tests.serving import serve_app
 
 T = TypeVar("T")
 
 
-@asynccontextmanager
-async def served(h: Harness) -> AsyncIterator[str]:
-    config = uvicorn.Config(h.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+def served(h: Harness) -> AbstractAsyncContextManager[str]:
+    return serve_app(h.app)
 
 
 @dataclass(frozen=True)

@@ -5,15 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 
-import uvicorn
 from typer.testing import CliRunner
 
 from pywrenn.cli.app import app as cli
 from tests.cp_routes import Harness, run
+from tests.serving import serve_app
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
 
@@ -95,29 +93,11 @@ def test_team_limits_set_at_creation_apply_and_bad_input_is_refused(
     run(db_url, tmp_path, body)
 
 
-@asynccontextmanager
-async def served(h: Harness) -> AsyncIterator[str]:
-    """The harness's app on a real port, for the CLI's synchronous client."""
-    config = uvicorn.Config(h.app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 def test_wrenn_team_create_prints_the_key_once(db_url: str, tmp_path: Path) -> None:
     runner = CliRunner()
 
     async def body(h: Harness) -> None:
-        async with served(h) as url:
+        async with serve_app(h.app) as url:
             env = {"WRENN_API_URL": url, "WRENN_API_KEY": h.key}
 
             def wrenn(*args: str, key: str = h.key) -> str:

@@ -7,15 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-import uvicorn
-from fastapi import FastAPI
 from sqlalchemy import update
 from typer.testing import CliRunner
 
@@ -26,6 +21,7 @@ from pywrenn.controlplane.leader import Leadership
 from tests.cp_cluster import AGENT_TOKEN, Agent, Cluster, cluster, register_body
 from tests.cp_routes import NOW
 from tests.fake_hostagent import FakeHostAgent
+from tests.serving import self_signed_cert, serve_app
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
 
@@ -424,30 +420,12 @@ def test_a_registered_agent_is_called_with_its_own_token(db_url: str, tmp_path: 
     run(db_url, tmp_path, body)
 
 
-@asynccontextmanager
-async def _served(app: FastAPI) -> AsyncIterator[str]:
-    """A control plane on a real port, for the CLI's synchronous client."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
-
-
 def test_wrenn_host_commands(db_url: str, tmp_path: Path) -> None:
     runner = CliRunner()
 
     async def body(c: Cluster) -> None:
         (a,) = c.agents
-        async with _served(c.planes[0]) as url:
+        async with serve_app(c.planes[0]) as url:
             env = {"WRENN_API_URL": url, "WRENN_API_KEY": c.admin_key}
 
             def wrenn(*args: str, code: int = 0) -> str:
@@ -492,26 +470,10 @@ def test_wrenn_host_commands(db_url: str, tmp_path: Path) -> None:
     run(db_url, tmp_path, body, hosts=1)
 
 
-def _self_signed(where: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 (its own CA), made with `openssl`."""
-    where.mkdir(parents=True, exist_ok=True)
-    cert, key = where / "cert.pem", where / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
-            "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", str(key), "-out", str(cert),
-            "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
-
-
 def test_agents_served_over_https_are_verified_with_the_agent_ca(
     db_url: str, tmp_path: Path
 ) -> None:
-    trusted, stranger = _self_signed(tmp_path / "ca"), _self_signed(tmp_path / "other")
+    trusted, stranger = self_signed_cert(tmp_path / "ca"), self_signed_cert(tmp_path / "other")
 
     async def body(c: Cluster) -> None:
         (good,) = c.agents
