@@ -9,6 +9,7 @@ ours, ended by its PID; every capsule is destroyed at the end and no QEMU is lef
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -204,25 +205,33 @@ def pg_url(pg_server: str, pg_admin: psycopg.Connection[tuple[object, ...]]) -> 
 def test_two_control_planes_three_agents(
     guest_image: ImageManifest,  # noqa: F811
     pg_url: str,
-    tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     DB_URL[:] = [pg_url]
-    planes = [Plane(tmp_path / f"cp{i}", pg_url) for i in range(2)]
-    agents = [Agent(tmp_path / f"agent{i}", f"{200 + 40 * i}-{239 + 40 * i}") for i in range(3)]
-    with Balancer([p.port for p in planes]) as balancer:
+    # Short paths: a capsule's QMP socket lives under its agent's WRENN_DIR, and a unix
+    # socket path has room for 107 bytes only.
+    root = tmp_path_factory.mktemp("cl")
+    planes = [Plane(root / f"cp{i}", pg_url) for i in range(2)]
+    agents = [Agent(root / f"a{i}", f"{200 + 40 * i}-{239 + 40 * i}") for i in range(3)]
+    with Balancer([p.port for p in planes]) as balancer, contextlib.ExitStack() as clients:
         try:
-            _scenario(planes, agents, balancer)
+            _scenario(planes, agents, balancer, clients)
         finally:
             _teardown(planes, agents)
 
 
-def _scenario(planes: list[Plane], agents: list[Agent], balancer: Balancer) -> None:
+def _scenario(
+    planes: list[Plane], agents: list[Agent], balancer: Balancer, clients: contextlib.ExitStack
+) -> None:
     first, second = planes
     first.start()
     second.start()  # after the first: the database is migrated and the admin key made once
     key = (first.root / "admin-api-key").read_text().strip()
     assert not (second.root / "admin-api-key").exists()
-    cp = [httpx.Client(base_url=p.url, headers={"X-API-Key": key}, timeout=120) for p in planes]
+    cp = [
+        clients.enter_context(httpx.Client(base_url=p.url, headers={"X-API-Key": key}, timeout=120))
+        for p in planes
+    ]
 
     # Hosts: created through the API, registered by their agents with the one-time token.
     for index, agent in enumerate(agents):
@@ -303,8 +312,6 @@ def _scenario(planes: list[Plane], agents: list[Agent], balancer: Balancer) -> N
 
     for capsule_id in ids:
         assert cp[1].delete(f"/v1/capsules/{capsule_id}").status_code in (200, 204)
-    for client in cp:
-        client.close()
 
 
 def _read_until(lines: Iterator[str], needle: str) -> None:
