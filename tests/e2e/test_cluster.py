@@ -25,6 +25,12 @@ import psycopg
 import pytest
 
 from pywrenn.controlplane import publicids
+from pywrenn.hostagent.network import (
+    SlotNetwork,
+    list_namespaces,
+    parse_netns_slot,
+    remove_network,
+)
 from pywrenn.ids import IdKind
 from pywrenn.images import ImageManifest
 from tests.controlplane_db import driver_url, drop_pg, libpq_url
@@ -312,6 +318,8 @@ def _scenario(
 
     for capsule_id in ids:
         assert cp[1].delete(f"/v1/capsules/{capsule_id}").status_code in (200, 204)
+    for capsule_id in ids:  # destroyed on their hosts (networks gone) before the agents stop
+        _wait(lambda c=capsule_id: _status(cp[1], c) == "stopped", 120, f"{capsule_id} stopped")
 
 
 def _read_until(lines: Iterator[str], needle: str) -> None:
@@ -394,4 +402,15 @@ def _teardown(planes: list[Plane], agents: list[Agent]) -> None:
         leaked |= qemu_pids_under(agent.root)
     for pid in leaked:
         os.kill(pid, signal.SIGKILL)
+    # Networks an agent stopped (or killed) mid-way left in its slot range: ours to remove,
+    # whatever happened (its WRENN_DIR, where a next start would find them, is discarded).
+    asyncio.run(_remove_networks([agent.slots for agent in agents]))
     assert leaked == set()
+
+
+async def _remove_networks(ranges: list[str]) -> None:
+    slots = [range(int(a), int(b) + 1) for a, b in (r.split("-") for r in ranges)]
+    for name in list_namespaces():
+        slot = parse_netns_slot(name)
+        if slot is not None and any(slot in r for r in slots):
+            await remove_network(SlotNetwork(slot))
