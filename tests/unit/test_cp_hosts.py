@@ -496,3 +496,26 @@ def test_agents_served_over_https_are_verified_with_the_agent_ca(
             assert fake.capsules == {}
 
     run(db_url, tmp_path, body, hosts=1, agent_tls=trusted, agent_ca_file=str(trusted[0]))
+
+
+def test_hostile_ids_and_oversized_bodies_are_refused(db_url: str, tmp_path: Path) -> None:
+    async def body(c: Cluster) -> None:
+        for bad in ("host-..%2F..%2Fetc", "nope", "host-" + "a" * 500, "cl-0000000000000000"):
+            r = await c.client.get(f"/api/v1/hosts/{bad}")
+            assert r.status_code == 404, (bad, r.text)
+            r = await c.client.post(
+                f"/api/v1/hosts/{bad}/heartbeat",
+                json={},
+                headers={"Authorization": "Bearer wht_x", **NO_KEY},
+            )
+            assert r.status_code in (401, 404), (bad, r.text)
+        huge = "x" * (2 * 1024 * 1024)
+        for path in ("/api/v1/hosts/register", "/api/v1/hosts/auth/refresh", "/api/v1/hosts"):
+            r = await c.client.post(
+                path,
+                content=f'{{"token": "{huge}"}}',
+                headers={"Content-Type": "application/json"},
+            )
+            assert r.status_code == 413, (path, r.status_code)
+
+    run(db_url, tmp_path, body)
