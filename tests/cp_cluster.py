@@ -114,9 +114,11 @@ async def cluster(
     hosts: int = 0,
     planes: int = 1,
     agent_tls: tuple[Path, Path] | None = None,
+    host_memory_mb: int = 1024,
     **settings: Any,
 ) -> AsyncIterator[Cluster]:
-    """`agent_tls`: (certificate, key) the fake agents serve https with."""
+    """`agent_tls`: (certificate, key) the fake agents serve https with;
+    `host_memory_mb`: the memory each fake host reports."""
     clock = Clock()
     async with AsyncExitStack() as stack:
         apps, clients = [], []
@@ -147,5 +149,5 @@ async def cluster(
             agents.append(Agent(fake, served.base_url))
         made = Cluster(apps, clients, agents, clock, admin_key)
         for agent in agents:
-            await made.register(agent)
+            await made.register(agent, memory_mb=host_memory_mb)
         yield made

@@ -368,6 +368,30 @@ def test_concurrent_creates_through_two_control_planes_never_over_admit(
     run(db_url, tmp_path, body, hosts=2, planes=2)
 
 
+def test_a_burst_of_creates_spreads_over_hosts_with_room_to_spare(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Creates that start together all see the same usage; they must still spread (each
+    host's lock is skipped while another create holds it, and the choice is checked again
+    once held) rather than pile onto the host that ranked first."""
+
+    async def body(c: Cluster) -> None:
+        for agent in c.agents:
+            agent.fake.create_gate.clear()
+        sends = [
+            c.clients[i % 2].post("/api/v1/capsules", json={"memory_mb": 256}) for i in range(12)
+        ]
+        answers = await asyncio.gather(*sends)
+        for agent in c.agents:
+            agent.fake.create_gate.set()
+        await c.settle()
+        assert [r.status_code for r in answers] == [201] * 12, [r.text for r in answers]
+        per_host = sorted(len(agent.fake.capsules) for agent in c.agents)
+        assert per_host[-1] - per_host[0] <= 1, per_host
+
+    run(db_url, tmp_path, body, hosts=3, planes=2, host_memory_mb=16 * 1024)
+
+
 def test_one_control_plane_leads_the_monitor_and_another_takes_over(db_url: str) -> None:
     if not db_url.startswith("postgresql"):
         pytest.skip("SQLite has one control plane per database file: it always leads")

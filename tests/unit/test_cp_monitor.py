@@ -27,8 +27,9 @@ EMPTY = HostCapsules(states={})
     [
         # host unreachable
         (S.RUNNING, HOST_UNREACHABLE, (S.MISSING, "host_failure")),
-        (S.STARTING, HOST_UNREACHABLE, (S.MISSING, "host_failure")),
-        (S.PENDING, HOST_UNREACHABLE, (S.MISSING, "host_failure")),
+        # a create in flight is its request's to settle, even when its host goes silent
+        (S.STARTING, HOST_UNREACHABLE, None),
+        (S.PENDING, HOST_UNREACHABLE, None),
         (S.PAUSED, HOST_UNREACHABLE, None),
         (S.MISSING, HOST_UNREACHABLE, None),
         (S.STOPPING, HOST_UNREACHABLE, None),
@@ -88,6 +89,7 @@ FRESH = NOW - monitor.IN_FLIGHT_GRACE + timedelta(seconds=1)
         (S.STARTING, OLD, HostCapsules({"cl-a": "paused"}), (S.RUNNING, "create_adopted")),
         (S.STARTING, OLD, HostCapsules({"cl-a": "creating"}), None),  # host still at it
         (S.STARTING, OLD, HOST_UNREACHABLE, (S.MISSING, "host_failure")),
+        (S.STARTING, FRESH, HOST_UNREACHABLE, None),
         # Pause, resume, destroy whose request died: follow the host once it is settled.
         (S.PAUSING, OLD, HostCapsules({"cl-a": "paused"}), (S.PAUSED, "host_reported")),
         (S.PAUSING, OLD, HostCapsules({"cl-a": "running"}), (S.RUNNING, "host_reported")),

@@ -129,7 +129,7 @@ def _lifespan(
         # Alembic is sync; run it off the loop, once, before the first request is served.
         await asyncio.to_thread(upgrade_to_head, url)
         async with AsyncExitStack() as stack:
-            engine = make_engine(url)
+            engine = make_engine(url, pool_size=settings.database_pool_size)
             stack.push_async_callback(engine.dispose)
             app.state.engine = engine
             # Status moves wake requests waiting for their capsule (statuswatch.py).

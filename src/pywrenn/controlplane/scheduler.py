@@ -20,6 +20,13 @@ locked (`FOR UPDATE` on PostgreSQL; SQLite's single writer) before its usage is 
 and stays locked until the caller commits the new capsule's row; a second create for that
 host waits, then counts the first. A host that no longer fits after the wait is dropped
 and the choice made again (after a rollback, so no two host locks are ever held).
+
+Why a burst spreads: creates that start together all see the same usage and would all
+rank the same host first. On PostgreSQL a create skips a host whose row another create
+holds (`SKIP LOCKED`) and takes the next in rank (it waits only when every candidate is
+held); once it holds a host it counts every candidate's usage again, and if others'
+creates have meanwhile made another host clearly emptier (by half this capsule's share
+or more), it lets go and chooses again.
 Knows nothing of: what happens on the host once chosen.
 """
 
@@ -98,7 +105,7 @@ async def pick_host(
     HostUnavailable (503 `host_unavailable`) when no host is online at all;
     CapacityUnavailable (503 `capacity_unavailable`) when hosts are up but none fits."""
     refused: set[uuid.UUID] = set()
-    for _ in range(_ATTEMPTS):
+    for attempt in range(_ATTEMPTS):
         hosts = await _eligible(session, connected=connected, request=request)
         if not hosts:
             raise HostUnavailable(
@@ -108,15 +115,19 @@ async def pick_host(
         ranked = [h for h in _rank(hosts, usage, request, policy) if h.id not in refused]
         if not ranked:
             break
-        host = ranked[0]
-        await _lock(session, host.id)
-        fresh = (await _usage(session, [host.id], policy)).get(host.id, Usage())
-        if _fits(host, fresh, request, policy):
-            host.last_placed_at = now
-            await session.flush()
-            return host
-        refused.add(host.id)
-        await session.rollback()  # let go of the lock before trying another host
+        host = await _lock_first_free(session, ranked)
+        fresh = await _usage(session, [h.id for h in hosts], policy)
+        if not _fits(host, fresh.get(host.id, Usage()), request, policy):
+            refused.add(host.id)
+            await session.rollback()  # let go of the lock before trying another host
+            continue
+        last = attempt == _ATTEMPTS - 1
+        if not last and not _still_a_good_choice(host, hosts, fresh, request, policy):
+            await session.rollback()
+            continue
+        host.last_placed_at = now
+        await session.flush()
+        return host
     raise CapacityUnavailable(
         f"capacity_unavailable: no host has room for a capsule of {request.vcpus} vCPU and "
         f"{request.memory_mb} MiB (every eligible host is full or draining)"
@@ -263,15 +274,50 @@ def _rank(
     ]
 
 
-async def _lock(session: AsyncSession, host_id: uuid.UUID) -> None:
-    """Hold the host's row until the caller's commit: creates for it queue here."""
+def _still_a_good_choice(
+    host: Host,
+    hosts: list[Host],
+    usage: dict[uuid.UUID, Usage],
+    request: Request,
+    policy: Policy,
+) -> bool:
+    """Least loaded: no other candidate now has clearly more room than `host` (by half
+    of this capsule's share of the host or more: equals tie). Round-robin takes any that
+    fits."""
+    if policy.mode == "round-robin":
+        return True
+    mine = _free(host, usage.get(host.id, Usage()), request, policy)
+    if mine is None:
+        return False
+    step = 1.0 - (_free(host, Usage(), request, policy) or 0.0)
+    best = max(
+        (
+            free
+            for h in hosts
+            if h.id != host.id
+            and (free := _free(h, usage.get(h.id, Usage()), request, policy)) is not None
+        ),
+        default=mine,
+    )
+    return mine + step / 2 >= best
+
+
+async def _lock_first_free(session: AsyncSession, ranked: list[Host]) -> Host:
+    """Lock the best-ranked host no other create holds; wait for the best one if all
+    are held. SQLite has one writer for the whole file: the first write waits for it."""
     if session.get_bind().dialect.name == "sqlite":
-        # SQLite: the first write takes the database's write lock (one writer at a time).
         await session.execute(
             update(Host)
-            .where(Host.id == host_id)
+            .where(Host.id == ranked[0].id)
             .values(name=Host.name)
             .execution_options(synchronize_session=False)
         )
-        return
-    await session.execute(select(Host.id).where(Host.id == host_id).with_for_update())
+        return ranked[0]
+    for host in ranked:
+        held = await session.scalar(
+            select(Host.id).where(Host.id == host.id).with_for_update(skip_locked=True)
+        )
+        if held is not None:
+            return host
+    await session.execute(select(Host.id).where(Host.id == ranked[0].id).with_for_update())
+    return ranked[0]

@@ -77,6 +77,15 @@ class ControlPlaneSettings(Settings):
     scheduler_reserved_memory_mb: int = Field(
         default=0, ge=0, description="memory (MiB) per host kept for the host itself"
     )
+    database_pool_size: int = Field(
+        default=10,
+        ge=1,
+        le=500,
+        description=(
+            "database connections this control plane keeps open (as many again under bursts);"
+            " PostgreSQL's max_connections must cover every control plane's twice this"
+        ),
+    )
     agent_ca_file: str = Field(
         default="",
         description="CA bundle to verify agents served over https (empty: the system's)",

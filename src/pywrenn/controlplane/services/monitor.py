@@ -4,7 +4,8 @@ Owns: `plan()`, a pure function from (our rows for a host, what the host said) t
 moves, and `reconcile_host()`, which applies a plan as compare-and-set moves (a request
 that moved a row meanwhile wins) and flips the host online/unreachable with an event.
 
-    host unreachable:           pending|starting|running → missing          (host_failure)
+    host unreachable:           running → missing                            (host_failure)
+                                pending|starting → missing, once their request is gone
     host answered, and for each row of ours:
       missing,  alive on host   → running, or paused if the host has it paused (host_recovered)
       missing,  absent          → stopped                                     (confirmed_dead)
@@ -144,7 +145,11 @@ def _plan_one(
     capsule_id: str, status: CapsuleStatus, report: Report, *, stale: bool
 ) -> tuple[CapsuleStatus, str] | None:
     if isinstance(report, _Unreachable):
-        if status in {CapsuleStatus.PENDING, CapsuleStatus.STARTING, CapsuleStatus.RUNNING}:
+        # A create in flight belongs to its request, which hears the host's answer (or its
+        # failure) and moves the row itself; taking it here raced that request, and a
+        # capsule the host went on to boot was then stopped under it ("missing", then
+        # absent from a listing taken mid-boot).
+        if status is CapsuleStatus.RUNNING or (status in _CREATING and stale):
             return CapsuleStatus.MISSING, "host_failure"
         return None
     if status in _CREATING | _MOVING | {CapsuleStatus.STOPPING}:
