@@ -136,6 +136,26 @@ async def test_concurrent_creates_never_share_a_member(host: FakeHost) -> None:
     assert (stats.hits, stats.misses) == (2, 3)
 
 
+async def test_a_refill_waits_until_no_create_is_in_flight(host: FakeHost) -> None:
+    """A refill's restore would take the cores the creates need: it starts only after."""
+    host.runtime.faults.latency["restore"] = 2.0  # the miss's restore, and any refill's
+    restores_before = host.runtime.faults.calls.count("restore")
+    ids = [f"cl-warm00000000002{i}" for i in range(3)]
+    creates = asyncio.gather(
+        *(host.manager.create(CreateRequest(capsule_id=i, memory_mb=256)) for i in ids)
+    )
+    while sum(c.state is CapsuleState.RUNNING for c in host.manager.capsules()) < 2:
+        await asyncio.sleep(0.01)  # the two hits are handed over; the miss restores
+    miss = next(c for c in host.manager.capsules() if c.state is not CapsuleState.RUNNING)
+    assert miss.state is CapsuleState.CREATING
+    assert host.runtime.faults.calls.count("restore") == restores_before + 1  # the miss only
+    assert host.manager.spawner.running(FILLER) is not None  # a refill is waiting
+    host.runtime.faults.latency["restore"] = 0.0
+    await creates
+    await filled(host)
+    assert host.manager.warmpool.ready(KEY) == 2
+
+
 async def test_an_empty_pool_falls_back_to_a_restore(tmp_path: Path) -> None:
     host = await make_host(tmp_path)  # configured, never started: it stays empty
     try:

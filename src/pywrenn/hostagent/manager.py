@@ -120,6 +120,7 @@ class SandboxManager:
             blocked=settings.blocked_ranges,
             restore_timeout_s=settings.restore_timeout_s,
             has_room=lambda memory_mb: self.admission.fits(memory_mb, self._capsules.values()),
+            quiet=self._no_boot_in_flight,
         )
         self.steps = LifecycleSteps(
             settings=settings,
@@ -235,6 +236,11 @@ class SandboxManager:
             " warm" if warm is not None else "",
         )
         return capsule.info()
+
+    def _no_boot_in_flight(self) -> bool:
+        """No capsule is being created or resumed (the warm pool refills only then)."""
+        busy = (CapsuleState.CREATING, CapsuleState.RESUMING)
+        return not any(c.state in busy for c in self._capsules.values())
 
     def _take_warm_and_admit(
         self, capsule_id: str, key: PoolKey, egress: bool

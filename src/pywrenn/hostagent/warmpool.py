@@ -9,8 +9,10 @@ one (`take`, synchronous: no member is ever handed out twice) and the manager ha
 over (steps.py, `start_warm`): the slot's claim and the run dir become the capsule's,
 and the thaw's `/init` carries the capsule's identity (token, hostname, env, user,
 workdir) with a fresh clock and 64 fresh bytes of entropy, as a restore's does. The
-pool refills in the background, one member at a time; an empty pool is a miss and the
-create restores as before.
+pool refills in the background, one member at a time, and only while no create or
+resume is in flight (`quiet`): a refill's restore would take the cores those creates
+need (under TCG, 8 creates at once with a pool of 2 ran slower than with no pool). An
+empty pool is a miss and the create restores as before.
 
 Where members live: `sandboxes/warm.staging-{ns}/` (`layout.builder_dir`), a staging
 name: nothing lists it as a capsule, and a restarted agent's sweep kills its VM and
@@ -54,6 +56,7 @@ WARM_KIND = "warm"  # members' run dirs: layout.builder_dir(WARM_KIND)
 FILLER = "warm pool"  # the filler task's name (one at a time)
 WARM_COMMAND = "true"  # run once through `bash -l -c`, as a first exec would be
 WARM_TIMEOUT_S = 60.0
+QUIET_POLL_S = 0.05  # how often a waiting refill looks whether creates are still running
 
 
 @dataclass(frozen=True)
@@ -75,7 +78,8 @@ class WarmPoolStats:
 
 class WarmPool:
     """`has_room(memory_mb)`: may one more member of that size hold memory now (the
-    manager's admission, capsules and this pool counted)."""
+    manager's admission, capsules and this pool counted); `quiet()`: no create or resume
+    is in flight, so a refill takes no core from one."""
 
     def __init__(
         self,
@@ -91,6 +95,7 @@ class WarmPool:
         blocked: Sequence[IPv4Network],
         restore_timeout_s: float,
         has_room: Callable[[int], bool],
+        quiet: Callable[[], bool] = lambda: True,
     ) -> None:
         self.layout = layout
         self.runtime = runtime
@@ -103,6 +108,7 @@ class WarmPool:
         self.blocked = tuple(blocked)
         self.restore_timeout_s = restore_timeout_s
         self.has_room = has_room
+        self.quiet = quiet
         self.hits = 0
         self.misses = 0
         self._ready: dict[PoolKey, list[WarmMember]] = {key: [] for key in self.sizes}
@@ -219,6 +225,8 @@ class WarmPool:
             )
             if key is None:
                 return
+            if not await self._waited_for_quiet():
+                return  # closed meanwhile
             if not self.has_room(key.memory_mb):
                 log.info("warm pool: no memory for a %s member; not filling", key)
                 return
@@ -236,6 +244,12 @@ class WarmPool:
                 return
             self._ready[key].append(member)
             log.info("warm pool: %s ready (%d of %d)", key, self.ready(key), self.sizes[key])
+
+    async def _waited_for_quiet(self) -> bool:
+        """Wait until no create or resume is in flight; False if the pool closed first."""
+        while not self._closed and not self.quiet():
+            await asyncio.sleep(QUIET_POLL_S)
+        return not self._closed
 
     def _base_source(self, key: PoolKey) -> Source | None:
         try:
