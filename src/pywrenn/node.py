@@ -50,6 +50,9 @@ from pywrenn.layout import Layout
 AGENT_START_TIMEOUT_S = 180.0  # recovery of many paused capsules happens before it serves
 # A leftover agent pauses its running capsules before it exits (up to its shutdown budget).
 LEFTOVER_STOP_TIMEOUT_S = 600.0
+# Idle kept-alive client connections stay open this long: longer than clients keep them
+# (httpx 5 s, aiohttp 15 s), so none writes a request onto a connection being closed.
+CONTROL_PLANE_KEEP_ALIVE_S = 75
 
 
 def up(settings: ControlPlaneSettings, console: Console) -> None:
@@ -77,6 +80,7 @@ def up(settings: ControlPlaneSettings, console: Console) -> None:
             log_level="warning",
             ws="wsproto",
             timeout_graceful_shutdown=5,
+            timeout_keep_alive=CONTROL_PLANE_KEEP_ALIVE_S,
         )
     finally:
         _stop_agent(agent, console)
@@ -100,6 +104,7 @@ def serve(settings: ControlPlaneSettings, console: Console) -> None:
         log_level="warning",
         ws="wsproto",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=CONTROL_PLANE_KEEP_ALIVE_S,
     )
 
 

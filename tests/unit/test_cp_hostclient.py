@@ -300,3 +300,30 @@ def test_well_formed_events() -> None:
     assert parse_event(end) == AgentEvent("end", exit_code=3)
     failed = b'{"type": "error", "message": "guest gone"}'
     assert parse_event(failed) == AgentEvent("error", error="guest gone")
+
+
+def test_the_host_client_lets_idle_connections_go_before_the_agent_closes_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A client that keeps an idle connection longer than the server writes its next
+    request onto a socket being closed ("Can not write request body" under bursts)."""
+    from pywrenn.controlplane.hostclient import CLIENT_KEEP_ALIVE_S
+    from pywrenn.hostagent import server
+    from pywrenn.hostagent.server import SERVER_KEEP_ALIVE_S, uvicorn_config
+    from pywrenn.hostagent.settings import HostAgentSettings
+    from pywrenn.node import CONTROL_PLANE_KEEP_ALIVE_S
+
+    assert CLIENT_KEEP_ALIVE_S < SERVER_KEEP_ALIVE_S
+    assert CONTROL_PLANE_KEEP_ALIVE_S > 15  # aiohttp's default idle keep-alive, httpx's is 5
+    monkeypatch.setattr(server, "create_app", lambda *args, **kwargs: None)  # the server only
+    config = uvicorn_config(HostAgentSettings(), manager=None, token="t", cluster=None)  # type: ignore[arg-type]
+    assert config.timeout_keep_alive == SERVER_KEEP_ALIVE_S
+
+    async def connector_keepalive() -> float:
+        client = HostClient("http://127.0.0.1:9", lambda: "t")
+        try:
+            return client._http().connector._keepalive_timeout  # type: ignore[union-attr]
+        finally:
+            await client.aclose()
+
+    assert asyncio.run(connector_keepalive()) == CLIENT_KEEP_ALIVE_S

@@ -77,6 +77,9 @@ LIFECYCLE_TIMEOUT = aiohttp.ClientTimeout(total=180.0, connect=5.0)
 # deadline, but connecting stays bounded.
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=5.0)
 EXEC_MARGIN_S = 10.0
+# An idle connection to an agent is closed after this; shorter than the agent server's
+# own keep-alive (hostagent/server.py SERVER_KEEP_ALIVE_S), so we always close first.
+CLIENT_KEEP_ALIVE_S = 30.0
 # The longest process-stream line we accept. The agent's data events carry base64 of at
 # most envd's merged output chunk (64 KiB, so ~88 KiB a line); a line past this cap is a
 # broken or hostile stream, and is refused rather than buffered.
@@ -300,7 +303,10 @@ class HostClient:
         if self._session is None or self._session.closed:
             # No base URL: aiohttp would join each path onto it and resolve dot segments.
             # `_url` builds the whole URL, already encoded, and aiohttp sends it as is.
-            connector = aiohttp.TCPConnector(ssl=self._tls) if self._tls is not None else None
+            connector = aiohttp.TCPConnector(
+                ssl=self._tls if self._tls is not None else True,
+                keepalive_timeout=CLIENT_KEEP_ALIVE_S,
+            )
             self._session = aiohttp.ClientSession(
                 timeout=DEFAULT_TIMEOUT, auto_decompress=False, connector=connector
             )

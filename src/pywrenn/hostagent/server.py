@@ -178,6 +178,13 @@ def join_cluster(
         raise SystemExit(f"host agent: {exc}") from None
 
 
+# How long an idle kept-alive connection stays open. Longer than any client of ours keeps
+# one idle (the control plane's host client: 30 s), so a client never writes a request
+# onto a connection the server is closing at that moment ("Can not write request body",
+# seen under bursts of creates with uvicorn's 5 s against aiohttp's 15 s).
+SERVER_KEEP_ALIVE_S = 75
+
+
 def uvicorn_config(
     settings: HostAgentSettings, manager: SandboxManager, token: str, cluster: ClusterLink | None
 ) -> uvicorn.Config:
@@ -191,6 +198,7 @@ def uvicorn_config(
         log_level="warning",
         lifespan="on",
         timeout_graceful_shutdown=5,
+        timeout_keep_alive=SERVER_KEEP_ALIVE_S,
         ssl_certfile=str(cert) if cert is not None else None,
         ssl_keyfile=str(key) if key is not None else None,
     )
