@@ -2,14 +2,18 @@
 
 One `wrenn serve` on a throwaway PostgreSQL (`scripts/start-postgres`), agents that
 register with it (`wrenn agent --register`, each its own WRENN_DIR, port and slot range,
-the cached guest image linked in). Phase "one": one agent takes all 48; phase "three":
+the cached guest image linked in; the control plane and PostgreSQL at a higher priority,
+see CONTROL_NICE). Phase "one": one agent takes all 48; phase "three":
 three agents share them (the scheduler spreads them). Same run, same machine, so the ratio
 is the figure: on one machine the agents share its cores, so three agents cannot beat one
 by much here; on three machines they would. Where the time goes: the POST (scheduling and
-the row insert, under the host's row lock) vs the boot on the host (pending -> running).
+the row insert, under the host's row lock); the boot as the control plane saw it (the
+row's `created_at` -> `started_at`); inside it, what the agent spent (its log: the slot's
+network, then the VM's restore and first `/init`); and the client's view (POST ->
+`running`, seen by one watcher listing the capsules every 0.1 s).
 
-Prints JSON: per phase the wall time for all 48, creates/s, and p50/p95 of the POST and of
-POST -> running; the baseline is phase "one".
+Prints JSON: per phase the wall time for all 48, creates/s, p50/p95 of each of those,
+and where each host's capsules are; the baseline is phase "one".
 
     python bench/cluster.py [--count 48] [--image-cache DIR]
 """
@@ -17,13 +21,16 @@ POST -> running; the baseline is phase "one".
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -37,10 +44,20 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
+import psycopg  # noqa: E402
 from bench.node import DEFAULT_IMAGE_CACHE, free_port, stats, wait_up  # noqa: E402
+
+from pywrenn.controlplane.publicids import parse  # noqa: E402
+from pywrenn.ids import IdKind  # noqa: E402
 
 WRENN = [sys.executable, "-c", "from pywrenn.cli.app import main; main()"]
 READY_BUDGET_S = 300.0
+WATCH_INTERVAL_S = 0.1
+# The control plane and PostgreSQL run at a higher priority than the agents and their
+# guests, as if on machines of their own: on one 2-core machine 48 TCG guests booting
+# at once otherwise leave them a few percent of a core, and what is measured is the
+# starvation (heartbeats time out, hosts flap unreachable), not the cluster.
+CONTROL_NICE = -10
 CAPSULE = {"template": "minimal-ubuntu", "memory_mb": 256, "vcpus": 1}
 
 
@@ -49,6 +66,8 @@ def postgres(root: Path) -> Iterator[str]:
     start = ROOT / "scripts" / "start-postgres"
     workdir = Path(tempfile.mkdtemp(prefix="wrenn-bench-pg-"))
     proc = subprocess.run([str(start), str(workdir)], capture_output=True, text=True, check=True)
+    for pid_file in workdir.rglob("postmaster.pid"):  # backends fork from it: they inherit
+        os.setpriority(os.PRIO_PROCESS, int(pid_file.read_text().split()[0]), CONTROL_NICE)
     try:
         yield proc.stdout.strip().splitlines()[-1]
     finally:
@@ -88,13 +107,18 @@ class Cluster:
             WRENN_DIR=str(cp_dir),
             WRENN_API_LISTEN=f"127.0.0.1:{self.port}",
             WRENN_DATABASE_URL=self.db_url,
-            WRENN_HOST_HEARTBEAT_INTERVAL_S="2",
             WRENN_TEAM_MAX_CAPSULES="500",
             WRENN_TEAM_MAX_MEMORY_MB="1000000",
             WRENN_TEAM_MAX_VCPUS="1000",
             WRENN_SCHEDULER_CPU_OVERCOMMIT="64",  # 48 one-vCPU capsules on one 2-core host
         )
-        proc = subprocess.Popen([*WRENN, "serve"], env=env, stdout=self.log, stderr=self.log)
+        proc = subprocess.Popen(
+            [*WRENN, "serve"],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+            preexec_fn=functools.partial(os.nice, CONTROL_NICE),
+        )
         self.procs.append(proc)
         wait_up(self.url, proc, 120)
         self.key = (cp_dir / "admin-api-key").read_text().strip()
@@ -138,12 +162,76 @@ class Cluster:
         self.log.close()
 
 
-def burst(url: str, key: str, count: int) -> dict[str, Any]:
-    """`count` creates at once; each timed to its 201 and to `running`."""
+def server_boot_ms(db_url: str, ids: list[str]) -> list[float]:
+    """`created_at` -> `started_at` of these capsules' rows, as the control plane recorded."""
+    keys = [parse(capsule_id, IdKind.CAPSULE) for capsule_id in ids]
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT created_at, started_at FROM capsules WHERE id = ANY(%s)", (keys,)
+        ).fetchall()
+    return [(started - created).total_seconds() for created, started in rows if started]
+
+
+def placement(db_url: str, ids: list[str]) -> dict[str, dict[str, int]]:
+    """Per host, how many of these capsules it was given, by their status now."""
+    keys = [parse(capsule_id, IdKind.CAPSULE) for capsule_id in ids]
+    out: dict[str, dict[str, int]] = {}
+    with psycopg.connect(db_url) as conn:
+        rows = conn.execute(
+            "SELECT h.name, c.status, count(*) FROM capsules c JOIN hosts h ON h.id = c.host_id"
+            " WHERE c.id = ANY(%s) GROUP BY h.name, c.status",
+            (keys,),
+        ).fetchall()
+    for host, status, count in rows:
+        out.setdefault(host, {})[status] = count
+    return out
+
+
+def row_error(db_url: str, capsule_id: str) -> str:
+    """The error the control plane recorded on a capsule's row (the API does not show it)."""
+    with psycopg.connect(db_url) as conn:
+        found = conn.execute(
+            "SELECT error FROM capsules WHERE id = %s", (parse(capsule_id, IdKind.CAPSULE),)
+        ).fetchone()
+    return str(found[0]) if found else "no row"
+
+
+CREATED = re.compile(
+    r"created (?P<id>cl-\w+) .* in (?P<total>[\d.]+)s"
+    r" \(network (?P<net>[\d.]+)s.*vm (?P<vm>[\d.]+)s"
+)
+
+
+def agent_times(log: Path, ids: list[str]) -> dict[str, dict[str, float]]:
+    """What the agents' logs say each create took on the host: in all, the slot's network,
+    and the VM (restore and first `/init`)."""
+    wanted = set(ids)
+    total: list[float] = []
+    network: list[float] = []
+    vm: list[float] = []
+    for line in log.read_text(errors="replace").splitlines():
+        found = CREATED.search(line)
+        if found is None or found["id"] not in wanted:
+            continue
+        total.append(float(found["total"]))
+        network.append(float(found["net"]))
+        vm.append(float(found["vm"]))
+    if not total:
+        return {}
+    return {"total": stats(total), "network": stats(network), "vm": stats(vm)}
+
+
+def burst(url: str, key: str, count: int, db_url: str, log: Path) -> dict[str, Any]:
+    """`count` creates at once; each timed to its 201 and to `running`.
+
+    One watcher lists the capsules every WATCH_INTERVAL_S (as a dashboard would) rather
+    than each client polling its own: 48 clients polling at 20 Hz were themselves most of
+    the control plane's load."""
     posts: list[float] = []
-    ready: list[float] = []
-    ids: list[str] = []
+    began_at: dict[str, float] = {}
+    running_at: dict[str, float] = {}
     errors: list[str] = []
+    posted = threading.Event()
 
     def one(_: int) -> None:
         with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=300) as api:
@@ -151,31 +239,44 @@ def burst(url: str, key: str, count: int) -> dict[str, Any]:
             r = api.post("/v1/capsules", json=CAPSULE)
             r.raise_for_status()
             posts.append(time.perf_counter() - began)
-            capsule_id = r.json()["id"]
-            ids.append(capsule_id)
-            deadline = time.monotonic() + READY_BUDGET_S
-            while True:
+            began_at[r.json()["id"]] = began
+
+    def watch() -> None:
+        deadline = time.monotonic() + READY_BUDGET_S
+        with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=60) as api:
+            while not (posted.is_set() and len(running_at) == len(began_at)):
                 if time.monotonic() > deadline:
-                    raise SystemExit(f"{capsule_id} not running in {READY_BUDGET_S:.0f}s")
-                got = api.get(f"/v1/capsules/{capsule_id}")
-                if got.status_code != 200:  # a loaded control plane may answer 5xx/429
-                    errors.append(f"GET {got.status_code}: {got.text[:200]}")
-                    time.sleep(0.2)
+                    late = sorted(set(began_at) - set(running_at))
+                    raise SystemExit(f"not running in {READY_BUDGET_S:.0f}s: {late}")
+                listed = api.get("/v1/capsules")
+                now = time.perf_counter()
+                if listed.status_code != 200:  # a loaded control plane may answer 5xx/429
+                    errors.append(f"GET {listed.status_code}: {listed.text[:200]}")
+                    time.sleep(WATCH_INTERVAL_S)
                     continue
-                status = got.json()["status"]
-                if status == "running":
-                    break
-                if status == "error":
-                    raise SystemExit(f"{capsule_id} failed to start")
-                time.sleep(0.05)
-            ready.append(time.perf_counter() - began)
+                for capsule in listed.json():
+                    capsule_id, status = capsule["id"], capsule["status"]
+                    if capsule_id not in began_at or capsule_id in running_at:
+                        continue
+                    if status == "running":
+                        running_at[capsule_id] = now
+                    elif status == "error":
+                        why = row_error(db_url, capsule_id)
+                        raise SystemExit(f"{capsule_id} failed to start: {why}")
+                time.sleep(WATCH_INTERVAL_S)
 
     began = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=count) as pool:
+    with ThreadPoolExecutor(max_workers=count + 1) as pool:
+        watcher = pool.submit(watch)
         list(pool.map(one, range(count)))
+        posted.set()
+        watcher.result()
     wall = time.perf_counter() - began
+    ids = list(began_at)
+    ready = [running_at[c] - began_at[c] for c in ids]
+    boots = server_boot_ms(db_url, ids)
+    spread = placement(db_url, ids)
     with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=300) as api:
-        spread = {h["name"]: h["capsules"].get("running", 0) for h in api.get("/v1/hosts").json()}
         for capsule_id in ids:
             api.delete(f"/v1/capsules/{capsule_id}")
         deadline = time.monotonic() + 300
@@ -189,9 +290,11 @@ def burst(url: str, key: str, count: int) -> dict[str, Any]:
         "creates_per_s": round(count / wall, 2),
         "post": stats(posts),
         "to_running": stats(ready),
+        "server_boot": stats(boots),
+        "on_agent": agent_times(log, ids),
         "spread": spread,
-        "poll_errors": len(errors),
-        "first_poll_error": errors[0] if errors else None,
+        "watch_errors": len(errors),
+        "first_watch_error": errors[0] if errors else None,
     }
 
 
@@ -213,10 +316,11 @@ def main() -> None:
             try:
                 cluster.serve()
                 cluster.add_agent(memory)
-                result["one_agent"] = burst(cluster.url, cluster.key, args.count)
+                log = root / "bench.log"
+                result["one_agent"] = burst(cluster.url, cluster.key, args.count, url, log)
                 cluster.add_agent(memory)
                 cluster.add_agent(memory)
-                result["three_agents"] = burst(cluster.url, cluster.key, args.count)
+                result["three_agents"] = burst(cluster.url, cluster.key, args.count, url, log)
             finally:
                 cluster.stop()
         one, three = result["one_agent"], result["three_agents"]
@@ -246,8 +350,10 @@ def main() -> None:
                 "baseline": one["post"]["p50_ms"],
             },
         ]
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
+    except BaseException:
+        print(f"kept for a look: {root} (bench.log: every process's output)", file=sys.stderr)
+        raise
+    shutil.rmtree(root, ignore_errors=True)
     print(json.dumps(result, indent=2))
 
 

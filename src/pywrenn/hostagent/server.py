@@ -242,8 +242,15 @@ def serve(
         os._exit(1)
 
     original = server.handle_exit
+    agent_pid = os.getpid()
 
     def first_signal(sig: int, frame: FrameType | None) -> None:
+        if os.getpid() != agent_pid:
+            # A forked helper (pyroute2 forks one per namespace) inherits this handler:
+            # when it is told to end, it ends, instead of logging a shutdown of the agent.
+            signal.signal(sig, signal.SIG_DFL)
+            os.kill(os.getpid(), sig)
+            return
         log.info("shutting down: pausing running capsules (Ctrl-C again to exit now)")
         signal.signal(signal.SIGINT, second_signal)
         signal.signal(signal.SIGTERM, second_signal)
