@@ -8,6 +8,7 @@ teardown, even on failure; `no_leaks` then checks that nothing was left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -298,3 +299,19 @@ async def test_kill_during_pause_leaves_only_a_staging_dir(
     with pytest.raises(SnapshotError):
         await runtime.restore(staging, work / "sandboxes" / "never", NetworkSpec.user(free_port()))
     shutil.rmtree(staging)  # what the startup sweep does with a staging leftover
+
+
+@pytest.mark.parametrize("after_s", [0.0, 0.02, 0.05, 0.1, 0.3, 1.0])
+async def test_a_boot_cancelled_at_any_moment_leaves_no_vm(
+    runtime: QemuRuntime, guest_image: ImageManifest, work: Path, no_leaks: None, after_s: float
+) -> None:
+    """A caller that gives up (an agent stopping mid-create, a deadline) must not leave a
+    QEMU behind, even while QEMU is still daemonizing and nothing knows its pid yet."""
+    run_dir = work / "sandboxes" / f"cancelled-{time.time_ns()}"
+    boot = asyncio.create_task(runtime.boot(boot_spec(guest_image, run_dir)))
+    await asyncio.sleep(after_s)
+    boot.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await boot
+    assert qemu_pids_under(run_dir) == set()
+    shutil.rmtree(run_dir, ignore_errors=True)

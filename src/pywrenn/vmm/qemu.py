@@ -114,6 +114,8 @@ CONSOLE_TAIL_BYTES = 64 * 1024
 SANDBOX = "on,obsolete=deny,resourcecontrol=deny"
 # The longest one /init attempt may take while the agent comes up (see _ready_agent).
 INIT_ATTEMPT_S = 30.0
+# How long a cancelled launch waits for QEMU to finish daemonizing before it kills it.
+LAUNCH_REAP_TIMEOUT_S = 30.0
 # QEMU's default migration bandwidth (32 MiB/s) would make a 100 MB pause take 3 s.
 MAX_BANDWIDTH = 100 * 1024**3
 PIPE_THRESHOLD = 8 * 1024**2
@@ -589,6 +591,9 @@ class QemuRuntime:
         # a -D log that exists, so it keeps this 0600 file.
         _write_private(run / VMM_LOG, b"")
         argv = build_argv(cfg, binary=self.binary)
+        # Asked before QEMU starts: from its start to vm.json, nothing may be awaited but
+        # the launcher, or a cancelled caller would leave a VM nobody knows of.
+        vmm_version = await self.version()
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         with os.fdopen(os.open(run / STDERR, flags, 0o600), "wb") as err:
             try:
@@ -601,7 +606,13 @@ class QemuRuntime:
                 )
             except OSError as exc:
                 raise BootError(f"cannot start: {argv[0]}: {exc}") from exc
-            rc = await proc.wait()
+            try:
+                rc = await proc.wait()
+            except BaseException:
+                # Cancelled (an agent stopping, a caller's deadline) while QEMU builds the
+                # machine: it daemonizes all the same, so end it here.
+                await asyncio.shield(_end_launched(proc, run))
+                raise
         stderr = (run / STDERR).read_text(errors="replace").strip()
         if rc != 0:
             raise BootError(f"exit {rc}: {self.binary} for {cfg.vm_id}: {stderr[-400:]}")
@@ -630,7 +641,7 @@ class QemuRuntime:
             "memory_shared": cfg.memory_shared,
             # What only this VM's argv holds, wherever its run dir moves (`relocate`).
             "qmp_socket": str(run / QMP_SOCK),
-            "vmm_version": await self.version(),
+            "vmm_version": vmm_version,
             "started_ns": time.time_ns(),
         }
         tmp = run / f".{VM_STATE}.tmp"
@@ -842,9 +853,18 @@ async def _run(argv: list[str]) -> str:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
         )
-        out, err = await proc.communicate()
     except OSError as exc:
         raise HostCommandError(f"cannot run: {argv[0]}: {exc}") from exc
+    try:
+        out, err = await proc.communicate()
+    except BaseException:
+        # The caller gave up (cancelled): end the command and read its pipes to the end,
+        # so neither the process nor its pipes outlive the call.
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        with contextlib.suppress(Exception):
+            await asyncio.shield(proc.communicate())
+        raise
     if proc.returncode != 0:
         tail = err.decode(errors="replace").strip()[-300:]
         raise HostCommandError(f"exit {proc.returncode}: {' '.join(argv[:3])}: {tail}")
@@ -1006,6 +1026,17 @@ def _marker(run_dir: Path) -> str:
         if isinstance(recorded, str) and recorded:
             return recorded
     return str(run_dir / QMP_SOCK)
+
+
+async def _end_launched(proc: asyncio.subprocess.Process, run: Path) -> None:
+    """Wait for a launcher whose caller gave up, then kill the QEMU it daemonized."""
+    with contextlib.suppress(TimeoutError, ProcessLookupError):
+        async with asyncio.timeout(LAUNCH_REAP_TIMEOUT_S):
+            await proc.wait()
+    with contextlib.suppress(OSError, ValueError, TimeoutError):
+        pid = int((run / PIDFILE).read_text().strip())
+        if await host.kill_pid(pid, str(run / QMP_SOCK)):
+            log.info("killed pid %d: its launch in %s was cancelled", pid, run)
 
 
 def _is_our_vm(pid: int, run_dir: Path) -> bool:
