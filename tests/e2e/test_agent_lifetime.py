@@ -63,6 +63,13 @@ def healthy(port: int) -> bool:
 
 
 @pytest.fixture
+def tmp_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short WRENN_DIR: an agent refuses one too long for its VMs' unix sockets
+    (hostagent/server.py), and pytest's per-test directories are."""
+    return tmp_path_factory.mktemp("life")
+
+
+@pytest.fixture
 def pids() -> Iterator[list[int]]:
     """Agent pids a test started (even indirectly); killed at the end if still alive."""
     started: list[int] = []

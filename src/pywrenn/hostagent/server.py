@@ -104,7 +104,28 @@ def _write_new_token(path: Path) -> str:
     return token
 
 
+# A VM's control socket lives in its run dir (vmm/qemu.py QMP_SOCK), and a unix socket's
+# path stops at 107 bytes. The longest run dir is a builder's or a warm member's staging
+# name (`warm.staging-` and 19 digits of a nanosecond stamp).
+UNIX_SOCKET_PATH_MAX = 107
+LONGEST_VM_SOCKET = "sandboxes/warm.staging-0000000000000000000/qmp.sock"
+
+
+def check_dir_fits_vm_sockets(root: Path) -> None:
+    """Refuse at start a WRENN_DIR too long for its VMs' sockets (otherwise every create
+    and pause fails later with "AF_UNIX path too long")."""
+    longest = len(os.fsencode(root.absolute() / LONGEST_VM_SOCKET))
+    if longest > UNIX_SOCKET_PATH_MAX:
+        room = UNIX_SOCKET_PATH_MAX - len(LONGEST_VM_SOCKET) - 1
+        raise SystemExit(
+            f"host agent: WRENN_DIR {root.absolute()} is too long: VM control sockets under it"
+            f" would need {longest} bytes, a unix socket path takes at most"
+            f" {UNIX_SOCKET_PATH_MAX}; use a directory of at most {room} characters"
+        )
+
+
 def build(settings: HostAgentSettings) -> tuple[SandboxManager, str]:
+    check_dir_fits_vm_sockets(settings.dir)
     layout = Layout(settings.dir)
     layout.ensure()
     try:
