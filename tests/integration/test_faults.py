@@ -27,6 +27,7 @@ import pytest
 
 from pywrenn.hostagent.faults import FAULT_ENV, POINTS
 from pywrenn.hostagent.slots import SlotAllocator
+from pywrenn.hostagent.warmpool import WARM_KIND
 from pywrenn.images import ImageManifest
 from pywrenn.layout import Layout, parse_leftover
 from tests.integration.conftest import wrenn_dir_with_cached_image
@@ -34,13 +35,20 @@ from tests.integration.test_hostagent import TOKEN, free_port, qemu_pids_under
 
 MARKER = "survives-the-crash"
 TEMPLATE = "crash-tpl"
+NO_POOL = "0"
+# The matrix runs again with a warm pool of the size its creates ask for: every create
+# then takes a member (the pool is full before the step is driven), and a kill may catch
+# a refill half made.
+WARM_POOL = "minimal@1x256:1"
+POOL_SETTLE_S = 120.0
 
 
 class FaultAgent:
     """A host agent process on a WRENN_DIR, started with or without a crash point armed."""
 
-    def __init__(self, wrenn_dir: Path) -> None:
+    def __init__(self, wrenn_dir: Path, warm_pool: str = NO_POOL) -> None:
         self.dir = wrenn_dir
+        self.warm_pool = warm_pool
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = wrenn_dir / "agent.log"
@@ -55,6 +63,7 @@ class FaultAgent:
             WRENN_NETWORK_POOL_SIZE="0",  # every namespace belongs to a capsule
             WRENN_REAPER_INTERVAL_S="3600",
             WRENN_METRICS_INTERVAL_S="3600",
+            WRENN_WARM_POOL=self.warm_pool,
         )
         env.pop(FAULT_ENV, None)
         if fault:
@@ -208,24 +217,52 @@ def netns_ids(slots: set[int]) -> set[tuple[int, int]]:
 
 
 def assert_no_leaks(root: Path, client: httpx.Client, ours: set[tuple[int, int]]) -> None:
-    """Only what the listed capsules own exists: VMs, namespaces, claims, dirs.
+    """Only what the listed capsules (and the warm pool's members) own exists: VMs,
+    namespaces, claims, dirs.
 
     `ours`: namespaces this test's agents made before; any still there must belong to
-    a running capsule."""
+    a running capsule or a member."""
     layout = Layout(root)
+    members = settled_pool(client)
     listed = capsules(client)
     running = {k: v for k, v in listed.items() if v["state"] == "running"}
-    assert len(qemu_pids_under(root)) == len(running), (qemu_pids_under(root), listed)
+    vms = qemu_pids_under(root)
+    assert len(vms) == len(running) + members, (vms, listed, members)
     claims = SlotAllocator(layout).claimed()
-    assert set(claims.values()) == set(listed), claims
+    assert {o for o in claims.values() if not is_member(o)} == set(listed), claims
+    assert sum(is_member(o) for o in claims.values()) == members, claims
     live = {int(str(v["slot_index"])) for v in running.values()}
     assert {slot for slot, _ in netns_ids(live)} == live  # running capsules have theirs
-    leaked = {(slot, ino) for slot, ino in netns_ids({s for s, _ in ours}) if slot not in live}
+    member_slots = {slot for slot, owner in claims.items() if is_member(owner)}
+    leaked = {
+        (slot, ino)
+        for slot, ino in netns_ids({s for s, _ in ours})
+        if slot not in live and slot not in member_slots
+    }
     assert leaked & ours == set(), (leaked, ours)
     dirs = {p.name for p in layout.sandboxes_dir.iterdir()}
-    assert dirs == set(listed), dirs
+    assert {d for d in dirs if not is_member(d)} == set(listed), dirs
+    assert sum(is_member(d) for d in dirs) == members, dirs
     leftovers = [p.name for p in layout.images_dir.iterdir() if parse_leftover(p.name)]
     assert leftovers == []
+
+
+def is_member(name: str) -> bool:
+    """A warm-pool member's run dir or slot owner (`warm.staging-{ns}`)."""
+    leftover = parse_leftover(name)
+    return leftover is not None and leftover.capsule_id == WARM_KIND
+
+
+def settled_pool(client: httpx.Client) -> int:
+    """The warm pool's members once it is full again (0 without a pool)."""
+    deadline = time.monotonic() + POOL_SETTLE_S
+    while True:
+        pool = client.get("/health").json().get("warm_pool") or {}
+        ready, size = int(pool.get("ready", 0)), int(pool.get("size", 0))
+        if ready >= size:
+            return ready
+        assert time.monotonic() < deadline, f"warm pool not refilled in {POOL_SETTLE_S}s: {pool}"
+        time.sleep(0.2)
 
 
 # -- the matrix -------------------------------------------------------------------------------
@@ -249,7 +286,9 @@ class _Summary:
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         terminalreporter.write_sep(
-            "-", f"fault matrix: {len(COVERED)}/{len(POINTS)} crash steps covered"
+            "-",
+            f"fault matrix: {len(COVERED)}/{2 * len(POINTS)} crash steps covered"
+            " (without and with a warm pool)",
         )
         terminalreporter.write_line(" ".join(COVERED) or "(none)")
 
@@ -261,16 +300,18 @@ def _print_coverage(request: pytest.FixtureRequest) -> None:
         manager.register(_Summary(), "fault-matrix-summary")
 
 
+@pytest.mark.parametrize("warm_pool", [NO_POOL, WARM_POOL], ids=["no-pool", "warm-pool"])
 @pytest.mark.parametrize("point", POINTS)
-def test_agent_killed_at_step_recovers(wrenn_dir: Path, point: str) -> None:
+def test_agent_killed_at_step_recovers(wrenn_dir: Path, point: str, warm_pool: str) -> None:
     case = CASES[point]
     touched: set[int] = set()  # slots this test's agents held
     capsule_id = f"cl-{secrets.token_hex(8)}"
     child_id = f"cl-{secrets.token_hex(8)}"
-    agent = FaultAgent(wrenn_dir)
+    agent = FaultAgent(wrenn_dir, warm_pool)
     agent.start(fault=point)
     try:
         with agent.client() as client:
+            settled_pool(client)  # with a pool, every create below takes a member
             if case.op != "create":
                 touched.add(int(str(create(client, capsule_id)["slot_index"])))
                 mark(client, capsule_id)
@@ -335,7 +376,7 @@ def test_agent_killed_at_step_recovers(wrenn_dir: Path, point: str) -> None:
                 assert client.delete(f"/v1/templates/{TEMPLATE}").status_code == 204
             assert_no_leaks(wrenn_dir, client, ours)
             assert templates(client) == set()
-        COVERED.append(point)
+        COVERED.append(point if warm_pool == NO_POOL else f"{point}+pool")
     finally:
         _clean_up(agent)
 

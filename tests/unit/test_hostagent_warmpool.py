@@ -18,6 +18,7 @@ from pywrenn.hostagent.states import CapsuleState
 from pywrenn.hostagent.warmpool import FILLER, WARM_KIND
 from pywrenn.layout import parse_leftover
 from pywrenn.vmm import VMState
+from pywrenn.vmm.fakeruntime import VM_RECORD
 from tests.fake_host import FakeHost, fake_image, left
 
 pytestmark = pytest.mark.anyio
@@ -258,4 +259,24 @@ async def test_a_restarted_agent_sweeps_members_and_never_lists_them(tmp_path: P
     await second.manager.recover()
     assert second.manager.list_infos() == []
     assert moved.pid not in {vm.pid for vm in first.runtime.running()}
+    assert left(second) == NOTHING
+
+
+async def test_a_member_the_agent_died_making_is_stopped_though_it_cannot_be_adopted(
+    tmp_path: Path,
+) -> None:
+    """Killed between QEMU's start and its record (or mid-restore), a member's VM cannot be
+    adopted; the next agent must stop it before it sweeps the dir (else nothing ever finds
+    that VM again)."""
+    first = await make_host(tmp_path)
+    first.manager.warmpool.start()
+    await filled(first)
+    await first.manager.spawner.close()  # the agent dies
+    for vm in first.runtime.running():
+        if _is_member(vm.vm_id):
+            (vm.run_dir / VM_RECORD).unlink()  # as if it died before writing it
+    second = FakeHost(tmp_path, runtime=first.runtime, network=first.network)
+    await second.manager.recover()
+    assert members(second) == []
+    assert "reap" in first.runtime.faults.calls
     assert left(second) == NOTHING

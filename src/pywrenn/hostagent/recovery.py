@@ -150,11 +150,18 @@ class Recovery:
         )
 
     async def _stop_vm_in(self, run_dir: Path) -> None:
-        """Kill a VM whose run dir this is, if one is alive (the runtime checks it is ours)."""
+        """Kill a VM whose run dir this is, if one is alive (the runtime checks it is ours).
+        One that cannot be adopted (the agent died between QEMU's start and its record, or
+        mid-restore) is reaped by its pidfile: the dir is swept next, and nothing would
+        ever find its VM again."""
         with contextlib.suppress(VMError, OSError):
             vm = await self.runtime.adopt(run_dir, timeout=2.0)
             log.info("recovery: stopping VM pid %d of %s", vm.pid, run_dir.name)
             await self.runtime.kill(vm)
+            return
+        with contextlib.suppress(VMError, OSError):
+            if await self.runtime.reap(run_dir):
+                log.info("recovery: stopped the VM of %s (not adoptable)", run_dir.name)
 
     async def _adopt(self, state_file: Path) -> Capsule | None:
         """Re-adopt a VM a previous agent left running; clean up when it cannot be."""

@@ -289,6 +289,14 @@ class FakeRuntime:
             raise VMGoneError(f"not running: no VM in {run_dir}")
         return fake.handle
 
+    async def reap(self, run_dir: Path, *, timeout: float = 10.0) -> bool:
+        await self.faults.enter("reap")
+        fake = self._vms.get(_key(run_dir))
+        if fake is None or fake.state is VMState.GONE:
+            return False
+        fake.state = VMState.GONE
+        return True
+
     # -- the guests ------------------------------------------------------------------------
     def connect_guest(self, url: str, *, access_token: str | None = None) -> EnvdClient:
         """A client for the guest agent at `url`, answered by this runtime's VMs."""

@@ -576,6 +576,19 @@ class QemuRuntime:
         log.info("adopted %s pid %d", vm.vm_id, pid)
         return vm
 
+    async def reap(self, run_dir: Path, *, timeout: float = 10.0) -> bool:
+        try:
+            pid = int((run_dir / PIDFILE).read_text().strip())
+        except (OSError, ValueError):
+            return False
+        try:
+            killed = await host.kill_pid(pid, _marker(run_dir), timeout=timeout)
+        except TimeoutError as exc:
+            raise VMError(f"unkillable: pid {pid} of {run_dir}: {exc}") from exc
+        if killed:
+            log.info("reaped pid %d of %s", pid, run_dir)
+        return killed
+
     # -- internals -----------------------------------------------------------------------
     async def _launch(self, cfg: LaunchConfig) -> VMHandle:
         """Start QEMU daemonised (own session, survives us), record vm.json, return a handle.

@@ -246,3 +246,9 @@ class Runtime(Protocol):
     async def adopt(self, run_dir: Path, *, timeout: float = 10.0) -> VMHandle:
         """Re-attach to a VM left running in `run_dir` by an earlier process."""
         ...
+
+    async def reap(self, run_dir: Path, *, timeout: float = 10.0) -> bool:
+        """Kill a VM an earlier process left in `run_dir` that cannot be adopted (its
+        record unwritten, its control socket silent): the process its pidfile names, if
+        that is still this run dir's VMM. True if one was killed."""
+        ...
