@@ -29,6 +29,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -70,14 +71,7 @@ def up(settings: ControlPlaneSettings, console: Console) -> None:
         )
         console.print(proxy_hint(settings))
         console.print(f"admin API key: {layout.admin_api_key_file}; logs: {layout.logs_dir}")
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_level="warning",
-            ws="wsproto",
-            timeout_graceful_shutdown=5,
-        )
+        uvicorn.run(create_app(settings), host=host, port=port, **uvicorn_options())
     finally:
         _stop_agent(agent, console)
 
@@ -93,14 +87,12 @@ def serve(settings: ControlPlaneSettings, console: Console) -> None:
         "add a host: [bold]wrenn host create[/], then on that machine "
         "[bold]wrenn agent --register TOKEN --control-plane URL[/]"
     )
-    uvicorn.run(
-        create_app(settings, local_host=False),
-        host=host,
-        port=port,
-        log_level="warning",
-        ws="wsproto",
-        timeout_graceful_shutdown=5,
-    )
+    uvicorn.run(create_app(settings, local_host=False), host=host, port=port, **uvicorn_options())
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """How `wrenn up` and `wrenn serve` run the control plane (bench/hotpaths.py too)."""
+    return {"log_level": "warning", "ws": "wsproto", "timeout_graceful_shutdown": 5}
 
 
 def proxy_hint(settings: ControlPlaneSettings) -> str:
