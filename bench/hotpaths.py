@@ -37,7 +37,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
-from bench.node import free_port, wait_up  # noqa: E402
+from bench.node import cpu_seconds, free_port, wait_up  # noqa: E402
 
 TARGET_RPS = 2000.0  # the goal for both paths on this machine (2 cores)
 PATH_HEALTH = "/health"
@@ -119,8 +119,14 @@ def _postgres() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@dataclass(frozen=True)
+class Server:
+    url: str
+    pid: int
+
+
 @contextmanager
-def _server(kind: str, env: dict[str, str], log: Path) -> Iterator[str]:
+def _server(kind: str, env: dict[str, str], log: Path) -> Iterator[Server]:
     port = free_port()
     argv = [sys.executable, str(Path(__file__).resolve()), "--serve", kind, "--port", str(port)]
     with open(log, "ab") as out:
@@ -128,7 +134,7 @@ def _server(kind: str, env: dict[str, str], log: Path) -> Iterator[str]:
     url = f"http://127.0.0.1:{port}"
     try:
         wait_up(url, proc, 60.0)
-        yield url
+        yield Server(url, proc.pid)
     finally:
         proc.terminate()
         try:
@@ -152,12 +158,14 @@ def parse_wrk(output: str) -> dict[str, float]:
     rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
     p50 = re.search(r"^\s+50%\s+(\S+)", output, re.M)
     p99 = re.search(r"^\s+99%\s+(\S+)", output, re.M)
+    total = re.search(r"(\d+) requests in", output)
     bad = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     errors = re.search(r"Socket errors:.*", output)
-    if rps is None or p50 is None or p99 is None:
+    if rps is None or p50 is None or p99 is None or total is None:
         raise RuntimeError(f"unexpected wrk output:\n{output}")
     return {
         "rps": round(float(rps.group(1)), 1),
+        "requests": int(total.group(1)),
         "p50_ms": round(_ms(p50.group(1)), 2),
         "p99_ms": round(_ms(p99.group(1)), 2),
         "non_2xx": int(bad.group(1)) if bad else 0,
@@ -180,15 +188,28 @@ def _check(url: str, key: str, status: int, api_key: str | None) -> None:
         raise RuntimeError(f"{key}: GET {url} answered {got.status_code}, expected {status}")
 
 
-def measure(name: str, url: str, args: argparse.Namespace, api_key: str | None) -> dict[str, Any]:
+def measure(
+    name: str, server: Server, url: str, args: argparse.Namespace, api_key: str | None
+) -> dict[str, Any]:
+    """wrk runs on `url`, each with the server's CPU time per request: on a shared machine
+    req/s moves with everyone else's load, CPU per request much less."""
     wrk(url, seconds=args.warmup, connections=args.connections, api_key=api_key)
-    runs = [
-        wrk(url, seconds=args.seconds, connections=args.connections, api_key=api_key)
-        for _ in range(args.runs)
-    ]
+    runs = []
+    for _ in range(args.runs):
+        began = cpu_seconds(server.pid)
+        run = wrk(url, seconds=args.seconds, connections=args.connections, api_key=api_key)
+        spent = cpu_seconds(server.pid) - began
+        run["server_cpu_ms_per_request"] = round(spent * 1000 / max(1, run["requests"]), 3)
+        runs.append(run)
     rates = [r["rps"] for r in runs]
-    print(f"  {name}: {', '.join(f'{r:.0f}' for r in rates)} req/s", file=sys.stderr, flush=True)
-    return {"runs": runs, "rps_best": max(rates), "rps_min": min(rates)}
+    cpu = [r["server_cpu_ms_per_request"] for r in runs]
+    print(
+        f"  {name}: {', '.join(f'{r:.0f}' for r in rates)} req/s,"
+        f" {', '.join(f'{c:.3f}' for c in cpu)} ms CPU/request",
+        file=sys.stderr,
+        flush=True,
+    )
+    return {"runs": runs, "rps_best": max(rates), "rps_min": min(rates), "cpu_ms_best": min(cpu)}
 
 
 def bench_database(db: str, url: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -199,19 +220,19 @@ def bench_database(db: str, url: str, args: argparse.Namespace, workdir: Path) -
         WRENN_DIR=str(workdir),
         WRENN_DATABASE_URL=url,
     )
-    with _server("app", env, workdir / "server.log") as base:
-        capsule = f"{base}/api/v1/capsules/{seeded.capsule_id}"
+    with _server("app", env, workdir / "server.log") as server:
+        capsule = f"{server.url}/api/v1/capsules/{seeded.capsule_id}"
         _check(capsule, "with the key", 200, seeded.api_key)
         _check(capsule, "without a key", 401, None)
         print(f"{db}:", file=sys.stderr, flush=True)
         return {
-            "get_capsule": measure("GET capsule", capsule, args, seeded.api_key),
-            "health": measure("/health", base + PATH_HEALTH, args, None),
+            "get_capsule": measure("GET capsule", server, capsule, args, seeded.api_key),
+            "health": measure("/health", server, server.url + PATH_HEALTH, args, None),
         }
 
 
 def table(report: dict[str, Any]) -> str:
-    rows = [("database", "path", "req/s (runs)", "p50 ms", "p99 ms")]
+    rows = [("database", "path", "req/s (runs)", "p50 ms", "p99 ms", "CPU ms/req")]
     for db, paths in report["databases"].items():
         for path, result in paths.items():
             runs = result["runs"]
@@ -222,6 +243,7 @@ def table(report: dict[str, Any]) -> str:
                     " / ".join(f"{r['rps']:.0f}" for r in runs),
                     " / ".join(f"{r['p50_ms']:.1f}" for r in runs),
                     " / ".join(f"{r['p99_ms']:.1f}" for r in runs),
+                    " / ".join(f"{r['server_cpu_ms_per_request']:.3f}" for r in runs),
                 )
             )
     base = report["baseline"]["runs"]
@@ -232,9 +254,10 @@ def table(report: dict[str, Any]) -> str:
             " / ".join(f"{r['rps']:.0f}" for r in base),
             " / ".join(f"{r['p50_ms']:.1f}" for r in base),
             " / ".join(f"{r['p99_ms']:.1f}" for r in base),
+            " / ".join(f"{r['server_cpu_ms_per_request']:.3f}" for r in base),
         )
     )
-    widths = [max(len(row[i]) for row in rows) for i in range(5)]
+    widths = [max(len(row[i]) for row in rows) for i in range(6)]
     return "\n".join(
         "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)) for row in rows
     )
@@ -290,9 +313,10 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="wrenn-bench-hot-") as tmp:
         root = Path(tmp)
         env = dict(os.environ, PYTHONPATH=str(ROOT / "src"))
-        with _server("baseline", env, root / "baseline.log") as base:
+        with _server("baseline", env, root / "baseline.log") as server:
             print("baseline:", file=sys.stderr, flush=True)
-            report["baseline"] = measure("constant", base + PATH_HEALTH, args, None)
+            url = server.url + PATH_HEALTH
+            report["baseline"] = measure("constant", server, url, args, None)
         for db in databases:
             workdir = root / db
             workdir.mkdir()

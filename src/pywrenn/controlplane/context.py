@@ -22,7 +22,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from .caller import Caller
 from .services.events import Actor
@@ -85,6 +85,7 @@ class RequestContext:
     settings: ControlPlaneSettings
     hosts: HostPool
     sessions: async_sessionmaker[AsyncSession]  # for sessions that outlive the request's
+    reader: AsyncEngine  # single-statement reads without a session (db/reads.py)
     background: BackgroundWork
     builds: BuildQueue
     auth_cache: KeyCache
@@ -110,6 +111,7 @@ class RequestContext:
             settings=state.settings,
             hosts=state.hosts,
             sessions=state.sessions,
+            reader=state.reader,
             background=state.background,
             builds=state.builds,
             auth_cache=state.auth_cache,

@@ -15,12 +15,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Row, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pywrenn.ids import IdKind
 
 from .. import publicids
+from ..db import reads
 from ..db.models import Capsule
 from ..errors import InvalidInput, NotFound
 from ..states import CapsuleStatus, can_move, sources_of, transition
@@ -136,6 +137,38 @@ async def get_capsule(session: AsyncSession, *, team_id: uuid.UUID, capsule_id: 
             .where(Capsule.id == key, Capsule.team_id == team_id)
             .execution_options(populate_existing=True)
         )
+    if row is None:
+        raise NotFound(f"not_found: capsule {capsule_id}")
+    return row
+
+
+# What GET a capsule shows (`schemas.wrenn.CapsulePublic.of` reads these names).
+_SHOWN = (
+    Capsule.id,
+    Capsule.status,
+    Capsule.template,
+    Capsule.vcpus,
+    Capsule.memory_mb,
+    Capsule.timeout_sec,
+    Capsule.created_at,
+    Capsule.started_at,
+    Capsule.last_active_at,
+    Capsule.updated_at,
+    Capsule.metadata_.label("metadata_"),
+    Capsule.versions,
+    Capsule.disk_size_mb,
+    Capsule.host_ip,
+)
+
+
+async def show_own(ctx: RequestContext, capsule_id: str) -> Row[Any]:
+    """The caller's capsule as GET shows it, read by one statement without a session
+    (`db/reads.py`: the hot path); NotFound exactly as `get_capsule`."""
+    key = row_key(capsule_id)
+    row = None
+    if key is not None:
+        stmt = select(*_SHOWN).where(Capsule.id == key, Capsule.team_id == ctx.team_id)
+        row = await reads.first_row(ctx.reader, stmt)
     if row is None:
         raise NotFound(f"not_found: capsule {capsule_id}")
     return row
