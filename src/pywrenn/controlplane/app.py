@@ -133,7 +133,8 @@ def _lifespan(
             engine = make_engine(url, pool_size=settings.database_pool_size)
             stack.push_async_callback(engine.dispose)
             app.state.engine = engine
-            app.state.reader = reads.reader(engine)  # the hot paths' reads (db/reads.py)
+            app.state.reader = reads.reader(engine, url)  # the hot paths' (db/reads.py)
+            stack.callback(app.state.reader.close)
             app.state.health_probe = DatabaseProbe(app.state.reader)
             # Status moves wake requests waiting for their capsule (statuswatch.py).
             app.state.status_watch = StatusWatch(budget_s=settings.capsule_wait_s)

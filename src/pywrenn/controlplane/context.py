@@ -22,9 +22,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .caller import Caller
+from .db.reads import Reader
 from .services.events import Actor
 from .services.limits import TeamLimits, limits_of
 
@@ -85,7 +86,7 @@ class RequestContext:
     settings: ControlPlaneSettings
     hosts: HostPool
     sessions: async_sessionmaker[AsyncSession]  # for sessions that outlive the request's
-    reader: AsyncEngine  # single-statement reads without a session (db/reads.py)
+    reader: Reader  # single-statement reads without a session (db/reads.py)
     background: BackgroundWork
     builds: BuildQueue
     auth_cache: KeyCache

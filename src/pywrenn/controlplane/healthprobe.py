@@ -13,16 +13,15 @@ from __future__ import annotations
 import asyncio
 
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .db import reads
+from .db.reads import Reader
 
 _SELECT_1 = text("SELECT 1")
 
 
 class DatabaseProbe:
-    def __init__(self, reader: AsyncEngine) -> None:
-        self._reader = reader  # db/reads.py's engine: autocommit on PostgreSQL
+    def __init__(self, reader: Reader) -> None:
+        self._reader = reader
         self._running: asyncio.Future[None] | None = None
 
     async def check(self) -> None:
@@ -35,7 +34,7 @@ class DatabaseProbe:
         await asyncio.shield(running)
 
     async def _probe(self) -> None:
-        await reads.first_row(self._reader, _SELECT_1)
+        await self._reader.first_row(_SELECT_1)
 
     def _finished(self, done: asyncio.Future[None]) -> None:
         if self._running is done:

@@ -1,34 +1,105 @@
 """Single-statement reads for the hot paths (GET a capsule, `/health`), without an ORM session.
 
-Owns: `first_row(engine, stmt)`: one Core statement on a pooled connection, its first row.
+Owns: `Reader.first_row(stmt, params)`: one Core statement, its first row.
 Why not the request's `AsyncSession`: a session builds a transaction object, an identity
-map and ORM instances for a read that needs none of them; measured on GET a capsule it
-was most of the request's CPU (docs/performance.md, "Hot paths"). On PostgreSQL the
-connection runs in autocommit, so the read is the one statement: no BEGIN before it and
-no ROLLBACK when the connection goes back to the pool (two round trips each time).
-SQLite (pysqlite) opens no transaction for a SELECT anyway.
+map and ORM instances for a read that needs none of them (docs/performance.md, "Hot
+paths", has what each step below bought).
+- PostgreSQL: a pooled connection of the app's engine in autocommit, so the read is the
+  one statement: no BEGIN before it, no ROLLBACK when the connection goes back.
+- SQLite: aiosqlite runs each call on the connection's own thread, and a read through it
+  is five thread hops (cursor, execute, fetch, close, the pool's rollback), which cost
+  more than the read. A SQLite read of one row by key takes tens of microseconds, so
+  the reader runs it on the event loop's thread, on a plain `sqlite3` connection to the
+  same file. WAL readers do not wait for the writer; in the rare case SQLite still says
+  busy (a checkpoint, a recovery) the connection does not wait (`busy_timeout` 0) and the
+  read goes through the app's async engine instead, which waits off the loop.
 Knows nothing of: the tables.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import sqlite3
+from typing import Any, Protocol
 
-from sqlalchemy import Executable, Row
+from sqlalchemy import Engine, Executable, Row, create_engine, event
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import ConnectionPoolEntry, SingletonThreadPool
+
+from .engine import sqlite_pragmas, sync_url
 
 
-def reader(engine: AsyncEngine) -> AsyncEngine:
-    """`engine` for `first_row`: in autocommit on PostgreSQL (a view of the same pool and
-    connections; made once, by the app's lifespan)."""
-    if engine.dialect.name == "sqlite":
-        return engine
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+class Reader(Protocol):
+    async def first_row(
+        self, stmt: Executable, params: dict[str, Any] | None = None
+    ) -> Row[Any] | None:
+        """The first row of one read-only statement (None if there is none). Pass a
+        statement built once, with bound parameters (see `capsules._SHOW`)."""
+        ...
+
+    def close(self) -> None: ...
 
 
-async def first_row(engine: AsyncEngine, stmt: Executable) -> Row[Any] | None:
-    """The first row of one read-only statement (None if there is none); `engine` is a
-    `reader`."""
-    async with engine.connect() as conn:
-        result = await conn.execute(stmt)
-        return result.first()
+class AsyncReader:
+    """Reads through the app's async engine (autocommit on PostgreSQL)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        if engine.dialect.name != "sqlite":
+            engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._engine = engine
+
+    async def first_row(
+        self, stmt: Executable, params: dict[str, Any] | None = None
+    ) -> Row[Any] | None:
+        async with self._engine.connect() as conn:
+            result = await conn.execute(stmt, params)
+            return result.first()
+
+    def close(self) -> None:
+        pass  # the app's engine is the app's to dispose
+
+
+class SqliteLoopReader:
+    """Reads a SQLite file on the event loop's thread; busy: through `fallback`."""
+
+    def __init__(self, url: str, fallback: AsyncReader) -> None:
+        self._fallback = fallback
+        # One connection, used only from the loop's thread (the pool keeps one per thread).
+        self._engine: Engine = create_engine(sync_url(url), poolclass=SingletonThreadPool)
+        event.listen(self._engine, "connect", _no_waiting)
+
+    async def first_row(
+        self, stmt: Executable, params: dict[str, Any] | None = None
+    ) -> Row[Any] | None:
+        try:
+            with self._engine.connect() as conn:
+                return conn.execute(stmt, params).first()
+        except OperationalError as exc:
+            if not isinstance(exc.orig, sqlite3.OperationalError):
+                raise
+            return await self._fallback.first_row(stmt, params)
+
+    def close(self) -> None:
+        self._engine.dispose()
+
+
+def _no_waiting(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
+    sqlite_pragmas(dbapi_connection, record)  # WAL, foreign keys: as the app's connections
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA busy_timeout=0")  # never hold the loop; the fallback waits
+    cursor.close()
+
+
+def reader(engine: AsyncEngine, url: str) -> Reader:
+    """The hot paths' reader for the app's `engine` on settings `url` (made once, by the
+    app's lifespan, which closes it)."""
+    through_engine = AsyncReader(engine)
+    if engine.dialect.name == "sqlite" and _is_file(url):
+        return SqliteLoopReader(url, through_engine)
+    return through_engine
+
+
+def _is_file(url: str) -> bool:
+    """A SQLite URL naming a file (an in-memory database is private to its connection)."""
+    path = sync_url(url).split("://", 1)[1].lstrip("/")
+    return path not in ("", ":memory:") and "mode=memory" not in url
