@@ -74,6 +74,9 @@ API_ROUTERS = (
     audit_routes.router,
 )
 LOCAL_HOST_NAME = "local"
+# PostgreSQL connections of the hot reads' own pool (as many again may overflow): a read
+# holds one for one round trip, so a few serve thousands of reads a second.
+HOT_READ_POOL_SIZE = 4
 
 
 def create_app(
@@ -133,8 +136,9 @@ def _lifespan(
             engine = make_engine(url, pool_size=settings.database_pool_size)
             stack.push_async_callback(engine.dispose)
             app.state.engine = engine
-            app.state.reader = reads.reader(engine, url)  # the hot paths' (db/reads.py)
-            stack.callback(app.state.reader.close)
+            # The hot paths' reads (db/reads.py).
+            app.state.reader = reads.reader(engine, url, pool_size=HOT_READ_POOL_SIZE)
+            stack.push_async_callback(app.state.reader.aclose)
             app.state.health_probe = DatabaseProbe(app.state.reader)
             # Status moves wake requests waiting for their capsule (statuswatch.py).
             app.state.status_watch = StatusWatch(budget_s=settings.capsule_wait_s)

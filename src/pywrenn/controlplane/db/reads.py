@@ -4,8 +4,8 @@ Owns: `Reader.first_row(stmt, params)`: one Core statement, its first row.
 Why not the request's `AsyncSession`: a session builds a transaction object, an identity
 map and ORM instances for a read that needs none of them (docs/performance.md, "Hot
 paths", has what each step below bought).
-- PostgreSQL: a pooled connection of the app's engine in autocommit, so the read is the
-  one statement: no BEGIN before it, no ROLLBACK when the connection goes back.
+- PostgreSQL: a small pool of its own in autocommit, so the read is the one statement:
+  no BEGIN before it, no ROLLBACK when the connection goes back, no pre-ping.
 - SQLite: aiosqlite runs each call on the connection's own thread, and a read through it
   is five thread hops (cursor, execute, fetch, close, the pool's rollback), which cost
   more than the read. A SQLite read of one row by key takes tens of microseconds, so
@@ -22,11 +22,11 @@ import sqlite3
 from typing import Any, Protocol
 
 from sqlalchemy import Engine, Executable, Row, create_engine, event
-from sqlalchemy.exc import OperationalError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlalchemy.pool import ConnectionPoolEntry, SingletonThreadPool
 
-from .engine import sqlite_pragmas, sync_url
+from .engine import async_url, is_sqlite, sqlite_pragmas, sync_url
 
 
 class Reader(Protocol):
@@ -37,26 +37,47 @@ class Reader(Protocol):
         statement built once, with bound parameters (see `capsules._SHOW`)."""
         ...
 
-    def close(self) -> None: ...
+    async def aclose(self) -> None: ...
 
 
 class AsyncReader:
-    """Reads through the app's async engine (autocommit on PostgreSQL)."""
+    """Reads through an async engine; on PostgreSQL its own small pool in autocommit."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
-        if engine.dialect.name != "sqlite":
-            engine = engine.execution_options(isolation_level="AUTOCOMMIT")
+    def __init__(self, engine: AsyncEngine, *, owned: bool = False) -> None:
         self._engine = engine
+        self._owned = owned
+
+    @classmethod
+    def for_postgresql(cls, url: str, pool_size: int) -> AsyncReader:
+        # Autocommit: the statement alone, no BEGIN/ROLLBACK. No pre-ping (a round trip
+        # per checkout, as many as the read itself): a connection found dead is retried
+        # once on a fresh one instead, so a restarted PostgreSQL still costs no error.
+        engine = create_async_engine(
+            async_url(url),
+            pool_size=pool_size,
+            max_overflow=pool_size,
+            isolation_level="AUTOCOMMIT",
+        )
+        return cls(engine, owned=True)
 
     async def first_row(
         self, stmt: Executable, params: dict[str, Any] | None = None
     ) -> Row[Any] | None:
+        try:
+            return await self._first_row(stmt, params)
+        except DBAPIError as exc:
+            if not exc.connection_invalidated:
+                raise
+            return await self._first_row(stmt, params)  # the pool has dropped the dead ones
+
+    async def _first_row(self, stmt: Executable, params: dict[str, Any] | None) -> Row[Any] | None:
         async with self._engine.connect() as conn:
             result = await conn.execute(stmt, params)
             return result.first()
 
-    def close(self) -> None:
-        pass  # the app's engine is the app's to dispose
+    async def aclose(self) -> None:
+        if self._owned:
+            await self._engine.dispose()
 
 
 class SqliteLoopReader:
@@ -79,7 +100,7 @@ class SqliteLoopReader:
                 raise
             return await self._fallback.first_row(stmt, params)
 
-    def close(self) -> None:
+    async def aclose(self) -> None:
         self._engine.dispose()
 
 
@@ -90,11 +111,13 @@ def _no_waiting(dbapi_connection: Any, record: ConnectionPoolEntry) -> None:
     cursor.close()
 
 
-def reader(engine: AsyncEngine, url: str) -> Reader:
+def reader(engine: AsyncEngine, url: str, *, pool_size: int) -> Reader:
     """The hot paths' reader for the app's `engine` on settings `url` (made once, by the
     app's lifespan, which closes it)."""
+    if not is_sqlite(url):
+        return AsyncReader.for_postgresql(url, pool_size)
     through_engine = AsyncReader(engine)
-    if engine.dialect.name == "sqlite" and _is_file(url):
+    if _is_file(url):
         return SqliteLoopReader(url, through_engine)
     return through_engine
 
