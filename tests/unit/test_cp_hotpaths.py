@@ -1,0 +1,108 @@
+"""The hot paths (docs/performance.md, "Hot paths"): GET a capsule and `/health` read
+through `db/reads.py` without a session, and `/health`'s probe is shared.
+
+What must not change: GET shows exactly what the list (the ORM path) shows, fresh after
+every move, only to the capsule's team, with the error envelope; a SQLite read that finds
+the database busy is not lost (not tested here: SQLite in WAL mode gives a reader "busy"
+only in states a test cannot make on demand); a failed database makes `/health` fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Executable
+
+from pywrenn.controlplane.healthprobe import DatabaseProbe
+from pywrenn.controlplane.services import capsules
+from pywrenn.controlplane.states import CapsuleStatus
+from tests.cp_routes import NOW, Harness, run
+
+pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
+
+
+def test_get_shows_what_the_list_shows_fresh_and_only_to_its_team(
+    db_url: str, tmp_path: Path
+) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule(metadata={"purpose": "hot"})
+        shown = (await h.client.get(f"/api/v1/capsules/{cid}")).json()
+        listed = (await h.client.get("/api/v1/capsules")).json()
+        assert [shown] == listed
+        assert shown["metadata"]["purpose"] == "hot" and shown["status"] == "running"
+
+        key = capsules.row_key(cid)
+        assert key is not None
+        async with h.app.state.sessions() as session:  # a move elsewhere: seen at once
+            moved = await capsules.move(session, capsule_id=key, to=CapsuleStatus.PAUSING, now=NOW)
+        assert moved is not None
+        assert (await h.client.get(f"/api/v1/capsules/{cid}")).json()["status"] == "pausing"
+
+        other = {"X-API-Key": await h.other_team_key()}
+        r = await h.client.get(f"/api/v1/capsules/{cid}", headers=other)
+        assert r.status_code == 404
+        assert r.json() == {"error": {"code": "not_found", "message": f"not_found: capsule {cid}"}}
+        r = await h.client.get(f"/api/v1/capsules/{cid}", headers={"X-API-Key": "wrn_" + "0" * 32})
+        assert r.status_code == 401 and r.json()["error"]["code"] == "unauthorized"
+
+    run(db_url, tmp_path, body)
+
+
+class FakeReader:
+    """A reader whose probes end when the test says so, counting them."""
+
+    def __init__(self) -> None:
+        self.probes = 0
+        self.release = asyncio.Event()
+        self.fail: Exception | None = None
+
+    async def first_row(self, stmt: Executable, params: dict[str, Any] | None = None) -> Any:
+        self.probes += 1
+        await self.release.wait()
+        if self.fail is not None:
+            raise self.fail
+        return None
+
+    async def aclose(self) -> None:
+        pass
+
+
+def test_health_probes_are_shared_while_one_runs_and_never_reused() -> None:
+    async def main() -> None:
+        reader = FakeReader()
+        probe = DatabaseProbe(reader)
+        waiting = [asyncio.create_task(probe.check()) for _ in range(10)]
+        for _ in range(10):  # every caller is waiting
+            await asyncio.sleep(0)
+        assert reader.probes == 1
+        reader.release.set()
+        await asyncio.gather(*waiting)
+        await probe.check()  # the last one ended: a new probe
+        assert reader.probes == 2
+
+        reader.release.clear()
+        reader.fail = RuntimeError("database down")
+        failing = [asyncio.create_task(probe.check()) for _ in range(3)]
+        for _ in range(10):
+            await asyncio.sleep(0)
+        failing[0].cancel()  # a caller that leaves does not cancel the others' probe
+        reader.release.set()
+        results = await asyncio.gather(*failing, return_exceptions=True)
+        assert isinstance(results[0], asyncio.CancelledError)
+        assert [str(r) for r in results[1:]] == ["database down"] * 2
+        assert reader.probes == 3
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("path", ["/health"])
+def test_health_answers_from_the_database(db_url: str, tmp_path: Path, path: str) -> None:
+    async def body(h: Harness) -> None:
+        r = await h.client.get(path)
+        assert r.status_code == 200 and r.json() == {"status": "ok", "database": "ok"}
+        assert r.headers["content-type"] == "application/json"
+
+    run(db_url, tmp_path, body)
