@@ -14,11 +14,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Executable
+from sqlalchemy import Executable, event
 
+from pywrenn.controlplane import publicids
+from pywrenn.controlplane.authcache import AuthCache
+from pywrenn.controlplane.db.models import ApiKey
+from pywrenn.controlplane.errors import Unauthorized
 from pywrenn.controlplane.healthprobe import DatabaseProbe
-from pywrenn.controlplane.services import capsules
+from pywrenn.controlplane.services import capsules, keys, teams
 from pywrenn.controlplane.states import CapsuleStatus
+from pywrenn.ids import IdKind
+from tests.controlplane_db import sessions_for
 from tests.cp_routes import NOW, Harness, run
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
@@ -106,3 +112,51 @@ def test_health_answers_from_the_database(db_url: str, tmp_path: Path, path: str
         assert r.headers["content-type"] == "application/json"
 
     run(db_url, tmp_path, body)
+
+
+def test_a_key_missed_by_many_at_once_is_looked_up_once_and_a_revoke_wins(db_url: str) -> None:
+    """Under load every request of a key misses together when its entry expires: one
+    query serves them. A revoke (`clear`) during that query is not undone by it."""
+
+    async def body() -> None:
+        async with sessions_for(db_url) as sessions:
+            async with sessions() as session:
+                team = await teams.create_team(session, name="hot", now=NOW)
+                row, plaintext = await keys.create_key(session, team_id=team.id, name="k", now=NOW)
+            lookups = 0
+            engine = sessions.kw["bind"].sync_engine
+
+            def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+                nonlocal lookups
+                lookups += "FROM api_keys" in statement
+
+            event.listen(engine, "before_cursor_execute", count)
+            cache = AuthCache()
+            callers = await asyncio.gather(
+                *(
+                    cache.authenticate(plaintext, sessions=sessions, now=lambda: NOW)
+                    for _ in range(16)
+                )
+            )
+            assert {c.key_id for c in callers} == {row.id} and lookups == 1
+            assert cache.get(plaintext) is not None
+
+            cache.clear()
+            during = asyncio.create_task(
+                cache.authenticate(plaintext, sessions=sessions, now=lambda: NOW)
+            )
+            while lookups < 2:  # the lookup has begun
+                await asyncio.sleep(0.001)
+            cache.clear()  # a revoke here, while it runs
+            async with sessions() as session:
+                await keys.revoke_key(session, team_id=team.id, key_id=_api_id(row), now=NOW)
+            await during  # it answers its own waiters, as a request already in flight
+            assert cache.get(plaintext) is None  # but is not remembered
+            with pytest.raises(Unauthorized):
+                await cache.authenticate(plaintext, sessions=sessions, now=lambda: NOW)
+
+    asyncio.run(body())
+
+
+def _api_id(row: ApiKey) -> str:
+    return publicids.format_id(row.id, IdKind.API_KEY)
