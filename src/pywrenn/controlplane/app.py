@@ -74,9 +74,9 @@ API_ROUTERS = (
     audit_routes.router,
 )
 LOCAL_HOST_NAME = "local"
-# PostgreSQL connections of the hot reads' own pool (as many again may overflow): a read
-# holds one for one round trip, so a few serve thousands of reads a second.
-HOT_READ_POOL_SIZE = 4
+# PostgreSQL connections of the hot reads' own pool (db/reads.py): a read holds one for
+# one round trip, so a few serve thousands of reads a second.
+HOT_READ_POOL_SIZE = 8
 
 
 def create_app(

@@ -52,11 +52,11 @@ class AsyncReader:
         # Autocommit: the statement alone, no BEGIN/ROLLBACK. No pre-ping (a round trip
         # per checkout, as many as the read itself): a connection found dead is retried
         # once on a fresh one instead, so a restarted PostgreSQL still costs no error.
+        # No overflow: a connection opened past the pool is closed when it is returned,
+        # and under load that churn (a PostgreSQL backend per connection) cost more than
+        # the reads. A read waits for one of `pool_size` instead; it holds it one round trip.
         engine = create_async_engine(
-            async_url(url),
-            pool_size=pool_size,
-            max_overflow=pool_size,
-            isolation_level="AUTOCOMMIT",
+            async_url(url), pool_size=pool_size, max_overflow=0, isolation_level="AUTOCOMMIT"
         )
         return cls(engine, owned=True)
 
