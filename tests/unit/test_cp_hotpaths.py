@@ -13,12 +13,15 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
-from sqlalchemy import Executable, event
+from sqlalchemy import Executable, event, text
 
 from pywrenn.controlplane import publicids
 from pywrenn.controlplane.authcache import AuthCache
+from pywrenn.controlplane.db.engine import is_sqlite
 from pywrenn.controlplane.db.models import ApiKey
+from pywrenn.controlplane.db.reads import AsyncReader
 from pywrenn.controlplane.errors import Unauthorized
 from pywrenn.controlplane.healthprobe import DatabaseProbe
 from pywrenn.controlplane.services import capsules, keys, teams
@@ -160,3 +163,28 @@ def test_a_key_missed_by_many_at_once_is_looked_up_once_and_a_revoke_wins(db_url
 
 def _api_id(row: ApiKey) -> str:
     return publicids.format_id(row.id, IdKind.API_KEY)
+
+
+def test_a_hot_read_on_a_connection_postgresql_dropped_is_retried(
+    db_url: str, pg_admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """The hot reads' pool does not ping before each checkout; a connection the server
+    has dropped (a restart) costs a retry on a fresh one, not an error."""
+    if is_sqlite(db_url):
+        pytest.skip("PostgreSQL's pool")
+
+    async def body() -> None:
+        reader = AsyncReader.for_postgresql(db_url, pool_size=2)
+        try:
+            assert (await reader.first_row(text("SELECT 1")))[0] == 1  # type: ignore[index]
+            name = db_url.rsplit("/", 1)[1]
+            pg_admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            assert (await reader.first_row(text("SELECT 2")))[0] == 2  # type: ignore[index]
+        finally:
+            await reader.aclose()
+
+    asyncio.run(body())
