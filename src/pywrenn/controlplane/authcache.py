@@ -54,16 +54,13 @@ class AuthCache:
 
     def put(self, plaintext: str, caller: Caller, *, generation: int | None = None) -> None:
         """Remember `caller` for `plaintext`; not if the cache was cleared since
-        `generation` (what `generation()` said when the lookup began)."""
+        `generation` (the one its lookup began in)."""
         with self._lock:
             if generation is not None and generation != self._generation:
                 return
             if len(self._entries) >= MAX_ENTRIES:
                 self._entries.clear()  # crude, but bounded; a miss only costs a query
             self._entries[hash_key(plaintext)] = (time.monotonic() + self._ttl_s, caller)
-
-    def generation(self) -> int:
-        return self._generation
 
     def clear(self) -> None:
         """Forget every check (a key was revoked here), and tell the listeners."""
