@@ -29,6 +29,7 @@ import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import uvicorn
@@ -73,15 +74,7 @@ def up(settings: ControlPlaneSettings, console: Console) -> None:
         )
         console.print(proxy_hint(settings))
         console.print(f"admin API key: {layout.admin_api_key_file}; logs: {layout.logs_dir}")
-        uvicorn.run(
-            create_app(settings),
-            host=host,
-            port=port,
-            log_level="warning",
-            ws="wsproto",
-            timeout_graceful_shutdown=5,
-            timeout_keep_alive=CONTROL_PLANE_KEEP_ALIVE_S,
-        )
+        uvicorn.run(create_app(settings), host=host, port=port, **uvicorn_options())
     finally:
         _stop_agent(agent, console)
 
@@ -97,15 +90,17 @@ def serve(settings: ControlPlaneSettings, console: Console) -> None:
         "add a host: [bold]wrenn host create[/], then on that machine "
         "[bold]wrenn agent --register TOKEN --control-plane URL[/]"
     )
-    uvicorn.run(
-        create_app(settings, local_host=False),
-        host=host,
-        port=port,
-        log_level="warning",
-        ws="wsproto",
-        timeout_graceful_shutdown=5,
-        timeout_keep_alive=CONTROL_PLANE_KEEP_ALIVE_S,
-    )
+    uvicorn.run(create_app(settings, local_host=False), host=host, port=port, **uvicorn_options())
+
+
+def uvicorn_options() -> dict[str, Any]:
+    """How `wrenn up` and `wrenn serve` run the control plane (bench/hotpaths.py too)."""
+    return {
+        "log_level": "warning",
+        "ws": "wsproto",
+        "timeout_graceful_shutdown": 5,
+        "timeout_keep_alive": CONTROL_PLANE_KEEP_ALIVE_S,
+    }
 
 
 def proxy_hint(settings: ControlPlaneSettings) -> str:

@@ -311,10 +311,11 @@ def test_the_host_client_lets_idle_connections_go_before_the_agent_closes_them(
     from pywrenn.hostagent import server
     from pywrenn.hostagent.server import SERVER_KEEP_ALIVE_S, uvicorn_config
     from pywrenn.hostagent.settings import HostAgentSettings
-    from pywrenn.node import CONTROL_PLANE_KEEP_ALIVE_S
+    from pywrenn.node import CONTROL_PLANE_KEEP_ALIVE_S, uvicorn_options
 
     assert CLIENT_KEEP_ALIVE_S < SERVER_KEEP_ALIVE_S
     assert CONTROL_PLANE_KEEP_ALIVE_S > 15  # aiohttp's default idle keep-alive, httpx's is 5
+    assert uvicorn_options()["timeout_keep_alive"] == CONTROL_PLANE_KEEP_ALIVE_S
     monkeypatch.setattr(server, "create_app", lambda *args, **kwargs: None)  # the server only
     config = uvicorn_config(HostAgentSettings(), manager=None, token="t", cluster=None)  # type: ignore[arg-type]
     assert config.timeout_keep_alive == SERVER_KEEP_ALIVE_S

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from .caller import Caller
+from .db.reads import Reader
 from .services.events import Actor
 from .services.limits import TeamLimits, limits_of
 
@@ -85,6 +86,7 @@ class RequestContext:
     settings: ControlPlaneSettings
     hosts: HostPool
     sessions: async_sessionmaker[AsyncSession]  # for sessions that outlive the request's
+    reader: Reader  # single-statement reads without a session (db/reads.py)
     background: BackgroundWork
     builds: BuildQueue
     auth_cache: KeyCache
@@ -110,6 +112,7 @@ class RequestContext:
             settings=state.settings,
             hosts=state.hosts,
             sessions=state.sessions,
+            reader=state.reader,
             background=state.background,
             builds=state.builds,
             auth_cache=state.auth_cache,

@@ -41,16 +41,10 @@ async def authenticate_api_key(state: State, api_key: str | None) -> Caller:
     if not api_key:
         raise Unauthorized("unauthorized: missing X-API-Key header")
     cache: AuthCache = state.auth_cache
-    cached = cache.get(api_key)
-    if cached is not None:
-        return cached
-    # A session only on a cache miss: most calls never need one for the key check.
+    # A session only on a cache miss (one per key however many requests miss together).
     factory: async_sessionmaker[AsyncSession] = state.sessions
     clock: Clock = state.clock
-    async with factory() as session:
-        caller = await keys.authenticate(session, plaintext=api_key, now=clock())
-    cache.put(api_key, caller)
-    return caller
+    return await cache.authenticate(api_key, sessions=factory, now=clock)
 
 
 async def authenticate_request(state: State, headers: Headers, method: str) -> Caller:

@@ -47,9 +47,12 @@ async def list_capsules(ctx: ContextDep) -> list[CapsulePublic]:
     return [CapsulePublic.of(row) for row in await capsules.list_own(ctx, LISTED)]
 
 
-@router.get("/{capsule_id}")
-async def get_capsule(capsule_id: str, ctx: ContextDep) -> CapsulePublic:
-    return CapsulePublic.of(await capsules.get_own(ctx, capsule_id))
+# The hottest read (the SDK's `wait=True` polls it): one statement, no session, and the
+# model serialised once, by pydantic, rather than validated again by FastAPI.
+@router.get("/{capsule_id}", response_model=CapsulePublic)
+async def get_capsule(capsule_id: str, ctx: ContextDep) -> Response:
+    shown = CapsulePublic.of(await capsules.show_own(ctx, capsule_id))
+    return Response(shown.model_dump_json(), media_type="application/json")
 
 
 @router.delete("/{capsule_id}", status_code=204)

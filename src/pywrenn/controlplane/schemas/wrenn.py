@@ -7,9 +7,10 @@ JSON. Timestamps are aware UTC (the SDK rejects naive ones); lists are never nul
 from __future__ import annotations
 
 from datetime import date, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from sqlalchemy import Row
 
 from pywrenn.ids import TAG_SCHEMA_PATTERN, IdKind
 
@@ -84,7 +85,8 @@ class CapsulePublic(BaseModel):
     host_ip: str | None = None
 
     @classmethod
-    def of(cls, row: Capsule) -> CapsulePublic:
+    def of(cls, row: Capsule | Row[Any]) -> CapsulePublic:
+        """From the ORM row, or a Core row of the same names (`capsules.show_own`)."""
         return cls(
             id=publicids.format_id(row.id, IdKind.CAPSULE),
             status=row.status,
