@@ -156,6 +156,7 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[Report], list[Figure]]]
     "controlplane": ([], ["--runs", "10", "--creates", "2"], _controlplane),
     "templates": ([], ["--runs", "3", "--rounds", "1"], _templates),
     "e2b_first_output": ([], ["--runs", "2"], _e2b_first_output),
+    "scale": ([], ["--quick"], _generic("scale")),
 }
 
 
