@@ -40,7 +40,7 @@ pytest_plugins = ["tests.controlplane_pg"]
 # On by default. It was opt-in while heartbeats failed under create bursts: the scheduler
 # held the chosen host's row lock while the create queued on its team's lock (the
 # heartbeat, an UPDATE of that row, waited behind it), and background boots took every
-# pooled connection. Both are fixed (scheduler.py, lifecycle.py `bookkeeping_gate`).
+# pooled connection. Both are fixed (scheduler.py, services/bootgate.py).
 pytestmark = pytest.mark.timeout(900)
 
 # Sizes: WRENN_SCALE_HOSTS, WRENN_SCALE_CAPSULES override them (the 50 and 2,000

@@ -12,19 +12,19 @@ is, or back where it was if the host refused. Every request records its action e
 
 Hosts are reached only through `HostAgentAPI` (the pool hands out one per host); this
 module never builds a URL.
+Length: past our ~400-line guide on purpose: every lifecycle request's order of steps in
+one place, so their compare-and-set moves read side by side.
 Knows nothing of: HTTP, or which host implementation is behind the protocol.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
-from weakref import WeakKeyDictionary
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -39,6 +39,7 @@ from ..scheduler import Request, pick_host, record_placed, scheduler_policy
 from ..states import CapsuleStatus
 from ..statuswatch import SESSION_KEY, SETTLING, StatusWatch
 from . import capsules, limits, templates
+from .bootgate import bookkeeping_gate
 from .events import Actor, EventSpec, record_nocommit
 
 if TYPE_CHECKING:
@@ -218,30 +219,6 @@ async def finish_create(
                     session, capsule_id=capsule_key, now=clock(), actor=actor
                 )
                 await record_action(session, row, "capsule.create", actor=actor, now=clock())
-
-
-# Every create's boot runs in the app's background, and nothing bounded how many of them
-# wanted a database connection at once: under a burst of creates they queued on the
-# engine's pool ahead of everything else, heartbeats included, until heartbeats waited
-# past the agent's deadline (hosts flapped `unreachable`) and requests past the pool's
-# 30 s (500). Their database work now takes at most half the pool's connections; the
-# rest stays for requests and heartbeats. The boots themselves (the host calls) are not
-# limited: they hold no connection.
-_BOOKKEEPING_GATES: WeakKeyDictionary[async_sessionmaker[AsyncSession], asyncio.Semaphore] = (
-    WeakKeyDictionary()
-)
-_DEFAULT_POOL = 10
-
-
-def bookkeeping_gate(sessions: async_sessionmaker[AsyncSession]) -> asyncio.Semaphore:
-    """The semaphore background boots take around their database work, per app."""
-    gate = _BOOKKEEPING_GATES.get(sessions)
-    if gate is None:
-        bind = sessions.kw.get("bind")
-        size = getattr(getattr(bind, "pool", None), "size", None)
-        pool_size = size() if callable(size) else _DEFAULT_POOL
-        gate = _BOOKKEEPING_GATES[sessions] = asyncio.Semaphore(max(1, int(pool_size) // 2))
-    return gate
 
 
 async def _create_body(
