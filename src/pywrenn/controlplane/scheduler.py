@@ -342,13 +342,13 @@ async def _lock_first_free(session: AsyncSession, ranked: list[Host]) -> Host:
         return ranked[0]
     for host in ranked:
         took = await session.scalar(
-            text("SELECT pg_try_advisory_xact_lock(:cls, :key)"),
+            text("SELECT pg_try_advisory_xact_lock(CAST(:cls AS integer), CAST(:key AS integer))"),
             {"cls": _PLACEMENT_LOCK_CLASS, "key": placement_lock_key(host.id)},
         )
         if took:
             return host
     await session.execute(
-        text("SELECT pg_advisory_xact_lock(:cls, :key)"),
+        text("SELECT pg_advisory_xact_lock(CAST(:cls AS integer), CAST(:key AS integer))"),
         {"cls": _PLACEMENT_LOCK_CLASS, "key": placement_lock_key(ranked[0].id)},
     )
     return ranked[0]
