@@ -382,7 +382,7 @@ def main() -> None:
     parser.add_argument("--heartbeat-s", type=float, default=30.0)
     parser.add_argument("--idle-s", type=float, default=30.0)
     parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--quick", action="store_true", help="20 hosts, 2,000 rows, ~1 min")
+    parser.add_argument("--quick", action="store_true", help="20 hosts, 2,000 rows, 2-3 min here")
     args = parser.parse_args()
     if args.quick:
         args.hosts, args.capsules, args.api_capsules = 20, 2000, 100
