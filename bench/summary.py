@@ -157,6 +157,7 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[Report], list[Figure]]]
     "templates": ([], ["--runs", "3", "--rounds", "1"], _templates),
     "e2b_first_output": ([], ["--runs", "2"], _e2b_first_output),
     "hotpaths": ([], ["--quick"], _generic("hotpaths")),
+    "scale": ([], ["--quick"], _generic("scale")),
 }
 
 

@@ -11,13 +11,14 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, text, update
 from typer.testing import CliRunner
 
 from pywrenn.cli.app import app as cli
 from pywrenn.controlplane.db.engine import make_engine
-from pywrenn.controlplane.db.models import Host
+from pywrenn.controlplane.db.models import Host, Team
 from pywrenn.controlplane.leader import Leadership
+from pywrenn.controlplane.services.limits import lock_team
 from tests.cp_cluster import AGENT_TOKEN, Agent, Cluster, cluster, register_body
 from tests.cp_routes import NOW
 from tests.fake_hostagent import FakeHostAgent
@@ -390,6 +391,43 @@ def test_a_burst_of_creates_spreads_over_hosts_with_room_to_spare(
         assert per_host[-1] - per_host[0] <= 1, per_host
 
     run(db_url, tmp_path, body, hosts=3, planes=2, host_memory_mb=16 * 1024)
+
+
+def test_a_create_waiting_on_its_team_does_not_hold_up_its_hosts_heartbeats(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A create holds its host's placement lock while it queues on the team's limits lock
+    (behind the team's other creates). That lock must not be one on the host's row: the
+    heartbeat is an UPDATE of that row, and under a burst of creates it waited past the
+    agent's deadline and the host went `unreachable`."""
+    if not db_url.startswith("postgresql"):
+        pytest.skip("SQLite has one writer: every write waits for it, heartbeats included")
+
+    async def body(c: Cluster) -> None:
+        (a,) = c.agents
+        sessions = c.planes[0].state.sessions
+        async with sessions() as holder, sessions() as probe:
+            for team in list(await holder.scalars(select(Team))):  # the admin's among them
+                await lock_team(holder, team_id=team.id)  # another create of it, mid-way
+            create = asyncio.create_task(c.client.post("/api/v1/capsules", json={}))
+            while not await probe.scalar(_WAITING_ON_A_LOCK):  # it holds the host, waits
+                await probe.commit()
+                await asyncio.sleep(0.01)
+            await probe.commit()
+            # A hang guard, not a timing: with a row lock the heartbeat never answers here.
+            beat = await asyncio.wait_for(c.heartbeat(a), timeout=30)
+            assert beat.status_code == 200, beat.text
+            assert not create.done()
+            await holder.rollback()
+            assert (await create).status_code == 201
+
+    run(db_url, tmp_path, body, hosts=1)
+
+
+_WAITING_ON_A_LOCK = text(
+    "SELECT count(*) FROM pg_stat_activity"
+    " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+)
 
 
 def test_one_control_plane_leads_the_monitor_and_another_takes_over(db_url: str) -> None:

@@ -34,7 +34,7 @@ from .db.models import TemplateBuild
 from .errors import ControlPlaneError
 from .hostpool import HostPool
 from .recipe import BuildState, Recipe, Step, Workdir, parse_healthcheck
-from .scheduler import Policy, Request, pick_host
+from .scheduler import Policy, Request, pick_host, record_placed
 from .services import builds, templates
 from .services.events import Actor
 
@@ -117,7 +117,8 @@ class BuildRunner:
                     policy=self._policy,
                     now=self._clock(),
                 )
-                await session.commit()  # the host's row lock: a build has no capsule row
+                await session.commit()  # the host's lock: a build has no capsule row
+                await record_placed(session, host_row.id, self._clock())
                 capsule_id = new_id(IdKind.CAPSULE)
                 capsule = BuildCapsule(self._pool.client(host_row.id), capsule_id, log_)
                 await self._build(session, row, recipe, host_row.id, capsule, actor)

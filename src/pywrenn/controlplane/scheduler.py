@@ -15,16 +15,20 @@ of their memory: resuming needs it back); vCPUs may be overcommitted by a factor
 that never reported their size (the local host of `wrenn up`) admit anything: their agent
 refuses with `exhausted` when it has no room.
 
-Why it never over-admits, even with several control planes: the chosen host's row is
-locked (`FOR UPDATE` on PostgreSQL; SQLite's single writer) before its usage is counted,
-and stays locked until the caller commits the new capsule's row; a second create for that
-host waits, then counts the first. A host that no longer fits after the wait is dropped
-and the choice made again (after a rollback, so no two host locks are ever held).
+Why it never over-admits, even with several control planes: the chosen host is locked
+before its usage is counted, and stays locked until the caller commits the new capsule's
+row; a second create for that host waits, then counts the first. A host that no longer
+fits after the wait is dropped and the choice made again (after a rollback, so no two
+host locks are ever held). On PostgreSQL the lock is a transaction-scoped advisory lock
+keyed by the host's id, not a lock on its row: a create may hold its host for as long as
+it queues on its team's limits lock, and a row lock would hold up that host's heartbeats
+(an UPDATE of the row) just as long, until its agent's deadline passed and the host went
+`unreachable` under a burst of creates. SQLite has one writer for the whole file.
 
 Why a burst spreads: creates that start together all see the same usage and would all
-rank the same host first. On PostgreSQL a create skips a host whose row another create
-holds (`SKIP LOCKED`) and takes the next in rank (it waits only when every candidate is
-held); once it holds a host it counts every candidate's usage again, and if others'
+rank the same host first. On PostgreSQL a create skips a host another create holds
+(`pg_try_advisory_xact_lock`) and takes the next in rank (it waits only when every
+candidate is held); once it holds a host it counts every candidate's usage again, and if others'
 creates have meanwhile made another host clearly emptier (by half this capsule's share
 or more), it lets go and chooses again.
 Knows nothing of: what happens on the host once chosen.
@@ -36,7 +40,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .db.models import Capsule, Host, Team, Template
@@ -100,7 +104,8 @@ async def pick_host(
     policy: Policy,
     now: datetime,
 ) -> Host:
-    """The host for `request`, its row locked until the caller commits (or rolls back).
+    """The host for `request`, locked until the caller commits (or rolls back); once it has
+    committed, the caller stamps the placement with `record_placed`.
 
     HostUnavailable (503 `host_unavailable`) when no host is online at all;
     CapacityUnavailable (503 `capacity_unavailable`) when hosts are up but none fits."""
@@ -125,8 +130,6 @@ async def pick_host(
         if not last and not _still_a_good_choice(host, hosts, fresh, request, policy):
             await session.rollback()
             continue
-        host.last_placed_at = now
-        await session.flush()
         return host
     raise CapacityUnavailable(
         f"capacity_unavailable: no host has room for a capsule of {request.vcpus} vCPU and "
@@ -302,6 +305,30 @@ def _still_a_good_choice(
     return mine + step / 2 >= best
 
 
+async def record_placed(session: AsyncSession, host_id: uuid.UUID, now: datetime) -> None:
+    """Stamp the host as placed on at `now` (round-robin's order, least-loaded's ties) and
+    commit. Its own short transaction after the capsule's: an UPDATE of the host's row
+    held until then would hold up the host's heartbeats (see the module doc)."""
+    await session.execute(
+        update(Host)
+        .where(Host.id == host_id)
+        .values(last_placed_at=now)
+        .execution_options(synchronize_session=False)
+    )
+    await session.commit()
+
+
+# The advisory-lock key space of host placement: the two-int4 form of the advisory lock
+# functions, whose keys never meet the single-bigint keys of `leader.py`.
+_PLACEMENT_LOCK_CLASS = 0x57726E48  # "WrnH"
+
+
+def placement_lock_key(host_id: uuid.UUID) -> int:
+    """A host's key in the placement class (int4; two hosts may share one by chance,
+    which costs parallelism, never correctness)."""
+    return int.from_bytes(host_id.bytes[-4:], "big", signed=True)
+
+
 async def _lock_first_free(session: AsyncSession, ranked: list[Host]) -> Host:
     """Lock the best-ranked host no other create holds; wait for the best one if all
     are held. SQLite has one writer for the whole file: the first write waits for it."""
@@ -314,10 +341,14 @@ async def _lock_first_free(session: AsyncSession, ranked: list[Host]) -> Host:
         )
         return ranked[0]
     for host in ranked:
-        held = await session.scalar(
-            select(Host.id).where(Host.id == host.id).with_for_update(skip_locked=True)
+        took = await session.scalar(
+            text("SELECT pg_try_advisory_xact_lock(CAST(:cls AS integer), CAST(:key AS integer))"),
+            {"cls": _PLACEMENT_LOCK_CLASS, "key": placement_lock_key(host.id)},
         )
-        if held is not None:
+        if took:
             return host
-    await session.execute(select(Host.id).where(Host.id == ranked[0].id).with_for_update())
+    await session.execute(
+        text("SELECT pg_advisory_xact_lock(CAST(:cls AS integer), CAST(:key AS integer))"),
+        {"cls": _PLACEMENT_LOCK_CLASS, "key": placement_lock_key(ranked[0].id)},
+    )
     return ranked[0]

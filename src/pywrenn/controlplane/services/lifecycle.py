@@ -12,6 +12,8 @@ is, or back where it was if the host refused. Every request records its action e
 
 Hosts are reached only through `HostAgentAPI` (the pool hands out one per host); this
 module never builds a URL.
+Length: past our ~400-line guide on purpose: every lifecycle request's order of steps in
+one place, so their compare-and-set moves read side by side.
 Knows nothing of: HTTP, or which host implementation is behind the protocol.
 """
 
@@ -33,10 +35,11 @@ from ..basetemplates import is_base
 from ..db.models import Capsule
 from ..errors import Conflict, ControlPlaneError, InvalidState, NotFound
 from ..hostpool import HostPool
-from ..scheduler import Request, pick_host, scheduler_policy
+from ..scheduler import Request, pick_host, record_placed, scheduler_policy
 from ..states import CapsuleStatus
 from ..statuswatch import SESSION_KEY, SETTLING, StatusWatch
 from . import capsules, limits, templates
+from .bootgate import bookkeeping_gate
 from .events import Actor, EventSpec, record_nocommit
 
 if TYPE_CHECKING:
@@ -152,6 +155,7 @@ async def begin_create(ctx: RequestContext, spec: CreateSpec) -> Capsule:
     except BaseException:
         await session.rollback()  # let go of the team's lock at once
         raise
+    await record_placed(session, host.id, ctx.now)
     return row
 
 
@@ -166,67 +170,95 @@ async def finish_create(
 ) -> None:
     """Boot the capsule on its host (runs in the app's background, after the 201).
 
-    `env`: variables for every process of the capsule, over the template's defaults."""
+    `env`: variables for every process of the capsule, over the template's defaults.
+    Its database work waits for `bookkeeping_gate`; the host call does not."""
+    gate = bookkeeping_gate(sessions)
     async with sessions() as session:
-        started = await capsules.move(
-            session,
-            capsule_id=capsule_key,
-            to=CapsuleStatus.STARTING,
-            now=clock(),
-            allowed_from={CapsuleStatus.PENDING},
-        )
-        row = await session.get(Capsule, capsule_key, populate_existing=True)
-        if started is None or row is None:
-            return  # destroyed before the boot began: nothing to start
-        try:
-            host_template = await templates.resolve_for_host(
-                session, team_id=row.team_id, name=row.template
-            )
-            defaults = await templates.defaults_for(session, team_id=row.team_id, name=row.template)
-            body = _agent_create(row, host_template).model_copy(
-                update={
-                    "default_user": default_user(row.template, defaults),
-                    "default_env": {**defaults.env, **(env or {})},
-                    "default_workdir": defaults.workdir,
-                }
-            )
-            # End the read transaction: a boot takes seconds, and a pooled connection
-            # held through each one runs the pool dry under a burst of creates.
-            await session.commit()
-            info = await pool.client(row.host_id).create(body)
-        except Exception as exc:
-            message = exc.message if isinstance(exc, ControlPlaneError) else repr(exc)
-            await capsules.move(
+        async with gate:
+            started = await capsules.move(
                 session,
                 capsule_id=capsule_key,
-                to=CapsuleStatus.ERROR,
+                to=CapsuleStatus.STARTING,
+                now=clock(),
+                allowed_from={CapsuleStatus.PENDING},
+            )
+            row = await session.get(Capsule, capsule_key, populate_existing=True)
+            if started is None or row is None:
+                return  # destroyed before the boot began: nothing to start
+            try:
+                body = await _create_body(session, row, env)
+                # End the read transaction: a boot takes seconds, and a pooled connection
+                # held through each one runs the pool dry under a burst of creates.
+                await session.commit()
+            except Exception as exc:
+                await _create_failed(session, row, exc, clock=clock, actor=actor)
+                return
+        try:
+            info = await pool.client(row.host_id).create(body)
+        except Exception as exc:
+            async with gate:
+                await _create_failed(session, row, exc, clock=clock, actor=actor)
+            return
+        async with gate:
+            # Placement and status in one transaction: each commit is a write the next
+            # create waits behind.
+            running = await capsules.move(
+                session,
+                capsule_id=capsule_key,
+                to=CapsuleStatus.RUNNING,
                 now=clock(),
                 allowed_from={CapsuleStatus.STARTING},
-                actor=actor,
-                error=message,
+                values=placement_values(info),
+                action=(action_spec(row, "capsule.create"), actor),
             )
-            await record_action(
-                session, row, "capsule.create", actor=actor, now=clock(), error=message
-            )
-            if not isinstance(exc, ControlPlaneError):
-                raise
-            return
-        # Placement and status in one transaction: each commit is a write the next
-        # create waits behind.
-        running = await capsules.move(
-            session,
-            capsule_id=capsule_key,
-            to=CapsuleStatus.RUNNING,
-            now=clock(),
-            allowed_from={CapsuleStatus.STARTING},
-            values=placement_values(info),
-            action=(action_spec(row, "capsule.create"), actor),
-        )
         if running is None:
             # Destroyed while it booted; that request may have found nothing on the host yet.
             await _destroy_on_host(pool, row)
-            await capsules.mark_stopped(session, capsule_id=capsule_key, now=clock(), actor=actor)
-            await record_action(session, row, "capsule.create", actor=actor, now=clock())
+            async with gate:
+                await capsules.mark_stopped(
+                    session, capsule_id=capsule_key, now=clock(), actor=actor
+                )
+                await record_action(session, row, "capsule.create", actor=actor, now=clock())
+
+
+async def _create_body(
+    session: AsyncSession, row: Capsule, env: dict[str, str] | None
+) -> AgentCreate:
+    host_template = await templates.resolve_for_host(
+        session, team_id=row.team_id, name=row.template
+    )
+    defaults = await templates.defaults_for(session, team_id=row.team_id, name=row.template)
+    return _agent_create(row, host_template).model_copy(
+        update={
+            "default_user": default_user(row.template, defaults),
+            "default_env": {**defaults.env, **(env or {})},
+            "default_workdir": defaults.workdir,
+        }
+    )
+
+
+async def _create_failed(
+    session: AsyncSession,
+    row: Capsule,
+    exc: Exception,
+    *,
+    clock: Callable[[], datetime],
+    actor: Actor,
+) -> None:
+    """The row to `error` with why; a bug (not a ControlPlaneError) is raised again."""
+    message = exc.message if isinstance(exc, ControlPlaneError) else repr(exc)
+    await capsules.move(
+        session,
+        capsule_id=row.id,
+        to=CapsuleStatus.ERROR,
+        now=clock(),
+        allowed_from={CapsuleStatus.STARTING},
+        actor=actor,
+        error=message,
+    )
+    await record_action(session, row, "capsule.create", actor=actor, now=clock(), error=message)
+    if not isinstance(exc, ControlPlaneError):
+        raise exc
 
 
 def _agent_create(row: Capsule, host_template: str) -> AgentCreate:
