@@ -10,6 +10,7 @@ import json
 from datetime import timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy import select, text, update
 from typer.testing import CliRunner
@@ -342,19 +343,27 @@ def test_delete_previews_refuses_while_capsules_live_and_the_agent_hears_404(
     run(db_url, tmp_path, body, hosts=1)
 
 
+async def _creates_at_once(c: Cluster, count: int) -> list[httpx.Response]:
+    """`count` creates of 256 MiB sent together through the control planes in turn; the
+    fake agents' boots wait until every create has been answered (admitted or refused)."""
+    for agent in c.agents:
+        agent.fake.create_gate.clear()
+    sends = [
+        c.clients[i % len(c.clients)].post("/api/v1/capsules", json={"memory_mb": 256})
+        for i in range(count)
+    ]
+    answers = await asyncio.gather(*sends)
+    for agent in c.agents:
+        agent.fake.create_gate.set()
+    await c.settle()
+    return answers
+
+
 def test_concurrent_creates_through_two_control_planes_never_over_admit(
     db_url: str, tmp_path: Path
 ) -> None:
     async def body(c: Cluster) -> None:
-        for agent in c.agents:
-            agent.fake.create_gate.clear()  # boots wait: every create is admitted before any ends
-        sends = [
-            c.clients[i % 2].post("/api/v1/capsules", json={"memory_mb": 256}) for i in range(14)
-        ]
-        answers = await asyncio.gather(*sends)
-        for agent in c.agents:
-            agent.fake.create_gate.set()
-        await c.settle()
+        answers = await _creates_at_once(c, 14)
         codes = sorted(r.status_code for r in answers)
         # Two hosts of 1024 MiB: exactly eight 256 MiB capsules fit.
         assert codes.count(201) == 8, [r.text for r in answers if r.status_code != 201]
@@ -377,15 +386,7 @@ def test_a_burst_of_creates_spreads_over_hosts_with_room_to_spare(
     once held) rather than pile onto the host that ranked first."""
 
     async def body(c: Cluster) -> None:
-        for agent in c.agents:
-            agent.fake.create_gate.clear()
-        sends = [
-            c.clients[i % 2].post("/api/v1/capsules", json={"memory_mb": 256}) for i in range(12)
-        ]
-        answers = await asyncio.gather(*sends)
-        for agent in c.agents:
-            agent.fake.create_gate.set()
-        await c.settle()
+        answers = await _creates_at_once(c, 12)
         assert [r.status_code for r in answers] == [201] * 12, [r.text for r in answers]
         per_host = sorted(len(agent.fake.capsules) for agent in c.agents)
         assert per_host[-1] - per_host[0] <= 1, per_host
