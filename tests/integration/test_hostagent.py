@@ -61,6 +61,9 @@ class Agent:
             WRENN_SHUTDOWN_BUDGET_S="60",
             WRENN_REAPER_INTERVAL_S="0.5",
             WRENN_METRICS_INTERVAL_S="1",
+            # These tests count VMs against capsules; the pool has its own tests
+            # (test_warmpool.py, the crash matrix's warm-pool half).
+            WRENN_WARM_POOL="0",
         )
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(

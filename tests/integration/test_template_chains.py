@@ -53,7 +53,9 @@ class Host:
 
 @asynccontextmanager
 async def host_on(root: Path) -> AsyncIterator[Host]:
-    settings = HostAgentSettings(dir=root, egress_default=False, network_pool_size=0)
+    settings = HostAgentSettings(
+        dir=root, egress_default=False, network_pool_size=0, warm_pool=()
+    )  # it counts VMs against capsules
     lock = dirlock.acquire(Layout(root).agent_lock_file)  # as the agent process does
     manager = SandboxManager(settings, QemuRuntime(Layout(root).cache_dir))
     await manager.recover()

@@ -18,6 +18,7 @@ from pywrenn.hostagent.slots import MAX_SLOT, parse_slot_range
 # A host token shorter than this is refused at start: it is the only thing between a
 # caller on the agent's port and every capsule on the host.
 MIN_HOST_TOKEN_CHARS = 32
+DEFAULT_WARM_POOL = "minimal:1"  # the base image's template name (createrequest.py)
 
 
 class HostAgentSettings(BaseSettings):
@@ -56,9 +57,9 @@ class HostAgentSettings(BaseSettings):
     # Slot networks built ahead of creates (0: build each one during its create).
     network_pool_size: int = Field(default=2, ge=0, le=64)
     # Capsules restored, warmed and frozen ahead of creates, per template and size
-    # (poolsizes.py: `minimal:2,code-runner-beta@2x1024:1`; `0` or empty: none). Off
-    # until the crash-step and end-to-end suites have run with it on (docs/hostagent.md).
-    warm_pool: Annotated[tuple[PoolSize, ...], NoDecode] = ()
+    # (poolsizes.py: `minimal:2,code-runner-beta@2x1024:1`; `0`: none). By default one
+    # of the base image at the default size (what a create without sizes asks for).
+    warm_pool: Annotated[tuple[PoolSize, ...], NoDecode] = parse_pool_sizes(DEFAULT_WARM_POOL)
     # Memory admission (admission.py): capsules holding RAM may reserve up to the host's
     # memory (MemTotal, or this many MiB when set) times the overcommit factor.
     memory_capacity_mb: int = Field(default=0, ge=0)
