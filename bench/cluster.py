@@ -136,6 +136,9 @@ class Cluster:
             WRENN_SLOTS=f"{300 + 100 * index}-{399 + 100 * index}",
             WRENN_EGRESS_DEFAULT="false",
             WRENN_MEMORY_CAPACITY_MB=str(memory_mb),
+            # No warm pool: this measures restores spread over agents (bench/warmpool.py
+            # measures the pool), and its figures stay comparable with earlier runs.
+            WRENN_WARM_POOL="0",
         )
         register = ["--register", made["registration_token"], "--control-plane", self.url]
         proc = subprocess.Popen(
