@@ -15,15 +15,16 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections import defaultdict
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future
-from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, contextmanager
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import schemathesis
-import uvicorn
 from fastapi import FastAPI
+
+from tests.serving import serve_app
 
 T = TypeVar("T")
 
@@ -123,25 +124,10 @@ def entered_in_thread(
             thread.close()
 
 
-@asynccontextmanager
-async def serve_asgi(app: FastAPI) -> AsyncIterator[str]:
+def serve_asgi(app: FastAPI) -> AbstractAsyncContextManager[str]:
     """`app` under uvicorn on 127.0.0.1 (a free port), in this loop; yields its base URL.
     Lifespan is off: the caller runs it (and seeds data) before serving."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", access_log=False
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()  # raises why it could not start
-        await asyncio.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        await task
+    return serve_app(app, access_log=False)
 
 
 # -- what was exercised -----------------------------------------------------------------------

@@ -22,8 +22,9 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import uvicorn
 from aiohttp import WSMsgType, web
+
+from tests.serving import serve_app
 
 CHUNK = 64 * 1024
 
@@ -145,18 +146,5 @@ def echoed(body: bytes) -> dict[str, Any]:
 async def serve_asgi(app: Any) -> AsyncIterator[int]:
     """`app` on 127.0.0.1 (a free port) through uvicorn, as `wrenn up` serves the control
     plane (its lifespan already running: the test's harness ran it); yields the port."""
-    config = uvicorn.Config(
-        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", ws="wsproto"
-    )
-    server = uvicorn.Server(config)
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
-    port: int = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        await task
+    async with serve_app(app, ws="wsproto") as url:
+        yield int(url.rsplit(":", 1)[1])

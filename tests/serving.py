@@ -14,14 +14,19 @@ import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp
 
 
 @asynccontextmanager
-async def serve_app(app: ASGIApp) -> AsyncIterator[str]:
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="off")
+async def serve_app(app: ASGIApp, **options: Any) -> AsyncIterator[str]:
+    """`app` under uvicorn on 127.0.0.1 (a free port), in this loop; yields its base URL.
+    Lifespan is off: the caller runs it. `options`: more uvicorn settings (ws, access_log)."""
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=0, log_level="warning", lifespan="off", **options
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     while not server.started:
