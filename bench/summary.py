@@ -79,6 +79,28 @@ def _vmm(r: Report) -> list[Figure]:
                     r[op]["bare_qemu"]["p50"] * 1000,
                 )
             )
+    if "bare_qemu_then_init" in r.get("restore", {}):
+        figures.append(
+            Figure(
+                "vmm",
+                "restore p50",
+                r["restore"]["ours"]["p50"] * 1000,
+                "bare QEMU + QMP + the same /init",
+                r["restore"]["bare_qemu_then_init"]["p50"] * 1000,
+            )
+        )
+    if "snapshot_size" in r:
+        sizes = r["snapshot_size"]
+        figures.append(
+            Figure(
+                "vmm",
+                "pause state on disk",
+                sizes["ours"]["state"]["allocated"] / 2**20,
+                "guest memory",
+                sizes["guest_memory_bytes"] / 2**20,
+                unit="MB",
+            )
+        )
     if "clone_pss_mb" in r:
         figures.append(
             Figure("vmm", "idle clone PSS p50", r["clone_pss_mb"]["ours"]["p50"], unit="MB")

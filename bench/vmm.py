@@ -8,6 +8,15 @@ Operations (p50/p95 seconds over the runs), each "until the guest agent answers 
   restore           start with -incoming, load the pause file, cont
   template_clone    start a clone on a template (shared RAM file, share=off), load devices, cont
 
+Pause and resume also get a second baseline, `restore_then_init`: bare QEMU restored the same
+way, then sent the same POST /init (fresh clock and entropy) our resume sends, instead of a
+/health. A resumed capsule must run /init (its clock stopped at pause time, and its RNG
+must never repeat); bare QEMU skips it, so `restore` vs `restore_then_init` splits the ratio
+into guest work every resume needs and our own orchestration. `snapshot_size` compares the
+bytes a pause keeps on disk (state file, disk overlay) with the guest's memory, ours and
+bare side by side: migration writes a zero page as a flag, so the state holds the pages
+the guest has touched, not its whole RAM.
+
 The baseline runs the very same QEMU command line (ours minus -daemonize) driven by a
 blocking QMP socket and `exec:cat` migration, with no /init call: so the ratio is the cost
 of our orchestration (daemonising, fd passing, verification, /init with clock and entropy).
@@ -17,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -35,7 +45,8 @@ from pywrenn.images import load_manifest
 from pywrenn.layout import Layout
 from pywrenn.vmm import BootSpec, NetworkSpec, QemuRuntime, commit_staging
 from pywrenn.vmm.host import tsc_khz
-from pywrenn.vmm.qemu import LaunchConfig, build_argv, guest_cmdline
+from pywrenn.vmm.qemu import LaunchConfig, build_argv, guest_cmdline, rfc3339_now
+from pywrenn.vmm.snapshot import DISK_FILE, STATE_FILE
 
 MEMORY_MB = 256
 INIT_SECONDS: list[float] = []
@@ -91,6 +102,32 @@ class RawQMP:
     def close(self) -> None:
         self.file.close()
         self.sock.close()
+
+
+def post_init(port: int) -> None:
+    """The /init a resume sends (clock and entropy), retried until the guest answers."""
+    body = json.dumps(
+        {"timestamp": rfc3339_now(), "entropy": base64.b64encode(os.urandom(64)).decode()}
+    ).encode()
+    for _ in range(60000):
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/init",
+            data=body,
+            headers={"content-type": "application/json"},
+            method="POST",
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.01)
+    raise TimeoutError("agent never took /init")
+
+
+def on_disk(path: Path) -> dict[str, int]:
+    """A file's length and what it really occupies (holes and sparse tails left out)."""
+    st = path.stat()
+    return {"bytes": st.st_size, "allocated": st.st_blocks * 512}
 
 
 def wait_health(port: int) -> None:
@@ -153,7 +190,9 @@ def bare_bench(image, root: Path, template: Path, runs: int, boot_runs: int) -> 
         "pause": [],
         "restore": [],
         "template_clone": [],
+        "restore_then_init": [],
     }
+    sizes: dict[str, dict[str, int]] = {}
     run = root / "bare"
     port = free_port()
     for _ in range(boot_runs):
@@ -164,8 +203,9 @@ def bare_bench(image, root: Path, template: Path, runs: int, boot_runs: int) -> 
         proc = bare_start(cfg)
         wait_health(port)
         out["cold_boot"].append(time.perf_counter() - t)
-        if len(out["pause"]) < runs:
-            for _ in range(runs):
+        if not out["pause"]:
+            # Even rounds wait for /health (bare QEMU as it is), odd ones send our /init.
+            for round_no in range(2 * runs):
                 qmp = RawQMP(run / "qmp.sock")
                 state = run / "state.bin"
                 t = time.perf_counter()
@@ -178,6 +218,7 @@ def bare_bench(image, root: Path, template: Path, runs: int, boot_runs: int) -> 
                 qmp.close()
                 proc.wait()
                 out["pause"].append(time.perf_counter() - t)
+                sizes.setdefault("state", on_disk(state))
                 t = time.perf_counter()
                 proc = bare_start(LaunchConfig(**{**cfg.__dict__, "incoming": True}))
                 qmp = RawQMP(run / "qmp.sock")
@@ -185,11 +226,16 @@ def bare_bench(image, root: Path, template: Path, runs: int, boot_runs: int) -> 
                 while qmp.cmd("query-status")["return"]["status"] == "inmigrate":
                     time.sleep(0.005)
                 qmp.cmd("cont")
-                wait_health(port)
-                out["restore"].append(time.perf_counter() - t)
+                if round_no % 2:
+                    post_init(port)
+                    out["restore_then_init"].append(time.perf_counter() - t)
+                else:
+                    wait_health(port)
+                    out["restore"].append(time.perf_counter() - t)
                 qmp.close()
+                state.unlink()
         bare_stop(proc)
-    return out
+    return out, sizes
 
 
 def bare_clone_once(image, root: Path, template: Path, i: int) -> float:
@@ -234,6 +280,7 @@ async def ours_bench(image, root: Path, runs: int, boot_runs: int) -> tuple[dict
         "clone_rss_mb": [],
         "bare_template_clone": [],
     }
+    sizes: dict[str, dict[str, int]] = {}
     sandboxes = root / "sandboxes"
     sandboxes.mkdir()
     await rt.accel_for(image.kernel, image.initramfs)  # the probe is a one-off per host
@@ -254,6 +301,8 @@ async def ours_bench(image, root: Path, runs: int, boot_runs: int) -> tuple[dict
                 await rt.pause_to_dir(vm, staging)
                 commit_staging(staging, run)
                 out["pause"].append(time.perf_counter() - t)
+                sizes.setdefault("state", on_disk(run / STATE_FILE))
+                sizes.setdefault("disk_overlay", on_disk(run / DISK_FILE))
                 t = time.perf_counter()
                 vm = await rt.restore(run, run, spec.network)
                 out["restore"].append(time.perf_counter() - t)
@@ -298,7 +347,7 @@ async def ours_bench(image, root: Path, runs: int, boot_runs: int) -> tuple[dict
         out["clone_pss_mb"].append(info.pss_bytes / 2**20)
         out["clone_rss_mb"].append(info.rss_bytes / 2**20)
         await rt.kill(task.result())
-    return out, template
+    return out, sizes, template
 
 
 def main() -> None:
@@ -315,8 +364,8 @@ def main() -> None:
     time_init_calls()
     root = Path(tempfile.mkdtemp(prefix="wrenn-bench-vmm-"))
     try:
-        ours, template = asyncio.run(ours_bench(image, root, args.runs, args.boot_runs))
-        bare = bare_bench(image, root, template, args.runs, args.boot_runs)
+        ours, our_sizes, template = asyncio.run(ours_bench(image, root, args.runs, args.boot_runs))
+        bare, bare_sizes = bare_bench(image, root, template, args.runs, args.boot_runs)
         bare["template_clone"] = ours.pop("bare_template_clone")
     finally:
         for pidfile in root.rglob("qemu.pid"):
@@ -329,6 +378,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "accel": "tcg", "memory_mb": MEMORY_MB},
         "python": sys.version.split()[0],
     }
+    then_init = bare.pop("restore_then_init")
     for op in bare:
         o, b = summary(ours[op]), summary(bare[op])
         result[op] = {"ours": o, "bare_qemu": b, "ratio_p50": round(o["p50"] / b["p50"], 3)}
@@ -338,6 +388,20 @@ def main() -> None:
             result[op]["ours_init_only"] = summary(ours[f"{op}_init"])
             result[op]["ours_without_init"] = summary(without)
             result[op]["ratio_p50_without_init"] = round(summary(without)["p50"] / b["p50"], 3)
+    if then_init:
+        b = summary(then_init)
+        result["restore"]["bare_qemu_then_init"] = b
+        result["restore"]["ratio_p50_to_bare_then_init"] = round(
+            result["restore"]["ours"]["p50"] / b["p50"], 3
+        )
+    guest_bytes = MEMORY_MB * 2**20
+    result["snapshot_size"] = {
+        "guest_memory_bytes": guest_bytes,
+        "ours": our_sizes,
+        "bare_qemu": bare_sizes,
+        "ours_state_to_guest_memory": round(our_sizes["state"]["allocated"] / guest_bytes, 3),
+        "bare_state_to_guest_memory": round(bare_sizes["state"]["allocated"] / guest_bytes, 3),
+    }
     for extra in ("four_clones_all_ready", "clone_pss_mb", "clone_rss_mb"):
         result[extra] = {"ours": summary(ours[extra])}
     print(json.dumps(result, indent=2))
