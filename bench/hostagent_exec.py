@@ -148,8 +148,20 @@ class Service:
             self.proc.kill()
 
 
-def start_controlplane(root: Path, agent_port: int, env: dict[str, str]) -> Service:
-    """The control plane as `wrenn up` runs it (SQLite in `root`), the agent its host."""
+# The control plane under cProfile (CPU time), its stats written at shutdown (SIGINT).
+PROFILED_CONTROL_PLANE = (
+    "import cProfile, time;"
+    "profiler = cProfile.Profile(time.process_time); profiler.enable()\n"
+    "try:\n    exec({command!r})\n"
+    "finally:\n    profiler.disable(); profiler.dump_stats({out!r})"
+)
+
+
+def start_controlplane(
+    root: Path, agent_port: int, env: dict[str, str], profile: str | None
+) -> Service:
+    """The control plane as `wrenn up` runs it (SQLite in `root`), the agent its host;
+    under cProfile into `profile` if given."""
     import asyncio
 
     (root / "host-token").write_text(TOKEN)  # what the control plane reads for its host
@@ -165,8 +177,11 @@ def start_controlplane(root: Path, agent_port: int, env: dict[str, str]) -> Serv
     cp_env.pop("WRENN_DATABASE_URL", None)
     cp_env.pop("WRENN_HOST_TOKEN", None)
     api_key = asyncio.run(admin_key(f"sqlite:///{root / 'wrenn.db'}"))
+    command = CONTROL_PLANE.format(port=port)
+    if profile is not None:
+        command = PROFILED_CONTROL_PLANE.format(command=command, out=profile)
     proc = subprocess.Popen(
-        [sys.executable, "-c", CONTROL_PLANE.format(port=port)],
+        [sys.executable, "-c", command],
         env=cp_env,
         stdout=subprocess.DEVNULL,
     )
@@ -207,7 +222,9 @@ def measure(runs: int, profile: str | None, with_controlplane: bool) -> dict[str
         )
         paths: dict[str, Any] = {}
         if with_controlplane:
-            control = start_controlplane(root, agent_port, env)
+            control = start_controlplane(
+                root, agent_port, env, f"{profile}.controlplane" if profile else None
+            )
             services.append(control)
             wait_port(control.port, timeout=60)
             cp = httpx.Client(
@@ -292,7 +309,11 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=400)
-    parser.add_argument("--profile", default=None, help="write the host agent's cProfile here")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="write the host agent's cProfile here (the control plane's: FILE.controlplane)",
+    )
     parser.add_argument("--quick", action="store_true", help="100 runs")
     parser.add_argument(
         "--agent-only", action="store_true", help="no control plane in front of the agent"
