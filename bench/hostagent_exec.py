@@ -1,4 +1,4 @@
-"""The host agent's exec tax, without a VM: what the agent adds to an exec, printed as JSON.
+"""The exec tax of the host agent and of the control plane, without a VM, printed as JSON.
 
 A VM under TCG makes every exec slow and noisy (the guest's own time varies by tens of
 milliseconds), which hides a few milliseconds of host-agent cost. Here the guest agent
@@ -6,13 +6,16 @@ runs as a plain process on loopback, and the host agent is the real app (uvicorn
 manager, `GuestService`, `EnvdClient`) over `vmm.FakeRuntime` (a test and bench tool: no
 VM) whose guest connector sends process calls to that real guest agent and answers the
 lifecycle calls (`/init`, `/health`, `/metrics`) itself, so nothing touches this host's
-clock. Measured in the same run, interleaved:
-- `exec /bin/true` through the host agent (`POST /v1/capsules/{id}/exec`);
+clock. In front of it, the real control plane (SQLite, as `wrenn up` runs it) with the
+agent as its local host. Measured in the same run, interleaved:
+- `exec /bin/true` through the control plane (`POST /api/v1/capsules/{id}/exec`);
+- the same through the host agent (`POST /v1/capsules/{id}/exec`);
 - the same straight to the guest agent (Connect `process.Process/Start`);
-- the host agent's CPU time per exec (its idle burn taken out).
-Target (issue: exec without a tax): the host agent adds at most 1.5 ms p50.
+- each service's CPU time per exec (its idle burn taken out).
+Targets (issue: exec without a tax): the host agent adds at most 1.5 ms p50, the whole
+stack (control plane + host agent) at most 4 ms.
 
-Usage: python bench/hostagent_exec.py [--runs 400] [--profile FILE] [--quick]
+Usage: python bench/hostagent_exec.py [--runs 400] [--profile FILE] [--quick] [--agent-only]
 """
 
 from __future__ import annotations
@@ -39,11 +42,12 @@ sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from node import cpu_seconds, free_port  # noqa: E402
+from node import CONTROL_PLANE, admin_key, cpu_seconds, free_port  # noqa: E402
 
 TOKEN = "bench-host-token-" + "x" * 32
 IDLE_S = 3.0
 TARGET_MS = 1.5
+STACK_TARGET_MS = 4.0
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
@@ -127,7 +131,75 @@ def stats(samples: list[float]) -> dict[str, float]:
     }
 
 
-def measure(runs: int, profile: str | None) -> dict[str, Any]:
+class Service:
+    """A child process serving HTTP, and its CPU burn while idle (per second)."""
+
+    def __init__(self, proc: subprocess.Popen[bytes], port: int, api_key: str = "") -> None:
+        self.proc, self.port, self.api_key, self.idle_rate = proc, port, api_key, 0.0
+
+    def cpu(self) -> float:
+        return cpu_seconds(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGINT)  # uvicorn shuts down cleanly (profile dumped)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+# The control plane under cProfile (CPU time), its stats written at shutdown (SIGINT).
+PROFILED_CONTROL_PLANE = (
+    "import cProfile, time;"
+    "profiler = cProfile.Profile(time.process_time); profiler.enable()\n"
+    "try:\n    exec({command!r})\n"
+    "finally:\n    profiler.disable(); profiler.dump_stats({out!r})"
+)
+
+
+def start_controlplane(
+    root: Path, agent_port: int, env: dict[str, str], profile: str | None
+) -> Service:
+    """The control plane as `wrenn up` runs it (SQLite in `root`), the agent its host;
+    under cProfile into `profile` if given."""
+    import asyncio
+
+    (root / "host-token").write_text(TOKEN)  # what the control plane reads for its host
+    (root / "host-token").chmod(0o600)
+    port = free_port()
+    cp_env = dict(
+        env,
+        WRENN_DIR=str(root),
+        WRENN_AGENT_LISTEN=f"127.0.0.1:{agent_port}",
+        WRENN_API_LISTEN=f"127.0.0.1:{port}",
+        WRENN_EGRESS_DEFAULT="false",
+    )
+    cp_env.pop("WRENN_DATABASE_URL", None)
+    cp_env.pop("WRENN_HOST_TOKEN", None)
+    api_key = asyncio.run(admin_key(f"sqlite:///{root / 'wrenn.db'}"))
+    command = CONTROL_PLANE.format(port=port)
+    if profile is not None:
+        command = PROFILED_CONTROL_PLANE.format(command=command, out=profile)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", command],
+        env=cp_env,
+        stdout=subprocess.DEVNULL,
+    )
+    return Service(proc, port, api_key)
+
+
+def cp_capsule(cp: httpx.Client) -> str:
+    created = cp.post("/v1/capsules", json={"memory_mb": 256})
+    assert created.status_code in (200, 201, 202), created.text
+    capsule = str(created.json()["id"])
+    deadline = time.monotonic() + 60
+    while cp.get(f"/v1/capsules/{capsule}").json()["status"] != "running":
+        assert time.monotonic() < deadline, "the capsule never ran"
+        time.sleep(0.02)
+    return capsule
+
+
+def measure(runs: int, profile: str | None, with_controlplane: bool) -> dict[str, Any]:
     root = Path(tempfile.mkdtemp(prefix="wrenn-bench-ha-exec-"))
     envd_port, agent_port = free_port(), free_port()
     env = dict(os.environ, PYTHONPATH=f"{ROOT / 'src'}:{ROOT}")
@@ -138,7 +210,8 @@ def measure(runs: int, profile: str | None) -> dict[str, Any]:
         **quiet,  # type: ignore[arg-type]
     )
     serve_argv = [sys.executable, __file__, "--serve", str(root), str(agent_port), str(envd_port)]
-    agent = subprocess.Popen(serve_argv + ([profile] if profile else []), env=env)
+    agent = Service(subprocess.Popen(serve_argv + ([profile] if profile else []), env=env), 0)
+    services = [agent]
     try:
         wait_port(envd_port)
         wait_port(agent_port)
@@ -147,6 +220,25 @@ def measure(runs: int, profile: str | None) -> dict[str, Any]:
             headers={"Authorization": f"Bearer {TOKEN}"},
             timeout=60,
         )
+        paths: dict[str, Any] = {}
+        if with_controlplane:
+            control = start_controlplane(
+                root, agent_port, env, f"{profile}.controlplane" if profile else None
+            )
+            services.append(control)
+            wait_port(control.port, timeout=60)
+            cp = httpx.Client(
+                base_url=f"http://127.0.0.1:{control.port}/api",
+                headers={"X-API-Key": control.api_key},
+                timeout=60,
+            )
+            cp_id = cp_capsule(cp)
+
+            def via_controlplane() -> None:
+                r = cp.post(f"/v1/capsules/{cp_id}/exec", json={"cmd": "/bin/true"})
+                assert r.status_code == 200 and r.json()["exit_code"] == 0, r.text
+
+            paths["via_controlplane"] = via_controlplane
         created = ha.post("/v1/capsules", json={"template": "minimal", "memory_mb": 256})
         assert created.status_code in (200, 201), created.text
         capsule = created.json()["capsule_id"]
@@ -160,36 +252,51 @@ def measure(runs: int, profile: str | None) -> dict[str, Any]:
         def straight() -> None:
             envd_exec(direct, envd_url)
 
-        for _ in range(20):  # warm both paths (connections, imports, first-call caches)
-            via_agent()
-            straight()
-        idle_before, t0 = cpu_seconds(agent.pid), time.monotonic()
+        paths["via_host_agent"] = via_agent
+        paths["guest_agent_direct"] = straight
+        for _ in range(20):  # warm every path (connections, imports, first-call caches)
+            for call in paths.values():
+                call()
+        t0 = time.monotonic()
+        before = [s.cpu() for s in services]
         time.sleep(IDLE_S)
-        idle_rate = (cpu_seconds(agent.pid) - idle_before) / (time.monotonic() - t0)
-        ours: list[float] = []
-        bare: list[float] = []
-        cpu_before, t0 = cpu_seconds(agent.pid), time.monotonic()
-        for _ in range(runs):  # interleaved: both see the same load
-            s = time.perf_counter()
-            via_agent()
-            ours.append(time.perf_counter() - s)
-            s = time.perf_counter()
-            straight()
-            bare.append(time.perf_counter() - s)
-        cpu = cpu_seconds(agent.pid) - cpu_before - idle_rate * (time.monotonic() - t0)
-        added = statistics.median(o - b for o, b in zip(ours, bare, strict=True)) * 1000
-        return {
-            "exec_true": {"via_host_agent": stats(ours), "guest_agent_direct": stats(bare)},
-            "host_agent_adds_p50_ms": round(added, 3),
-            "host_agent_cpu_ms_per_exec": round(cpu / runs * 1000, 3),
-            "host_agent_idle_cpu_pct": round(idle_rate * 100, 2),
+        for service, cpu in zip(services, before, strict=True):
+            service.idle_rate = (service.cpu() - cpu) / (time.monotonic() - t0)
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        t0 = time.monotonic()
+        before = [s.cpu() for s in services]
+        for _ in range(runs):  # interleaved: every path sees the same load
+            for name, call in paths.items():
+                s = time.perf_counter()
+                call()
+                samples[name].append(time.perf_counter() - s)
+        elapsed = time.monotonic() - t0
+        # The agent serves the control plane's execs too: two per round with it in front.
+        served = [runs * (2 if with_controlplane else 1), runs]
+        cpu_ms = [
+            round((s.cpu() - cpu - s.idle_rate * elapsed) / n * 1000, 3)
+            for s, cpu, n in zip(services, before, served[: len(services)], strict=True)
+        ]
+
+        def added(upper: str, lower: str) -> float:
+            pairs = zip(samples[upper], samples[lower], strict=True)
+            return round(statistics.median(u - b for u, b in pairs) * 1000, 3)
+
+        result: dict[str, Any] = {
+            "exec_true": {name: stats(found) for name, found in samples.items()},
+            "host_agent_adds_p50_ms": added("via_host_agent", "guest_agent_direct"),
+            "host_agent_cpu_ms_per_exec": cpu_ms[0],
+            "host_agent_idle_cpu_pct": round(agent.idle_rate * 100, 2),
         }
+        if with_controlplane:
+            result["controlplane_adds_p50_ms"] = added("via_controlplane", "via_host_agent")
+            result["whole_stack_adds_p50_ms"] = added("via_controlplane", "guest_agent_direct")
+            result["controlplane_cpu_ms_per_exec"] = cpu_ms[1]
+            result["controlplane_idle_cpu_pct"] = round(services[1].idle_rate * 100, 2)
+        return result
     finally:
-        agent.send_signal(signal.SIGINT)  # uvicorn shuts down cleanly; the profile is dumped
-        try:
-            agent.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            agent.kill()
+        for service in reversed(services):
+            service.stop()
         envd.terminate()
         envd.wait(timeout=10)
         shutil.rmtree(root, ignore_errors=True)
@@ -202,14 +309,23 @@ def main() -> None:
         return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=400)
-    parser.add_argument("--profile", default=None, help="write the host agent's cProfile here")
+    parser.add_argument(
+        "--profile",
+        default=None,
+        help="write the host agent's cProfile here (the control plane's: FILE.controlplane)",
+    )
     parser.add_argument("--quick", action="store_true", help="100 runs")
+    parser.add_argument(
+        "--agent-only", action="store_true", help="no control plane in front of the agent"
+    )
     args = parser.parse_args()
-    result = measure(100 if args.quick else args.runs, args.profile)
+    load = os.getloadavg()[0]
+    result = measure(100 if args.quick else args.runs, args.profile, not args.agent_only)
     trips = result["exec_true"]
     report = {
         "bench": "hostagent_exec",
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "load_avg": {"start": round(load, 2), "end": round(os.getloadavg()[0], 2)},
         **result,
         "target": f"host agent adds at most {TARGET_MS} ms p50 to an exec",
         "target_met": result["host_agent_adds_p50_ms"] <= TARGET_MS,
@@ -226,6 +342,21 @@ def main() -> None:
             },
         ],
     }
+    if "via_controlplane" in trips:
+        report["stack_target"] = f"control plane + host agent add at most {STACK_TARGET_MS} ms p50"
+        report["stack_target_met"] = result["whole_stack_adds_p50_ms"] <= STACK_TARGET_MS
+        report["figures"] += [
+            {
+                "name": "exec `true` via control plane p50 (loopback guest agent)",
+                "value": trips["via_controlplane"]["p50_ms"],
+                "baseline_name": "guest agent direct",
+                "baseline": trips["guest_agent_direct"]["p50_ms"],
+            },
+            {
+                "name": "control plane CPU per exec",
+                "value": result["controlplane_cpu_ms_per_exec"],
+            },
+        ]
     print(json.dumps(report, indent=2))
 
 

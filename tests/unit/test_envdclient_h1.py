@@ -9,6 +9,7 @@ import asyncio
 import pytest
 
 from pywrenn.envdclient import EnvdClient, EnvdProtocolError, EnvdUnavailable
+from pywrenn.envdclient._h1 import H1Pool
 from tests.fake_guest import FakeGuest, raw
 from tests.waiting import until
 
@@ -94,3 +95,55 @@ async def test_a_connection_the_guest_closed_while_idle_is_not_reused() -> None:
             assert await asyncio.wait_for(agent.list_processes(), NEVER) == []
             await until(lambda: not guest._conns, what="the guest closed its side")
         assert guest.hits[LIST] == 3
+
+
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+
+
+async def read_body(pool: H1Pool) -> list[bytes]:
+    async with pool.post(LIST, b"{}", {}, read_timeout=NEVER) as reply:
+        return [piece async for piece in reply.aiter_raw()]
+
+
+async def test_chunks_split_anywhere_across_reads_parse() -> None:
+    """Every chunk boundary, CRLF and trailer split over separate writes, one byte each."""
+    payload = b"5;ext=1\r\nhello\r\n1\r\n \r\na\r\n0123456789\r\n0\r\nX-Trailer: 1\r\n\r\n"
+
+    async def one_byte_at_a_time(writer: asyncio.StreamWriter) -> None:
+        writer.write(CHUNKED)
+        for i in range(len(payload)):
+            writer.write(payload[i : i + 1])
+            await writer.drain()
+            await asyncio.sleep(0.001)
+        await asyncio.Event().wait()
+
+    async with FakeGuest({LIST: one_byte_at_a_time}) as guest:
+        pool = H1Pool("127.0.0.1", int(guest.url.rsplit(":", 1)[1]))
+        try:
+            assert b"".join(await read_body(pool)) == b"hello 0123456789"
+            assert len(pool._idle) == 1  # read to its end: back in the pool
+        finally:
+            await pool.aclose()
+
+
+async def test_chunks_that_arrive_together_come_out_as_one_piece() -> None:
+    payload = b"".join(b"%x\r\n%s\r\n" % (len(m), m) for m in [b"start", b"data", b"end"])
+    async with FakeGuest(answer(CHUNKED, payload + b"0\r\n\r\n", then_hang=True)) as guest:
+        pool = H1Pool("127.0.0.1", int(guest.url.rsplit(":", 1)[1]))
+        try:
+            pieces = await read_body(pool)
+            assert b"".join(pieces) == b"startdataend"
+            assert len(pieces) <= 3  # one per read from the socket, not one per chunk
+        finally:
+            await pool.aclose()
+
+
+async def test_bytes_past_a_chunked_body_keep_its_connection_out_of_the_pool() -> None:
+    extra = b"5\r\nhello\r\n0\r\n\r\nHTTP/1.1 200 OK\r\n"  # an answer nobody asked for
+    async with FakeGuest(answer(CHUNKED, extra, then_hang=True)) as guest:
+        pool = H1Pool("127.0.0.1", int(guest.url.rsplit(":", 1)[1]))
+        try:
+            assert b"".join(await read_body(pool)) == b"hello"
+            assert pool._idle == []
+        finally:
+            await pool.aclose()

@@ -111,16 +111,45 @@ class H1Reply:
             yield piece
 
     async def _chunked(self) -> AsyncIterator[bytes]:
+        """The de-chunked body: per read from the socket, all the chunk data that came in
+        it. A stream of small messages (an exec's events) costs one timed wait per read
+        here, not three per chunk (size line, data, CRLF), and one piece to its consumer."""
+        buffer = bytearray()
+        state, left = _SIZE, 0
         while True:
-            size = _chunk_size(await self._line())
-            if size == 0:
-                while await self._line():  # trailers, up to the empty line
-                    pass
+            pieces: list[bytes] = []
+            while state is not _DONE:  # parse what the buffer holds
+                if state is _DATA:
+                    if not buffer:
+                        break
+                    take = min(left, len(buffer))
+                    pieces.append(bytes(buffer[:take]))
+                    del buffer[:take]
+                    left -= take
+                    state = _DATA if left else _DATA_END
+                    continue
+                line = _take_line(buffer)
+                if line is None:
+                    break
+                if state is _SIZE:
+                    left = _chunk_size(line)
+                    state = _DATA if left else _TRAILERS
+                elif state is _DATA_END:
+                    if line:
+                        raise H1ProtocolError("chunk data longer than its declared size")
+                    state = _SIZE
+                elif not line:  # trailers, up to the empty line
+                    state = _DONE
+            if pieces:
+                yield pieces[0] if len(pieces) == 1 else b"".join(pieces)
+            if state is _DONE:
+                if buffer:  # bytes past the body nobody asked for: not a clean connection
+                    self._keep_alive = False
                 return
-            async for piece in self._sized(size):
-                yield piece
-            if await self._line():
-                raise H1ProtocolError("chunk data longer than its declared size")
+            piece = await self._read(READ_PIECE)
+            if not piece:
+                raise H1ProtocolError("connection closed inside chunked framing")
+            buffer += piece
 
     async def _until_close(self) -> AsyncIterator[bytes]:
         while piece := await self._read(READ_PIECE):
@@ -130,16 +159,22 @@ class H1Reply:
         async with asyncio.timeout(self._read_timeout):
             return await self._connection.reader.read(n)
 
-    async def _line(self) -> bytes:
-        """One CRLF-terminated line without its CRLF (at most 64 KiB)."""
-        try:
-            async with asyncio.timeout(self._read_timeout):
-                line = await self._connection.reader.readuntil(b"\r\n")
-        except asyncio.IncompleteReadError as exc:
-            raise H1ProtocolError("connection closed inside chunked framing") from exc
-        except asyncio.LimitOverrunError as exc:
-            raise H1ProtocolError("chunk line over 64 KiB") from exc
-        return line[:-2]
+
+# Where `_chunked` is in the chunked framing.
+_SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = (object() for _ in range(5))
+
+
+def _take_line(buffer: bytearray) -> bytes | None:
+    """One CRLF-terminated line off the front of `buffer` (without its CRLF), None if it
+    has not all arrived yet; a line of over 64 KiB is a protocol error."""
+    end = buffer.find(b"\r\n")
+    if end < 0:
+        if len(buffer) > MAX_HEAD_BYTES:
+            raise H1ProtocolError("chunk line over 64 KiB")
+        return None
+    line = bytes(buffer[:end])
+    del buffer[: end + 2]
+    return line
 
 
 class H1Pool:

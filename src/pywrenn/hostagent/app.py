@@ -1,8 +1,9 @@
 """The host agent's HTTP API (FastAPI): what the control plane calls on this host.
 
 Owns: `create_app`, which puts together the routes (`routes/`, one module per area), the
-gate that checks the token and caps bodies before a route runs (gate.py), the error
-answers (errors.py), and the lifespan: recovery before the first request, the
+gate that checks the token and caps bodies before a route runs (gate.py), the fast path
+inside it for the exec and process-start routes (fastpath.py), the error answers
+(errors.py), and the lifespan: recovery before the first request, the
 background loops while serving, and pausing every capsule at shutdown. The bodies on
 the wire are `hostagent.wire`'s.
 """
@@ -19,6 +20,7 @@ from pywrenn import __version__
 from pywrenn.hostagent import loops
 from pywrenn.hostagent.cluster import ClusterLink
 from pywrenn.hostagent.errors import install_error_handlers
+from pywrenn.hostagent.fastpath import ProcessFastPath
 from pywrenn.hostagent.gate import HostAgentGate
 from pywrenn.hostagent.guest_ops import GuestService
 from pywrenn.hostagent.manager import SandboxManager
@@ -46,6 +48,9 @@ def create_app(
     )
     app.state.agent = AgentContext(manager, GuestService(manager), TemplateService(manager), token)
     install_error_handlers(app)
+    # Added first, so it runs inside the gate: the exec and process-start routes' common
+    # case without FastAPI's per-request work (fastpath.py).
+    app.add_middleware(ProcessFastPath, guest=app.state.agent.guest)
     # The gate checks the token before any body is read, and caps bodies (gate.py).
     app.add_middleware(HostAgentGate, token=token)
     app.mount("/proxy", HostProxy(resolver_for(manager)))  # the port proxy (proxy.py)

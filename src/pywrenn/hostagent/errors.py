@@ -115,15 +115,22 @@ def declared_too_large(declared: int) -> JSONResponse:
     return JSONResponse(error_body("invalid", message), status_code=413)
 
 
+def domain_answer(exc: HostAgentError) -> JSONResponse:
+    """A domain error's answer, by `ERROR_TABLE` (the app's handler, and the routes
+    served ahead of FastAPI, fastpath.py)."""
+    for cls in type(exc).__mro__:
+        if cls in ERROR_TABLE:
+            status, code = ERROR_TABLE[cls]
+            if status >= 500:
+                log.warning("%s: %s", code, exc)
+            return JSONResponse(error_body(code, str(exc)), status_code=status)
+    raise exc  # unreachable: HostAgentError itself is in the table
+
+
 def install_error_handlers(app: FastAPI) -> None:
     async def domain(_: Request, exc: Exception) -> JSONResponse:
-        for cls in type(exc).__mro__:
-            if cls in ERROR_TABLE:
-                status, code = ERROR_TABLE[cls]
-                if status >= 500:
-                    log.warning("%s: %s", code, exc)
-                return JSONResponse(error_body(code, str(exc)), status_code=status)
-        raise exc
+        assert isinstance(exc, HostAgentError)
+        return domain_answer(exc)
 
     async def validation(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
