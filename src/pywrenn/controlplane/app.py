@@ -33,6 +33,7 @@ from .dashboard import pages as dashboard
 from .db import reads
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
+from .db.rawreads import raw_reader
 from .deps import API_KEY_SCHEME
 from .e2b import router as e2b_api
 from .e2b.deadlines import Deadlines
@@ -41,6 +42,7 @@ from .gate import ApiGate, is_unkeyed
 from .healthprobe import DatabaseProbe
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
+from .hotpaths import HotPaths
 from .leader import Leadership
 from .monitorloop import HostMonitor
 from .proxy import PortProxy
@@ -114,7 +116,10 @@ def create_app(
     # The API also answers without `/api` (`/v1/...`): rewritten, not routed twice, as
     # every route matched against two copies cost each request on the exec path.
     app.add_middleware(BarePathsToApi)
-    app.add_middleware(PortProxy)  # outermost: `{port}-{id}.{domain}` never reaches the API
+    app.add_middleware(PortProxy)  # `{port}-{id}.{domain}` never reaches the API
+    # Outermost: GET a capsule and /health in their common case, ahead of the layers
+    # above and FastAPI's routing; anything else it passes on unchanged (hotpaths.py).
+    app.add_middleware(HotPaths)
     app.openapi = lambda: _openapi_with_key(app)  # type: ignore[method-assign]
     return app
 
@@ -139,6 +144,10 @@ def _lifespan(
             # The hot paths' reads (db/reads.py).
             app.state.reader = reads.reader(engine, url, pool_size=HOT_READ_POOL_SIZE)
             stack.push_async_callback(app.state.reader.aclose)
+            # The served-first hot paths' reads, by the driver itself (hotpaths.py).
+            app.state.raw_reader = raw_reader(url, pool_size=HOT_READ_POOL_SIZE)
+            if app.state.raw_reader is not None:
+                stack.push_async_callback(app.state.raw_reader.aclose)
             app.state.health_probe = DatabaseProbe(app.state.reader)
             # Status moves wake requests waiting for their capsule (statuswatch.py).
             app.state.status_watch = StatusWatch(budget_s=settings.capsule_wait_s)
