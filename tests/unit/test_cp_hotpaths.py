@@ -16,13 +16,16 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import Executable, event, text
 from starlette.types import Receive, Scope, Send
 
 from pywrenn.controlplane import publicids
+from pywrenn.controlplane.app import ControlPlaneApp
 from pywrenn.controlplane.authcache import AuthCache
 from pywrenn.controlplane.db.engine import is_sqlite
 from pywrenn.controlplane.db.models import ApiKey
+from pywrenn.controlplane.db.rawreads import PostgresRawReader, raw_reader
 from pywrenn.controlplane.db.reads import AsyncReader
 from pywrenn.controlplane.errors import Unauthorized
 from pywrenn.controlplane.healthprobe import DatabaseProbe
@@ -196,11 +199,10 @@ def test_a_hot_read_on_a_connection_postgresql_dropped_is_retried(
 # -- the fast path (hotpaths.py): the same answers as the full app, or none at all -------------
 def _full_app(h: Harness) -> httpx.AsyncClient:
     """A client of the app without its fast path: what every request got before it."""
-    hot = _fast_path(h)
     app = h.app
 
     async def without_fast_path(scope: Scope, receive: Receive, send: Send) -> None:
-        await hot.app({**scope, "app": app}, receive, send)
+        await FastAPI.__call__(app, scope, receive, send)
 
     return httpx.AsyncClient(
         transport=httpx.ASGITransport(app=without_fast_path),
@@ -210,12 +212,8 @@ def _full_app(h: Harness) -> httpx.AsyncClient:
 
 
 def _fast_path(h: Harness) -> HotPaths:
-    if h.app.middleware_stack is None:  # built at the first request
-        h.app.middleware_stack = h.app.build_middleware_stack()
-    layer: Any = h.app.middleware_stack
-    while not isinstance(layer, HotPaths):  # FastAPI's own layers come first
-        layer = layer.app
-    return layer
+    assert isinstance(h.app, ControlPlaneApp)
+    return h.app.hot_paths
 
 
 def _scope(path: str, headers: dict[str, str], app: Any) -> Scope:
@@ -290,3 +288,39 @@ def test_health_on_a_failed_database_fails_as_before(db_url: str, tmp_path: Path
         assert reader.probes == 3  # the direct call above; the fast path, then the route
 
     run(db_url, tmp_path, body)
+
+
+def test_raw_reads_share_a_few_connections_and_replace_a_dropped_one(
+    db_url: str, pg_admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """More reads at once than connections wait for one; a connection PostgreSQL dropped
+    fails its read (the full app answers that request) and the next read opens a new one."""
+    if is_sqlite(db_url):
+        pytest.skip("PostgreSQL's connections")
+
+    async def body() -> None:
+        reader = raw_reader(db_url, pool_size=2)
+        assert isinstance(reader, PostgresRawReader)
+        try:
+            rows = await asyncio.gather(*(reader.fetch_one("SELECT %s", (n,)) for n in range(20)))
+            assert rows == [(n,) for n in range(20)]
+            name = db_url.rsplit("/", 1)[1]
+            pg_admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            outcomes = await asyncio.gather(
+                *(reader.fetch_one("SELECT 1", ()) for _ in range(2)), return_exceptions=True
+            )
+            assert all(isinstance(o, psycopg.OperationalError) for o in outcomes)
+            assert await reader.fetch_one("SELECT 2", ()) == (2,)
+        finally:
+            await reader.aclose()
+
+    asyncio.run(body())
+
+
+def test_no_raw_reader_for_an_in_memory_sqlite_database() -> None:
+    assert raw_reader("sqlite://", pool_size=1) is None
+    assert raw_reader("sqlite:///:memory:", pool_size=1) is None

@@ -81,17 +81,33 @@ LOCAL_HOST_NAME = "local"
 HOT_READ_POOL_SIZE = 8
 
 
+class ControlPlaneApp(FastAPI):
+    """FastAPI, with GET a capsule and `/health` answered first in their common case
+    (hotpaths.py), ahead of the middlewares below and of FastAPI's own per-request work
+    (its telemetry check, its error layers, routing): anything else goes on unchanged.
+    The fast path's answers are not seen by FastAPI's OpenTelemetry instruments."""
+
+    hot_paths = HotPaths()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["app"] = self  # what Starlette sets for the layers below
+            if await self.hot_paths.serve(scope, send):
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: ControlPlaneSettings,
     *,
     clock: Clock = system_clock,
     host_agent: HostAgentAPI | None = None,
     local_host: bool = True,
-) -> FastAPI:
+) -> ControlPlaneApp:
     """The app. `host_agent` replaces the HTTP client of the local agent (tests, `wrenn up`);
     whoever passes it in also closes it. `local_host=False` (`wrenn serve`): no agent
     beside us; every host registers itself (routes/hosts.py)."""
-    app = FastAPI(
+    app = ControlPlaneApp(
         title="pywrenn control plane",
         description=(package_doc or "").strip().splitlines()[0],
         version="0.1.0",
@@ -116,10 +132,7 @@ def create_app(
     # The API also answers without `/api` (`/v1/...`): rewritten, not routed twice, as
     # every route matched against two copies cost each request on the exec path.
     app.add_middleware(BarePathsToApi)
-    app.add_middleware(PortProxy)  # `{port}-{id}.{domain}` never reaches the API
-    # Outermost: GET a capsule and /health in their common case, ahead of the layers
-    # above and FastAPI's routing; anything else it passes on unchanged (hotpaths.py).
-    app.add_middleware(HotPaths)
+    app.add_middleware(PortProxy)  # outermost: `{port}-{id}.{domain}` never reaches the API
     app.openapi = lambda: _openapi_with_key(app)  # type: ignore[method-assign]
     return app
 

@@ -1,6 +1,7 @@
 """The two hottest reads, answered ahead of the API's routing and middleware.
 
-Owns: `HotPaths`, the app's outermost ASGI layer. It answers `GET /health` and
+Owns: `HotPaths`, which the app asks first, ahead of its middleware, its routing and
+FastAPI's own layers (`app.ControlPlaneApp`). It answers `GET /health` and
 `GET /api/v1/capsules/{id}` (and `/v1/...`) itself when the request is the plain, common
 case: an API key the auth cache proves, a capsule of that key's team, a database that
 answers. Everything else, including every refusal and error (no key, an unknown or
@@ -28,7 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple, cast
 
 from starlette.datastructures import State
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Scope, Send
 
 from pywrenn.ids import IdKind
 
@@ -81,16 +82,18 @@ class ShownCapsule(NamedTuple):
 
 
 class HotPaths:
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+    """Called first by the app for every HTTP request (`app.ControlPlaneApp`)."""
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "GET":
-            body = await self._answer(scope)
-            if body is not None:
-                await _send_json(send, body)
-                return
-        await self.app(scope, receive, send)
+    async def serve(self, scope: Scope, send: Send) -> bool:
+        """Answer this request if it is a hot path's common case; False: the full app
+        answers it (nothing was sent, nothing of the request was read)."""
+        if scope["method"] != "GET":
+            return False
+        body = await self._answer(scope)
+        if body is None:
+            return False
+        await _send_json(send, body)
+        return True
 
     async def _answer(self, scope: Scope) -> bytes | None:
         """The 200 body for this request, or None: the full app answers it."""
