@@ -8,6 +8,9 @@ GET has a row to read. `wrk` (Debian's) then drives each path with a key, after 
 warm-up. Baseline in the same run: a bare Starlette app answering a constant JSON body
 under the same server settings, i.e. what uvicorn and wrk alone reach on this machine.
 
+Both paths' common case is answered by `controlplane/hotpaths.py` ahead of FastAPI; the
+figures and what each step bought are in docs/performance.md, "Hot paths".
+
 Prints JSON (per database and path: req/s, p50/p99 per run, non-2xx count) and a table.
 
     python bench/hotpaths.py [--seconds 10] [--connections 16] [--runs 2]

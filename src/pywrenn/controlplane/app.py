@@ -3,8 +3,9 @@
 Owns: assembling routers (under `/api/v1` as the SDK's default base URL expects, and
 bare `/v1`; E2B's REST API at the root, `e2b/`), the lifespan (migrate, open the engine,
 register the local host agent and its client, open the TaskGroup that owns background
-work and the E2B deadline loop; undo all of it on the way out), `/health`, and the error
-handlers. OpenAPI is served at `/openapi.json`, docs at `/docs`.
+work and the E2B deadline loop; undo all of it on the way out), `/health`, the error
+handlers, and `ControlPlaneApp`, which lets `hotpaths.py` answer the two hottest reads
+before the rest of the app sees them. OpenAPI is served at `/openapi.json`, docs at `/docs`.
 Knows nothing of: what the routes do.
 """
 
