@@ -272,7 +272,8 @@ _HEALTHY = Health(status="ok", database="ok").model_dump_json()
 
 async def health(request: Request) -> Response:
     """Not under /api: no caller, no context; only the database is asked (a `SELECT 1`,
-    shared by the requests that arrive while it runs: healthprobe.py)."""
+    shared by the requests that arrive while it runs: healthprobe.py). A healthy answer
+    usually comes from hotpaths.py first; this route gives it otherwise, and the failures."""
     await request.app.state.health_probe.check()
     return Response(_HEALTHY, media_type="application/json")
 

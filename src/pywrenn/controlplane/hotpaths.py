@@ -7,8 +7,8 @@ case: an API key the auth cache proves, a capsule of that key's team, a database
 answers. Everything else, including every refusal and error (no key, an unknown or
 revoked key, a browser session, another team's or a malformed id, a body, a port-proxy
 Host, a database that fails), goes on to the full app, which answers it exactly as it
-always has. So the fast path needs no error handling of its own, and it cannot answer
-differently from the routes: its 200 bodies are built by the same model
+always has. So the fast path needs no error handling of its own, and no answer of its
+differs from the routes': its 200 bodies are built by the same model
 (`CapsulePublic`) and carry the same headers as the routes' (`routes/capsules.py`,
 `app.health`), and tests/unit/test_cp_hotpaths.py compares the two byte for byte.
 Why: FastAPI's routing and dependency solving, the four middlewares in front of the
@@ -21,7 +21,6 @@ Knows nothing of: any other route.
 from __future__ import annotations
 
 import json
-import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -39,8 +38,6 @@ from .db.rawreads import RawReader
 from .proxy.routing import route_of
 from .publicids import try_parse
 from .schemas.wrenn import CapsulePublic, Health
-
-log = logging.getLogger(__name__)
 
 HEALTH_PATH = "/health"
 _CAPSULE_PATH = re.compile(r"(?:/api)?/v1/capsules/([^/]+)\Z")
