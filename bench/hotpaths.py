@@ -6,7 +6,12 @@ serve` (`node.uvicorn_options`), on SQLite and on a throwaway PostgreSQL
 (`scripts/start-postgres`). A team, its API key and one capsule row are written first, so
 GET has a row to read. `wrk` (Debian's) then drives each path with a key, after a
 warm-up. Baseline in the same run: a bare Starlette app answering a constant JSON body
-under the same server settings, i.e. what uvicorn and wrk alone reach on this machine.
+under the same server settings, i.e. what uvicorn and wrk alone reach on this machine;
+on PostgreSQL also that app with one `SELECT 1` round trip per request (the driver-level
+reader of the hot paths), the ceiling for a read there.
+
+Both paths' common case is answered by `controlplane/hotpaths.py` ahead of FastAPI; the
+figures and what each step bought are in docs/performance.md, "Hot paths".
 
 Prints JSON (per database and path: req/s, p50/p99 per run, non-2xx count) and a table.
 
@@ -62,6 +67,25 @@ def _baseline_app() -> Any:
     return Starlette(routes=[Route(PATH_HEALTH, constant)])
 
 
+def _round_trip_app(url: str) -> Any:
+    """The ceiling of a PostgreSQL read here: the constant app, plus one round trip by the
+    same driver-level reader the control plane's hot paths use (`db/rawreads.py`)."""
+    from starlette.applications import Starlette
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from pywrenn.controlplane.db.rawreads import raw_reader
+
+    reader = raw_reader(url, pool_size=8)
+    assert reader is not None
+
+    async def one_read(_request: Any) -> JSONResponse:
+        await reader.fetch_one("SELECT 1", ())
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    return Starlette(routes=[Route(PATH_HEALTH, one_read)])
+
+
 def serve(kind: str, port: int) -> None:
     import uvicorn
 
@@ -69,6 +93,8 @@ def serve(kind: str, port: int) -> None:
 
     if kind == "baseline":
         app = _baseline_app()
+    elif kind == "round-trip":
+        app = _round_trip_app(os.environ["WRENN_DATABASE_URL"])
     else:
         from pywrenn.controlplane.app import create_app
         from pywrenn.controlplane.settings import ControlPlaneSettings
@@ -225,10 +251,15 @@ def bench_database(db: str, url: str, args: argparse.Namespace, workdir: Path) -
         _check(capsule, "with the key", 200, seeded.api_key)
         _check(capsule, "without a key", 401, None)
         print(f"{db}:", file=sys.stderr, flush=True)
-        return {
+        results = {
             "get_capsule": measure("GET capsule", server, capsule, args, seeded.api_key),
             "health": measure("/health", server, server.url + PATH_HEALTH, args, None),
         }
+    if db == "postgresql":  # what one read costs at best: the ceiling for GET here
+        with _server("round-trip", env, workdir / "round-trip.log") as server:
+            one_read = measure("constant + 1 read", server, server.url + PATH_HEALTH, args, None)
+            results["constant_plus_one_read"] = one_read
+    return results
 
 
 def table(report: dict[str, Any]) -> str:
@@ -287,7 +318,9 @@ def main() -> int:
     parser.add_argument("--runs", type=int, default=2, help="measured runs per path")
     parser.add_argument("--db", nargs="+", choices=["sqlite", "postgresql"])
     parser.add_argument("--quick", action="store_true", help="3 s, one run: a smoke test")
-    parser.add_argument("--serve", choices=["app", "baseline"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve", choices=["app", "baseline", "round-trip"], help=argparse.SUPPRESS
+    )
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:

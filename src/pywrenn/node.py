@@ -97,6 +97,9 @@ def uvicorn_options() -> dict[str, Any]:
     """How `wrenn up` and `wrenn serve` run the control plane (bench/hotpaths.py too)."""
     return {
         "log_level": "warning",
+        # At `warning` no access line is written anyway; off, uvicorn skips building one
+        # for every response (a logger call and its level check on the hot paths).
+        "access_log": False,
         "ws": "wsproto",
         "timeout_graceful_shutdown": 5,
         "timeout_keep_alive": CONTROL_PLANE_KEEP_ALIVE_S,

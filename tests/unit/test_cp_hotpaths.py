@@ -13,17 +13,23 @@ import asyncio
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
+from fastapi import FastAPI
 from sqlalchemy import Executable, event, text
+from starlette.types import Receive, Scope, Send
 
 from pywrenn.controlplane import publicids
+from pywrenn.controlplane.app import ControlPlaneApp
 from pywrenn.controlplane.authcache import AuthCache
 from pywrenn.controlplane.db.engine import is_sqlite
 from pywrenn.controlplane.db.models import ApiKey
+from pywrenn.controlplane.db.rawreads import PostgresRawReader, raw_reader
 from pywrenn.controlplane.db.reads import AsyncReader
 from pywrenn.controlplane.errors import Unauthorized
 from pywrenn.controlplane.healthprobe import DatabaseProbe
+from pywrenn.controlplane.hotpaths import HotPaths
 from pywrenn.controlplane.services import capsules, keys, teams
 from pywrenn.controlplane.states import CapsuleStatus
 from pywrenn.ids import IdKind
@@ -188,3 +194,133 @@ def test_a_hot_read_on_a_connection_postgresql_dropped_is_retried(
             await reader.aclose()
 
     asyncio.run(body())
+
+
+# -- the fast path (hotpaths.py): the same answers as the full app, or none at all -------------
+def _full_app(h: Harness) -> httpx.AsyncClient:
+    """A client of the app without its fast path: what every request got before it."""
+    app = h.app
+
+    async def without_fast_path(scope: Scope, receive: Receive, send: Send) -> None:
+        await FastAPI.__call__(app, scope, receive, send)
+
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=without_fast_path),
+        base_url="http://cp",
+        headers={"X-API-Key": h.key},
+    )
+
+
+def _fast_path(h: Harness) -> HotPaths:
+    assert isinstance(h.app, ControlPlaneApp)
+    return h.app.hot_paths
+
+
+def _scope(path: str, headers: dict[str, str], app: Any) -> Scope:
+    raw = [(k.lower().encode(), v.encode()) for k, v in {"host": "cp", **headers}.items()]
+    return {"type": "http", "method": "GET", "path": path, "headers": raw, "app": app}
+
+
+async def _same_answer(h: Harness, full: httpx.AsyncClient, path: str, **headers: str) -> int:
+    fast = await h.client.get(path, headers=headers)
+    slow = await full.get(path, headers=headers)
+    assert (fast.status_code, fast.content) == (slow.status_code, slow.content)
+    for name in ("content-type", "content-length"):
+        assert fast.headers.get(name) == slow.headers.get(name)
+    return fast.status_code
+
+
+def test_the_fast_path_answers_byte_for_byte_as_the_routes(db_url: str, tmp_path: Path) -> None:
+    async def body(h: Harness) -> None:
+        cid = await h.capsule(metadata={"purpose": "hot", "template": "mine"})
+        hot = _fast_path(h)
+        async with _full_app(h) as full:
+            for path in (f"/api/v1/capsules/{cid}", f"/v1/capsules/{cid}", "/health"):
+                assert await _same_answer(h, full, path) == 200
+                # ... and it was the fast path that answered
+                assert await hot._answer(_scope(path, {"x-api-key": h.key}, h.app)) is not None
+
+            other = await h.other_team_key()
+            unknown = "wrn_" + "0" * 32
+            path = f"/api/v1/capsules/{cid}"
+            assert await _same_answer(h, full, path, **{"X-API-Key": other}) == 404
+            assert await _same_answer(h, full, path, **{"X-API-Key": unknown}) == 401
+            assert await _same_answer(h, full, "/api/v1/capsules/cl-nope") == 404
+            assert await _same_answer(h, full, "/api/v1/capsules/stats") == 200
+            for headers in ({"x-api-key": other}, {"x-api-key": unknown}, {"content-length": "3"}):
+                assert (
+                    await hot._answer(_scope(path, {"x-api-key": h.key, **headers}, h.app)) is None
+                )
+            proxied = {"host": f"8080-{cid}.cp", "x-api-key": h.key}
+            assert await hot._answer(_scope(path, proxied, h.app)) is None
+            no_key = await h.client.get(path, headers={"X-API-Key": ""})
+            assert no_key.status_code == 401
+
+            # A revoked key: refused at once on this control plane, by both.
+            async with h.app.state.sessions() as session:
+                team = await teams.create_team(session, name="Revoked", now=NOW)
+                row, revoked = await keys.create_key(session, team_id=team.id, name="r", now=NOW)
+            assert await _same_answer(h, full, "/api/v1/capsules", **{"X-API-Key": revoked}) == 200
+            async with h.app.state.sessions() as session:
+                await keys.revoke_key(session, team_id=team.id, key_id=_api_id(row), now=NOW)
+            h.app.state.auth_cache.clear()  # what the revoke route does (routes/keys.py)
+            assert await _same_answer(h, full, path, **{"X-API-Key": revoked}) == 401
+
+    run(db_url, tmp_path, body)
+
+
+def test_health_on_a_failed_database_fails_as_before(db_url: str, tmp_path: Path) -> None:
+    """The app's 500 envelope (errors.py), as the route alone gave it."""
+
+    async def body(h: Harness) -> None:
+        reader = FakeReader()
+        reader.fail = RuntimeError("database down")
+        reader.release.set()
+        h.app.state.health_probe = DatabaseProbe(reader)
+        assert await _fast_path(h)._answer(_scope("/health", {}, h.app)) is None
+        # The server logs and re-raises what it answered with a 500: not this client's error.
+        transport = httpx.ASGITransport(app=h.app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://cp") as client:
+            r = await client.get("/health")
+        assert r.status_code == 500 and r.headers["content-type"] == "application/json"
+        message = "internal_error: unexpected server error"
+        assert r.json() == {"error": {"code": "internal_error", "message": message}}
+        assert reader.probes == 3  # the direct call above; the fast path, then the route
+
+    run(db_url, tmp_path, body)
+
+
+def test_raw_reads_share_a_few_connections_and_replace_a_dropped_one(
+    db_url: str, pg_admin: psycopg.Connection[tuple[object, ...]]
+) -> None:
+    """More reads at once than connections wait for one; a connection PostgreSQL dropped
+    fails its read (the full app answers that request) and the next read opens a new one."""
+    if is_sqlite(db_url):
+        pytest.skip("PostgreSQL's connections")
+
+    async def body() -> None:
+        reader = raw_reader(db_url, pool_size=2)
+        assert isinstance(reader, PostgresRawReader)
+        try:
+            rows = await asyncio.gather(*(reader.fetch_one("SELECT %s", (n,)) for n in range(20)))
+            assert rows == [(n,) for n in range(20)]
+            name = db_url.rsplit("/", 1)[1]
+            pg_admin.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = %s AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            outcomes = await asyncio.gather(
+                *(reader.fetch_one("SELECT 1", ()) for _ in range(2)), return_exceptions=True
+            )
+            assert all(isinstance(o, psycopg.OperationalError) for o in outcomes)
+            assert await reader.fetch_one("SELECT 2", ()) == (2,)
+        finally:
+            await reader.aclose()
+
+    asyncio.run(body())
+
+
+def test_no_raw_reader_for_an_in_memory_sqlite_database() -> None:
+    assert raw_reader("sqlite://", pool_size=1) is None
+    assert raw_reader("sqlite:///:memory:", pool_size=1) is None

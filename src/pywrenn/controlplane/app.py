@@ -3,8 +3,9 @@
 Owns: assembling routers (under `/api/v1` as the SDK's default base URL expects, and
 bare `/v1`; E2B's REST API at the root, `e2b/`), the lifespan (migrate, open the engine,
 register the local host agent and its client, open the TaskGroup that owns background
-work and the E2B deadline loop; undo all of it on the way out), `/health`, and the error
-handlers. OpenAPI is served at `/openapi.json`, docs at `/docs`.
+work and the E2B deadline loop; undo all of it on the way out), `/health`, the error
+handlers, and `ControlPlaneApp`, which lets `hotpaths.py` answer the two hottest reads
+before the rest of the app sees them. OpenAPI is served at `/openapi.json`, docs at `/docs`.
 Knows nothing of: what the routes do.
 """
 
@@ -33,6 +34,7 @@ from .dashboard import pages as dashboard
 from .db import reads
 from .db.engine import make_engine, make_session_factory
 from .db.migrate import upgrade_to_head
+from .db.rawreads import raw_reader
 from .deps import API_KEY_SCHEME
 from .e2b import router as e2b_api
 from .e2b.deadlines import Deadlines
@@ -41,6 +43,7 @@ from .gate import ApiGate, is_unkeyed
 from .healthprobe import DatabaseProbe
 from .hostclient import HostAgentAPI, HostClient, file_token
 from .hostpool import HostPool
+from .hotpaths import HotPaths
 from .leader import Leadership
 from .monitorloop import HostMonitor
 from .proxy import PortProxy
@@ -79,17 +82,33 @@ LOCAL_HOST_NAME = "local"
 HOT_READ_POOL_SIZE = 8
 
 
+class ControlPlaneApp(FastAPI):
+    """FastAPI, with GET a capsule and `/health` answered first in their common case
+    (hotpaths.py), ahead of the middlewares below and of FastAPI's own per-request work
+    (its telemetry check, its error layers, routing): anything else goes on unchanged.
+    The fast path's answers are not seen by FastAPI's OpenTelemetry instruments."""
+
+    hot_paths = HotPaths()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            scope["app"] = self  # what Starlette sets for the layers below
+            if await self.hot_paths.serve(scope, send):
+                return
+        await super().__call__(scope, receive, send)
+
+
 def create_app(
     settings: ControlPlaneSettings,
     *,
     clock: Clock = system_clock,
     host_agent: HostAgentAPI | None = None,
     local_host: bool = True,
-) -> FastAPI:
+) -> ControlPlaneApp:
     """The app. `host_agent` replaces the HTTP client of the local agent (tests, `wrenn up`);
     whoever passes it in also closes it. `local_host=False` (`wrenn serve`): no agent
     beside us; every host registers itself (routes/hosts.py)."""
-    app = FastAPI(
+    app = ControlPlaneApp(
         title="pywrenn control plane",
         description=(package_doc or "").strip().splitlines()[0],
         version="0.1.0",
@@ -139,6 +158,10 @@ def _lifespan(
             # The hot paths' reads (db/reads.py).
             app.state.reader = reads.reader(engine, url, pool_size=HOT_READ_POOL_SIZE)
             stack.push_async_callback(app.state.reader.aclose)
+            # The served-first hot paths' reads, by the driver itself (hotpaths.py).
+            app.state.raw_reader = raw_reader(url, pool_size=HOT_READ_POOL_SIZE)
+            if app.state.raw_reader is not None:
+                stack.push_async_callback(app.state.raw_reader.aclose)
             app.state.health_probe = DatabaseProbe(app.state.reader)
             # Status moves wake requests waiting for their capsule (statuswatch.py).
             app.state.status_watch = StatusWatch(budget_s=settings.capsule_wait_s)
@@ -249,7 +272,8 @@ _HEALTHY = Health(status="ok", database="ok").model_dump_json()
 
 async def health(request: Request) -> Response:
     """Not under /api: no caller, no context; only the database is asked (a `SELECT 1`,
-    shared by the requests that arrive while it runs: healthprobe.py)."""
+    shared by the requests that arrive while it runs: healthprobe.py). A healthy answer
+    usually comes from hotpaths.py first; this route gives it otherwise, and the failures."""
     await request.app.state.health_probe.check()
     return Response(_HEALTHY, media_type="application/json")
 

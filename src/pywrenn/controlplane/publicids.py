@@ -9,6 +9,7 @@ Knows nothing of: the tables.
 
 from __future__ import annotations
 
+import functools
 import uuid
 
 from pywrenn.ids import IdKind, is_valid_id, new_id
@@ -38,6 +39,9 @@ def try_parse(value: str, kind: IdKind) -> uuid.UUID | None:
         return None
 
 
+# Cached: a row's id is formatted on every read that shows it (GET a capsule: sixteen
+# divisions of a big integer each time), and the same few rows are read again and again.
+@functools.lru_cache(maxsize=4096)
 def format_id(key: uuid.UUID, kind: IdKind) -> str:
     """The API id of a row key made by `new_uuid` (or the nil UUID of the platform team)."""
     number = key.int

@@ -48,7 +48,9 @@ async def list_capsules(ctx: ContextDep) -> list[CapsulePublic]:
 
 
 # The hottest read (the SDK's `wait=True` polls it): one statement, no session, and the
-# model serialised once, by pydantic, rather than validated again by FastAPI.
+# model serialised once, by pydantic, rather than validated again by FastAPI. Its common
+# case (a key, the caller's own capsule) is answered before this route (hotpaths.py);
+# this route answers the rest, and the 404s.
 @router.get("/{capsule_id}", response_model=CapsulePublic)
 async def get_capsule(capsule_id: str, ctx: ContextDep) -> Response:
     shown = CapsulePublic.of(await capsules.show_own(ctx, capsule_id))
