@@ -56,6 +56,14 @@ def test_an_unchanged_name_writes_nothing(tmp_path: Path) -> None:
     assert hosts.stat().st_ino == inode
 
 
+def test_an_empty_file_gets_its_localhost_lines_back(tmp_path: Path) -> None:
+    # What a crash can leave of a rename whose data never reached the disk.
+    hosts = tmp_path / "hosts"
+    hosts.write_text("")
+    write_hosts("cl-abc", str(hosts))
+    assert hosts.read_text().startswith("127.0.0.1\tlocalhost\n127.0.1.1\tcl-abc\n")
+
+
 @pytest.mark.parametrize("name", ["cl-abc", "wrenn", "a", "a.b-c.d9", "x" * 63])
 def test_valid_hostnames(name: str) -> None:
     assert valid_hostname(name)
