@@ -106,8 +106,8 @@ def write_hosts(name: str, path: str = HOSTS_PATH) -> None:
     a pause syncs the guest's disk before its snapshot, so the file never needs to outlive
     a crash on its own. A guest fsync is a flush through virtio to the host's disk: 9-11 ms
     against 3-4 ms without, measured in a TCG guest, on every create's /init (each create
-    names its guest anew). A file a crash left empty (the
-    rename durable, the data not) is read as missing, so its localhost lines come back."""
+    names its guest anew). A file a crash left empty (the rename durable, the data not)
+    is read as missing, so its localhost lines come back."""
     try:
         with open(path, encoding="utf-8", errors="surrogateescape") as f:
             current = f.read()
