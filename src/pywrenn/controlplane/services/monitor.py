@@ -244,11 +244,7 @@ async def _host_status(
         return
     reachable = isinstance(report, HostCapsules)
     wanted = "online" if reachable else "unreachable"
-    if reachable and host.kind != "registered":
-        # The local host has no heartbeats: an answered listing is its heartbeat. A
-        # registered host's own heartbeats alone say it is alive (writing here too cost
-        # an UPDATE per host per round, and kept a host whose heartbeats had stopped
-        # online for as long as it still answered listings).
+    if reachable:
         host.last_heartbeat_at = now
     if host.status != wanted and host.status != "draining":
         event = "host.up" if reachable else "host.down"
