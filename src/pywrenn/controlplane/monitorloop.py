@@ -135,4 +135,5 @@ class HostMonitor:
             states={c.capsule_id: c.state for c in listing.capsules},
             auto_paused=frozenset(listing.auto_paused),
             placements={c.capsule_id: placement_values(c) for c in listing.capsules},
+            taken_at=now,
         )
