@@ -113,8 +113,9 @@ class SimulatedHost:
 
     async def register(self, control_plane: str, registration_token: str) -> None:
         """`wrenn agent --register TOKEN --control-plane URL`: register, then serve."""
-        self._socket = _listening_socket(self.port)  # the address is known before serving
-        self.port = self._socket.getsockname()[1]
+        if self._socket is None:  # kept from a try the control plane did not answer
+            self._socket = _listening_socket(self.port)  # the address is known before serving
+            self.port = self._socket.getsockname()[1]
         self.heartbeat_interval_s = await register_host(
             self.settings(),
             Registration(registration_token, control_plane),
