@@ -90,7 +90,7 @@ def settings(root: Path, db_url: str, args: argparse.Namespace, total: int) -> C
         dir=root,
         database_url=db_url,
         host_heartbeat_interval_s=args.heartbeat_s,
-        host_monitor_interval_s=min(5.0, args.heartbeat_s),
+        host_monitor_interval_s=min(10.0, args.heartbeat_s),  # the default: 10 s
         scheduler_cpu_overcommit=1024.0,  # each simulated host reports this machine's CPUs
         team_max_capsules=total * 2,
         team_max_vcpus=total * 2,
