@@ -229,6 +229,11 @@ async def until(check: Any, budget_s: float) -> float | None:
     return None
 
 
+def progress(result: dict[str, Any]) -> None:
+    """The figures so far, on stderr: a run cut short still says what it measured."""
+    print("progress: " + json.dumps(result), file=sys.stderr, flush=True)
+
+
 class Meter:
     """CPU seconds of every process of the run, sampled between two points of it."""
 
@@ -398,6 +403,7 @@ async def scenario(
     result["register_seconds"] = round(time.monotonic() - began, 1)
     result["register_retries"] = sum(retries)
     result["register_cpu_cores"] = meter.busy(cpu, meter.sample())
+    progress(result)
     headers = {"X-API-Key": creds.api_key}
     limits = httpx.Limits(max_connections=args.concurrency)
     async with (
@@ -411,6 +417,7 @@ async def scenario(
             k: round(v * result["create_api"]["seconds"] / args.api_capsules * 1000, 1)
             for k, v in busy.items()
         }
+        progress(result)
         async with sessions() as session:
             host_ids = list(await session.scalars(select(Host.id).order_by(Host.created_at)))
             some = await session.scalar(select(Capsule.id).limit(1))
@@ -424,6 +431,7 @@ async def scenario(
         result["scheduler_baseline"].update(
             await scheduler_times(sessions, team_id, host_ids, sizes, args.runs)
         )
+        progress(result)
         bulk = total - args.api_capsules
         result["bulk_inserted"] = bulk
         result["bulk_insert_seconds"] = await bulk_insert(sessions, team_id, host_ids, bulk)
@@ -436,6 +444,7 @@ async def scenario(
         result["scheduler"].update(
             await scheduler_times(sessions, team_id, host_ids, sizes, args.runs)
         )
+        progress(result)
         cpu = meter.sample()
         idle = await commits_per_s(sessions, args.idle_s)
         result["heartbeats"] = {
@@ -445,12 +454,14 @@ async def scenario(
             "per_1000_hosts_at_30s": round(1000 / 30, 1),
             "cpu_cores_idle": meter.busy(cpu, meter.sample()),
         }
+        progress(result)
         if subscribers and args.subscribers:
             cpu = meter.sample()
             result["sse"] = await sse_fanout(
                 subscribers, [a, b], urls, creds.api_key, args.subscribers, args.sse_creates
             )
             result["sse"]["cpu_cores"] = meter.busy(cpu, meter.sample())
+        progress(result)
         result["failure"] = await fail_and_recover(
             sessions, workers, per_worker, args.heartbeat_s * 6 + 60
         )

@@ -88,7 +88,7 @@ class _WorkerState:
         self.fleet = SimulatedFleet(self.root, count, memory_mb=memory_mb)
         # The i-th host of this worker goes to plane (offset + i) mod n: planes share evenly.
         planes = urls[offset % len(urls) :] + urls[: offset % len(urls)]
-        await self.fleet.register(planes, admin_key, concurrency=16, name_prefix=f"sim{offset}")
+        await self.fleet.register(planes, admin_key, concurrency=4, name_prefix=f"sim{offset}")
         return [h.host_id for h in self.fleet.hosts]
 
     async def fail(self, k: int) -> list[str]:
