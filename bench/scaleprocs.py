@@ -89,7 +89,7 @@ class _WorkerState:
         # The i-th host of this worker goes to plane (offset + i) mod n: planes share evenly.
         planes = urls[offset % len(urls) :] + urls[: offset % len(urls)]
         await self.fleet.register(planes, admin_key, concurrency=4, name_prefix=f"sim{offset}")
-        return [h.host_id for h in self.fleet.hosts]
+        return self.fleet.register_retries
 
     async def fail(self, k: int) -> list[str]:
         assert self.fleet is not None
