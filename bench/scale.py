@@ -1,25 +1,29 @@
 """The control plane far past one machine: simulated hosts, two control planes, PostgreSQL.
 
-Simulated hosts (`tests/simhost.py`: the real host agent app over `vmm.FakeRuntime`, a test
-and bench tool that runs no VM) register with two control-plane apps served by uvicorn on
-127.0.0.1, both on one throwaway PostgreSQL (`scripts/start-postgres`), all in this
-process. Measured, each beside its same-run baseline where one makes sense:
+Every part in a process of its own (`bench/scaleprocs.py`, forked at start): two control
+planes (`create_app` under uvicorn on 127.0.0.1, as `wrenn serve`), `--agent-workers`
+processes each running a share of the simulated hosts on its own event loop
+(`tests/simhost.py`: the real host agent app over `vmm.FakeRuntime`, a test and bench tool
+that runs no VM), `--subscriber-workers` processes holding the SSE streams, and this one,
+which drives and measures; all on one throwaway PostgreSQL (`scripts/start-postgres`).
+CPU seconds of each kind of process (and of PostgreSQL's) are sampled around each phase,
+so the JSON says which resource runs out first. Measured, beside same-run baselines:
 
+- registration of the fleet (parallel, both control planes) and its retries;
 - creates through the API (both control planes, `--concurrency` at once): creates/s,
-  POST p50/p99; the rest of `--capsules` is bulk-inserted as placed `running` rows
-  (`bulk_inserted` in the JSON says how many): creating 100,000 through the API in one
-  process does not fit the run's budget on a small machine;
-- the scheduler's decision (`pick_host`, rolled back) with 10, 100, ... of the hosts
-  connected: how it grows with the fleet;
+  POST p50/p99, CPU milliseconds per create by process kind; the rest of `--capsules` is
+  bulk-inserted as placed rows (BULK_STATUS says why `paused`);
+- the scheduler's decision (`pick_host`, rolled back) with 10, 100, ... of the hosts;
 - a page of the paginated list (`GET /v2/sandboxes?limit=100`) and a get
   (`GET /api/v1/capsules/{id}`), before the bulk rows (baseline) and after;
-- heartbeats' load on the database: transactions/s while idle, and per host;
-- a tenth of the fleet failing: seconds until all their capsules are `missing`, then,
-  once they recover, until none is.
+- heartbeats' load on the database: transactions/s while idle, and CPU;
+- SSE fan-out: `--subscribers` streams of `/v1/events/stream`, events from a few
+  creates, delivery latency from each event's timestamp (set in its transaction) to its
+  receipt;
+- a tenth of the fleet failing: seconds until all their running capsules are
+  `missing`, then, once they recover, until none is.
 
-Not measured yet: SSE fan-out to many subscribers.
-
-    python bench/scale.py [--hosts 1000] [--capsules 100000] [--api-capsules 2000] [--quick]
+    python bench/scale.py [--hosts 1000] [--capsules 100000] [--api-capsules 300] [--quick]
 """
 
 from __future__ import annotations
@@ -45,13 +49,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "src"))
 
 from bench.cluster import postgres  # noqa: E402
+from bench.scaleprocs import ControlPlaneProcess, Worker, cpu_seconds  # noqa: E402
 from sqlalchemy import func, insert, select, text  # noqa: E402
 from tests.controlplane_db import driver_url  # noqa: E402
-from tests.simhost import SimulatedFleet, served  # noqa: E402
 
-from pywrenn.controlplane.app import create_app  # noqa: E402
 from pywrenn.controlplane.bootstrap import bootstrap_admin  # noqa: E402
 from pywrenn.controlplane.clock import system_clock  # noqa: E402
+from pywrenn.controlplane.db.engine import make_engine, make_session_factory  # noqa: E402
 from pywrenn.controlplane.db.migrate import upgrade_to_head  # noqa: E402
 from pywrenn.controlplane.db.models import Capsule, Host, Team  # noqa: E402
 from pywrenn.controlplane.publicids import format_id, new_uuid  # noqa: E402
@@ -61,6 +65,11 @@ from pywrenn.ids import IdKind  # noqa: E402
 
 CAPSULE_MEMORY_MB = 128
 BULK_BATCH = 5000
+# Bulk rows were never on the agents. `running`, the monitor would find each absent from
+# its host's listing and stop it (`orphaned`, rightly): 100,000 moves and events during
+# the run. A `paused` row the host does not list is left alone, and still counts in the
+# list (running and paused) and in the scheduler's usage (at the paused fraction).
+BULK_STATUS = "paused"
 
 
 def pct(samples: list[float], q: float) -> float:
@@ -81,12 +90,13 @@ def settings(root: Path, db_url: str, args: argparse.Namespace, total: int) -> C
         dir=root,
         database_url=db_url,
         host_heartbeat_interval_s=args.heartbeat_s,
-        host_monitor_interval_s=min(5.0, args.heartbeat_s),
+        host_monitor_interval_s=min(10.0, args.heartbeat_s),  # the default: 10 s
         scheduler_cpu_overcommit=1024.0,  # each simulated host reports this machine's CPUs
         team_max_capsules=total * 2,
         team_max_vcpus=total * 2,
         team_max_memory_mb=total * 2 * CAPSULE_MEMORY_MB,
         database_pool_size=20,
+        max_open_streams_per_team=max(256, args.subscribers),
     )
 
 
@@ -119,8 +129,10 @@ async def create_through_api(
     }
 
 
-async def bulk_insert(app: Any, team_id: uuid.UUID, hosts: list[uuid.UUID], count: int) -> float:
-    """`count` placed, running rows spread over `hosts`, as a create would leave them."""
+async def bulk_insert(
+    sessions: Any, team_id: uuid.UUID, hosts: list[uuid.UUID], count: int
+) -> float:
+    """`count` placed rows spread over `hosts`, `paused` (see BULK_STATUS)."""
     began = time.monotonic()
     now = datetime.now(UTC)
     done = 0
@@ -129,7 +141,7 @@ async def bulk_insert(app: Any, team_id: uuid.UUID, hosts: list[uuid.UUID], coun
             {
                 "id": new_uuid(IdKind.CAPSULE),
                 "team_id": team_id,
-                "status": "running",
+                "status": BULK_STATUS,
                 "template": "minimal-ubuntu",
                 "vcpus": 1,
                 "memory_mb": CAPSULE_MEMORY_MB,
@@ -143,7 +155,7 @@ async def bulk_insert(app: Any, team_id: uuid.UUID, hosts: list[uuid.UUID], coun
             }
             for i in range(min(BULK_BATCH, count - done))
         ]
-        async with app.state.sessions() as session:
+        async with sessions() as session:
             await session.execute(insert(Capsule), batch)
             await session.commit()
         done += len(batch)
@@ -151,14 +163,14 @@ async def bulk_insert(app: Any, team_id: uuid.UUID, hosts: list[uuid.UUID], coun
 
 
 async def scheduler_times(
-    app: Any, team_id: uuid.UUID, host_ids: list[uuid.UUID], sizes: list[int], runs: int
+    sessions: Any, team_id: uuid.UUID, host_ids: list[uuid.UUID], sizes: list[int], runs: int
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for size in sizes:
         connected = frozenset(host_ids[:size])
         samples: list[float] = []
         for _ in range(runs):
-            async with app.state.sessions() as session:
+            async with sessions() as session:
                 began = time.perf_counter()
                 await pick_host(
                     session,
@@ -188,18 +200,18 @@ async def read_latency(api: httpx.AsyncClient, capsule_id: str, runs: int) -> di
     return {"list_page_of_100": summary(pages), "get": summary(gets)}
 
 
-async def commits_per_s(app: Any, seconds: float) -> float:
+async def commits_per_s(sessions: Any, seconds: float) -> float:
     query = text("SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()")
-    async with app.state.sessions() as session:
+    async with sessions() as session:
         first = int(await session.scalar(query) or 0)
     await asyncio.sleep(seconds)
-    async with app.state.sessions() as session:
+    async with sessions() as session:
         last = int(await session.scalar(query) or 0)
     return round((last - first - 2) / seconds, 2)
 
 
-async def status_counts(app: Any, ids: set[uuid.UUID]) -> dict[str, int]:
-    async with app.state.sessions() as session:
+async def status_counts(sessions: Any, ids: set[uuid.UUID]) -> dict[str, int]:
+    async with sessions() as session:
         found = await session.execute(
             select(Capsule.status, func.count())
             .where(Capsule.host_id.in_(ids))
@@ -217,110 +229,258 @@ async def until(check: Any, budget_s: float) -> float | None:
     return None
 
 
-async def fail_and_recover(app: Any, fleet: SimulatedFleet, budget_s: float) -> dict[str, Any]:
-    failed = fleet.hosts[: max(1, len(fleet.hosts) // 10)]
-    async with app.state.sessions() as session:
+def progress(result: dict[str, Any]) -> None:
+    """The figures so far, on stderr: a run cut short still says what it measured."""
+    print("progress: " + json.dumps(result), file=sys.stderr, flush=True)
+
+
+class Meter:
+    """CPU seconds of every process of the run, sampled between two points of it."""
+
+    def __init__(self, procs: dict[str, list[int]], sessions: Any) -> None:
+        self.procs, self.sessions = procs, sessions
+        self.postmaster = 0
+
+    async def find_postgres(self) -> None:
+        async with self.sessions() as session:
+            pid = await session.scalar(
+                text("SELECT pid FROM pg_stat_activity WHERE backend_type = 'checkpointer'")
+            )
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        self.postmaster = int(stat[1])
+
+    def sample(self) -> dict[str, float]:
+        out = {name: sum(cpu_seconds(p) for p in pids) for name, pids in self.procs.items()}
+        # Reaped backends count in the postmaster's children; live ones are its children.
+        pg = cpu_seconds(self.postmaster, children=True)
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                    if int(stat[1]) == self.postmaster:
+                        pg += cpu_seconds(int(entry.name))
+                except (OSError, ValueError):
+                    continue
+        out["postgresql"] = pg
+        out["at"] = time.monotonic()
+        return out
+
+    @staticmethod
+    def busy(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        """Each component's CPU over the interval, in cores (1.0 = one core busy)."""
+        wall = after["at"] - before["at"]
+        return {k: round((after[k] - before[k]) / wall, 2) for k in after if k != "at"}
+
+
+async def fail_and_recover(
+    sessions: Any, workers: list[Worker], per_worker: list[int], budget_s: float
+) -> dict[str, Any]:
+    """A tenth of each worker's hosts stop as `kill -9` would, then come back."""
+    failing = [max(1, n // 10) for n in per_worker]
+    async with sessions() as session:
         by_public = {
             format_id(h.id, IdKind.HOST): h.id for h in await session.scalars(select(Host))
         }
-    keys = {by_public[h.host_id] for h in failed}
-    before = await status_counts(app, keys)
-    await asyncio.gather(*(h.fail() for h in failed))
+    began = time.monotonic()
+    pairs = list(zip(workers, failing, strict=True))
+    failed = await asyncio.gather(*(w.call("fail", k) for w, k in pairs))
+    keys = {by_public[h] for ids in failed for h in ids}
+    before = await status_counts(sessions, keys)
 
     async def all_missing() -> bool:
-        counts = await status_counts(app, keys)
+        counts = await status_counts(sessions, keys)
         # A silent host's pending and starting rows stay with their requests (monitor.py).
-        return set(counts) <= {"missing", "stopped", "pending", "starting"}
+        return set(counts) <= {"missing", "stopped", "pending", "starting", BULK_STATUS}
 
     missing_s = await until(all_missing, budget_s)
-    await asyncio.gather(*(h.recover() for h in failed))
+    missing_s = None if missing_s is None else round(time.monotonic() - began, 1)
+    at_missing = await status_counts(sessions, keys)
+    began = time.monotonic()
+    await asyncio.gather(*(w.call("recover", k) for w, k in pairs))
 
     async def none_missing() -> bool:
-        return "missing" not in await status_counts(app, keys)
+        return "missing" not in await status_counts(sessions, keys)
 
     reconciled_s = await until(none_missing, budget_s)
     return {
-        "failed_hosts": len(failed),
+        "failed_hosts": len(keys),
         "their_capsules": sum(before.values()),
+        "before": before,
         "seconds_until_all_missing": missing_s,
+        "at_missing": at_missing,
         "seconds_until_reconciled_after_recovery": reconciled_s,
-        "after": await status_counts(app, keys),
+        # Only running rows go `missing`; the bulk rows are paused (BULK_STATUS).
+        "after": await status_counts(sessions, keys),
     }
 
 
-async def scenario(pg: str, args: argparse.Namespace, root: Path) -> dict[str, Any]:
-    db_url = driver_url(pg, "wrenn_test")
-    upgrade_to_head(db_url)
-    total = max(args.capsules, args.api_capsules)
-    apps = [
-        create_app(settings(root / f"cp{i}", db_url, args, total), local_host=False)
-        for i in range(2)
+async def sse_fanout(
+    subscribers: list[Worker],
+    api: list[httpx.AsyncClient],
+    urls: list[str],
+    api_key: str,
+    count: int,
+    events_from: int,
+) -> dict[str, Any]:
+    """`count` SSE streams spread over the subscriber processes and both control planes;
+    `events_from` creates (each a few events); delivery latency from each event's
+    timestamp (set in its transaction) to its receipt."""
+    share = [
+        count // len(subscribers) + (i < count % len(subscribers)) for i in range(len(subscribers))
     ]
+    began = time.monotonic()
+    connected = await asyncio.gather(
+        *(s.call("subscribe", urls, api_key, n) for s, n in zip(subscribers, share, strict=True))
+    )
+    opened_s = round(time.monotonic() - began, 1)
+    for s in subscribers:
+        await s.call("deliveries")  # drop anything from before
+    made = await create_through_api(api, events_from, 2)
+    await asyncio.sleep(5)
+    latencies: list[float] = []
+    for s in subscribers:
+        for stamp, at in await s.call("deliveries"):
+            latencies.append(at - datetime.fromisoformat(stamp).timestamp())
+    return {
+        "subscribers": sum(connected),
+        "opened_seconds": opened_s,
+        "creates": made["count"],
+        "deliveries": len(latencies),
+        "delivery": summary(latencies) if latencies else None,
+    }
+
+
+async def scenario(
+    db_url: str,
+    args: argparse.Namespace,
+    planes: list[ControlPlaneProcess],
+    workers: list[Worker],
+    subscribers: list[Worker],
+    creds: Any,
+    team_id: uuid.UUID,
+) -> dict[str, Any]:
+    engine = make_engine(db_url, pool_size=5)
+    sessions = make_session_factory(engine)
+    total = max(args.capsules, args.api_capsules)
+    urls = [p.url for p in planes]
+    result: dict[str, Any] = {
+        "hosts": args.hosts,
+        "capsules": total,
+        "processes": {"control_planes": len(planes), "agent_workers": len(workers)},
+    }
+    meter = Meter(
+        {
+            "control_planes": [p.pid for p in planes],
+            "agents": [w.pid for w in workers],
+            "subscribers": [s.pid for s in subscribers],
+        },
+        sessions,
+    )
+    await meter.find_postgres()
     per_host = math.ceil(total * 1.3 / args.hosts) * CAPSULE_MEMORY_MB
-    fleet = SimulatedFleet(root / "hosts", args.hosts, memory_mb=per_host)
-    result: dict[str, Any] = {"hosts": args.hosts, "capsules": total}
-    async with served(apps[0]) as url0, served(apps[1]) as url1:
-        app = apps[0]
-        async with app.state.sessions() as session:
+    per_worker = [
+        args.hosts // len(workers) + (i < args.hosts % len(workers)) for i in range(len(workers))
+    ]
+    cpu = meter.sample()
+    began = time.monotonic()
+    offsets = [sum(per_worker[:i]) for i in range(len(workers))]
+    retries = await asyncio.gather(
+        *(
+            w.call("register", urls, creds.api_key, n, per_host, off)
+            for w, n, off in zip(workers, per_worker, offsets, strict=True)
+        )
+    )
+
+    async def all_online() -> bool:
+        async with sessions() as session:
+            n = await session.scalar(
+                select(func.count()).select_from(Host).where(Host.status == "online")
+            )
+        return n == args.hosts
+
+    await until(all_online, 600)
+    await asyncio.sleep(2.5)  # every plane's 2 s sync has a client for every host
+    result["register_seconds"] = round(time.monotonic() - began, 1)
+    result["register_retries"] = sum(retries)
+    result["register_cpu_cores"] = meter.busy(cpu, meter.sample())
+    progress(result)
+    headers = {"X-API-Key": creds.api_key}
+    limits = httpx.Limits(max_connections=args.concurrency)
+    async with (
+        httpx.AsyncClient(base_url=urls[0], headers=headers, timeout=120, limits=limits) as a,
+        httpx.AsyncClient(base_url=urls[1], headers=headers, timeout=120, limits=limits) as b,
+    ):
+        cpu = meter.sample()
+        result["create_api"] = await create_through_api([a, b], args.api_capsules, args.concurrency)
+        result["create_api"]["cpu_cores"] = busy = meter.busy(cpu, meter.sample())
+        result["create_api"]["cpu_seconds_per_create"] = {
+            k: round(v * result["create_api"]["seconds"] / args.api_capsules * 1000, 1)
+            for k, v in busy.items()
+        }
+        progress(result)
+        async with sessions() as session:
+            host_ids = list(await session.scalars(select(Host.id).order_by(Host.created_at)))
+            some = await session.scalar(select(Capsule.id).limit(1))
+        assert some is not None
+        capsule = format_id(some, IdKind.CAPSULE)
+        await asyncio.sleep(2)
+        sizes = [n for n in (10, 100, 1000, 10000) if n < args.hosts] + [args.hosts]
+        result["read_baseline"] = {"rows": args.api_capsules}
+        result["read_baseline"].update(await read_latency(a, capsule, args.runs))
+        result["scheduler_baseline"] = {"rows": args.api_capsules}
+        result["scheduler_baseline"].update(
+            await scheduler_times(sessions, team_id, host_ids, sizes, args.runs)
+        )
+        progress(result)
+        bulk = total - args.api_capsules
+        result["bulk_inserted"] = bulk
+        result["bulk_insert_seconds"] = await bulk_insert(sessions, team_id, host_ids, bulk)
+        async with sessions() as session:
+            await session.execute(text("ANALYZE capsules"))
+            await session.commit()
+        result["read"] = {"rows": total}
+        result["read"].update(await read_latency(a, capsule, args.runs))
+        result["scheduler"] = {"rows": total}
+        result["scheduler"].update(
+            await scheduler_times(sessions, team_id, host_ids, sizes, args.runs)
+        )
+        progress(result)
+        cpu = meter.sample()
+        idle = await commits_per_s(sessions, args.idle_s)
+        result["heartbeats"] = {
+            "interval_s": args.heartbeat_s,
+            "db_commits_per_s_idle": idle,
+            "expected_heartbeats_per_s": round(args.hosts / args.heartbeat_s, 2),
+            "per_1000_hosts_at_30s": round(1000 / 30, 1),
+            "cpu_cores_idle": meter.busy(cpu, meter.sample()),
+        }
+        progress(result)
+        if subscribers and args.subscribers:
+            cpu = meter.sample()
+            result["sse"] = await sse_fanout(
+                subscribers, [a, b], urls, creds.api_key, args.subscribers, args.sse_creates
+            )
+            result["sse"]["cpu_cores"] = meter.busy(cpu, meter.sample())
+        progress(result)
+        result["failure"] = await fail_and_recover(
+            sessions, workers, per_worker, args.heartbeat_s * 6 + 60
+        )
+    await engine.dispose()
+    result["figures"] = figures(result)
+    return result
+
+
+async def bootstrap(db_url: str) -> tuple[Any, uuid.UUID]:
+    engine = make_engine(db_url, pool_size=1)
+    try:
+        async with make_session_factory(engine)() as session:
             creds = await bootstrap_admin(session, now=system_clock())
             assert creds is not None
             team_id = await session.scalar(select(Team.id))
         assert team_id is not None
-        began = time.monotonic()
-        await fleet.register([url0, url1], creds.api_key, concurrency=32)
-
-        async def all_online() -> bool:
-            async with app.state.sessions() as session:
-                n = await session.scalar(
-                    select(func.count()).select_from(Host).where(Host.status == "online")
-                )
-            return n == args.hosts
-
-        await until(all_online, 600)
-        for plane in apps:  # as each plane's 2 s sync loop would
-            async with plane.state.sessions() as session:
-                await plane.state.hosts.sync(session)
-        result["register_seconds"] = round(time.monotonic() - began, 1)
-        headers = {"X-API-Key": creds.api_key}
-        limits = httpx.Limits(max_connections=args.concurrency)
-        async with (
-            httpx.AsyncClient(base_url=url0, headers=headers, timeout=120, limits=limits) as a,
-            httpx.AsyncClient(base_url=url1, headers=headers, timeout=120, limits=limits) as b,
-        ):
-            result["create_api"] = await create_through_api([a, b], args.api_capsules, 16)
-            async with app.state.sessions() as session:
-                host_ids = list(await session.scalars(select(Host.id).order_by(Host.created_at)))
-                some = await session.scalar(select(Capsule.id).limit(1))
-            assert some is not None
-            capsule = format_id(some, IdKind.CAPSULE)
-            await asyncio.sleep(2)
-            sizes = [n for n in (10, 100, 1000, 10000) if n < args.hosts] + [args.hosts]
-            result["read_baseline"] = {"rows": args.api_capsules}
-            result["read_baseline"].update(await read_latency(a, capsule, args.runs))
-            result["scheduler_baseline"] = {"rows": args.api_capsules}
-            result["scheduler_baseline"].update(
-                await scheduler_times(app, team_id, host_ids, sizes, args.runs)
-            )
-            bulk = total - args.api_capsules
-            result["bulk_inserted"] = bulk
-            result["bulk_insert_seconds"] = await bulk_insert(app, team_id, host_ids, bulk)
-            result["read"] = {"rows": total}
-            result["read"].update(await read_latency(a, capsule, args.runs))
-            result["scheduler"] = {"rows": total}
-            result["scheduler"].update(
-                await scheduler_times(app, team_id, host_ids, sizes, args.runs)
-            )
-            idle = await commits_per_s(app, args.idle_s)
-            result["heartbeats"] = {
-                "interval_s": args.heartbeat_s,
-                "db_commits_per_s_idle": idle,
-                "expected_heartbeats_per_s": round(args.hosts / args.heartbeat_s, 2),
-                "per_1000_hosts_at_30s": round(1000 / 30, 1),
-            }
-            result["failure"] = await fail_and_recover(app, fleet, args.heartbeat_s * 10 + 60)
-        await fleet.close()
-    result["figures"] = figures(result)
-    return result
+        return creds, team_id
+    finally:
+        await engine.dispose()
 
 
 def figures(r: dict[str, Any]) -> list[dict[str, Any]]:
@@ -377,25 +537,53 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", type=int, default=1000)
     parser.add_argument("--capsules", type=int, default=100_000)
-    parser.add_argument("--api-capsules", type=int, default=2000)
+    parser.add_argument("--api-capsules", type=int, default=300)
     parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--heartbeat-s", type=float, default=30.0)
-    parser.add_argument("--idle-s", type=float, default=30.0)
-    parser.add_argument("--runs", type=int, default=30)
-    parser.add_argument("--quick", action="store_true", help="20 hosts, 2,000 rows, 2-3 min here")
+    parser.add_argument("--heartbeat-s", type=float, default=15.0)
+    parser.add_argument("--idle-s", type=float, default=20.0)
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--agent-workers", type=int, default=4)
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--subscriber-workers", type=int, default=2)
+    parser.add_argument("--sse-creates", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="20 hosts, 2,000 rows, ~1 min here")
     args = parser.parse_args()
     if args.quick:
         args.hosts, args.capsules, args.api_capsules = 20, 2000, 100
         args.heartbeat_s, args.idle_s, args.runs = 2.0, 5.0, 10
+        args.agent_workers, args.subscribers, args.subscriber_workers = 2, 50, 1
+        args.sse_creates = 4
     began = time.monotonic()
+    load_before = os.getloadavg()
     with postgres(ROOT) as pg, tempfile.TemporaryDirectory(prefix="wrenn-scale-") as tmp:
-        load_before = os.getloadavg()
-        result = asyncio.run(scenario(pg, args, Path(tmp)))
+        db_url = driver_url(pg, "wrenn_test")
+        upgrade_to_head(db_url)
+        creds, team_id = asyncio.run(bootstrap(db_url))
+        root = Path(tmp)
+        total = max(args.capsules, args.api_capsules)
+        # Every process is forked here, before this process runs an event loop again.
+        planes = [
+            ControlPlaneProcess(settings(root / f"cp{i}", db_url, args, total)) for i in range(2)
+        ]
+        workers = [Worker(root / f"agents{i}") for i in range(args.agent_workers)]
+        subscribers = [Worker(root / f"sse{i}") for i in range(args.subscriber_workers)]
+        try:
+            result = asyncio.run(
+                scenario(db_url, args, planes, workers, subscribers, creds, team_id)
+            )
+            asyncio.run(close_all(workers + subscribers))
+        finally:
+            for proc in [*workers, *subscribers, *planes]:
+                proc.stop()
     result["quick"] = args.quick
     result["seconds_total"] = round(time.monotonic() - began, 1)
     result["loadavg"] = {"start": load_before, "end": os.getloadavg()}
     print(table(result), file=sys.stderr)
     print(json.dumps(result, indent=2))
+
+
+async def close_all(workers: list[Worker]) -> None:
+    await asyncio.gather(*(w.call("close") for w in workers), return_exceptions=True)
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from starlette.types import ASGIApp
 
 from pywrenn.hostagent.app import create_app
 from pywrenn.hostagent.cluster import ClusterLink, Registration, load_link, register_host
+from pywrenn.hostagent.cpclient import ControlPlaneError
 from pywrenn.hostagent.fakenet import FakeHostNetwork
 from pywrenn.hostagent.heartbeat import host_load
 from pywrenn.hostagent.manager import SandboxManager
@@ -53,6 +54,8 @@ DEFAULT_LATENCY: Mapping[str, float] = {
     "kill": 0.005,
 }
 START_TIMEOUT_S = 30.0
+# A registration that finds the control plane unreachable is tried this many times.
+REGISTER_ATTEMPTS = 5
 
 
 def _listening_socket(port: int) -> socket.socket:
@@ -110,8 +113,9 @@ class SimulatedHost:
 
     async def register(self, control_plane: str, registration_token: str) -> None:
         """`wrenn agent --register TOKEN --control-plane URL`: register, then serve."""
-        self._socket = _listening_socket(self.port)  # the address is known before serving
-        self.port = self._socket.getsockname()[1]
+        if self._socket is None:  # kept from a try the control plane did not answer
+            self._socket = _listening_socket(self.port)  # the address is known before serving
+            self.port = self._socket.getsockname()[1]
         self.heartbeat_interval_s = await register_host(
             self.settings(),
             Registration(registration_token, control_plane),
@@ -198,6 +202,8 @@ class SimulatedFleet:
     memory_mb: int = 4096
     latency: Mapping[str, float] = field(default_factory=lambda: dict(DEFAULT_LATENCY))
     hosts: list[SimulatedHost] = field(default_factory=list)
+    # Registrations tried again after the control plane did not answer (see `register`).
+    register_retries: int = 0
 
     def __post_init__(self) -> None:
         self.hosts = [
@@ -211,19 +217,43 @@ class SimulatedFleet:
         return {host.host_id: host for host in self.hosts}
 
     async def register(
-        self, control_planes: Sequence[str], admin_key: str, *, concurrency: int = 16
+        self,
+        control_planes: Sequence[str],
+        admin_key: str,
+        *,
+        concurrency: int = 16,
+        name_prefix: str = "sim",
     ) -> None:
         """Each host gets a token from `POST /v1/hosts` (admin key) and registers with it,
-        the i-th host with the (i mod n)-th control plane."""
+        the i-th host with the (i mod n)-th control plane, named `{name_prefix}-{i}`
+        (host names are unique: fleets in several processes need their own prefixes)."""
         gate = asyncio.Semaphore(concurrency)
         async with httpx.AsyncClient(headers={"X-API-Key": admin_key}, timeout=60) as admin:
 
             async def one(index: int, host: SimulatedHost) -> None:
                 plane = control_planes[index % len(control_planes)]
                 async with gate:
-                    made = await admin.post(f"{plane}/api/v1/hosts", json={"name": f"sim-{index}"})
+                    made = await admin.post(
+                        f"{plane}/api/v1/hosts", json={"name": f"{name_prefix}-{index}"}
+                    )
                     made.raise_for_status()
-                    await host.register(plane, made.json()["registration_token"])
+                    token = made.json()["registration_token"]
+                    for attempt in range(REGISTER_ATTEMPTS):
+                        try:
+                            await host.register(plane, token)
+                            return
+                        except ControlPlaneError as exc:
+                            # Never reached (connect timeout): the token is unspent, but
+                            # a lost answer would have spent it; ask for a new one.
+                            if attempt == REGISTER_ATTEMPTS - 1 or "unreachable" not in str(exc):
+                                raise
+                            self.register_retries += 1
+                            await asyncio.sleep(1.0 + attempt)
+                            again = await admin.post(
+                                f"{plane}/api/v1/hosts/{made.json()['host']['id']}/token"
+                            )
+                            again.raise_for_status()
+                            token = again.json()["registration_token"]
 
             async with asyncio.TaskGroup() as group:
                 for index, host in enumerate(self.hosts):

@@ -23,6 +23,7 @@ from e2b import (
     Template,
 )
 
+from pywrenn.controlplane.e2b import store
 from pywrenn.controlplane.e2b.deadlines import Deadlines
 from tests.cp_routes import NOW, Harness, run
 from tests.e2b_harness import E2B, served
@@ -187,7 +188,12 @@ def test_an_auto_resumed_sandbox_gets_its_timeout_again(db_url: str, tmp_path: P
     run(db_url, tmp_path, body)
 
 
-def test_list_filters_orders_and_pages(db_url: str, tmp_path: Path) -> None:
+def test_list_filters_orders_and_pages(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rows two at a time: a metadata filter's page spans several chunks and stops early.
+    monkeypatch.setattr(store, "PAGE_CHUNK", 2)
+
     async def body(h: Harness) -> None:
         async with served(h) as url:
             e = E2B(url, h.key)
@@ -213,6 +219,8 @@ def test_list_filters_orders_and_pages(db_url: str, tmp_path: Path) -> None:
             assert sorted(found) == sorted(ids)
             query = SandboxQuery(metadata={**tricky, "n": "3"}, state=[SandboxState.RUNNING])
             assert await e.call(pages, query=query) == [[ids[3]]]
+            got = await e.call(pages, limit=2, order="asc", query=SandboxQuery(metadata=tricky))
+            assert got == [sorted(ids)[i : i + 2] for i in (0, 2, 4)]
             query = SandboxQuery(state=[SandboxState.PAUSED], template="base")
             assert await e.call(pages, query=query) == [[ids[0]]]
             assert await e.call(pages, query=SandboxQuery(template="nope")) == [[]]

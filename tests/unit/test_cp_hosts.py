@@ -582,3 +582,29 @@ def test_hostile_ids_and_oversized_bodies_are_refused(db_url: str, tmp_path: Pat
             assert r.status_code == 413, (path, r.status_code)
 
     run(db_url, tmp_path, body)
+
+
+def test_sync_one_reads_one_host_and_drops_it_once_unreachable(db_url: str, tmp_path: Path) -> None:
+    """A registration (or a heartbeat with a new address) syncs only its own host."""
+    from pywrenn.controlplane import publicids
+    from pywrenn.controlplane.hostpool import HostPool
+    from pywrenn.ids import IdKind
+
+    async def body(c: Cluster) -> None:
+        a, b = c.agents
+        key_a = publicids.try_parse(a.host_id, IdKind.HOST)
+        key_b = publicids.try_parse(b.host_id, IdKind.HOST)
+        assert key_a is not None and key_b is not None
+        assert {key_a, key_b} <= c.planes[0].state.hosts.host_ids()  # registered here
+        pool = HostPool()
+        try:
+            async with c.planes[0].state.sessions() as session:
+                await pool.sync_one(session, key_a)
+                assert pool.host_ids() == {key_a}
+                await session.execute(update(Host).where(Host.id == key_a).values(address=""))
+                await pool.sync_one(session, key_a)
+                assert pool.host_ids() == frozenset()
+        finally:
+            await pool.aclose()
+
+    run(db_url, tmp_path, body, hosts=2)

@@ -120,6 +120,18 @@ def test_plan_takes_over_operations_whose_request_died(
         assert can_move(step.from_, step.to)
 
 
+def test_a_row_that_moved_after_the_listing_was_asked_for_is_not_judged_by_it() -> None:
+    # A boot finished (starting -> running) while the listing was on its way: the host's
+    # answer predates the capsule, which is not orphaned; the next round judges it.
+    asked = HostCapsules(states={}, taken_at=NOW)
+    later = monitor.Row("cl-a", S.RUNNING, NOW + timedelta(seconds=1))
+    assert monitor.plan([later], asked, now=NOW + timedelta(seconds=2)) == []
+    earlier = monitor.Row("cl-a", S.RUNNING, NOW - timedelta(seconds=1))
+    assert monitor.plan([earlier], asked, now=NOW + timedelta(seconds=2)) == [
+        Planned("cl-a", S.RUNNING, S.STOPPED, "orphaned")
+    ]
+
+
 def test_in_flight_grace_outlasts_the_longest_host_call() -> None:
     from pywrenn.controlplane.hostclient import CREATE_TIMEOUT, LIFECYCLE_TIMEOUT
 

@@ -26,6 +26,10 @@ from .hostclient import HostAgentAPI, HostClient
 from .placements import RunningPlacements
 
 log = logging.getLogger(__name__)
+# Registered hosts a client can reach: an address to call and the agent's own token.
+_REACHABLE = select(Host.id, Host.address, Host.agent_token).where(
+    Host.kind == "registered", Host.address != "", Host.agent_token.is_not(None)
+)
 
 
 @dataclass
@@ -58,26 +62,33 @@ class HostPool:
     async def sync(self, session: AsyncSession) -> None:
         """Clients for every registered host in the table, with its current address and
         token; none for deleted (or not yet registered) ones."""
-        rows = (
-            await session.execute(
-                select(Host.id, Host.address, Host.agent_token).where(
-                    Host.kind == "registered", Host.address != "", Host.agent_token.is_not(None)
-                )
-            )
-        ).all()
+        rows = (await session.execute(_REACHABLE)).all()
         wanted = {key: (address, token) for key, address, token in rows if token}
         for key in [k for k in self._registered if k not in wanted]:
             await self._drop(key)
         for key, (address, token) in wanted.items():
-            have = self._registered.get(key)
-            if have is not None and (have.address, have.token) == (address, token):
-                continue
-            if have is not None:
-                await self._drop(key)
-            client = HostClient(address, _constant(token), tls=self._tls)
-            self._registered[key] = _Registered(address, token, client)
-            self._clients[key] = client
-            log.info("hosts: client for %s at %s", key, address)
+            await self._keep(key, address, token)
+
+    async def sync_one(self, session: AsyncSession, host_id: uuid.UUID) -> None:
+        """`sync` for one host (it registered or moved through this control plane): one
+        row read, not the whole table (registering a thousand hosts read it a thousand
+        times)."""
+        row = (await session.execute(_REACHABLE.where(Host.id == host_id))).first()
+        if row is not None and row.agent_token:
+            await self._keep(host_id, row.address, row.agent_token)
+        elif host_id in self._registered:
+            await self._drop(host_id)
+
+    async def _keep(self, key: uuid.UUID, address: str, token: str) -> None:
+        have = self._registered.get(key)
+        if have is not None and (have.address, have.token) == (address, token):
+            return
+        if have is not None:
+            await self._drop(key)
+        client = HostClient(address, _constant(token), tls=self._tls)
+        self._registered[key] = _Registered(address, token, client)
+        self._clients[key] = client
+        log.info("hosts: client for %s at %s", key, address)
 
     async def _drop(self, key: uuid.UUID) -> None:
         gone = self._registered.pop(key)

@@ -7,7 +7,8 @@ clients in step with the hosts table), and when a host counts as unreachable:
   (`host_heartbeat_interval_s`); it is not asked anything meanwhile;
 - the local host of `wrenn up` (no heartbeats): no answer to the monitor's listing for
   `host_heartbeat_grace_s`.
-A reachable host is asked what it runs and our rows are reconciled with its answer; the
+Silent hosts are judged first, from the table alone; then reachable hosts are asked what
+they run, `LISTINGS_AT_ONCE` at a time, and our rows are reconciled with each answer; the
 rules (missing, confirmed dead, auto-paused, paused on the host) live in
 `services/monitor.py`.
 """
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from collections.abc import Awaitable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -32,6 +34,8 @@ from .services.monitor import HOST_UNREACHABLE, HostCapsules, Report, reconcile_
 
 log = logging.getLogger(__name__)
 MISSED_BEATS = 3
+# Hosts listed at once in a round (each listing is an HTTP call, then a short transaction).
+LISTINGS_AT_ONCE = 8
 
 
 class HostMonitor:
@@ -70,24 +74,38 @@ class HostMonitor:
             log.exception("monitor: could not read the hosts table")
             return
         now = self._clock()
+        # Silent hosts first, from the table alone: a failed host's capsules go `missing`
+        # one interval after its silence shows, however long the listings below take.
+        listed: list[tuple[uuid.UUID, bool]] = []
+        clients = self._hosts.host_ids()
         for host_id, kind in kinds.items():
-            try:
-                if kind == "registered":
-                    last = beats.get(host_id)
-                    if last is None:
-                        continue  # pending: never registered yet
-                    if now - last > self._silence:
-                        await self._apply(host_id, HOST_UNREACHABLE)
-                        continue
-                    if host_id not in self._hosts.host_ids():
-                        continue
-                elif host_id not in self._hosts.host_ids():
-                    continue  # a local host of another node sharing this database
-                report = await self._report(host_id, heartbeat=kind == "registered")
+            if kind == "registered":
+                last = beats.get(host_id)
+                if last is None:
+                    continue  # pending: never registered yet
+                if now - last > self._silence:
+                    await self._guarded(host_id, self._apply(host_id, HOST_UNREACHABLE))
+                    continue
+            if host_id in clients:  # else: not yet synced, or another node's
+                listed.append((host_id, kind == "registered"))
+        # Then each reachable host's listing, a few at once: one by one, a round over a
+        # thousand hosts took longer than the heartbeats' grace.
+        gate = asyncio.Semaphore(LISTINGS_AT_ONCE)
+
+        async def check(host_id: uuid.UUID, registered: bool) -> None:
+            async with gate:
+                report = await self._report(host_id, heartbeat=registered)
                 if report is not None:
                     await self._apply(host_id, report)
-            except Exception:  # one bad round must not stop the monitor
-                log.exception("monitor: round for host %s failed", host_id)
+
+        await asyncio.gather(*(self._guarded(h, check(h, r)) for h, r in listed))
+
+    @staticmethod
+    async def _guarded(host_id: uuid.UUID, work: Awaitable[None]) -> None:
+        try:
+            await work
+        except Exception:  # one bad host must not stop the round
+            log.exception("monitor: round for host %s failed", host_id)
 
     async def _apply(self, host_id: uuid.UUID, report: Report) -> None:
         async with self._sessions() as session:
@@ -117,4 +135,5 @@ class HostMonitor:
             states={c.capsule_id: c.state for c in listing.capsules},
             auto_paused=frozenset(listing.auto_paused),
             placements={c.capsule_id: placement_values(c) for c in listing.capsules},
+            taken_at=now,
         )

@@ -243,6 +243,7 @@ class Capsule(Base):
     __tablename__ = "capsules"
     __table_args__ = (
         Index(None, "team_id", "status"),
+        Index(None, "team_id", "created_at", "id"),  # list pages, in order (0018)
         Index(None, "host_id", "status"),
         Index(None, "deadline_at"),
     )

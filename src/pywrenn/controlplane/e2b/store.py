@@ -74,6 +74,10 @@ async def ensure_token(ctx: RequestContext, row: Capsule) -> Capsule:
 
 
 # -- listing -------------------------------------------------------------------------------
+# Rows read at a time while a page with a metadata filter looks for its matches.
+PAGE_CHUNK = 500
+
+
 @dataclass(frozen=True)
 class ListQuery:
     states: frozenset[CapsuleStatus]
@@ -111,13 +115,22 @@ async def page(
         if query.ascending
         else (Capsule.created_at.desc(), Capsule.id.desc())
     )
+    stmt = stmt.order_by(*order)
+    if not query.metadata:
+        stmt = stmt.limit(query.limit + 1)
     # Metadata is matched here, not in SQL (JSON operators differ between the two
-    # databases); the candidates are one team's live capsules.
-    rows = [
-        row
-        for row in await session.scalars(stmt.order_by(*order))
-        if _matches(row.metadata_, query.metadata)
-    ]
+    # databases): rows are read in chunks, and no further than one past the page (a
+    # page used to read all the team's matching rows: 100,000 for 100 shown).
+    rows: list[Capsule] = []
+    found = await session.stream_scalars(stmt.execution_options(yield_per=PAGE_CHUNK))
+    try:
+        async for row in found:
+            if _matches(row.metadata_, query.metadata):
+                rows.append(row)
+                if len(rows) > query.limit:
+                    break
+    finally:
+        await found.close()
     if len(rows) <= query.limit:
         return rows, None
     shown = rows[: query.limit]

@@ -73,7 +73,7 @@ async def register(body: HostRegister, request: Request) -> Credentials:
     )
     async with state.sessions() as session:
         creds = await hostauth.register(session, token=body.token, specs=specs, now=state.clock())
-        await state.hosts.sync(session)  # this control plane can reach it at once
+        await state.hosts.sync_one(session, creds.host_id)  # reachable from here at once
     return _credentials(request, creds)
 
 
@@ -101,7 +101,7 @@ async def heartbeat(host_id: str, body: Heartbeat, request: Request) -> Heartbea
             now=state.clock(),
         )
         if host.address != was_known:
-            await state.hosts.sync(session)
+            await state.hosts.sync_one(session, host.id)
     return HeartbeatReply(
         status=reply.status,
         draining=reply.draining,

@@ -70,6 +70,10 @@ class HostCapsules:
     auto_paused: frozenset[str] = field(default_factory=frozenset)
     # Where each capsule runs (slot, address, versions) as row columns, for adopting one.
     placements: Mapping[str, Mapping[str, object]] = field(default_factory=dict)
+    # When the listing was asked for. A row that moved after it (a boot that finished
+    # while the answer was on its way, or while the monitor waited for a connection) is
+    # not judged by it: it would be "running, absent" and stopped as `orphaned`.
+    taken_at: datetime | None = None
 
     def alive(self, capsule_id: str) -> bool:
         state = self.states.get(capsule_id)
@@ -134,11 +138,18 @@ def plan(
     out: list[Planned] = []
     for item in rows:
         row = Row(*item)
+        if _newer_than(row, report):
+            continue  # the next round's listing judges it
         stale = now is not None and row.since is not None and now - row.since > grace
         step = _plan_one(row.capsule_id, row.status, report, stale=stale)
         if step is not None:
             out.append(Planned(row.capsule_id, row.status, *step))
     return out
+
+
+def _newer_than(row: Row, report: Report) -> bool:
+    taken_at = report.taken_at if isinstance(report, HostCapsules) else None
+    return taken_at is not None and row.since is not None and row.since > taken_at
 
 
 def _plan_one(
