@@ -368,7 +368,8 @@ def serve_forever(config: AgentConfig) -> None:
         # No poll interval: an idle agent sleeps until a connection arrives. A 0.5 s poll
         # woke an idle guest twice a second, and under TCG every guest wake-up costs the
         # host a fraction of a millisecond of CPU (docs/performance.md, "Density").
-        server.serve_forever(poll_interval=None)
+        # It goes to selector.select(), where None means no timeout (typeshed says float).
+        server.serve_forever(poll_interval=None)  # type: ignore[arg-type]
     except _Stopping as stopping:
         log.info("stopping on signal %d", stopping.signum)
     finally:
