@@ -162,6 +162,41 @@ def _e2b_first_output(r: Report) -> list[Figure]:
     ]
 
 
+def _density(r: Report) -> list[Figure]:
+    """Idle cost per capsule with N running (beside 1), exec at N (beside 1), create at N."""
+    n, one, many = r["count"], r["one"], r["many"]
+    figures = [
+        Figure(
+            "density",
+            f"idle CPU per capsule, {n} running",
+            many["cpu_pct_of_a_core_per_capsule"],
+            "1 running",
+            one["cpu_pct_of_a_core_per_capsule"],
+            unit="% core",
+        ),
+        Figure(
+            "density",
+            f"PSS per idle capsule, {n} running",
+            many["pss_mb_per_capsule"],
+            "1 running",
+            one["pss_mb_per_capsule"],
+            unit="MB",
+        ),
+        Figure(
+            "density",
+            f"exec p50, {n} running",
+            r["exec_p50_with_n"]["p50_ms"],
+            "1 running",
+            r["exec_p50_with_1"]["p50_ms"],
+        ),
+    ]
+    if r.get("create_beside_running"):
+        figures.append(
+            Figure("density", f"create p50 beside {n - 1}", r["create_beside_running"]["p50_ms"])
+        )
+    return figures
+
+
 def _generic(name: str) -> Callable[[Report], list[Figure]]:
     """For a bench that lists its own figures under `figures` (the same fields as Figure)."""
 
@@ -180,6 +215,7 @@ BENCHES: dict[str, tuple[list[str], list[str], Callable[[Report], list[Figure]]]
     "e2b_first_output": ([], ["--runs", "2"], _e2b_first_output),
     "hotpaths": ([], ["--quick"], _generic("hotpaths")),
     "scale": ([], ["--quick"], _generic("scale")),
+    "density": ([], ["--quick"], _density),
 }
 
 

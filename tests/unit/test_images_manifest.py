@@ -58,6 +58,13 @@ def test_default_cmdline_has_no_accelerator_parts() -> None:
     assert DEFAULT_CMDLINE.startswith("console=ttyS0 ")
 
 
+def test_default_cmdline_keeps_an_idle_guest_asleep() -> None:
+    words = DEFAULT_CMDLINE.split()
+    for word in ("nowatchdog", "audit=0", "sysctl.vm.compaction_proactiveness=0"):
+        assert word in words
+    assert "sysctl.vm.stat_interval=10" in words
+
+
 def test_missing_manifest_says_how_to_build(tmp_path: Path) -> None:
     with pytest.raises(ManifestMissing, match="wrenn image build"):
         load_manifest(Layout(tmp_path))

@@ -123,6 +123,23 @@ async def test_boot_waits_for_agent_and_reseeds_it(fake: Fake) -> None:
     assert (await rt.info(vm)).state is VMState.GONE
 
 
+async def test_a_tcg_boot_runs_the_guest_on_the_trusted_tsc(fake: Fake) -> None:
+    """Without it the guest's clocksource watchdog may fall back to jiffies and a
+    periodic tick (docs/performance.md, "Density")."""
+    rt = fake.runtime()
+    vm = await rt.boot(fake.spec("a"))
+    try:
+        record = json.loads((vm.run_dir / "vm.json").read_text())
+        assert record["cmdline"].split()[1:] == [
+            "tsc_early_khz=2100000",
+            "random.trust_cpu=on",
+            "clocksource=tsc",
+            "tsc=reliable",
+        ]
+    finally:
+        await rt.kill(vm)
+
+
 async def test_init_sends_fresh_time_and_64_bytes_of_entropy(fake: Fake) -> None:
     rt = fake.runtime()
     vm = await rt.boot(fake.spec("a"))

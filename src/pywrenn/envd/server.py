@@ -358,11 +358,27 @@ def serve_forever(config: AgentConfig) -> None:
     log.info("listening on %s:%d", config.host, server.port)
 
     def stop(signum: int, _frame: object) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
+        # Runs in the main thread, which sleeps in serve_forever's select(): raising here
+        # leaves it at once (`shutdown()` would wait for a poll that never comes).
+        raise _Stopping(signum)
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     try:
-        server.serve_forever(poll_interval=0.5)
+        # No poll interval: an idle agent sleeps until a connection arrives. A 0.5 s poll
+        # woke an idle guest twice a second, and under TCG every guest wake-up costs the
+        # host a fraction of a millisecond of CPU (docs/performance.md, "Density").
+        # It goes to selector.select(), where None means no timeout (typeshed says float).
+        server.serve_forever(poll_interval=None)  # type: ignore[arg-type]
+    except _Stopping as stopping:
+        log.info("stopping on signal %d", stopping.signum)
     finally:
         server.server_close()
+
+
+class _Stopping(Exception):
+    """SIGTERM or SIGINT arrived: leave the accept loop."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum

@@ -34,9 +34,17 @@ DEFAULT_TEMPLATE = "minimal"
 GUEST_IP = "10.0.2.15/24"
 GUEST_GATEWAY = "10.0.2.2"
 
-# Without the accelerator-specific parts: the VM runtime appends tsc_early_khz= under TCG.
+# What an idle guest does not need to wake for (each wake-up of a TCG guest costs the host
+# CPU; docs/performance.md, "Density"): the soft/hard lockup watchdogs (a timer every 4 s;
+# a stalled vCPU is the host's business), the audit daemon, proactive compaction
+# (kcompactd woke every 500 ms), and the per-CPU VM statistics fold (every 1 s; 10 s
+# keeps /proc/meminfo within a few pages). `sysctl.` words are applied at boot (5.8+).
+IDLE_CMDLINE = "nowatchdog audit=0 sysctl.vm.compaction_proactiveness=0 sysctl.vm.stat_interval=10"
+# Without the accelerator-specific parts: the VM runtime appends tsc_early_khz= and the
+# clock source under TCG (vmm/qemu.py guest_cmdline).
 DEFAULT_CMDLINE = (
-    f"console=ttyS0 quiet panic=-1 random.trust_cpu=on wrenn.ip={GUEST_IP} wrenn.gw={GUEST_GATEWAY}"
+    f"console=ttyS0 quiet panic=-1 random.trust_cpu=on wrenn.ip={GUEST_IP} "
+    f"wrenn.gw={GUEST_GATEWAY} {IDLE_CMDLINE}"
 )
 
 

@@ -83,6 +83,7 @@ from pywrenn.vmm.snapshot import (
 )
 
 __all__ = [
+    "TCG_CLOCK",
     "LaunchConfig",
     "QemuRuntime",
     "backing_chain",
@@ -141,12 +142,23 @@ class LaunchConfig:
     sandbox: str = ""  # -sandbox options; empty: none
 
 
+# The TSC as the guest's clock source, trusted: microvm under TCG has no HPET or PM timer,
+# so the kernel's clocksource watchdog compares the TSC with jiffies; on a loaded host
+# TCG loses jiffies, the watchdog marks the TSC unstable and the guest falls back to
+# `refined-jiffies`, which cannot run tickless: a periodic 250 Hz tick for the guest's
+# life, ~5.6% of a host core per idle capsule instead of ~1% (docs/performance.md,
+# "Density"). Under TCG the TSC is QEMU's virtual clock: monotonic, stopped while the VM
+# is stopped, and saved and restored with the VM like the rest of its state.
+TCG_CLOCK = ("clocksource=tsc", "tsc=reliable")
+
+
 def guest_cmdline(image_cmdline: str, tsc_khz: int, *, extra: Sequence[str] = ()) -> str:
     """The image's kernel command line plus what this host requires.
 
     ``tsc_early_khz``: microvm has no HPET/PM timer and TCG makes PIT calibration unreliable,
     so without it about a third of boots hang (vm-lab §2). ``random.trust_cpu=on`` with
-    ``-cpu max`` (RDRAND) avoids waiting for crng init before the agent starts.
+    ``-cpu max`` (RDRAND) avoids waiting for crng init before the agent starts. `extra`:
+    e.g. `TCG_CLOCK` under TCG.
     """
     words = image_cmdline.split()
     keys = {w.split("=", 1)[0] for w in words}
@@ -370,7 +382,9 @@ class QemuRuntime:
             vm_id=spec.run_dir.name,
             kernel=spec.kernel,
             initramfs=spec.initramfs,
-            cmdline=guest_cmdline(spec.cmdline, self.tsc_khz),
+            cmdline=guest_cmdline(
+                spec.cmdline, self.tsc_khz, extra=TCG_CLOCK if accel == "tcg" else ()
+            ),
             disk=disk,
             run_dir=spec.run_dir,
             network=spec.network,
