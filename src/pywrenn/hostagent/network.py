@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING
 from pywrenn.hostagent import firewall
 from pywrenn.hostagent.errors import HostError
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
+from pywrenn.hostagent.nlchildren import configure_pyroute2
 
 if TYPE_CHECKING:
     from pywrenn.hostagent import dns
@@ -142,6 +143,8 @@ def configure_resolver(upstreams: Sequence[tuple[str, int]]) -> None:
 def list_namespaces() -> list[str]:
     from pyroute2 import netns
 
+    configure_pyroute2()
+
     return sorted(n for n in netns.listnetns() if parse_netns_slot(n) is not None)
 
 
@@ -151,6 +154,8 @@ def list_namespaces() -> list[str]:
 def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...]) -> None:
     from pyroute2 import IPRoute, NetNS, netns
     from pyroute2.netlink.exceptions import NetlinkError
+
+    configure_pyroute2()
 
     from pywrenn.hostagent import dns
 
@@ -218,6 +223,8 @@ def _create_sync(net: SlotNetwork, egress: bool, blocked: tuple[IPv4Network, ...
 def _remove_sync(net: SlotNetwork) -> None:
     from pyroute2 import IPRoute, netns
 
+    configure_pyroute2()
+
     from pywrenn.hostagent import dns, dnsegress
 
     dns.forwarder().stop(net.index)
@@ -233,6 +240,8 @@ def _remove_sync(net: SlotNetwork) -> None:
 def _reattach_sync(net: SlotNetwork) -> None:
     from pyroute2 import NetNS
     from pyroute2.netlink.exceptions import NetlinkError
+
+    configure_pyroute2()
 
     # A namespace made by an agent older than the forwarder lacks its address and rules.
     try:
@@ -259,6 +268,8 @@ def _forwarder() -> dns.Forwarder:
 def _ensure_guards_sync(blocked: tuple[IPv4Network, ...]) -> None:
     from pyroute2 import IPRoute
 
+    configure_pyroute2()
+
     with IPRoute() as ip:
         for network in (HOST_IP_NET, VETH_NET):
             ip.route("replace", dst=str(network), type="unreachable", priority=4000)
@@ -267,6 +278,8 @@ def _ensure_guards_sync(blocked: tuple[IPv4Network, ...]) -> None:
 
 def _delete_link(name: str) -> None:
     from pyroute2 import IPRoute
+
+    configure_pyroute2()
 
     with IPRoute() as ip:
         for index in ip.link_lookup(ifname=name):
