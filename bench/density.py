@@ -44,15 +44,14 @@ from tests.integration.conftest import wrenn_dir_with_cached_image  # noqa: E402
 
 from node import cpu_seconds, stats  # noqa: E402
 from pywrenn.envdclient import EnvdClient  # noqa: E402
-from pywrenn.hostagent import network  # noqa: E402
 from pywrenn.hostagent.basesnapshot import find as find_base  # noqa: E402
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager  # noqa: E402
 from pywrenn.hostagent.poolsizes import parse_pool_sizes  # noqa: E402
 from pywrenn.hostagent.settings import HostAgentSettings  # noqa: E402
 from pywrenn.images import load_manifest  # noqa: E402
 from pywrenn.layout import Layout  # noqa: E402
-from pywrenn.vmm import AGENT_PORT, NetworkSpec, QemuRuntime, read_meta  # noqa: E402
-from pywrenn.vmm.qemu import LaunchConfig, create_overlay  # noqa: E402
+from pywrenn.vmm import AGENT_PORT, QemuRuntime  # noqa: E402
+from pywrenn.vmm.qemu import create_overlay  # noqa: E402
 from templates import Bare  # noqa: E402
 from vmm import RawQMP, bare_argv  # noqa: E402
 
@@ -211,36 +210,16 @@ class BareIdle(Bare):
     """One bare QEMU restore of the snapshot, left running for an idle window."""
 
     def start(self) -> tuple[subprocess.Popen[bytes], Path]:
-        meta = read_meta(self.snapshot)
         net = self.nets[0]
         run = self.layout.root / f"bare-idle-{time.time_ns()}"
         run.mkdir()
-        cfg = LaunchConfig(
-            vm_id=run.name,
-            kernel=Path(meta.kernel),
-            initramfs=Path(meta.initramfs),
-            cmdline=meta.cmdline,
-            disk=run / "disk.qcow2",
-            run_dir=run,
-            network=NetworkSpec.tap(network.TAP_NAME, net.netns, host_address=net.host_ip),
-            vcpus=meta.vcpus,
-            memory_mb=meta.memory_mb,
-            accel=meta.accel,
-            memory_file=self.snapshot / "memory",
-            memory_shared=False,
-            incoming=True,
-        )
+        cfg = self.clone_config(run, net)
         asyncio.run(create_overlay(self.snapshot / "disk.qcow2", cfg.disk))
         argv = bare_argv(cfg)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         try:
             qmp = RawQMP(run / "qmp.sock")
-            caps = [{"capability": "x-ignore-shared", "state": True}]
-            qmp.cmd("migrate-set-capabilities", {"capabilities": caps})
-            qmp.cmd("migrate-incoming", {"uri": f"exec:cat {self.snapshot / 'state.bin'}"})
-            while qmp.cmd("query-status")["return"]["status"] == "inmigrate":
-                time.sleep(0.005)
-            qmp.cmd("cont")
+            self.load_and_continue(qmp)
             qmp.close()
             url = f"http://{net.host_ip}:{AGENT_PORT}/health"
             deadline = time.monotonic() + 60

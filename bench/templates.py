@@ -82,12 +82,10 @@ class Bare:
             asyncio.run(network.remove_network(net))
             self.slots.release(net.index)
 
-    def restore(self, i: int) -> float:
+    def clone_config(self, run: Path, net: SlotNetwork) -> LaunchConfig:
+        """The QEMU a bare clone of the snapshot runs in `run`, on slot network `net`."""
         meta = read_meta(self.snapshot)
-        net = self.nets[i]
-        run = self.layout.root / f"bare-{i}-{time.time_ns()}"
-        run.mkdir()
-        cfg = LaunchConfig(
+        return LaunchConfig(
             vm_id=run.name,
             kernel=Path(meta.kernel),
             initramfs=Path(meta.initramfs),
@@ -102,6 +100,21 @@ class Bare:
             memory_shared=False,
             incoming=True,
         )
+
+    def load_and_continue(self, qmp: RawQMP) -> None:
+        """Feed the waiting QEMU the snapshot's state, then let its guest run."""
+        caps = [{"capability": "x-ignore-shared", "state": True}]
+        qmp.cmd("migrate-set-capabilities", {"capabilities": caps})
+        qmp.cmd("migrate-incoming", {"uri": f"exec:cat {self.snapshot / 'state.bin'}"})
+        while qmp.cmd("query-status")["return"]["status"] == "inmigrate":
+            time.sleep(0.005)
+        qmp.cmd("cont")
+
+    def restore(self, i: int) -> float:
+        net = self.nets[i]
+        run = self.layout.root / f"bare-{i}-{time.time_ns()}"
+        run.mkdir()
+        cfg = self.clone_config(run, net)
         started = time.perf_counter()
         asyncio.run(create_overlay(self.snapshot / "disk.qcow2", cfg.disk))
         proc = subprocess.Popen(
@@ -112,12 +125,7 @@ class Bare:
         )
         try:
             qmp = RawQMP(run / "qmp.sock")
-            caps = [{"capability": "x-ignore-shared", "state": True}]
-            qmp.cmd("migrate-set-capabilities", {"capabilities": caps})
-            qmp.cmd("migrate-incoming", {"uri": f"exec:cat {self.snapshot / 'state.bin'}"})
-            while qmp.cmd("query-status")["return"]["status"] == "inmigrate":
-                time.sleep(0.005)
-            qmp.cmd("cont")
+            self.load_and_continue(qmp)
             url = f"http://{net.host_ip}:{AGENT_PORT}/health"
             while True:
                 try:
