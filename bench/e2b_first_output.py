@@ -13,7 +13,7 @@ in hand (p50/p95 of the whole, and of the create call and the first command apar
 destroying the capsule is not timed, and the host's teardown settles before the next.
 The baseline is Wrenn's API: `ratio_p50` is e2b / wrenn.
 
-Usage: python bench/e2b_first_output.py [--runs 10] [--image-cache DIR] [--keep-log F]
+Usage: python bench/e2b_first_output.py [--runs 10] [--no-pool] [--image-cache DIR] [--keep-log F]
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -70,15 +71,24 @@ def wrenn_first_output(node: BenchNode) -> tuple[float, float]:
     return created - started, done - created
 
 
+def agent_health(node: BenchNode) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {node.host_token()}"}
+    health: dict[str, Any] = httpx.get(
+        f"{node.agent_url}/health", headers=headers, timeout=30
+    ).json()
+    return health
+
+
 def settle(node: BenchNode) -> None:
     """Before each measurement: the host's teardown of the last capsule and the refill of
-    its network pool are done, and the machine is quiet."""
-    headers = {"Authorization": f"Bearer {node.host_token()}"}
-    deadline = time.monotonic() + 30
+    its network pool and warm pool (the node's default: one capsule of the base template
+    at the default size, what both creates here ask for) are done, and the machine is
+    quiet. Every create is then a warm-pool hit: `--no-pool` measures the restore."""
+    deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        health = httpx.get(f"{node.agent_url}/health", headers=headers, timeout=30).json()
-        pool = health["network_pool"]
-        if pool["ready"] >= pool["size"]:
+        health = agent_health(node)
+        net, warm = health["network_pool"], health["warm_pool"]
+        if net["ready"] >= net["size"] and warm["ready"] >= warm["size"]:
             break
         time.sleep(0.05)
     time.sleep(SETTLE_S)
@@ -97,12 +107,16 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--image-cache", default=DEFAULT_IMAGE_CACHE)
     parser.add_argument("--keep-log", default="", help="copy the node's log here at the end")
+    parser.add_argument(
+        "--no-pool", action="store_true", help="no warm pool: every create restores"
+    )
     args = parser.parse_args()
     paths: dict[str, Callable[[BenchNode], tuple[float, float]]] = {
         "e2b": e2b_first_output,
         "wrenn": wrenn_first_output,
     }
-    with running_node(Path(args.image_cache), keep_log=args.keep_log) as node:
+    extra_env = {"WRENN_WARM_POOL": "0"} if args.no_pool else None
+    with running_node(Path(args.image_cache), extra_env=extra_env, keep_log=args.keep_log) as node:
         for _ in range(WARM):  # the page cache, both SDKs' imports and connections
             for measure in paths.values():
                 settle(node)
@@ -114,6 +128,7 @@ def main() -> None:
             for name in order:
                 settle(node)
                 samples[name].append(paths[name](node))
+        warm = agent_health(node)["warm_pool"]
     e2b, wrenn = summary(samples["e2b"]), summary(samples["wrenn"])
     e2b_p50 = e2b["create_to_first_output"]["p50_ms"]  # type: ignore[index]
     wrenn_p50 = wrenn["create_to_first_output"]["p50_ms"]  # type: ignore[index]
@@ -124,6 +139,7 @@ def main() -> None:
         "e2b_api": e2b,
         "wrenn_api_baseline": wrenn,
         "ratio_p50": round(e2b_p50 / wrenn_p50, 2),
+        "warm_pool": {k: warm[k] for k in ("size", "hits", "misses")},
     }
     print(json.dumps(report, indent=2))
 

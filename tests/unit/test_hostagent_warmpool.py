@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from pywrenn.hostagent import warmpool
 from pywrenn.hostagent.errors import NoCapacity
 from pywrenn.hostagent.manager import CreateRequest
 from pywrenn.hostagent.meta import RUNNING_STATE
 from pywrenn.hostagent.poolsizes import PoolKey, PoolSize, parse_pool_sizes
 from pywrenn.hostagent.states import CapsuleState
-from pywrenn.hostagent.warmpool import FILLER, WARM_KIND
+from pywrenn.hostagent.warmpool import FILLER, WARM_HOSTNAME, WARM_KIND
 from pywrenn.layout import parse_leftover
 from pywrenn.vmm import VMState
 from pywrenn.vmm.fakeruntime import VM_RECORD
@@ -91,6 +92,9 @@ async def test_members_are_frozen_invisible_and_counted(host: FakeHost) -> None:
     assert host.manager.admission.held_mb(host.manager.capsules()) == 512
     # Warmed: its guest ran /init, then a process start (the fake answers 404 to it).
     assert "guest /process.Process/Start" in host.runtime.faults.calls
+    # ... and was renamed once, so a hit's rename is not the guest's first.
+    for vm in host.runtime.running():
+        assert host.runtime.init_fields(vm)["hostname"] == WARM_HOSTNAME
 
 
 async def test_a_create_takes_a_member_and_gives_it_the_capsule_identity(
@@ -155,6 +159,37 @@ async def test_a_refill_waits_until_no_create_is_in_flight(host: FakeHost) -> No
     await creates
     await filled(host)
     assert host.manager.warmpool.ready(KEY) == 2
+
+
+async def test_a_refill_leaves_a_new_capsule_its_first_moments(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A user's first commands come right after a create: the refill's restore waits
+    REFILL_GRACE_S of quiet before it takes the cores."""
+    monkeypatch.setattr(warmpool, "REFILL_GRACE_S", 0.5)
+    restores_before = host.runtime.faults.calls.count("restore")
+    await host.manager.create(CreateRequest(capsule_id="cl-warm000000000031", memory_mb=256))
+    returned = asyncio.get_running_loop().time()
+    assert host.manager.spawner.running(FILLER) is not None
+    await asyncio.sleep(0.3)
+    assert host.runtime.faults.calls.count("restore") == restores_before  # still waiting
+    await filled(host)
+    assert asyncio.get_running_loop().time() - returned >= 0.5
+    assert host.runtime.faults.calls.count("restore") == restores_before + 1
+    assert host.manager.warmpool.ready(KEY) == 2
+
+
+async def test_a_first_fill_does_not_wait(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No create ran: an agent that starts fills its pool at once."""
+    monkeypatch.setattr(warmpool, "REFILL_GRACE_S", 30.0)
+    host = await make_host(tmp_path)
+    try:
+        host.manager.warmpool.start()
+        async with asyncio.timeout(10):
+            await filled(host)
+        assert host.manager.warmpool.ready(KEY) == 2
+    finally:
+        await host.manager.close()
 
 
 async def test_an_empty_pool_falls_back_to_a_restore(tmp_path: Path) -> None:

@@ -57,6 +57,14 @@ FILLER = "warm pool"  # the filler task's name (one at a time)
 WARM_COMMAND = "true"  # run once through `bash -l -c`, as a first exec would be
 WARM_TIMEOUT_S = 60.0
 QUIET_POLL_S = 0.05  # how often a waiting refill looks whether creates are still running
+# A refill starts only after this long with no create or resume in flight: a user's first
+# commands come right after a create returns, and a restore beside them takes the cores
+# they need (under TCG a hit's first exec ran 1.5-2x slower with a refill beside it).
+REFILL_GRACE_S = 1.0
+# The name members run under until a create names them: their warm-up /init renames the
+# guest (hostname, /etc/hosts) so that path is translated too when a hit renames it again
+# (the first rename in a fresh QEMU process cost 70-100 ms of a hit's ~90 ms under TCG).
+WARM_HOSTNAME = "wrenn-warm"
 
 
 @dataclass(frozen=True)
@@ -113,6 +121,9 @@ class WarmPool:
         self.misses = 0
         self._ready: dict[PoolKey, list[WarmMember]] = {key: [] for key in self.sizes}
         self._filling: PoolKey | None = None
+        # A create or resume was seen in flight since the last fill began (its first
+        # commands may still be coming: `_waited_for_quiet` gives them REFILL_GRACE_S).
+        self._busy_seen = False
         # Not the spawner's: a drop is never cancelled half way (close waits for it).
         self._dropping: set[asyncio.Task[None]] = set()
         self._started = False
@@ -152,6 +163,7 @@ class WarmPool:
         creates racing can never get the same member."""
         if not self.pooled(key):
             return None
+        self._busy_seen = True  # a create: its first commands come once it returns
         members = self._ready[key]
         member = members.pop(0) if members and egress == self.egress else None
         if member is None:
@@ -246,10 +258,23 @@ class WarmPool:
             log.info("warm pool: %s ready (%d of %d)", key, self.ready(key), self.sizes[key])
 
     async def _waited_for_quiet(self) -> bool:
-        """Wait until no create or resume is in flight; False if the pool closed first."""
-        while not self._closed and not self.quiet():
+        """Wait until no create or resume has been in flight for `REFILL_GRACE_S`; False
+        if the pool closed first."""
+        loop = asyncio.get_running_loop()
+        quiet_since: float | None = None
+        while not self._closed:
+            if not self.quiet():
+                quiet_since = None
+                self._busy_seen = True
+            elif not self._busy_seen:
+                return True  # nothing ran since the last fill: no first commands to spare
+            elif quiet_since is None:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= REFILL_GRACE_S:
+                self._busy_seen = False
+                return True
             await asyncio.sleep(QUIET_POLL_S)
-        return not self._closed
+        return False
 
     def _base_source(self, key: PoolKey) -> Source | None:
         try:
@@ -276,6 +301,7 @@ class WarmPool:
                         run_dir,
                         tap_spec(borrowed.net),
                         timeout=self.restore_timeout_s,
+                        init_fields={"hostname": WARM_HOSTNAME},
                     )
                     await self._warm(borrowed.net)
                     await self.runtime.freeze(vm)
