@@ -12,17 +12,15 @@ import asyncio
 import ipaddress
 import urllib.parse
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query, Response
 
 from pywrenn.hostagent.wire import NetworkUpdate as AgentNetworkUpdate
 
-from ..context import RequestContext
-from ..db.models import Capsule
 from ..deps import ContextDep
 from ..errors import ControlPlaneError, HostUnavailable, InvalidInput, InvalidState, NotFound
-from ..proxy.policy import ProxyPolicy, new_traffic_token, set_policy
+from ..proxy.policy import ProxyPolicy, new_traffic_token
 from ..services import capsules, lifecycle
 from ..states import CapsuleStatus
 from . import names, network, store, views
@@ -59,9 +57,8 @@ async def create_sandbox(body: NewSandbox, ctx: ContextDep, deadlines: Deadlines
         timeout_sec=0,  # the deadline below ends it, not Wrenn's idle timeout
         metadata=dict(body.metadata or {}),
     )
-    row = await lifecycle.begin_create(ctx, spec)
-    # Before the boot: the host agent is told the egress rules with the create.
-    await _set_e2b_columns(ctx, row, body, lists)
+    # In the row from its insert: the host agent is told the egress rules with the create.
+    row = await lifecycle.begin_create(ctx, spec, columns=_e2b_columns(body, lists))
     boot = lifecycle.finish_create(
         ctx.sessions,
         pool=ctx.hosts,
@@ -76,35 +73,31 @@ async def create_sandbox(body: NewSandbox, ctx: ContextDep, deadlines: Deadlines
     if row.status != S.RUNNING:
         raise _create_failure(capsules.api_id(row), row.status, row.error)
     now = ctx.clock()  # the boot took a while: the timeout counts from now
-    await store.set_columns(
-        ctx.session, row.id, deadline_at=now + timedelta(seconds=body.timeout), deadline_set_at=now
-    )
+    # On the row just read (one UPDATE, and the reply is built from it: no second read).
+    row.deadline_at = now + timedelta(seconds=body.timeout)
+    row.deadline_set_at = now
+    await ctx.session.commit()
     deadlines.wake()
-    return views.sandbox(await store.reread(ctx, row), domain=views.domain(ctx))
+    return views.sandbox(row, domain=views.domain(ctx))
 
 
-async def _set_e2b_columns(
-    ctx: RequestContext, row: Capsule, body: NewSandbox, lists: network.EgressLists
-) -> None:
+def _e2b_columns(body: NewSandbox, lists: network.EgressLists) -> dict[str, Any]:
     """What E2B asks of a new sandbox beyond Wrenn's create: its timeout's action, its
     egress, and the port proxy's settings (`allowPublicTraffic`, `autoResume`)."""
     public = body.network is None or body.network.allow_public_traffic is not False
-    await set_policy(
-        ctx.session,
-        capsule_key=row.id,
-        policy=ProxyPolicy(
-            public_traffic=public,
-            traffic_token=None if public else new_traffic_token(),
-            auto_resume=bool(body.auto_resume and body.auto_resume.enabled),
-        ),
+    policy = ProxyPolicy(
+        public_traffic=public,
+        traffic_token=None if public else new_traffic_token(),
+        auto_resume=bool(body.auto_resume and body.auto_resume.enabled),
     )
-    await store.set_columns(
-        ctx.session,
-        row.id,
-        on_deadline="pause" if body.auto_pause else "kill",
-        allow_internet_access=body.allow_internet_access,
-        network=network.stored(lists),
-    )
+    return {
+        "public_traffic": policy.public_traffic,
+        "traffic_token": policy.traffic_token,
+        "auto_resume": policy.auto_resume,
+        "on_deadline": "pause" if body.auto_pause else "kill",
+        "allow_internet_access": body.allow_internet_access,
+        "network": network.stored(lists),
+    }
 
 
 @router.post("/sandboxes", status_code=201, response_model_exclude_none=True)

@@ -10,7 +10,7 @@ Knows nothing of: host agents (callers do the HTTP and report back here) or API 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -65,9 +65,11 @@ async def create_capsule(
     template_id: uuid.UUID | None = None,
     disk_size_mb: int | None = None,
     host_id: uuid.UUID | None = None,
+    columns: Mapping[str, Any] | None = None,
 ) -> Capsule:
     """Insert a `pending` capsule (placed on `host_id`, if chosen) and commit, so a GET
-    right after create finds it."""
+    right after create finds it. `columns`: further columns of the new row (an API's own,
+    e.g. E2B's proxy settings), in the same INSERT."""
     row = add_capsule_nocommit(
         session,
         team_id=team_id,
@@ -81,8 +83,26 @@ async def create_capsule(
         disk_size_mb=disk_size_mb,
         host_id=host_id,
     )
+    for name, value in (columns or {}).items():
+        if name not in _EXTRA_COLUMNS:
+            raise ValueError(f"not a column an API may set at create: {name!r}")
+        setattr(row, name, value)
     await session.commit()
     return row
+
+
+# What an API may set on a new row beside the create's own fields (not status, ids,
+# placement or sizes: those are the create's).
+_EXTRA_COLUMNS = frozenset(
+    {
+        "public_traffic",
+        "traffic_token",
+        "auto_resume",
+        "on_deadline",
+        "allow_internet_access",
+        "network",
+    }
+)
 
 
 def add_capsule_nocommit(

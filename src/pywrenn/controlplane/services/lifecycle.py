@@ -21,10 +21,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -117,9 +117,12 @@ async def create(ctx: RequestContext, spec: CreateSpec) -> Capsule:
     return row
 
 
-async def begin_create(ctx: RequestContext, spec: CreateSpec) -> Capsule:
-    """Choose a host and insert the `pending` row, placed on it; the boot is
-    `finish_create` (the E2B API sets its own columns in between)."""
+async def begin_create(
+    ctx: RequestContext, spec: CreateSpec, *, columns: Mapping[str, Any] | None = None
+) -> Capsule:
+    """Choose a host and insert the `pending` row, placed on it, with `columns` (an API's
+    own, e.g. E2B's egress and proxy settings, which the boot tells the host agent); the
+    boot is `finish_create`."""
     session = ctx.session
     # An unknown template is the caller's mistake: refuse before any row exists.
     await templates.resolve_for_host(session, team_id=ctx.team_id, name=spec.template)
@@ -151,6 +154,7 @@ async def begin_create(ctx: RequestContext, spec: CreateSpec) -> Capsule:
             metadata=spec.metadata,
             now=ctx.now,
             host_id=host.id,
+            columns=columns,
         )
     except BaseException:
         await session.rollback()  # let go of the team's lock at once
