@@ -28,6 +28,8 @@ from tests.controlplane_db import driver_url, drop_pg, libpq_url
 REPO = Path(__file__).resolve().parents[1]
 START = REPO / "scripts" / "start-postgres"
 TEMPLATE_DB = "wrenn_migrated"
+WORKDIR_PREFIX = "wrenn-test-pg-"
+OWNER_FILE = "owner.pid"  # the test session (pytest's pid) whose cluster this is
 
 
 @pytest.fixture(scope="session")
@@ -37,8 +39,10 @@ def pg_server() -> Iterator[str]:
     if given:
         yield given
         return
+    stop_orphaned_clusters()
     # Not under pytest's tmp dir: that is 0700 root, and the cluster runs as `postgres`.
-    workdir = Path(tempfile.mkdtemp(prefix="wrenn-test-pg-"))
+    workdir = Path(tempfile.mkdtemp(prefix=WORKDIR_PREFIX))
+    (workdir / OWNER_FILE).write_text(f"{os.getpid()}\n")
     proc = subprocess.run(
         [str(START), str(workdir)], capture_output=True, text=True, timeout=120, check=False
     )
@@ -49,6 +53,34 @@ def pg_server() -> Iterator[str]:
     finally:
         subprocess.run([str(START), "--stop", str(workdir)], capture_output=True, check=False)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def stop_orphaned_clusters(tmp: Path | None = None) -> list[Path]:
+    """Stop and remove the clusters of test sessions that were killed (SIGKILL, a
+    `timeout` around pytest: their fixture's cleanup never ran), so they do not pile
+    up. Only a cluster whose recorded session is gone: another session running beside
+    this one keeps its own; one from before sessions were recorded is left alone."""
+    stopped = []
+    for workdir in sorted((tmp or Path(tempfile.gettempdir())).glob(f"{WORKDIR_PREFIX}*")):
+        try:
+            owner = int((workdir / OWNER_FILE).read_text().strip())
+        except (OSError, ValueError):
+            continue
+        if session_alive(owner):
+            continue
+        subprocess.run([str(START), "--stop", str(workdir)], capture_output=True, check=False)
+        shutil.rmtree(workdir, ignore_errors=True)
+        stopped.append(workdir)
+    return stopped
+
+
+def session_alive(pid: int) -> bool:
+    """Whether `pid` is still a pytest session (a reused pid runs something else)."""
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"pytest" in cmdline
 
 
 @pytest.fixture(scope="session")
