@@ -608,3 +608,25 @@ def test_sync_one_reads_one_host_and_drops_it_once_unreachable(db_url: str, tmp_
             await pool.aclose()
 
     run(db_url, tmp_path, body, hosts=2)
+
+
+def test_a_fork_is_admitted_on_its_sources_host(db_url: str, tmp_path: Path) -> None:
+    """Fork children map their source's memory, so they go on its host: only if they fit."""
+
+    async def body(c: Cluster) -> None:
+        r = await c.client.post("/api/v1/capsules", json={"memory_mb": 512})
+        assert r.status_code == 201, r.text
+        source = r.json()["id"]
+        await c.settle()
+        # 1024 MiB: room for one more 512, not two (all or nothing, nothing inserted).
+        r = await c.client.post(f"/api/v1/capsules/{source}/fork", json={"count": 2})
+        assert r.status_code == 503, r.text
+        assert r.json()["error"]["code"] == "capacity_unavailable"
+        assert [x["id"] for x in (await c.client.get("/api/v1/capsules")).json()] == [source]
+        r = await c.client.post(f"/api/v1/capsules/{source}/fork", json={"count": 1})
+        assert r.status_code == 201, r.text
+        r = await c.client.post(f"/api/v1/capsules/{source}/fork", json={"count": 1})
+        assert r.status_code == 503, r.text
+        assert len((await c.client.get("/api/v1/capsules")).json()) == 2
+
+    run(db_url, tmp_path, body, hosts=1)

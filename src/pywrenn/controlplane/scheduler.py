@@ -137,6 +137,29 @@ async def pick_host(
     )
 
 
+async def admit_on(
+    session: AsyncSession, *, host: Host, request: Request, count: int, policy: Policy
+) -> None:
+    """Admission for `count` capsules of `request` that can run only on `host` (a fork's
+    children map their source's memory there): the host is locked as `pick_host` locks
+    its choice, until the caller commits, and its usage counted under the lock;
+    CapacityUnavailable (503) if they do not all fit."""
+    await _lock_first_free(session, [host])
+    used = (await _usage(session, [host.id], policy)).get(host.id, Usage())
+    together = Request(
+        team_id=request.team_id,
+        template=request.template,
+        vcpus=request.vcpus * count,
+        memory_mb=request.memory_mb * count,
+        disk_mb=request.disk_mb * count,
+    )
+    if not _fits(host, used, together, policy):
+        raise CapacityUnavailable(
+            f"capacity_unavailable: the host of this capsule has no room for {count} more of "
+            f"{request.vcpus} vCPU and {request.memory_mb} MiB"
+        )
+
+
 def _why_none(request: Request) -> str:
     return f" (template {request.template!r})"
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sqlalchemy.ext.asyncio import AsyncSession
+
 from pywrenn.hostagent.wire import ForkRequest
 
-from ..db.models import Capsule
-from ..errors import ControlPlaneError, InvalidInput
+from ..db.models import Capsule, Host
+from ..errors import ControlPlaneError, HostUnavailable, InvalidInput
+from ..scheduler import Request, admit_on, scheduler_policy
 from ..schemas.wrenn import MAX_FORK
 from ..states import CapsuleStatus
 from . import capsules, limits
@@ -31,15 +34,7 @@ async def fork_capsule(ctx: RequestContext, capsule_id: str, count: int) -> list
     session, team_id, now, actor = ctx.session, ctx.team_id, ctx.now, ctx.actor
     source = await running(session, team_id=team_id, capsule_id=capsule_id, wanted="fork")
     host = ctx.hosts.client(source.host_id)
-    # Every child counts against the team's limits: check and insert all under one lock.
-    await limits.reserve_capsules(
-        session,
-        team_id=team_id,
-        defaults=ctx.team_limits,
-        count=count,
-        vcpus=source.vcpus,
-        memory_mb=source.memory_mb,
-    )
+    await _admit_children(ctx, source, count)
     children = [
         capsules.add_capsule_nocommit(
             session,
@@ -93,3 +88,41 @@ async def fork_capsule(ctx: RequestContext, capsule_id: str, count: int) -> list
             action=(action_spec(child, "capsule.create"), actor),
         )
     return [await capsules.get_capsule(session, team_id=team_id, capsule_id=i) for i in ids]
+
+
+async def _admit_children(ctx: RequestContext, source: Capsule, count: int) -> None:
+    """The children can go only where the source runs: admitted there as a create is
+    (the host locked first, then the team, the order `begin_create` takes them in), and
+    counted against the team's limits, all under those locks until the insert commits."""
+    session = ctx.session
+    try:
+        await admit_on(
+            session,
+            host=await _host_row(session, source),
+            request=Request(
+                team_id=ctx.team_id,
+                template=source.template,
+                vcpus=source.vcpus,
+                memory_mb=source.memory_mb,
+            ),
+            count=count,
+            policy=scheduler_policy(ctx.settings),
+        )
+        await limits.reserve_capsules(
+            session,
+            team_id=ctx.team_id,
+            defaults=ctx.team_limits,
+            count=count,
+            vcpus=source.vcpus,
+            memory_mb=source.memory_mb,
+        )
+    except BaseException:
+        await session.rollback()  # let go of the host's and the team's locks at once
+        raise
+
+
+async def _host_row(session: AsyncSession, source: Capsule) -> Host:
+    host = await session.get(Host, source.host_id) if source.host_id else None
+    if host is None:
+        raise HostUnavailable(f"host_unavailable: the host of {capsules.api_id(source)} is gone")
+    return host
