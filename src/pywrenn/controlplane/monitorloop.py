@@ -16,9 +16,10 @@ rules (missing, confirmed dead, auto-paused, paused on the host) live in
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import uuid
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import select
@@ -84,7 +85,8 @@ class HostMonitor:
                 if last is None:
                     continue  # pending: never registered yet
                 if now - last > self._silence:
-                    await self._guarded(host_id, self._apply(host_id, HOST_UNREACHABLE))
+                    unreachable = functools.partial(self._apply, host_id, HOST_UNREACHABLE)
+                    await self._guarded(host_id, unreachable)
                     continue
             if host_id in clients:  # else: not yet synced, or another node's
                 listed.append((host_id, kind == "registered"))
@@ -98,12 +100,14 @@ class HostMonitor:
                 if report is not None:
                     await self._apply(host_id, report)
 
-        await asyncio.gather(*(self._guarded(h, check(h, r)) for h, r in listed))
+        # Each check's coroutine is made inside its guard's task: made here, one whose task a
+        # cancelled round never started would be left unawaited.
+        await asyncio.gather(*(self._guarded(h, functools.partial(check, h, r)) for h, r in listed))
 
     @staticmethod
-    async def _guarded(host_id: uuid.UUID, work: Awaitable[None]) -> None:
+    async def _guarded(host_id: uuid.UUID, work: Callable[[], Awaitable[None]]) -> None:
         try:
-            await work
+            await work()
         except Exception:  # one bad host must not stop the round
             log.exception("monitor: round for host %s failed", host_id)
 
