@@ -39,6 +39,7 @@ from .deps import API_KEY_SCHEME
 from .e2b import router as e2b_api
 from .e2b.deadlines import Deadlines
 from .errors import ENVELOPE_SCHEMA, install_error_handlers
+from .execpath import ExecFastPath
 from .gate import ApiGate, is_unkeyed
 from .healthprobe import DatabaseProbe
 from .hostclient import HostAgentAPI, HostClient, file_token
@@ -83,18 +84,24 @@ HOT_READ_POOL_SIZE = 8
 
 
 class ControlPlaneApp(FastAPI):
-    """FastAPI, with GET a capsule and `/health` answered first in their common case
-    (hotpaths.py), ahead of the middlewares below and of FastAPI's own per-request work
-    (its telemetry check, its error layers, routing): anything else goes on unchanged.
-    The fast path's answers are not seen by FastAPI's OpenTelemetry instruments."""
+    """FastAPI, with GET a capsule, `/health` (hotpaths.py) and exec (execpath.py)
+    answered first in their common case, ahead of the middlewares below and of FastAPI's
+    own per-request work (its telemetry check, its error layers, routing): anything else
+    goes on unchanged. The fast paths' answers are not seen by FastAPI's OpenTelemetry
+    instruments."""
 
     hot_paths = HotPaths()
+    exec_path = ExecFastPath()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             scope["app"] = self  # what Starlette sets for the layers below
             if await self.hot_paths.serve(scope, send):
                 return
+            rest = await self.exec_path.serve(scope, receive, send)
+            if rest is None:
+                return
+            receive = rest
         await super().__call__(scope, receive, send)
 
 

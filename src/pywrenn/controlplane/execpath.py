@@ -1,0 +1,174 @@
+"""`POST …/capsules/{id}/exec`, the hottest write, answered ahead of the API's layers.
+
+Owns: `ExecFastPath`, which the app asks after the hot reads (`app.ControlPlaneApp`). It
+serves an exec itself when the request is the common one: an `X-API-Key` that the gate's
+own check accepts (`deps.authenticate_request`), a JSON body within the gate's cap that
+`ExecBody` takes as FastAPI would take it (parsed, then validated in Python mode), not
+for the port proxy, and a capsule the route would run it in (`guest.find_target`, the
+route's own lookup: the team's running capsule). Anything else goes on to the full app
+with the body it read replayed, so every refusal (no or a bad key, a body too large or
+malformed, another team's capsule, one not running) is the app's own answer, byte for
+byte. Once the capsule is found the exec is ours: its result, its timeout and any error
+of the host's are answered as the route and the app's error handlers answer them (the
+same models, the same envelope). tests/unit/test_cp_execpath.py compares the two.
+Why: FastAPI's routing, dependency solving and the middlewares in front of the routes
+cost the control plane more CPU per exec than the exec's own work (docs/performance.md,
+"Exec without a tax").
+Knows nothing of: any other route.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from typing import Any
+
+from pydantic import ValidationError
+from starlette.datastructures import Headers, State
+from starlette.types import Message, Receive, Scope, Send
+
+from .deps import authenticate_request
+from .errors import CommandTimedOut, ControlPlaneError, envelope
+from .gate import MAX_JSON_BODY
+from .proxy.routing import route_of
+from .schemas.wrenn import ExecBody
+from .services import guest, timeouts
+
+log = logging.getLogger(__name__)
+
+_EXEC_PATH = re.compile(r"(?:/api)?/v1/capsules/([^/]+)/exec\Z")
+_JSON = b"application/json"
+
+
+class ExecFastPath:
+    """Called by the app for every HTTP request the hot reads did not answer."""
+
+    async def serve(self, scope: Scope, receive: Receive, send: Send) -> Receive | None:
+        """None when this answered the request; otherwise the `receive` the full app
+        must read the request from (what this read of its body, then the rest)."""
+        if scope["method"] != "POST":
+            return receive
+        match = _EXEC_PATH.match(scope["path"])
+        if match is None:
+            return receive
+        state: State = scope["app"].state
+        headers = Headers(scope=scope)
+        if not _plain(scope, state, headers):
+            return receive
+        try:
+            caller = await authenticate_request(state, headers, "POST")
+        except Exception:  # refused, or the database: the gate answers it
+            return receive
+        read, body = await _read_body(receive)
+        replay = _replaying(read, receive)
+        if body is None:
+            return replay  # too large, or the client left: the gate answers it
+        request = _exec_body(body)
+        if request is None:
+            return replay  # the route's validation answers it
+        try:
+            target = await guest.find_target(
+                state.sessions,
+                pool=state.hosts,
+                team_id=caller.team_id,
+                capsule_id=match.group(1),
+                now=state.clock(),
+                wanted="exec",
+            )
+        except Exception:  # not found, not running, the database: the route answers it
+            return replay
+        await _run(target, request, send)
+        return None
+
+
+async def _run(target: guest.Target, request: ExecBody, send: Send) -> None:
+    """The route's work and its answers (`routes/exec.py`), errors as the app's handlers
+    give them (`errors.install_error_handlers`)."""
+    try:
+        if request.background:
+            started = await guest.exec_background(target, request)
+            await _send_json(send, 202, started.model_dump_json().encode())
+            return
+        result = await guest.exec_foreground(target, request)
+        timeouts.raise_if_timed_out(result, request.timeout_sec)
+    except ControlPlaneError as exc:
+        if exc.status >= 500 and not isinstance(exc, CommandTimedOut):
+            log.error("request failed: %s", exc.message)
+        await _send_json(send, exc.status, envelope(exc.status, exc.code, exc.message).body)
+        return
+    except Exception:
+        log.exception("unhandled error on POST exec")
+        failed = envelope(500, "internal_error", "internal_error: unexpected server error")
+        await _send_json(send, 500, failed.body)
+        return
+    await _send_json(send, 200, result.model_dump_json().encode())
+
+
+def _plain(scope: Scope, state: State, headers: Headers) -> bool:
+    """A JSON body within the gate's cap (by its declared length, if any), for the API
+    (not the port proxy)."""
+    media = headers.get("content-type", "").partition(";")[0].strip().lower()
+    if media != "application/json":
+        return False
+    declared = headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_JSON_BODY):
+        return False
+    try:
+        return route_of(scope, state.settings.proxy_domain) is None
+    except Exception:  # a malformed proxy request: the proxy's own answer
+        return False
+
+
+async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:
+    """The messages read, and the body: None if it passed the gate's cap (reading stops
+    there) or the client went away."""
+    read: list[Message] = []
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        read.append(message)
+        if message["type"] != "http.request":
+            return read, None
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_JSON_BODY:
+            return read, None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return read, b"".join(chunks)
+
+
+def _replaying(read: list[Message], receive: Receive) -> Receive:
+    """A `receive` that gives `read` again, then what is left of the request."""
+    pending = list(read)
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay
+
+
+def _exec_body(body: bytes) -> ExecBody | None:
+    """The body as FastAPI takes it (JSON, then the model in Python mode), or None."""
+    try:
+        parsed: Any = json.loads(body)
+    except ValueError:
+        return None
+    if not isinstance(parsed, dict):
+        return None
+    try:
+        return ExecBody.model_validate(parsed)
+    except ValidationError:
+        return None
+
+
+async def _send_json(send: Send, status: int, body: bytes | memoryview) -> None:
+    """What `Response(body, media_type="application/json")` sends, without building one."""
+    payload = bytes(body)
+    headers = [(b"content-length", str(len(payload)).encode()), (b"content-type", _JSON)]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": payload})
