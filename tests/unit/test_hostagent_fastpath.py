@@ -22,7 +22,7 @@ from starlette.types import Message, Receive, Scope, Send
 from pywrenn.envd.server import AgentServer
 from pywrenn.envdclient import EnvdClient
 from pywrenn.envdclient._h1 import H1Pool
-from pywrenn.hostagent.app import create_app
+from pywrenn.hostagent.app import HostAgentApp, create_app
 from pywrenn.hostagent.fakenet import FakeHostNetwork
 from pywrenn.hostagent.fastpath import ProcessFastPath
 from pywrenn.hostagent.guest_ops import GuestService
@@ -64,6 +64,8 @@ async def agent(tmp_path: Path, envd_server: AgentServer) -> AsyncIterator[Agent
     await manager.create(CreateRequest(capsule_id=CAPSULE, memory_mb=256))
     plain = create_app(manager, token=TOKEN, run_loops=False)
     plain.user_middleware = [m for m in plain.user_middleware if m.cls is not ProcessFastPath]
+    assert isinstance(plain, HostAgentApp)
+    plain.front = None  # ... nor the gate and fast path ahead of FastAPI's outer layers
     try:
         yield Agent(manager, create_app(manager, token=TOKEN, run_loops=False), plain)
     finally:
@@ -240,3 +242,42 @@ async def test_a_client_gone_before_its_body_gets_no_answer(agent: Agent) -> Non
     fast = ProcessFastPath(behind, guest=GuestService(agent.manager))
     sent = await drive(fast, EXEC, [b'{"cmd": ', b""], disconnect=True)
     assert sent == [] and behind.bodies == []
+
+
+async def test_an_unexpected_error_is_answered_as_the_full_app_answers_it(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def broken(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(GuestService, "exec", broken)
+    body = b'{"cmd": "/bin/true"}'
+    answers = []
+    for app in (agent.fast, agent.plain):
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://agent") as client:
+            answers.append(await client.post(EXEC, content=body, headers=JSON))
+    fast, plain = answers
+    assert fast.status_code == plain.status_code == 500
+    assert fast.content == plain.content
+    assert fast.json()["error"]["code"] == "internal"
+
+
+async def test_a_fast_route_skips_fastapis_outer_layers(
+    agent: Agent, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The app sends an exec to its gate and fast path first; other routes go through
+    FastAPI's own stack (a refusal of an exec, too: the fast path hands it on)."""
+    through_fastapi: list[str] = []
+    full = FastAPI.__call__
+
+    async def counted(self: FastAPI, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            through_fastapi.append(scope["path"])
+        await full(self, scope, receive, send)
+
+    monkeypatch.setattr(FastAPI, "__call__", counted)
+    served = await post(agent.fast, EXEC, b'{"cmd": "/bin/true"}', JSON)
+    assert served.status_code == 200 and through_fastapi == []
+    other = await post(agent.fast, f"/v1/capsules/{CAPSULE}", b"", AUTH)
+    assert other.status_code == 405 and through_fastapi == [f"/v1/capsules/{CAPSULE}"]

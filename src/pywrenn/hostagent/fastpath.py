@@ -108,6 +108,12 @@ class ProcessFastPath:
         await response(scope, receive, send)
 
 
+def is_fast(scope: Scope) -> bool:
+    """Whether this request is for one of the fast routes (a JSON POST to one of
+    `ROUTES`): the app sends those to the gate and this fast path first (app.py)."""
+    return _match(scope) is not None
+
+
 def _match(scope: Scope) -> tuple[FastRoute, str] | None:
     """The fast route and capsule id for a JSON POST to one of `ROUTES`, else None.
     Under a root path (a mounted app) nothing is fast: Starlette strips it first."""
