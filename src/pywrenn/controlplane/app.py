@@ -2,10 +2,11 @@
 
 Owns: assembling routers (under `/api/v1` as the SDK's default base URL expects, and
 bare `/v1`; E2B's REST API at the root, `e2b/`), the lifespan (migrate, open the engine,
-register the local host agent and its client, open the TaskGroup that owns background
-work and the E2B deadline loop; undo all of it on the way out), `/health`, the error
-handlers, and `ControlPlaneApp`, which lets `hotpaths.py` answer the two hottest reads
-before the rest of the app sees them. OpenAPI is served at `/openapi.json`, docs at `/docs`.
+register the local host agent and its client, make the SSE event feed, open the TaskGroup
+that owns background work and the E2B deadline loop; undo all of it on the way out),
+`/health`, the error handlers, and `ControlPlaneApp`, which lets `hotpaths.py` answer the
+two hottest reads before the rest of the app sees them. OpenAPI is served at
+`/openapi.json`, docs at `/docs`.
 Knows nothing of: what the routes do.
 """
 
@@ -39,6 +40,7 @@ from .deps import API_KEY_SCHEME
 from .e2b import router as e2b_api
 from .e2b.deadlines import Deadlines
 from .errors import ENVELOPE_SCHEMA, install_error_handlers
+from .eventfeed import EventFeed
 from .gate import ApiGate, is_unkeyed
 from .healthprobe import DatabaseProbe
 from .hostclient import HostAgentAPI, HostClient, file_token
@@ -168,6 +170,10 @@ def _lifespan(
             app.state.sessions = make_session_factory(
                 engine, info={SESSION_KEY: app.state.status_watch}
             )
+            # One poll of the events table for every SSE stream here (eventfeed.py); its
+            # streams end, and its task stops, before the engine closes.
+            app.state.event_feed = EventFeed(app.state.sessions)
+            stack.push_async_callback(app.state.event_feed.aclose)
             pool = HostPool(tls=_agent_tls(settings))
             stack.push_async_callback(pool.aclose)
             if local_host:
