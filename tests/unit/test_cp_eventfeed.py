@@ -34,6 +34,7 @@ pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
 WITHIN_S = 15.0  # generous: a shared machine; each wait is over far sooner
 
 StartHook = Callable[[], Awaitable[None]]
+CONNECTED = json.dumps({"event": "connected", "timestamp": NOW.isoformat()})
 
 
 class SSEClient:
@@ -99,11 +100,8 @@ class SSEClient:
         return out
 
     async def connected(self) -> SSEClient:
-        assert await self.next() == ("connected", await self._connected_data())
+        assert await self.next() == ("connected", CONNECTED)
         return self
-
-    async def _connected_data(self) -> str:
-        return json.dumps({"event": "connected", "timestamp": NOW.isoformat()})
 
     async def close(self) -> None:
         self._gone.set()
