@@ -2,10 +2,11 @@
 
 Owns: assembling routers (under `/api/v1` as the SDK's default base URL expects, and
 bare `/v1`; E2B's REST API at the root, `e2b/`), the lifespan (migrate, open the engine,
-register the local host agent and its client, open the TaskGroup that owns background
-work and the E2B deadline loop; undo all of it on the way out), `/health`, the error
-handlers, and `ControlPlaneApp`, which lets `hotpaths.py` answer the two hottest reads
-before the rest of the app sees them. OpenAPI is served at `/openapi.json`, docs at `/docs`.
+register the local host agent and its client, make the SSE event feed, open the TaskGroup
+that owns background work and the E2B deadline loop; undo all of it on the way out),
+`/health`, the error handlers, and `ControlPlaneApp`, which lets `hotpaths.py` answer the
+two hottest reads and `execpath.py` an exec before the rest of the app sees them. OpenAPI
+is served at `/openapi.json`, docs at `/docs`.
 Knows nothing of: what the routes do.
 """
 
@@ -20,7 +21,7 @@ from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from pywrenn.layout import Layout
@@ -39,6 +40,7 @@ from .deps import API_KEY_SCHEME
 from .e2b import router as e2b_api
 from .e2b.deadlines import Deadlines
 from .errors import ENVELOPE_SCHEMA, install_error_handlers
+from .eventfeed import EventFeed
 from .execpath import ExecFastPath
 from .gate import ApiGate, is_unkeyed
 from .healthprobe import DatabaseProbe
@@ -159,22 +161,7 @@ def _lifespan(
         # Alembic is sync; run it off the loop, once, before the first request is served.
         await asyncio.to_thread(upgrade_to_head, url)
         async with AsyncExitStack() as stack:
-            engine = make_engine(url, pool_size=settings.database_pool_size)
-            stack.push_async_callback(engine.dispose)
-            app.state.engine = engine
-            # The hot paths' reads (db/reads.py).
-            app.state.reader = reads.reader(engine, url, pool_size=HOT_READ_POOL_SIZE)
-            stack.push_async_callback(app.state.reader.aclose)
-            # The served-first hot paths' reads, by the driver itself (hotpaths.py).
-            app.state.raw_reader = raw_reader(url, pool_size=HOT_READ_POOL_SIZE)
-            if app.state.raw_reader is not None:
-                stack.push_async_callback(app.state.raw_reader.aclose)
-            app.state.health_probe = DatabaseProbe(app.state.reader)
-            # Status moves wake requests waiting for their capsule (statuswatch.py).
-            app.state.status_watch = StatusWatch(budget_s=settings.capsule_wait_s)
-            app.state.sessions = make_session_factory(
-                engine, info={SESSION_KEY: app.state.status_watch}
-            )
+            engine = _open_database(app, url, settings, stack)
             pool = HostPool(tls=_agent_tls(settings))
             stack.push_async_callback(pool.aclose)
             if local_host:
@@ -225,6 +212,31 @@ def _lifespan(
                     runner.cancel_all()  # a build is minutes long; a stop must not wait
 
     return lifespan
+
+
+def _open_database(
+    app: FastAPI, url: str, settings: ControlPlaneSettings, stack: AsyncExitStack
+) -> AsyncEngine:
+    """The engine, and what reads through it on the app's state (closed by `stack`)."""
+    engine = make_engine(url, pool_size=settings.database_pool_size)
+    stack.push_async_callback(engine.dispose)
+    app.state.engine = engine
+    # The hot paths' reads (db/reads.py).
+    app.state.reader = reads.reader(engine, url, pool_size=HOT_READ_POOL_SIZE)
+    stack.push_async_callback(app.state.reader.aclose)
+    # The served-first hot paths' reads, by the driver itself (hotpaths.py).
+    app.state.raw_reader = raw_reader(url, pool_size=HOT_READ_POOL_SIZE)
+    if app.state.raw_reader is not None:
+        stack.push_async_callback(app.state.raw_reader.aclose)
+    app.state.health_probe = DatabaseProbe(app.state.reader)
+    # Status moves wake requests waiting for their capsule (statuswatch.py).
+    app.state.status_watch = StatusWatch(budget_s=settings.capsule_wait_s)
+    app.state.sessions = make_session_factory(engine, info={SESSION_KEY: app.state.status_watch})
+    # One poll of the events table for every SSE stream here (eventfeed.py); its streams
+    # end, and its task stops, before the engine closes.
+    app.state.event_feed = EventFeed(app.state.sessions)
+    stack.push_async_callback(app.state.event_feed.aclose)
+    return engine
 
 
 HOST_SYNC_INTERVAL_S = 2.0

@@ -1,16 +1,22 @@
 """`GET /v1/events/stream`: the team's lifecycle events as Server-Sent Events (§6).
 
-The stream opens with a `connected` event, then relays each new row of the events table
-(polled: one database serves every listener, and a second apart is soon enough for a
-dashboard), with `:keepalive` comments in quiet spells so proxies keep the socket open.
+The stream opens with a `connected` event, then relays each of its team's event rows
+newer than the newest at connect, with `:keepalive` comments in quiet spells so proxies
+keep the socket open. New rows come from the control plane's one shared poll of the
+events table (`eventfeed.py`); the rows committed between the stream's start and its
+joining the feed it reads itself, once. A stream the feed had to let go (too far behind,
+or the app stopping) ends; the SDK reconnects.
 The stream holds a `streams` lease: it counts against the team's open-stream limit
 (429 `limit_exceeded` past it), and it ends, cleanly, once its API key is revoked.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
+import logging
+import uuid
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
@@ -18,35 +24,19 @@ from fastapi.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from ..context import RequestContext
-from ..db.models import Capsule
 from ..deps import ContextDep
 from ..errors import LimitExceeded, envelope
-from ..schemas.wrenn import SSEEventPublic
-from ..services import capsules, events
+from ..eventfeed import EventFeed, Subscription, frame, frames_of, rows_after
+from ..services import events
 from ..streams import Lease, lease_for
+
+log = logging.getLogger(__name__)
 
 router = APIRouter(prefix="/v1/events", tags=["events"])
 
-POLL_S = 1.0
 KEEPALIVE_S = 15.0
-# Event kinds the SDK's enum knows; anything else would kill its iterator.
-SDK_EVENTS = frozenset(
-    {
-        "capsule.create",
-        "capsule.pause",
-        "capsule.resume",
-        "capsule.destroy",
-        "capsule.state.changed",
-        "template.snapshot.create",
-        "template.snapshot.delete",
-        "host.up",
-        "host.down",
-    }
-)
-
-
-def frame(kind: str, payload: str) -> bytes:
-    return f"event: {kind}\ndata: {payload}\n\n".encode()
+RETRY_S = 1.0  # after a failed catch-up read, before the next try
+REVOKE_CHECK_S = 3600.0  # a revocation wakes the wait at once; this only bounds one wait
 
 
 @router.get("/stream")
@@ -74,7 +64,13 @@ class LeasedStream(StreamingResponse):
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
             async with self.lease:
-                await super().__call__(scope, receive, send)
+                try:
+                    await super().__call__(scope, receive, send)
+                finally:
+                    # A stream cancelled while sending (the client went) is closed here,
+                    # leaving the event feed now rather than when it is collected.
+                    if isinstance(self.body_iterator, AsyncGenerator):
+                        await self.body_iterator.aclose()
         except LimitExceeded as exc:  # raised on entry, before anything was sent
             await envelope(exc.status, exc.code, exc.message)(scope, receive, send)
 
@@ -82,26 +78,61 @@ class LeasedStream(StreamingResponse):
 async def event_frames(
     request: Request, ctx: RequestContext, *, after: int, lease: Lease
 ) -> AsyncIterator[bytes]:
-    connected = {"event": "connected", "timestamp": ctx.clock().isoformat()}
-    yield frame("connected", json.dumps(connected))
-    quiet = 0.0
-    while not await request.is_disconnected():
-        async with ctx.sessions() as session:
-            rows = await events.since(session, team_id=ctx.team_id, after=after)
-            for row in rows:
-                after = row.id
-                if row.event not in SDK_EVENTS:
-                    continue
-                sandbox = None
-                if row.resource_type == "capsule":
-                    key = capsules.row_key(row.resource_id)
-                    sandbox = await session.get(Capsule, key) if key else None
-                yield frame(row.event, SSEEventPublic.of(row, sandbox).model_dump_json())
-        if rows:
-            quiet = 0.0
-        elif quiet >= KEEPALIVE_S:
-            quiet = 0.0
-            yield b":keepalive\n\n"
-        if await lease.wait_revoked(POLL_S):
-            return  # the key was revoked: end the stream (the SDK's iterator just stops)
-        quiet += POLL_S
+    feed: EventFeed = request.app.state.event_feed
+    sub = feed.subscribe(ctx.team_id, after=after)
+    revoked = asyncio.create_task(_wake_on_revoke(lease, sub), name="sse-revoke-wake")
+    try:
+        connected = {"event": "connected", "timestamp": ctx.clock().isoformat()}
+        yield frame("connected", json.dumps(connected))
+        loop = asyncio.get_running_loop()
+        last_sent = loop.time()
+        caught_up = False
+        while not await request.is_disconnected():
+            if lease.revoked:
+                return  # the key was revoked: end the stream (the SDK's iterator just stops)
+            if sub.ended:
+                log.info("event stream of team %s ended: %s", ctx.team_id, sub.ended)
+                return
+            out: list[bytes] = []
+            if not caught_up and sub.handoff is not None:
+                try:
+                    out = await _catch_up(ctx, ctx.team_id, after, sub.handoff)
+                    caught_up = True
+                except Exception:  # the database; the feed keeps this stream's rows meanwhile
+                    log.warning("event stream catch-up failed; retrying", exc_info=True)
+            if caught_up:
+                out += sub.take()
+            if out:
+                yield b"".join(out)
+                last_sent = loop.time()
+            elif loop.time() - last_sent >= KEEPALIVE_S:
+                yield b":keepalive\n\n"
+                last_sent = loop.time()
+            if not caught_up and sub.handoff is not None:
+                await asyncio.sleep(RETRY_S)  # only after a failed catch-up
+                continue
+            await sub.wait(max(0.0, KEEPALIVE_S - (loop.time() - last_sent)))
+    finally:
+        sub.close()
+        revoked.cancel()
+        await asyncio.wait([revoked])
+
+
+async def _catch_up(ctx: RequestContext, team_id: uuid.UUID, after: int, until: int) -> list[bytes]:
+    """The frames of the team's rows in (after, until]: committed after the stream
+    started and before it joined the feed, which only delivers rows past `until`."""
+    out: list[bytes] = []
+    async with ctx.sessions() as session:
+        while after < until:
+            rows = await rows_after(session, after=after, until=until, team_id=team_id)
+            if not rows:
+                break
+            out += [data for _, data in await frames_of(session, rows)]
+            after = rows[-1].id
+    return out
+
+
+async def _wake_on_revoke(lease: Lease, sub: Subscription) -> None:
+    while not await lease.wait_revoked(REVOKE_CHECK_S):
+        pass
+    sub.wake()

@@ -1,8 +1,8 @@
 """The audit and lifecycle log: one row per thing that happened, for the SSE stream.
 
 Owns: `Actor` and `record_nocommit`, which adds an event to the caller's transaction so it
-commits (or not) together with the change it describes; `latest_id` and `since`, which
-the SSE stream polls.
+commits (or not) together with the change it describes; `latest_id`, where a new SSE
+stream starts (its rows are read by `eventfeed.py`).
 Knows nothing of: SSE framing or who listens.
 """
 
@@ -69,16 +69,3 @@ async def latest_id(session: AsyncSession, *, team_id: uuid.UUID) -> int:
     """The newest event id a team can see (0 if none): where a fresh stream starts."""
     found = await session.scalar(select(func.max(Event.id)).where(Event.team_id == team_id))
     return int(found or 0)
-
-
-async def since(
-    session: AsyncSession, *, team_id: uuid.UUID, after: int, limit: int = 500
-) -> list[Event]:
-    """A team's events newer than `after`, oldest first."""
-    rows = await session.scalars(
-        select(Event)
-        .where(Event.team_id == team_id, Event.id > after)
-        .order_by(Event.id)
-        .limit(limit)
-    )
-    return list(rows)
