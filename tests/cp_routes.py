@@ -73,6 +73,20 @@ class Harness:
             _, plaintext = await keys.create_key(session, team_id=team.id, name="o", now=NOW)
         return plaintext
 
+    def without_fast_paths(self) -> httpx.AsyncClient:
+        """A client of the app without its fast paths (hotpaths.py, execpath.py): what
+        every request got before them, to compare their answers with."""
+        app = self.app
+
+        async def full_app(scope: Scope, receive: Receive, send: Send) -> None:
+            await FastAPI.__call__(app, scope, receive, send)
+
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=full_app),
+            base_url="http://cp",
+            headers={"X-API-Key": self.key},
+        )
+
     def ws(
         self, path: str, *, key: str | None = None
     ) -> AbstractAsyncContextManager[AsyncWebSocketSession]:

@@ -8,6 +8,7 @@ Run under the VM lock."""
 from __future__ import annotations
 
 import re
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -90,13 +91,22 @@ def test_echo_hello_in_a_real_capsules_terminal(node: Node, browser: Browser) ->
     expect(caption).to_contain_text(re.compile(r"Network \((KiB|MiB)/s\)"), timeout=60_000)
     expect(network.locator("polyline.series.rx")).to_have_count(1)
     expect(network.locator("polyline.series.tx")).to_have_count(1)
-    answer = page.request.get(f"{url}/api/v1/capsules/{cid}/metrics?range=10m")
-    assert answer.ok, answer.text()
-    points = answer.json()["points"]
-    received = [p["net_rx_bps"] for p in points if p["net_rx_bps"] is not None]
-    sent = [p["net_tx_bps"] for p in points if p["net_tx_bps"] is not None]
-    assert max(received) >= MOVED_BPS, received  # the upload, into the guest
-    assert max(sent) >= MOVED_BPS, sent  # the download, out of it
+    # The upload and the download may fall in different samples (one every 5 s): wait
+    # for the sample that holds each.
+    received: list[float] = []
+    sent: list[float] = []
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        answer = page.request.get(f"{url}/api/v1/capsules/{cid}/metrics?range=10m")
+        assert answer.ok, answer.text()
+        points = answer.json()["points"]
+        received = [p["net_rx_bps"] for p in points if p["net_rx_bps"] is not None]
+        sent = [p["net_tx_bps"] for p in points if p["net_tx_bps"] is not None]
+        if max(received, default=0) >= MOVED_BPS and max(sent, default=0) >= MOVED_BPS:
+            break
+        page.wait_for_timeout(1000)
+    assert max(received, default=0) >= MOVED_BPS, received  # the upload, into the guest
+    assert max(sent, default=0) >= MOVED_BPS, sent  # the download, out of it
     assert min(received + sent) >= 0
     shot(page, "vm-capsule-network")
 

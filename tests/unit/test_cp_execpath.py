@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Message, Scope
 
 from pywrenn.controlplane.app import ControlPlaneApp
 from pywrenn.controlplane.execpath import ExecFastPath
@@ -20,20 +19,6 @@ from tests.cp_routes import Harness, run
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
 
 JSON = "application/json"
-
-
-def _full_app(h: Harness) -> httpx.AsyncClient:
-    """A client of the app without its fast paths: what every exec got before."""
-    app = h.app
-
-    async def without_fast_paths(scope: Scope, receive: Receive, send: Send) -> None:
-        await FastAPI.__call__(app, scope, receive, send)
-
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=without_fast_paths),
-        base_url="http://cp",
-        headers={"X-API-Key": h.key},
-    )
 
 
 def _exec_path(h: Harness) -> ExecFastPath:
@@ -106,7 +91,7 @@ def test_an_exec_is_answered_as_the_route_answers_it(db_url: str, tmp_path: Path
     async def body(h: Harness) -> None:
         cid = await h.capsule()
         key = {"X-API-Key": h.key, "content-type": JSON}
-        async with _full_app(h) as full:
+        async with h.without_fast_paths() as full:
             echo = {"cmd": "/bin/echo", "args": ["hi"]}
             for path in (f"/api/v1/capsules/{cid}/exec", f"/v1/capsules/{cid}/exec"):
                 assert await _same(h, full, path, echo) == 200
@@ -144,7 +129,7 @@ def test_what_the_fast_path_does_not_serve_reaches_the_app_intact(
         path = f"/api/v1/capsules/{cid}/exec"
         echo = {"cmd": "/bin/echo", "args": ["hi"]}
         key = {"X-API-Key": h.key, "content-type": JSON}
-        async with _full_app(h) as full:
+        async with h.without_fast_paths() as full:
             other = {"X-API-Key": await h.other_team_key()}
             unknown = {"X-API-Key": "wrn_" + "0" * 32}
             assert await _same(h, full, path, echo, headers=other) == 404

@@ -16,9 +16,8 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import Executable, event, text
-from starlette.types import Receive, Scope, Send
+from starlette.types import Scope
 
 from pywrenn.controlplane import publicids
 from pywrenn.controlplane.app import ControlPlaneApp
@@ -197,20 +196,6 @@ def test_a_hot_read_on_a_connection_postgresql_dropped_is_retried(
 
 
 # -- the fast path (hotpaths.py): the same answers as the full app, or none at all -------------
-def _full_app(h: Harness) -> httpx.AsyncClient:
-    """A client of the app without its fast path: what every request got before it."""
-    app = h.app
-
-    async def without_fast_path(scope: Scope, receive: Receive, send: Send) -> None:
-        await FastAPI.__call__(app, scope, receive, send)
-
-    return httpx.AsyncClient(
-        transport=httpx.ASGITransport(app=without_fast_path),
-        base_url="http://cp",
-        headers={"X-API-Key": h.key},
-    )
-
-
 def _fast_path(h: Harness) -> HotPaths:
     assert isinstance(h.app, ControlPlaneApp)
     return h.app.hot_paths
@@ -234,7 +219,7 @@ def test_the_fast_path_answers_byte_for_byte_as_the_routes(db_url: str, tmp_path
     async def body(h: Harness) -> None:
         cid = await h.capsule(metadata={"purpose": "hot", "template": "mine"})
         hot = _fast_path(h)
-        async with _full_app(h) as full:
+        async with h.without_fast_paths() as full:
             for path in (f"/api/v1/capsules/{cid}", f"/v1/capsules/{cid}", "/health"):
                 assert await _same_answer(h, full, path) == 200
                 # ... and it was the fast path that answered

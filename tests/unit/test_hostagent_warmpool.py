@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pywrenn.hostagent import warmpool
+from pywrenn.hostagent import netrates, warmpool
 from pywrenn.hostagent.errors import NoCapacity
 from pywrenn.hostagent.manager import CreateRequest
 from pywrenn.hostagent.meta import RUNNING_STATE
@@ -315,3 +315,33 @@ async def test_a_member_the_agent_died_making_is_stopped_though_it_cannot_be_ado
     assert members(second) == []
     assert "reap" in first.runtime.faults.calls
     assert left(second) == NOTHING
+
+
+async def test_a_capsules_network_is_measured_from_when_it_starts_to_run(
+    host: FakeHost, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first sampler round measures from the hand-over (or the restore), so traffic
+    right after a fast create is counted, not lost to the round's missing baseline."""
+    sys_net = tmp_path / "sys-net"
+    monkeypatch.setattr(netrates, "SYS_NET", sys_net)
+
+    def counters(ifname: str, rx: int, tx: int) -> None:
+        stats = sys_net / ifname / "statistics"
+        stats.mkdir(parents=True, exist_ok=True)
+        (stats / "rx_bytes").write_text(f"{rx}\n")
+        (stats / "tx_bytes").write_text(f"{tx}\n")
+
+    for slot in range(8):
+        counters(f"wrn-veth-{slot}", rx=100, tx=200)
+    for n, pool in ((1, "hit"), (2, "hit"), (3, "miss")):
+        info = await host.manager.create(
+            CreateRequest(capsule_id=f"cl-warm00000000004{n}", memory_mb=256)
+        )
+        capsule = host.manager.capsule(info.capsule_id)
+        before = capsule.net_reading
+        assert before is not None, pool
+        assert (before.ifname, before.host_rx_bytes) == (capsule.net.veth_host, 100)
+        counters(capsule.net.veth_host, rx=100, tx=200 + 2 * 1024 * 1024)  # an upload
+        later = netrates.read_veth(capsule.net.veth_host, before.at + 5.0)
+        rates = netrates.guest_rates(before, later)
+        assert rates is not None and rates.rx_bps > 400_000

@@ -26,6 +26,9 @@ class Background:
         task = self._group.create_task(self._guarded(work, name), name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        # A task cancelled before its first step (the app stopping) never awaits `work`:
+        # closed here, it is not reported as a coroutine never awaited. No-op otherwise.
+        task.add_done_callback(lambda _: work.close())
         return task
 
     def pending(self) -> int:

@@ -1,8 +1,8 @@
 """`POST …/capsules/{id}/exec`, the hottest write, answered ahead of the API's layers.
 
 Owns: `ExecFastPath`, which the app asks after the hot reads (`app.ControlPlaneApp`). It
-serves an exec itself when the request is the common one: an `X-API-Key` that the gate's
-own check accepts (`deps.authenticate_request`), a JSON body within the gate's cap that
+serves an exec itself when the request is the common one: an `X-API-Key` (an SDK's) that
+the gate's own check accepts (`deps.authenticate_request`), a JSON body within the gate's cap that
 `ExecBody` takes as FastAPI would take it (parsed, then validated in Python mode), not
 for the port proxy, and a capsule the route would run it in (`guest.find_target`, the
 route's own lookup: the team's running capsule). Anything else goes on to the full app
@@ -28,7 +28,7 @@ from pydantic import ValidationError
 from starlette.datastructures import Headers, State
 from starlette.types import Message, Receive, Scope, Send
 
-from .deps import authenticate_request
+from .deps import API_KEY_HEADER, authenticate_request
 from .errors import CommandTimedOut, ControlPlaneError, envelope
 from .gate import MAX_JSON_BODY
 from .proxy.routing import route_of
@@ -54,8 +54,8 @@ class ExecFastPath:
             return receive
         state: State = scope["app"].state
         headers = Headers(scope=scope)
-        if not _plain(scope, state, headers):
-            return receive
+        if not headers.get(API_KEY_HEADER) or not _plain(scope, state, headers):
+            return receive  # a browser's session (the dashboard) goes the full way
         try:
             caller = await authenticate_request(state, headers, "POST")
         except Exception:  # refused, or the database: the gate answers it

@@ -179,8 +179,9 @@ async def _eligible(
     pinned_to = await _template_host(session, request)
     if pinned_to is not None:
         hosts = [h for h in hosts if h.id == pinned_to]
-    slug = await session.scalar(select(Team.slug).where(Team.id == request.team_id))
-    hosts = _by_tag(hosts, "team:", {f"team:{slug}", f"team:{request.team_id}"})
+    if _any_tagged(hosts, "team:"):  # else no host is any team's: no need for the slug
+        slug = await session.scalar(select(Team.slug).where(Team.id == request.team_id))
+        hosts = _by_tag(hosts, "team:", {f"team:{slug}", f"team:{request.team_id}"})
     hosts = _by_tag(hosts, "template:", {f"template:{request.template}"})
     draining = [h for h in hosts if h.draining]
     if hosts and len(draining) == len(hosts):
@@ -189,6 +190,10 @@ async def _eligible(
             " is draining"
         )
     return [h for h in hosts if not h.draining]
+
+
+def _any_tagged(hosts: list[Host], prefix: str) -> bool:
+    return any(t.startswith(prefix) for h in hosts for t in (h.tags or []))
 
 
 def _by_tag(hosts: list[Host], prefix: str, mine: set[str]) -> list[Host]:

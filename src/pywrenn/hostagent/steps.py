@@ -17,6 +17,7 @@ import contextlib
 import json
 import logging
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -30,6 +31,7 @@ from pywrenn.hostagent.faults import crash_hook, crash_point
 from pywrenn.hostagent.guestlink import GuestConnector
 from pywrenn.hostagent.hostnet import HostNetwork, tap_spec
 from pywrenn.hostagent.meta import RUNNING_STATE, SnapshotMeta, write_json_atomic
+from pywrenn.hostagent.netrates import read_veth
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.slots import SlotAllocator, return_slot_network
 from pywrenn.hostagent.sources import Source, capsule_versions, start_vm
@@ -283,6 +285,10 @@ class LifecycleSteps:
     def attach_guest(self, capsule: Capsule) -> None:
         assert capsule.vm is not None
         capsule.envd = self.connect_guest(capsule.agent_url, access_token=capsule.access_token)
+        # The network's first reading, as the capsule starts to run: the sampler's first
+        # round then measures from here (without it, the traffic until that round, e.g. a
+        # file uploaded right after a warm-pool hit, was never counted).
+        capsule.net_reading = read_veth(capsule.net.veth_host, time.monotonic())
 
     async def close_guest(self, capsule: Capsule) -> None:
         if capsule.envd is not None:
