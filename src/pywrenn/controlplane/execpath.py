@@ -31,6 +31,7 @@ from starlette.types import Message, Receive, Scope, Send
 from .deps import API_KEY_HEADER, authenticate_request
 from .errors import CommandTimedOut, ControlPlaneError, envelope
 from .gate import MAX_JSON_BODY
+from .hotpaths import send_json
 from .proxy.routing import route_of
 from .schemas.wrenn import ExecBody
 from .services import guest, timeouts
@@ -38,7 +39,6 @@ from .services import guest, timeouts
 log = logging.getLogger(__name__)
 
 _EXEC_PATH = re.compile(r"(?:/api)?/v1/capsules/([^/]+)/exec\Z")
-_JSON = b"application/json"
 
 
 class ExecFastPath:
@@ -88,21 +88,21 @@ async def _run(target: guest.Target, request: ExecBody, send: Send) -> None:
     try:
         if request.background:
             started = await guest.exec_background(target, request)
-            await _send_json(send, 202, started.model_dump_json().encode())
+            await send_json(send, 202, started.model_dump_json().encode())
             return
         result = await guest.exec_foreground(target, request)
         timeouts.raise_if_timed_out(result, request.timeout_sec)
     except ControlPlaneError as exc:
         if exc.status >= 500 and not isinstance(exc, CommandTimedOut):
             log.error("request failed: %s", exc.message)
-        await _send_json(send, exc.status, envelope(exc.status, exc.code, exc.message).body)
+        await send_json(send, exc.status, bytes(envelope(exc.status, exc.code, exc.message).body))
         return
     except Exception:
         log.exception("unhandled error on POST exec")
         failed = envelope(500, "internal_error", "internal_error: unexpected server error")
-        await _send_json(send, 500, failed.body)
+        await send_json(send, 500, bytes(failed.body))
         return
-    await _send_json(send, 200, result.model_dump_json().encode())
+    await send_json(send, 200, result.model_dump_json().encode())
 
 
 def _plain(scope: Scope, state: State, headers: Headers) -> bool:
@@ -164,11 +164,3 @@ def _exec_body(body: bytes) -> ExecBody | None:
         return ExecBody.model_validate(parsed)
     except ValidationError:
         return None
-
-
-async def _send_json(send: Send, status: int, body: bytes | memoryview) -> None:
-    """What `Response(body, media_type="application/json")` sends, without building one."""
-    payload = bytes(body)
-    headers = [(b"content-length", str(len(payload)).encode()), (b"content-type", _JSON)]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": payload})

@@ -89,7 +89,7 @@ class HotPaths:
         body = await self._answer(scope)
         if body is None:
             return False
-        await _send_json(send, body)
+        await send_json(send, 200, body)
         return True
 
     async def _answer(self, scope: Scope) -> bytes | None:
@@ -206,8 +206,9 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-async def _send_json(send: Send, body: bytes) -> None:
-    """What `Response(body, media_type="application/json")` sends, without building one."""
+async def send_json(send: Send, status: int, body: bytes) -> None:
+    """What `Response(body, status, media_type="application/json")` sends, without
+    building one (the fast paths': here and execpath.py)."""
     headers = [(b"content-length", str(len(body)).encode()), (b"content-type", _JSON)]
-    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})

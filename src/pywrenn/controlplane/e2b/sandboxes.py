@@ -91,9 +91,7 @@ def _e2b_columns(body: NewSandbox, lists: network.EgressLists) -> dict[str, Any]
         auto_resume=bool(body.auto_resume and body.auto_resume.enabled),
     )
     return {
-        "public_traffic": policy.public_traffic,
-        "traffic_token": policy.traffic_token,
-        "auto_resume": policy.auto_resume,
+        **policy.columns(),
         "on_deadline": "pause" if body.auto_pause else "kill",
         "allow_internet_access": body.allow_internet_access,
         "network": network.stored(lists),

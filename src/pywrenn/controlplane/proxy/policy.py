@@ -24,6 +24,7 @@ import hmac
 import secrets
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import update
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -41,6 +42,14 @@ class ProxyPolicy:
     public_traffic: bool = True
     traffic_token: str | None = None
     auto_resume: bool = True
+
+    def columns(self) -> dict[str, Any]:
+        """The capsule columns that hold it."""
+        return {
+            "public_traffic": self.public_traffic,
+            "traffic_token": self.traffic_token,
+            "auto_resume": self.auto_resume,
+        }
 
 
 def policy_of(row: Capsule) -> ProxyPolicy:
@@ -72,11 +81,7 @@ async def set_policy(session: AsyncSession, *, capsule_key: uuid.UUID, policy: P
     await session.execute(
         update(Capsule)
         .where(Capsule.id == capsule_key)
-        .values(
-            public_traffic=policy.public_traffic,
-            traffic_token=policy.traffic_token,
-            auto_resume=policy.auto_resume,
-        )
+        .values(**policy.columns())
         .execution_options(synchronize_session=False)
     )
     await session.commit()
