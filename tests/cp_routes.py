@@ -74,8 +74,8 @@ class Harness:
         return plaintext
 
     def without_fast_paths(self) -> httpx.AsyncClient:
-        """A client of the app without its fast paths (hotpaths.py, execpath.py): what
-        every request got before them, to compare their answers with."""
+        """A client of the app without its fast paths (hotpaths.py, execpath.py,
+        beatpath.py): what every request got before them, to compare their answers with."""
         app = self.app
 
         async def full_app(scope: Scope, receive: Receive, send: Send) -> None:

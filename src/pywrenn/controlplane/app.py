@@ -29,6 +29,7 @@ from pywrenn.layout import Layout
 from . import __doc__ as package_doc
 from .authcache import AuthCache
 from .background import Background
+from .beatpath import HeartbeatFastPath
 from .buildrunner import BuildRunner
 from .clock import Clock, system_clock
 from .dashboard import pages as dashboard
@@ -86,24 +87,26 @@ HOT_READ_POOL_SIZE = 8
 
 
 class ControlPlaneApp(FastAPI):
-    """FastAPI, with GET a capsule, `/health` (hotpaths.py) and exec (execpath.py)
-    answered first in their common case, ahead of the middlewares below and of FastAPI's
+    """FastAPI, with GET a capsule, `/health` (hotpaths.py), exec (execpath.py) and, on
+    PostgreSQL, a host's heartbeat (beatpath.py) answered first in their common case, ahead of the middlewares below and of FastAPI's
     own per-request work (its telemetry check, its error layers, routing): anything else
     goes on unchanged. The fast paths' answers are not seen by FastAPI's OpenTelemetry
     instruments."""
 
     hot_paths = HotPaths()
     exec_path = ExecFastPath()
+    beat_path = HeartbeatFastPath()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":
             scope["app"] = self  # what Starlette sets for the layers below
             if await self.hot_paths.serve(scope, send):
                 return
-            rest = await self.exec_path.serve(scope, receive, send)
-            if rest is None:
-                return
-            receive = rest
+            for path in (self.exec_path, self.beat_path):
+                rest = await path.serve(scope, receive, send)
+                if rest is None:
+                    return
+                receive = rest
         await super().__call__(scope, receive, send)
 
 

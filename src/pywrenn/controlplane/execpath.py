@@ -19,20 +19,16 @@ Knows nothing of: any other route.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-from typing import Any
 
-from pydantic import ValidationError
 from starlette.datastructures import Headers, State
-from starlette.types import Message, Receive, Scope, Send
+from starlette.types import Receive, Scope, Send
 
 from .deps import API_KEY_HEADER, authenticate_request
 from .errors import CommandTimedOut, ControlPlaneError, envelope
-from .gate import MAX_JSON_BODY
+from .fastbody import as_model, plain_json, read_capped, replaying
 from .hotpaths import send_json
-from .proxy.routing import route_of
 from .schemas.wrenn import ExecBody
 from .services import guest, timeouts
 
@@ -54,17 +50,17 @@ class ExecFastPath:
             return receive
         state: State = scope["app"].state
         headers = Headers(scope=scope)
-        if not headers.get(API_KEY_HEADER) or not _plain(scope, state, headers):
+        if not headers.get(API_KEY_HEADER) or not plain_json(scope, state, headers):
             return receive  # a browser's session (the dashboard) goes the full way
         try:
             caller = await authenticate_request(state, headers, "POST")
         except Exception:  # refused, or the database: the gate answers it
             return receive
-        read, body = await _read_body(receive)
-        replay = _replaying(read, receive)
+        read, body = await read_capped(receive)
+        replay = replaying(read, receive)
         if body is None:
             return replay  # too large, or the client left: the gate answers it
-        request = _exec_body(body)
+        request = as_model(body, ExecBody)
         if request is None:
             return replay  # the route's validation answers it
         try:
@@ -103,64 +99,3 @@ async def _run(target: guest.Target, request: ExecBody, send: Send) -> None:
         await send_json(send, 500, bytes(failed.body))
         return
     await send_json(send, 200, result.model_dump_json().encode())
-
-
-def _plain(scope: Scope, state: State, headers: Headers) -> bool:
-    """A JSON body within the gate's cap (by its declared length, if any), for the API
-    (not the port proxy)."""
-    media = headers.get("content-type", "").partition(";")[0].strip().lower()
-    if media != "application/json":
-        return False
-    declared = headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_JSON_BODY):
-        return False
-    try:
-        return route_of(scope, state.settings.proxy_domain) is None
-    except Exception:  # a malformed proxy request: the proxy's own answer
-        return False
-
-
-async def _read_body(receive: Receive) -> tuple[list[Message], bytes | None]:
-    """The messages read, and the body: None if it passed the gate's cap (reading stops
-    there) or the client went away."""
-    read: list[Message] = []
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        read.append(message)
-        if message["type"] != "http.request":
-            return read, None
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > MAX_JSON_BODY:
-            return read, None
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return read, b"".join(chunks)
-
-
-def _replaying(read: list[Message], receive: Receive) -> Receive:
-    """A `receive` that gives `read` again, then what is left of the request."""
-    pending = list(read)
-
-    async def replay() -> Message:
-        if pending:
-            return pending.pop(0)
-        return await receive()
-
-    return replay
-
-
-def _exec_body(body: bytes) -> ExecBody | None:
-    """The body as FastAPI takes it (JSON, then the model in Python mode), or None."""
-    try:
-        parsed: Any = json.loads(body)
-    except ValueError:
-        return None
-    if not isinstance(parsed, dict):
-        return None
-    try:
-        return ExecBody.model_validate(parsed)
-    except ValidationError:
-        return None

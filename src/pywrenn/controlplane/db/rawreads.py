@@ -14,7 +14,8 @@ its reset) cost more CPU than the read (docs/performance.md, "Hot paths").
   kept open and reused last-in-first-out (the warm one first), each statement prepared
   on the server at its first use (`prepare=True`): one round trip per read, no pre-ping.
   A connection that fails is closed and the error goes to the caller; the next read
-  opens a new one.
+  opens a new one. It also takes the heartbeat's one write (`beatpath.py`): an
+  `UPDATE … RETURNING`, in autocommit its own transaction.
 Knows nothing of: the tables.
 """
 

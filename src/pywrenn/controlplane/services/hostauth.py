@@ -40,7 +40,8 @@ MIN_AGENT_TOKEN = 32
 MAX_AGENT_TOKEN = 255
 
 
-def _digest(token: str) -> str:
+def token_digest(token: str) -> str:
+    """What the hosts table keeps of a token: its SHA-256, in hex."""
     return hashlib.sha256(token.encode()).hexdigest()
 
 
@@ -76,7 +77,7 @@ class HostSpecs:
 def issue_registration_nocommit(host: Host, *, now: datetime) -> RegistrationToken:
     """A new one-time token for `host` (any earlier one stops working)."""
     token = _new(REGISTRATION_PREFIX)
-    host.registration_token_hash = _digest(token)
+    host.registration_token_hash = token_digest(token)
     host.registration_token_expires_at = now + REGISTRATION_TTL
     return RegistrationToken(token, host.registration_token_expires_at)
 
@@ -84,9 +85,9 @@ def issue_registration_nocommit(host: Host, *, now: datetime) -> RegistrationTok
 def _issue_credentials_nocommit(host: Host, *, now: datetime) -> Credentials:
     host_token, refresh = _new(HOST_TOKEN_PREFIX), _new(REFRESH_PREFIX)
     host.previous_refresh_token_hash = None
-    host.host_token_hash = _digest(host_token)
+    host.host_token_hash = token_digest(host_token)
     host.host_token_expires_at = now + HOST_TOKEN_TTL
-    host.refresh_token_hash = _digest(refresh)
+    host.refresh_token_hash = token_digest(refresh)
     host.refresh_token_expires_at = now + REFRESH_TOKEN_TTL
     return Credentials(host.id, host_token, host.host_token_expires_at, refresh)
 
@@ -115,7 +116,7 @@ async def register(
         )
     host = await session.scalar(
         select(Host)
-        .where(Host.registration_token_hash == _digest(token))
+        .where(Host.registration_token_hash == token_digest(token))
         .with_for_update()
         .execution_options(populate_existing=True)
     )
@@ -156,7 +157,7 @@ async def refresh(session: AsyncSession, *, refresh_token: str, now: datetime) -
     """Rotate: a new host token and refresh token; the presented ones stop working."""
     if not refresh_token.startswith(REFRESH_PREFIX) or len(refresh_token) > 128:
         raise Unauthorized("unauthorized: invalid or expired refresh token")
-    presented = _digest(refresh_token)
+    presented = token_digest(refresh_token)
     host = await session.scalar(
         select(Host)
         .where(
@@ -191,7 +192,7 @@ async def authenticate_host(
     host = await session.get(Host, key, populate_existing=True) if key is not None else None
     if host is None:
         raise NotFound(f"not_found: host {host_id[:80]!r} does not exist (deleted?)")
-    presented = _digest(bearer) if bearer.startswith(HOST_TOKEN_PREFIX) else ""
+    presented = token_digest(bearer) if bearer.startswith(HOST_TOKEN_PREFIX) else ""
     expires = host.host_token_expires_at
     if (
         host.host_token_hash is None
