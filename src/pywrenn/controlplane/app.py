@@ -88,10 +88,10 @@ HOT_READ_POOL_SIZE = 8
 
 class ControlPlaneApp(FastAPI):
     """FastAPI, with GET a capsule, `/health` (hotpaths.py), exec (execpath.py) and, on
-    PostgreSQL, a host's heartbeat (beatpath.py) answered first in their common case, ahead of the middlewares below and of FastAPI's
-    own per-request work (its telemetry check, its error layers, routing): anything else
-    goes on unchanged. The fast paths' answers are not seen by FastAPI's OpenTelemetry
-    instruments."""
+    PostgreSQL, a host's heartbeat (beatpath.py) answered first in their common case,
+    ahead of the middlewares below and of FastAPI's own per-request work (its telemetry
+    check, its error layers, routing): anything else goes on unchanged. The fast paths'
+    answers are not seen by FastAPI's OpenTelemetry instruments."""
 
     hot_paths = HotPaths()
     exec_path = ExecFastPath()
