@@ -39,6 +39,7 @@ from pywrenn.hostagent.cpclient import ControlPlaneError
 from pywrenn.hostagent.fakenet import FakeHostNetwork
 from pywrenn.hostagent.heartbeat import host_load
 from pywrenn.hostagent.manager import SandboxManager
+from pywrenn.hostagent.server import SERVER_KEEP_ALIVE_S
 from pywrenn.hostagent.settings import HostAgentSettings
 from pywrenn.hostagent.states import CapsuleState
 from pywrenn.vmm.fakeruntime import FakeRuntime
@@ -143,6 +144,10 @@ class SimulatedHost:
             log_level="warning",
             lifespan="on",
             timeout_graceful_shutdown=1,
+            # The real agent's: control planes keep idle connections for less than it
+            # (hostclient.CLIENT_KEEP_ALIVE_S). With uvicorn's 5 s, a create or a listing
+            # met a pooled connection the agent had just closed ("Server disconnected").
+            timeout_keep_alive=SERVER_KEEP_ALIVE_S,
         )
         server = uvicorn.Server(config)
         link.serving = lambda: bool(server.started)

@@ -78,13 +78,22 @@ async def _rows(app: FastAPI) -> tuple[list[Capsule], list[Host]]:
     return capsules, hosts
 
 
-async def _until(check: Callable[[], Awaitable[bool]], what: str) -> float:
+async def _until(check: Callable[[], Awaitable[bool]], what: str, app: FastAPI) -> float:
     started = time.monotonic()
     while not await check():
         if time.monotonic() - started > DEADLINE_S:
-            raise AssertionError(f"not within {DEADLINE_S}s: {what}")
+            raise AssertionError(f"not within {DEADLINE_S}s: {what}; {await _seen(app)}")
         await asyncio.sleep(0.25)
     return time.monotonic() - started
+
+
+async def _seen(app: FastAPI) -> str:
+    """What the rows say, for a failure's message: statuses, and why some are not running."""
+    capsules, hosts = await _rows(app)
+    statuses = Counter(c.status for c in capsules)
+    hosts_by_status = Counter(h.status for h in hosts)
+    errors = Counter((c.error or "")[:120] for c in capsules if c.status == "error")
+    return f"capsules {dict(statuses)}, hosts {dict(hosts_by_status)}, errors {dict(errors)}"
 
 
 async def _scenario(tmp_path: Path, db_url: str) -> None:
@@ -101,9 +110,9 @@ async def _scenario(tmp_path: Path, db_url: str) -> None:
             async with httpx.AsyncClient(
                 base_url=url, headers={"X-API-Key": creds.api_key}, timeout=60, limits=limits
             ) as api:
-                await _until(lambda: _all_online(app), "every host online")
+                await _until(lambda: _all_online(app), "every host online", app)
                 await _create(api)
-                await _until(lambda: _all_running(app), "every capsule running")
+                await _until(lambda: _all_running(app), "every capsule running", app)
                 await _check_placement(app, fleet)
                 await _fail_and_recover(app, fleet)
                 await _check_placement(app, fleet)
@@ -181,13 +190,15 @@ async def _fail_and_recover(app: FastAPI, fleet: SimulatedFleet) -> None:
         rows, _ = await _rows(app)
         return all(c.status == "missing" for c in rows if c.id in on_failed)
 
-    took = await _until(all_missing, "the failed hosts' capsules missing")
+    took = await _until(all_missing, "the failed hosts' capsules missing", app)
     print(f"{len(on_failed)} capsules of {len(failed)} failed hosts missing after {took:.1f}s")
     rows, _ = await _rows(app)
     assert all(c.status == "running" for c in rows if c.id not in on_failed)
     await asyncio.gather(*(h.recover() for h in failed))
 
-    took = await _until(lambda: _all_running(app), "the recovered hosts' capsules running again")
+    took = await _until(
+        lambda: _all_running(app), "the recovered hosts' capsules running again", app
+    )
     print(f"reconciled {took:.1f}s after recovery")
 
 
