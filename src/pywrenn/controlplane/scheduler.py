@@ -37,29 +37,18 @@ Knows nothing of: what happens on the host once chosen.
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .db.models import Capsule, Host, Team, Template
+from .db.models import Host, Team, Template
 from .errors import CapacityUnavailable, HostUnavailable
+from .hostusage import HostUsageView, Usage, count_usage
 from .settings import ControlPlaneSettings
-from .states import CapsuleStatus
 
-# Statuses whose memory is held on the host (paused: a fraction of it).
-_HOLDING_MEMORY = frozenset(
-    {
-        CapsuleStatus.PENDING,
-        CapsuleStatus.STARTING,
-        CapsuleStatus.RUNNING,
-        CapsuleStatus.PAUSING,
-        CapsuleStatus.RESUMING,
-        CapsuleStatus.MISSING,
-    }
-)
-_PAUSED = frozenset({CapsuleStatus.PAUSED})
 _ATTEMPTS = 8
 
 
@@ -89,13 +78,6 @@ class Request:
     disk_mb: int = 0
 
 
-@dataclass(frozen=True)
-class Usage:
-    vcpus: int = 0
-    memory_mb: float = 0.0
-    disk_mb: int = 0
-
-
 async def pick_host(
     session: AsyncSession,
     *,
@@ -103,12 +85,18 @@ async def pick_host(
     request: Request,
     policy: Policy,
     now: datetime,
+    view: HostUsageView | None = None,
 ) -> Host:
     """The host for `request`, locked until the caller commits (or rolls back); once it has
     committed, the caller stamps the placement with `record_placed`.
 
+    `view`: this control plane's usage figures to rank by (None: count every host's
+    afresh for each ranking). Admission never trusts it: the chosen host's usage is
+    counted under its lock.
+
     HostUnavailable (503 `host_unavailable`) when no host is online at all;
     CapacityUnavailable (503 `capacity_unavailable`) when hosts are up but none fits."""
+    view = view or HostUsageView(ttl_s=0.0)
     refused: set[uuid.UUID] = set()
     for attempt in range(_ATTEMPTS):
         hosts = await _eligible(session, connected=connected, request=request)
@@ -116,20 +104,26 @@ async def pick_host(
             raise HostUnavailable(
                 "host_unavailable: no online host to place a capsule on" + _why_none(request)
             )
-        usage = await _usage(session, [h.id for h in hosts], policy)
-        ranked = [h for h in _rank(hosts, usage, request, policy) if h.id not in refused]
+        ranked, usage = await _ranked(session, view, hosts, request, policy, refused)
         if not ranked:
             break
-        host = await _lock_first_free(session, ranked)
-        fresh = await _usage(session, [h.id for h in hosts], policy)
-        if not _fits(host, fresh.get(host.id, Usage()), request, policy):
-            refused.add(host.id)
+        chosen = await _lock_first_free(session, ranked)
+        exact = await _exact_usage(session, chosen.id, policy)
+        view.learn(chosen.id, exact)  # a next attempt (or create) ranks it by this
+        if not _fits(chosen, exact, request, policy):
+            refused.add(chosen.id)
             await session.rollback()  # let go of the lock before trying another host
             continue
         last = attempt == _ATTEMPTS - 1
-        if not last and not _still_a_good_choice(host, hosts, fresh, request, policy):
+        if not last and not _still_a_good_choice(chosen, exact, hosts, usage, request, policy):
             await session.rollback()
             continue
+        host = await session.get(Host, chosen.id, populate_existing=True)
+        if host is None:  # deleted since it was read (an empty host may be)
+            refused.add(chosen.id)
+            await session.rollback()
+            continue
+        view.add(host.id, _held_by(request))
         return host
     raise CapacityUnavailable(
         f"capacity_unavailable: no host has room for a capsule of {request.vcpus} vCPU and "
@@ -138,14 +132,23 @@ async def pick_host(
 
 
 async def admit_on(
-    session: AsyncSession, *, host: Host, request: Request, count: int, policy: Policy
+    session: AsyncSession,
+    *,
+    host: Host,
+    request: Request,
+    count: int,
+    policy: Policy,
+    view: HostUsageView | None = None,
 ) -> None:
     """Admission for `count` capsules of `request` that can run only on `host` (a fork's
     children map their source's memory there): the host is locked as `pick_host` locks
     its choice, until the caller commits, and its usage counted under the lock;
-    CapacityUnavailable (503) if they do not all fit."""
-    await _lock_first_free(session, [host])
-    used = (await _usage(session, [host.id], policy)).get(host.id, Usage())
+    CapacityUnavailable (503) if they do not all fit. `view` learns what was counted."""
+    candidate = _candidate_of(host)
+    await _lock_first_free(session, [candidate])
+    used = await _exact_usage(session, host.id, policy)
+    if view is not None:
+        view.learn(host.id, used)
     together = Request(
         team_id=request.team_id,
         template=request.template,
@@ -153,29 +156,108 @@ async def admit_on(
         memory_mb=request.memory_mb * count,
         disk_mb=request.disk_mb * count,
     )
-    if not _fits(host, used, together, policy):
+    if not _fits(candidate, used, together, policy):
         raise CapacityUnavailable(
             f"capacity_unavailable: the host of this capsule has no room for {count} more of "
             f"{request.vcpus} vCPU and {request.memory_mb} MiB"
         )
+    if view is not None:
+        view.add(host.id, _held_by(together))
+
+
+async def _ranked(
+    session: AsyncSession,
+    view: HostUsageView,
+    hosts: list[_Candidate],
+    request: Request,
+    policy: Policy,
+    refused: set[uuid.UUID],
+) -> tuple[list[_Candidate], Mapping[uuid.UUID, Usage]]:
+    """The candidates that fit by the view's figures, best first, and those figures."""
+    fraction = policy.paused_memory_fraction
+    figures = await view.figures(session, paused_memory_fraction=fraction)
+    ranked = [h for h in _rank(hosts, figures.usage, request, policy) if h.id not in refused]
+    if not ranked and not figures.counted_now:
+        # The view may think a host fuller than it is (a capsule since paused, destroyed,
+        # or never committed): a create is refused on a fresh count only.
+        figures = await view.figures(session, paused_memory_fraction=fraction, fresh=True)
+        ranked = [h for h in _rank(hosts, figures.usage, request, policy) if h.id not in refused]
+    return ranked, figures.usage
+
+
+async def _exact_usage(session: AsyncSession, host_id: uuid.UUID, policy: Policy) -> Usage:
+    counted = await count_usage(
+        session, [host_id], paused_memory_fraction=policy.paused_memory_fraction
+    )
+    return counted.get(host_id, Usage())
+
+
+def _held_by(request: Request) -> Usage:
+    return Usage(vcpus=request.vcpus, memory_mb=request.memory_mb, disk_mb=request.disk_mb)
 
 
 def _why_none(request: Request) -> str:
     return f" (template {request.template!r})"
 
 
+@dataclass(frozen=True, slots=True)
+class _Candidate:
+    """What the scheduler reads of a host's row: a thousand hosts loaded as ORM objects
+    (every column, refreshed in the session's identity map) on each attempt cost more
+    than the rest of the decision. The chosen one is then loaded whole for the caller."""
+
+    id: uuid.UUID
+    tags: tuple[str, ...]
+    draining: bool
+    cpus: int | None
+    memory_mb: int | None
+    disk_mb: int | None
+    last_placed_at: datetime | None
+
+
+_ONLINE = (
+    select(
+        Host.id,
+        Host.tags,
+        Host.draining,
+        Host.cpus,
+        Host.memory_mb,
+        Host.disk_mb,
+        Host.last_placed_at,
+    )
+    .where(Host.status == "online")
+    .order_by(Host.created_at, Host.name)
+)
+
+
+def _candidate_of(host: Host) -> _Candidate:
+    return _Candidate(
+        id=host.id,
+        tags=tuple(host.tags or ()),
+        draining=host.draining,
+        cpus=host.cpus,
+        memory_mb=host.memory_mb,
+        disk_mb=host.disk_mb,
+        last_placed_at=host.last_placed_at,
+    )
+
+
 async def _eligible(
     session: AsyncSession, *, connected: frozenset[uuid.UUID], request: Request
-) -> list[Host]:
-    hosts = list(
-        await session.scalars(
-            select(Host)
-            .where(Host.status == "online")
-            .order_by(Host.created_at, Host.name)
-            .execution_options(populate_existing=True)
+) -> list[_Candidate]:
+    hosts = [
+        _Candidate(
+            id=row.id,
+            tags=tuple(row.tags or ()),
+            draining=row.draining,
+            cpus=row.cpus,
+            memory_mb=row.memory_mb,
+            disk_mb=row.disk_mb,
+            last_placed_at=row.last_placed_at,
         )
-    )
-    hosts = [h for h in hosts if h.id in connected]
+        for row in await session.execute(_ONLINE)
+        if row.id in connected
+    ]
     pinned_to = await _template_host(session, request)
     if pinned_to is not None:
         hosts = [h for h in hosts if h.id == pinned_to]
@@ -192,16 +274,16 @@ async def _eligible(
     return [h for h in hosts if not h.draining]
 
 
-def _any_tagged(hosts: list[Host], prefix: str) -> bool:
-    return any(t.startswith(prefix) for h in hosts for t in (h.tags or []))
+def _any_tagged(hosts: list[_Candidate], prefix: str) -> bool:
+    return any(t.startswith(prefix) for h in hosts for t in h.tags)
 
 
-def _by_tag(hosts: list[Host], prefix: str, mine: set[str]) -> list[Host]:
+def _by_tag(hosts: list[_Candidate], prefix: str, mine: set[str]) -> list[_Candidate]:
     """Hosts pinned to me if any is up; else the hosts pinned to nobody of this kind."""
-    pinned = [h for h in hosts if mine & set(h.tags or [])]
+    pinned = [h for h in hosts if mine & set(h.tags)]
     if pinned:
         return pinned
-    return [h for h in hosts if not any(t.startswith(prefix) for t in (h.tags or []))]
+    return [h for h in hosts if not any(t.startswith(prefix) for t in h.tags)]
 
 
 async def _template_host(session: AsyncSession, request: Request) -> uuid.UUID | None:
@@ -215,39 +297,7 @@ async def _template_host(session: AsyncSession, request: Request) -> uuid.UUID |
     )
 
 
-async def _usage(
-    session: AsyncSession, host_ids: list[uuid.UUID], policy: Policy
-) -> dict[uuid.UUID, Usage]:
-    found = await session.execute(
-        select(
-            Capsule.host_id,
-            Capsule.status,
-            func.coalesce(func.sum(Capsule.vcpus), 0),
-            func.coalesce(func.sum(Capsule.memory_mb), 0),
-            func.coalesce(func.sum(Capsule.disk_size_mb), 0),
-        )
-        .where(
-            Capsule.host_id.in_(host_ids),
-            Capsule.status.in_([s.value for s in _HOLDING_MEMORY | _PAUSED]),
-        )
-        .group_by(Capsule.host_id, Capsule.status)
-    )
-    out: dict[uuid.UUID, Usage] = {}
-    for host_id, status, vcpus, memory, disk in found:
-        if host_id is None:
-            continue
-        paused = CapsuleStatus(status) in _PAUSED
-        was = out.get(host_id, Usage())
-        out[host_id] = Usage(
-            vcpus=was.vcpus + (0 if paused else int(vcpus)),
-            memory_mb=was.memory_mb
-            + float(memory) * (policy.paused_memory_fraction if paused else 1.0),
-            disk_mb=was.disk_mb + int(disk or 0),
-        )
-    return out
-
-
-def _free(host: Host, used: Usage, request: Request, policy: Policy) -> float | None:
+def _free(host: _Candidate, used: Usage, request: Request, policy: Policy) -> float | None:
     """The smallest share of the host's capacity left after placing `request`; None if it
     does not fit. Dimensions the host did not report are not limits."""
     shares: list[float] = []
@@ -271,13 +321,13 @@ def _free(host: Host, used: Usage, request: Request, policy: Policy) -> float | 
     return min(shares) if shares else 1.0
 
 
-def _fits(host: Host, used: Usage, request: Request, policy: Policy) -> bool:
+def _fits(host: _Candidate, used: Usage, request: Request, policy: Policy) -> bool:
     return _free(host, used, request, policy) is not None
 
 
 def _rank(
-    hosts: list[Host], usage: dict[uuid.UUID, Usage], request: Request, policy: Policy
-) -> list[Host]:
+    hosts: list[_Candidate], usage: Mapping[uuid.UUID, Usage], request: Request, policy: Policy
+) -> list[_Candidate]:
     scored = [(h, _free(h, usage.get(h.id, Usage()), request, policy)) for h in hosts]
     fitting = [(h, free) for h, free in scored if free is not None]
     if policy.mode == "round-robin":
@@ -306,19 +356,20 @@ def _rank(
 
 
 def _still_a_good_choice(
-    host: Host,
-    hosts: list[Host],
-    usage: dict[uuid.UUID, Usage],
+    host: _Candidate,
+    mine: Usage,
+    hosts: list[_Candidate],
+    usage: Mapping[uuid.UUID, Usage],
     request: Request,
     policy: Policy,
 ) -> bool:
-    """Least loaded: no other candidate now has clearly more room than `host` (by half
-    of this capsule's share of the host or more: equals tie). Round-robin takes any that
-    fits."""
+    """Least loaded: by `mine` (the host's usage counted under its lock) no other
+    candidate has clearly more room than `host` by `usage` (by half of this capsule's
+    share of the host or more: equals tie). Round-robin takes any that fits."""
     if policy.mode == "round-robin":
         return True
-    mine = _free(host, usage.get(host.id, Usage()), request, policy)
-    if mine is None:
+    left = _free(host, mine, request, policy)
+    if left is None:
         return False
     step = 1.0 - (_free(host, Usage(), request, policy) or 0.0)
     best = max(
@@ -328,9 +379,9 @@ def _still_a_good_choice(
             if h.id != host.id
             and (free := _free(h, usage.get(h.id, Usage()), request, policy)) is not None
         ),
-        default=mine,
+        default=left,
     )
-    return mine + step / 2 >= best
+    return left + step / 2 >= best
 
 
 async def record_placed(session: AsyncSession, host_id: uuid.UUID, now: datetime) -> None:
@@ -357,7 +408,7 @@ def placement_lock_key(host_id: uuid.UUID) -> int:
     return int.from_bytes(host_id.bytes[-4:], "big", signed=True)
 
 
-async def _lock_first_free(session: AsyncSession, ranked: list[Host]) -> Host:
+async def _lock_first_free(session: AsyncSession, ranked: list[_Candidate]) -> _Candidate:
     """Lock the best-ranked host no other create holds; wait for the best one if all
     are held. SQLite has one writer for the whole file: the first write waits for it."""
     if session.get_bind().dialect.name == "sqlite":
