@@ -25,12 +25,24 @@ it queues on its team's limits lock, and a row lock would hold up that host's he
 (an UPDATE of the row) just as long, until its agent's deadline passed and the host went
 `unreachable` under a burst of creates. SQLite has one writer for the whole file.
 
+What a decision reads: the online hosts' scheduling columns (one row each, as plain
+tuples), the template's host if it is a snapshot, and the chosen host's capsule rows
+(counted under its lock). It ranks by this control plane's `HostUsageView`
+(hostusage.py): every host's usage from one full count every couple of seconds, kept
+up to date with what this plane places and counts. So a decision's cost grows with the
+number of hosts, not with the number of capsule rows. The view may be behind (other
+planes' creates, capsules since paused or stopped): that costs ranking quality for a
+moment, never admission, which counts the locked host afresh. A create is refused only
+after a fresh full count finds no host with room, so when the cluster is full each
+refusal costs that count.
+
 Why a burst spreads: creates that start together all see the same usage and would all
 rank the same host first. On PostgreSQL a create skips a host another create holds
 (`pg_try_advisory_xact_lock`) and takes the next in rank (it waits only when every
-candidate is held); once it holds a host it counts every candidate's usage again, and if others'
-creates have meanwhile made another host clearly emptier (by half this capsule's share
-or more), it lets go and chooses again.
+candidate is held). Once it holds a host and has counted it, if the others (by the view,
+which now holds this host's exact figure) have clearly more room (by half this capsule's
+share or more), it lets go and chooses again, at most a few times; each placement is
+added to the view, so the next create on this plane ranks that host fuller.
 Knows nothing of: what happens on the host once chosen.
 """
 
