@@ -1,13 +1,7 @@
 """Where a new capsule runs: admission control, then least-loaded (or round-robin).
 
-Owns: `pick_host`. A host is a candidate when it is online, not draining, this control
-plane holds a client for it, and its tags allow the team and template:
-
-- a host tagged `team:<slug>` takes only those teams' capsules, and a team with such a
-  host online places only there (its own machines);
-- a host tagged `template:<name>` likewise for templates;
-- a snapshot template lives on the host it was made on (Wrenn's model: resume and
-  templates stay where their files are), so its capsules go there only.
+Owns: `pick_host` and `admit_on`. The candidates are the hosts `hostcandidates.py` says
+may take the capsule (online, reachable, not draining, tags and template allowing).
 
 Admission: the capsule's memory (and disk, when the host reported its disk) must fit in
 what the host reported minus what our rows hold there (paused capsules count a fraction
@@ -48,18 +42,17 @@ Knows nothing of: what happens on the host once chosen.
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import NamedTuple
 
-from sqlalchemy import Text, cast, select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .db.models import Host, Team, Template
+from .db.models import Host
 from .errors import CapacityUnavailable, HostUnavailable
+from .hostcandidates import Candidate, candidate_of, eligible
 from .hostusage import HostUsageView, Usage, count_usage
 from .settings import ControlPlaneSettings
 
@@ -113,7 +106,9 @@ async def pick_host(
     view = view or HostUsageView(ttl_s=0.0)
     refused: set[uuid.UUID] = set()
     for attempt in range(_ATTEMPTS):
-        hosts = await _eligible(session, connected=connected, request=request)
+        hosts = await eligible(
+            session, connected=connected, team_id=request.team_id, template=request.template
+        )
         if not hosts:
             raise HostUnavailable(
                 "host_unavailable: no online host to place a capsule on" + _why_none(request)
@@ -158,7 +153,7 @@ async def admit_on(
     children map their source's memory there): the host is locked as `pick_host` locks
     its choice, until the caller commits, and its usage counted under the lock;
     CapacityUnavailable (503) if they do not all fit. `view` learns what was counted."""
-    candidate = _candidate_of(host)
+    candidate = candidate_of(host)
     await _lock_first_free(session, [candidate])
     used = await _exact_usage(session, host.id, policy)
     if view is not None:
@@ -182,11 +177,11 @@ async def admit_on(
 async def _ranked(
     session: AsyncSession,
     view: HostUsageView,
-    hosts: list[_Candidate],
+    hosts: list[Candidate],
     request: Request,
     policy: Policy,
     refused: set[uuid.UUID],
-) -> list[tuple[_Candidate, float]]:
+) -> list[tuple[Candidate, float]]:
     """The candidates that fit by the view's figures, best first, with the share of each
     that would be left free."""
     fraction = policy.paused_memory_fraction
@@ -216,105 +211,7 @@ def _why_none(request: Request) -> str:
     return f" (template {request.template!r})"
 
 
-class _Candidate(NamedTuple):
-    """What the scheduler reads of a host's row. A thousand hosts loaded as ORM objects
-    (every column, refreshed in the session's identity map) on each attempt cost more
-    than the rest of the decision; plain tuples cost a tenth of that. The chosen host is
-    then loaded whole for the caller."""
-
-    id: uuid.UUID
-    tags: tuple[str, ...]
-    draining: bool
-    cpus: int | None
-    memory_mb: int | None
-    disk_mb: int | None
-    last_placed_at: datetime | None
-
-
-# Tags as text: decoding a thousand JSONB values cost more than the rest of the read,
-# and most hosts have none (`[]`).
-_ONLINE = (
-    select(
-        Host.id,
-        cast(Host.tags, Text),
-        Host.draining,
-        Host.cpus,
-        Host.memory_mb,
-        Host.disk_mb,
-        Host.last_placed_at,
-    )
-    .where(Host.status == "online")
-    .order_by(Host.created_at, Host.name)
-)
-
-
-def _tags(stored: str | None) -> tuple[str, ...]:
-    if not stored or stored == "[]":
-        return ()
-    return tuple(json.loads(stored) or ())
-
-
-def _candidate_of(host: Host) -> _Candidate:
-    return _Candidate(
-        host.id,
-        tuple(host.tags or ()),
-        host.draining,
-        host.cpus,
-        host.memory_mb,
-        host.disk_mb,
-        host.last_placed_at,
-    )
-
-
-async def _eligible(
-    session: AsyncSession, *, connected: frozenset[uuid.UUID], request: Request
-) -> list[_Candidate]:
-    # Unpacked, not read by name: a Row's attributes cost ~15 µs a row here.
-    hosts = [
-        _Candidate(key, _tags(tags), draining, cpus, memory, disk, placed)
-        for key, tags, draining, cpus, memory, disk, placed in await session.execute(_ONLINE)
-        if key in connected
-    ]
-    pinned_to = await _template_host(session, request)
-    if pinned_to is not None:
-        hosts = [h for h in hosts if h.id == pinned_to]
-    if _any_tagged(hosts, "team:"):  # else no host is any team's: no need for the slug
-        slug = await session.scalar(select(Team.slug).where(Team.id == request.team_id))
-        hosts = _by_tag(hosts, "team:", {f"team:{slug}", f"team:{request.team_id}"})
-    hosts = _by_tag(hosts, "template:", {f"template:{request.template}"})
-    draining = [h for h in hosts if h.draining]
-    if hosts and len(draining) == len(hosts):
-        raise CapacityUnavailable(
-            f"capacity_unavailable: every host that could take template {request.template!r}"
-            " is draining"
-        )
-    return [h for h in hosts if not h.draining]
-
-
-def _any_tagged(hosts: list[_Candidate], prefix: str) -> bool:
-    return any(t.startswith(prefix) for h in hosts for t in h.tags)
-
-
-def _by_tag(hosts: list[_Candidate], prefix: str, mine: set[str]) -> list[_Candidate]:
-    """Hosts pinned to me if any is up; else the hosts pinned to nobody of this kind."""
-    pinned = [h for h in hosts if mine & set(h.tags)]
-    if pinned:
-        return pinned
-    return [h for h in hosts if not any(t.startswith(prefix) for t in h.tags)]
-
-
-async def _template_host(session: AsyncSession, request: Request) -> uuid.UUID | None:
-    """The host a snapshot template's files are on (None: a base template, everywhere)."""
-    return await session.scalar(
-        select(Template.host_id).where(
-            Template.team_id == request.team_id,
-            Template.name == request.template,
-            Template.type == "snapshot",
-        )
-    )
-
-
-def _free(host: _Candidate, used: Usage, request: Request, policy: Policy) -> float | None:
+def _free(host: Candidate, used: Usage, request: Request, policy: Policy) -> float | None:
     """The smallest share of the host's capacity left after placing `request`; None if it
     does not fit. Dimensions the host did not report are not limits."""
     shares: list[float] = []
@@ -338,13 +235,13 @@ def _free(host: _Candidate, used: Usage, request: Request, policy: Policy) -> fl
     return min(shares) if shares else 1.0
 
 
-def _fits(host: _Candidate, used: Usage, request: Request, policy: Policy) -> bool:
+def _fits(host: Candidate, used: Usage, request: Request, policy: Policy) -> bool:
     return _free(host, used, request, policy) is not None
 
 
 def _rank(
-    hosts: list[_Candidate], usage: Mapping[uuid.UUID, Usage], request: Request, policy: Policy
-) -> list[tuple[_Candidate, float]]:
+    hosts: list[Candidate], usage: Mapping[uuid.UUID, Usage], request: Request, policy: Policy
+) -> list[tuple[Candidate, float]]:
     """The hosts `request` fits on by `usage`, best first, each with the share of it that
     would be left free."""
     none = Usage()
@@ -370,9 +267,9 @@ def _rank(
 
 
 def _still_a_good_choice(
-    host: _Candidate,
+    host: Candidate,
     mine: Usage,
-    ranked: list[tuple[_Candidate, float]],
+    ranked: list[tuple[Candidate, float]],
     request: Request,
     policy: Policy,
 ) -> bool:
@@ -413,7 +310,7 @@ def placement_lock_key(host_id: uuid.UUID) -> int:
     return int.from_bytes(host_id.bytes[-4:], "big", signed=True)
 
 
-async def _lock_first_free(session: AsyncSession, ranked: list[_Candidate]) -> _Candidate:
+async def _lock_first_free(session: AsyncSession, ranked: list[Candidate]) -> Candidate:
     """Lock the best-ranked host no other create holds; wait for the best one if all
     are held. SQLite has one writer for the whole file: the first write waits for it."""
     if session.get_bind().dialect.name == "sqlite":
