@@ -24,7 +24,7 @@ from .db.models import Capsule
 from .states import CapsuleStatus
 
 # Statuses whose memory is held on the host (paused: a fraction of it).
-HOLDING_MEMORY = frozenset(
+_HOLDING_MEMORY = frozenset(
     {
         CapsuleStatus.PENDING,
         CapsuleStatus.STARTING,
@@ -34,13 +34,13 @@ HOLDING_MEMORY = frozenset(
         CapsuleStatus.MISSING,
     }
 )
-PAUSED = frozenset({CapsuleStatus.PAUSED})
+_PAUSED = frozenset({CapsuleStatus.PAUSED})
 
 # How old the view's full count may get before a create counts again. The full count is
-# the one query whose cost grows with the number of capsule rows (100,000 rows: tens of
-# ms); at 2 s a burst of creates pays for it once every two seconds, not once per create,
-# and what the view misses (other control planes' placements, room freed on a host) is
-# unseen by the ranking for at most that long. Admission counts its host exactly anyway.
+# the one query whose cost grows with the number of capsule rows (100,000 rows: ~100 ms
+# on 2 cores); at 2 s a burst of creates pays for it once every two seconds, not once
+# per create, and what the view misses (other control planes' placements, room freed on
+# a host) is unseen by the ranking for at most that long. Admission counts exactly.
 VIEW_TTL_S = 2.0
 
 
@@ -75,7 +75,7 @@ async def count_usage(
             func.coalesce(func.sum(Capsule.memory_mb), 0),
             func.coalesce(func.sum(Capsule.disk_size_mb), 0),
         )
-        .where(Capsule.status.in_([s.value for s in HOLDING_MEMORY | PAUSED]))
+        .where(Capsule.status.in_([s.value for s in _HOLDING_MEMORY | _PAUSED]))
         .group_by(Capsule.host_id, Capsule.status)
     )
     if host_ids is not None:
@@ -84,7 +84,7 @@ async def count_usage(
     for host_id, status, vcpus, memory, disk in await session.execute(query):
         if host_id is None:
             continue
-        paused = CapsuleStatus(status) in PAUSED
+        paused = CapsuleStatus(status) in _PAUSED
         held = Usage(
             vcpus=0 if paused else int(vcpus),
             memory_mb=float(memory) * (paused_memory_fraction if paused else 1.0),

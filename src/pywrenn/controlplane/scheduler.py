@@ -103,7 +103,8 @@ async def pick_host(
 
     HostUnavailable (503 `host_unavailable`) when no host is online at all;
     CapacityUnavailable (503 `capacity_unavailable`) when hosts are up but none fits."""
-    view = view or HostUsageView(ttl_s=0.0)
+    if view is None:
+        view = HostUsageView(ttl_s=0.0)  # counts afresh at every read
     refused: set[uuid.UUID] = set()
     for attempt in range(_ATTEMPTS):
         hosts = await eligible(
