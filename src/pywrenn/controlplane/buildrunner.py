@@ -116,6 +116,7 @@ class BuildRunner:
                     ),
                     policy=self._policy,
                     now=self._clock(),
+                    view=self._pool.usage,
                 )
                 await session.commit()  # the host's lock: a build has no capsule row
                 await record_placed(session, host_row.id, self._clock())

@@ -5,7 +5,9 @@ hosts table (`sync`): a host registered through any control plane gets a client 
 within a sync (every few seconds, and at once on this control plane's own register or
 heartbeat), one deleted loses it. The local host (`wrenn up`) is added by the app with
 its own client. A capsule whose host has no client (removed, or not yet synced) is
-HostUnavailable, so the caller gets 503 rather than a crash.
+HostUnavailable, so the caller gets 503 rather than a crash. It also carries this control
+plane's `HostUsageView` (hostusage.py), the figures the scheduler ranks these hosts by:
+one per control plane, as its clients are.
 Knows nothing of: how a host is chosen (`scheduler.py`) or what is asked of it.
 """
 
@@ -23,6 +25,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .db.models import Host
 from .errors import HostUnavailable
 from .hostclient import HostAgentAPI, HostClient
+from .hostusage import HostUsageView
 from .placements import RunningPlacements
 
 log = logging.getLogger(__name__)
@@ -46,6 +49,7 @@ class HostPool:
         self._tls = tls
         # Lifecycle calls forget a capsule here before they change it.
         self.running = RunningPlacements()
+        self.usage = HostUsageView()
 
     def add(self, host_id: uuid.UUID, client: HostAgentAPI) -> None:
         self._clients[host_id] = client

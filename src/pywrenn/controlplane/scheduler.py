@@ -1,13 +1,7 @@
 """Where a new capsule runs: admission control, then least-loaded (or round-robin).
 
-Owns: `pick_host`. A host is a candidate when it is online, not draining, this control
-plane holds a client for it, and its tags allow the team and template:
-
-- a host tagged `team:<slug>` takes only those teams' capsules, and a team with such a
-  host online places only there (its own machines);
-- a host tagged `template:<name>` likewise for templates;
-- a snapshot template lives on the host it was made on (Wrenn's model: resume and
-  templates stay where their files are), so its capsules go there only.
+Owns: `pick_host` and `admit_on`. The candidates are the hosts `hostcandidates.py` says
+may take the capsule (online, reachable, not draining, tags and template allowing).
 
 Admission: the capsule's memory (and disk, when the host reported its disk) must fit in
 what the host reported minus what our rows hold there (paused capsules count a fraction
@@ -25,41 +19,43 @@ it queues on its team's limits lock, and a row lock would hold up that host's he
 (an UPDATE of the row) just as long, until its agent's deadline passed and the host went
 `unreachable` under a burst of creates. SQLite has one writer for the whole file.
 
+What a decision reads: the online hosts' scheduling columns (one row each, as plain
+tuples), the template's host if it is a snapshot, and the chosen host's capsule rows
+(counted under its lock). It ranks by this control plane's `HostUsageView`
+(hostusage.py): every host's usage from one full count every couple of seconds, kept
+up to date with what this plane places and counts. So a decision's cost grows with the
+number of hosts, not with the number of capsule rows. The view may be behind (other
+planes' creates, capsules since paused or stopped): that costs ranking quality for a
+moment, never admission, which counts the locked host afresh. A create is refused only
+after a fresh full count finds no host with room, so when the cluster is full each
+refusal costs that count.
+
 Why a burst spreads: creates that start together all see the same usage and would all
 rank the same host first. On PostgreSQL a create skips a host another create holds
 (`pg_try_advisory_xact_lock`) and takes the next in rank (it waits only when every
-candidate is held); once it holds a host it counts every candidate's usage again, and if others'
-creates have meanwhile made another host clearly emptier (by half this capsule's share
-or more), it lets go and chooses again.
+candidate is held). Once it holds a host and has counted it, if the others (by the view,
+which now holds this host's exact figure) have clearly more room (by half this capsule's
+share or more), it lets go and chooses again, at most a few times; each placement is
+added to the view, so the next create on this plane ranks that host fuller.
 Knows nothing of: what happens on the host once chosen.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select, text, update
+from sqlalchemy import text, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .db.models import Capsule, Host, Team, Template
+from .db.models import Host
 from .errors import CapacityUnavailable, HostUnavailable
+from .hostcandidates import Candidate, candidate_of, eligible
+from .hostusage import HostUsageView, Usage, count_usage
 from .settings import ControlPlaneSettings
-from .states import CapsuleStatus
 
-# Statuses whose memory is held on the host (paused: a fraction of it).
-_HOLDING_MEMORY = frozenset(
-    {
-        CapsuleStatus.PENDING,
-        CapsuleStatus.STARTING,
-        CapsuleStatus.RUNNING,
-        CapsuleStatus.PAUSING,
-        CapsuleStatus.RESUMING,
-        CapsuleStatus.MISSING,
-    }
-)
-_PAUSED = frozenset({CapsuleStatus.PAUSED})
 _ATTEMPTS = 8
 
 
@@ -89,13 +85,6 @@ class Request:
     disk_mb: int = 0
 
 
-@dataclass(frozen=True)
-class Usage:
-    vcpus: int = 0
-    memory_mb: float = 0.0
-    disk_mb: int = 0
-
-
 async def pick_host(
     session: AsyncSession,
     *,
@@ -103,33 +92,48 @@ async def pick_host(
     request: Request,
     policy: Policy,
     now: datetime,
+    view: HostUsageView | None = None,
 ) -> Host:
     """The host for `request`, locked until the caller commits (or rolls back); once it has
     committed, the caller stamps the placement with `record_placed`.
 
+    `view`: this control plane's usage figures to rank by (None: count every host's
+    afresh for each ranking). Admission never trusts it: the chosen host's usage is
+    counted under its lock.
+
     HostUnavailable (503 `host_unavailable`) when no host is online at all;
     CapacityUnavailable (503 `capacity_unavailable`) when hosts are up but none fits."""
+    if view is None:
+        view = HostUsageView(ttl_s=0.0)  # counts afresh at every read
     refused: set[uuid.UUID] = set()
     for attempt in range(_ATTEMPTS):
-        hosts = await _eligible(session, connected=connected, request=request)
+        hosts = await eligible(
+            session, connected=connected, team_id=request.team_id, template=request.template
+        )
         if not hosts:
             raise HostUnavailable(
                 "host_unavailable: no online host to place a capsule on" + _why_none(request)
             )
-        usage = await _usage(session, [h.id for h in hosts], policy)
-        ranked = [h for h in _rank(hosts, usage, request, policy) if h.id not in refused]
+        ranked = await _ranked(session, view, hosts, request, policy, refused)
         if not ranked:
             break
-        host = await _lock_first_free(session, ranked)
-        fresh = await _usage(session, [h.id for h in hosts], policy)
-        if not _fits(host, fresh.get(host.id, Usage()), request, policy):
-            refused.add(host.id)
+        chosen = await _lock_first_free(session, [h for h, _ in ranked])
+        exact = await _exact_usage(session, chosen.id, policy)
+        view.learn(chosen.id, exact)  # a next attempt (or create) ranks it by this
+        if not _fits(chosen, exact, request, policy):
+            refused.add(chosen.id)
             await session.rollback()  # let go of the lock before trying another host
             continue
         last = attempt == _ATTEMPTS - 1
-        if not last and not _still_a_good_choice(host, hosts, fresh, request, policy):
+        if not last and not _still_a_good_choice(chosen, exact, ranked, request, policy):
             await session.rollback()
             continue
+        host = await session.get(Host, chosen.id, populate_existing=True)
+        if host is None:  # deleted since it was read (an empty host may be)
+            refused.add(chosen.id)
+            await session.rollback()
+            continue
+        view.add(host.id, _held_by(request))
         return host
     raise CapacityUnavailable(
         f"capacity_unavailable: no host has room for a capsule of {request.vcpus} vCPU and "
@@ -138,14 +142,23 @@ async def pick_host(
 
 
 async def admit_on(
-    session: AsyncSession, *, host: Host, request: Request, count: int, policy: Policy
+    session: AsyncSession,
+    *,
+    host: Host,
+    request: Request,
+    count: int,
+    policy: Policy,
+    view: HostUsageView | None = None,
 ) -> None:
     """Admission for `count` capsules of `request` that can run only on `host` (a fork's
     children map their source's memory there): the host is locked as `pick_host` locks
     its choice, until the caller commits, and its usage counted under the lock;
-    CapacityUnavailable (503) if they do not all fit."""
-    await _lock_first_free(session, [host])
-    used = (await _usage(session, [host.id], policy)).get(host.id, Usage())
+    CapacityUnavailable (503) if they do not all fit. `view` learns what was counted."""
+    candidate = candidate_of(host)
+    await _lock_first_free(session, [candidate])
+    used = await _exact_usage(session, host.id, policy)
+    if view is not None:
+        view.learn(host.id, used)
     together = Request(
         team_id=request.team_id,
         template=request.template,
@@ -153,101 +166,53 @@ async def admit_on(
         memory_mb=request.memory_mb * count,
         disk_mb=request.disk_mb * count,
     )
-    if not _fits(host, used, together, policy):
+    if not _fits(candidate, used, together, policy):
         raise CapacityUnavailable(
             f"capacity_unavailable: the host of this capsule has no room for {count} more of "
             f"{request.vcpus} vCPU and {request.memory_mb} MiB"
         )
+    if view is not None:
+        view.add(host.id, _held_by(together))
+
+
+async def _ranked(
+    session: AsyncSession,
+    view: HostUsageView,
+    hosts: list[Candidate],
+    request: Request,
+    policy: Policy,
+    refused: set[uuid.UUID],
+) -> list[tuple[Candidate, float]]:
+    """The candidates that fit by the view's figures, best first, with the share of each
+    that would be left free."""
+    fraction = policy.paused_memory_fraction
+    hosts = [h for h in hosts if h.id not in refused]
+    figures = await view.figures(session, paused_memory_fraction=fraction)
+    ranked = _rank(hosts, figures.usage, request, policy)
+    if not ranked and not figures.counted_now:
+        # The view may think a host fuller than it is (a capsule since paused, destroyed,
+        # or never committed): a create is refused on a fresh count only.
+        figures = await view.figures(session, paused_memory_fraction=fraction, fresh=True)
+        ranked = _rank(hosts, figures.usage, request, policy)
+    return ranked
+
+
+async def _exact_usage(session: AsyncSession, host_id: uuid.UUID, policy: Policy) -> Usage:
+    counted = await count_usage(
+        session, [host_id], paused_memory_fraction=policy.paused_memory_fraction
+    )
+    return counted.get(host_id, Usage())
+
+
+def _held_by(request: Request) -> Usage:
+    return Usage(vcpus=request.vcpus, memory_mb=request.memory_mb, disk_mb=request.disk_mb)
 
 
 def _why_none(request: Request) -> str:
     return f" (template {request.template!r})"
 
 
-async def _eligible(
-    session: AsyncSession, *, connected: frozenset[uuid.UUID], request: Request
-) -> list[Host]:
-    hosts = list(
-        await session.scalars(
-            select(Host)
-            .where(Host.status == "online")
-            .order_by(Host.created_at, Host.name)
-            .execution_options(populate_existing=True)
-        )
-    )
-    hosts = [h for h in hosts if h.id in connected]
-    pinned_to = await _template_host(session, request)
-    if pinned_to is not None:
-        hosts = [h for h in hosts if h.id == pinned_to]
-    if _any_tagged(hosts, "team:"):  # else no host is any team's: no need for the slug
-        slug = await session.scalar(select(Team.slug).where(Team.id == request.team_id))
-        hosts = _by_tag(hosts, "team:", {f"team:{slug}", f"team:{request.team_id}"})
-    hosts = _by_tag(hosts, "template:", {f"template:{request.template}"})
-    draining = [h for h in hosts if h.draining]
-    if hosts and len(draining) == len(hosts):
-        raise CapacityUnavailable(
-            f"capacity_unavailable: every host that could take template {request.template!r}"
-            " is draining"
-        )
-    return [h for h in hosts if not h.draining]
-
-
-def _any_tagged(hosts: list[Host], prefix: str) -> bool:
-    return any(t.startswith(prefix) for h in hosts for t in (h.tags or []))
-
-
-def _by_tag(hosts: list[Host], prefix: str, mine: set[str]) -> list[Host]:
-    """Hosts pinned to me if any is up; else the hosts pinned to nobody of this kind."""
-    pinned = [h for h in hosts if mine & set(h.tags or [])]
-    if pinned:
-        return pinned
-    return [h for h in hosts if not any(t.startswith(prefix) for t in (h.tags or []))]
-
-
-async def _template_host(session: AsyncSession, request: Request) -> uuid.UUID | None:
-    """The host a snapshot template's files are on (None: a base template, everywhere)."""
-    return await session.scalar(
-        select(Template.host_id).where(
-            Template.team_id == request.team_id,
-            Template.name == request.template,
-            Template.type == "snapshot",
-        )
-    )
-
-
-async def _usage(
-    session: AsyncSession, host_ids: list[uuid.UUID], policy: Policy
-) -> dict[uuid.UUID, Usage]:
-    found = await session.execute(
-        select(
-            Capsule.host_id,
-            Capsule.status,
-            func.coalesce(func.sum(Capsule.vcpus), 0),
-            func.coalesce(func.sum(Capsule.memory_mb), 0),
-            func.coalesce(func.sum(Capsule.disk_size_mb), 0),
-        )
-        .where(
-            Capsule.host_id.in_(host_ids),
-            Capsule.status.in_([s.value for s in _HOLDING_MEMORY | _PAUSED]),
-        )
-        .group_by(Capsule.host_id, Capsule.status)
-    )
-    out: dict[uuid.UUID, Usage] = {}
-    for host_id, status, vcpus, memory, disk in found:
-        if host_id is None:
-            continue
-        paused = CapsuleStatus(status) in _PAUSED
-        was = out.get(host_id, Usage())
-        out[host_id] = Usage(
-            vcpus=was.vcpus + (0 if paused else int(vcpus)),
-            memory_mb=was.memory_mb
-            + float(memory) * (policy.paused_memory_fraction if paused else 1.0),
-            disk_mb=was.disk_mb + int(disk or 0),
-        )
-    return out
-
-
-def _free(host: Host, used: Usage, request: Request, policy: Policy) -> float | None:
+def _free(host: Candidate, used: Usage, request: Request, policy: Policy) -> float | None:
     """The smallest share of the host's capacity left after placing `request`; None if it
     does not fit. Dimensions the host did not report are not limits."""
     shares: list[float] = []
@@ -271,66 +236,55 @@ def _free(host: Host, used: Usage, request: Request, policy: Policy) -> float | 
     return min(shares) if shares else 1.0
 
 
-def _fits(host: Host, used: Usage, request: Request, policy: Policy) -> bool:
+def _fits(host: Candidate, used: Usage, request: Request, policy: Policy) -> bool:
     return _free(host, used, request, policy) is not None
 
 
 def _rank(
-    hosts: list[Host], usage: dict[uuid.UUID, Usage], request: Request, policy: Policy
-) -> list[Host]:
-    scored = [(h, _free(h, usage.get(h.id, Usage()), request, policy)) for h in hosts]
+    hosts: list[Candidate], usage: Mapping[uuid.UUID, Usage], request: Request, policy: Policy
+) -> list[tuple[Candidate, float]]:
+    """The hosts `request` fits on by `usage`, best first, each with the share of it that
+    would be left free."""
+    none = Usage()
+    scored = [(h, _free(h, usage.get(h.id, none), request, policy)) for h in hosts]
     fitting = [(h, free) for h, free in scored if free is not None]
     if policy.mode == "round-robin":
         never = datetime.min.replace(tzinfo=None)
-        return [
-            h
-            for h, _ in sorted(
-                fitting,
-                key=lambda pair: (
-                    pair[0].last_placed_at.replace(tzinfo=None) if pair[0].last_placed_at else never
-                ),
-            )
-        ]
-    # Least loaded: the most room left wins; ties go to the host placed on longest ago,
-    # so a burst of creates spreads instead of piling on the first host.
-    return [
-        h
-        for h, _ in sorted(
+        return sorted(
             fitting,
             key=lambda pair: (
-                -(pair[1] or 0.0),
-                pair[0].last_placed_at.timestamp() if pair[0].last_placed_at else 0.0,
+                pair[0].last_placed_at.replace(tzinfo=None) if pair[0].last_placed_at else never
             ),
         )
-    ]
+    # Least loaded: the most room left wins; ties go to the host placed on longest ago,
+    # so a burst of creates spreads instead of piling on the first host.
+    return sorted(
+        fitting,
+        key=lambda pair: (
+            -pair[1],
+            pair[0].last_placed_at.timestamp() if pair[0].last_placed_at else 0.0,
+        ),
+    )
 
 
 def _still_a_good_choice(
-    host: Host,
-    hosts: list[Host],
-    usage: dict[uuid.UUID, Usage],
+    host: Candidate,
+    mine: Usage,
+    ranked: list[tuple[Candidate, float]],
     request: Request,
     policy: Policy,
 ) -> bool:
-    """Least loaded: no other candidate now has clearly more room than `host` (by half
-    of this capsule's share of the host or more: equals tie). Round-robin takes any that
-    fits."""
+    """Least loaded: with `mine` (the host's usage counted under its lock) no other
+    candidate in `ranked` has clearly more room than `host` (by half of this capsule's
+    share of the host or more: equals tie). Round-robin takes any that fits."""
     if policy.mode == "round-robin":
         return True
-    mine = _free(host, usage.get(host.id, Usage()), request, policy)
-    if mine is None:
+    left = _free(host, mine, request, policy)
+    if left is None:
         return False
     step = 1.0 - (_free(host, Usage(), request, policy) or 0.0)
-    best = max(
-        (
-            free
-            for h in hosts
-            if h.id != host.id
-            and (free := _free(h, usage.get(h.id, Usage()), request, policy)) is not None
-        ),
-        default=mine,
-    )
-    return mine + step / 2 >= best
+    best = max((free for h, free in ranked if h.id != host.id), default=left)
+    return left + step / 2 >= best
 
 
 async def record_placed(session: AsyncSession, host_id: uuid.UUID, now: datetime) -> None:
@@ -357,7 +311,7 @@ def placement_lock_key(host_id: uuid.UUID) -> int:
     return int.from_bytes(host_id.bytes[-4:], "big", signed=True)
 
 
-async def _lock_first_free(session: AsyncSession, ranked: list[Host]) -> Host:
+async def _lock_first_free(session: AsyncSession, ranked: list[Candidate]) -> Candidate:
     """Lock the best-ranked host no other create holds; wait for the best one if all
     are held. SQLite has one writer for the whole file: the first write waits for it."""
     if session.get_bind().dialect.name == "sqlite":

@@ -107,6 +107,7 @@ async def _admit_children(ctx: RequestContext, source: Capsule, count: int) -> N
             ),
             count=count,
             policy=scheduler_policy(ctx.settings),
+            view=ctx.hosts.usage,
         )
         await limits.reserve_capsules(
             session,

@@ -134,6 +134,7 @@ async def begin_create(
         ),
         policy=scheduler_policy(ctx.settings),
         now=ctx.now,
+        view=ctx.hosts.usage,
     )
     await limits.reserve_capsules(
         session,
