@@ -59,6 +59,39 @@ START_TIMEOUT_S = 30.0
 REGISTER_ATTEMPTS = 5
 
 
+class _PortPicker:
+    """Ports for simulated hosts below the kernel's ephemeral range. A port in that range
+    (what binding port 0 gives) can be taken, while its host is down, by any process's
+    outgoing connection, and then `recover()` cannot bind it again (seen in the
+    1,000-host bench: EADDRINUSE). Ports taken by others are skipped."""
+
+    FIRST = 20000
+
+    def __init__(self) -> None:
+        self._next = self.FIRST
+
+    def listening_socket(self) -> socket.socket:
+        end = _ephemeral_start()
+        for _ in range(max(0, end - self.FIRST)):
+            port = self._next
+            self._next = port + 1 if port + 1 < end else self.FIRST
+            try:
+                return _listening_socket(port)
+            except OSError:  # another process's
+                continue
+        return _listening_socket(0)  # no room below the range: the kernel's choice
+
+
+def _ephemeral_start() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = _PortPicker()
+
+
 def _listening_socket(port: int) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -134,7 +167,8 @@ class SimulatedHost:
     async def register(self, control_plane: str, registration_token: str) -> None:
         """`wrenn agent --register TOKEN --control-plane URL`: register, then serve."""
         if self._socket is None:  # kept from a try the control plane did not answer
-            self._socket = _listening_socket(self.port)  # the address is known before serving
+            # The address is known before serving.
+            self._socket = _listening_socket(self.port) if self.port else _PORTS.listening_socket()
             self.port = self._socket.getsockname()[1]
         self.heartbeat_interval_s = await register_host(
             self.settings(),
