@@ -23,7 +23,9 @@ paused or lost on its own when the agent's pushed event did not arrive
 (`services/hostreports.py`), a row its host does not have (`orphaned`), and an operation
 orphaned by a restart (already left for `IN_FLIGHT_GRACE`, 6 min). Failure detection
 (heartbeats) is not delayed, nor the recovery of `missing` capsules unless more hosts hold
-them than a round lists.
+them than a round lists. A listing stamps its host's heartbeat too, which keeps a host
+whose own heartbeats time out under load `online` only while each host's turn comes
+within three heartbeat intervals.
 """
 
 from __future__ import annotations
