@@ -115,7 +115,7 @@ class HostMonitor:
         now = self._clock()
         # Silent hosts first, from the table alone: a failed host's capsules go `missing`
         # one interval after its silence shows, however long the listings below take.
-        registered: list[uuid.UUID] = []
+        reachable: list[uuid.UUID] = []  # registered hosts still beating
         local: list[uuid.UUID] = []
         clients = self._hosts.host_ids()
         for host_id, kind in kinds.items():
@@ -128,8 +128,9 @@ class HostMonitor:
                     await self._guarded(host_id, unreachable)
                     continue
             if host_id in clients:  # else: not yet synced, or another node's
-                (registered if kind == "registered" else local).append(host_id)
-        listed = [(h, False) for h in local] + [(h, True) for h in await self._turns(registered)]
+                (reachable if kind == "registered" else local).append(host_id)
+        # The local host every round (its listings are its liveness), the others by turns.
+        listed = [(h, False) for h in local] + [(h, True) for h in await self._turns(reachable)]
         # Then each reachable host's listing, a few at once: one by one, a round over a
         # thousand hosts took longer than the heartbeats' grace.
         gate = asyncio.Semaphore(LISTINGS_AT_ONCE)
@@ -144,22 +145,22 @@ class HostMonitor:
         # cancelled round never started would be left unawaited.
         await asyncio.gather(*(self._guarded(h, functools.partial(check, h, r)) for h, r in listed))
 
-    async def _turns(self, registered: list[uuid.UUID]) -> list[uuid.UUID]:
+    async def _turns(self, reachable: list[uuid.UUID]) -> list[uuid.UUID]:
         """The reachable registered hosts this round lists: all of them within the budget;
         else the budget's worth, hosts holding `missing` capsules first, then those listed
         longest ago."""
         self._round += 1
         # Only hosts reachable now are remembered: one back from silence (or new) is
         # "never listed", so its turn comes first.
-        self._listed_in = {h: self._listed_in[h] for h in registered if h in self._listed_in}
-        due = registered
-        if self._per_round is not None and len(registered) > self._per_round:
+        self._listed_in = {h: self._listed_in[h] for h in reachable if h in self._listed_in}
+        due = reachable
+        if self._per_round is not None and len(reachable) > self._per_round:
             first = await self._missing_on()
 
             def turn(host_id: uuid.UUID) -> tuple[bool, int]:
                 return host_id not in first, self._listed_in.get(host_id, -1)
 
-            due = sorted(registered, key=turn)[: self._per_round]
+            due = sorted(reachable, key=turn)[: self._per_round]
         for host_id in due:
             self._listed_in[host_id] = self._round
         return due
