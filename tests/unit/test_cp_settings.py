@@ -47,6 +47,7 @@ def test_settings_defaults(tmp_path: Path) -> None:
     assert on_a_name.effective_proxy_domain() == "box.lan:9000"
     assert settings.effective_agent_url() == "http://127.0.0.1:50051"
     assert settings.pty_ping_interval_s == 30.0
+    assert settings.host_monitor_listings_per_s == 25.0
     url = "postgresql://x@h/d"
     assert ControlPlaneSettings(database_url=url).database_url == "postgresql+psycopg://x@h/d"
 
@@ -58,8 +59,10 @@ def test_settings_defaults(tmp_path: Path) -> None:
         ("database_url", "nonsense", "WRENN_DATABASE_URL"),
         ("proxy_domain", "https://x.dev/api", "WRENN_PROXY_DOMAIN"),
         ("agent_url", "127.0.0.1:50051", "WRENN_AGENT_URL"),
-        ("host_monitor_interval_s", 0, "interval"),
-        ("pty_ping_interval_s", 0, "interval"),
+        ("host_monitor_interval_s", 0, "WRENN_HOST_MONITOR_INTERVAL_S"),
+        ("host_monitor_listings_per_s", 0, "WRENN_HOST_MONITOR_LISTINGS_PER_S"),
+        ("host_monitor_listings_per_s", -1.5, "WRENN_HOST_MONITOR_LISTINGS_PER_S"),
+        ("pty_ping_interval_s", 0, "WRENN_PTY_PING_INTERVAL_S"),
         ("api_listen", "nowhere", "listen"),
     ],
 )

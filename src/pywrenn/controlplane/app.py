@@ -182,6 +182,8 @@ def _lifespan(
                 clock,
                 grace_s=settings.host_heartbeat_grace_s,
                 heartbeat_interval_s=settings.host_heartbeat_interval_s,
+                interval_s=settings.host_monitor_interval_s,
+                listings_per_s=settings.host_monitor_listings_per_s,
                 leadership=leadership,
             )
             async with asyncio.TaskGroup() as group:
@@ -198,9 +200,7 @@ def _lifespan(
                 )
                 app.state.builds = runner
                 await runner.clean_interrupted()
-                watcher = group.create_task(
-                    monitor.run_forever(settings.host_monitor_interval_s), name="host-monitor"
-                )
+                watcher = group.create_task(monitor.run_forever(), name="host-monitor")
                 syncer = group.create_task(
                     _sync_hosts_forever(app.state.sessions, pool), name="host-sync"
                 )

@@ -7,7 +7,7 @@ message that names the variable. The shared knobs (`WRENN_DIR`, `WRENN_API_LISTE
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from pywrenn.config import Settings, parse_listen
 from pywrenn.layout import Layout
@@ -49,6 +49,13 @@ class ControlPlaneSettings(Settings):
         description="base URL of the local host agent; empty means http://WRENN_AGENT_LISTEN",
     )
     host_monitor_interval_s: float = Field(default=10.0, description="host monitor period")
+    host_monitor_listings_per_s: float = Field(
+        default=25.0,
+        description=(
+            "registered hosts the monitor lists per second at most (this times the period per"
+            " round, the least recently listed first); the local host is listed every round"
+        ),
+    )
     host_heartbeat_grace_s: float = Field(
         default=90.0,
         description="the local host (`wrenn up`) silent this long to the monitor is unreachable",
@@ -160,14 +167,16 @@ class ControlPlaneSettings(Settings):
 
     @field_validator(
         "host_monitor_interval_s",
+        "host_monitor_listings_per_s",
         "host_heartbeat_grace_s",
         "host_heartbeat_interval_s",
         "pty_ping_interval_s",
     )
     @classmethod
-    def _check_positive(cls, value: float) -> float:
+    def _check_positive(cls, value: float, info: ValidationInfo) -> float:
         if not value > 0:
-            raise ValueError(f"invalid: interval {value} must be > 0 seconds")
+            variable = f"WRENN_{(info.field_name or '').upper()}"
+            raise ValueError(f"invalid: {variable} {value} must be > 0")
         return value
 
     def effective_database_url(self) -> str:

@@ -25,6 +25,9 @@ that moved a row meanwhile wins) and flips the host online/unreachable with an e
 The grace is longer than the host client's longest call (a create, 300 s), so a live
 request has always given up (and moved its row itself) before the monitor takes over.
 
+`hosts_with_missing()` names the hosts whose rows wait on a listing to leave `missing`
+(the monitor lists those first when it cannot list every host each round).
+
 Knows nothing of: how the host was asked (the caller lists the agent's capsules, or gives
 up on it, and passes `HostCapsules` or `HOST_UNREACHABLE`).
 """
@@ -37,12 +40,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Final, NamedTuple
 
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from pywrenn.ids import IdKind
 
 from .. import publicids
-from ..db.models import Host
+from ..db.models import Capsule, Host
 from ..states import CapsuleStatus
 from .capsules import Change, move, rows_on_host
 from .events import SYSTEM, EventSpec, record_nocommit
@@ -206,6 +210,16 @@ def _plan_orphan(
 def heartbeat_expired(last_ok: datetime | None, *, now: datetime, grace: timedelta) -> bool:
     """A host not heard from in `grace` (Wrenn: 90 s, three missed beats) is unreachable."""
     return last_ok is None or now - last_ok > grace
+
+
+async def hosts_with_missing(session: AsyncSession) -> set[uuid.UUID]:
+    """Hosts holding a `missing` capsule: only a listing of the host moves it on (back to
+    running or paused, or stopped as confirmed dead). One probe of the (host, status)
+    index per host, not a scan of every capsule row."""
+    missing = select(Capsule.id).where(
+        Capsule.host_id == Host.id, Capsule.status == CapsuleStatus.MISSING.value
+    )
+    return set((await session.scalars(select(Host.id).where(missing.exists()))).all())
 
 
 async def reconcile_host(
