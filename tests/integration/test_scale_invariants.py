@@ -43,11 +43,11 @@ pytest_plugins = ["tests.controlplane_pg"]
 # pooled connection. Both are fixed (scheduler.py, services/bootgate.py).
 pytestmark = pytest.mark.timeout(900)
 
-# Sizes: WRENN_SCALE_HOSTS, WRENN_SCALE_CAPSULES override them (the 50 and 2,000
-# pass, but take 4-8 minutes here: creates run at 4-11/s in one process on 2 shared
-# cores, with the control plane and every agent in it). The default fits a few minutes.
-HOSTS = int(os.environ.get("WRENN_SCALE_HOSTS", "30"))
-CAPSULES = int(os.environ.get("WRENN_SCALE_CAPSULES", "500"))
+# Sizes: 50 hosts and 2,000 capsules, ~4-6 minutes here (creates at 6-10/s in one process
+# on 2 shared cores, with the control plane and every agent in it);
+# WRENN_SCALE_HOSTS, WRENN_SCALE_CAPSULES override them.
+HOSTS = int(os.environ.get("WRENN_SCALE_HOSTS", "50"))
+CAPSULES = int(os.environ.get("WRENN_SCALE_CAPSULES", "2000"))
 CAPSULE_MEMORY_MB = 128
 # Room for 1.2 times a fair share each: the fleet ends ~83% full, and placement must spread.
 HOST_MEMORY_MB = math.ceil(CAPSULES * 1.2 / HOSTS) * CAPSULE_MEMORY_MB
