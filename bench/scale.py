@@ -13,7 +13,8 @@ so the JSON says which resource runs out first. Measured, beside same-run baseli
 - creates through the API (both control planes, `--concurrency` at once): creates/s,
   POST p50/p99, CPU milliseconds per create by process kind; the rest of `--capsules` is
   bulk-inserted as placed rows (BULK_STATUS says why `paused`);
-- the scheduler's decision (`pick_host`, rolled back) with 10, 100, ... of the hosts;
+- the scheduler's decision (`pick_host` with a control plane's usage view, rolled back)
+  with 10, 100, ... of the hosts;
 - a page of the paginated list (`GET /v2/sandboxes?limit=100`) and a get
   (`GET /api/v1/capsules/{id}`), before the bulk rows (baseline) and after;
 - heartbeats' load on the database: transactions/s while idle, and CPU;
@@ -58,6 +59,7 @@ from pywrenn.controlplane.clock import system_clock  # noqa: E402
 from pywrenn.controlplane.db.engine import make_engine, make_session_factory  # noqa: E402
 from pywrenn.controlplane.db.migrate import upgrade_to_head  # noqa: E402
 from pywrenn.controlplane.db.models import Capsule, Host, Team  # noqa: E402
+from pywrenn.controlplane.hostusage import HostUsageView  # noqa: E402
 from pywrenn.controlplane.publicids import format_id, new_uuid  # noqa: E402
 from pywrenn.controlplane.scheduler import Policy, Request, pick_host  # noqa: E402
 from pywrenn.controlplane.settings import ControlPlaneSettings  # noqa: E402
@@ -168,10 +170,13 @@ async def bulk_insert(
 async def scheduler_times(
     sessions: Any, team_id: uuid.UUID, host_ids: list[uuid.UUID], sizes: list[int], runs: int
 ) -> dict[str, Any]:
+    """`pick_host` as a control plane runs it: with its usage view (a full count at most
+    every `VIEW_TTL_S`, included in the samples when it falls due)."""
     out: dict[str, Any] = {}
     for size in sizes:
         connected = frozenset(host_ids[:size])
         samples: list[float] = []
+        view = HostUsageView()
         for _ in range(runs):
             async with sessions() as session:
                 began = time.perf_counter()
@@ -181,6 +186,7 @@ async def scheduler_times(
                     request=Request(team_id, "minimal-ubuntu", 1, CAPSULE_MEMORY_MB),
                     policy=Policy(cpu_overcommit=1024.0),
                     now=datetime.now(UTC),
+                    view=view,
                 )
                 samples.append(time.perf_counter() - began)
                 await session.rollback()
