@@ -20,7 +20,7 @@ import httpx
 from fastapi import FastAPI
 from httpx_ws import AsyncWebSocketSession, aconnect_ws
 from httpx_ws.transport import ASGIWebSocketTransport
-from starlette.types import Receive, Scope, Send
+from starlette.types import Message, Receive, Scope, Send
 
 from pywrenn.controlplane.app import create_app
 from pywrenn.controlplane.bootstrap import bootstrap_admin
@@ -76,22 +76,48 @@ class Harness:
     def without_fast_paths(self) -> httpx.AsyncClient:
         """A client of the app without its fast paths (hotpaths.py, execpath.py,
         beatpath.py): what every request got before them, to compare their answers with."""
-        app = self.app
-
-        async def full_app(scope: Scope, receive: Receive, send: Send) -> None:
-            await FastAPI.__call__(app, scope, receive, send)
-
-        return httpx.AsyncClient(
-            transport=httpx.ASGITransport(app=full_app),
-            base_url="http://cp",
-            headers={"X-API-Key": self.key},
-        )
+        return without_fast_paths(self.app, headers={"X-API-Key": self.key})
 
     def ws(
         self, path: str, *, key: str | None = None
     ) -> AbstractAsyncContextManager[AsyncWebSocketSession]:
         headers = {"X-API-Key": key if key is not None else self.key}
         return aconnect_ws(path, self.client, headers=headers)
+
+
+def without_fast_paths(app: FastAPI, *, headers: dict[str, str] | None = None) -> httpx.AsyncClient:
+    """A client of `app` without its fast paths: FastAPI's own way for every request."""
+
+    async def full_app(scope: Scope, receive: Receive, send: Send) -> None:
+        await FastAPI.__call__(app, scope, receive, send)
+
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=full_app), base_url="http://cp", headers=headers
+    )
+
+
+async def fast_path_serves(
+    fast_path: Any, app: FastAPI, path: str, body: bytes, headers: dict[str, str]
+) -> bool:
+    """Whether `fast_path` (an app's `serve(scope, receive, send)`) itself answers this
+    POST; when it does not, the full app must be able to read the body it was sent."""
+    raw = [(k.lower().encode(), v.encode()) for k, v in {"host": "cp", **headers}.items()]
+    scope: Scope = {"type": "http", "method": "POST", "path": path, "headers": raw, "app": app}
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    rest = await fast_path.serve(scope, receive, send)
+    if rest is None:
+        assert sent and sent[0]["type"] == "http.response.start"
+        return True
+    assert not sent
+    assert (await rest())["body"] == body  # the full app reads the body it was sent
+    return False
 
 
 @asynccontextmanager

@@ -14,15 +14,14 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI
 from sqlalchemy import select, update
-from starlette.types import Message, Receive, Scope, Send
 
 from pywrenn.controlplane.app import ControlPlaneApp
 from pywrenn.controlplane.db.models import Event, Host
 from pywrenn.controlplane.publicids import parse
 from pywrenn.ids import IdKind
 from tests.cp_cluster import Agent, Cluster, cluster
+from tests.cp_routes import fast_path_serves, without_fast_paths
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
 
@@ -44,14 +43,8 @@ def _plane(c: Cluster) -> ControlPlaneApp:
 
 
 def _full(c: Cluster) -> httpx.AsyncClient:
-    """A client of the first plane without its fast paths: what every heartbeat got
-    before this one, to compare with."""
-    app = _plane(c)
-
-    async def full_app(scope: Scope, receive: Receive, send: Send) -> None:
-        await FastAPI.__call__(app, scope, receive, send)
-
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=full_app), base_url="http://cp")
+    """A client of the first plane without its fast paths."""
+    return without_fast_paths(_plane(c))
 
 
 def _beat(agent: Agent, **load: int) -> dict[str, Any]:
@@ -64,24 +57,7 @@ def _auth(token: str) -> dict[str, str]:
 
 async def _served(c: Cluster, path: str, body: bytes, headers: dict[str, str]) -> bool:
     """Whether the fast path itself answers this request."""
-    raw = [(k.lower().encode(), v.encode()) for k, v in {"host": "cp", **headers}.items()]
-    app = _plane(c)
-    scope: Scope = {"type": "http", "method": "POST", "path": path, "headers": raw, "app": app}
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    rest = await app.beat_path.serve(scope, receive, send)
-    if rest is None:
-        assert sent and sent[0]["type"] == "http.response.start"
-        return True
-    assert not sent
-    assert (await rest())["body"] == body  # the full app reads the body it was sent
-    return False
+    return await fast_path_serves(_plane(c).beat_path, _plane(c), path, body, headers)
 
 
 async def _same(

@@ -9,12 +9,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from starlette.types import Message, Scope
 
 from pywrenn.controlplane.app import ControlPlaneApp
 from pywrenn.controlplane.execpath import ExecFastPath
 from pywrenn.controlplane.gate import MAX_JSON_BODY
-from tests.cp_routes import Harness, run
+from tests.cp_routes import Harness, fast_path_serves, run
 
 pytest_plugins = ["tests.controlplane_pg", "tests.cp_fixtures"]
 
@@ -68,23 +67,7 @@ async def _same(
 
 async def _served(h: Harness, path: str, body: bytes, headers: dict[str, str]) -> bool:
     """Whether the fast path itself answers this request (it ran the exec)."""
-    raw = [(k.lower().encode(), v.encode()) for k, v in {"host": "cp", **headers}.items()]
-    scope: Scope = {"type": "http", "method": "POST", "path": path, "headers": raw, "app": h.app}
-    sent: list[Message] = []
-
-    async def receive() -> Message:
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    async def send(message: Message) -> None:
-        sent.append(message)
-
-    rest = await _exec_path(h).serve(scope, receive, send)
-    if rest is None:
-        assert sent and sent[0]["type"] == "http.response.start"
-        return True
-    assert not sent
-    assert (await rest())["body"] == body  # the full app reads the body it was sent
-    return False
+    return await fast_path_serves(_exec_path(h), h.app, path, body, headers)
 
 
 def test_an_exec_is_answered_as_the_route_answers_it(db_url: str, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from .fastbody import as_model, plain_json, read_capped, replaying
 from .hotpaths import send_json
 from .publicids import try_parse
 from .schemas.hosts import Heartbeat, HeartbeatReply
-from .services.hostauth import HOST_TOKEN_PREFIX, check_address, token_digest
+from .services.hostauth import HOST_TOKEN_PREFIX, bearer_token, check_address, token_digest
 from .services.hostreports import LOAD_KEYS
 
 _HEARTBEAT_PATH = re.compile(r"(?:/api)?/v1/hosts/([^/]+)/heartbeat\Z")
@@ -107,11 +107,8 @@ class HeartbeatFastPath:
 
 def _bearer(headers: Headers) -> str | None:
     """A host token from `Authorization: Bearer …` as the route reads it, or None."""
-    scheme, _, token = headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token.startswith(HOST_TOKEN_PREFIX):
-        return None
-    return token
+    token = bearer_token(headers.get("authorization", ""))
+    return token if token is not None and token.startswith(HOST_TOKEN_PREFIX) else None
 
 
 def _same_address(address: str | None) -> bool:

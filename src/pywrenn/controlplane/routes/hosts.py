@@ -128,10 +128,10 @@ async def capsule_events(host_id: str, body: CapsuleEvents, request: Request) ->
 
 
 def _bearer(request: Request) -> str:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    if scheme.lower() != "bearer" or not token:
+    token = hostauth.bearer_token(request.headers.get("authorization", ""))
+    if token is None:
         raise Unauthorized("unauthorized: a host token is required (Authorization: Bearer …)")
-    return token.strip()
+    return token
 
 
 def _credentials(request: Request, creds: hostauth.Credentials) -> Credentials:

@@ -40,6 +40,14 @@ MIN_AGENT_TOKEN = 32
 MAX_AGENT_TOKEN = 255
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The token of an `Authorization: Bearer …` header value, or None without one."""
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        return None
+    return token.strip()
+
+
 def token_digest(token: str) -> str:
     """What the hosts table keeps of a token: its SHA-256, in hex."""
     return hashlib.sha256(token.encode()).hexdigest()
