@@ -28,6 +28,7 @@ from pywrenn.controlplane.hostclient import HostClient
 from pywrenn.controlplane.services import keys, teams
 from pywrenn.controlplane.settings import ControlPlaneSettings
 from tests.fake_hostagent import FakeHostAgent
+from tests.waiting import until
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -66,6 +67,20 @@ class Harness:
             "running"
         )
         return capsule_id
+
+    async def status(self, capsule_id: str) -> str:
+        status: str = (await self.client.get(f"/api/v1/capsules/{capsule_id}")).json()["status"]
+        return status
+
+    async def until_status(self, capsule_id: str, wanted: str) -> None:
+        """Until the capsule shows `wanted`. A boot sends its host create before it
+        commits the move to `starting` (the commit runs beside the host call), so a
+        create reaching the host does not mean the row says `starting` yet."""
+
+        async def shows() -> bool:
+            return await self.status(capsule_id) == wanted
+
+        await until(shows, what=f"{capsule_id} {wanted}")
 
     async def other_team_key(self) -> str:
         async with self.app.state.sessions() as session:

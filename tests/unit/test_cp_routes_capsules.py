@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any
 
 import pytest
 import wrenn.models
 
+from pywrenn.controlplane.states import CapsuleStatus
 from tests.cp_routes import Harness, run
 from tests.fake_hostagent import FAKE_NET_RX_BPS
 
@@ -27,7 +29,7 @@ def test_lifecycle_create_pause_resume_destroy(db_url: str, tmp_path: Path) -> N
         assert created["timeout_sec"] == 60  # short TTLs are clamped up to a minute
         assert created["created_at"].endswith("Z") or "+00:00" in created["created_at"]
         await asyncio.wait_for(h.fake.create_arrived.wait(), 10)
-        assert (await h.client.get(f"/api/v1/capsules/{cid}")).json()["status"] == "starting"
+        await h.until_status(cid, "starting")
         h.fake.create_gate.set()
         await h.settle()
         got = (await h.client.get(f"/v1/capsules/{cid}")).json()
@@ -119,6 +121,55 @@ def test_destroy_during_boot_cleans_the_host(sqlite_url: str, tmp_path: Path) ->
         await h.settle()
         assert cid not in h.fake.capsules  # booted after the DELETE, then destroyed
         assert (await h.client.get(f"/api/v1/capsules/{cid}")).json()["status"] == "stopped"
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_a_create_counts_as_use(sqlite_url: str, tmp_path: Path) -> None:
+    """Stamped at the move to running (as a resume is), so the first exec, which comes
+    right after as a rule, has no activity of its own to write."""
+
+    async def body(h: Harness) -> None:
+        cid = await h.capsule()
+        got = (await h.client.get(f"/api/v1/capsules/{cid}")).json()
+        assert got["last_active_at"] is not None
+        assert got["last_active_at"] == got["started_at"]
+
+    run(sqlite_url, tmp_path, body)
+
+
+def test_destroy_before_the_boot_records_starting_cleans_the_host(
+    sqlite_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boot sends its host create before it commits `pending` -> `starting`. A DELETE
+    in between stops the row, the move finds nothing to move, and the boot destroys
+    what the host made once its create answers."""
+    from pywrenn.controlplane.services import capsules
+
+    held = asyncio.Event()
+    moving_to_starting = asyncio.Event()
+    move = capsules.move
+
+    async def held_move(session: Any, **kwargs: Any) -> Any:
+        if kwargs["to"] is CapsuleStatus.STARTING:
+            moving_to_starting.set()
+            await held.wait()
+        return await move(session, **kwargs)
+
+    monkeypatch.setattr(capsules, "move", held_move)
+
+    async def body(h: Harness) -> None:
+        h.fake.create_gate.clear()
+        cid = (await h.client.post("/api/v1/capsules", json={})).json()["id"]
+        await asyncio.wait_for(h.fake.create_arrived.wait(), 10)
+        await asyncio.wait_for(moving_to_starting.wait(), 10)
+        assert await h.status(cid) == "pending"
+        assert (await h.client.delete(f"/api/v1/capsules/{cid}")).status_code == 204
+        held.set()
+        h.fake.create_gate.set()
+        await h.settle()
+        assert cid not in h.fake.capsules  # made after the DELETE, then destroyed
+        assert await h.status(cid) == "stopped"
 
     run(sqlite_url, tmp_path, body)
 

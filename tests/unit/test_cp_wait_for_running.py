@@ -27,7 +27,7 @@ async def _starting(h: Harness) -> str:
     assert r.status_code == 201, r.text
     await asyncio.wait_for(h.fake.create_arrived.wait(), 10)
     cid: str = r.json()["id"]
-    assert (await h.client.get(f"/api/v1/capsules/{cid}")).json()["status"] == "starting"
+    await h.until_status(cid, "starting")
     return cid
 
 

@@ -90,8 +90,10 @@ async def test_members_are_frozen_invisible_and_counted(host: FakeHost) -> None:
     assert host.manager.list_infos() == []
     assert pool.held_mb() == 512
     assert host.manager.admission.held_mb(host.manager.capsules()) == 512
-    # Warmed: its guest ran /init, then a process start (the fake answers 404 to it).
-    assert "guest /process.Process/Start" in host.runtime.faults.calls
+    # Warmed: its guest ran /init, then a process start as root and one as another user
+    # (each spawn path translated under TCG; the fake answers 404 to both).
+    for vm in host.runtime.running():
+        assert host.runtime.process_users(vm) == ["", "nobody"]
     # ... and was renamed once, so a hit's rename is not the guest's first.
     for vm in host.runtime.running():
         assert host.runtime.init_fields(vm)["hostname"] == WARM_HOSTNAME
@@ -107,10 +109,14 @@ async def test_a_create_takes_a_member_and_gives_it_the_capsule_identity(
         default_user="user",
         default_workdir="/work",
     )
+    warm_clients = {id(m.guest) for m in host.manager.warmpool._ready[KEY]}
     info = await host.manager.create(request)
     assert info.state is CapsuleState.RUNNING
     capsule = host.manager.capsule(info.capsule_id)
     assert capsule.vm is not None
+    # The member's client (its warm-up's connection open) is the capsule's, on its token.
+    assert capsule.envd is not None and id(capsule.envd) in warm_clients
+    assert capsule.envd.access_token == info.envd_access_token
     run_dir = host.manager.layout.sandbox_dir(info.capsule_id)
     assert capsule.vm.run_dir == run_dir and (run_dir / RUNNING_STATE).exists()
     fields = host.runtime.init_fields(capsule.vm)

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
 
-from pywrenn.envdclient._bounded import MAX_ERROR_BYTES
+from pywrenn.envdclient._bounded import MAX_ERROR_BYTES, deadline, read_capped, read_prefix
 from pywrenn.envdclient._errors import EnvdError, EnvdProtocolError, EnvdTimeout
 from pywrenn.envdclient._h1 import H1Pool
 from pywrenn.envdclient._ops import EnvdCalls
@@ -76,6 +77,11 @@ class EnvdClient(EnvdCalls):
             await self._h1.aclose()
         await self._http.aclose()
 
+    def preconnect(self) -> None:
+        """Open a connection for the next process call in the background (`H1Pool.preconnect`)."""
+        if self._h1 is not None:
+            self._h1.preconnect()
+
     def _auth_headers(self) -> dict[str, str]:
         return {"X-Access-Token": self.access_token} if self.access_token else {}
 
@@ -124,22 +130,36 @@ class EnvdClient(EnvdCalls):
         await self._post_init(fields, timeout)
 
     async def _post_init(self, body: dict[str, Any], timeout: float) -> None:
-        status, content = await self._unary(
-            "POST", "/init", json=body, headers=self._auth_headers(), timeout=timeout,
-            limit=MAX_ERROR_BYTES,
-        )  # fmt: skip
+        # Over the process calls' connections (`_post`): an /init after a thaw takes the
+        # connection the member's warm-up left open, and leaves it for the first exec.
+        headers = {**self._auth_headers(), "Content-Type": "application/json"}
+        async with (
+            deadline(timeout, "POST /init"),
+            self._post("/init", json.dumps(body).encode(), headers, read_timeout=timeout) as r,
+        ):
+            status = r.status_code
+            if 200 <= status < 300:
+                content = await read_capped(r, MAX_ERROR_BYTES, "POST /init")
+            else:
+                content = await read_prefix(r)
         if not 200 <= status < 300:
             raise EnvdProtocolError(
                 f"failed: POST /init answered {status}: {content[:200]!r}", code=str(status)
             )
 
-    async def run(self, cmd: str, *, timeout: float = 60.0) -> ExecResult:
-        """Run `cmd` with ``bash -l -c`` in the guest and wait for it to end."""
+    async def run(
+        self, cmd: str, *, timeout: float = 60.0, user: str | None = None, cwd: str | None = None
+    ) -> ExecResult:
+        """Run `cmd` with ``bash -l -c`` in the guest (as `user`, in `cwd`: the guest's
+        defaults when None) and wait for it to end."""
         stdout, stderr = bytearray(), bytearray()
         pid, exit_code = 0, None
         try:
             async with asyncio.timeout(timeout):
-                async for event in self.start("/bin/bash", ["-l", "-c", cmd], timeout=timeout):
+                events = self.start(
+                    "/bin/bash", ["-l", "-c", cmd], user=user, cwd=cwd, timeout=timeout
+                )
+                async for event in events:
                     if event.kind == "start":
                         pid = event.pid
                     elif event.kind == "data":

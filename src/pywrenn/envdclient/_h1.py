@@ -164,6 +164,11 @@ class H1Reply:
 _SIZE, _DATA, _DATA_END, _TRAILERS, _DONE = (object() for _ in range(5))
 
 
+def _close_when_open(task: asyncio.Task[_Connection]) -> None:
+    if not task.cancelled() and task.exception() is None:
+        task.result().close()
+
+
 def _take_line(buffer: bytearray) -> bytes | None:
     """One CRLF-terminated line off the front of `buffer` (without its CRLF), None if it
     has not all arrived yet; a line of over 64 KiB is a protocol error."""
@@ -186,11 +191,56 @@ class H1Pool:
         self.connect_timeout = connect_timeout
         self._idle: list[_Connection] = []
         self._host_header = f"{host}:{port}"
+        # A connection being opened ahead of the first request (`preconnect`).
+        self._opening: asyncio.Task[_Connection] | None = None
 
     async def aclose(self) -> None:
+        opening, self._opening = self._opening, None
+        if opening is not None:
+            opening.cancel()
+            opening.add_done_callback(_close_when_open)  # if it opened before the cancel
         idle, self._idle = self._idle, []
         for connection in idle:
             connection.close()
+
+    def preconnect(self) -> None:
+        """Start opening one connection in the background, for the first request to
+        take instead of connecting itself (best effort: a failure is that request's own
+        connect). Why: under TCG a guest spends milliseconds accepting a connection
+        (the kernel's handshake, the agent's thread for it); opened while the control
+        plane still records a new capsule, it is off the first exec's path."""
+        if self._opening is not None or self._idle:
+            return
+        task = asyncio.get_running_loop().create_task(self._connect())
+        self._opening = task
+        task.add_done_callback(self._opened)
+
+    def _opened(self, task: asyncio.Task[_Connection]) -> None:
+        """Opened with no request waiting for it: into the pool (or dropped, on error)."""
+        if self._opening is not task:
+            return  # a request took it (`_take_opening`), or the pool closed
+        self._opening = None
+        if task.cancelled() or task.exception() is not None:
+            return
+        connection = task.result()
+        if len(self._idle) < MAX_IDLE:
+            self._idle.append(connection)
+        else:
+            connection.close()
+
+    async def _take_opening(self) -> _Connection | None:
+        """The connection `preconnect` is opening, once open; None if none or it failed."""
+        task, self._opening = self._opening, None
+        if task is None:
+            return None
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            if not task.cancelled():  # we were cancelled, not the connect: do not leak it
+                task.add_done_callback(_close_when_open)
+            raise
+        except (OSError, TimeoutError):
+            return None
 
     @contextlib.asynccontextmanager
     async def post(
@@ -198,7 +248,7 @@ class H1Pool:
     ) -> AsyncIterator[H1Reply]:
         """Send `body` to `path`; yields the answer once its head has arrived. Raises
         OSError (connect/reset), TimeoutError or H1ProtocolError."""
-        connection = self._take_idle() or await self._connect()
+        connection = self._take_idle() or await self._take_opening() or await self._connect()
         try:
             connection.writer.write(self._request_head(path, len(body), headers) + body)
             await connection.writer.drain()

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
-from pywrenn.envdclient import EnvdError
+from pywrenn.envdclient import EnvdClient, EnvdError
 from pywrenn.hostagent import egress
 from pywrenn.hostagent.capsule import Capsule
 from pywrenn.hostagent.egress import EgressPolicy
@@ -110,22 +110,35 @@ class LifecycleSteps:
         try:
             vm = await self.runtime.relocate(member.vm, run_dir)
         except BaseException:
+            await member.guest.aclose()
             with contextlib.suppress(VMError):
                 await self.runtime.kill(member.vm)
             await asyncio.to_thread(shutil.rmtree, member.vm.run_dir, True)
             raise
         capsule.vm = vm
         crash_point("create.after_vm")
-        await self.runtime.thaw(
-            vm,
-            timeout=self.settings.restore_timeout_s,
-            init_fields=capsule.guest_fields(first_init=True),
-        )
+        # The member's own client: its warm-up's connection carries the /init, then stays
+        # for the capsule's first exec (the member kept its slot: the same address).
+        guest: EnvdClient | None = member.guest
+        if member.guest.base_url != capsule.agent_url:
+            await member.guest.aclose()
+            guest = None
+        try:
+            await self.runtime.thaw(
+                vm,
+                timeout=self.settings.restore_timeout_s,
+                init_fields=capsule.guest_fields(first_init=True),
+                agent=guest,
+            )
+        except BaseException:
+            if guest is not None:
+                await guest.aclose()
+            raise
+        self.attach_guest(capsule, client=guest)
         versions = capsule_versions(
             member.source.versions, vmm=await self.runtime.version(), accel=vm.accel
         )
         capsule.meta = replace(capsule.meta, versions=versions)
-        self.attach_guest(capsule)
         self.write_running_state(capsule)
 
     # -- pause ---------------------------------------------------------------------------------
@@ -282,9 +295,16 @@ class LifecycleSteps:
         capsule.meta = meta
 
     # -- small parts -----------------------------------------------------------------------
-    def attach_guest(self, capsule: Capsule) -> None:
+    def attach_guest(self, capsule: Capsule, *, client: EnvdClient | None = None) -> None:
+        """The capsule's guest client: `client` (one already talking to this guest, with
+        the capsule's token), or a new one."""
         assert capsule.vm is not None
-        capsule.envd = self.connect_guest(capsule.agent_url, access_token=capsule.access_token)
+        if client is None:
+            client = self.connect_guest(capsule.agent_url, access_token=capsule.access_token)
+        capsule.envd = client
+        # The first exec usually comes right after the capsule is reported running: its
+        # connection is opened meanwhile, off that exec's path.
+        capsule.envd.preconnect()
         # The network's first reading, as the capsule starts to run: the sampler's first
         # round then measures from here (without it, the traffic until that round, e.g. a
         # file uploaded right after a warm-pool hit, was never counted).

@@ -22,6 +22,7 @@ module beside the guest answers they share, as `qemu.py` is for QEMU.
 
 from __future__ import annotations
 
+import base64
 import itertools
 import json
 import os
@@ -74,6 +75,8 @@ class _FakeVM:
     memory_file: Path | None = None
     memory_shared: bool = False
     init_fields: dict[str, Any] = field(default_factory=dict)
+    # Who each process start asked to run as ("" for the guest's default), in order.
+    process_users: list[str] = field(default_factory=list)
 
 
 class FakeRuntime:
@@ -103,6 +106,10 @@ class FakeRuntime:
     def init_fields(self, vm: VMHandle) -> dict[str, Any]:
         """What the guest agent of `vm` was told by /init (the readiness call included)."""
         return dict(self._vms[_key(vm.run_dir)].init_fields)
+
+    def process_users(self, vm: VMHandle) -> list[str]:
+        """Who each process start sent to `vm`'s guest asked to run as ("": its default)."""
+        return list(self._vms[_key(vm.run_dir)].process_users)
 
     # -- Runtime ---------------------------------------------------------------------------
     async def version(self) -> str:
@@ -251,10 +258,14 @@ class FakeRuntime:
         timeout: float = 30.0,
         agent_token: str | None = None,
         init_fields: Mapping[str, Any] | None = None,
+        agent: EnvdClient | None = None,
     ) -> None:
         fake = self._live(vm)
         fake.state = VMState.RUNNING
         await self._ready(fake, "thaw", init_fields)
+        token = (init_fields or {}).get("accessToken")
+        if agent is not None and token:
+            agent.access_token = str(token)  # as the real runtime leaves it
 
     async def relocate(self, vm: VMHandle, run_dir: Path) -> VMHandle:
         await self.faults.enter("relocate")
@@ -320,6 +331,8 @@ class FakeRuntime:
         self.faults.check(f"guest {path}")
         if path == "/init":
             fake.init_fields.update(json.loads(request.content or b"{}"))
+        if path == "/process.Process/Start":
+            fake.process_users.append(_basic_user(request.headers.get("authorization", "")))
         if path == "/metrics":
             return _reply(200, {"cpu_used_pct": 0.0, "mem_used": 0, "disk_used": 0})
         if path in ("/health", "/init", "/snapshot/prepare"):
@@ -441,3 +454,13 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _conforms(runtime: FakeRuntime) -> Runtime:
     # Never called: it makes mypy prove that FakeRuntime satisfies the Runtime protocol.
     return runtime
+
+
+def _basic_user(header: str) -> str:
+    """The user of an `Authorization: Basic` header as the guest agent reads it; ""."""
+    if not header.startswith("Basic "):
+        return ""
+    try:
+        return base64.b64decode(header[6:]).decode().split(":", 1)[0]
+    except (ValueError, UnicodeDecodeError):
+        return ""

@@ -525,12 +525,13 @@ class QemuRuntime:
         timeout: float = 30.0,
         agent_token: str | None = None,
         init_fields: Mapping[str, Any] | None = None,
+        agent: EnvdClient | None = None,
     ) -> None:
         try:
             async with _qmp(vm, timeout=min(timeout, 10.0)) as qmp:
                 await qmp.execute("cont")
             await _ready_agent(
-                vm, timeout=timeout, agent_token=agent_token, init_fields=init_fields
+                vm, timeout=timeout, agent_token=agent_token, init_fields=init_fields, agent=agent
             )
         except BaseException:
             await self.kill(vm)
@@ -986,8 +987,10 @@ async def _ready_agent(
     timeout: float,
     agent_token: str | None = None,
     init_fields: Mapping[str, Any] | None = None,
+    agent: EnvdClient | None = None,
 ) -> None:
-    """Wait for the guest agent, then set its clock and reseed its RNG.
+    """Wait for the guest agent, then set its clock and reseed its RNG (with `agent`,
+    if given: the caller's client, left open, its token the one /init set).
 
     After a restore the guest clock is wherever it was at pause time, and every clone of a
     template starts with the same RNG state: /init with fresh time and entropy fixes both.
@@ -1000,7 +1003,13 @@ async def _ready_agent(
     fields = dict(init_fields or {})
     new_token = fields.get("accessToken")
     gave_up_once = False
-    async with EnvdClient(vm.network.agent_url(), access_token=agent_token) as agent:
+    async with contextlib.AsyncExitStack() as stack:
+        if agent is None:
+            agent = await stack.enter_async_context(
+                EnvdClient(vm.network.agent_url(), access_token=agent_token)
+            )
+        else:
+            agent.access_token = agent_token
         while True:
             try:
                 # A total deadline per attempt (not per read); a loaded TCG guest can be
@@ -1011,6 +1020,8 @@ async def _ready_agent(
                     timeout=max(min(deadline - loop.time(), INIT_ATTEMPT_S), 1.0),
                     **fields,
                 )
+                if new_token:
+                    agent.access_token = str(new_token)
                 return
             except (EnvdUnavailable, EnvdTimeout) as exc:
                 if loop.time() > deadline or not host.pid_alive(vm.pid):

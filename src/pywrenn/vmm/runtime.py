@@ -11,7 +11,10 @@ import enum
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+if TYPE_CHECKING:
+    from pywrenn.envdclient import EnvdClient
 
 __all__ = [
     "AGENT_PORT",
@@ -224,10 +227,13 @@ class Runtime(Protocol):
         timeout: float = 30.0,
         agent_token: str | None = None,
         init_fields: Mapping[str, Any] | None = None,
+        agent: EnvdClient | None = None,
     ) -> None:
         """Let a frozen VM run and give its guest agent a fresh clock and entropy (and
         `init_fields`) with the same /init a restore ends with; the VM is killed if that
-        fails. `agent_token`: as `restore`."""
+        fails. `agent_token`: as `restore`. `agent`: a client of this guest to send the
+        /init with (its open connection saves a connect; the caller keeps and closes it);
+        None: one of its own."""
         ...
 
     async def relocate(self, vm: VMHandle, run_dir: Path) -> VMHandle:
