@@ -135,3 +135,26 @@ def test_a_capsule_made_before_tokens_were_kept_gets_its_token_from_its_host(
             assert row is not None and row.envd_access_token == f"token-of-{capsule_id}"
 
     run(db_url, tmp_path, body)
+
+
+def test_a_sandboxs_timeout_counts_from_when_it_runs(db_url: str, tmp_path: Path) -> None:
+    """The deadline is set with the boot's move to running, in that commit: `endAt` is
+    the sandbox's timeout after it started to run, and its row records when."""
+
+    async def body(h: Harness) -> None:
+        headers = {"x-api-key": h.key}
+        r = await h.client.post(
+            "/sandboxes", json={"templateID": "base", "timeout": 300}, headers=headers
+        )
+        assert r.status_code == 201, r.text
+        sandbox_id = r.json()["sandboxID"]
+        key = publicids.try_parse(sandbox_id, IdKind.CAPSULE)
+        async with h.app.state.sessions() as session:
+            row = await session.get(Capsule, key)
+            assert row is not None and row.status == "running"
+            assert row.deadline_set_at is not None and row.started_at is not None
+            assert row.deadline_set_at == row.started_at
+            assert row.deadline_at is not None
+            assert (row.deadline_at - row.deadline_set_at).total_seconds() == 300
+
+    run(db_url, tmp_path, body)

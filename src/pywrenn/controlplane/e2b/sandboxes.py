@@ -66,17 +66,18 @@ async def create_sandbox(body: NewSandbox, ctx: ContextDep, deadlines: Deadlines
         clock=ctx.clock,
         actor=ctx.actor,
         env=dict(body.env_vars or {}),
+        # The timeout counts from when the capsule runs (the boot took a while), and is
+        # set in the boot's own commit (no UPDATE of its own on the create's path).
+        running_values=lambda now: {
+            "deadline_at": now + timedelta(seconds=body.timeout),
+            "deadline_set_at": now,
+        },
     )
     # Owned by the app, so a client that goes away does not cut a boot in half.
     await asyncio.shield(ctx.background.spawn(boot, name=f"create {capsules.api_id(row)}"))
     row = await store.reread(ctx, row)
     if row.status != S.RUNNING:
         raise _create_failure(capsules.api_id(row), row.status, row.error)
-    now = ctx.clock()  # the boot took a while: the timeout counts from now
-    # On the row just read (one UPDATE, and the reply is built from it: no second read).
-    row.deadline_at = now + timedelta(seconds=body.timeout)
-    row.deadline_set_at = now
-    await ctx.session.commit()
     deadlines.wake()
     return views.sandbox(row, domain=views.domain(ctx))
 

@@ -173,10 +173,13 @@ async def finish_create(
     clock: Callable[[], datetime],
     actor: Actor,
     env: dict[str, str] | None = None,
+    running_values: Callable[[datetime], Mapping[str, Any]] | None = None,
 ) -> None:
     """Boot the capsule on its host (runs in the app's background, after the 201).
 
     `env`: variables for every process of the capsule, over the template's defaults.
+    `running_values`: further columns set with the move to running, given its time (an
+    API's own, e.g. E2B's deadline, which counts from then), in the same commit.
     Its database work waits for `bookkeeping_gate`; the host call does not."""
     gate = bookkeeping_gate(sessions)
     async with sessions() as session:
@@ -239,7 +242,11 @@ async def finish_create(
                 to=CapsuleStatus.RUNNING,
                 now=now,
                 allowed_from={CapsuleStatus.STARTING},
-                values={**placement_values(info), "last_active_at": now},
+                values={
+                    **placement_values(info),
+                    "last_active_at": now,
+                    **(running_values(now) if running_values is not None else {}),
+                },
                 action=(action_spec(row, "capsule.create"), actor),
             )
         if running is None:
