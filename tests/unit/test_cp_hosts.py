@@ -630,3 +630,33 @@ def test_a_fork_is_admitted_on_its_sources_host(db_url: str, tmp_path: Path) -> 
         assert len((await c.client.get("/api/v1/capsules")).json()) == 2
 
     run(db_url, tmp_path, body, hosts=1)
+
+
+def test_a_plane_that_has_not_synced_a_host_yet_still_places_on_it(
+    db_url: str, tmp_path: Path
+) -> None:
+    """A host registered through one control plane is learnt by the others at their
+    monitor's next round. A create reaching one of them before that reads the table
+    again instead of answering `host_unavailable` (seen with two planes and three agents:
+    a create right after the hosts came online was refused)."""
+    from pywrenn.controlplane.hostpool import HostPool
+
+    async def body(c: Cluster) -> None:
+        state = c.planes[1].state
+        synced, state.hosts = state.hosts, HostPool()  # as if its sync had not run yet
+        try:
+            r = await c.clients[1].post("/api/v1/capsules", json=SMALL)
+            assert r.status_code == 201, r.text
+            await c.settle()
+            assert len(c.agents[0].fake.capsules) == 1
+        finally:
+            unsynced, state.hosts = state.hosts, synced
+            await unsynced.aclose()
+        # With no host online at all it is still refused, after that one read.
+        async with state.sessions() as session:
+            await session.execute(update(Host).values(status="offline"))
+            await session.commit()
+        r = await c.clients[1].post("/api/v1/capsules", json=SMALL)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "host_unavailable"
+
+    run(db_url, tmp_path, body, hosts=1, planes=2)

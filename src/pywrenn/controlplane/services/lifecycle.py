@@ -33,8 +33,8 @@ from pywrenn.hostagent.wire import CapsuleCreate as AgentCreate
 from pywrenn.hostagent.wire import HostCapsule as AgentCapsule
 
 from ..basetemplates import is_base
-from ..db.models import Capsule
-from ..errors import Conflict, ControlPlaneError, InvalidState, NotFound
+from ..db.models import Capsule, Host
+from ..errors import Conflict, ControlPlaneError, HostUnavailable, InvalidState, NotFound
 from ..hostpool import HostPool
 from ..scheduler import Request, pick_host, record_placed, scheduler_policy
 from ..states import CapsuleStatus
@@ -127,16 +127,18 @@ async def begin_create(
     session = ctx.session
     # An unknown template is the caller's mistake: refuse before any row exists.
     await templates.resolve_for_host(session, team_id=ctx.team_id, name=spec.template)
-    host = await pick_host(
-        session,
-        connected=ctx.hosts.host_ids(),
-        request=Request(
-            team_id=ctx.team_id, template=spec.template, vcpus=spec.vcpus, memory_mb=spec.memory_mb
-        ),
-        policy=scheduler_policy(ctx.settings),
-        now=ctx.now,
-        view=ctx.hosts.usage,
+    request = Request(
+        team_id=ctx.team_id, template=spec.template, vcpus=spec.vcpus, memory_mb=spec.memory_mb
     )
+    try:
+        host = await _pick(ctx, request)
+    except HostUnavailable:
+        # No host this control plane has a client for: one that registered (or moved)
+        # through another control plane is learnt here at the monitor's next round (up to
+        # `host_monitor_interval_s`); read the table now rather than refuse a create that
+        # a host can take.
+        await ctx.hosts.sync(session)
+        host = await _pick(ctx, request)
     await limits.reserve_capsules(
         session,
         team_id=ctx.team_id,
@@ -163,6 +165,17 @@ async def begin_create(
         raise
     await record_placed(session, host.id, ctx.now)
     return row
+
+
+async def _pick(ctx: RequestContext, request: Request) -> Host:
+    return await pick_host(
+        ctx.session,
+        connected=ctx.hosts.host_ids(),
+        request=request,
+        policy=scheduler_policy(ctx.settings),
+        now=ctx.now,
+        view=ctx.hosts.usage,
+    )
 
 
 async def finish_create(
@@ -196,40 +209,8 @@ async def finish_create(
             # End the read transaction: a boot takes seconds, and a pooled connection
             # held through each one runs the pool dry under a burst of creates.
             await session.commit()
-        # The host call goes out first and the move to `starting` is committed while it
-        # runs: that commit was on every create's path (~5 ms of a pool hit's ~50).
-        host_call = None
-        if not isinstance(body, Exception):
-            host_call = asyncio.ensure_future(pool.client(row.host_id).create(body))
-        try:
-            async with gate:
-                started = await capsules.move(
-                    session,
-                    capsule_id=capsule_key,
-                    to=CapsuleStatus.STARTING,
-                    now=clock(),
-                    allowed_from={CapsuleStatus.PENDING},
-                )
-        except BaseException:
-            # The row stays `pending`; the monitor adopts what the host made, or clears it.
-            if host_call is not None:
-                await _settled(host_call)
-            raise
-        if started is None:
-            # Destroyed before it was recorded starting: undo what the host may have made.
-            if host_call is not None and await _settled(host_call):
-                await _destroy_on_host(pool, row)
-            return
-        if isinstance(body, Exception):
-            async with gate:
-                await _create_failed(session, row, body, clock=clock, actor=actor)
-            return
-        assert host_call is not None
-        try:
-            info = await host_call
-        except Exception as exc:
-            async with gate:
-                await _create_failed(session, row, exc, clock=clock, actor=actor)
+        info = await _boot_on_host(session, gate, pool, row, body, clock=clock, actor=actor)
+        if info is None:
             return
         async with gate:
             # Placement and status in one transaction: each commit is a write the next
@@ -257,6 +238,62 @@ async def finish_create(
                     session, capsule_id=capsule_key, now=clock(), actor=actor
                 )
                 await record_action(session, row, "capsule.create", actor=actor, now=clock())
+
+
+async def _boot_on_host(
+    session: AsyncSession,
+    gate: asyncio.Semaphore,
+    pool: HostPool,
+    row: Capsule,
+    body: AgentCreate | Exception,
+    *,
+    clock: Callable[[], datetime],
+    actor: Actor,
+) -> AgentCapsule | None:
+    """Send the host its create and, while it runs, commit `pending -> starting` (that
+    commit was on every create's path: ~5 ms of a pool hit's ~50). The host's answer; None
+    when nothing is left to do: destroyed meanwhile (whatever the host made is destroyed
+    too), or failed (`body` is why it could not be sent, or the host refused: the row is
+    moved to `error`)."""
+    host_call: asyncio.Future[AgentCapsule] | None = None
+    if not isinstance(body, Exception):
+        try:
+            client = pool.client(row.host_id)
+        except ControlPlaneError as exc:  # no connection to its host from here
+            body = exc
+        else:
+            host_call = asyncio.ensure_future(client.create(body))
+    try:
+        async with gate:
+            started = await capsules.move(
+                session,
+                capsule_id=row.id,
+                to=CapsuleStatus.STARTING,
+                now=clock(),
+                allowed_from={CapsuleStatus.PENDING},
+            )
+    except BaseException as exc:
+        # The row stays `pending`; the monitor adopts what the host made, or clears it.
+        if host_call is not None:
+            if isinstance(exc, asyncio.CancelledError):
+                host_call.cancel()  # the app is stopping: do not hold it up
+            else:
+                await _settled(host_call)
+        raise
+    if started is None:
+        # Destroyed before it was recorded starting: undo what the host may have made.
+        if host_call is not None and await _settled(host_call):
+            await _destroy_on_host(pool, row)
+        return None
+    try:
+        if isinstance(body, Exception):
+            raise body
+        assert host_call is not None
+        return await host_call
+    except Exception as exc:
+        async with gate:
+            await _create_failed(session, row, exc, clock=clock, actor=actor)
+        return None
 
 
 async def _settled(call: asyncio.Future[Any]) -> bool:
