@@ -119,22 +119,17 @@ class LifecycleSteps:
         crash_point("create.after_vm")
         # The member's own client: its warm-up's connection carries the /init, then stays
         # for the capsule's first exec (the member kept its slot: the same address).
-        guest: EnvdClient | None = member.guest
-        if member.guest.base_url != capsule.agent_url:
-            await member.guest.aclose()
-            guest = None
         try:
             await self.runtime.thaw(
                 vm,
                 timeout=self.settings.restore_timeout_s,
                 init_fields=capsule.guest_fields(first_init=True),
-                agent=guest,
+                agent=member.guest,
             )
         except BaseException:
-            if guest is not None:
-                await guest.aclose()
+            await member.guest.aclose()
             raise
-        self.attach_guest(capsule, client=guest)
+        self.attach_guest(capsule, client=member.guest)
         versions = capsule_versions(
             member.source.versions, vmm=await self.runtime.version(), accel=vm.accel
         )

@@ -40,13 +40,12 @@ from pywrenn.envdclient import EnvdClient, EnvdError
 from pywrenn.hostagent.errors import HostAgentError
 from pywrenn.hostagent.guestlink import GuestConnector
 from pywrenn.hostagent.hostnet import HostNetwork, tap_spec
-from pywrenn.hostagent.network import SlotNetwork
 from pywrenn.hostagent.poolsizes import PoolKey
 from pywrenn.hostagent.slots import SlotAllocator, borrowed_slot_network, return_slot_network
 from pywrenn.hostagent.sources import Source, resolve_source
 from pywrenn.hostagent.spawner import Spawner, SpawnerClosed
 from pywrenn.layout import Layout
-from pywrenn.vmm import AGENT_PORT, Runtime, VMError, VMHandle
+from pywrenn.vmm import Runtime, VMError, VMHandle
 
 __all__ = ["WARM_KIND", "PoolKey", "WarmMember", "WarmPool"]
 
@@ -312,7 +311,7 @@ class WarmPool:
                         timeout=self.restore_timeout_s,
                         init_fields={"hostname": WARM_HOSTNAME},
                     )
-                    guest = await self._warm(borrowed.net)
+                    guest = await self._warm(vm)
                     try:
                         await self.runtime.freeze(vm)
                     except BaseException:
@@ -329,11 +328,11 @@ class WarmPool:
         finally:
             self._filling = None
 
-    async def _warm(self, net: SlotNetwork) -> EnvdClient:
+    async def _warm(self, vm: VMHandle) -> EnvdClient:
         """Run a process in the guest as root and as another user, so both spawn paths are
         translated before a user's first exec needs one. Best effort: a guest that cannot
         still serves. The client (its connection open) is the member's."""
-        guest = self.connect_guest(f"http://{net.host_ip}:{AGENT_PORT}")
+        guest = self.connect_guest(vm.network.agent_url())
         try:
             for user, cwd in WARM_USERS:
                 try:

@@ -22,7 +22,6 @@ module beside the guest answers they share, as `qemu.py` is for QEMU.
 
 from __future__ import annotations
 
-import base64
 import itertools
 import json
 import os
@@ -34,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from pywrenn.envd.users import username_from_basic_auth
 from pywrenn.envdclient import EnvdClient
 from pywrenn.vmm.errors import BootError, SnapshotError, VMGoneError
 from pywrenn.vmm.faultplan import FaultPlan
@@ -332,7 +332,8 @@ class FakeRuntime:
         if path == "/init":
             fake.init_fields.update(json.loads(request.content or b"{}"))
         if path == "/process.Process/Start":
-            fake.process_users.append(_basic_user(request.headers.get("authorization", "")))
+            user = username_from_basic_auth(request.headers.get("authorization"))
+            fake.process_users.append(user or "")
         if path == "/metrics":
             return _reply(200, {"cpu_used_pct": 0.0, "mem_used": 0, "disk_used": 0})
         if path in ("/health", "/init", "/snapshot/prepare"):
@@ -454,13 +455,3 @@ def _link_or_copy(src: Path, dst: Path) -> None:
 def _conforms(runtime: FakeRuntime) -> Runtime:
     # Never called: it makes mypy prove that FakeRuntime satisfies the Runtime protocol.
     return runtime
-
-
-def _basic_user(header: str) -> str:
-    """The user of an `Authorization: Basic` header as the guest agent reads it; ""."""
-    if not header.startswith("Basic "):
-        return ""
-    try:
-        return base64.b64decode(header[6:]).decode().split(":", 1)[0]
-    except (ValueError, UnicodeDecodeError):
-        return ""
