@@ -36,15 +36,41 @@ def test_without_a_localhost_line_the_name_goes_first() -> None:
     assert hosts_with_hostname("::1 localhost", "cl-x") == "127.0.1.1\tcl-x\n::1 localhost\n"
 
 
-def test_write_is_a_rename_and_leaves_no_temporary_file(tmp_path: Path) -> None:
+def test_a_plain_file_is_rewritten_in_place(tmp_path: Path) -> None:
     hosts = tmp_path / "hosts"
     hosts.write_text(DEBIAN)
+    hosts.chmod(0o640)
     before = hosts.stat().st_ino
+    write_hosts("a-long-capsule-name", str(hosts))
+    assert "127.0.1.1\ta-long-capsule-name\n" in hosts.read_text()
+    assert hosts.stat().st_ino == before  # its inode, and with it its owner and mode
+    assert hosts.stat().st_mode & 0o777 == 0o640
+    assert os.listdir(tmp_path) == ["hosts"]
+    write_hosts("short", str(hosts))  # shorter than what was there: no old bytes left
+    assert hosts.read_text() == hosts_with_hostname(DEBIAN, "short")
+
+
+def test_a_symlink_is_replaced_and_its_target_left_alone(tmp_path: Path) -> None:
+    target = tmp_path / "elsewhere"
+    target.write_text("127.0.0.1\tlocalhost\n10.0.0.9\tdb\n")
+    hosts = tmp_path / "hosts"
+    hosts.symlink_to(target)
+    write_hosts("cl-abc", str(hosts))
+    assert not hosts.is_symlink()
+    assert hosts.read_text() == "127.0.0.1\tlocalhost\n127.0.1.1\tcl-abc\n10.0.0.9\tdb\n"
+    assert target.read_text() == "127.0.0.1\tlocalhost\n10.0.0.9\tdb\n"
+    assert hosts.stat().st_mode & 0o777 == 0o644
+
+
+def test_a_hard_linked_file_is_replaced_and_its_other_name_left_alone(tmp_path: Path) -> None:
+    hosts = tmp_path / "hosts"
+    hosts.write_text(DEBIAN)
+    other = tmp_path / "other"
+    os.link(hosts, other)
     write_hosts("cl-abc", str(hosts))
     assert "127.0.1.1\tcl-abc\n" in hosts.read_text()
-    assert hosts.stat().st_ino != before  # a new file renamed over the old: never half-written
-    assert hosts.stat().st_mode & 0o777 == 0o644
-    assert os.listdir(tmp_path) == ["hosts"]
+    assert other.read_text() == DEBIAN
+    assert sorted(os.listdir(tmp_path)) == ["hosts", "other"]
 
 
 def test_an_unchanged_name_writes_nothing(tmp_path: Path) -> None:
