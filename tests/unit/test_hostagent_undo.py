@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from pywrenn.hostagent import steps as steps_module
 from pywrenn.hostagent.errors import HostError
 from pywrenn.hostagent.manager import CreateRequest
 from pywrenn.hostagent.states import CapsuleState
@@ -184,7 +185,8 @@ async def test_a_pause_whose_commit_fails_is_paused_after_a_restart(
     [
         ("network", "create", HostError("no veth")),
         ("network", "install_egress_lists", HostError("iptables-restore failed")),
-        ("runtime", "restore", SnapshotError("restore failed: agent not ready")),
+        ("runtime", "restore", SnapshotError("restore failed: state rejected")),
+        ("runtime", "thaw", BootError("agent not ready")),
     ],
 )
 async def test_a_failed_resume_stays_paused_with_its_snapshot(
@@ -200,6 +202,77 @@ async def test_a_failed_resume_stays_paused_with_its_snapshot(
     assert left(host) == held
     assert read_meta(host.manager.layout.sandbox_dir(ID))  # the snapshot is whole
     assert (await host.manager.resume(ID)).state is CapsuleState.RUNNING  # retryable
+
+
+async def test_a_resume_runs_its_guest_only_once_its_running_state_is_written(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before, a crash leaves the snapshot's disk as the pause wrote it (the guest never
+    ran); after, recovery adopts the VM."""
+    await running(host)
+    await host.manager.pause(ID)
+    seen: list[list[str]] = []
+    write = steps_module.write_json_atomic
+
+    def record(path: Path, data: object) -> None:
+        seen.append([vm.vm_id for vm in host.runtime.running() if host.runtime.is_running(vm)])
+        write(path, data)
+
+    monkeypatch.setattr(steps_module, "write_json_atomic", record)
+    assert (await host.manager.resume(ID)).state is CapsuleState.RUNNING
+    assert seen == [[]]  # the VM existed, stopped
+    vm = host.manager.capsule(ID).vm
+    assert vm is not None and host.runtime.init_fields(vm)["hostname"] == ID
+
+
+async def test_a_resume_that_died_after_its_running_state_is_run_and_initialised_at_restart(
+    host: FakeHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = await running(host)
+    await host.manager.pause(ID)
+
+    class Died(BaseException):
+        """The agent's death between its running state and the guest's /init."""
+
+    async def die(*_: object, **__: object) -> None:
+        raise Died
+
+    async def nothing(*_: object, **__: object) -> None:
+        return None
+
+    with monkeypatch.context() as patch:
+        patch.setattr(host.runtime, "thaw", die)
+        patch.setattr(host.manager.steps, "_undo_resume", nothing)  # dead: undoes nothing
+        with pytest.raises(Died):
+            await host.manager.resume(ID)
+    run_dir = host.manager.layout.sandbox_dir(ID)
+    assert [vm.vm_id for vm in host.runtime.running()] == [ID]
+    assert not any(host.runtime.is_running(vm) for vm in host.runtime.running())
+
+    restarted = FakeHost(host.root, runtime=host.runtime, network=host.network)
+    await restarted.manager.recover()
+    capsule = restarted.manager.capsule(ID)
+    assert capsule.state is CapsuleState.RUNNING  # new
+    assert capsule.vm is not None and host.runtime.is_running(capsule.vm)
+    assert host.runtime.init_fields(capsule.vm)["hostname"] == ID  # the resume's /init
+    assert not (run_dir / "state.bin").exists()  # the pause is consumed
+    assert left(restarted) == held
+    await restarted.manager.close()
+
+
+async def test_a_resume_whose_guest_ran_then_failed_is_resumable_though_its_disk_grew(
+    host: FakeHost,
+) -> None:
+    """The guest may write its disk before it fails to answer; the pause is kept."""
+    await running(host)
+    await host.manager.pause(ID)
+    disk = host.manager.layout.sandbox_dir(ID) / "disk.qcow2"
+    host.runtime.faults.fail("thaw", BootError("agent not ready"))
+    with pytest.raises(HostError, match="stays paused"):
+        await host.manager.resume(ID)
+    with disk.open("ab") as grown:
+        grown.write(b"\0" * 65536)  # a cluster the guest allocated meanwhile
+    assert (await host.manager.resume(ID)).state is CapsuleState.RUNNING
 
 
 async def test_a_resume_whose_running_state_cannot_be_written_stays_paused(

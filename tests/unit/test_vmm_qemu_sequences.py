@@ -105,6 +105,14 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Fake]:
 
 
 AGENT_READY = ["POST /init"]  # /init is the readiness probe: no separate /health
+# A pause dir's state streamed in, until QEMU says it is loaded.
+RESTORE_LOAD = [
+    "qmp_capabilities",
+    "migrate-set-capabilities",
+    "getfd",
+    "migrate-incoming",
+    "query-status",
+]
 
 
 async def test_boot_waits_for_agent_and_reseeds_it(fake: Fake) -> None:
@@ -176,15 +184,7 @@ async def test_pause_then_restore_exact_sequences(fake: Fake) -> None:
 
     vm2 = await rt.restore(spec.run_dir, spec.run_dir, spec.network)
     try:
-        assert fake.take() == [
-            "qmp_capabilities",
-            "migrate-set-capabilities",
-            "getfd",
-            "migrate-incoming",
-            "query-status",
-            "cont",
-            *AGENT_READY,
-        ]
+        assert fake.take() == [*RESTORE_LOAD, "cont", *AGENT_READY]
         assert fake.ignore_shared() is False
         # Restored in place: the pause stays a snapshot until the caller has the guest
         # back and drops it, so a resume that fails (or dies) can be retried.
@@ -192,6 +192,27 @@ async def test_pause_then_restore_exact_sequences(fake: Fake) -> None:
         discard_pause(spec.run_dir)
         assert not (spec.run_dir / VM_META).exists()
         assert not (spec.run_dir / "state.bin").exists()
+    finally:
+        await rt.kill(vm2)
+
+
+async def test_a_stopped_restore_runs_nothing_until_thawed(fake: Fake) -> None:
+    """A resume's restore: the state loads, the guest does not run (no `cont`, no
+    /init) until `thaw`, so its disk is the snapshot's until the caller says so."""
+    rt = fake.runtime()
+    spec = fake.spec("a")
+    vm = await rt.boot(spec)
+    staging = spec.run_dir.with_name("a.staging-1")
+    await rt.pause_to_dir(vm, staging)
+    commit_staging(staging, spec.run_dir)
+    fake.take()
+
+    vm2 = await rt.restore(spec.run_dir, spec.run_dir, spec.network, start=False)
+    try:
+        assert fake.take() == RESTORE_LOAD
+        await rt.thaw(vm2, init_fields={"hostname": "a"})
+        assert [body["hostname"] for body in fake.init_bodies()] == ["a"]
+        assert fake.take() == ["qmp_capabilities", "cont", *AGENT_READY]
     finally:
         await rt.kill(vm2)
 

@@ -96,6 +96,27 @@ def test_truncated_state_fails_verification(tmp_path: Path) -> None:
         read_meta(tmp_path / "cap")
 
 
+@pytest.mark.parametrize(
+    ("name", "size", "error"),
+    [
+        ("disk.qcow2", 9, r"truncated: .*disk\.qcow2 is 9 bytes, meta says 10"),
+        ("state.bin", 101, r"changed: .*state\.bin is 101 bytes, meta says 100"),
+        ("disk.qcow2", 20, None),  # a pause's disk its failed resume's guest wrote
+    ],
+)
+def test_only_a_pause_disk_may_have_grown(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, name: str, size: int, error: str | None
+) -> None:
+    make_snapshot(tmp_path / "cap")
+    (tmp_path / "cap" / name).write_bytes(b"X" * size)
+    if error is not None:
+        with pytest.raises(SnapshotError, match=error):
+            read_meta(tmp_path / "cap")
+        return
+    assert read_meta(tmp_path / "cap").disk_bytes == 10
+    assert "grew from 10 to 20 bytes" in caplog.text
+
+
 def test_write_meta_refuses_short_files(tmp_path: Path) -> None:
     meta = make_snapshot(tmp_path / "cap")
     (tmp_path / "cap" / VM_META).unlink()

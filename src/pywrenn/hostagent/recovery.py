@@ -58,6 +58,9 @@ from pywrenn.vmm.snapshot import VM_META
 
 log = logging.getLogger("pywrenn.hostagent.recovery")
 
+# How long an interrupted resume's guest has to answer its /init at the next start.
+INTERRUPTED_RESUME_TIMEOUT_S = 30.0
+
 
 @dataclass
 class RecoveryReport:
@@ -197,11 +200,22 @@ class Recovery:
     async def _adopt_running(self, capsule_id: str, meta: SnapshotMeta) -> Capsule:
         run_dir = self.layout.sandbox_dir(capsule_id)
         vm = await self.runtime.adopt(run_dir)
-        # A pause that died before its snapshot was whole left the VM stopped (its
-        # staging dir is gone by now): let it run again.
-        await self.runtime.cont(vm)
-        self.slots.reserve(meta.slot_index, capsule_id)
         capsule = Capsule(capsule_id=capsule_id, state=CapsuleState.RUNNING, meta=meta, vm=vm)
+        if (run_dir / SNAPSHOT_META).exists():
+            # A resume that died after its running state: its VM may still be stopped,
+            # its guest without the resume's /init (fresh clock and entropy). Run it and
+            # send that /init (again, perhaps: it is idempotent).
+            await self.runtime.thaw(
+                vm,
+                timeout=INTERRUPTED_RESUME_TIMEOUT_S,
+                agent_token=capsule.access_token,
+                init_fields=capsule.guest_fields(first_init=False),
+            )
+        else:
+            # A pause that died before its snapshot was whole left the VM stopped (its
+            # staging dir is gone by now): let it run again.
+            await self.runtime.cont(vm)
+        self.slots.reserve(meta.slot_index, capsule_id)
         client = self.connect_guest(capsule.agent_url, access_token=capsule.access_token)
         try:
             await client.wait_health(timeout=10.0)

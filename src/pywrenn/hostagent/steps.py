@@ -208,27 +208,34 @@ class LifecycleSteps:
             )
             await self.network.install_egress_lists(capsule.net, policy)
             crash_point("resume.after_network")
-            # In place, the snapshot stays on disk until the running state is written
-            # below: a failure or a crash before then leaves the capsule resumable.
+            # In place, and stopped: the guest does not run (nor write the snapshot's
+            # disk) until the running state says the capsule is running. A crash before
+            # then leaves the snapshot as the pause wrote it; one after, a VM that
+            # recovery adopts and runs (`thaw` again).
             vm = await self.runtime.restore(
                 run_dir,
                 run_dir,
                 tap_spec(capsule.net),
                 timeout=self.settings.restore_timeout_s,
-                agent_token=capsule.access_token,
-                init_fields=capsule.guest_fields(first_init=False),
+                start=False,
             )
             crash_point("resume.after_restore")
             capsule.vm = vm
             if timeout_sec is not None and timeout_sec >= 0:
                 capsule.meta = replace(capsule.meta, timeout_sec=timeout_sec)
             self.write_running_state(capsule)
+            crash_point("resume.after_state")
+            await self.runtime.thaw(
+                vm,
+                timeout=self.settings.restore_timeout_s,
+                agent_token=capsule.access_token,
+                init_fields=capsule.guest_fields(first_init=False),
+            )
         except BaseException as exc:
             await self._undo_resume(capsule, vm)
             if isinstance(exc, VMError | HostAgentError | OSError):
                 raise HostError(f"resume failed, capsule stays paused: {exc}") from exc
             raise
-        crash_point("resume.after_state")
         # The pause is consumed: from here the running state describes the capsule.
         (run_dir / SNAPSHOT_META).unlink(missing_ok=True)
         discard_pause(run_dir)

@@ -103,6 +103,11 @@ class FakeRuntime:
         """Handles of the VMs whose "process" exists (running or stopped)."""
         return [vm.handle for vm in self._vms.values() if vm.state is not VMState.GONE]
 
+    def is_running(self, vm: VMHandle) -> bool:
+        """Whether `vm`'s guest runs (not stopped, not gone)."""
+        fake = self._vms.get(_key(vm.run_dir))
+        return fake is not None and fake.state is VMState.RUNNING
+
     def init_fields(self, vm: VMHandle) -> dict[str, Any]:
         """What the guest agent of `vm` was told by /init (the readiness call included)."""
         return dict(self._vms[_key(vm.run_dir)].init_fields)
@@ -149,6 +154,7 @@ class FakeRuntime:
         agent_token: str | None = None,
         template_memory: Path | None = None,
         init_fields: Mapping[str, Any] | None = None,
+        start: bool = True,
     ) -> VMHandle:
         meta = read_meta(snapshot_dir)
         if template_memory is not None and meta.kind is not SnapshotKind.PAUSE:
@@ -174,6 +180,10 @@ class FakeRuntime:
         }
         shared = template_memory is not None
         vm = self._launch(run_dir, network, record, memory, shared=shared)
+        if not start:
+            await self._ready(vm, "restore", None)  # a state that does not load fails here
+            vm.state = VMState.PAUSED
+            return vm.handle
         return await self._ready(vm, "restore", init_fields)
 
     async def pause_to_dir(

@@ -421,6 +421,7 @@ class QemuRuntime:
         agent_token: str | None = None,
         template_memory: Path | None = None,
         init_fields: Mapping[str, Any] | None = None,
+        start: bool = True,
     ) -> VMHandle:
         meta = read_meta(snapshot_dir)
         in_place = run_dir.resolve() == snapshot_dir.resolve()
@@ -450,10 +451,12 @@ class QemuRuntime:
                 # In place, the pause stays a snapshot until the caller drops it
                 # (`discard_pause`) once the guest answers: a resume that fails or dies
                 # before then can be retried.
-                await qmp.execute("cont")
-            await _ready_agent(
-                vm, timeout=timeout, agent_token=agent_token, init_fields=init_fields
-            )
+                if start:
+                    await qmp.execute("cont")
+            if start:
+                await _ready_agent(
+                    vm, timeout=timeout, agent_token=agent_token, init_fields=init_fields
+                )
         except BaseException as exc:
             if isinstance(exc, VMError):
                 await _save_console(vm)
@@ -469,7 +472,13 @@ class QemuRuntime:
                     f"vmm log: {_tail(run_dir / VMM_LOG)}; console: {_tail(run_dir / CONSOLE)}"
                 ) from exc
             raise
-        log.info("restored %s from %s (%s)", vm.vm_id, snapshot_dir, meta.kind.value)
+        log.info(
+            "restored %s from %s (%s)%s",
+            vm.vm_id,
+            snapshot_dir,
+            meta.kind.value,
+            "" if start else ", stopped",
+        )
         return vm
 
     async def pause_to_dir(

@@ -165,6 +165,7 @@ class Runtime(Protocol):
         agent_token: str | None = None,
         template_memory: Path | None = None,
         init_fields: Mapping[str, Any] | None = None,
+        start: bool = True,
     ) -> VMHandle:
         """Start a VM from a pause dir or a template dir; wait for the agent; reseed it.
 
@@ -173,7 +174,10 @@ class Runtime(Protocol):
         resume that fails (or dies) before then can be retried.
         `agent_token` is the guest agent's access token, if the snapshot's agent has one.
         `template_memory` (pause dirs only): put the VM's RAM in that file, shared, so the
-        restored VM can then be frozen with `template_snapshot`. `init_fields`: as `boot`."""
+        restored VM can then be frozen with `template_snapshot`. `init_fields`: as `boot`.
+        `start=False`: leave the VM stopped once its saved state is in (its guest has not
+        run, so its disk is as the snapshot left it); `thaw` runs it and sends the /init
+        (`agent_token` and `init_fields` are then `thaw`'s to send)."""
         ...
 
     async def pause_to_dir(

@@ -12,6 +12,7 @@ nothing of: how the VMM produced the files.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ __all__ = [
     "read_meta",
     "write_meta",
 ]
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "state.bin"
 DISK_FILE = "disk.qcow2"
@@ -106,6 +109,10 @@ def read_meta(directory: Path) -> SnapshotMeta:
 
 
 def verify_files(directory: Path, meta: SnapshotMeta) -> None:
+    """Every file at the size the meta recorded. One exception: a pause's disk may have
+    grown. A resume runs its guest on that very disk and, when it then fails (its guest
+    never answered), keeps the pause so the capsule is not lost; the guest may have
+    written its disk in those moments, and a qcow2 only grows. Shorter is always torn."""
     expected = {STATE_FILE: meta.state_bytes, DISK_FILE: meta.disk_bytes}
     if meta.kind is SnapshotKind.TEMPLATE:
         expected[MEMORY_FILE] = meta.memory_bytes
@@ -115,8 +122,12 @@ def verify_files(directory: Path, meta: SnapshotMeta) -> None:
             actual = path.stat().st_size
         except OSError as exc:
             raise SnapshotError(f"missing: {path} ({exc.strerror})") from exc
-        if actual != size or size <= 0:
+        if actual < size or size <= 0:
             raise SnapshotError(f"truncated: {path} is {actual} bytes, meta says {size}")
+        if actual > size and not (meta.kind is SnapshotKind.PAUSE and name == DISK_FILE):
+            raise SnapshotError(f"changed: {path} is {actual} bytes, meta says {size}")
+        if actual > size:
+            log.warning("%s grew from %d to %d bytes since its pause", path, size, actual)
 
 
 def _fsync(path: Path) -> None:
