@@ -24,7 +24,7 @@ def test_all_is_sorted_and_complete(module: object) -> None:
 def test_only_the_backend_modules_name_qemu() -> None:
     # Words that tie a module to QEMU: only the backend may use them (STYLE habit 3).
     tied = re.compile(r"qemu-img|qemu-system|QMPClient|-incoming|migrate-incoming")
-    allowed = {"qemu.py", "qmp.py"}
+    allowed = {"qemu.py", "qmp.py", "overlays.py"}  # overlays.py: the backend's qcow2 disks
     offenders = [
         p.name for p in SRC.glob("*.py") if p.name not in allowed and tied.search(p.read_text())
     ]

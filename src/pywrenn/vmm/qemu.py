@@ -60,6 +60,7 @@ from pywrenn.vmm.errors import (
     VMError,
     VMGoneError,
 )
+from pywrenn.vmm.overlays import SEEDS_DIR, overlay_from_seed
 from pywrenn.vmm.qmp import QMPClient
 from pywrenn.vmm.runtime import (
     AGENT_PORT,
@@ -259,6 +260,9 @@ class QemuRuntime:
         self._version: str | None = None
         self._sandbox: str | None = None if sandbox else ""
 
+    async def _overlay(self, base: Path, overlay: Path) -> None:
+        await overlay_from_seed(base, overlay, self.cache_dir / SEEDS_DIR, create_overlay)
+
     # -- host facts ----------------------------------------------------------------------
     @property
     def tsc_khz(self) -> int:
@@ -377,7 +381,7 @@ class QemuRuntime:
         accel = await self.accel_for(spec.kernel, spec.initramfs)
         _private_dir(spec.run_dir)
         disk = spec.run_dir / DISK_FILE
-        await create_overlay(spec.disk, disk)
+        await self._overlay(spec.disk, disk)
         cfg = LaunchConfig(
             vm_id=spec.run_dir.name,
             kernel=spec.kernel,
@@ -431,7 +435,7 @@ class QemuRuntime:
         disk = run_dir / DISK_FILE
         if meta.kind is SnapshotKind.TEMPLATE:
             # A template's disk is frozen; each clone writes to its own overlay on it.
-            await create_overlay(snapshot_dir / DISK_FILE, disk)
+            await self._overlay(snapshot_dir / DISK_FILE, disk)
         elif not in_place:
             # Copy, so the pause dir stays a valid snapshot for another restore.
             await asyncio.to_thread(shutil.copyfile, snapshot_dir / DISK_FILE, disk)
