@@ -34,6 +34,7 @@ from pywrenn.vmm import (
     commit_staging,
     read_meta,
 )
+from pywrenn.vmm.overlays import SEEDS_DIR
 from pywrenn.vmm.snapshot import VM_META
 
 pytestmark = pytest.mark.anyio
@@ -66,7 +67,11 @@ def leftovers(root: Path) -> set[str]:
     for sub in ("sandboxes", "templates", "cache"):
         if (root / sub).is_dir():
             found |= {f"{sub}/{p.name}" for p in (root / sub).iterdir()}
-    return found - {"cache/vmm-accel.json"}
+    # The runtime's caches stay on purpose; a seed's temp file would be a leak.
+    seeds = root / "cache" / SEEDS_DIR
+    if seeds.is_dir():
+        found |= {f"cache/{SEEDS_DIR}/{p.name}" for p in seeds.glob("*.tmp")}
+    return found - {"cache/vmm-accel.json", f"cache/{SEEDS_DIR}"}
 
 
 @pytest.fixture(scope="module")

@@ -67,9 +67,17 @@ async def test_broken_framing_is_a_protocol_error(head: bytes, payload: bytes, s
             await list_on(guest)
 
 
-async def test_a_guest_that_closes_without_answering_is_unavailable_or_malformed() -> None:
+async def test_a_guest_that_closes_without_answering_is_unavailable() -> None:
+    """Nothing said is a transport failure (retryable where the caller retries: a guest
+    agent not yet listening behind QEMU's user networking is accepted, then closed)."""
     async with FakeGuest(answer(b"")) as guest:
-        with pytest.raises((EnvdProtocolError, EnvdUnavailable)):
+        with pytest.raises(EnvdUnavailable, match="closed before an answer"):
+            await list_on(guest)
+
+
+async def test_a_guest_that_closes_in_the_middle_of_a_head_is_malformed() -> None:
+    async with FakeGuest(answer(b"HTTP/1.1 200 OK\r\nContent-")) as guest:
+        with pytest.raises(EnvdProtocolError, match="middle of an answer's head"):
             await list_on(guest)
 
 

@@ -294,7 +294,12 @@ async def _read_head(connection: _Connection, read_timeout: float) -> H1Reply:
         async with asyncio.timeout(read_timeout):
             head = await connection.reader.readuntil(b"\r\n\r\n")
     except asyncio.IncompleteReadError as exc:
-        raise H1ProtocolError("connection closed before an answer") from exc
+        if not exc.partial:
+            # Closed with nothing said: a transport failure, not a broken answer. A guest
+            # agent not yet listening behind QEMU's user networking looks like this (slirp
+            # accepts, then closes), and /init's readiness loop retries on it.
+            raise ConnectionResetError("connection closed before an answer") from exc
+        raise H1ProtocolError("connection closed in the middle of an answer's head") from exc
     except asyncio.LimitOverrunError as exc:
         raise H1ProtocolError(f"answer head over {MAX_HEAD_BYTES} bytes") from exc
     status_line, *header_lines = head[:-4].decode("latin-1").split("\r\n")
