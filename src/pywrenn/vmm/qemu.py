@@ -47,7 +47,7 @@ from pywrenn.envdclient import (
     EnvdTimeout,
     EnvdUnavailable,
 )
-from pywrenn.vmm import host
+from pywrenn.vmm import children, host
 from pywrenn.vmm.accel import HostKey, choose_accel
 from pywrenn.vmm.errors import (
     AccelProbeError,
@@ -638,13 +638,7 @@ class QemuRuntime:
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         with os.fdopen(os.open(run / STDERR, flags, 0o600), "wb") as err:
             try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=asyncio.subprocess.DEVNULL,
-                    stdout=asyncio.subprocess.DEVNULL,
-                    stderr=err,
-                    start_new_session=True,
-                )
+                proc = children.start(argv, stderr=err, new_session=True)
             except OSError as exc:
                 raise BootError(f"cannot start: {argv[0]}: {exc}") from exc
             try:
@@ -940,9 +934,7 @@ async def _state_reader(path: Path) -> AsyncIterator[int]:
         return
     read_end, write_end = os.pipe2(os.O_CLOEXEC)
     try:
-        reader = await asyncio.create_subprocess_exec(
-            "cat", str(path), stdin=asyncio.subprocess.DEVNULL, stdout=write_end
-        )
+        reader = children.start(["cat", str(path)], stdout=write_end)
     except OSError as exc:
         os.close(read_end)
         raise HostCommandError(f"cannot run: cat {path}: {exc}") from exc
@@ -953,8 +945,7 @@ async def _state_reader(path: Path) -> AsyncIterator[int]:
     finally:
         os.close(read_end)
         if reader.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                reader.kill()  # only if the load failed midway; normally cat has finished
+            reader.kill()  # only if the load failed midway; normally cat has finished
         await reader.wait()
 
 
@@ -1079,7 +1070,7 @@ def _marker(run_dir: Path) -> str:
     return str(run_dir / QMP_SOCK)
 
 
-async def _end_launched(proc: asyncio.subprocess.Process, run: Path) -> None:
+async def _end_launched(proc: children.Child, run: Path) -> None:
     """Wait for a launcher whose caller gave up, then kill the QEMU it daemonized."""
     with contextlib.suppress(TimeoutError, ProcessLookupError):
         async with asyncio.timeout(LAUNCH_REAP_TIMEOUT_S):
