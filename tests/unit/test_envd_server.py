@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import http.client
 import json
 import socket
 import struct
+import threading
 import time
+from collections.abc import Iterator
 
 import pytest
 
@@ -286,19 +289,28 @@ class RecordingMachineControl:
         self.calls.append(("hostname", name))
 
 
-def test_init_applies_clock_entropy_hostname_in_a_guest() -> None:
-    ops = RecordingMachineControl()
-    state = AgentState(AgentConfig(host="127.0.0.1", port=0))
-    router = Router()
+@contextlib.contextmanager
+def guest_server(ops: RecordingMachineControl) -> Iterator[AgentServer]:
+    """An agent whose /init acts on `ops`, as it acts on the machine inside a capsule."""
     from pywrenn.envd import system_http
 
+    state = AgentState(AgentConfig(host="127.0.0.1", port=0))
+    router = Router()
     system_http.register(router, state, ops)
     server = AgentServer(AgentConfig(host="127.0.0.1", port=0), state, router)
-    import threading
-
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_init_applies_clock_entropy_hostname_in_a_guest() -> None:
+    ops = RecordingMachineControl()
+    with guest_server(ops) as server:
         seed = bytes(range(64))
         body = {
             "timestamp": "2026-01-02T03:04:05.123456789Z",
@@ -307,15 +319,60 @@ def test_init_applies_clock_entropy_hostname_in_a_guest() -> None:
         }
         resp, _ = request(server, "POST", "/init", json.dumps(body).encode())
         assert resp.status == 204
+        assert request(server, "GET", "/envs")[0].status == 200  # waits for the naming
         assert ops.calls == [
             ("entropy", seed),
             ("clock", parse_rfc3339("2026-01-02T03:04:05.123456789Z")),
             ("hostname", "cl-abc"),
         ]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join()
+
+
+class SlowNaming(RecordingMachineControl):
+    """Naming the machine takes until the test lets it finish (or fails)."""
+
+    def __init__(self, error: OSError | None = None) -> None:
+        super().__init__()
+        self.naming, self.finish = threading.Event(), threading.Event()
+        self.error = error
+
+    def set_hostname(self, name: str) -> None:
+        self.naming.set()
+        assert self.finish.wait(10)
+        if self.error is not None:
+            raise self.error
+        super().set_hostname(name)
+
+
+def test_init_answers_before_naming_and_later_requests_wait_for_it() -> None:
+    ops = SlowNaming()
+    with guest_server(ops) as server:
+        body = {"timestamp": "2026-01-02T03:04:05Z", "hostname": "cl-abc"}
+        resp, _ = request(server, "POST", "/init", json.dumps(body).encode())
+        assert resp.status == 204  # answered with the naming still in progress
+        assert ops.naming.wait(5) and ("hostname", "cl-abc") not in ops.calls
+        answered: list[int] = []
+        waiter = threading.Thread(
+            target=lambda: answered.append(request(server, "GET", "/envs")[0].status)
+        )
+        waiter.start()
+        assert request(server, "GET", "/health")[0].status == 204  # never held back
+        waiter.join(0.3)
+        assert answered == []  # held back until the machine has its name
+        ops.finish.set()
+        waiter.join(10)
+        assert answered == [200]
+        assert ops.calls[-1] == ("hostname", "cl-abc")
+
+
+def test_a_failed_naming_is_logged_and_requests_go_on(caplog: pytest.LogCaptureFixture) -> None:
+    ops = SlowNaming(OSError(30, "Read-only file system"))
+    ops.finish.set()
+    with guest_server(ops) as server:
+        body = {"hostname": "cl-abc"}
+        assert request(server, "POST", "/init", json.dumps(body).encode())[0].status == 204
+        assert request(server, "GET", "/envs")[0].status == 200
+        assert request(server, "POST", "/init", b"{}")[0].status == 204
+    assert "could not name the machine 'cl-abc'" in caplog.text
 
 
 def test_host_agent_is_not_a_guest(envd_server: AgentServer) -> None:

@@ -19,7 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from pywrenn.envd import connect
+from pywrenn.envd import connect, users
 from pywrenn.envd.config import AgentConfig
 from pywrenn.envd.errors import Code, ConnectError, HTTPError
 from pywrenn.envd.httpbody import BodyReader
@@ -109,6 +109,8 @@ class AgentRequestHandler(BaseHTTPRequestHandler):
             response=self,
             connection=None,
         )
+        if not (self.command == "GET" and url.path == "/health"):
+            self.server.state.wait_settled()  # /init may still be naming the machine
         try:
             self._route(ctx)
         except (HTTPError, ConnectError) as exc:
@@ -356,6 +358,7 @@ def serve_forever(config: AgentConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s envd %(levelname)s %(message)s")
     server = make_server(config)
     log.info("listening on %s:%d", config.host, server.port)
+    users.warm_user_lookups()
 
     def stop(signum: int, _frame: object) -> None:
         # Runs in the main thread, which sleeps in serve_forever's select(): raising here

@@ -92,14 +92,24 @@ class SystemService:
             raise HTTPError(400, f"invalid: hostname {hostname!r} is not an RFC 1123 host name")
         epoch = parse_rfc3339(timestamp) if timestamp else None
         seed = _decode_b64(entropy, "entropy") if entropy else b""
-        self._apply_to_machine(epoch, seed, hostname)
+        self._apply_to_machine(epoch, seed)
         self.state.update(user=user, workdir=workdir, env_vars=env_vars, access_token=token)
-        ctx.response.send_empty(204)
+        if not hostname or self.ops is None:
+            ctx.response.send_empty(204)
+            return
+        # The name is given after the answer, behind a barrier every later request but
+        # /health waits at (`AgentState.wait_settled`): no request sees the old name, and
+        # a create does not wait for the guest's write of /etc/hosts (~30 ms of a first
+        # /init in a new QEMU process under TCG) while the host finishes its own steps.
+        with self.state.unsettled():
+            ctx.response.send_empty(204)
+            self._name_machine(hostname)
 
-    def _apply_to_machine(self, epoch: float | None, seed: bytes, hostname: str | None) -> None:
+    def _apply_to_machine(self, epoch: float | None, seed: bytes) -> None:
+        """What must hold before /init answers: fresh randomness, the host's time."""
         if self.ops is None:
-            if epoch is not None or seed or hostname:
-                log.debug("not in a capsule: clock, entropy and hostname left alone")
+            if epoch is not None or seed:
+                log.debug("not in a capsule: clock and entropy left alone")
             return
         try:
             if seed:
@@ -108,10 +118,16 @@ class SystemService:
             # create's first /init under TCG, and every create sets the clock.
             if epoch is not None and self.ops.set_clock(epoch):
                 log.debug("clock set from host")
-            if hostname:
-                self.ops.set_hostname(hostname)
         except OSError as exc:
             raise HTTPError(500, f"init: could not apply to the guest: {exc}") from exc
+
+    def _name_machine(self, hostname: str) -> None:
+        """After the answer, so a failure is the log's: the capsule works on unnamed."""
+        assert self.ops is not None
+        try:
+            self.ops.set_hostname(hostname)
+        except OSError as exc:
+            log.error("init: could not name the machine %r: %s", hostname, exc)
 
     def envs(self, ctx: RequestContext) -> None:
         ctx.response.send_json(200, self.state.defaults.env_vars)
