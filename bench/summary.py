@@ -150,6 +150,21 @@ def _templates(r: Report) -> list[Figure]:
     ] + [Figure("templates", "idle clone PSS mean", r["idle_clone_pss_mb"]["mean"], unit="MB")]
 
 
+def _templates_miss(r: Report) -> list[Figure]:
+    """bench/templates.py on a node with no warm pool: every create a restore (a miss)."""
+    made = r["create_from_template"]
+    return [
+        Figure(
+            "templates_miss",
+            f"create, pool empty ({label.replace('_', ' ')}) p50",
+            made[label]["control_plane"]["p50_ms"],
+            "bare QEMU restore",
+            made[label]["bare_qemu_restore"]["p50_ms"],
+        )
+        for label in ("1_at_a_time", "8_at_once")
+    ]
+
+
 def _e2b_first_output(r: Report) -> list[Figure]:
     return [
         Figure(
@@ -206,12 +221,21 @@ def _generic(name: str) -> Callable[[Report], list[Figure]]:
     return extract
 
 
-# (script, arguments for the full run, arguments for --quick, extractor)
+# A bench that runs another's script with other arguments.
+SCRIPTS = {"templates_miss": "templates"}
+
+# (arguments for the full run, arguments for --quick, extractor), by name (the script's
+# unless SCRIPTS says otherwise)
 BENCHES: dict[str, tuple[list[str], list[str], Callable[[Report], list[Figure]]]] = {
     "envd_calls": ([], ["--calls", "300", "--stream-mb", "20"], _envd_calls),
     "vmm": ([], ["--runs", "3", "--boot-runs", "2"], _vmm),
     "controlplane": ([], ["--runs", "10", "--creates", "2"], _controlplane),
     "templates": ([], ["--runs", "3", "--rounds", "1"], _templates),
+    "templates_miss": (
+        ["--warm-pool", "0", "--rounds", "1"],
+        ["--warm-pool", "0", "--runs", "3", "--rounds", "1"],
+        _templates_miss,
+    ),
     "e2b_first_output": ([], ["--runs", "2"], _e2b_first_output),
     "hotpaths": ([], ["--quick"], _generic("hotpaths")),
     "scale": ([], ["--quick"], _generic("scale")),
@@ -231,7 +255,8 @@ def _optional_benches() -> None:
 
 def run_one(name: str, quick: bool) -> tuple[Report | None, dict[str, Any]]:
     full, fast, _ = BENCHES[name]
-    argv = [sys.executable, str(BENCH_DIR / f"{name}.py"), *(fast if quick else full)]
+    script = SCRIPTS.get(name, name)
+    argv = [sys.executable, str(BENCH_DIR / f"{script}.py"), *(fast if quick else full)]
     began = time.monotonic()
     proc = subprocess.run(argv, capture_output=True, text=True, check=False)
     run = {"argv": argv[1:], "seconds": round(time.monotonic() - began, 1), "exit": proc.returncode}
@@ -274,7 +299,9 @@ def main() -> int:
     }
     figures: list[Figure] = []
     for name in names:
-        print(f"running bench/{name}.py ...", file=sys.stderr, flush=True)
+        script = SCRIPTS.get(name, name)
+        named = "" if script == name else f" as {name}"
+        print(f"running bench/{script}.py{named} ...", file=sys.stderr, flush=True)
         report, run = run_one(name, args.quick)
         summary["runs"][name] = run
         if report is not None:

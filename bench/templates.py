@@ -171,11 +171,18 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--image-cache", default=DEFAULT_IMAGE_CACHE)
     parser.add_argument("--keep-log", default="", help="copy the node's log here at the end")
+    parser.add_argument(
+        "--warm-pool",
+        default=None,
+        help="the node's WRENN_WARM_POOL (0: no pool, every create a miss); default: the node's",
+    )
     args = parser.parse_args()
     extra = {
         "WRENN_DEFAULT_MEMORY_MB": str(MEMORY_MB),  # the agent bakes this size at start
         "WRENN_NETWORK_POOL_SIZE": str(CONCURRENT),
     }
+    if args.warm_pool is not None:
+        extra["WRENN_WARM_POOL"] = args.warm_pool
     with (
         running_node(Path(args.image_cache), extra_env=extra, keep_log=args.keep_log) as node,
         contextlib.ExitStack() as cleanup,
@@ -241,6 +248,7 @@ def main() -> None:
             "bench": "templates",
             "machine": {"cpus": os.cpu_count(), "accel": read_meta(snapshot).accel},
             "memory_mb": MEMORY_MB,
+            "warm_pool": "the node's default" if args.warm_pool is None else args.warm_pool,
             "create_from_template": {
                 "1_at_a_time": {"control_plane": stats(ours_1), "bare_qemu_restore": stats(bare_1)},
                 "8_at_once": {"control_plane": stats(ours_8), "bare_qemu_restore": stats(bare_8)},
