@@ -5,6 +5,8 @@ Each bench is its own script printing its own JSON report (run one alone for det
 this runs them one after another, keeps each full report under `reports`, and pulls out
 the headline figures with the extractor named for that bench below. A bench that fails
 is recorded with its exit code and the tail of its stderr, and the others still run.
+Each bench starts once the CPUs are quiet (`wait_for_quiet`: another's teardown can
+outlast it), and its run records how long that took.
 
 Usage: python bench/summary.py [--out bench-summary.json] [--only NAME ...] [--quick]
 """
@@ -253,6 +255,38 @@ def _optional_benches() -> None:
             BENCHES[name] = ([], ["--quick"], _generic(name))
 
 
+# Before each bench: the machine counts as quiet once its CPUs were at most this busy for
+# QUIET_WINDOWS one-second windows in a row; a bench is not held back more than QUIET_MAX_S.
+# A guard against a bench's teardown (VMs killed, namespaces removed) outlasting its
+# process; the load average cannot tell, it decays over minutes (12.7 after the cluster
+# bench, whose CPUs were idle within 3 s).
+QUIET_BUSY = 0.10
+QUIET_WINDOWS = 3
+QUIET_MAX_S = 120.0
+
+
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all CPUs, from /proc/stat."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def wait_for_quiet() -> dict[str, float]:
+    """Wait until the CPUs are quiet (see QUIET_BUSY); what was waited and seen."""
+    began = time.monotonic()
+    quiet_windows, busy = 0, 1.0
+    before = _cpu_times()
+    while quiet_windows < QUIET_WINDOWS and time.monotonic() - began < QUIET_MAX_S:
+        time.sleep(1.0)
+        after = _cpu_times()
+        total = after[1] - before[1]
+        busy = (after[0] - before[0]) / total if total > 0 else 0.0
+        quiet_windows = quiet_windows + 1 if busy <= QUIET_BUSY else 0
+        before = after
+    return {"waited_s": round(time.monotonic() - began, 1), "cpu_busy_at_start": round(busy, 3)}
+
+
 def run_one(name: str, quick: bool) -> tuple[Report | None, dict[str, Any]]:
     full, fast, _ = BENCHES[name]
     script = SCRIPTS.get(name, name)
@@ -302,8 +336,9 @@ def main() -> int:
         script = SCRIPTS.get(name, name)
         named = "" if script == name else f" as {name}"
         print(f"running bench/{script}.py{named} ...", file=sys.stderr, flush=True)
+        quiet = wait_for_quiet()
         report, run = run_one(name, args.quick)
-        summary["runs"][name] = run
+        summary["runs"][name] = {**run, "before": quiet}
         if report is not None:
             summary["reports"][name] = report
             try:
