@@ -138,33 +138,32 @@ def _controlplane(r: Report) -> list[Figure]:
     ]
 
 
-def _templates(r: Report) -> list[Figure]:
+def _creates(r: Report, bench: str, what: str) -> list[Figure]:
+    """bench/templates.py's creates, 1 and 8 at once, each beside the bare restores."""
     made = r["create_from_template"]
     return [
         Figure(
-            "templates",
-            f"create ({label.replace('_', ' ')}) p50",
-            made[label]["control_plane"]["p50_ms"],
-            "bare QEMU restore",
-            made[label]["bare_qemu_restore"]["p50_ms"],
-        )
-        for label in ("1_at_a_time", "8_at_once")
-    ] + [Figure("templates", "idle clone PSS mean", r["idle_clone_pss_mb"]["mean"], unit="MB")]
-
-
-def _templates_miss(r: Report) -> list[Figure]:
-    """bench/templates.py on a node with no warm pool: every create a restore (a miss)."""
-    made = r["create_from_template"]
-    return [
-        Figure(
-            "templates_miss",
-            f"create, pool empty ({label.replace('_', ' ')}) p50",
+            bench,
+            f"{what} ({label.replace('_', ' ')}) p50",
             made[label]["control_plane"]["p50_ms"],
             "bare QEMU restore",
             made[label]["bare_qemu_restore"]["p50_ms"],
         )
         for label in ("1_at_a_time", "8_at_once")
     ]
+
+
+def _templates(r: Report) -> list[Figure]:
+    pss = r["idle_clone_pss_mb"]["mean"]
+    return [
+        *_creates(r, "templates", "create"),
+        Figure("templates", "idle clone PSS mean", pss, unit="MB"),
+    ]
+
+
+def _templates_miss(r: Report) -> list[Figure]:
+    """bench/templates.py on a node with no warm pool: every create a restore (a miss)."""
+    return _creates(r, "templates_miss", "create, pool empty")
 
 
 def _e2b_first_output(r: Report) -> list[Figure]:
