@@ -149,6 +149,31 @@ def test_a_burst_through_one_plane_spreads_by_what_the_view_learns(db_url: str) 
     run(db_url, 3, body)
 
 
+def test_a_host_is_given_up_only_for_room_a_fresh_count_confirms(db_url: str) -> None:
+    """A view counted before another control plane filled nine hosts thinks them empty.
+    The create must not give up host after host for that room (each attempt learning one
+    host, the last placing wherever it landed): the others are counted afresh before a
+    host is given up, and the one really roomier (ranked last) is then taken."""
+
+    async def body(w: World) -> None:
+        *filled, roomiest = w.host_ids
+        view = HostUsageView(monotonic=FakeMonotonic())
+        async with w.sessions() as session:
+            await view.figures(session, paused_memory_fraction=0.5)  # every host empty
+            for host in filled:
+                await w.add_rows(session, host, 128, count=3)
+            await w.add_rows(session, roomiest, 128, count=2)
+            # Placed on most recently: the view's ties rank it last.
+            await session.execute(
+                update(Host).where(Host.id == roomiest).values(last_placed_at=NOW)
+            )
+            await session.commit()
+        assert await w.create(128, view) == roomiest
+        assert view.usage_of(filled[-1]).memory_mb == 384.0  # counted afresh, not locked
+
+    run(db_url, 10, body)
+
+
 def test_a_stale_view_never_over_admits(db_url: str) -> None:
     """Rows that appear after the view was counted (another control plane's creates) are
     unseen by the ranking, but the count under the host's lock refuses it."""

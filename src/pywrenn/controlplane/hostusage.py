@@ -143,6 +143,10 @@ class HostUsageView:
             return Figures(counted, counted_now=True)
         return Figures(self._usage, counted_now=False)
 
+    def usage_of(self, host_id: uuid.UUID) -> Usage:
+        """The view's figure for the host now (none counted yet: nothing held)."""
+        return self._usage.get(host_id, Usage())
+
     def learn(self, host_id: uuid.UUID, usage: Usage) -> None:
         """`usage` is the host's exact figure, just counted (under its placement lock)."""
 

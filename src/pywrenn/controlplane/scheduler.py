@@ -33,17 +33,21 @@ refusal costs that count.
 Why a burst spreads: creates that start together all see the same usage and would all
 rank the same host first. On PostgreSQL a create skips a host another create holds
 (`pg_try_advisory_xact_lock`) and takes the next in rank (it waits only when every
-candidate is held). Once it holds a host and has counted it, if the others (by the view,
-which now holds this host's exact figure) have clearly more room (by half this capsule's
-share or more), it lets go and chooses again, at most a few times; each placement is
-added to the view, so the next create on this plane ranks that host fuller.
+candidate is held). Once it holds a host and has counted it, if the others have clearly
+more room (by half this capsule's share or more) by the view and then by a fresh count of
+them, it lets go and chooses again, waiting this time for the roomier host if another
+create holds it (that create is about to commit there); at most a few times. Each
+placement is added to the view, so the next create on this plane ranks that host fuller.
+The fresh count matters with several control planes: a view behind on another plane's
+placements sees room that is not there, and a create that gave up host after host for
+it would place wherever its last attempt landed (3 / 4 / 5 for 12 creates on 3 hosts).
 Knows nothing of: what happens on the host once chosen.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -106,6 +110,7 @@ async def pick_host(
     if view is None:
         view = HostUsageView(ttl_s=0.0)  # counts afresh at every read
     refused: set[uuid.UUID] = set()
+    roomier: uuid.UUID | None = None  # the host the last attempt gave its choice up for
     for attempt in range(_ATTEMPTS):
         hosts = await eligible(
             session, connected=connected, team_id=request.team_id, template=request.template
@@ -117,15 +122,17 @@ async def pick_host(
         ranked = await _ranked(session, view, hosts, request, policy, refused)
         if not ranked:
             break
-        chosen = await _lock_first_free(session, [h for h, _ in ranked])
+        chosen = await _lock_first_free(session, [h for h, _ in ranked], wait_for=roomier)
         exact = await _exact_usage(session, chosen.id, policy)
         view.learn(chosen.id, exact)  # a next attempt (or create) ranks it by this
         if not _fits(chosen, exact, request, policy):
             refused.add(chosen.id)
             await session.rollback()  # let go of the lock before trying another host
             continue
+        others = [h for h, _ in ranked if h.id != chosen.id]
         last = attempt == _ATTEMPTS - 1
-        if not last and not _still_a_good_choice(chosen, exact, ranked, request, policy):
+        roomier = None if last else await _roomier(session, view, chosen, others, request, policy)
+        if roomier is not None:
             await session.rollback()
             continue
         host = await session.get(Host, chosen.id, populate_existing=True)
@@ -267,24 +274,45 @@ def _rank(
     )
 
 
-def _still_a_good_choice(
-    host: Candidate,
-    mine: Usage,
-    ranked: list[tuple[Candidate, float]],
+async def _roomier(
+    session: AsyncSession,
+    view: HostUsageView,
+    chosen: Candidate,
+    others: list[Candidate],
     request: Request,
     policy: Policy,
-) -> bool:
-    """Least loaded: with `mine` (the host's usage counted under its lock) no other
-    candidate in `ranked` has clearly more room than `host` (by half of this capsule's
-    share of the host or more: equals tie). Round-robin takes any that fits."""
-    if policy.mode == "round-robin":
-        return True
-    left = _free(host, mine, request, policy)
+) -> uuid.UUID | None:
+    """Least loaded: one of `others` with clearly more room than `chosen` (whose usage the
+    view has just learnt, counted under its lock), by half of this capsule's share of the
+    host or more (equals tie); None when there is none, and always for round-robin,
+    which takes any host that fits.
+
+    The others' figures are the view's, which may be behind (another control plane's
+    placements, this one's since the ranking); a host is given up only when a fresh
+    count of the others agrees. Giving it up for room that is not there would repeat
+    until the attempts ran out, and the last one places wherever it lands."""
+    if policy.mode == "round-robin" or not others:
+        return None
+    left = _free(chosen, view.usage_of(chosen.id), request, policy)
     if left is None:
-        return False
-    step = 1.0 - (_free(host, Usage(), request, policy) or 0.0)
-    best = max((free for h, free in ranked if h.id != host.id), default=left)
-    return left + step / 2 >= best
+        return None
+    margin = (1.0 - (_free(chosen, Usage(), request, policy) or 0.0)) / 2
+
+    def best(usage_of: Callable[[uuid.UUID], Usage]) -> tuple[Candidate | None, float]:
+        scored = [(h, _free(h, usage_of(h.id), request, policy)) for h in others]
+        fitting = [(h, free) for h, free in scored if free is not None]
+        return max(fitting, key=lambda pair: pair[1], default=(None, -1.0))
+
+    host, room = best(view.usage_of)
+    if host is None or room <= left + margin:
+        return None
+    counted = await count_usage(
+        session, [h.id for h in others], paused_memory_fraction=policy.paused_memory_fraction
+    )
+    for other in others:
+        view.learn(other.id, counted.get(other.id, Usage()))
+    host, room = best(view.usage_of)
+    return host.id if host is not None and room > left + margin else None
 
 
 async def record_placed(session: AsyncSession, host_id: uuid.UUID, now: datetime) -> None:
@@ -311,9 +339,17 @@ def placement_lock_key(host_id: uuid.UUID) -> int:
     return int.from_bytes(host_id.bytes[-4:], "big", signed=True)
 
 
-async def _lock_first_free(session: AsyncSession, ranked: list[Candidate]) -> Candidate:
+async def _lock_first_free(
+    session: AsyncSession, ranked: list[Candidate], *, wait_for: uuid.UUID | None = None
+) -> Candidate:
     """Lock the best-ranked host no other create holds; wait for the best one if all
-    are held. SQLite has one writer for the whole file: the first write waits for it."""
+    are held. SQLite has one writer for the whole file: the first write waits for it.
+
+    `wait_for`: the host the last attempt gave its choice up for, as having clearly more
+    room. It comes first and is waited for if held, not skipped: a create holding it is
+    about to commit there, and skipping it would land on a fuller host once more."""
+    if wait_for is not None:
+        ranked = sorted(ranked, key=lambda host: host.id != wait_for)
     if session.get_bind().dialect.name == "sqlite":
         await session.execute(
             update(Host)
@@ -329,6 +365,8 @@ async def _lock_first_free(session: AsyncSession, ranked: list[Candidate]) -> Ca
         )
         if took:
             return host
+        if host.id == wait_for:
+            break
     await session.execute(
         text("SELECT pg_advisory_xact_lock(CAST(:cls AS integer), CAST(:key AS integer))"),
         {"cls": _PLACEMENT_LOCK_CLASS, "key": placement_lock_key(ranked[0].id)},
