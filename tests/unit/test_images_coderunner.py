@@ -4,6 +4,8 @@ service: the pieces that must agree with each other and with the `wrenn` SDK."""
 from __future__ import annotations
 
 import importlib.util
+import socket
+import threading
 from types import ModuleType
 
 import pytest
@@ -75,3 +77,49 @@ def test_variant_changes_the_image_hash_but_not_the_debian_base() -> None:
 
 def test_warm_up_file_compiles() -> None:
     compile(coderunner.WARM_SOURCE.read_text(), str(coderunner.WARM_SOURCE), "exec")
+
+
+class OneWebSocketServer:
+    """A loopback server for one connection: it reads an HTTP request, answers with
+    `status`, and (on 101) reads the client's close frame and answers with its own."""
+
+    def __init__(self, status: str) -> None:
+        self.status = status
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.request = b""
+        self.close_frame = b""
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+        self.thread.start()
+
+    def serve(self) -> None:
+        conn, _ = self.listener.accept()
+        with conn, self.listener:
+            conn.settimeout(10)
+            while b"\r\n\r\n" not in self.request:
+                self.request += conn.recv(4096)
+            conn.sendall(f"HTTP/1.1 {self.status}\r\nUpgrade: websocket\r\n\r\n".encode())
+            if not self.status.startswith("101"):
+                return
+            while len(self.close_frame) < 6:  # 2 header bytes and a 4-byte mask
+                self.close_frame += conn.recv(6 - len(self.close_frame))
+            conn.sendall(bytes([0x88, 0x00]))
+
+
+def test_the_service_opens_the_kernels_channels_once_and_closes_them() -> None:
+    server = OneWebSocketServer("101 Switching Protocols")
+    guest_service().open_channels_once("k-1", 10.0, port=server.port)
+    server.thread.join(10)
+    head = server.request.decode()
+    assert head.startswith("GET /api/kernels/k-1/channels?session_id=")
+    assert "Upgrade: websocket" in head and "Sec-WebSocket-Version: 13" in head
+    # A close frame with no payload, masked as a client's must be.
+    assert server.close_frame[:2] == bytes([0x88, 0x80])
+
+
+def test_a_refused_handshake_is_reported() -> None:
+    server = OneWebSocketServer("404 Not Found")
+    service = guest_service()
+    with pytest.raises(service.HandshakeRefused, match="WebSocket refused"):
+        service.open_channels_once("k-1", 10.0, port=server.port)
+    server.thread.join(10)

@@ -4,9 +4,10 @@
 wrenn-init starts it as root at boot and restarts it if it dies. It runs Jupyter Server
 on port 8888 as wrenn-user, opens one `wrenn` kernel (which imports the usual data
 libraries while it starts), and writes /run/wrenn-code-runner/ready once that kernel is
-idle: the image's readiness check waits for that file before a base snapshot is taken,
-so every capsule restored from it finds the kernel already running (the `wrenn` SDK
-reuses a running kernel of its kernelspec).
+idle and the server has opened its WebSocket channels once: the image's readiness check
+waits for that file before a base snapshot is taken, so every capsule restored from it
+finds the kernel already running (the `wrenn` SDK reuses a running kernel of its
+kernelspec) and the server already holding its kernel_info.
 
 No token and no XSRF check: the port proxy in front decides who reaches a capsule's
 ports (docs/proxy.md), and a capsule is its user's own machine.
@@ -17,14 +18,17 @@ kernel.
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import pwd
 import signal
+import socket
 import sys
 import time
 import urllib.error
 import urllib.request
+import uuid
 
 USER = "wrenn-user"
 PORT = 8888
@@ -111,6 +115,12 @@ def open_warm_kernel(server: int) -> None:
             time.sleep(0.5)  # not listening yet
     log(f"kernel {kernel_id} starting")
     wait_for_kernel(kernel_id, deadline - time.monotonic())
+    try:
+        open_channels_once(kernel_id, deadline - time.monotonic())
+    except (OSError, HandshakeRefused) as error:
+        # Best effort: without it each capsule's server asks the kernel on its first
+        # connection, as Jupyter does anyway.
+        log(f"kernel {kernel_id}: could not open its channels once: {error}")
 
 
 def wait_for_kernel(kernel_id: str, budget_s: float) -> None:
@@ -145,6 +155,50 @@ def wait_for_kernel(kernel_id: str, budget_s: float) -> None:
                 return
     finally:
         client.stop_channels()
+
+
+class HandshakeRefused(Exception):
+    pass
+
+
+def open_channels_once(kernel_id: str, budget_s: float, port: int = PORT) -> None:
+    """Open the kernel's WebSocket through the server once, and close it.
+
+    The server answers a WebSocket's handshake only once it has the kernel's
+    kernel_info reply, which it asks for (and then keeps) at the first connection. Asked
+    here, before the base snapshot, the answer is in every capsule's server: a client's
+    first handshake then waits for no round trip to the kernel, and a kernel still busy
+    (or slow) in a fresh capsule cannot hold it past a client's connect timeout (the
+    `wrenn` SDK's is httpx's default, 5 s). Standard library only: the handshake, then
+    one masked close frame (RFC 6455)."""
+    key = base64.b64encode(os.urandom(16)).decode()
+    request = (
+        f"GET /api/kernels/{kernel_id}/channels?session_id={uuid.uuid4().hex} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1:{port}\r\n"
+        "Upgrade: websocket\r\n"
+        "Connection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\n"
+        "Sec-WebSocket-Version: 13\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", port), timeout=max(budget_s, 1.0)) as sock:
+        sock.sendall(request.encode())
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = sock.recv(4096)
+            if not chunk or len(head) > 65536:
+                raise HandshakeRefused(f"no WebSocket handshake from the server: {head[:200]!r}")
+            head += chunk
+        status = head.split(b"\r\n", 1)[0]
+        if status.split()[1:2] != [b"101"]:
+            raise HandshakeRefused(f"WebSocket refused: {status!r}")
+        sock.sendall(bytes([0x88, 0x80]) + os.urandom(4))  # close, no payload, masked
+        sock.settimeout(5.0)
+        try:
+            while sock.recv(4096):  # until the server's close and end of stream
+                pass
+        except OSError:
+            pass  # closed is all we wanted
+    log(f"kernel {kernel_id}: channels opened once")
 
 
 def main() -> None:
