@@ -289,30 +289,31 @@ async def _roomier(
 
     The others' figures are the view's, which may be behind (another control plane's
     placements, this one's since the ranking); a host is given up only when a fresh
-    count of the others agrees. Giving it up for room that is not there would repeat
-    until the attempts ran out, and the last one places wherever it lands."""
-    if policy.mode == "round-robin" or not others:
+    count of the hosts the view calls roomier agrees (their rows only, by index: the
+    cost of an admission's count per host, paid only when the view disagrees with the
+    choice). Giving it up for room that is not there would repeat until the attempts
+    ran out, and the last one places wherever it lands."""
+    if policy.mode == "round-robin":
         return None
     left = _free(chosen, view.usage_of(chosen.id), request, policy)
     if left is None:
         return None
     margin = (1.0 - (_free(chosen, Usage(), request, policy) or 0.0)) / 2
 
-    def best(usage_of: Callable[[uuid.UUID], Usage]) -> tuple[Candidate | None, float]:
+    def roomier(usage_of: Callable[[uuid.UUID], Usage]) -> list[tuple[Candidate, float]]:
         scored = [(h, _free(h, usage_of(h.id), request, policy)) for h in others]
-        fitting = [(h, free) for h, free in scored if free is not None]
-        return max(fitting, key=lambda pair: pair[1], default=(None, -1.0))
+        return [(h, free) for h, free in scored if free is not None and free > left + margin]
 
-    host, room = best(view.usage_of)
-    if host is None or room <= left + margin:
+    doubted = [host for host, _ in roomier(view.usage_of)]
+    if not doubted:
         return None
     counted = await count_usage(
-        session, [h.id for h in others], paused_memory_fraction=policy.paused_memory_fraction
+        session, [h.id for h in doubted], paused_memory_fraction=policy.paused_memory_fraction
     )
-    for other in others:
-        view.learn(other.id, counted.get(other.id, Usage()))
-    host, room = best(view.usage_of)
-    return host.id if host is not None and room > left + margin else None
+    for host in doubted:
+        view.learn(host.id, counted.get(host.id, Usage()))
+    confirmed = roomier(view.usage_of)
+    return max(confirmed, key=lambda pair: pair[1])[0].id if confirmed else None
 
 
 async def record_placed(session: AsyncSession, host_id: uuid.UUID, now: datetime) -> None:
