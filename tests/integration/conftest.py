@@ -22,6 +22,7 @@ from pywrenn.images import ImageManifest, StepEvent, build_image
 from pywrenn.images.coderunner import TEMPLATE as CODE_RUNNER_IMAGE
 from pywrenn.layout import Layout
 from pywrenn.vmm import QemuRuntime
+from tests.imagecache import prune_superseded
 
 DEFAULT_IMAGE_CACHE = Path("/var/cache/pywrenn/image-cache")
 
@@ -37,6 +38,7 @@ def guest_image() -> ImageManifest:
 
     manifest = build_image(Layout(root), progress=report)
     print(f"guest image ready in {time.monotonic() - started:.1f}s at {root}")
+    _report_pruned(prune_superseded(manifest))
     baked = asyncio.run(_bake_base_snapshots(root))
     print(f"base snapshots ready in {time.monotonic() - started:.1f}s: {baked}")
     return manifest
@@ -70,9 +72,15 @@ def code_runner_image(guest_image: ImageManifest) -> ImageManifest:
     started = time.monotonic()
     manifest = build_image(Layout(root), template=CODE_RUNNER_IMAGE)
     print(f"code-runner image ready in {time.monotonic() - started:.1f}s")
+    _report_pruned(prune_superseded(manifest))
     baked = asyncio.run(_bake_base_snapshots(root, CODE_RUNNER_IMAGE, ((1, 512),)))
     print(f"code-runner snapshot ready in {time.monotonic() - started:.1f}s: {baked}")
     return manifest
+
+
+def _report_pruned(removed: list[Path]) -> None:
+    for path in removed:
+        print(f"image cache: removed superseded build {path}")
 
 
 def image_cache_root() -> Path:
