@@ -165,6 +165,19 @@ def run_sdk_file(node: Node, tests: Path, name: str, report: Path) -> tuple[dict
     return counts, failures
 
 
+def node_log_tail(node: Node, lines: int = 60) -> str:
+    """The end of the node's host agent and control plane logs, for a failure's message:
+    they say how each capsule was made (restored, booted) and what each request met."""
+    parts = []
+    for log in (node.root / "agent.log", node.root / "api.log"):
+        try:
+            text = log.read_text(errors="replace").splitlines()[-lines:]
+        except OSError as exc:
+            text = [f"({exc})"]
+        parts.append(f"--- last {lines} lines of {log.name} ---\n" + "\n".join(text))
+    return "\n".join(parts)
+
+
 def read_report(report: Path) -> tuple[dict[str, int], str]:
     if not report.is_file():
         return {}, ""
@@ -188,5 +201,5 @@ def read_report(report: Path) -> tuple[dict[str, int], str]:
 )
 def test_sdk_file_passes(node: Node, sdk_tests: Path, name: str, tmp_path: Path) -> None:
     counts, failures = run_sdk_file(node, sdk_tests, name, tmp_path / "report.xml")
-    assert not failures, f"{name} {counts}:\n{failures}"
+    assert not failures, f"{name} {counts}:\n{failures}\n{node_log_tail(node)}"
     assert counts.get("tests", 0) > 0, f"{name}: no tests ran"
