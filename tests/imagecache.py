@@ -18,10 +18,10 @@ import shutil
 import time
 from pathlib import Path
 
+from pywrenn.hostagent.basesnapshot import BASE_META
 from pywrenn.images import ImageManifest
 
 KEEP_S = 3 * 24 * 3600.0
-BASE_RECORD = "wrenn-base.json"
 
 
 def prune_superseded(
@@ -41,7 +41,7 @@ def prune_superseded(
     for snapshot in sorted(snapshots.iterdir()) if snapshots.is_dir() else []:
         if not snapshot.is_dir() or snapshot.name.startswith("."):
             continue
-        built_from = _input_hash(snapshot / BASE_RECORD)
+        built_from = _input_hash(snapshot / BASE_META)
         if built_from and built_from != current and _older(snapshot, now, keep_s):
             shutil.rmtree(snapshot, ignore_errors=True)
             removed.append(snapshot)

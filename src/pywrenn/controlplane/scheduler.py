@@ -131,7 +131,9 @@ async def pick_host(
             continue
         others = [h for h, _ in ranked if h.id != chosen.id]
         last = attempt == _ATTEMPTS - 1
-        roomier = None if last else await _roomier(session, view, chosen, others, request, policy)
+        roomier = (
+            None if last else await _roomier(session, view, chosen, exact, others, request, policy)
+        )
         if roomier is not None:
             await session.rollback()
             continue
@@ -278,12 +280,13 @@ async def _roomier(
     session: AsyncSession,
     view: HostUsageView,
     chosen: Candidate,
+    mine: Usage,
     others: list[Candidate],
     request: Request,
     policy: Policy,
 ) -> uuid.UUID | None:
-    """Least loaded: one of `others` with clearly more room than `chosen` (whose usage the
-    view has just learnt, counted under its lock), by half of this capsule's share of the
+    """Least loaded: one of `others` with clearly more room than `chosen` has with `mine`
+    (its usage, counted under its lock), by half of this capsule's share of the
     host or more (equals tie); None when there is none, and always for round-robin,
     which takes any host that fits.
 
@@ -295,7 +298,7 @@ async def _roomier(
     ran out, and the last one places wherever it lands."""
     if policy.mode == "round-robin":
         return None
-    left = _free(chosen, view.usage_of(chosen.id), request, policy)
+    left = _free(chosen, mine, request, policy)
     if left is None:
         return None
     margin = (1.0 - (_free(chosen, Usage(), request, policy) or 0.0)) / 2
