@@ -206,9 +206,29 @@ async def test_boot_run_then_pause_restore_three_times(
         while (last_count := int(await sh(vm, "cat /root/counter"))) <= int(restored_count):
             assert time.monotonic() < deadline, "the counter does not move after restore"
 
+    # The host that runs the guest decides its address-space randomisation, at every
+    # /init: `auto` turns it off under TCG only; a host set to `on` turns it back on in
+    # a guest that was paused where it was off.
+    assert await layout_of_two_processes(vm) == ("0" if vm.accel == "tcg" else "2")
+    staging = final.with_name(f"cap-pr.staging-{time.time_ns()}")
+    await runtime.pause_to_dir(vm, staging)
+    commit_staging(staging, final)
+    randomising = QemuRuntime(work / "cache", guest_aslr="on")
+    vm = vms.add(await randomising.restore(final, final, vm.network))
+    assert await layout_of_two_processes(vm) == "2"
+
     info = await runtime.info(vm)
     assert info.pid == vm.pid and info.rss_bytes > 0
     await runtime.kill(vm)
+
+
+async def layout_of_two_processes(vm: VMHandle) -> str:
+    """The guest's randomize_va_space, checked against where two processes put libc:
+    the same address when it is 0, two different ones otherwise."""
+    setting = await sh(vm, "cat /proc/sys/kernel/randomize_va_space")
+    starts = await sh(vm, "for i in 1 2; do grep -m1 libc.so /proc/self/maps | cut -d- -f1; done")
+    assert len(set(starts.split())) == (1 if setting == "0" else 2), (setting, starts)
+    return setting
 
 
 async def test_template_four_clones_share_memory_and_diverge(

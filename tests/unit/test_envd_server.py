@@ -273,7 +273,8 @@ def test_snapshot_prepare(envd_server: AgentServer) -> None:
 
 
 class RecordingMachineControl:
-    """Stands in for the guest's clock, RNG and hostname: the host's must not change."""
+    """Stands in for the guest's clock, RNG, address-space randomisation and hostname:
+    the host's must not change."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, object]] = []
@@ -284,6 +285,9 @@ class RecordingMachineControl:
 
     def add_entropy(self, seed: bytes) -> None:
         self.calls.append(("entropy", seed))
+
+    def set_address_randomization(self, enabled: bool) -> None:
+        self.calls.append(("aslr", enabled))
 
     def set_hostname(self, name: str) -> None:
         self.calls.append(("hostname", name))
@@ -325,6 +329,45 @@ def test_init_applies_clock_entropy_hostname_in_a_guest() -> None:
             ("clock", parse_rfc3339("2026-01-02T03:04:05.123456789Z")),
             ("hostname", "cl-abc"),
         ]
+
+
+def test_init_sets_address_randomization_only_when_it_changes() -> None:
+    ops = RecordingMachineControl()
+    with guest_server(ops) as server:
+        for aslr in (False, False, True, None, True, False):
+            body = {} if aslr is None else {"aslr": aslr}
+            resp, _ = request(server, "POST", "/init", json.dumps(body).encode())
+            assert resp.status == 204
+        # A restore that asks for what the snapshot already has writes nothing.
+        assert ops.calls == [("aslr", False), ("aslr", True), ("aslr", False)]
+
+
+class ReadOnlyProcSys(RecordingMachineControl):
+    def set_address_randomization(self, enabled: bool) -> None:
+        super().set_address_randomization(enabled)
+        raise OSError(30, "Read-only file system")
+
+
+def test_a_guest_that_cannot_take_aslr_still_serves(caplog: pytest.LogCaptureFixture) -> None:
+    ops = ReadOnlyProcSys()
+    with guest_server(ops) as server:
+        for _ in range(2):
+            body = json.dumps({"aslr": False, "timestamp": "2026-01-02T03:04:05Z"}).encode()
+            assert request(server, "POST", "/init", body)[0].status == 204
+    # Tried again at the next /init (nothing remembered), the clock set both times.
+    assert [name for name, _ in ops.calls] == ["aslr", "clock", "aslr", "clock"]
+    assert "could not set address-space randomisation" in caplog.text
+
+
+@pytest.mark.parametrize("value", ["false", 0, "off", {}])
+def test_init_refuses_an_aslr_that_is_not_a_boolean(value: object) -> None:
+    ops = RecordingMachineControl()
+    with guest_server(ops) as server:
+        body = json.dumps({"aslr": value}).encode()
+        resp, payload = request(server, "POST", "/init", body)
+        assert resp.status == 400
+        assert b"aslr must be true or false" in payload
+        assert ops.calls == []
 
 
 class SlowNaming(RecordingMachineControl):

@@ -1,7 +1,8 @@
 """Changes the agent makes to its machine, only when it runs as a capsule's guest agent.
 
-Owns: setting the clock, reseeding the kernel RNG, and the hostname (with the
-`127.0.1.1` line of /etc/hosts that makes it resolve) after `/init`. The same agent also
+Owns: setting the clock, reseeding the kernel RNG, address-space randomisation for the
+processes started next, and the hostname (with the `127.0.1.1` line of /etc/hosts that
+makes it resolve) after `/init`. The same agent also
 runs on developer hosts and in tests, where touching the host's clock would be a
 disaster, so `running_in_guest()` decides by looking, not by a flag: in a capsule, PID 1
 is our guest init.
@@ -28,6 +29,7 @@ RNDRESEEDCRNG = 0x5207
 # Leave the clock alone when it is already this close: stepping it is not free.
 CLOCK_TOLERANCE_S = 0.05
 HOSTS_PATH = "/etc/hosts"
+RANDOMIZE_VA_SPACE = "/proc/sys/kernel/randomize_va_space"
 # Debian's address for the machine's own name (so `sudo`, which looks its host up, answers
 # at once instead of warning "unable to resolve host" after a DNS timeout).
 OWN_NAME_ADDRESS = "127.0.1.1"
@@ -73,6 +75,19 @@ def add_entropy(seed: bytes) -> None:
             fcntl.ioctl(dev.fileno(), RNDRESEEDCRNG)
         except OSError as exc:  # kernels before 4.17 lack it; the add alone still helps
             log.warning("RNDRESEEDCRNG failed: %s", exc)
+
+
+def set_address_randomization(enabled: bool, path: str = RANDOMIZE_VA_SPACE) -> None:
+    """Randomise the address space of processes started from now on (2: stack, mmap,
+    vDSO and heap, the kernel's default) or lay each one out the same way (0).
+
+    The host turns it off under TCG: QEMU 7.2 finds its translations of guest code by
+    virtual address, so with every process's libraries at new addresses each process
+    start translated the dynamic loader, libc and the shell again (`bash -l -c` as a
+    user: ~59 ms with randomisation, ~20 ms without, docs/performance.md).
+    """
+    with open(path, "w") as f:
+        f.write("2" if enabled else "0")
 
 
 def valid_hostname(name: str) -> bool:

@@ -1,8 +1,9 @@
 """Plain-HTTP endpoints for the host: /health, /init, /envs, /metrics, /snapshot/prepare.
 
 Owns: the handshake the host agent performs after every boot or restore (`/init`: access
-token, default user and workdir, global env vars, the host's clock, fresh entropy, the
-hostname and its /etc/hosts line) and the guest's resource figures.
+token, default user and workdir, global env vars, the host's clock, fresh entropy,
+address-space randomisation, the hostname and its /etc/hosts line) and the guest's
+resource figures.
 """
 
 from __future__ import annotations
@@ -34,12 +35,14 @@ _RFC3339 = re.compile(
 
 
 class MachineControl(Protocol):
-    """What /init may change on the machine (clock, entropy, hostname); present only
-    inside a capsule, a recorder in tests."""
+    """What /init may change on the machine (clock, entropy, address-space
+    randomisation, hostname); present only inside a capsule, a recorder in tests."""
 
     def set_clock(self, epoch_seconds: float) -> bool: ...
 
     def add_entropy(self, seed: bytes) -> None: ...
+
+    def set_address_randomization(self, enabled: bool) -> None: ...
 
     def set_hostname(self, name: str) -> None: ...
 
@@ -47,6 +50,7 @@ class MachineControl(Protocol):
 class _RealMachineControl:
     set_clock = staticmethod(guest.set_clock)
     add_entropy = staticmethod(guest.add_entropy)
+    set_address_randomization = staticmethod(guest.set_address_randomization)
     set_hostname = staticmethod(guest.set_hostname)
 
 
@@ -62,6 +66,10 @@ class SystemService:
         self.ops = ops
         self._cpu_lock = threading.Lock()
         self._last_cpu: _CPUSample | None = None
+        # What the last /init set (None: not set since this agent started). It lives in
+        # the agent's memory, so it survives a snapshot with the machine it describes,
+        # and a restore that asks for the same again writes nothing.
+        self._aslr: bool | None = None
 
     def health(self, ctx: RequestContext) -> None:
         ctx.response.send_empty(204)
@@ -88,11 +96,14 @@ class SystemService:
         timestamp = _optional_str(body, "timestamp")
         entropy = _optional_str(body, "entropy")
         hostname = _optional_str(body, "hostname")
+        aslr = body.get("aslr")
+        if aslr is not None and not isinstance(aslr, bool):
+            raise HTTPError(400, "invalid: aslr must be true or false")
         if hostname and not guest.valid_hostname(hostname):
             raise HTTPError(400, f"invalid: hostname {hostname!r} is not an RFC 1123 host name")
         epoch = parse_rfc3339(timestamp) if timestamp else None
         seed = _decode_b64(entropy, "entropy") if entropy else b""
-        self._apply_to_machine(epoch, seed)
+        self._apply_to_machine(epoch, seed, aslr)
         self.state.update(user=user, workdir=workdir, env_vars=env_vars, access_token=token)
         if not hostname or self.ops is None:
             ctx.response.send_empty(204)
@@ -105,21 +116,35 @@ class SystemService:
             ctx.response.send_empty(204)
             self._name_machine(hostname)
 
-    def _apply_to_machine(self, epoch: float | None, seed: bytes) -> None:
-        """What must hold before /init answers: fresh randomness, the host's time."""
+    def _apply_to_machine(self, epoch: float | None, seed: bytes, aslr: bool | None) -> None:
+        """What must hold before /init answers: fresh randomness, the host's time, the
+        address-space layout the next process starts with."""
         if self.ops is None:
-            if epoch is not None or seed:
-                log.debug("not in a capsule: clock and entropy left alone")
+            if epoch is not None or seed or aslr is not None:
+                log.debug("not in a capsule: clock, entropy and aslr left alone")
             return
         try:
             if seed:
                 self.ops.add_entropy(seed)
+            if aslr is not None and aslr != self._aslr:
+                self._set_address_randomization(aslr)
             # Not logged above debug: a line on the serial console cost ~9 ms of a
             # create's first /init under TCG, and every create sets the clock.
             if epoch is not None and self.ops.set_clock(epoch):
                 log.debug("clock set from host")
         except OSError as exc:
             raise HTTPError(500, f"init: could not apply to the guest: {exc}") from exc
+
+    def _set_address_randomization(self, enabled: bool) -> None:
+        """A preference for speed, not a guarantee: a guest that cannot take it (a
+        read-only /proc/sys) still serves, and the next /init tries again."""
+        assert self.ops is not None
+        try:
+            self.ops.set_address_randomization(enabled)
+        except OSError as exc:
+            log.warning("init: could not set address-space randomisation: %s", exc)
+            return
+        self._aslr = enabled
 
     def _name_machine(self, hostname: str) -> None:
         """After the answer, so a failure is the log's: the capsule works on unnamed."""

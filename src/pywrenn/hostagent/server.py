@@ -132,7 +132,10 @@ def build(settings: HostAgentSettings) -> tuple[SandboxManager, str]:
         token = host_token(settings)
     except HostTokenError as exc:
         raise SystemExit(f"host agent: {exc}") from None  # one line, no traceback
-    return SandboxManager(settings, QemuRuntime(layout.cache_dir)), token
+    return (
+        SandboxManager(settings, QemuRuntime(layout.cache_dir, guest_aslr=settings.guest_aslr)),
+        token,
+    )
 
 
 def take_dir_lock(settings: HostAgentSettings) -> dirlock.DirLock:

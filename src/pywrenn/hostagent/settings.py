@@ -14,6 +14,7 @@ from pywrenn.hostagent.dns import parse_upstreams
 from pywrenn.hostagent.firewall import DEFAULT_BLOCKED_RANGES
 from pywrenn.hostagent.poolsizes import PoolSize, parse_pool_sizes
 from pywrenn.hostagent.slots import MAX_SLOT, parse_slot_range
+from pywrenn.vmm import GuestAslr
 
 # A host token shorter than this is refused at start: it is the only thing between a
 # caller on the agent's port and every capsule on the host.
@@ -74,6 +75,10 @@ class HostAgentSettings(BaseSettings):
     # The CA that signed an https control plane's certificate (WRENN_CP_CA); None: the
     # system's trust store.
     cp_ca: Path | None = None
+    # Address-space randomisation in guests (WRENN_GUEST_ASLR, vmm/aslr.py): `auto` keeps
+    # it on KVM and turns it off under TCG, where it makes every process start in the
+    # guest translate its libraries again; `on` or `off` to decide for every accelerator.
+    guest_aslr: GuestAslr = "auto"
 
     @field_validator("host_token")
     @classmethod

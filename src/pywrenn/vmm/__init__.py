@@ -5,6 +5,7 @@ Owns: VMs on this host, behind the `Runtime` protocol (`runtime.py`); the QEMU b
 capsules, slots, users, the control plane, or how the guest image is built.
 """
 
+from pywrenn.vmm.aslr import GuestAslr
 from pywrenn.vmm.errors import (
     AccelProbeError,
     BootError,
@@ -39,6 +40,7 @@ __all__ = [
     "AccelProbeError",
     "BootError",
     "BootSpec",
+    "GuestAslr",
     "HostCommandError",
     "NetworkSpec",
     "QMPCommandError",

@@ -49,6 +49,7 @@ from pywrenn.envdclient import (
 )
 from pywrenn.vmm import children, host
 from pywrenn.vmm.accel import HostKey, choose_accel
+from pywrenn.vmm.aslr import GuestAslr, guest_aslr_enabled
 from pywrenn.vmm.errors import (
     AccelProbeError,
     BootError,
@@ -251,8 +252,10 @@ class QemuRuntime:
         tsc_khz: int | None = None,
         probe_timeout: float = 15.0,
         sandbox: bool = True,
+        guest_aslr: GuestAslr = "auto",
     ) -> None:
         self.cache_dir = cache_dir
+        self.guest_aslr = guest_aslr
         self.binary = binary
         self._accel = accel
         self._tsc_khz = tsc_khz
@@ -286,6 +289,11 @@ class QemuRuntime:
 
             self._accel = (await choose_accel(self.cache_dir, key, probe)).accel
         return self._accel
+
+    def guest_fields(self, vm: VMHandle, init_fields: Mapping[str, Any] | None) -> dict[str, Any]:
+        """`init_fields` plus what this host wants of every guest it runs: whether the
+        processes the guest starts next get a randomised layout (`guest_aslr_enabled`)."""
+        return {"aslr": guest_aslr_enabled(self.guest_aslr, vm.accel), **(init_fields or {})}
 
     async def sandbox_options(self) -> str:
         """SANDBOX if this QEMU starts daemonised under it, else "" (logged); probed once."""
@@ -402,7 +410,7 @@ class QemuRuntime:
         log.info("boot %s accel=%s", cfg.vm_id, accel)
         vm = await self._launch(cfg)
         try:
-            await _ready_agent(vm, timeout=timeout, init_fields=init_fields)
+            await _ready_agent(vm, timeout=timeout, init_fields=self.guest_fields(vm, init_fields))
         except BaseException as exc:
             if isinstance(exc, VMError):
                 await _save_console(vm)
@@ -459,7 +467,10 @@ class QemuRuntime:
                     await qmp.execute("cont")
             if start:
                 await _ready_agent(
-                    vm, timeout=timeout, agent_token=agent_token, init_fields=init_fields
+                    vm,
+                    timeout=timeout,
+                    agent_token=agent_token,
+                    init_fields=self.guest_fields(vm, init_fields),
                 )
         except BaseException as exc:
             if isinstance(exc, VMError):
@@ -544,7 +555,11 @@ class QemuRuntime:
             async with _qmp(vm, timeout=min(timeout, 10.0)) as qmp:
                 await qmp.execute("cont")
             await _ready_agent(
-                vm, timeout=timeout, agent_token=agent_token, init_fields=init_fields, agent=agent
+                vm,
+                timeout=timeout,
+                agent_token=agent_token,
+                init_fields=self.guest_fields(vm, init_fields),
+                agent=agent,
             )
         except BaseException:
             await self.kill(vm)
