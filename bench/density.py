@@ -42,15 +42,13 @@ sys.path.insert(0, str(ROOT))
 
 from tests.integration.conftest import wrenn_dir_with_cached_image  # noqa: E402
 
-from node import cpu_seconds, stats  # noqa: E402
+from node import cpu_seconds, in_process_agent, stats  # noqa: E402
 from pywrenn.envdclient import EnvdClient  # noqa: E402
 from pywrenn.hostagent.basesnapshot import find as find_base  # noqa: E402
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager  # noqa: E402
-from pywrenn.hostagent.poolsizes import parse_pool_sizes  # noqa: E402
-from pywrenn.hostagent.settings import HostAgentSettings  # noqa: E402
 from pywrenn.images import load_manifest  # noqa: E402
 from pywrenn.layout import Layout  # noqa: E402
-from pywrenn.vmm import AGENT_PORT, QemuRuntime  # noqa: E402
+from pywrenn.vmm import AGENT_PORT  # noqa: E402
 from pywrenn.vmm.qemu import create_overlay  # noqa: E402
 from templates import Bare  # noqa: E402
 from vmm import RawQMP, bare_argv  # noqa: E402
@@ -146,16 +144,6 @@ async def exec_p50(envds: Iterable[EnvdClient], runs: int) -> dict[str, float]:
     return stats(samples)
 
 
-def manager_for(root: Path) -> SandboxManager:
-    settings = HostAgentSettings(
-        dir=root,
-        egress_default=False,
-        default_memory_mb=MEMORY_MB,
-        warm_pool=parse_pool_sizes("0"),
-    )
-    return SandboxManager(settings, QemuRuntime(Layout(root).cache_dir))
-
-
 def qemu_pid(manager: SandboxManager, capsule_id: str) -> int:
     vm = manager.capsule(capsule_id).vm
     assert vm is not None
@@ -169,7 +157,7 @@ def envd_of(manager: SandboxManager, capsule_id: str) -> EnvdClient:
 
 
 async def capsules(root: Path, count: int, settle: float, window: float) -> dict[str, object]:
-    manager = manager_for(root)
+    manager = in_process_agent(root, memory_mb=MEMORY_MB)
     ids = [f"cl-dens{n:012d}" for n in range(count)]
     try:
         manager.netpool.refill()

@@ -33,13 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 from tests.integration.conftest import wrenn_dir_with_cached_image  # noqa: E402
 
-from node import stats  # noqa: E402
+from node import in_process_agent, stats  # noqa: E402
 from pywrenn.envdclient import EnvdClient  # noqa: E402
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager  # noqa: E402
-from pywrenn.hostagent.poolsizes import parse_pool_sizes  # noqa: E402
-from pywrenn.hostagent.settings import HostAgentSettings  # noqa: E402
-from pywrenn.layout import Layout  # noqa: E402
-from pywrenn.vmm import GuestAslr, QemuRuntime  # noqa: E402
 
 MEMORY_MB = 256
 WARM_ROUNDS = 3
@@ -48,17 +44,6 @@ COMMANDS: dict[str, tuple[str, list[str], str]] = {
     "echo as wrenn-user": ("/bin/echo", ["hi"], "wrenn-user"),
     "bash -l -c as wrenn-user": ("/bin/bash", ["-l", "-c", "echo hi"], "wrenn-user"),
 }
-
-
-def manager_for(root: Path, choice: GuestAslr) -> SandboxManager:
-    settings = HostAgentSettings(
-        dir=root,
-        egress_default=False,
-        default_memory_mb=MEMORY_MB,
-        warm_pool=parse_pool_sizes("0"),
-        guest_aslr=choice,
-    )
-    return SandboxManager(settings, QemuRuntime(Layout(root).cache_dir, guest_aslr=choice))
 
 
 async def timed(envd: EnvdClient, cmd: str, args: list[str], user: str) -> tuple[float, float]:
@@ -84,7 +69,10 @@ async def started(manager: SandboxManager, n: int) -> tuple[EnvdClient, str, str
 
 
 async def measure(root: Path, runs: int) -> dict[str, object]:
-    managers = {"auto": manager_for(root, "auto"), "on": manager_for(root, "on")}
+    managers = {
+        "auto": in_process_agent(root, memory_mb=MEMORY_MB, guest_aslr="auto"),
+        "on": in_process_agent(root, memory_mb=MEMORY_MB, guest_aslr="on"),
+    }
     report: dict[str, object] = {}
     samples: dict[tuple[str, str, str], list[float]] = {}
     try:

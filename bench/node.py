@@ -31,6 +31,11 @@ sys.path.insert(0, str(ROOT / "src"))
 from pywrenn.controlplane.bootstrap import bootstrap_admin  # noqa: E402
 from pywrenn.controlplane.db.engine import make_engine, make_session_factory  # noqa: E402
 from pywrenn.controlplane.db.migrate import upgrade_to_head  # noqa: E402
+from pywrenn.hostagent.manager import SandboxManager  # noqa: E402
+from pywrenn.hostagent.poolsizes import parse_pool_sizes  # noqa: E402
+from pywrenn.hostagent.settings import HostAgentSettings  # noqa: E402
+from pywrenn.layout import Layout  # noqa: E402
+from pywrenn.vmm import GuestAslr, QemuRuntime  # noqa: E402
 
 DEFAULT_IMAGE_CACHE = os.environ.get("WRENN_IMAGE_CACHE", "/var/cache/pywrenn/image-cache")
 CONTROL_PLANE = (
@@ -77,6 +82,21 @@ def wait_up(url: str, proc: subprocess.Popen[bytes], budget: float) -> None:
             pass
         time.sleep(0.1)
     raise RuntimeError(f"{url} did not come up")
+
+
+def in_process_agent(
+    root: Path, *, memory_mb: int, pool: str = "0", guest_aslr: GuestAslr = "auto"
+) -> SandboxManager:
+    """A host agent's manager over QEMU in this process (no HTTP hop), in WRENN_DIR `root`:
+    no guest reaches out, creates take `memory_mb`, the warm pool is `pool`."""
+    settings = HostAgentSettings(
+        dir=root,
+        egress_default=False,
+        default_memory_mb=memory_mb,
+        warm_pool=parse_pool_sizes(pool),
+        guest_aslr=guest_aslr,
+    )
+    return SandboxManager(settings, QemuRuntime(Layout(root).cache_dir, guest_aslr=guest_aslr))
 
 
 def stats(samples: list[float]) -> dict[str, float]:

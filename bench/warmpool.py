@@ -33,29 +33,17 @@ sys.path.insert(0, str(ROOT))
 
 from tests.integration.conftest import wrenn_dir_with_cached_image  # noqa: E402
 
-from node import stats  # noqa: E402
+from node import in_process_agent, stats  # noqa: E402
 from pywrenn.hostagent.basesnapshot import find as find_base  # noqa: E402
 from pywrenn.hostagent.manager import CreateRequest, SandboxManager  # noqa: E402
-from pywrenn.hostagent.poolsizes import PoolKey, parse_pool_sizes  # noqa: E402
-from pywrenn.hostagent.settings import HostAgentSettings  # noqa: E402
+from pywrenn.hostagent.poolsizes import PoolKey  # noqa: E402
 from pywrenn.images import load_manifest  # noqa: E402
 from pywrenn.layout import Layout  # noqa: E402
-from pywrenn.vmm import QemuRuntime  # noqa: E402
 from templates import Bare  # noqa: E402
 
 MEMORY_MB = 256
 KEY = PoolKey("minimal", 1, MEMORY_MB)
 CONCURRENT = 8
-
-
-def manager_for(root: Path, pool: str) -> SandboxManager:
-    settings = HostAgentSettings(
-        dir=root,
-        egress_default=False,
-        default_memory_mb=MEMORY_MB,
-        warm_pool=parse_pool_sizes(pool),
-    )
-    return SandboxManager(settings, QemuRuntime(Layout(root).cache_dir))
 
 
 async def settled(manager: SandboxManager) -> None:
@@ -87,7 +75,7 @@ async def one(manager: SandboxManager, n: int) -> tuple[float, float]:
 
 
 async def mode(root: Path, pool: str, runs: int) -> dict[str, object]:
-    manager = manager_for(root, pool)
+    manager = in_process_agent(root, memory_mb=MEMORY_MB, pool=pool)
     creates: list[float] = []
     outputs: list[float] = []
     burst: list[float] = []
